@@ -1,0 +1,38 @@
+# Two entry points that work on a fresh machine (Python 3.11, nothing installed):
+#   make estimate PARAMS=7e9   set up .venv and run the main job (planner estimate)
+#   make test                  set up .venv and run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PARAMS ?= 7e9
+ARGS   ?=
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip
+STAMP   = $(VENV)/.installed
+
+.PHONY: setup estimate test lint bench clean
+
+setup: $(STAMP)
+
+# torch first, pinned (the CPU build on this machine), then the project with the same pin
+# so nothing it depends on can replace torch with a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt torch
+	$(PIP) install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+estimate: setup
+	$(VENV)/bin/planner estimate --params $(PARAMS) $(ARGS)
+
+test: setup
+	$(PY) -m pytest -q $(ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) benchmarks/bench_planner.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,114 @@
+"""Training compute: FLOPs, petaFLOP/s-days, GPU-hours, wall-clock, cost and MFU.
+
+Sources
+- C ≈ 6·N·D (Kaplan et al. 2020, §2.1: 2N forward + 4N backward FLOPs per token).
+- Model FLOPs per token with attention: 6N + 12·L·H·Q·T (Chowdhery et al. 2022, PaLM, App. B;
+  L layers, H heads, Q head dim, T sequence length; H·Q is the hidden size). MFU = achieved model
+  FLOP/s ÷ dense peak FLOP/s. Recomputation does not count toward MFU.
+- Hardware FLOPs with recomputation (Korthikanti et al. 2022, §5): full recomputation adds a
+  second forward, 8N + 16·L·H·Q·T per token; selective recomputation re-runs only the attention
+  scores, 6N + 16·L·H·Q·T.
+- 1 petaFLOP/s-day = 1e15 FLOP/s x 86,400 s = 8.64e19 FLOPs (Brown et al. 2020, App. D).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.errors import PlannerError
+from planner.shapes import ModelShape
+from planner.units import PF_DAY_FLOPS
+
+#: Chinchilla's compute-optimal rule of thumb (Hoffmann et al. 2022): about 20 tokens per parameter.
+TOKENS_PER_PARAM = 20.0
+#: Default model FLOPs utilisation. Reported: PaLM 540B 46.2% (Chowdhery et al. 2022, Table 3),
+#: LLaMA-7B 43% implied by 82,432 A100-hours for 1T tokens (Touvron et al. 2023, Table 15),
+#: BloombergGPT ~32% (Wu et al. 2023). 0.40 is a well-tuned dense run; small clusters do better,
+#: first attempts worse.
+DEFAULT_MFU = 0.40
+
+
+def attention_flops_per_token(shape: ModelShape) -> float:
+    """PaLM's attention term, 12·L·H·Q·T (full, non-causal score matrix, as PaLM and torchtitan)."""
+    return 12 * shape.layers * shape.heads * shape.head_dim * shape.seq_len
+
+
+def model_flops_per_token(params: float, shape: ModelShape | None) -> float:
+    return 6 * params + (attention_flops_per_token(shape) if shape else 0.0)
+
+
+def hardware_flops_per_token(params: float, shape: ModelShape | None, checkpointing: str) -> float:
+    attn = attention_flops_per_token(shape) / 12 if shape else 0.0  # one forward pass of attention / 4
+    if checkpointing == "full":
+        return 8 * params + 16 * attn
+    if checkpointing == "selective":
+        return 6 * params + 16 * attn
+    return 6 * params + 12 * attn
+
+
+@dataclass(frozen=True)
+class ComputeEstimate:
+    tokens: float
+    flops_6nd: float
+    flops: float  # model FLOPs, 6N + attention, per PaLM (the MFU numerator)
+    hardware_flops: float  # what the GPUs execute, recomputation included
+    pf_days: float
+    gpu_hours: float
+    wall_days: float
+    cost_usd: float
+    mfu: float
+    peak_flops_per_gpu: float
+    gpus: int
+    tokens_per_second: float  # whole job, at the stated MFU
+    gpu_days_per_pf_day: float  # GPU-days of this GPU at 100% of peak that make one PF/s-day
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def validate_mfu(mfu: float) -> float:
+    if not (0 < mfu <= 1):
+        raise PlannerError(f"--mfu: {mfu!r} must be in (0, 1], e.g. 0.4 for 40% of dense peak")
+    return mfu
+
+
+def estimate_compute(params: float, tokens: float, shape: ModelShape | None, *, peak_flops: float,
+                     gpus: int, mfu: float = DEFAULT_MFU, price_per_gpu_hour: float = 0.0,
+                     checkpointing: str = "none") -> ComputeEstimate:
+    """Compute, time and cost of training `params` parameters on `tokens` tokens.
+
+    GPU-hours use model FLOPs at the stated MFU (MFU is defined on model FLOPs, so
+    recomputation's extra work shows up as a lower achievable MFU, not as more model FLOPs).
+    """
+    validate_mfu(mfu)
+    if gpus < 1:
+        raise PlannerError(f"--gpus: {gpus!r} must be a positive integer")
+    flops = model_flops_per_token(params, shape) * tokens
+    achieved = peak_flops * mfu
+    gpu_seconds = flops / achieved
+    gpu_hours = gpu_seconds / 3600
+    return ComputeEstimate(
+        tokens=tokens,
+        flops_6nd=6 * params * tokens,
+        flops=flops,
+        hardware_flops=hardware_flops_per_token(params, shape, checkpointing) * tokens,
+        pf_days=flops / PF_DAY_FLOPS,
+        gpu_hours=gpu_hours,
+        wall_days=gpu_hours / gpus / 24,
+        cost_usd=gpu_hours * price_per_gpu_hour,
+        mfu=mfu,
+        peak_flops_per_gpu=peak_flops,
+        gpus=gpus,
+        tokens_per_second=tokens / (gpu_seconds / gpus),
+        gpu_days_per_pf_day=1e15 / peak_flops,
+    )
+
+
+def implied_mfu(flops: float, gpu_hours: float, peak_flops: float) -> float:
+    """MFU a reported run achieved: its FLOPs over what its GPU-hours could do at peak."""
+    return flops / (gpu_hours * 3600 * peak_flops)
+
+
+def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float, gpus: int = 1) -> float:
+    """Measured MFU of a running job (the trainer's throughput monitor uses this)."""
+    return tokens_per_second * flops_per_token / (peak_flops * gpus)

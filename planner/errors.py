@@ -1,0 +1,9 @@
+"""One error type for every bad input the planner can see.
+
+The CLI turns a `PlannerError` into one line on stderr and exit status 2, so the message must
+name the flag (or key), the bad value and what would be valid.
+"""
+
+
+class PlannerError(ValueError):
+    """Bad input: the message is shown to the user as is."""

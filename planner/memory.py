@@ -1,0 +1,342 @@
+"""Training memory per GPU: model states, activations, buffers; "does it fit?" and "largest micro-batch".
+
+Sources
+- Model states (Rajbhandari et al. 2019, ZeRO, §3 and Figure 1): mixed-precision Adam holds 16-bit
+  weights (2 B/param), 16-bit gradients (2) and K = 12 bytes of fp32 optimizer state (master
+  weights 4, momentum 4, variance 4). With data-parallel degree Nd: DDP (2+2+K)Ψ; stage 1
+  2Ψ+2Ψ+KΨ/Nd; stage 2 2Ψ+(2+K)Ψ/Nd; stage 3 (2+2+K)Ψ/Nd.
+- DeepSpeed's estimators (`estimate_zero2_model_states_mem_needs`, `..._zero3_...`) add an fp32
+  gradient copy partitioned with the optimizer states (18 B/param: 2 + 4 + 4 + 8 on top of the
+  16-bit weights), and for stage 3 the gathered 16-bit weights and gradients of the largest module
+  (4 B x largest module).
+- FSDP2 with a bf16 MixedPrecisionPolicy keeps sharded fp32 parameters (they are the master
+  weights), fp32 gradients and fp32 Adam states: 16 B/param, all sharded; in full shard the bf16
+  compute copy exists only for the layers being gathered.
+- Activations per layer (Korthikanti et al. 2022, eq. 1-2 and Table 2): s·b·h·(34 + 5·a·s/h)
+  bytes in 16-bit with no parallelism; tensor parallel t without sequence parallel
+  s·b·h·(10 + 24/t + 5·a·s/(h·t)); with sequence parallel everything divides by t. Selective
+  recomputation drops the 5·a·s/h term; full recomputation keeps only the layer input, 2·s·b·h.
+  FlashAttention (Dao et al. 2022) never stores the a·s² score matrices, so it drops the
+  5·a·s/h term too.
+
+Conventions (ANCHORS §7: the sources disagree, so the choice is explicit)
+- `deepspeed` (default with --zero): what DeepSpeed allocates at its peak (18 B/param).
+- `fsdp` (default with --fsdp): what torch FSDP2 allocates (16 B/param + gathered layers).
+- `zero-paper` (default for DDP): the ZeRO paper's 16 B/param accounting; reproduces Figure 1.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from planner.errors import PlannerError
+from planner.shapes import ModelShape
+from planner.units import GiB
+
+PRECISIONS = ("fp32", "fp16-mixed", "bf16-mixed", "bf16", "int8", "int4")
+OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "adam8bit")
+CONVENTIONS = ("deepspeed", "fsdp", "zero-paper")
+CHECKPOINTING = ("none", "selective", "full")
+OFFLOAD = ("none", "optimizer", "params", "all")
+FSDP_MODES = ("full", "shard-grad-op", "hybrid", "no-shard")
+
+#: ZeRO stage each FSDP mode partitions like (DESIGN.md; PyTorch FSDP docs).
+FSDP_STAGE = {"no-shard": 0, "shard-grad-op": 2, "full": 3, "hybrid": 3}
+
+#: Bytes of the 16-bit weights each precision keeps on the GPU for compute.
+_WEIGHT_BYTES = {"fp32": 4, "fp16-mixed": 2, "bf16-mixed": 2, "bf16": 2, "int8": 1, "int4": 0.5}
+
+#: CUDA context, kernels and library workspaces (cuBLAS, NCCL) before any tensor: PyTorch reports
+#: 0.3-0.6 GiB of context on Ampere/Hopper; 0.5 GiB plus NCCL's default channel buffers.
+DEFAULT_RUNTIME_GIB = 0.75
+#: Margin for the caching allocator's fragmentation, as a fraction of the tensors above.
+DEFAULT_FRAGMENTATION = 0.10
+#: DeepSpeed ZeRO-1/2 default reduce_bucket_size and allgather_bucket_size (elements).
+DS_BUCKET_ELEMENTS = 5e8
+#: DeepSpeed ZeRO-3 default stage3_prefetch_bucket_size (elements).
+DS_PREFETCH_ELEMENTS = 5e7
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """How model states are partitioned: ZeRO numbering, FSDP mapped onto it."""
+
+    engine: str = "ddp"  # ddp | deepspeed | fsdp
+    stage: int = 0  # 0: replicated; 1: optimizer; 2: + gradients; 3: + parameters
+    shard_degree: int = 1  # GPUs the partitioned states are split over
+    offload: str = "none"
+    fsdp_mode: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.engine == "fsdp":
+            return f"fsdp-{self.fsdp_mode}"
+        return f"zero{self.stage}" if self.engine == "deepspeed" else "ddp"
+
+    @property
+    def offload_optimizer(self) -> bool:
+        return self.offload in ("optimizer", "all") or (self.engine == "fsdp" and self.offload != "none")
+
+    @property
+    def offload_params(self) -> bool:
+        return self.offload in ("params", "all")
+
+
+def make_strategy(gpus: int, *, zero: int | None = None, fsdp: str | None = None,
+                  sharding_factor: int | None = None, offload: str = "none") -> Strategy:
+    """Validate the sharding flags and build a Strategy for `gpus` data-parallel ranks."""
+    if offload not in OFFLOAD:
+        raise PlannerError(f"--offload: {offload!r} is not one of {', '.join(OFFLOAD)}")
+    if zero is not None and fsdp is not None:
+        raise PlannerError("--zero and --fsdp: choose one sharding strategy, not both")
+    if fsdp is not None:
+        if fsdp not in FSDP_MODES:
+            raise PlannerError(f"--fsdp: {fsdp!r} is not one of {', '.join(FSDP_MODES)}")
+        degree = gpus
+        if fsdp == "hybrid":
+            degree = min(sharding_factor or gpus, gpus)
+            if gpus % degree:
+                raise PlannerError(f"--sharding-factor: {degree} does not divide --gpus {gpus}")
+        if offload in ("optimizer",):
+            raise PlannerError("--offload: FSDP offloads parameters, gradients and optimizer states "
+                               "together; use --offload all (or params)")
+        if offload != "none" and FSDP_STAGE[fsdp] < 3:
+            raise PlannerError(f"--offload: FSDP CPU offload needs --fsdp full or hybrid, not {fsdp}")
+        return Strategy("fsdp", FSDP_STAGE[fsdp], degree if FSDP_STAGE[fsdp] else 1, offload, fsdp)
+    if sharding_factor is not None:
+        raise PlannerError("--sharding-factor: only applies to --fsdp hybrid")
+    if zero is None or zero == 0:
+        if offload != "none":
+            raise PlannerError("--offload: CPU offload needs ZeRO (--zero 1, 2 or 3) or --fsdp full")
+        return Strategy("ddp" if zero is None else "deepspeed", 0, 1, "none")
+    if zero not in (1, 2, 3):
+        raise PlannerError(f"--zero: {zero!r} is not one of 0, 1, 2, 3")
+    if offload in ("params", "all") and zero != 3:
+        raise PlannerError(f"--offload: parameter offload needs --zero 3 (got --zero {zero})")
+    return Strategy("deepspeed", zero, gpus, offload)
+
+
+@dataclass(frozen=True)
+class StateTerm:
+    """One kind of per-parameter state and where it lives.
+
+    `sharded_from`: the ZeRO stage from which it is partitioned; `offload`: which offload flag
+    moves it to CPU (only once it is partitioned); `cpu_bytes`: its size on CPU when moved there
+    (DeepSpeed streams 16-bit gradients into the fp32 gradient buffer, so they take none);
+    `transient_when_sharded`: a compute copy that exists only for the layers being gathered.
+    """
+
+    category: str  # weights | gradients | master_weights | optimizer
+    label: str
+    bytes_per_param: float
+    sharded_from: int
+    offload: str  # 'params' | 'optimizer'
+    cpu_bytes: float | None = None
+    transient_when_sharded: bool = False
+
+
+def optimizer_state_bytes(optimizer: str, state_bytes: int, shape: ModelShape | None) -> float:
+    """Bytes of optimizer state per parameter, for states stored `state_bytes` wide.
+
+    Adam/AdamW: momentum and variance (Kingma & Ba 2015). SGD: one momentum buffer. Adafactor
+    (Shazeer & Stern 2018, default as in T5: no momentum, factored second moment) keeps a row and
+    a column vector per matrix: (r + c)/(r·c) states per weight. 8-bit Adam (Dettmers et al.
+    2022): two 1-byte states (block-wise quantisation constants are < 0.2% more).
+    """
+    if optimizer in ("adam", "adamw"):
+        return 2 * state_bytes
+    if optimizer == "sgd":
+        return state_bytes
+    if optimizer == "adam8bit":
+        return 2.0
+    if optimizer == "adafactor":
+        if shape is None:
+            return 0.0
+        return state_bytes * (1 / shape.hidden + 1 / shape.ffn)
+    raise PlannerError(f"--optimizer: {optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+
+
+def state_terms(precision: str, optimizer: str, convention: str,
+                shape: ModelShape | None = None) -> tuple[StateTerm, ...]:
+    """The per-parameter states a precision/optimizer/convention keeps, before partitioning."""
+    if precision not in PRECISIONS:
+        raise PlannerError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if convention not in CONVENTIONS:
+        raise PlannerError(f"--convention: {convention!r} is not one of {', '.join(CONVENTIONS)}")
+    if precision in ("int8", "int4"):  # frozen quantised weights: nothing is trained
+        return (StateTerm("weights", f"{precision} weights (frozen)", _WEIGHT_BYTES[precision], 3, "params"),)
+    if precision == "fp32" or precision == "bf16":
+        width = 4 if precision == "fp32" else 2
+        optim = optimizer_state_bytes(optimizer, width, shape)
+        return (
+            StateTerm("weights", f"{precision} weights", width, 3, "params"),
+            StateTerm("gradients", f"{precision} gradients", width, 2, "optimizer"),
+            StateTerm("optimizer", f"{optimizer} states ({precision})", optim, 1, "optimizer"),
+        )
+    optim = optimizer_state_bytes(optimizer, 4, shape)
+    adam = StateTerm("optimizer", f"{optimizer} states (fp32)", optim, 1, "optimizer")
+    if convention == "fsdp":
+        return (
+            StateTerm("weights", "bf16 compute copy", 2, 3, "params", transient_when_sharded=True),
+            StateTerm("master_weights", "fp32 sharded parameters", 4, 2, "params"),
+            StateTerm("gradients", "fp32 gradients", 4, 2, "params"),
+            StateTerm("optimizer", adam.label, optim, 2, "params"),
+        )
+    terms = [
+        StateTerm("weights", "16-bit weights", 2, 3, "params"),
+        StateTerm("gradients", "16-bit gradients", 2, 2, "optimizer",
+                  cpu_bytes=0 if convention == "deepspeed" else 2),
+    ]
+    if convention == "deepspeed":
+        terms.append(StateTerm("gradients", "fp32 gradient partition", 4, 1, "optimizer"))
+    terms += [StateTerm("master_weights", "fp32 master weights", 4, 1, "optimizer"), adam]
+    return tuple(terms)
+
+
+def default_convention(strategy: Strategy) -> str:
+    return {"deepspeed": "deepspeed", "fsdp": "fsdp"}.get(strategy.engine, "zero-paper")
+
+
+@dataclass(frozen=True)
+class ModelStates:
+    """Model-state bytes on one GPU (and on the CPU of its node share, when offloaded)."""
+
+    gpu: dict[str, float]  # category -> bytes per GPU
+    cpu: dict[str, float]  # category -> bytes per GPU's share of host memory
+    gathered: dict[str, float]  # transient gathered weights/gradients (ZeRO-3, FSDP), per GPU
+
+    @property
+    def gpu_total(self) -> float:
+        return sum(self.gpu.values()) + sum(self.gathered.values())
+
+    @property
+    def cpu_total(self) -> float:
+        return sum(self.cpu.values())
+
+
+def model_states(params: float, terms: tuple[StateTerm, ...], strategy: Strategy,
+                 shape: ModelShape | None = None, convention: str = "zero-paper") -> ModelStates:
+    """Partition and offload each state term; add the gathered buffers of stage 3."""
+    gpu = dict.fromkeys(("weights", "gradients", "master_weights", "optimizer"), 0.0)
+    cpu = dict(gpu)
+    for term in terms:
+        sharded = strategy.stage >= term.sharded_from
+        if sharded and term.transient_when_sharded:
+            continue
+        per_gpu = term.bytes_per_param * params / (strategy.shard_degree if sharded else 1)
+        moved = sharded and (strategy.offload_params if term.offload == "params" else strategy.offload_optimizer)
+        if moved:
+            cpu_bytes = term.bytes_per_param if term.cpu_bytes is None else term.cpu_bytes
+            cpu[term.category] += per_gpu * cpu_bytes / term.bytes_per_param
+        else:
+            gpu[term.category] += per_gpu
+    return ModelStates(gpu, cpu, _gathered(terms, strategy, shape, convention))
+
+
+def _gathered(terms, strategy: Strategy, shape: ModelShape | None, convention: str) -> dict[str, float]:
+    """Full-size weights and gradients of the modules being computed when parameters are sharded.
+
+    DeepSpeed's estimator counts 16-bit weights and gradients of the largest module (4 B x
+    largest module params); FSDP gathers one transformer block ahead (forward prefetch) in bf16
+    and reduce-scatters one block's gradients in the reduce dtype.
+    """
+    if strategy.stage < 3 or shape is None:
+        return {}
+    weight_bytes = terms[0].bytes_per_param if terms[0].category == "weights" else 2
+    if convention == "fsdp" or strategy.engine == "fsdp":
+        grad = next((t.bytes_per_param for t in terms if t.category == "gradients"), 0)
+        block = shape.layer_params()
+        return {"weights": 2 * block * weight_bytes, "gradients": block * grad}
+    grad16 = next((t.bytes_per_param for t in terms if t.category == "gradients"), 0)
+    largest = shape.largest_layer_params()
+    return {"weights": largest * weight_bytes, "gradients": largest * grad16}
+
+
+def activation_bytes_per_layer(shape: ModelShape, micro_batch: int, checkpointing: str = "none", *,
+                               tp: int = 1, sequence_parallel: bool = False,
+                               flash_attention: bool = False, act_bytes: int = 2) -> float:
+    """Korthikanti et al. 2022 stored activations of one transformer layer, in bytes.
+
+    `act_bytes` is the activation width (2 for 16-bit; fp32 training doubles the 16-bit figures).
+    """
+    if checkpointing not in CHECKPOINTING:
+        raise PlannerError(f"--checkpointing: {checkpointing!r} is not one of {', '.join(CHECKPOINTING)}")
+    s, b, h, a, t = shape.seq_len, micro_batch, shape.hidden, shape.heads, tp
+    sbh = s * b * h * act_bytes / 2
+    if checkpointing == "full":
+        return 2 * sbh / (t if sequence_parallel else 1)
+    linear = 34 / t if sequence_parallel else 10 + 24 / t
+    scores = 0 if (checkpointing == "selective" or flash_attention) else 5 * a * s / (h * t)
+    return sbh * (linear + scores)
+
+
+def activation_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "none", **kw) -> float:
+    """Stored activations of all layers (Korthikanti et al. 2022, eq. 1-2 times L)."""
+    return shape.layers * activation_bytes_per_layer(shape, micro_batch, checkpointing, **kw)
+
+
+def recompute_working_bytes(shape: ModelShape, micro_batch: int, checkpointing: str, **kw) -> float:
+    """Extra memory while one layer is recomputed in backward: that layer's full activations."""
+    if checkpointing == "none":
+        return 0.0
+    if checkpointing == "selective":
+        kw = {**kw, "flash_attention": kw.get("flash_attention", False)}
+        full = activation_bytes_per_layer(shape, micro_batch, "none", **kw)
+        return full - activation_bytes_per_layer(shape, micro_batch, "selective", **kw)
+    return activation_bytes_per_layer(shape, micro_batch, "none", **kw)
+
+
+def logits_bytes(shape: ModelShape, micro_batch: int, tp: int = 1) -> float:
+    """Output layer: 16-bit logits plus their fp32 upcast for the cross-entropy (6 B per entry)."""
+    return 6 * shape.seq_len * micro_batch * shape.vocab / tp
+
+
+def comm_buffer_bytes(params: float, strategy: Strategy, terms: tuple[StateTerm, ...]) -> float:
+    """Communication buffers each engine allocates on top of the model states.
+
+    DDP (torch): gradient buckets as large as all gradients unless gradient_as_bucket_view=True
+    (torch DDP docs). DeepSpeed ZeRO-1/2: reduce and all-gather buckets, 5e8 elements each by
+    default, in 16-bit. ZeRO-3: the prefetch bucket (5e7 elements). FSDP: counted in `gathered`.
+    """
+    grad_bytes = sum(t.bytes_per_param for t in terms if t.category == "gradients")
+    if strategy.engine == "ddp":
+        return params * grad_bytes
+    if strategy.engine == "deepspeed":
+        if strategy.stage in (1, 2):
+            return 2 * 2 * min(params, DS_BUCKET_ELEMENTS)
+        if strategy.stage == 3:
+            return 2 * min(params, DS_PREFETCH_ELEMENTS)
+    return 0.0
+
+
+def max_micro_batch(fixed_bytes: float, per_sample_bytes: float, capacity_bytes: float,
+                    fragmentation: float) -> int:
+    """Largest b with (fixed + b·per_sample)·(1 + fragmentation) <= capacity; 0 if none."""
+    room = capacity_bytes / (1 + fragmentation) - fixed_bytes
+    if room < per_sample_bytes or per_sample_bytes <= 0:
+        return 0
+    return int(math.floor(room / per_sample_bytes + 1e-9))
+
+
+def gib(value: float) -> float:
+    return value / GiB
+
+
+def deepspeed_estimator_gpu_bytes(params: float, largest_layer_params: float, stage: int, gpus: int,
+                                  offload: str) -> float | None:
+    """What DeepSpeed's own estimator prints for GPU model states, shown beside ours.
+
+    ZeRO-2: 2N + 18N/gpus (offload: 2N). ZeRO-3: 4·largest + 18N/gpus (optimizer offload:
+    4·largest + 2N/gpus; with parameters too: 4·largest). Ours differs in one place on purpose:
+    ZeRO-3 without offload holds the 16-bit parameter shard too (2N/gpus, which DeepSpeed's own
+    offload branch counts), so we count 20N/gpus.
+    """
+    if stage == 2:
+        return 2 * params if offload != "none" else 2 * params + 18 * params / gpus
+    if stage == 3:
+        gathered = 4 * largest_layer_params
+        if offload == "none":
+            return gathered + 18 * params / gpus
+        return gathered + (0 if offload in ("params", "all") else 2 * params / gpus)
+    return None

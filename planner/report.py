@@ -1,0 +1,113 @@
+"""Human-readable tables for the planner's results (the non-`--json` output)."""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from planner.units import GiB, human_count
+
+_STATE_LINES = ("weights", "gradients", "master_weights", "optimizer")
+
+
+def _gib(value: float) -> str:
+    return f"{value / GiB:,.2f}"
+
+
+def _sci(value: float) -> str:
+    return f"{value:.3e}"
+
+
+def render_estimate(r: dict) -> str:
+    m, hw, tr, c = r["model"], r["hardware"], r["training"], r["compute"]
+    params = r["params"]
+    shape = (f"{m['layers']} layers x {m['hidden']} hidden, {m['heads']} heads"
+             f" ({m['kv_heads']} kv), ffn {m['ffn_hidden']}, vocab {m['vocab']}, seq {m['seq_len']}")
+    inferred = " [shape inferred from --params: LLaMA-style, hidden/layers ~ 128; used for activations" \
+               " and attention FLOPs only]" if m["shape_inferred"] else ""
+    head = [
+        f"Model      {human_count(params)} parameters ({params:,.0f}); {shape}{inferred}",
+        f"Hardware   {hw['gpus']} x {hw['description']} ({hw['memory_gib']:g} GiB, "
+        f"{hw['peak_tflops']:g} dense {hw['compute_dtype']} TFLOP/s), {hw['nodes']} node(s)",
+        f"Training   {tr['precision']}, {tr['optimizer']}, {tr['strategy']} (shard degree {tr['shard_degree']}"
+        f"{', offload ' + tr['offload'] if tr['offload'] != 'none' else ''}), micro-batch {tr['micro_batch']}"
+        f" x {tr['seq_len']} tokens, checkpointing {tr['checkpointing']}, "
+        f"{'flash attention' if tr['flash_attention'] else 'no flash attention'}, "
+        f"accounting: {tr['convention']}",
+    ]
+    return "\n\n".join([
+        "\n".join(head),
+        _memory_table(r),
+        _fit_table(r),
+        _compute_table(c, hw),
+        _teaching_table(r["rule_of_thumb"]),
+    ])
+
+
+def _memory_table(r: dict) -> str:
+    mem, cpu, params = r["memory_per_gpu_bytes"], r["cpu_memory_per_gpu_bytes"], r["params"]
+    rows = []
+    for key in (*_STATE_LINES, "activations", "logits", "overhead", "fragmentation", "total"):
+        per_param = f"{mem[key] / params:.3f}" if key in _STATE_LINES or key == "total" else ""
+        row = [key.replace("_", " "), per_param, _gib(mem[key])]
+        if cpu["total"]:
+            row.append(_gib(cpu.get(key, 0.0)) if key in _STATE_LINES or key == "total" else "")
+        rows.append(row)
+    headers = ["Memory per GPU", "B/param", "GiB"] + (["CPU GiB (offload)"] if cpu["total"] else [])
+    per_param = ", ".join(f"{k} {v:g}" for k, v in r["bytes_per_param"].items()
+                          if k not in ("total", "model_states_per_gpu"))
+    note = (f"Model states before sharding: {r['bytes_per_param']['total']:g} B/param ({per_param}); "
+            f"GiB = 2^30 bytes.")
+    ds = r.get("peer_estimates", {}).get("deepspeed_estimator_model_states_gpu_bytes")
+    if ds is not None:
+        ours = sum(mem[k] for k in _STATE_LINES)
+        note += (f"\nDeepSpeed's own estimator: {_gib(ds)} GiB of model states per GPU (ours {_gib(ours)} GiB; "
+                 "ZeRO-3 differs by the 16-bit parameter shard, which DeepSpeed leaves out).")
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True) + "\n" + note
+
+
+def _fit_table(r: dict) -> str:
+    cap, total = r["gpu_memory_bytes"], r["memory_per_gpu_bytes"]["total"]
+    verdict = "yes" if r["fits"] else "NO"
+    lines = [f"Fits on {r['hardware']['gpu']} ({_gib(cap)} GiB): {verdict}, {_gib(total)} GiB needed, "
+             f"headroom {_gib(r['headroom_bytes'])} GiB; largest micro-batch that fits: {r['max_micro_batch']}"]
+    rows = [[name, "-" if n is None else f"{n:,}"] for name, n in r["min_gpus_to_fit"].items()]
+    lines.append(tabulate(rows, headers=["Strategy", "Fewest GPUs that fit"], tablefmt="simple",
+                          disable_numparse=True))
+    return "\n".join(lines)
+
+
+def _compute_table(c: dict, hw: dict) -> str:
+    rows = [
+        ["tokens", human_count(c["tokens"])],
+        ["FLOPs, 6ND", _sci(c["flops_6nd"])],
+        ["FLOPs, 6ND + attention (model FLOPs)", _sci(c["flops"])],
+        ["FLOPs incl. recomputation (hardware)", _sci(c["hardware_flops"])],
+        ["petaFLOP/s-days", f"{c['pf_days']:,.1f}"],
+        [f"GPU-hours at MFU {c['mfu']:.0%}", f"{c['gpu_hours']:,.0f}"],
+        [f"wall-clock days on {c['gpus']} GPUs", f"{c['wall_days']:,.2f}"],
+        [f"cost at ${hw['price_per_gpu_hour']:.2f}/GPU-hour", f"${c['cost_usd']:,.0f}"],
+        ["throughput (whole job)", f"{c['tokens_per_second']:,.0f} tokens/s"],
+        [f"1 PF/s-day = GPU-days of {hw['gpu']} at peak", f"{c['gpu_days_per_pf_day']:.2f}"],
+    ]
+    return tabulate(rows, headers=["Compute", ""], tablefmt="simple", disable_numparse=True)
+
+
+def _teaching_table(t: dict) -> str:
+    rows = [
+        ["fp32 weights (4 B/param)", f"{t['fp32_weights_gb']:,.1f} GB"],
+        ["train in fp32 with Adam (4+8+4+~8 = 24 B/param)",
+         f"{t['fp32_adam_training_gb']:,.1f} GB ({t['training_to_weights_ratio']:g}x the weights)"],
+        ["16-bit weights (2 B/param)", f"{t['fp16_weights_gb']:,.1f} GB"],
+        ["int8 weights (1 B/param)", f"{t['int8_weights_gb']:,.1f} GB"],
+    ]
+    return tabulate(rows, headers=["Rule of thumb (teaching figures, decimal GB)", ""], tablefmt="simple",
+                    disable_numparse=True)
+
+
+def render_gpus(catalog: dict) -> str:
+    rows = []
+    for g in catalog.values():
+        peaks = ", ".join(f"{k} {v:g}" for k, v in g.peak_tflops.items())
+        rows.append([g.name, g.description, f"{g.memory_gib:g}", peaks, f"{g.price_per_hour:.2f}"])
+    return tabulate(rows, headers=["GPU", "", "GiB", "dense peak TFLOP/s", "$/GPU-h"], tablefmt="simple",
+                    disable_numparse=True)

@@ -1,0 +1,198 @@
+"""Transformer shapes and their exact parameter counts; named presets; a shape inferred from a count.
+
+The count follows the architecture term by term (no 12·L·h² shortcut), so that it equals what
+`pretrain.model` builds (checked by a test) and what the papers report for the presets:
+
+- embeddings: V·h, plus s·h for learned positions; LM head V·h unless tied;
+- attention: Q and O are h×h, K and V are h×(kv_heads·head_dim) (grouped-query attention,
+  Ainslie et al. 2023); biases add h + 2·kv·d + h;
+- MLP: GELU is two h×f matrices (Vaswani et al. 2017), SwiGLU three (Shazeer 2020);
+- norms: RMSNorm has a scale (h), LayerNorm a scale and a bias (2h); two per layer, one final,
+  and one after the embedding where the model has it (BloombergGPT, BLOOM).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from planner.errors import PlannerError
+
+MLP_KINDS = ("swiglu", "gelu")
+NORM_KINDS = ("rmsnorm", "layernorm")
+POSITION_KINDS = ("rope", "learned", "alibi")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    hidden: int
+    heads: int
+    vocab: int
+    seq_len: int
+    kv_heads: int | None = None  # None: same as heads (multi-head attention)
+    ffn_hidden: int | None = None  # None: 4h for GELU, 8h/3 rounded up to 256 for SwiGLU
+    mlp: str = "swiglu"
+    norm: str = "rmsnorm"
+    position: str = "rope"
+    tied_embeddings: bool = False
+    bias: bool = False
+    embedding_norm: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "hidden", "heads", "vocab", "seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise PlannerError(f"--{name.replace('_', '-')}: {value!r} must be a positive integer")
+        if self.hidden % self.heads:
+            raise PlannerError(
+                f"--heads: {self.heads} does not divide --hidden {self.hidden}; "
+                f"valid head counts divide {self.hidden} (e.g. {_divisor_hint(self.hidden)})"
+            )
+        if self.kv_heads is not None and (self.kv_heads <= 0 or self.heads % self.kv_heads):
+            raise PlannerError(f"--kv-heads: {self.kv_heads} must be positive and divide --heads {self.heads}")
+        if self.ffn_hidden is not None and self.ffn_hidden <= 0:
+            raise PlannerError(f"--ffn: {self.ffn_hidden} must be a positive integer")
+        for name, allowed in (("mlp", MLP_KINDS), ("norm", NORM_KINDS), ("position", POSITION_KINDS)):
+            if getattr(self, name) not in allowed:
+                raise PlannerError(f"--{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.kv_heads or self.heads
+
+    @property
+    def ffn(self) -> int:
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        if self.mlp == "gelu":
+            return 4 * self.hidden
+        return 256 * math.ceil(8 * self.hidden / 3 / 256)  # LLaMA's rule (Touvron et al. 2023)
+
+    def _norm_params(self) -> int:
+        return self.hidden * (2 if self.norm == "layernorm" else 1)
+
+    def attention_params(self) -> int:
+        h, kv = self.hidden, self.n_kv_heads * self.head_dim
+        return 2 * h * h + 2 * h * kv + ((2 * h + 2 * kv) if self.bias else 0)
+
+    def mlp_params(self) -> int:
+        h, f = self.hidden, self.ffn
+        if self.mlp == "gelu":
+            return 2 * h * f + ((f + h) if self.bias else 0)
+        return 3 * h * f + ((2 * f + h) if self.bias else 0)
+
+    def layer_params(self) -> int:
+        return self.attention_params() + self.mlp_params() + 2 * self._norm_params()
+
+    def embedding_params(self) -> int:
+        positions = self.seq_len * self.hidden if self.position == "learned" else 0
+        return self.vocab * self.hidden + positions
+
+    def head_params(self) -> int:
+        return 0 if self.tied_embeddings else self.vocab * self.hidden
+
+    def param_count(self) -> int:
+        extra_norm = self._norm_params() if self.embedding_norm else 0
+        return (
+            self.embedding_params() + extra_norm + self.layers * self.layer_params()
+            + self._norm_params() + self.head_params()
+        )
+
+    def non_embedding_params(self) -> int:
+        """Kaplan et al. 2020's N: parameters outside the embedding and the LM head."""
+        return self.param_count() - self.embedding_params() - self.head_params()
+
+    def largest_layer_params(self) -> int:
+        """Largest single module's parameters (what ZeRO-3 gathers at once: DeepSpeed's estimator input).
+
+        DeepSpeed walks `model.modules()` and takes the biggest one's own parameters: the embedding
+        (or untied head) matrix in most LLMs, else the biggest MLP projection.
+        """
+        h = self.hidden
+        return max(self.vocab * h, self.ffn * h, h * h)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ffn_hidden": self.ffn, "kv_heads": self.n_kv_heads}
+
+
+def _divisor_hint(n: int) -> str:
+    return ", ".join(str(d) for d in (8, 16, 32, 64, 96, 128) if n % d == 0) or "1"
+
+
+def _llama(layers, hidden, heads, ffn, seq, kv=None, vocab=32000) -> ModelShape:
+    return ModelShape(layers, hidden, heads, vocab, seq, kv_heads=kv, ffn_hidden=ffn)
+
+
+def _gpt(layers, hidden, heads, vocab=50257, seq=2048) -> ModelShape:
+    return ModelShape(layers, hidden, heads, vocab, seq, mlp="gelu", norm="layernorm",
+                      position="learned", tied_embeddings=True, bias=True)
+
+
+@dataclass(frozen=True)
+class Preset:
+    shape: ModelShape
+    published_params: float
+    source: str
+
+
+PRESETS: dict[str, Preset] = {
+    "gpt3-175b": Preset(_gpt(96, 12288, 96), 175e9, "Brown et al. 2020, Table 2.1"),
+    # Table 2.1 prints d_model 5140, but 40 heads x 128 = 5120, which Table D.1's FLOPs imply.
+    "gpt3-13b": Preset(_gpt(40, 5120, 40), 13e9, "Brown et al. 2020, Table 2.1"),
+    "gpt3-6.7b": Preset(_gpt(32, 4096, 32), 6.7e9, "Brown et al. 2020, Table 2.1"),
+    "gpt3-2.7b": Preset(_gpt(32, 2560, 32), 2.7e9, "Brown et al. 2020, Table 2.1"),
+    "gpt3-1.3b": Preset(_gpt(24, 2048, 16), 1.3e9, "Brown et al. 2020, Table 2.1"),
+    # Chinchilla: kv size 128, ffn 4h, relative positions (no position parameters), 32k vocab.
+    "chinchilla-70b": Preset(
+        ModelShape(80, 8192, 64, 32000, 2048, mlp="gelu", norm="rmsnorm", position="rope"),
+        70e9, "Hoffmann et al. 2022, Table 4 (published count includes terms not modelled here)"),
+    "llama-7b": Preset(_llama(32, 4096, 32, 11008, 2048), 6.7e9, "Touvron et al. 2023, Table 2"),
+    "llama-13b": Preset(_llama(40, 5120, 40, 13824, 2048), 13.0e9, "Touvron et al. 2023, Table 2"),
+    "llama-65b": Preset(_llama(80, 8192, 64, 22016, 2048), 65.2e9, "Touvron et al. 2023, Table 2"),
+    "llama2-7b": Preset(_llama(32, 4096, 32, 11008, 4096), 6.7e9, "Touvron et al. 2023b, Table 1"),
+    "llama2-13b": Preset(_llama(40, 5120, 40, 13824, 4096), 13.0e9, "Touvron et al. 2023b, Table 1"),
+    "llama2-70b": Preset(_llama(80, 8192, 64, 28672, 4096, kv=8), 69.0e9, "Touvron et al. 2023b, Table 1"),
+    # BloombergGPT: 70 layers, 40 heads x 192, ALiBi, LayerNorm after the embedding, tied head.
+    "bloomberggpt-50b": Preset(
+        ModelShape(70, 7680, 40, 131072, 2048, mlp="gelu", norm="layernorm", position="alibi",
+                   tied_embeddings=True, bias=True, embedding_norm=True),
+        50.6e9, "Wu et al. 2023, Section 3"),
+}
+
+_PRESET_ALIASES = {"gpt3": "gpt3-175b", "chinchilla": "chinchilla-70b", "bloomberggpt": "bloomberggpt-50b",
+                   "llama2": "llama2-7b", "llama": "llama-7b"}
+
+
+def get_preset(name: str) -> Preset:
+    key = _PRESET_ALIASES.get(name.lower(), name.lower())
+    if key not in PRESETS:
+        raise PlannerError(f"--model: unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[key]
+
+
+#: hidden / layers for inferred shapes: GPT-3 175B and LLaMA-7B are both at 128, and Kaplan et al.
+#: 2020 (Fig. 5) found loss within a few percent over aspect ratios of roughly 20 to 200.
+INFERRED_ASPECT = 128
+INFERRED_HEAD_DIM = 128
+INFERRED_VOCAB = 32000
+
+
+def infer_shape(params: float, seq_len: int = 2048, vocab: int = INFERRED_VOCAB) -> ModelShape:
+    """A LLaMA-style shape whose parameter count is close to `params`.
+
+    Layers from N ≈ 12·L·h² with h = 128·L; hidden then solves 12·L·h² + 2·V·h = N and is
+    rounded to a multiple of the head size (128, or 64 below 2048 hidden); SwiGLU with the
+    8h/3 rule, untied embeddings. Only activations and the attention FLOP term use this shape:
+    weights, gradients and optimizer states use `params` itself.
+    """
+    layers = max(1, round((params / (12 * INFERRED_ASPECT**2)) ** (1 / 3)))
+    a, b = 12 * layers, 2 * vocab
+    hidden_exact = (-b + math.sqrt(b * b + 4 * a * params)) / (2 * a)
+    head_dim = INFERRED_HEAD_DIM if hidden_exact >= 2048 else 64
+    hidden = max(head_dim, head_dim * round(hidden_exact / head_dim))
+    return ModelShape(layers, hidden, hidden // head_dim, vocab, seq_len)

@@ -1,0 +1,40 @@
+"""GPU catalog: required entries, dense peaks, and user overrides from YAML."""
+
+import pytest
+
+from planner.errors import PlannerError
+from planner.hardware import BUILTIN_GPUS, get_gpu, load_catalog
+
+REQUIRED = ["v100", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "b200", "mi300x", "l40s"]
+
+
+def test_catalog_has_every_required_gpu_with_memory_peak_and_price():
+    for name in REQUIRED:
+        gpu = BUILTIN_GPUS[name]
+        assert gpu.memory_gib > 0 and gpu.price_per_hour > 0 and gpu.peak_tflops
+
+
+@pytest.mark.parametrize("name, dtype, tflops", [("v100", "fp16", 125), ("a100-80gb", "bf16", 312),
+                                                ("a100-40gb", "fp32", 19.5), ("h100-sxm", "bf16", 989),
+                                                ("h100-pcie", "bf16", 756), ("h200", "bf16", 989),
+                                                ("b200", "bf16", 2250), ("mi300x", "bf16", 1307.4),
+                                                ("l40s", "bf16", 362.05)])
+def test_dense_peaks_match_the_data_sheets(name, dtype, tflops):
+    # Vendor data sheets, dense (not "with sparsity") figures; ANCHORS §5.
+    assert get_gpu(name).peak_tflops[dtype] == tflops
+
+
+def test_user_catalog_overrides_a_price_and_adds_a_gpu(tmp_path):
+    path = tmp_path / "gpus.yaml"
+    path.write_text("a100-80gb:\n  price_per_hour: 1.10\nmy-gpu:\n  memory_gib: 24\n"
+                    "  peak_tflops: {bf16: 100}\n  price_per_hour: 0.5\n")
+    catalog = load_catalog(path)
+    assert catalog["a100-80gb"].price_per_hour == 1.10 and catalog["a100-80gb"].peak_tflops["bf16"] == 312
+    assert get_gpu("my-gpu", catalog).memory_bytes == 24 * 2**30
+
+
+def test_user_catalog_with_an_unknown_field_is_refused(tmp_path):
+    path = tmp_path / "gpus.yaml"
+    path.write_text("x:\n  memory: 24\n")
+    with pytest.raises(PlannerError, match="unknown fields"):
+        load_catalog(path)

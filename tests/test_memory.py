@@ -1,0 +1,143 @@
+"""Memory model against its sources (ANCHORS.md §4 and §8; each test names its golden id)."""
+
+import pytest
+
+from planner import memory
+from planner.shapes import ModelShape
+from planner.units import GB, GiB
+
+
+def zero_paper_states(params, stage, nd):
+    terms = memory.state_terms("bf16-mixed", "adamw", "zero-paper")
+    strategy = memory.make_strategy(nd, zero=stage) if stage else memory.make_strategy(nd)
+    return memory.model_states(params, terms, strategy).gpu_total
+
+
+@pytest.mark.parametrize("stage, expected_gb", [(0, 120.0), (1, 31.40625), (2, 16.640625), (3, 1.875)])
+def test_zero_paper_figure1_per_gpu_model_states(stage, expected_gb):
+    # M1: Rajbhandari et al. 2019, ZeRO, Figure 1: Psi = 7.5B, Nd = 64, K = 12 (decimal GB).
+    assert zero_paper_states(7.5e9, stage, 64) / GB == pytest.approx(expected_gb, rel=1e-12)
+
+
+@pytest.mark.parametrize("stage, nd, expected_gb", [(3, 4, 30.0), (2, 16, 21.5625), (1, 16, 35.625)])
+def test_zero_paper_table1_per_gpu_model_states(stage, nd, expected_gb):
+    # M2: ZeRO Table 1, 7.5B parameters (35.6 GB is printed rounded).
+    assert zero_paper_states(7.5e9, stage, nd) / GB == pytest.approx(expected_gb, rel=1e-12)
+
+
+def test_mixed_precision_adam_is_16_bytes_per_param_in_the_zero_paper_and_18_plus_2_in_deepspeed():
+    # ZeRO §3: 2 + 2 + K(12); DeepSpeed's estimator: 16-bit params 2 + 18 (ANCHORS §7).
+    paper = memory.state_terms("bf16-mixed", "adamw", "zero-paper")
+    ds = memory.state_terms("bf16-mixed", "adamw", "deepspeed")
+    assert sum(t.bytes_per_param for t in paper) == 16
+    assert sum(t.bytes_per_param for t in ds) == 20
+
+
+@pytest.mark.parametrize("optimizer, expected", [("adamw", 8), ("sgd", 4), ("adam8bit", 2)])
+def test_optimizer_state_bytes_per_param(optimizer, expected):
+    # Kingma & Ba 2015 (2 fp32 states); SGD momentum (1); Dettmers et al. 2022 8-bit Adam (2 x 1 byte).
+    assert memory.optimizer_state_bytes(optimizer, 4, None) == expected
+
+
+def test_adafactor_factored_states_are_a_tiny_fraction_of_adams():
+    # Shazeer & Stern 2018: a row and a column vector per matrix instead of a full second moment.
+    shape = ModelShape(32, 4096, 32, 32000, 2048)
+    assert memory.optimizer_state_bytes("adafactor", 4, shape) < 0.01
+
+
+def test_int8_frozen_weights_keep_no_gradients_or_optimizer_states():
+    terms = memory.state_terms("int8", "adamw", "deepspeed")
+    assert [(t.category, t.bytes_per_param) for t in terms] == [("weights", 1)]
+
+
+LAYER_GPT3 = ModelShape(1, 12288, 96, 51200, 2048)
+
+
+@pytest.mark.parametrize("kw, expected_gb", [
+    ({}, 2.869),
+    ({"tp": 8}, 0.579),
+    ({"tp": 8, "sequence_parallel": True}, 0.359),
+    ({"tp": 8, "checkpointing": "selective"}, 0.327),
+    ({"tp": 8, "sequence_parallel": True, "checkpointing": "selective"}, 0.107),
+    ({"checkpointing": "full"}, 0.0503),
+])
+def test_korthikanti_table2_one_gpt3_layer(kw, expected_gb):
+    # M8: Korthikanti et al. 2022, Table 2: s 2048, b 1, h 12288, a 96, one layer.
+    kw = dict(kw)
+    checkpointing = kw.pop("checkpointing", "none")
+    got = memory.activation_bytes_per_layer(LAYER_GPT3, 1, checkpointing, **kw)
+    assert got / GB == pytest.approx(expected_gb, abs=6e-4)
+
+
+LLAMA7B_LIKE = ModelShape(32, 4096, 32, 32000, 4096)
+
+
+@pytest.mark.parametrize("checkpointing, expected_gib", [("none", 97.00), ("selective", 17.00), ("full", 1.00)])
+def test_korthikanti_activations_llama7b_shape(checkpointing, expected_gib):
+    # M10 / M7: L 32, s 4096, b 1, h 4096, a 32; the EleutherAI cookbook prints 97.00 GiB.
+    got = memory.activation_bytes(LLAMA7B_LIKE, 1, checkpointing)
+    assert got / GiB == pytest.approx(expected_gib, abs=0.005)
+
+
+def test_flash_attention_drops_the_attention_score_term():
+    # Dao et al. 2022: no a*s^2 score matrices are stored, leaving Korthikanti's 34*s*b*h.
+    flash = memory.activation_bytes(LLAMA7B_LIKE, 1, "none", flash_attention=True)
+    assert flash == memory.activation_bytes(LLAMA7B_LIKE, 1, "selective")
+
+
+def test_activations_scale_linearly_with_micro_batch():
+    one = memory.activation_bytes(LLAMA7B_LIKE, 1, "none")
+    assert memory.activation_bytes(LLAMA7B_LIKE, 4, "none") == pytest.approx(4 * one)
+
+
+def test_eleutherai_cookbook_llama7b_zero1_one_gpu_states():
+    # M7: EleutherAI cookbook calc_transformer_mem.py, 6.34B params, ZeRO-1 on 1 GPU:
+    # weights 11.81 GiB (2 B), optimizer 70.89 GiB (12 B: fp32 master + Adam). The cookbook counts
+    # 4 B of fp32 gradients (23.63 GiB); DeepSpeed also keeps the 16-bit gradients the backward
+    # writes (2 B more), which the deepspeed accounting includes: 35.44 GiB.
+    terms = memory.state_terms("bf16-mixed", "adamw", "deepspeed")
+    states = memory.model_states(6.34e9, terms, memory.make_strategy(1, zero=1))
+    assert states.gpu["weights"] / GiB == pytest.approx(11.81, abs=0.005)
+    assert (states.gpu["master_weights"] + states.gpu["optimizer"]) / GiB == pytest.approx(70.89, abs=0.05)
+    cookbook_gradients = 23.63 * GiB  # = 2x the 16-bit weights
+    assert states.gpu["gradients"] == pytest.approx(1.5 * cookbook_gradients, rel=1e-3)
+
+
+def test_fsdp_full_shard_holds_16_bytes_per_param_sharded():
+    # torch FSDP2, bf16 MixedPrecisionPolicy: fp32 sharded params + fp32 grads + Adam (8).
+    terms = memory.state_terms("bf16-mixed", "adamw", "fsdp")
+    states = memory.model_states(1e9, terms, memory.make_strategy(4, fsdp="full"))
+    assert states.gpu_total == pytest.approx(16e9 / 4)
+
+
+def test_fsdp_hybrid_shards_within_the_group_only():
+    strategy = memory.make_strategy(16, fsdp="hybrid", sharding_factor=8)
+    assert strategy.shard_degree == 8 and strategy.stage == 3
+
+
+def test_optimizer_offload_moves_optimizer_states_to_cpu():
+    terms = memory.state_terms("bf16-mixed", "adamw", "deepspeed")
+    states = memory.model_states(1e9, terms, memory.make_strategy(4, zero=2, offload="optimizer"))
+    assert states.gpu_total == pytest.approx(2e9)  # only the 16-bit weights stay
+    assert states.cpu_total == pytest.approx(16e9 / 4)  # fp32 grads + master + Adam, this GPU's share
+
+
+def test_max_micro_batch_is_the_largest_that_fits():
+    fixed, per_sample, cap, frag = 10.0, 3.0, 40.0, 0.1
+    b = memory.max_micro_batch(fixed, per_sample, cap, frag)
+    assert (fixed + b * per_sample) * (1 + frag) <= cap < (fixed + (b + 1) * per_sample) * (1 + frag)
+
+
+def test_max_micro_batch_is_zero_when_states_alone_do_not_fit():
+    assert memory.max_micro_batch(50.0, 1.0, 40.0, 0.0) == 0
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"zero": 2, "offload": "params"}, "parameter offload needs --zero 3"),
+    ({"offload": "optimizer"}, "needs ZeRO"),
+    ({"zero": 1, "fsdp": "full"}, "choose one"),
+    ({"fsdp": "hybrid", "sharding_factor": 3}, "does not divide"),
+])
+def test_invalid_strategy_combinations_are_refused(kwargs, message):
+    with pytest.raises(memory.PlannerError, match=message):
+        memory.make_strategy(8, **kwargs)

@@ -1,0 +1,55 @@
+"""Shapes and parameter counts against the papers' published sizes."""
+
+import pytest
+
+from planner.errors import PlannerError
+from planner.shapes import PRESETS, ModelShape, get_preset, infer_shape
+
+
+@pytest.mark.parametrize("name, published, rel", [
+    ("gpt3-175b", 174.6e9, 1e-3),  # Brown et al. 2020 (175B nominal; 174.6B counted)
+    ("llama-7b", 6.738e9, 1e-3),  # Touvron et al. 2023 (6.7B)
+    ("llama2-13b", 13.016e9, 1e-3),
+    ("llama2-70b", 68.977e9, 1e-3),  # grouped-query attention, 8 kv heads
+    ("bloomberggpt-50b", 50.6e9, 2e-3),  # Wu et al. 2023, 50.6B
+])
+def test_preset_parameter_counts_match_the_papers(name, published, rel):
+    assert get_preset(name).shape.param_count() == pytest.approx(published, rel=rel)
+
+
+def test_every_preset_is_within_10_percent_of_its_published_size():
+    # Chinchilla's published 70B counts terms (relative position biases etc.) not modelled here.
+    for name, preset in PRESETS.items():
+        assert preset.shape.param_count() == pytest.approx(preset.published_params, rel=0.10), name
+
+
+@pytest.mark.parametrize("params", [1e8, 1e9, 7e9, 70e9, 175e9])
+def test_inferred_shape_is_within_10_percent_of_the_requested_count(params):
+    shape = infer_shape(params)
+    assert shape.param_count() == pytest.approx(params, rel=0.10)
+    assert shape.hidden % shape.heads == 0
+
+
+def test_inferred_7b_shape_is_llama_like():
+    shape = infer_shape(7e9)
+    assert (shape.hidden, shape.heads, shape.mlp) == (4096, 32, "swiglu")
+    assert 30 <= shape.layers <= 34
+
+
+def test_swiglu_ffn_follows_llamas_8h_over_3_rule():
+    assert ModelShape(32, 4096, 32, 32000, 2048).ffn == 11008
+
+
+def test_heads_that_do_not_divide_hidden_are_refused_with_the_flag_named():
+    with pytest.raises(PlannerError, match=r"--heads: 48 does not divide --hidden 4000"):
+        ModelShape(32, 4000, 48, 32000, 2048)
+
+
+def test_grouped_query_attention_needs_kv_heads_dividing_heads():
+    with pytest.raises(PlannerError, match="--kv-heads"):
+        ModelShape(32, 4096, 32, 32000, 2048, kv_heads=5)
+
+
+def test_unknown_preset_lists_the_known_ones():
+    with pytest.raises(PlannerError, match="known: gpt3-175b"):
+        get_preset("gpt5")
