@@ -128,6 +128,165 @@ def estimate(params, model, layers, hidden, heads, kv_heads, ffn, vocab, mlp, ti
 
 
 @cli.command()
+@click.option("--flops", type=COUNT, help="Budget in FLOPs, e.g. 5.76e23.")
+@click.option("--pf-days", type=COUNT, help="Budget in petaFLOP/s-days.")
+@click.option("--gpu-hours", type=COUNT, help="Budget in GPU-hours of --gpu at --mfu.")
+@click.option("--days", type=COUNT, help="Budget in wall-clock days on --gpus GPUs at --mfu.")
+@click.option("--dollars", type=COUNT, help="Budget in USD at --price (default: the catalog's).")
+@click.option("--law", default="chinchilla", show_default=True,
+              help="chinchilla, chinchilla-unrounded, epoch, tokens-per-param, kaplan, or a fitted law .json.")
+@click.option("--tokens-per-param", type=float, default=20.0, show_default=True, help="Ratio for --law tokens-per-param.")
+@click.option("--params", type=COUNT, help="Fix the model size: the best token count for it.")
+@click.option("--max-tokens", type=COUNT, help="Unique tokens available (data-limited case).")
+@click.option("--max-epochs", type=float, default=1.0, show_default=True, help="Times the data may be repeated.")
+@click.option("--gpu", default="a100-80gb", show_default=True)
+@click.option("--gpu-catalog", type=click.Path(), help="YAML file adding or overriding catalog entries.")
+@click.option("--gpus", type=int, default=8, show_default=True, help="GPUs, for --days and the restated budget.")
+@click.option("--mfu", type=float, default=compute.DEFAULT_MFU, show_default=True)
+@click.option("--price", type=float, help="USD per GPU-hour (default: the catalog's).")
+@click.option("--seq-len", type=int, default=2048, show_default=True, help="For the suggested shape.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def optimal(flops, pf_days, gpu_hours, days, dollars, law, tokens_per_param, params, max_tokens, max_epochs,
+            gpu, gpu_catalog, gpus, mfu, price, seq_len, as_json):
+    """Compute-optimal parameters, tokens and loss for a budget in any unit."""
+    from planner.optimal import optimal_for_budget
+
+    budgets = {"flops": flops, "pf_days": pf_days, "gpu_hours": gpu_hours, "days": days, "dollars": dollars}
+    given = {k: v for k, v in budgets.items() if v is not None}
+    if len(given) != 1:
+        raise PlannerError("budget: give exactly one of --flops, --pf-days, --gpu-hours, --days, --dollars")
+    (unit, amount), = given.items()
+    result = optimal_for_budget(unit, amount, law_name=law, tokens_per_param=tokens_per_param, params=params,
+                                max_tokens=max_tokens, max_epochs=max_epochs, gpu_name=gpu,
+                                gpu_catalog=gpu_catalog, gpus=gpus, mfu=mfu, price=price, seq_len=seq_len)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        from planner.report import render_optimal
+
+        click.echo(render_optimal(result))
+
+
+@cli.group()
+def fit() -> None:
+    """Fit power laws to loss curves (curve), grids of runs (nd) or isoFLOP profiles (isoflop)."""
+
+
+def _fit_options(f):
+    for decorator in reversed([
+        click.argument("data"),
+        click.option("--n-col", help="Column of parameter counts (MLflow: params.NAME)."),
+        click.option("--d-col", help="Column of training tokens."),
+        click.option("--flops-col", help="Column of training FLOPs (D = C / 6N when --d-col is absent)."),
+        click.option("--loss-col", default="loss", show_default=True, help="Column (or MLflow metric) of losses."),
+        click.option("--bootstrap", type=click.IntRange(0, 10_000), default=0, show_default=True,
+                     help="Bootstrap resamples for standard errors."),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option("--tracking-uri", help="MLflow tracking URI for mlflow:EXPERIMENT data (default sqlite:///mlflow.db)."),
+        click.option("--out", type=click.Path(), help="Write the fitted law as JSON here."),
+        click.option("--plot", type=click.Path(), help="Write a PNG plot here."),
+        click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table."),
+    ]):
+        f = decorator(f)
+    return f
+
+
+def _emit_fit(result, out, as_json, name) -> None:
+    from planner.io import atomic_write_json
+    from planner.report import render_fit
+
+    payload = {k: v for k, v in result.to_dict().items() if not k.startswith("_")}
+    payload["name"] = name
+    if out:
+        atomic_write_json(out, payload)
+    click.echo(json.dumps(payload, indent=2) if as_json else render_fit(payload))
+    if not result.converged:
+        click.echo(f"planner: warning: the fit did not converge ({result.message}); the values above are the "
+                   "best found, not a converged fit", err=True)
+        raise click.exceptions.Exit(1)
+
+
+@fit.command("nd")
+@_fit_options
+@click.option("--drop-worst", type=int, default=0, show_default=True, help="Exclude the K highest-loss runs.")
+@click.option("--max-iter", type=click.IntRange(1), default=10_000, show_default=True, help="L-BFGS iterations per start.")
+def fit_nd_cmd(data, n_col, d_col, flops_col, loss_col, bootstrap, seed, tracking_uri, out, plot, as_json, drop_worst,
+               max_iter):
+    """Fit L(N, D) = E + A/N^alpha + B/D^beta (Hoffmann et al. approach 3, Huber loss, L-BFGS)."""
+    from planner.fit import fit_nd
+    from planner.rundata import column, load_table
+
+    table = load_table(data, tracking_uri)
+    n = column(table, n_col, "--n-col")
+    if d_col is None and flops_col is None:
+        raise PlannerError("--d-col or --flops-col: one is needed (tokens, or FLOPs to derive D = C / 6N)")
+    d = column(table, d_col, "--d-col") if d_col else column(table, flops_col, "--flops-col") / (6 * n)
+    loss = column(table, loss_col, "--loss-col")
+    result = fit_nd(n, d, loss, drop_worst=drop_worst, bootstrap=bootstrap, seed=seed, max_iter=max_iter)
+    if plot:
+        from planner.plots import plot_nd
+
+        plot_nd(result, n, d, loss, plot)
+    _emit_fit(result, out, as_json, f"fit-nd:{data}")
+
+
+@fit.command("curve")
+@_fit_options
+@click.option("--x-col", help="Column (or MLflow metric) of x: steps, tokens or FLOPs (MLflow default: the step).")
+@click.option("--run-col", help="Column naming the run; with several runs the lower envelope is fitted.")
+@click.option("--min-x", type=float, default=0.0, show_default=True, help="Ignore points with x below this (warm-up).")
+@click.option("--target", type=COUNT, help="Extrapolate the loss to this x.")
+def fit_curve_cmd(data, n_col, d_col, flops_col, loss_col, bootstrap, seed, tracking_uri, out, plot, as_json,
+                  x_col, run_col, min_x, target):
+    """Fit L(x) = E + A·x^-alpha to a loss curve, or to the lower envelope of many runs."""
+    import numpy as np
+
+    from planner.fit import fit_curve, lower_envelope
+    from planner.rundata import MLFLOW_PREFIX, column, load_table, metric_history
+
+    if data.startswith(MLFLOW_PREFIX):
+        x, loss, runs = metric_history(data, loss_col, x_col, tracking_uri)
+    else:
+        table = load_table(data)
+        x = column(table, x_col, "--x-col")
+        loss = column(table, loss_col, "--loss-col")
+        runs = table[run_col].to_numpy() if run_col else np.zeros(len(x))
+        if run_col and run_col not in table.columns:
+            raise PlannerError(f"--run-col: no column {run_col!r} in the data")
+    keep = x >= min_x
+    x, loss, runs = x[keep], loss[keep], runs[keep]
+    envelope = lower_envelope(x, loss) if np.unique(runs).size > 1 else None
+    fx, fl = envelope if envelope is not None else (x, loss)
+    result = fit_curve(fx, fl, bootstrap=bootstrap, seed=seed, target=target)
+    result.extra["envelope"] = envelope is not None
+    result.extra["runs"] = int(np.unique(runs).size)
+    if plot:
+        from planner.plots import plot_curve
+
+        plot_curve(result, x, loss, plot, x_label=x_col or "step", envelope=envelope)
+    _emit_fit(result, out, as_json, f"fit-curve:{data}")
+
+
+@fit.command("isoflop")
+@_fit_options
+def fit_isoflop_cmd(data, n_col, d_col, flops_col, loss_col, bootstrap, seed, tracking_uri, out, plot, as_json):
+    """Approaches 1-2: loss minimum per compute budget, then N* ∝ C^a and D* ∝ C^b."""
+    from planner.fit import fit_isoflop
+    from planner.rundata import column, load_table
+
+    table = load_table(data, tracking_uri)
+    n = column(table, n_col, "--n-col")
+    flops = column(table, flops_col, "--flops-col") if flops_col else 6 * n * column(table, d_col, "--d-col")
+    loss = column(table, loss_col, "--loss-col")
+    result = fit_isoflop(n, flops, loss)
+    if plot:
+        from planner.plots import plot_isoflop
+
+        plot_isoflop(result, n, flops, loss, plot)
+    _emit_fit(result, out, as_json, f"fit-isoflop:{data}")
+
+
+@cli.command()
 @click.option("--gpu-catalog", type=click.Path(), help="YAML file adding or overriding catalog entries.")
 @click.option("--json", "as_json", is_flag=True)
 def gpus(gpu_catalog, as_json):
@@ -145,7 +304,7 @@ def gpus(gpu_catalog, as_json):
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one-line errors and exit status 2 for any bad input."""
     try:
-        cli.main(args=argv, prog_name="planner", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="planner", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
@@ -157,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     except PlannerError as exc:
         click.echo(f"planner: error: {_one_line(str(exc))}", err=True)
         return EXIT_USAGE
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def _one_line(message: str) -> str:

@@ -112,3 +112,35 @@ def implied_mfu(flops: float, gpu_hours: float, peak_flops: float) -> float:
 def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float, gpus: int = 1) -> float:
     """Measured MFU of a running job (the trainer's throughput monitor uses this)."""
     return tokens_per_second * flops_per_token / (peak_flops * gpus)
+
+
+BUDGET_UNITS = ("flops", "pf_days", "gpu_hours", "days", "dollars")
+
+
+def budget_to_flops(unit: str, amount: float, *, peak_flops: float, mfu: float, gpus: int = 1,
+                    price_per_gpu_hour: float = 0.0) -> float:
+    """Model FLOPs a budget buys: FLOPs, PF/s-days, GPU-hours, wall-clock days on `gpus`, or dollars."""
+    if not amount > 0:
+        raise PlannerError(f"--{unit.replace('_', '-')}: {amount!r} must be a positive budget")
+    validate_mfu(mfu)
+    per_gpu_hour = peak_flops * mfu * 3600
+    if unit == "flops":
+        return amount
+    if unit == "pf_days":
+        return amount * PF_DAY_FLOPS
+    if unit == "gpu_hours":
+        return amount * per_gpu_hour
+    if unit == "days":
+        return amount * 24 * gpus * per_gpu_hour
+    if unit == "dollars":
+        if price_per_gpu_hour <= 0:
+            raise PlannerError("--dollars: needs a positive --price (USD per GPU-hour) or a GPU with a catalog price")
+        return amount / price_per_gpu_hour * per_gpu_hour
+    raise PlannerError(f"budget: unknown unit {unit!r}; use one of {', '.join(BUDGET_UNITS)}")
+
+
+def restate_budget(flops: float, *, peak_flops: float, mfu: float, gpus: int, price_per_gpu_hour: float) -> dict:
+    """The same budget in every unit."""
+    gpu_hours = flops / (peak_flops * mfu * 3600)
+    return {"flops": flops, "pf_days": flops / PF_DAY_FLOPS, "gpu_hours": gpu_hours,
+            "days": gpu_hours / gpus / 24, "gpus": gpus, "dollars": gpu_hours * price_per_gpu_hour}

@@ -111,3 +111,52 @@ def render_gpus(catalog: dict) -> str:
         rows.append([g.name, g.description, f"{g.memory_gib:g}", peaks, f"{g.price_per_hour:.2f}"])
     return tabulate(rows, headers=["GPU", "", "GiB", "dense peak TFLOP/s", "$/GPU-h"], tablefmt="simple",
                     disable_numparse=True)
+
+
+def render_optimal(r: dict) -> str:
+    b = r["budget"]
+    budget = tabulate([
+        ["FLOPs", _sci(b["flops"])], ["petaFLOP/s-days", f"{b['pf_days']:,.1f}"],
+        [f"GPU-hours ({b['gpu']}, MFU {b['mfu']:.0%})", f"{b['gpu_hours']:,.0f}"],
+        [f"days on {b['gpus']} GPUs", f"{b['days']:,.1f}"],
+        [f"dollars at ${b['price_per_gpu_hour']:.2f}/GPU-hour", f"${b['dollars']:,.0f}"],
+    ], headers=["Budget", ""], tablefmt="simple", disable_numparse=True)
+    loss = "-" if r["loss"] is None else f"{r['loss']:.4f}"
+    rows = [["parameters N", f"{human_count(r['params'])} ({r['params']:.4g})"],
+            ["tokens D", f"{human_count(r['tokens'])} ({r['tokens']:.4g})"],
+            ["tokens per parameter", f"{r['tokens_per_param']:.1f}"],
+            ["predicted loss", loss]]
+    if r["constraint"] != "none":
+        gap = "-" if r["loss_gap"] is None else f"+{r['loss_gap']:.4f}"
+        rows += [["constraint", r["constraint"] + (f", {r['epochs']:.2f} epochs" if r.get("epochs") else "")],
+                 ["unconstrained N*, D*", f"{human_count(r['unconstrained_params'])}, "
+                                          f"{human_count(r['unconstrained_tokens'])}"],
+                 ["loss above the unconstrained optimum", gap]]
+    if "numerical_check" in r:
+        rows.append(["closed form vs numerical N*", f"{r['numerical_check']['rel_diff_params']:.1e} relative"])
+    s = r["suggested_shape"]
+    rows.append(["suggested shape", f"{s['layers']} layers x {s['hidden']} hidden, {s['heads']} heads, ffn "
+                                    f"{s['ffn_hidden']} ({human_count(s['params'])} = {s['params']:,})"])
+    head = f"Law: {r['law']} ({r['law_params'].get('source', '')})"
+    return "\n\n".join([head, budget, tabulate(rows, headers=["Compute-optimal", ""], tablefmt="simple",
+                                                        disable_numparse=True)])
+
+
+def render_fit(r: dict) -> str:
+    keys = {"nd": ("E", "A", "B", "alpha", "beta"), "curve": ("E", "A", "alpha"),
+            "isoflop": ("a", "b", "params_coeff", "tokens_coeff")}[r["kind"]]
+    rows = [[k, f"{r[k]:.6g}", f"± {r['stderr'][k]:.3g}" if k in r["stderr"] else ""] for k in keys]
+    title = {"nd": "L(N, D) = E + A/N^alpha + B/D^beta", "curve": "L(x) = E + A·x^-alpha",
+             "isoflop": "N* = params_coeff·C^a, D* = tokens_coeff·C^b"}[r["kind"]]
+    out = [f"{title}   ({r['n_points']} points{', converged' if r['converged'] else ', NOT CONVERGED'})",
+           tabulate(rows, headers=["", "value", "bootstrap s.e."], tablefmt="simple", disable_numparse=True)]
+    if "target" in r:
+        t = r["target"]
+        band = f" (95% band {t['loss_lo95']:.4f} - {t['loss_hi95']:.4f})" if "loss_lo95" in t else ""
+        out.append(f"Extrapolated loss at x = {t['x']:.4g}: {t['loss']:.4f}{band}")
+    if r["kind"] == "isoflop":
+        out.append(tabulate([[f"{m['flops']:.3g}", human_count(m["params"]), human_count(m["tokens"]),
+                              f"{m['loss']:.4f}", m["runs"]] for m in r["minima"]],
+                            headers=["budget FLOPs", "N*", "D*", "min loss", "runs"], tablefmt="simple",
+                            disable_numparse=True))
+    return "\n".join(out)

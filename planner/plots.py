@@ -1,0 +1,78 @@
+"""PNG plots of fits (matplotlib, Agg backend, written atomically)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from planner.fit import FitResult, curve_band, predict_nd
+from planner.io import atomic_write_bytes
+
+
+def _figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(figsize=(7, 4.5), dpi=110)
+
+
+def _save(plt, fig, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_curve(result: FitResult, x, loss, path, x_label: str = "x", envelope=None) -> Path:
+    """Data, fit, 95% bootstrap band, and the extrapolation to the target, on log-log axes."""
+    plt, fig, ax = _figure()
+    ax.scatter(x, loss, s=6, alpha=0.35, color="grey", label="runs")
+    if envelope is not None:
+        ax.scatter(*envelope, s=10, color="black", label="lower envelope (fitted)")
+    target = result.extra.get("target", {}).get("x")
+    hi_x = max(np.max(x), target or 0) * 1.05
+    xs = np.geomspace(np.min(x), hi_x, 200)
+    mid, lo, hi = curve_band(result, xs)
+    p = result.params
+    ax.plot(xs, mid, color="C0", label=f"fit: {p['E']:.3f} + {p['A']:.3g}·x^-{p['alpha']:.3f}")
+    ax.fill_between(xs, lo, hi, color="C0", alpha=0.2, label="95% bootstrap band")
+    ax.axvline(np.max(x), color="grey", ls=":", lw=1)
+    if target:
+        t = result.extra["target"]
+        ax.scatter([target], [t["loss"]], marker="*", s=120, color="C3", zorder=5,
+                   label=f"extrapolated: {t['loss']:.3f} at {target:.3g}")
+    ax.set(xscale="log", yscale="log", xlabel=x_label, ylabel="loss", title="Loss curve power-law fit")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def plot_nd(result: FitResult, n, d, loss, path) -> Path:
+    """Loss against N, coloured by D, with the fitted law's predictions on an isoFLOP view."""
+    plt, fig, ax = _figure()
+    flops = 6 * np.asarray(n) * np.asarray(d)
+    sc = ax.scatter(n, loss, c=np.log10(flops), s=12, cmap="viridis", label="runs")
+    fig.colorbar(sc, ax=ax, label="log10 training FLOPs")
+    for c in np.geomspace(flops.min(), flops.max(), 5):
+        ns = np.geomspace(np.min(n), np.max(n), 100)
+        ax.plot(ns, predict_nd(result.params, ns, c / (6 * ns)), color="k", lw=0.8, alpha=0.6)
+    p = result.params
+    ax.set(xscale="log", xlabel="parameters N", ylabel="loss",
+           title=f"L = {p['E']:.3f} + {p['A']:.4g}/N^{p['alpha']:.3f} + {p['B']:.4g}/D^{p['beta']:.3f}")
+    return _save(plt, fig, path)
+
+
+def plot_isoflop(result: FitResult, n, flops, loss, path) -> Path:
+    plt, fig, (ax) = _figure()
+    sc = ax.scatter(n, loss, c=np.log10(flops), s=12, cmap="viridis")
+    fig.colorbar(sc, ax=ax, label="log10 training FLOPs")
+    minima = result.extra["minima"]
+    ax.scatter([m["params"] for m in minima], [m["loss"] for m in minima], marker="x", color="C3", s=40,
+               label=f"per-budget minima; N* ∝ C^{result.params['a']:.3f}")
+    ax.set(xscale="log", xlabel="parameters N", ylabel="loss", title="IsoFLOP profiles (approaches 1-2)")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, path)
