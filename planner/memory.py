@@ -124,7 +124,11 @@ class StateTerm:
     `sharded_from`: the ZeRO stage from which it is partitioned; `offload`: which offload flag
     moves it to CPU (only once it is partitioned); `cpu_bytes`: its size on CPU when moved there
     (DeepSpeed streams 16-bit gradients into the fp32 gradient buffer, so they take none);
-    `transient_when_sharded`: a compute copy that exists only for the layers being gathered.
+    `transient_when_sharded`: a compute copy that exists only for the layers being gathered;
+    `freed_before_step`: released while the optimizer step builds its replacement (DeepSpeed turns
+    the 16-bit gradient partition into the fp32 one under ZeRO 1-3; its stage-0 wrapper keeps both),
+    so it counts toward the instantaneous peak that DeepSpeed's estimator reports but not toward
+    what is alive during the step itself.
     """
 
     category: str  # weights | gradients | master_weights | optimizer
@@ -134,6 +138,7 @@ class StateTerm:
     offload: str  # 'params' | 'optimizer'
     cpu_bytes: float | None = None
     transient_when_sharded: bool = False
+    freed_before_step: bool = False
 
 
 def optimizer_state_bytes(optimizer: str, state_bytes: int, shape: ModelShape | None) -> float:
@@ -186,7 +191,7 @@ def state_terms(precision: str, optimizer: str, convention: str,
     terms = [
         StateTerm("weights", "16-bit weights", 2, 3, "params"),
         StateTerm("gradients", "16-bit gradients", 2, 2, "optimizer",
-                  cpu_bytes=0 if convention == "deepspeed" else 2),
+                  cpu_bytes=0 if convention == "deepspeed" else 2, freed_before_step=convention == "deepspeed"),
     ]
     if convention == "deepspeed":
         terms.append(StateTerm("gradients", "fp32 gradient partition", 4, 1, "optimizer"))
@@ -216,13 +221,19 @@ class ModelStates:
 
 
 def model_states(params: float, terms: tuple[StateTerm, ...], strategy: Strategy,
-                 shape: ModelShape | None = None, convention: str = "zero-paper") -> ModelStates:
-    """Partition and offload each state term; add the gathered buffers of stage 3."""
+                 shape: ModelShape | None = None, convention: str = "zero-paper", *,
+                 at_step: bool = False) -> ModelStates:
+    """Partition and offload each state term; add the gathered buffers of stage 3.
+
+    `at_step`: the states alive while the optimizer steps (what a trainer can measure from its live
+    tensors then), instead of the instantaneous peak that includes terms freed just before it.
+    """
     gpu = dict.fromkeys(("weights", "gradients", "master_weights", "optimizer"), 0.0)
     cpu = dict(gpu)
     for term in terms:
         sharded = strategy.stage >= term.sharded_from
-        if sharded and term.transient_when_sharded:
+        freed = at_step and term.freed_before_step and strategy.stage >= 1  # only ZeRO's optimizer frees it
+        if (sharded and term.transient_when_sharded) or freed:
             continue
         per_gpu = term.bytes_per_param * params / (strategy.shard_degree if sharded else 1)
         moved = sharded and (strategy.offload_params if term.offload == "params" else strategy.offload_optimizer)

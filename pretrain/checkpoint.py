@@ -1,0 +1,89 @@
+"""Atomic checkpoints: write `step_N.tmp/`, rename to `step_N/`, then point `latest` at it.
+
+A crash during a save leaves at most a `.tmp` folder, which the next save removes; `latest`
+always names a complete checkpoint. Besides the engine's model and optimizer states, each rank
+stores its RNG states and data-loader position, and rank 0 the loop's counters and MLflow run id.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from planner.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from pretrain.config import ConfigError
+from pretrain.distributed import DistInfo, barrier
+
+LATEST = "latest"
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Checkpointer:
+    def __init__(self, root: str | Path, info: DistInfo):
+        self.root, self.info = Path(root), info
+
+    def latest(self) -> Path | None:
+        pointer = self.root / LATEST
+        if not pointer.is_file():
+            return None
+        path = self.root / pointer.read_text().strip()
+        if not (path / "meta.json").is_file():
+            raise ConfigError(f"checkpoint: {pointer} names {path.name}, which is missing or incomplete")
+        return path
+
+    def save(self, step: int, engine, loader_state: dict, meta: dict) -> Path:
+        final = self.root / f"step_{step:08d}"
+        tmp = self.root / f"step_{step:08d}.tmp"
+        if self.info.is_main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            for stale in self.root.glob("*.tmp"):
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        barrier(self.info)
+        engine.save(tmp)
+        buf = io.BytesIO()
+        torch.save({"rng": rng_state(), "loader": loader_state}, buf)
+        atomic_write_bytes(tmp / f"rank_{self.info.rank:05d}.pt", buf.getvalue())
+        barrier(self.info)
+        if self.info.is_main:
+            atomic_write_json(tmp / "meta.json", {**meta, "step": step, "world": self.info.world})
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            atomic_write_text(self.root / LATEST, final.name + "\n")
+        barrier(self.info)
+        return final
+
+    def load(self, path: Path, engine) -> tuple[dict, dict]:
+        """Restore engine states and this rank's RNG; returns (meta, loader state)."""
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+            engine.load(path)
+            rank_file = path / f"rank_{self.info.rank:05d}.pt"
+            same_world = meta.get("world") == self.info.world and rank_file.is_file()
+            state = torch.load(rank_file if same_world else path / "rank_00000.pt", weights_only=False)
+        except ConfigError:
+            raise
+        except Exception as exc:  # torch/DeepSpeed raise many types on a damaged checkpoint
+            raise ConfigError(f"checkpoint {path} is unreadable or corrupted: {str(exc).splitlines()[0][:200]}") from None
+        if same_world:
+            set_rng_state(state["rng"])
+        return meta, state["loader"]

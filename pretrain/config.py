@@ -1,0 +1,191 @@
+"""The typed run config: dataclasses read from YAML with dotlist overrides (OmegaConf structured).
+
+A wrong type, an unknown key or a missing value fails at load time with a message naming the key
+path (`train.micro_batch`), and cross-field rules (heads dividing hidden, batch sizes agreeing)
+are checked in `validate`. This is the file `planner emit` writes and `pretrain.train` reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from planner.errors import PlannerError
+
+ENGINES = ("single", "ddp", "deepspeed", "fsdp")
+FSDP_MODES = ("full", "shard-grad-op", "hybrid", "no-shard")
+
+
+class ConfigError(PlannerError):
+    """A run config that cannot be used; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    layers: int = 2
+    hidden: int = 64
+    heads: int = 4
+    kv_heads: int | None = None
+    ffn_hidden: int | None = None
+    vocab: int = 256
+    seq_len: int = 64
+    tied_embeddings: bool = False
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    init_std: float = 0.02
+
+
+@dataclass
+class DataConfig:
+    train: str = "???"  # folder of packed token shards (pretrain.data.shards)
+    eval: str | None = None  # held-out shards; None: no evaluation
+    tokenizer: str | None = None  # tokenizer.json used to build the shards
+    seed: int = 1234
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    micro_batch: int = 4
+    grad_accum: int = 1
+    precision: str = "bf16-mixed"  # bf16-mixed | fp32
+    seed: int = 1234
+    eval_every: int = 50
+    eval_batches: int = 4
+    checkpoint_every: int = 50
+    checkpoint_dir: str = "checkpoints"
+    resume: bool = True  # resume from checkpoint_dir/latest when it exists
+    log_every: int = 1
+    max_skipped_steps: int = 10  # stop after this many consecutive skipped (non-finite or spiking) steps
+    spike_factor: float = 0.0  # skip a step whose loss exceeds factor x rolling mean; 0 turns it off
+    spike_window: int = 20
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class EngineConfig:
+    name: str = "single"  # single | ddp | deepspeed | fsdp
+    zero_stage: int = 0  # deepspeed
+    offload: str = "none"  # none | optimizer | params | all
+    ds_config: str | None = None  # path to an emitted ds_config.json; None: built from this config
+    fsdp_mode: str = "full"
+    sharding_factor: int | None = None  # fsdp hybrid
+    backend: str | None = None  # None: nccl on GPU, gloo on CPU
+    timeout_s: int = 600
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "pretrain"
+    run_name: str | None = None
+    fallback_dir: str = "mlflow-offline"  # metrics kept here when the server is down
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs/run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    plan: dict[str, Any] = field(default_factory=dict)  # the planner's predictions, written by `planner emit`
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read YAML (optional) and dotlist overrides (`train.steps=20`) onto the schema, then validate."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.structured(RunConfig)
+        if path is not None:
+            if not Path(path).is_file():
+                raise ConfigError(f"config: {path} does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise ConfigError(f"config: missing value for {', '.join(missing)}")
+        cfg: RunConfig = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config: {_omegaconf_message(exc)}") from None
+    validate(cfg)
+    return cfg
+
+
+def _omegaconf_message(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
+    head = lines[0] if lines else type(exc).__name__
+    return f"{key}: {head}" if key and key not in head else head
+
+
+def validate(cfg: RunConfig) -> None:
+    m, t, e = cfg.model, cfg.train, cfg.engine
+    checks = [
+        (m.hidden % m.heads == 0, f"model.heads: {m.heads} does not divide model.hidden {m.hidden}"),
+        ((m.hidden // m.heads) % 2 == 0, f"model.hidden / model.heads = {m.hidden // m.heads} must be even for rotary positions"),
+        (m.kv_heads is None or (m.kv_heads > 0 and m.heads % m.kv_heads == 0),
+         f"model.kv_heads: {m.kv_heads} must divide model.heads {m.heads}"),
+        (min(m.layers, m.hidden, m.heads, m.vocab, m.seq_len) > 0, "model: layers, hidden, heads, vocab, seq_len must be positive"),
+        (t.steps > 0, f"train.steps: {t.steps} must be positive"),
+        (t.micro_batch > 0, f"train.micro_batch: {t.micro_batch} must be positive"),
+        (t.grad_accum > 0, f"train.grad_accum: {t.grad_accum} must be positive"),
+        (t.precision in ("bf16-mixed", "fp32"), f"train.precision: {t.precision!r} is not one of bf16-mixed, fp32"),
+        (t.checkpoint_every > 0 and t.eval_every > 0 and t.log_every > 0,
+         "train.checkpoint_every, train.eval_every and train.log_every must be positive"),
+        (e.name in ENGINES, f"engine.name: {e.name!r} is not one of {', '.join(ENGINES)}"),
+        (e.zero_stage in (0, 1, 2, 3), f"engine.zero_stage: {e.zero_stage} is not one of 0, 1, 2, 3"),
+        (e.fsdp_mode in FSDP_MODES, f"engine.fsdp_mode: {e.fsdp_mode!r} is not one of {', '.join(FSDP_MODES)}"),
+        (e.offload in ("none", "optimizer", "params", "all"), f"engine.offload: {e.offload!r} is not one of none, optimizer, params, all"),
+        (e.offload == "none" or e.name in ("deepspeed", "fsdp"), f"engine.offload: {e.offload} needs engine.name deepspeed or fsdp"),
+        (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+        (cfg.optim.lr > 0, f"optim.lr: {cfg.optim.lr} must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def to_shape(m: ModelConfig):
+    """The planner's ModelShape for this model (same parameter count, checked by a test)."""
+    from planner.shapes import ModelShape
+
+    return ModelShape(m.layers, m.hidden, m.heads, m.vocab, m.seq_len, kv_heads=m.kv_heads, ffn_hidden=m.ffn_hidden,
+                      tied_embeddings=m.tied_embeddings)
+
+
+def flatten(cfg: RunConfig) -> dict[str, Any]:
+    """`model.hidden: 64`-style flat dict (MLflow params)."""
+    from dataclasses import asdict
+
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value
+
+    walk("", {k: v for k, v in asdict(cfg).items() if k != "plan"})
+    return out

@@ -1,0 +1,27 @@
+"""Training engines behind one small interface (`Engine`); the train loop never branches on which.
+
+- `single` / `ddp`: plain PyTorch (DDP when WORLD_SIZE > 1), bf16 autocast over fp32 weights.
+- `deepspeed`: DeepSpeed ZeRO 0-3 with bf16, optional CPU offload, from an emitted ds_config.json.
+- `fsdp`: PyTorch FSDP2 `fully_shard` (full, shard-grad-op, hybrid) with a bf16 mixed-precision policy.
+"""
+
+from __future__ import annotations
+
+from pretrain.config import RunConfig
+from pretrain.distributed import DistInfo
+from pretrain.engines.base import Engine
+
+
+def build_engine(cfg: RunConfig, info: DistInfo) -> Engine:
+    name = cfg.engine.name
+    if name in ("single", "ddp"):
+        from pretrain.engines.torch_engine import TorchEngine
+
+        return TorchEngine(cfg, info)
+    if name == "fsdp":
+        from pretrain.engines.fsdp import FSDPEngine
+
+        return FSDPEngine(cfg, info)
+    from pretrain.engines.deepspeed_engine import DeepSpeedEngine
+
+    return DeepSpeedEngine(cfg, info)

@@ -1,0 +1,246 @@
+"""The pretraining loop: warmup + cosine AdamW, accumulation, clipping, eval, checkpoints, exact resume.
+
+    python -m pretrain.train --config run.yaml [key=value ...]
+    torchrun --nproc_per_node 2 -m pretrain.train --config run.yaml engine.name=fsdp
+
+The same code runs on one CPU process, on 2 gloo processes in CI, and on many GPU nodes: the
+engine (`pretrain.engines`) holds the parallelism, the loop only sees its small interface.
+A step whose loss is non-finite or spikes (> spike_factor x rolling mean) on any rank is skipped
+whole and counted; too many in a row stop the run with a clear message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import torch
+
+from planner.errors import PlannerError
+from planner.io import atomic_write_json
+from pretrain.checkpoint import Checkpointer
+from pretrain.config import RunConfig, load_config, to_shape
+from pretrain.data.shards import PackedBatches, TokenShards
+from pretrain.distributed import DistInfo, all_reduce_max, all_reduce_mean, init_distributed
+from pretrain.engines import build_engine
+from pretrain.tracking import Tracker
+
+FAIL_AFTER_STEP_ENV = "PRETRAIN_FAIL_AFTER_STEP"  # tests: die abruptly after this step (simulated crash)
+
+
+class TrainingStopped(PlannerError):
+    """The run stopped on purpose (too many skipped steps); the message says why."""
+
+
+def lr_at(step: int, cfg: RunConfig) -> float:
+    """Linear warmup to optim.lr, then cosine decay to lr x min_lr_ratio at the last step."""
+    o, total = cfg.optim, cfg.train.steps
+    if o.warmup_steps and step <= o.warmup_steps:
+        return o.lr * step / o.warmup_steps
+    progress = (step - o.warmup_steps) / max(1, total - o.warmup_steps)
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def predicted_model_state_bytes(cfg: RunConfig, world: int) -> dict[str, float]:
+    """The planner's model-state bytes per rank alive at the optimizer step (no gathered buffers)."""
+    from planner import memory
+
+    e = cfg.engine
+    if e.name == "deepspeed":
+        strategy, convention = memory.make_strategy(world, zero=e.zero_stage, offload=e.offload), "deepspeed"
+    elif e.name == "fsdp":
+        strategy = memory.make_strategy(world, fsdp=e.fsdp_mode, sharding_factor=e.sharding_factor,
+                                        offload="all" if e.offload != "none" else "none")
+        convention = "fsdp"
+    else:  # torch autocast keeps fp32 weights, fp32 gradients and fp32 Adam states: the fp32 layout
+        strategy, convention = memory.make_strategy(world), "zero-paper"
+    shape = to_shape(cfg.model)
+    precision = "fp32" if e.name in ("single", "ddp") or cfg.train.precision == "fp32" else "bf16-mixed"
+    terms = memory.state_terms(precision, "adamw", convention, shape)
+    return dict(memory.model_states(shape.param_count(), terms, strategy, shape, convention, at_step=True).gpu)
+
+
+def peak_flops_per_device(cfg: RunConfig) -> float | None:
+    """Dense bf16 peak of this device: from the plan, or the catalog entry matching the GPU's name."""
+    if cfg.plan.get("peak_flops_per_gpu"):
+        return float(cfg.plan["peak_flops_per_gpu"])
+    if not torch.cuda.is_available():
+        return None  # no dense-peak figure for a CPU: MFU is not reported
+    from planner.hardware import BUILTIN_GPUS
+
+    name = torch.cuda.get_device_name().lower()
+    for key, gpu in BUILTIN_GPUS.items():
+        if key.split("-")[0] in name:
+            return gpu.peak_flops("bf16" if "bf16" in gpu.peak_tflops else "fp16")
+    return None
+
+
+def memory_in_use(info: DistInfo) -> float:
+    if info.device.type == "cuda":
+        return float(torch.cuda.max_memory_allocated(info.device))
+    import resource
+
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # peak RSS on Linux
+
+
+def evaluate(engine, cfg: RunConfig, info: DistInfo) -> float | None:
+    if not cfg.data.eval:
+        return None
+    batches = PackedBatches(TokenShards.open(cfg.data.eval), cfg.train.micro_batch, info.rank, info.world,
+                            seed=cfg.data.seed)
+    engine.train(False)
+    with torch.no_grad():
+        losses = [float(engine.forward(*batches.next())) for _ in range(cfg.train.eval_batches)]
+    engine.train(True)
+    return all_reduce_mean(sum(losses) / len(losses), info)
+
+
+def plot_losses(history: list[tuple[int, float]], evals: list[tuple[int, float]], path: Path) -> Path | None:
+    if not history:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(*zip(*history, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), "o-", label="eval loss")
+    ax.set(xlabel="step", ylabel="loss", title="Loss curve")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def train(cfg: RunConfig) -> dict:
+    """Run (or resume) the job; returns a summary (rank 0's view)."""
+    info = init_distributed(cfg.engine.name, cfg.engine.backend, cfg.engine.timeout_s)
+    if cfg.engine.name == "single" and info.world > 1:
+        cfg.engine.name = "ddp"
+    out_dir = Path(cfg.out_dir)
+    data = PackedBatches(TokenShards.open(cfg.data.train), cfg.train.micro_batch, info.rank, info.world,
+                         seed=cfg.data.seed)
+    if data.shards.seq_len != cfg.model.seq_len:
+        raise PlannerError(f"data.train: shards hold sequences of {data.shards.seq_len} tokens, "
+                           f"model.seq_len is {cfg.model.seq_len}")
+    if data.shards.manifest["vocab_size"] > cfg.model.vocab:
+        raise PlannerError(f"model.vocab: {cfg.model.vocab} is smaller than the data's vocabulary "
+                           f"{data.shards.manifest['vocab_size']}")
+    engine = build_engine(cfg, info)
+    ckpt = Checkpointer(out_dir / cfg.train.checkpoint_dir, info)
+    step, tokens_seen, skipped_total, run_id = 0, 0, 0, None
+    history: list[tuple[int, float]] = []
+    evals: list[tuple[int, float]] = []
+    latest = ckpt.latest() if cfg.train.resume else None
+    if latest is not None:
+        meta, loader_state = ckpt.load(latest, engine)
+        data.load_state_dict(loader_state)
+        step, tokens_seen, skipped_total = meta["step"], meta["tokens_seen"], meta["skipped_total"]
+        run_id, history, evals = meta.get("mlflow_run_id"), [tuple(h) for h in meta["history"]], \
+            [tuple(e) for e in meta["evals"]]
+    tracker = Tracker(cfg, info.is_main, run_id)
+    shape = to_shape(cfg.model)
+    flops_per_token = 6 * shape.param_count() + 12 * shape.layers * shape.hidden * shape.seq_len
+    peak = peak_flops_per_device(cfg)
+    predicted = predicted_model_state_bytes(cfg, info.world)
+    if info.is_main and latest is None:
+        tracker.log_dict({**cfg.plan, "predicted_model_state_bytes_per_rank": predicted}, "plan.json")
+    tokens_per_step = cfg.train.micro_batch * cfg.train.grad_accum * info.world * cfg.model.seq_len
+    window: deque[float] = deque(maxlen=cfg.train.spike_window)
+    consecutive_skips, fail_after = 0, int(os.environ.get(FAIL_AFTER_STEP_ENV, "0"))
+    engine.train(True)
+    while step < cfg.train.steps:
+        step += 1
+        start = time.perf_counter()
+        engine.set_lr(lr_at(step, cfg))
+        losses, poison = [], False
+        for _ in range(cfg.train.grad_accum):
+            loss = engine.forward(*data.next())
+            value = float(loss.detach())
+            spiking = cfg.train.spike_factor > 0 and len(window) == window.maxlen and \
+                value > cfg.train.spike_factor * (sum(window) / len(window))
+            poison = poison or all_reduce_max(0.0 if math.isfinite(value) and not spiking else 1.0, info) > 0
+            engine.backward(loss, poison=poison)
+            losses.append(value)
+        grad_norm = engine.step(skip=poison)
+        tokens_seen += tokens_per_step
+        elapsed = time.perf_counter() - start
+        if poison:
+            skipped_total, consecutive_skips = skipped_total + 1, consecutive_skips + 1
+            if consecutive_skips > cfg.train.max_skipped_steps:
+                tracker.finish("FAILED")
+                raise TrainingStopped(f"stopped at step {step}: {consecutive_skips} consecutive steps skipped for "
+                                      f"non-finite or spiking loss (train.max_skipped_steps = {cfg.train.max_skipped_steps})")
+        else:
+            consecutive_skips = 0
+        step_loss = all_reduce_mean(sum(losses) / len(losses), info) if not poison else float("nan")
+        if not poison:
+            window.append(step_loss)
+            history.append((step, step_loss))
+        tokens_per_s = tokens_per_step / elapsed
+        metrics = {"loss": step_loss if not poison else None, "lr": lr_at(step, cfg), "grad_norm": grad_norm,
+                   "tokens_seen": tokens_seen, "tokens_per_s": tokens_per_s, "skipped_steps": skipped_total,
+                   "memory_bytes": memory_in_use(info),
+                   "mfu": tokens_per_s * flops_per_token / (peak * info.world) if peak else None}
+        if engine.measured_state_bytes is not None and "measured_model_state_bytes" not in cfg.plan:
+            measured = sum(engine.measured_state_bytes.values())
+            cfg.plan["measured_model_state_bytes"] = measured
+            metrics.update({"model_state_bytes_measured": measured, "model_state_bytes_predicted": sum(predicted.values()),
+                            "model_state_bytes_ratio": measured / sum(predicted.values())})
+            if cfg.plan.get("tokens_per_s"):
+                metrics["tokens_per_s_predicted"] = float(cfg.plan["tokens_per_s"])
+        if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+            eval_loss = evaluate(engine, cfg, info)
+            if eval_loss is not None:
+                evals.append((step, eval_loss))
+                metrics["eval_loss"] = eval_loss
+        if step % cfg.train.log_every == 0 or "eval_loss" in metrics:
+            tracker.log_metrics(metrics, step)
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
+            ckpt.save(step, engine, data.state_dict(), {
+                "tokens_seen": tokens_seen, "skipped_total": skipped_total, "mlflow_run_id": tracker.run_id,
+                "history": history, "evals": evals})
+        if fail_after and step == fail_after:
+            sys.stdout.flush()
+            os._exit(17)  # simulated crash: no clean-up, no final checkpoint
+    summary = {"steps": step, "tokens_seen": tokens_seen, "skipped_steps": skipped_total,
+               "final_loss": history[-1][1] if history else None, "eval_loss": evals[-1][1] if evals else None,
+               "losses": history, "mlflow_run_id": tracker.run_id,
+               "model_state_bytes_measured": engine.measured_state_bytes,
+               "model_state_bytes_predicted": predicted}
+    if info.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out_dir / "summary.json", summary)
+        plot = plot_losses(history, evals, out_dir / "loss_curve.png")
+        if plot:
+            tracker.log_artifact(plot)
+        tracker.log_artifact(out_dir / "summary.json")
+    tracker.finish()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pretrain", description="Pretrain a decoder-only model.")
+    parser.add_argument("--config", help="run YAML (e.g. from `planner emit`)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=20")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        train(cfg)
+    except PlannerError as exc:
+        print(f"pretrain: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Model, run config and token shards: the trainer's building blocks."""
+
+import numpy as np
+import pytest
+import torch
+
+from planner.errors import PlannerError
+from pretrain.config import ConfigError, ModelConfig, load_config, to_shape
+from pretrain.data.shards import PackedBatches, ShardWriter, TokenShards, token_dtype
+from pretrain.data.synthetic import write_markov_shards
+from pretrain.model import Transformer
+
+
+@pytest.mark.parametrize("kw", [{}, {"kv_heads": 2}, {"tied_embeddings": True}, {"layers": 3, "hidden": 96, "heads": 6,
+                                                                                  "ffn_hidden": 200, "vocab": 1000}])
+def test_model_parameter_count_equals_the_planners_shape_formula(kw):
+    cfg = ModelConfig(**kw)
+    assert Transformer(cfg).param_count() == to_shape(cfg).param_count()
+
+
+def test_model_returns_logits_and_a_finite_loss():
+    cfg = ModelConfig()
+    model = Transformer(cfg)
+    x = torch.randint(0, cfg.vocab, (2, cfg.seq_len))
+    assert model(x).shape == (2, cfg.seq_len, cfg.vocab)
+    loss = model(x, x)
+    assert torch.isfinite(loss) and abs(float(loss) - np.log(cfg.vocab)) < 0.5  # ~uniform at init
+
+
+def test_model_is_causal():
+    cfg = ModelConfig()
+    model = Transformer(cfg).eval()
+    x = torch.randint(0, cfg.vocab, (1, cfg.seq_len))
+    y = x.clone()
+    y[0, -1] = (y[0, -1] + 1) % cfg.vocab
+    assert torch.allclose(model(x)[0, :-1], model(y)[0, :-1])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["train.micro_batch=three"], "train.micro_batch"),
+    (["train.bogus=1"], "bogus"),
+    (["model.heads=5"], "model.heads"),
+    (["engine.name=megatron"], "engine.name"),
+    (["engine.zero_stage=4"], "engine.zero_stage"),
+])
+def test_config_errors_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, ["data.train=x", *overrides])
+
+
+def test_config_requires_the_training_data():
+    with pytest.raises(ConfigError, match="data.train"):
+        load_config(None, [])
+
+
+def test_config_coerces_numbers_from_yaml_strings(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("data: {train: shards}\ntrain: {steps: '7'}\n")
+    assert load_config(path).train.steps == 7
+
+
+def test_token_dtype_is_uint16_up_to_65536_ids_else_uint32():
+    assert token_dtype(65_536) == np.uint16 and token_dtype(131_072) == np.uint32  # BloombergGPT's 2^17
+
+
+def test_a_vocabulary_too_large_for_uint16_is_refused_when_uint16_is_asked_for():
+    with pytest.raises(PlannerError, match="does not fit uint16"):
+        token_dtype(131_072, "uint16")
+
+
+def test_shards_round_trip_documents_joined_by_eos(tmp_path):
+    w = ShardWriter(tmp_path, seq_len=7, vocab_size=100, eos_id=0, rows_per_shard=2)
+    for doc in ([5, 6, 7], [8, 9], list(range(10, 30))):
+        w.add(doc, domain="finance")
+    m = w.close()
+    stream = [5, 6, 7, 0, 8, 9, 0, *range(10, 30), 0]
+    shards = TokenShards.open(tmp_path)
+    assert m["rows"] == len(stream) // 8 and len(m["shards"]) == 2
+    assert np.concatenate([shards.row(i) for i in range(len(shards))]).tolist() == stream[: m["rows"] * 8]
+    assert m["domain_tokens"] == {"finance": len(stream)}
+
+
+def test_a_truncated_shard_is_detected(tmp_path):
+    write_markov_shards(tmp_path, rows=64, rows_per_shard=32)
+    shard = tmp_path / "shard_00001.bin"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(PlannerError, match="corrupt"):
+        TokenShards.open(tmp_path)
+
+
+def test_ranks_see_disjoint_rows_and_together_cover_the_epoch(tmp_path):
+    write_markov_shards(tmp_path, seq_len=8, rows=64)
+    shards = TokenShards.open(tmp_path)
+    seen = []
+    for rank in range(2):
+        b = PackedBatches(shards, 4, rank, 2, seed=3)
+        seen += [tuple(r) for _ in range(b.steps_per_epoch) for r in b.next()[0].tolist()]
+    assert len(seen) == len(set(seen)) == 64
+
+
+def test_loader_resumes_with_exactly_the_next_batch(tmp_path):
+    write_markov_shards(tmp_path, seq_len=8, rows=64)
+    shards = TokenShards.open(tmp_path)
+    a = PackedBatches(shards, 4, seed=5)
+    for _ in range(23):  # crosses an epoch boundary (16 steps per epoch)
+        a.next()
+    b = PackedBatches(shards, 4, seed=5)
+    b.load_state_dict(a.state_dict())
+    assert all(torch.equal(a.next()[0], b.next()[0]) for _ in range(20))
