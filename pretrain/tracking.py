@@ -9,6 +9,7 @@ on later calls, with one warning.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -34,10 +35,8 @@ def _versions() -> dict[str, str]:
 
     out = {"python": sys.version.split()[0]}
     for pkg in ("torch", "deepspeed", "mlflow", "pretrain-planner"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 
