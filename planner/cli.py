@@ -71,60 +71,100 @@ def build_shape(layers, hidden, heads, kv_heads, ffn, vocab, seq_len, mlp, tied_
                       mlp=mlp, norm="layernorm" if mlp == "gelu" else "rmsnorm", tied_embeddings=tied_embeddings)
 
 
-@cli.command()
-@_model_options
-@click.option("--gpu", default="a100-80gb", show_default=True, help="GPU from the catalog (see `planner gpus`).")
-@click.option("--gpu-catalog", type=click.Path(), help="YAML file adding or overriding catalog entries.")
-@click.option("--gpus", type=int, default=8, show_default=True, help="Total GPUs.")
-@click.option("--gpus-per-node", type=int, default=8, show_default=True)
-@click.option("--precision", type=click.Choice(memory.PRECISIONS), default="bf16-mixed", show_default=True)
-@click.option("--optimizer", type=click.Choice(memory.OPTIMIZERS), default="adamw", show_default=True)
-@click.option("--zero", type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage (0-3).")
-@click.option("--fsdp", type=click.Choice(memory.FSDP_MODES), help="PyTorch FSDP sharding strategy.")
-@click.option("--sharding-factor", type=int, help="GPUs per shard group for --fsdp hybrid (default: all).")
-@click.option("--offload", type=click.Choice(memory.OFFLOAD), default="none", show_default=True,
-              help="CPU offload of optimizer states, parameters, or both.")
-@click.option("--convention", type=click.Choice(memory.CONVENTIONS),
-              help="Model-state accounting (default: the engine's own; zero-paper: 16 B/param).")
-@click.option("--micro-batch", type=int, default=1, show_default=True, help="Sequences per GPU per step.")
-@click.option("--checkpointing", type=click.Choice(memory.CHECKPOINTING), default="none", show_default=True,
-              help="Activation checkpointing (Korthikanti et al. 2022).")
-@click.option("--no-flash-attention", is_flag=True, help="Count the a*s^2 attention scores as stored.")
-@click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel degree (sequence parallel on).")
-@click.option("--tokens", type=COUNT, help="Training tokens (default: 20 per parameter, Chinchilla).")
-@click.option("--mfu", type=float, default=compute.DEFAULT_MFU, show_default=True,
-              help="Model FLOPs utilisation (0-1].")
-@click.option("--price", type=float, help="USD per GPU-hour (default: the catalog's).")
-@click.option("--runtime-gib", type=float, default=memory.DEFAULT_RUNTIME_GIB, show_default=True,
-              help="CUDA context and library workspaces per GPU.")
-@click.option("--fragmentation", type=float, default=memory.DEFAULT_FRAGMENTATION, show_default=True,
-              help="Allocator fragmentation margin (fraction).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
-def estimate(params, model, layers, hidden, heads, kv_heads, ffn, vocab, mlp, tied_embeddings, seq_len,
-             gpu, gpu_catalog, gpus, gpus_per_node, precision, optimizer, zero, fsdp, sharding_factor, offload,
-             convention, micro_batch, checkpointing, no_flash_attention, tp, tokens, mfu, price, runtime_gib,
-             fragmentation, as_json):
-    """Memory per GPU, fit, FLOPs, GPU-hours, days and cost of training a model."""
+def _estimate_options(f):
+    options = [
+        click.option("--gpu", default="a100-80gb", show_default=True, help="GPU from the catalog (see `planner gpus`)."),
+        click.option("--gpu-catalog", type=click.Path(), help="YAML file adding or overriding catalog entries."),
+        click.option("--gpus", type=int, default=8, show_default=True, help="Total GPUs."),
+        click.option("--gpus-per-node", type=int, default=8, show_default=True),
+        click.option("--precision", type=click.Choice(memory.PRECISIONS), default="bf16-mixed", show_default=True),
+        click.option("--optimizer", type=click.Choice(memory.OPTIMIZERS), default="adamw", show_default=True),
+        click.option("--zero", type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage (0-3)."),
+        click.option("--fsdp", type=click.Choice(memory.FSDP_MODES), help="PyTorch FSDP sharding strategy."),
+        click.option("--sharding-factor", type=int, help="GPUs per shard group for --fsdp hybrid (default: all)."),
+        click.option("--offload", type=click.Choice(memory.OFFLOAD), default="none", show_default=True,
+                     help="CPU offload of optimizer states, parameters, or both."),
+        click.option("--convention", type=click.Choice(memory.CONVENTIONS),
+                     help="Model-state accounting (default: the engine's own; zero-paper: 16 B/param)."),
+        click.option("--micro-batch", type=int, default=1, show_default=True, help="Sequences per GPU per step."),
+        click.option("--checkpointing", type=click.Choice(memory.CHECKPOINTING), default="none", show_default=True,
+                     help="Activation checkpointing (Korthikanti et al. 2022)."),
+        click.option("--no-flash-attention", is_flag=True, help="Count the a*s^2 attention scores as stored."),
+        click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel degree (sequence parallel on)."),
+        click.option("--tokens", type=COUNT, help="Training tokens (default: 20 per parameter, Chinchilla)."),
+        click.option("--mfu", type=float, default=compute.DEFAULT_MFU, show_default=True,
+                     help="Model FLOPs utilisation (0-1]."),
+        click.option("--price", type=float, help="USD per GPU-hour (default: the catalog's)."),
+        click.option("--runtime-gib", type=float, default=memory.DEFAULT_RUNTIME_GIB, show_default=True,
+                     help="CUDA context and library workspaces per GPU."),
+        click.option("--fragmentation", type=float, default=memory.DEFAULT_FRAGMENTATION, show_default=True,
+                     help="Allocator fragmentation margin (fraction)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return _model_options(f)
+
+
+def build_request(kw: dict):
+    """An EstimateRequest from the shared estimate/emit options (consumes them from `kw`)."""
     from planner.hardware import load_catalog
     from planner.plan import EstimateRequest
+
+    shape = build_shape(*(kw.pop(k) for k in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")),
+                        kw["seq_len"], kw.pop("mlp"), kw.pop("tied_embeddings"))
+    catalog = kw.pop("gpu_catalog")
+    kw["flash_attention"] = not kw.pop("no_flash_attention")
+    return EstimateRequest(shape=shape, catalog=load_catalog(catalog) if catalog else None, **kw)
+
+
+@cli.command()
+@_estimate_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def estimate(as_json, **kw):
+    """Memory per GPU, fit, FLOPs, GPU-hours, days and cost of training a model."""
     from planner.plan import estimate as run_estimate
 
-    shape = build_shape(layers, hidden, heads, kv_heads, ffn, vocab, seq_len, mlp, tied_embeddings)
-    request = EstimateRequest(
-        params=params, model=model, shape=shape, seq_len=seq_len, gpu=gpu, gpus=gpus,
-        gpus_per_node=gpus_per_node, precision=precision, optimizer=optimizer, zero=zero, fsdp=fsdp,
-        sharding_factor=sharding_factor, offload=offload, convention=convention, micro_batch=micro_batch,
-        checkpointing=checkpointing, flash_attention=not no_flash_attention, tp=tp, tokens=tokens, mfu=mfu,
-        price=price, runtime_gib=runtime_gib, fragmentation=fragmentation,
-        catalog=load_catalog(gpu_catalog) if gpu_catalog else None,
-    )
-    result = run_estimate(request)
+    result = run_estimate(build_request(kw))
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         from planner.report import render_estimate
 
         click.echo(render_estimate(result))
+
+
+@cli.command()
+@_estimate_options
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder to write the files into.")
+@click.option("--name", default="run", show_default=True, help="Run name (MLflow run, SLURM job, rendezvous id).")
+@click.option("--data", "data_train", default="data/shards/train", show_default=True, help="Training token shards.")
+@click.option("--eval-data", "data_eval", help="Held-out token shards.")
+@click.option("--tokenizer", help="tokenizer.json the shards were made with.")
+@click.option("--batch-tokens", type=COUNT, default=float(2**22), show_default=True,
+              help="Global batch in tokens per optimizer step.")
+@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--checkpoint-every", type=int, default=1000, show_default=True)
+@click.option("--eval-every", type=int, default=1000, show_default=True)
+@click.option("--tracking-uri", default="sqlite:///mlflow.db", show_default=True)
+@click.option("--experiment", default="pretrain", show_default=True)
+@click.option("--nodes", type=int, help="Nodes (default: gpus / gpus-per-node).")
+@click.option("--partition", "slurm_partition", help="SLURM partition.")
+@click.option("--time", "slurm_time", default="48:00:00", show_default=True, help="SLURM time limit.")
+def emit(out_dir, name, data_train, data_eval, tokenizer, batch_tokens, lr, checkpoint_every, eval_every, tracking_uri,
+         experiment, nodes, slurm_partition, slurm_time, **kw):
+    """Write run.yaml, ds_config.json, launch scripts, plan.json and PLAN.md for a plan."""
+    from planner.emit import EmitOptions
+    from planner.emit import emit as run_emit
+
+    if batch_tokens != int(batch_tokens):
+        raise PlannerError(f"--batch-tokens: {batch_tokens!r} must be a whole number of tokens")
+    opts = EmitOptions(out_dir=out_dir, name=name, data_train=data_train, data_eval=data_eval, tokenizer=tokenizer,
+                       batch_tokens=int(batch_tokens), lr=lr, checkpoint_every=checkpoint_every, eval_every=eval_every,
+                       tracking_uri=tracking_uri, experiment=experiment, nodes=nodes, slurm_partition=slurm_partition,
+                       slurm_time=slurm_time)
+    written = run_emit(build_request(kw), opts)
+    for file_name, path in written.items():
+        click.echo(f"wrote {path}" if file_name else path)
 
 
 @cli.command()

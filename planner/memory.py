@@ -125,8 +125,9 @@ class StateTerm:
     moves it to CPU (only once it is partitioned); `cpu_bytes`: its size on CPU when moved there
     (DeepSpeed streams 16-bit gradients into the fp32 gradient buffer, so they take none);
     `transient_when_sharded`: a compute copy that exists only for the layers being gathered;
-    `freed_before_step`: released while the optimizer step builds its replacement (DeepSpeed turns
-    the 16-bit gradient partition into the fp32 one under ZeRO 1-3; its stage-0 wrapper keeps both),
+    `freed_before_step`: released before the optimizer step (DeepSpeed turns the 16-bit gradient
+    partition into the fp32 one under ZeRO 1-3, its stage-0 wrapper keeps both; FSDP shard-grad-op
+    drops its unsharded bf16 copy after backward),
     so it counts toward the instantaneous peak that DeepSpeed's estimator reports but not toward
     what is alive during the step itself.
     """
@@ -183,7 +184,8 @@ def state_terms(precision: str, optimizer: str, convention: str,
     adam = StateTerm("optimizer", f"{optimizer} states (fp32)", optim, 1, "optimizer")
     if convention == "fsdp":
         return (
-            StateTerm("weights", "bf16 compute copy", 2, 3, "params", transient_when_sharded=True),
+            StateTerm("weights", "bf16 compute copy", 2, 3, "params", transient_when_sharded=True,
+                      freed_before_step=True),
             StateTerm("master_weights", "fp32 sharded parameters", 4, 2, "params"),
             StateTerm("gradients", "fp32 gradients", 4, 2, "params"),
             StateTerm("optimizer", adam.label, optim, 2, "params"),
@@ -232,7 +234,8 @@ def model_states(params: float, terms: tuple[StateTerm, ...], strategy: Strategy
     cpu = dict(gpu)
     for term in terms:
         sharded = strategy.stage >= term.sharded_from
-        freed = at_step and term.freed_before_step and strategy.stage >= 1  # only ZeRO's optimizer frees it
+        # sharded engines free these before the step; DeepSpeed's unsharded (stage 0) wrapper does not
+        freed = at_step and term.freed_before_step and strategy.stage >= 1
         if (sharded and term.transient_when_sharded) or freed:
             continue
         per_gpu = term.bytes_per_param * params / (strategy.shard_degree if sharded else 1)

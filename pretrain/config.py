@@ -128,6 +128,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg: RunConfig = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"config: {_omegaconf_message(exc)}") from None
+    if path is not None and cfg.engine.ds_config and not Path(cfg.engine.ds_config).is_absolute():
+        cfg.engine.ds_config = str(Path(path).resolve().parent / cfg.engine.ds_config)  # beside run.yaml
     validate(cfg)
     return cfg
 
@@ -158,6 +160,14 @@ def validate(cfg: RunConfig) -> None:
         (e.fsdp_mode in FSDP_MODES, f"engine.fsdp_mode: {e.fsdp_mode!r} is not one of {', '.join(FSDP_MODES)}"),
         (e.offload in ("none", "optimizer", "params", "all"), f"engine.offload: {e.offload!r} is not one of none, optimizer, params, all"),
         (e.offload == "none" or e.name in ("deepspeed", "fsdp"), f"engine.offload: {e.offload} needs engine.name deepspeed or fsdp"),
+        (e.name != "deepspeed" or e.offload not in ("params", "all") or e.zero_stage == 3,
+         f"engine.offload: {e.offload} offloads parameters, which DeepSpeed supports only with engine.zero_stage=3"),
+        (e.name != "deepspeed" or e.offload == "none" or e.zero_stage >= 1,
+         "engine.offload: DeepSpeed offload needs engine.zero_stage 1, 2 or 3"),
+        (e.name != "fsdp" or e.fsdp_mode != "no-shard", "engine.fsdp_mode: no-shard is plain data parallelism; use engine.name=ddp"),
+        (e.name != "fsdp" or e.offload == "none" or e.fsdp_mode in ("full", "hybrid"),
+         f"engine.offload: FSDP CPU offload needs engine.fsdp_mode full or hybrid, not {e.fsdp_mode}"),
+        (e.ds_config is None or Path(e.ds_config).is_file(), f"engine.ds_config: {e.ds_config} does not exist"),
         (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
         (cfg.optim.lr > 0, f"optim.lr: {cfg.optim.lr} must be positive"),
     ]

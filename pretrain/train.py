@@ -47,7 +47,8 @@ def lr_at(step: int, cfg: RunConfig) -> float:
 
 
 def predicted_model_state_bytes(cfg: RunConfig, world: int) -> dict[str, float]:
-    """The planner's model-state bytes per rank alive at the optimizer step (no gathered buffers)."""
+    """The planner's model-state bytes per rank alive at the optimizer step, GPU and offloaded CPU share
+    together (the trainer counts live tensors wherever they are; gathered buffers excluded)."""
     from planner import memory
 
     e = cfg.engine
@@ -62,7 +63,8 @@ def predicted_model_state_bytes(cfg: RunConfig, world: int) -> dict[str, float]:
     shape = to_shape(cfg.model)
     precision = "fp32" if e.name in ("single", "ddp") or cfg.train.precision == "fp32" else "bf16-mixed"
     terms = memory.state_terms(precision, "adamw", convention, shape)
-    return dict(memory.model_states(shape.param_count(), terms, strategy, shape, convention, at_step=True).gpu)
+    states = memory.model_states(shape.param_count(), terms, strategy, shape, convention, at_step=True)
+    return {k: states.gpu[k] + states.cpu[k] for k in states.gpu}
 
 
 def peak_flops_per_device(cfg: RunConfig) -> float | None:

@@ -48,6 +48,11 @@ ENGINES = {
     "zero2": ["engine.name=deepspeed", "engine.zero_stage=2"],
     "zero3": ["engine.name=deepspeed", "engine.zero_stage=3"],
     "fsdp-full": ["engine.name=fsdp", "engine.fsdp_mode=full"],
+    "zero2-offload": ["engine.name=deepspeed", "engine.zero_stage=2", "engine.offload=optimizer"],
+    "zero3-offload": ["engine.name=deepspeed", "engine.zero_stage=3", "engine.offload=all"],
+    "fsdp-shard-grad-op": ["engine.name=fsdp", "engine.fsdp_mode=shard-grad-op"],
+    "fsdp-hybrid-ckpt": ["engine.name=fsdp", "engine.fsdp_mode=hybrid", "engine.sharding_factor=2",
+                         "train.activation_checkpointing=true"],
 }
 
 

@@ -20,24 +20,13 @@ from pretrain.engines.torch_engine import make_adamw
 
 
 def ds_config_for(cfg, world: int) -> dict:
-    """The DeepSpeed config this run needs (what `planner emit` writes as ds_config.json)."""
+    """The DeepSpeed config this run needs: the same function `planner emit` writes ds_config.json with."""
+    from planner.emit import ds_config
+
     t, e = cfg.train, cfg.engine
-    zero: dict = {"stage": e.zero_stage}
-    if e.offload in ("optimizer", "all"):
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    if e.offload in ("params", "all"):
-        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
-    return {
-        "train_micro_batch_size_per_gpu": t.micro_batch,
-        "gradient_accumulation_steps": t.grad_accum,
-        "train_batch_size": t.micro_batch * t.grad_accum * world,
-        "gradient_clipping": cfg.optim.grad_clip,
-        "bf16": {"enabled": t.precision == "bf16-mixed", "check_grad_overflow": True},
-        "zero_optimization": zero,
-        "zero_allow_untested_optimizer": True,
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
+    return ds_config(micro_batch=t.micro_batch, grad_accum=t.grad_accum, world=world, zero_stage=e.zero_stage,
+                     offload=e.offload, bf16=t.precision == "bf16-mixed", grad_clip=cfg.optim.grad_clip,
+                     cpu=not torch.cuda.is_available())
 
 
 def _flat(value) -> list:
@@ -62,6 +51,8 @@ class DeepSpeedEngine(Engine):
                     raise ConfigError(f"engine.ds_config: {key} = {given[key]} disagrees with the run config "
                                       f"({ds_config[key]}: micro_batch x grad_accum x {info.world} ranks)")
             ds_config = {**given, "zero_allow_untested_optimizer": True}
+            if not torch.cuda.is_available():  # an emitted GPU config asks for pinned memory and overlap
+                ds_config["zero_optimization"] = {**ds_config.get("zero_optimization", {}), "overlap_comm": False}
         optimizer = make_adamw(self.model.parameters(), cfg)
         self.ds, self.optimizer, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, config=ds_config)
         self.inner = optimizer  # DeepSpeed calls this torch AdamW on its fp32 partitions

@@ -33,7 +33,7 @@ class FSDPEngine(Engine):
             if cfg.train.precision == "bf16-mixed" else MixedPrecisionPolicy()
         kw = {"mesh": mesh, "mp_policy": mp, "reshard_after_forward": e.fsdp_mode != "shard-grad-op"}
         if e.offload != "none":
-            kw["offload_policy"] = CPUOffloadPolicy()
+            kw["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
         self.model.to(info.device)
         for block in self.model.blocks:
             fully_shard(block, **kw)

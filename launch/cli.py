@@ -1,0 +1,144 @@
+"""`launch`: run a run config on this machine, across nodes, or through SLURM, after a preflight.
+
+    launch local run.yaml --nproc 2 [-- train.steps=10]
+    launch nodes run.yaml --hostfile hosts --node-rank 0 --master-addr 10.0.0.1
+    launch slurm run.yaml --nodes 4 --gpus-per-node 8 [--submit]
+
+Every launch first recomputes the plan for the actual world size and refuses a job that will not
+fit (unless --force), checks the data and tokenizer paths, and prints the exact command.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+from launch.commands import (
+    deepspeed_local,
+    engine_launcher,
+    parse_hostfile,
+    shell,
+    torchrun_local,
+    torchrun_node,
+)
+from launch.preflight import LaunchError, preflight
+from planner.errors import PlannerError
+
+RDZV_PORT = 29500
+
+
+def _load(config: str, overrides: tuple[str, ...]):
+    from pretrain.config import load_config
+
+    return load_config(config, list(overrides))
+
+
+def _run(cmd: list[str], dry_run: bool) -> int:
+    click.echo(f"+ {shell(cmd)}")
+    if dry_run:
+        return 0
+    env = {**os.environ}
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.call(cmd, env=env)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Start pretraining jobs from run configs (run.yaml from `planner emit`)."""
+
+
+def _common(f):
+    f = click.option("--force", is_flag=True, help="Launch even if the planner says it will not fit.")(f)
+    f = click.option("--dry-run", is_flag=True, help="Check and print the command, start nothing.")(f)
+    f = click.argument("overrides", nargs=-1)(f)
+    return click.argument("config", type=click.Path())(f)
+
+
+@cli.command()
+@_common
+@click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="Processes (GPUs) on this machine.")
+@click.option("--master-port", type=int, default=RDZV_PORT, show_default=True, help="For the deepspeed launcher.")
+def local(config, overrides, force, dry_run, nproc, master_port):
+    """Run on this machine with torchrun, or the deepspeed launcher when the engine is DeepSpeed."""
+    cfg = _load(config, overrides)
+    check = preflight(cfg, nproc, nproc, force)
+    click.echo(f"preflight: {check.message}")
+    if engine_launcher(cfg) == "deepspeed":
+        cmd = deepspeed_local(config, nproc, master_port, list(overrides))
+    else:
+        cmd = torchrun_local(config, nproc, list(overrides))
+    raise click.exceptions.Exit(_run(cmd, dry_run))
+
+
+@cli.command()
+@_common
+@click.option("--hostfile", required=True, type=click.Path(), help="`hostname slots=N` per node.")
+@click.option("--node-rank", type=int, required=True, help="This node's index in the hostfile.")
+@click.option("--master-addr", required=True, help="Address of node 0 (the rendezvous endpoint).")
+@click.option("--master-port", type=int, default=RDZV_PORT, show_default=True)
+@click.option("--max-restarts", type=int, default=3, show_default=True, help="torchrun restarts on failure.")
+def nodes(config, overrides, force, dry_run, hostfile, node_rank, master_addr, master_port, max_restarts):
+    """Run this node's share of a multi-node job (torchrun, c10d rendezvous)."""
+    hosts = parse_hostfile(hostfile)
+    per_node = hosts[0][1]
+    if any(slots != per_node for _, slots in hosts):
+        raise LaunchError(f"--hostfile: every node needs the same slots (found {sorted({s for _, s in hosts})})")
+    cfg = _load(config, overrides)
+    check = preflight(cfg, per_node * len(hosts), per_node, force)
+    click.echo(f"preflight: {check.message}")
+    cmd = torchrun_node(config, len(hosts), per_node, node_rank, master_addr, master_port, cfg.name, max_restarts,
+                        list(overrides))
+    raise click.exceptions.Exit(_run(cmd, dry_run))
+
+
+@cli.command()
+@_common
+@click.option("--nodes", "num_nodes", type=click.IntRange(1), required=True)
+@click.option("--gpus-per-node", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--partition", help="SLURM partition.")
+@click.option("--time", "time_limit", default="48:00:00", show_default=True)
+@click.option("--out", "script_path", type=click.Path(), help="Where to write the script (default: beside run.yaml).")
+@click.option("--submit", is_flag=True, help="Submit with sbatch after writing.")
+def slurm(config, overrides, force, dry_run, num_nodes, gpus_per_node, partition, time_limit, script_path, submit):
+    """Write (and with --submit, submit) a SLURM batch script for the job."""
+    from planner.emit import EmitOptions, _sbatch
+    from planner.io import atomic_write_text
+
+    cfg = _load(config, overrides)
+    check = preflight(cfg, num_nodes * gpus_per_node, gpus_per_node, force)
+    click.echo(f"preflight: {check.message}")
+    script = _sbatch(num_nodes, gpus_per_node, EmitOptions(out_dir=".", name=cfg.name, slurm_partition=partition,
+                                                           slurm_time=time_limit))
+    if overrides:
+        script = script.replace("--config run.yaml", "--config run.yaml " + " ".join(map(shlex.quote, overrides)))
+    path = Path(script_path or Path(config).resolve().parent / "slurm.sbatch")
+    atomic_write_text(path, script).chmod(0o755)
+    click.echo(f"wrote {path}")
+    if submit:
+        if shutil.which("sbatch") is None:
+            raise LaunchError("--submit: sbatch is not on PATH (not a SLURM login node?); the script is written")
+        raise click.exceptions.Exit(_run(["sbatch", str(path)], dry_run))
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        code = cli.main(args=argv, prog_name="launch", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        click.echo(f"launch: error: {' '.join(exc.format_message().split())}", err=True)
+        return 2
+    except PlannerError as exc:
+        click.echo(f"launch: error: {' '.join(str(exc).split())}", err=True)
+        return 2
+    return code if isinstance(code, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Checks before any launch: the plan at the real world size fits, paths exist, batch sizes agree."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from planner.errors import PlannerError
+from pretrain.config import RunConfig
+
+
+class LaunchError(PlannerError):
+    """A job that must not start; the message says why, with the numbers."""
+
+
+@dataclass(frozen=True)
+class Preflight:
+    world: int
+    fits: bool | None  # None: the run config carries no plan to check
+    message: str
+
+
+def check_paths(cfg: RunConfig) -> None:
+    train = Path(cfg.data.train)
+    if not (train / "manifest.json").is_file():
+        raise LaunchError(f"data.train: {train} has no manifest.json (run the data pipeline first)")
+    if cfg.data.eval and not (Path(cfg.data.eval) / "manifest.json").is_file():
+        raise LaunchError(f"data.eval: {cfg.data.eval} has no manifest.json")
+    if cfg.data.tokenizer and not Path(cfg.data.tokenizer).is_file():
+        raise LaunchError(f"data.tokenizer: {cfg.data.tokenizer} does not exist")
+
+
+def check_batch(cfg: RunConfig, world: int) -> None:
+    if cfg.engine.name != "deepspeed" or not cfg.engine.ds_config:
+        return
+    ds = json.loads(Path(cfg.engine.ds_config).read_text())
+    want = cfg.train.micro_batch * cfg.train.grad_accum * world
+    if ds.get("train_batch_size", want) != want:
+        raise LaunchError(f"engine.ds_config: train_batch_size {ds['train_batch_size']} != micro_batch "
+                          f"{cfg.train.micro_batch} x grad_accum {cfg.train.grad_accum} x {world} ranks = {want}; "
+                          "re-emit the plan for this world size")
+
+
+def check_fit(cfg: RunConfig, world: int, gpus_per_node: int, force: bool) -> Preflight:
+    if not cfg.plan.get("request"):
+        return Preflight(world, None, "no plan in the run config: memory not checked")
+    from planner.emit import request_from_plan
+    from planner.plan import estimate
+
+    result = estimate(request_from_plan(cfg.plan, gpus=world, gpus_per_node=gpus_per_node))
+    need, have = result["memory_per_gpu_bytes"]["total"] / 2**30, result["gpu_memory_bytes"] / 2**30
+    message = (f"plan at {world} GPU(s): {need:,.1f} GiB per GPU needed of {have:,.1f} GiB on "
+               f"{result['hardware']['gpu']} (largest micro-batch that fits: {result['max_micro_batch']})")
+    if not result["fits"] and not force:
+        fewest = {k: v for k, v in result["min_gpus_to_fit"].items() if v}
+        raise LaunchError(f"preflight: will not fit: {message}; fewest GPUs that fit: {fewest or 'none'}; "
+                          "use --force to launch anyway")
+    return Preflight(world, result["fits"], message)
+
+
+def preflight(cfg: RunConfig, world: int, gpus_per_node: int, force: bool = False) -> Preflight:
+    check_paths(cfg)
+    check_batch(cfg, world)
+    return check_fit(cfg, world, gpus_per_node, force)

@@ -1,0 +1,271 @@
+"""`planner emit`: a plan becomes the files a launcher needs, byte-identical for identical inputs.
+
+Written into one folder: `run.yaml` (the run config `pretrain` reads, with the plan's predictions
+embedded), `ds_config.json` (DeepSpeed) or the FSDP settings inside run.yaml, launch scripts
+(torchrun single node and multi-node c10d rendezvous, the deepspeed launcher with a hostfile, a
+SLURM sbatch script; every value shell-quoted), `plan.json` and a readable `PLAN.md`.
+Pure Python: no torch; DeepSpeed's own config class checks `ds_config.json` in the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from planner.errors import PlannerError
+from planner.io import atomic_write_text
+from planner.plan import EstimateRequest, estimate, resolve_model
+
+DEFAULT_BATCH_TOKENS = 2**22  # ~4M tokens per optimizer step, as LLaMA (Touvron et al. 2023)
+RDZV_PORT = 29500
+
+
+@dataclass(frozen=True)
+class EmitOptions:
+    out_dir: str
+    name: str = "run"
+    data_train: str = "data/shards/train"
+    data_eval: str | None = None
+    tokenizer: str | None = None
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    lr: float = 3e-4
+    warmup_steps: int | None = None  # None: 1% of the steps, at least 1
+    checkpoint_every: int = 1000
+    eval_every: int = 1000
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "pretrain"
+    nodes: int | None = None  # None: gpus / gpus_per_node
+    slurm_partition: str | None = None
+    slurm_time: str = "48:00:00"
+    max_restarts: int = 3
+
+
+def ds_config(*, micro_batch: int, grad_accum: int, world: int, zero_stage: int, offload: str, bf16: bool,
+              grad_clip: float, cpu: bool = False) -> dict:
+    """The DeepSpeed config for a run: batch sizes that agree, ZeRO stage, bf16, offload, clipping.
+
+    `cpu`: the optimizer is torch's AdamW passed by the trainer (DeepSpeed's fused and CPU Adam
+    compile C++ ops first); on GPUs DeepSpeed's own fused Adam is used with offload to CPU Adam.
+    """
+    zero: dict = {"stage": zero_stage}
+    if zero_stage in (1, 2):
+        zero.update({"overlap_comm": not cpu, "contiguous_gradients": True})
+    if offload in ("optimizer", "all"):
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": not cpu}
+    if offload in ("params", "all"):
+        zero["offload_param"] = {"device": "cpu", "pin_memory": not cpu}
+    return {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": micro_batch * grad_accum * world,
+        "gradient_clipping": grad_clip,
+        "bf16": {"enabled": bf16, "check_grad_overflow": True},
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 1_000_000_000,
+        "wall_clock_breakdown": False,
+    }
+
+
+def engine_section(req: EstimateRequest) -> dict:
+    if req.zero is not None:
+        return {"name": "deepspeed", "zero_stage": req.zero, "offload": req.offload, "ds_config": "ds_config.json"}
+    if req.fsdp is not None:
+        return {"name": "fsdp", "fsdp_mode": req.fsdp, "sharding_factor": req.sharding_factor,
+                "offload": "all" if req.offload != "none" else "none"}
+    return {"name": "single" if req.gpus == 1 else "ddp"}
+
+
+def batch_layout(micro_batch: int, seq_len: int, dp: int, batch_tokens: int) -> int:
+    """Gradient accumulation steps so that micro x accum x dp x seq = the global batch in tokens."""
+    per_pass = micro_batch * seq_len * dp
+    if batch_tokens % per_pass:
+        raise PlannerError(
+            f"--batch-tokens: {batch_tokens:,} is not a multiple of micro-batch {micro_batch} x seq-len {seq_len} x "
+            f"{dp} data-parallel ranks = {per_pass:,} tokens; try {max(1, round(batch_tokens / per_pass)) * per_pass:,}")
+    return batch_tokens // per_pass
+
+
+def build_run_config(req: EstimateRequest, opts: EmitOptions, result: dict) -> dict:
+    model = resolve_model(req)
+    s = model.shape
+    if s.mlp != "swiglu" or s.norm != "rmsnorm" or s.bias or s.position != "rope":
+        raise PlannerError(f"--model: the trainer builds LLaMA-style blocks (SwiGLU, RMSNorm, RoPE, no bias); "
+                           f"{model.source} is {s.mlp}/{s.norm}/{s.position}: give a shape or --params instead")
+    dp = req.gpus // req.tp
+    grad_accum = batch_layout(req.micro_batch, s.seq_len, dp, opts.batch_tokens)
+    steps = max(1, math.ceil(result["compute"]["tokens"] / opts.batch_tokens))
+    warmup = opts.warmup_steps if opts.warmup_steps is not None else max(1, steps // 100)
+    return {
+        "name": opts.name,
+        "out_dir": f"runs/{opts.name}",
+        "model": {"layers": s.layers, "hidden": s.hidden, "heads": s.heads, "kv_heads": s.kv_heads,
+                  "ffn_hidden": s.ffn, "vocab": s.vocab, "seq_len": s.seq_len, "tied_embeddings": s.tied_embeddings},
+        "data": {"train": opts.data_train, "eval": opts.data_eval, "tokenizer": opts.tokenizer},
+        "optim": {"lr": opts.lr, "warmup_steps": warmup},
+        "train": {"steps": steps, "micro_batch": req.micro_batch, "grad_accum": grad_accum,
+                  "precision": "fp32" if req.precision == "fp32" else "bf16-mixed",
+                  "checkpoint_every": opts.checkpoint_every, "eval_every": opts.eval_every,
+                  "activation_checkpointing": req.checkpointing != "none"},
+        "engine": engine_section(req),
+        "tracking": {"tracking_uri": opts.tracking_uri, "experiment": opts.experiment, "run_name": opts.name},
+        "plan": plan_summary(req, result, grad_accum),
+    }
+
+
+def plan_summary(req: EstimateRequest, result: dict, grad_accum: int) -> dict:
+    """What the run logs next to its measurements, and what `launch` needs to re-check the plan."""
+    c = result["compute"]
+    return {
+        "request": _request_dict(req),
+        "params": result["params"],
+        "predicted_memory_per_gpu_bytes": result["memory_per_gpu_bytes"]["total"],
+        "predicted_memory_lines_bytes": result["memory_per_gpu_bytes"],
+        "fits": result["fits"],
+        "gpu": result["hardware"]["gpu"],
+        "gpu_memory_bytes": result["gpu_memory_bytes"],
+        "peak_flops_per_gpu": c["peak_flops_per_gpu"],
+        "mfu": c["mfu"],
+        "tokens": c["tokens"],
+        "flops": c["flops"],
+        "tokens_per_s": c["tokens_per_second"],
+        "gpu_hours": c["gpu_hours"],
+        "grad_accum": grad_accum,
+    }
+
+
+def _request_dict(req: EstimateRequest) -> dict:
+    keep = ("params", "model", "seq_len", "gpu", "gpus", "gpus_per_node", "precision", "optimizer", "zero", "fsdp",
+            "sharding_factor", "offload", "micro_batch", "checkpointing", "tp", "tokens", "mfu", "price")
+    out = {k: getattr(req, k) for k in keep}
+    if req.shape is not None:
+        out["shape"] = req.shape.to_dict()
+    return out
+
+
+def request_from_plan(plan: dict, gpus: int | None = None, gpus_per_node: int | None = None) -> EstimateRequest:
+    """Rebuild the request a run config was emitted from (for `launch`'s preflight at the real size)."""
+    from planner.shapes import ModelShape
+
+    r = dict(plan["request"])
+    shape = r.pop("shape", None)
+    req = EstimateRequest(**r, shape=ModelShape(**{k: v for k, v in shape.items()}) if shape else None)
+    return replace(req, gpus=gpus or req.gpus, gpus_per_node=gpus_per_node or req.gpus_per_node)
+
+
+def _q(value) -> str:
+    return shlex.quote(str(value))
+
+
+def launch_scripts(req: EstimateRequest, opts: EmitOptions) -> dict[str, str]:
+    nodes = opts.nodes or max(1, math.ceil(req.gpus / req.gpus_per_node))
+    per_node = req.gpus // nodes
+    if per_node * nodes != req.gpus:
+        raise PlannerError(f"--nodes: {nodes} nodes do not split --gpus {req.gpus} evenly")
+    train = "-m pretrain.train --config run.yaml"
+    head = "#!/usr/bin/env bash\n# Emitted by `planner emit`; every value is shell-quoted.\nset -euo pipefail\n" \
+           'cd "$(dirname "$0")"\n'
+    scripts = {
+        "launch_torchrun.sh": head + f"exec torchrun --standalone --nproc_per_node={_q(per_node)} {train}\n",
+        "launch_torchrun_multinode.sh": head + (
+            "# Run on every node with NODE_RANK set (0 .. nodes-1) and MASTER_ADDR = node 0's address.\n"
+            f": \"${{MASTER_ADDR:?set MASTER_ADDR to node 0}}\" \"${{NODE_RANK:?set NODE_RANK}}\"\n"
+            f"exec torchrun --nnodes={_q(nodes)} --nproc_per_node={_q(per_node)} --node_rank=\"$NODE_RANK\" "
+            f"--rdzv_backend=c10d --rdzv_endpoint=\"$MASTER_ADDR:{RDZV_PORT}\" --rdzv_id={_q(opts.name)} "
+            f"--max_restarts={_q(opts.max_restarts)} {train}\n"),
+        "hostfile": "".join(f"node{i} slots={per_node}\n" for i in range(nodes)),
+        "launch_deepspeed.sh": head + (
+            "# Edit `hostfile` (one `host slots=N` line per node); the launcher reaches nodes over ssh.\n"
+            f"exec deepspeed --hostfile hostfile --num_nodes {_q(nodes)} --num_gpus {_q(per_node)} "
+            f"--master_port {_q(RDZV_PORT)} --module pretrain.train --config run.yaml\n"),
+        "slurm.sbatch": _sbatch(nodes, per_node, opts),
+    }
+    return scripts
+
+
+def _sbatch(nodes: int, per_node: int, opts: EmitOptions) -> str:
+    partition = f"#SBATCH --partition={_q(opts.slurm_partition)}\n" if opts.slurm_partition else ""
+    return (
+        "#!/usr/bin/env bash\n"
+        f"#SBATCH --job-name={_q(opts.name)}\n"
+        f"#SBATCH --nodes={_q(nodes)}\n"
+        "#SBATCH --ntasks-per-node=1\n"
+        f"#SBATCH --gpus-per-node={_q(per_node)}\n"
+        f"#SBATCH --cpus-per-task={_q(max(8, per_node * 8))}\n"
+        f"#SBATCH --time={_q(opts.slurm_time)}\n"
+        f"{partition}"
+        "#SBATCH --output=logs/%x-%j.out\n"
+        "#SBATCH --error=logs/%x-%j.err\n"
+        "# Emitted by `planner emit`; every value is shell-quoted.\n"
+        "set -euo pipefail\n"
+        "mkdir -p logs\n"
+        'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
+        "export NCCL_ASYNC_ERROR_HANDLING=1 TORCH_NCCL_ASYNC_ERROR_HANDLING=1\n"
+        "export NCCL_DEBUG=${NCCL_DEBUG:-WARN} OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}\n"
+        f"srun torchrun --nnodes=\"$SLURM_NNODES\" --nproc_per_node={_q(per_node)} "
+        f"--rdzv_backend=c10d --rdzv_endpoint=\"$head_node:{RDZV_PORT}\" --rdzv_id=\"$SLURM_JOB_ID\" "
+        f"--max_restarts={_q(opts.max_restarts)} -m pretrain.train --config run.yaml\n"
+    )
+
+
+def plan_markdown(result: dict, run: dict) -> str:
+    m, c, gib = result["memory_per_gpu_bytes"], result["compute"], 2**30
+    t = run["train"]
+    lines = [
+        f"# Plan: {run['name']}",
+        "",
+        f"- Model: {result['params']:,.0f} parameters; {run['model']['layers']} layers x {run['model']['hidden']} hidden, "
+        f"{run['model']['heads']} heads, seq {run['model']['seq_len']}, vocab {run['model']['vocab']}",
+        f"- Hardware: {result['hardware']['gpus']} x {result['hardware']['description']}",
+        f"- Strategy: {result['training']['strategy']} ({run['engine']['name']}), {result['training']['precision']}",
+        f"- Batch: micro-batch {t['micro_batch']} x accumulation {t['grad_accum']} x "
+        f"{result['training']['data_parallel']} ranks x {run['model']['seq_len']} tokens; {t['steps']:,} steps",
+        "",
+        "| memory per GPU | GiB |",
+        "|---|---|",
+        *[f"| {k.replace('_', ' ')} | {v / gib:,.2f} |" for k, v in m.items()],
+        "",
+        f"Fits on {result['hardware']['gpu']}: {'yes' if result['fits'] else 'NO'} "
+        f"(largest micro-batch that fits: {result['max_micro_batch']}).",
+        "",
+        f"- Tokens: {c['tokens']:,.0f}; model FLOPs {c['flops']:.3e} (6ND {c['flops_6nd']:.3e}); {c['pf_days']:,.1f} PF/s-days",
+        f"- At MFU {c['mfu']:.0%}: {c['gpu_hours']:,.0f} GPU-hours, {c['wall_days']:,.2f} days, ${c['cost_usd']:,.0f}; "
+        f"{c['tokens_per_second']:,.0f} tokens/s expected",
+        "",
+        "Launch: `launch local run.yaml --nproc N`, `launch nodes ...`, or the scripts here "
+        "(`launch_torchrun.sh`, `launch_torchrun_multinode.sh`, `launch_deepspeed.sh` + `hostfile`, `slurm.sbatch`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
+    """Write every file; returns name -> path. Refuses a plan that does not fit (the user sees why)."""
+    result = estimate(req)
+    run = build_run_config(req, opts, result)
+    files: dict[str, str] = {"run.yaml": _yaml(run), "plan.json": json.dumps(result, indent=2, sort_keys=True) + "\n",
+                             "PLAN.md": plan_markdown(result, run)}
+    e = run["engine"]
+    if e["name"] == "deepspeed":
+        cfg = ds_config(micro_batch=req.micro_batch, grad_accum=run["train"]["grad_accum"], world=req.gpus // req.tp,
+                        zero_stage=req.zero, offload=req.offload, bf16=req.precision != "fp32", grad_clip=1.0)
+        files["ds_config.json"] = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
+    files.update(launch_scripts(req, opts))
+    out = Path(opts.out_dir)
+    written = {}
+    for name, text in files.items():
+        written[name] = atomic_write_text(out / name, text)
+        if name.endswith((".sh", ".sbatch")):
+            written[name].chmod(0o755)
+    return written
+
+
+def _yaml(obj: dict) -> str:
+    import yaml
+
+    return "# Emitted by `planner emit`: the run config `pretrain.train` reads.\n" + \
+        yaml.safe_dump(obj, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,167 @@
+"""`planner emit` and `launch`: configs DeepSpeed accepts, byte-identical output, real local and two-node runs."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from planner.cli import main as planner_main
+from pretrain.config import load_config, to_shape
+from pretrain.data.synthetic import write_markov_shards
+
+TINY_SHAPE = ["--layers", "2", "--hidden", "64", "--heads", "4", "--vocab", "256", "--seq-len", "64"]
+
+
+def emit(out: Path, *args: str) -> int:
+    return planner_main(["emit", "--out", str(out), *args])
+
+
+def run(cmd: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600, **kw)
+
+
+def launch(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "launch.cli", *args], cwd)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("shards") / "train"
+    write_markov_shards(path, rows=1024)
+    return path
+
+
+def test_emit_writes_every_file_and_twice_gives_identical_bytes(tmp_path):
+    args = ["--params", "1e9", "--zero", "3", "--gpus", "16", "--micro-batch", "2"]
+    assert emit(tmp_path / "a", *args) == 0 and emit(tmp_path / "b", *args) == 0
+    names = {p.name for p in (tmp_path / "a").iterdir()}
+    assert {"run.yaml", "ds_config.json", "plan.json", "PLAN.md", "launch_torchrun.sh", "launch_torchrun_multinode.sh",
+            "launch_deepspeed.sh", "hostfile", "slurm.sbatch"} <= names
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+def test_emitted_run_config_loads_and_matches_the_plan(tmp_path):
+    assert emit(tmp_path, "--model", "llama2-7b", "--fsdp", "hybrid", "--sharding-factor", "8", "--gpus", "64",
+                "--checkpointing", "full", "--micro-batch", "2") == 0
+    cfg = load_config(tmp_path / "run.yaml")
+    assert to_shape(cfg.model).param_count() == 6_738_415_616
+    assert (cfg.engine.name, cfg.engine.fsdp_mode, cfg.engine.sharding_factor) == ("fsdp", "hybrid", 8)
+    assert cfg.train.micro_batch * cfg.train.grad_accum * 64 * 4096 == 2**22
+    assert cfg.train.activation_checkpointing and cfg.plan["predicted_memory_per_gpu_bytes"] > 0
+
+
+@pytest.mark.parametrize("stage, offload", [(1, "none"), (2, "optimizer"), (3, "all")])
+def test_emitted_ds_config_passes_deepspeeds_own_config_class(tmp_path, monkeypatch, stage, offload):
+    ds_config = pytest.importorskip("deepspeed.runtime.config")
+    assert emit(tmp_path, "--params", "7e9", "--zero", str(stage), "--offload", offload, "--gpus", "32",
+                "--micro-batch", "2", "--batch-tokens", str(2**21)) == 0
+    monkeypatch.setattr(ds_config.dist, "get_rank", lambda *a, **k: 0)
+    monkeypatch.setattr(ds_config.dist, "get_world_size", lambda *a, **k: 32)
+    parsed = ds_config.DeepSpeedConfig(str(tmp_path / "ds_config.json"))
+    assert parsed.train_batch_size == 2 * 32 * parsed.gradient_accumulation_steps
+    assert parsed.zero_optimization_stage == stage and parsed.bfloat16_config.enabled
+
+
+def test_launch_scripts_are_valid_shell_and_quote_values(tmp_path):
+    assert emit(tmp_path, "--params", "1e9", "--gpus", "16", "--name", "it's a run") == 0
+    for name in ("launch_torchrun.sh", "launch_torchrun_multinode.sh", "launch_deepspeed.sh", "slurm.sbatch"):
+        assert subprocess.run(["bash", "-n", str(tmp_path / name)]).returncode == 0, name
+    assert "--job-name='it'\"'\"'s a run'" in (tmp_path / "slurm.sbatch").read_text()
+
+
+def test_batch_tokens_that_do_not_divide_are_refused(tmp_path):
+    out = run([sys.executable, "-m", "planner.cli", "emit", "--out", str(tmp_path), "--params", "1e9",
+               "--batch-tokens", "1000000"], tmp_path)
+    assert out.returncode == 2 and "--batch-tokens" in out.stderr and not any(tmp_path.iterdir())
+
+
+def tiny_emit(tmp_path: Path, data: Path, *extra: str) -> Path:
+    out = tmp_path / "emit"
+    assert emit(out, *TINY_SHAPE, "--gpus", "2", "--gpus-per-node", "2", "--micro-batch", "4", "--batch-tokens", "512",
+                "--tokens", "10240", "--data", str(data), "--checkpoint-every", "10", "--eval-every", "10",
+                "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--lr", "0.01", *extra) == 0
+    return out / "run.yaml"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", [["--zero", "2"], ["--fsdp", "full"]], ids=["deepspeed-launcher", "torchrun"])
+def test_launch_local_trains_the_emitted_config(tmp_path, data, engine):
+    config = tiny_emit(tmp_path, data, *engine)
+    out = launch("local", str(config), "--nproc", "2", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "preflight: plan at 2 GPU(s)" in out.stdout
+    assert ("deepspeed" if engine[0] == "--zero" else "torch.distributed.run") in out.stdout
+    summary = json.loads((tmp_path / "runs/run/summary.json").read_text())
+    assert summary["steps"] == 20 and summary["losses"][-1][1] < summary["losses"][0][1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_nodes_on_loopback_train_together(tmp_path, data):
+    config = tiny_emit(tmp_path, data, "--zero", "3")
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 slots=1\n127.0.0.1 slots=1\n")
+    port = str(free_port())
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
+    procs = [subprocess.Popen([sys.executable, "-m", "launch.cli", "nodes", str(config), "--hostfile", str(hosts),
+                               "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", port],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for rank in (0, 1)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert "--nnodes=2" in outs[0][0] and "--node_rank=1" in outs[1][0]
+    summary = json.loads((tmp_path / "runs/run/summary.json").read_text())
+    assert summary["steps"] == 20
+
+
+def test_preflight_refuses_a_job_that_will_not_fit(tmp_path, data):
+    assert emit(tmp_path, "--params", "7e9", "--gpus", "8", "--data", str(data)) == 0  # DDP: 7B does not fit
+    out = launch("local", str(tmp_path / "run.yaml"), "--nproc", "8", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 2 and "will not fit" in out.stderr and "GiB per GPU needed" in out.stderr
+    forced = launch("local", str(tmp_path / "run.yaml"), "--nproc", "8", "--dry-run", "--force", cwd=tmp_path)
+    assert forced.returncode == 0 and "+ " in forced.stdout
+
+
+@pytest.mark.parametrize("hostfile, rank, message", [
+    ("node0 slots=2\nnode1 slot=2\n", 0, "line 2"),
+    ("node0 slots=2\n", 3, "--node-rank"),
+])
+def test_bad_hostfile_or_node_rank_starts_nothing(tmp_path, data, hostfile, rank, message):
+    config = tiny_emit(tmp_path, data)
+    (tmp_path / "hosts").write_text(hostfile)
+    out = launch("nodes", str(config), "--hostfile", str(tmp_path / "hosts"), "--node-rank", str(rank),
+                 "--master-addr", "127.0.0.1", cwd=tmp_path)
+    assert out.returncode == 2 and message in out.stderr and "+ " not in out.stdout
+
+
+@pytest.mark.parametrize("override, key", [("train.bogus=1", "bogus"), ("train.micro_batch=x", "train.micro_batch"),
+                                           ("engine.fsdp_mode=no-shard", "engine.fsdp_mode")])
+def test_run_config_errors_name_the_key_and_start_nothing(tmp_path, data, override, key):
+    config = tiny_emit(tmp_path, data, "--fsdp", "full")
+    out = launch("local", str(config), "--nproc", "2", override, cwd=tmp_path)
+    assert out.returncode == 2 and key in out.stderr and "+ " not in out.stdout
+
+
+def test_ds_config_that_disagrees_with_the_world_size_is_refused(tmp_path, data):
+    config = tiny_emit(tmp_path, data, "--zero", "2")  # emitted for 2 ranks
+    out = launch("local", str(config), "--nproc", "1", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 2 and "train_batch_size" in out.stderr
+
+
+def test_slurm_writes_a_script_and_submit_needs_sbatch(tmp_path, data):
+    config = tiny_emit(tmp_path, data, "--fsdp", "full")
+    out = launch("slurm", str(config), "--nodes", "2", "--gpus-per-node", "1", "--submit", cwd=tmp_path)
+    script = (tmp_path / "emit/slurm.sbatch").read_text()
+    assert "#SBATCH --nodes=2" in script and "--rdzv_backend=c10d" in script
+    assert out.returncode == 2 and "sbatch is not on PATH" in out.stderr
