@@ -1,0 +1,120 @@
+"""Documents and where they come from: local jsonl, parquet, text folders, `datasets` saved to disk.
+
+Every reader streams (one document at a time; parquet by record batch), tags documents with the
+source's domain, and counts what it cannot use (bad JSON, a missing text field, undecodable bytes,
+empty text) instead of failing or skipping silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from planner.errors import PlannerError
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    domain: str
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Source:
+    path: str
+    domain: str
+    format: str = "auto"  # auto | jsonl | parquet | text | arrow (datasets.save_to_disk)
+    text_field: str = "text"
+    id_field: str | None = "id"
+
+
+def _format(source: Source) -> str:
+    if source.format != "auto":
+        return source.format
+    path = Path(source.path)
+    if path.is_dir():
+        return "arrow" if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file() else "text"
+    if path.suffix in (".jsonl", ".json"):
+        return "jsonl"
+    if path.suffix == ".parquet":
+        return "parquet"
+    raise PlannerError(f"source {source.path}: cannot tell its format; set format to jsonl, parquet, text or arrow")
+
+
+def read_source(source: Source, skips: Counter) -> Iterator[Document]:
+    """Documents of one source in a fixed order; unusable records are counted in `skips` by reason."""
+    path = Path(source.path)
+    if not path.exists():
+        raise PlannerError(f"source {source.path}: does not exist")
+    kind = _format(source)
+    reader = {"jsonl": _jsonl, "parquet": _parquet, "text": _text, "arrow": _arrow}.get(kind)
+    if reader is None:
+        raise PlannerError(f"source {source.path}: format {kind!r} is not one of jsonl, parquet, text, arrow")
+    for i, (record_id, text) in enumerate(reader(source, skips)):
+        if not isinstance(text, str):
+            skips[f"{source.domain}: missing or non-text '{source.text_field}'"] += 1
+            continue
+        if not text.strip():
+            skips[f"{source.domain}: empty document"] += 1
+            continue
+        yield Document(str(record_id if record_id is not None else f"{path.name}:{i}"), text, source.domain,
+                       {"source": str(path)})
+
+
+def _jsonl(source: Source, skips: Counter):
+    files = sorted(Path(source.path).glob("*.jsonl")) if Path(source.path).is_dir() else [Path(source.path)]
+    for file in files:
+        with file.open("rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    record = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError:
+                    skips[f"{source.domain}: undecodable UTF-8"] += 1
+                    continue
+                except json.JSONDecodeError:
+                    skips[f"{source.domain}: bad JSON line"] += 1
+                    continue
+                if not isinstance(record, dict):
+                    skips[f"{source.domain}: JSON line is not an object"] += 1
+                    continue
+                yield record.get(source.id_field) if source.id_field else f"{file.name}:{n}", record.get(source.text_field)
+
+
+def _parquet(source: Source, skips: Counter):
+    import pyarrow.parquet as pq
+
+    files = sorted(Path(source.path).glob("*.parquet")) if Path(source.path).is_dir() else [Path(source.path)]
+    for file in files:
+        table = pq.ParquetFile(file)
+        if source.text_field not in table.schema_arrow.names:
+            raise PlannerError(f"source {file}: no column {source.text_field!r} (columns: {', '.join(table.schema_arrow.names)})")
+        for batch in table.iter_batches(batch_size=1024):
+            rows = batch.to_pydict()
+            ids = rows.get(source.id_field) if source.id_field else None
+            for i, text in enumerate(rows[source.text_field]):
+                yield (ids[i] if ids else None), text
+
+
+def _text(source: Source, skips: Counter):
+    for file in sorted(p for p in Path(source.path).rglob("*") if p.is_file()):
+        try:
+            yield str(file.relative_to(source.path)), file.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            skips[f"{source.domain}: undecodable UTF-8"] += 1
+
+
+def _arrow(source: Source, skips: Counter):
+    import datasets
+
+    data = datasets.load_from_disk(source.path)
+    if isinstance(data, datasets.DatasetDict):
+        data = data["train"] if "train" in data else next(iter(data.values()))
+    if source.text_field not in data.column_names:
+        raise PlannerError(f"source {source.path}: no column {source.text_field!r} (columns: {', '.join(data.column_names)})")
+    for i, row in enumerate(data):
+        yield row.get(source.id_field, i) if source.id_field else i, row[source.text_field]

@@ -1,0 +1,467 @@
+"""The data pipeline: curate -> train a tokenizer -> mix by domain weights -> pack into token shards.
+
+    python -m pretrain.data.pipeline configs/data-sample.yaml [curate|tokenizer|pack|all] [key=value ...]
+
+Curation streams every source through the steps in order (quality, repetition, C4, language, PII,
+exact and near-duplicate removal) and writes each source's kept documents as
+`<out_dir>/curated/<domain>/part-NNNNN.jsonl` plus a `.done` marker with its counts. A rerun after
+an interruption skips finished parts (rebuilding the deduplication state from their output), so
+the same input and config always give the same output. For corpora beyond one machine, run the
+same config per shard as SLURM array tasks (`--part`), never a home-made scheduler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from planner.errors import PlannerError
+from planner.io import atomic_write_json, atomic_write_text
+from pretrain.config import ConfigError
+from pretrain.data.dedup import ExactDedup, MinHashDedup
+from pretrain.data.documents import Document, Source, read_source
+from pretrain.data.filters import C4Rules, GopherQuality, GopherRepetition, LanguageFilter, PIIRedactor, Step
+
+
+@dataclass
+class SourceConfig:
+    path: str = "???"
+    domain: str = "???"
+    format: str = "auto"
+    text_field: str = "text"
+    id_field: str | None = "id"
+
+
+@dataclass
+class CurateConfig:
+    gopher_quality: bool = True
+    gopher_repetition: bool = True
+    c4: bool = True
+    language: bool = True
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    min_language_score: float = 0.65
+    pii: bool = True
+    exact_dedup: bool = True
+    minhash_dedup: bool = True
+    minhash_bands: int = 14
+    minhash_rows: int = 8
+    minhash_ngram: int = 5
+    #: per-domain threshold overrides, e.g. {finance: {gopher_quality: {min_alpha_words: 0.6}}}
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "bpe"  # bpe (byte-level) | unigram (digits split, as BloombergGPT)
+    vocab_size: int = 4096
+    path: str = "tokenizer.json"  # relative to out_dir
+
+
+@dataclass
+class MixConfig:
+    weights: dict[str, float] = field(default_factory=dict)  # by tokens; must sum to 1
+    total_tokens: int | None = None  # None: the most the data gives without repeating any domain
+    max_epochs: float = 4.0  # more repetition than this is refused (or warned, see on_exceed)
+    on_exceed: str = "refuse"  # refuse | warn
+    seq_len: int = 256
+    eval_fraction: float = 0.05
+    seed: int = 0
+
+
+@dataclass
+class DataPipelineConfig:
+    out_dir: str = "data/pipeline"
+    sources: list[SourceConfig] = field(default_factory=list)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+
+
+def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None) -> DataPipelineConfig:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from pretrain.config import _omegaconf_message
+
+    try:
+        merged = OmegaConf.structured(DataPipelineConfig)
+        if path:
+            if not Path(path).is_file():
+                raise ConfigError(f"config: {path} does not exist")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg: DataPipelineConfig = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config: {_omegaconf_message(exc)}") from None
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: DataPipelineConfig) -> None:
+    if not cfg.sources:
+        raise ConfigError("sources: give at least one {path, domain}")
+    domains = {s.domain for s in cfg.sources}
+    if cfg.mix.weights:
+        total = sum(cfg.mix.weights.values())
+        if abs(total - 1) > 1e-6:
+            raise ConfigError(f"mix.weights: {dict(cfg.mix.weights)} sum to {total:g}, not 1")
+        if any(w < 0 for w in cfg.mix.weights.values()):
+            raise ConfigError("mix.weights: weights must be >= 0")
+        unknown = set(cfg.mix.weights) - domains
+        if unknown:
+            raise ConfigError(f"mix.weights: no source has domain {sorted(unknown)} (domains: {sorted(domains)})")
+    if cfg.tokenizer.kind not in ("bpe", "unigram"):
+        raise ConfigError(f"tokenizer.kind: {cfg.tokenizer.kind!r} is not one of bpe, unigram")
+    if cfg.mix.on_exceed not in ("refuse", "warn"):
+        raise ConfigError(f"mix.on_exceed: {cfg.mix.on_exceed!r} is not one of refuse, warn")
+    if not 0 <= cfg.mix.eval_fraction < 1:
+        raise ConfigError(f"mix.eval_fraction: {cfg.mix.eval_fraction} must be in [0, 1)")
+
+
+# ------------------------------------------------------------------------------------------ curate
+
+
+def build_steps(c: CurateConfig, domain: str, shared: dict[str, Step]) -> list[Step]:
+    """The per-document steps for one domain (with its overrides); dedup steps are shared by all."""
+    over = c.overrides.get(domain, {}) if c.overrides else {}
+    steps: list[Step] = []
+    if c.gopher_quality:
+        steps.append(GopherQuality(**over.get("gopher_quality", {})))
+    if c.gopher_repetition:
+        steps.append(GopherRepetition(**over.get("gopher_repetition", {})))
+    if c.c4:
+        steps.append(C4Rules(**over.get("c4", {})))
+    if c.language:
+        steps.append(LanguageFilter(c.languages, c.min_language_score))
+    if c.pii:
+        steps.append(PIIRedactor())
+    if c.exact_dedup:
+        steps.append(shared.setdefault("exact_dedup", ExactDedup()))
+    if c.minhash_dedup:
+        steps.append(shared.setdefault("minhash_dedup", MinHashDedup(c.minhash_ngram, c.minhash_bands,
+                                                                     c.minhash_rows)))
+    return steps
+
+
+def _part_path(cfg: DataPipelineConfig, index: int, source: SourceConfig) -> Path:
+    return Path(cfg.out_dir) / "curated" / source.domain / f"part-{index:05d}.jsonl"
+
+
+def curate(cfg: DataPipelineConfig, progress: bool = True) -> dict:
+    """Run the curation steps over every source; returns (and writes) the funnel report."""
+    from tqdm import tqdm
+
+    shared: dict[str, Step] = {}
+    report = {"sources": [], "steps": {}, "skipped_records": {}}
+    step_stats: dict[str, dict[str, dict]] = {}
+    for index, src in enumerate(cfg.sources):
+        steps = build_steps(cfg.curate, src.domain, shared)
+        out = _part_path(cfg, index, src)
+        done = out.with_suffix(".done")
+        if done.is_file():  # finished earlier: rebuild the dedup state from its output, reuse its counts
+            part = json.loads(done.read_text())
+            for doc in _read_curated(out, src.domain):
+                for step in steps:
+                    if hasattr(step, "remember"):
+                        step.remember(doc)
+            _merge_stats(step_stats, part["steps"])
+            report["sources"].append(part["source"])
+            _merge_counter(report["skipped_records"], part["skipped_records"])
+            continue
+        skips: Counter = Counter()
+        kept, docs_in, chars_in, chars_out = [], 0, 0, 0
+        before = {s.name: {d: st.to_dict() for d, st in s.stats.items()} for s in steps}
+        docs = read_source(Source(src.path, src.domain, src.format, src.text_field, src.id_field), skips)
+        for doc in tqdm(docs, desc=f"curate {src.domain} ({Path(src.path).name})", unit="doc", disable=not progress,
+                        mininterval=1.0):
+            docs_in += 1
+            chars_in += len(doc.text)
+            for step in steps:
+                doc = step.apply(doc)
+                if doc is None:
+                    break
+            if doc is not None:
+                kept.append(json.dumps({"id": doc.id, "text": doc.text, "domain": doc.domain, **doc.meta}))
+                chars_out += len(doc.text)
+        atomic_write_text(out, "".join(line + "\n" for line in kept))
+        part_steps = {s.name: _diff_stats(before.get(s.name, {}), {d: st.to_dict() for d, st in s.stats.items()})
+                      for s in steps}
+        source_row = {"path": src.path, "domain": src.domain, "docs_in": docs_in, "docs_out": len(kept),
+                      "chars_in": chars_in, "chars_out": chars_out, "bytes_out": out.stat().st_size}
+        atomic_write_json(done, {"source": source_row, "steps": part_steps, "skipped_records": dict(skips)})
+        _merge_stats(step_stats, part_steps)
+        report["sources"].append(source_row)
+        _merge_counter(report["skipped_records"], dict(skips))
+    report["steps"] = step_stats
+    report["domains"] = _domain_totals(report["sources"])
+    atomic_write_json(Path(cfg.out_dir) / "curation_report.json", report)
+    atomic_write_text(Path(cfg.out_dir) / "curation_report.md", render_funnel(report))
+    return report
+
+
+def _diff_stats(before: dict, after: dict) -> dict:
+    out = {}
+    for domain, a in after.items():
+        b = before.get(domain, {"docs_in": 0, "docs_out": 0, "chars_in": 0, "chars_out": 0, "dropped": {}, "changed": {}})
+        out[domain] = {k: a[k] - b[k] for k in ("docs_in", "docs_out", "chars_in", "chars_out")}
+        for key in ("dropped", "changed"):
+            out[domain][key] = {r: n - b[key].get(r, 0) for r, n in a[key].items() if n - b[key].get(r, 0)}
+    return {d: v for d, v in out.items() if v["docs_in"]}
+
+
+def _merge_counter(into: dict, add: dict) -> None:
+    for k, v in add.items():
+        into[k] = into.get(k, 0) + v
+
+
+def _merge_stats(into: dict, part: dict) -> None:
+    for step, domains in part.items():
+        for domain, s in domains.items():
+            cur = into.setdefault(step, {}).setdefault(domain, {"docs_in": 0, "docs_out": 0, "chars_in": 0,
+                                                                "chars_out": 0, "dropped": {}, "changed": {}})
+            for k in ("docs_in", "docs_out", "chars_in", "chars_out"):
+                cur[k] += s[k]
+            _merge_counter(cur["dropped"], s["dropped"])
+            _merge_counter(cur["changed"], s["changed"])
+
+
+def _domain_totals(sources: list[dict]) -> dict:
+    totals: dict[str, dict] = {}
+    for s in sources:
+        t = totals.setdefault(s["domain"], {"docs_in": 0, "docs_out": 0, "chars_in": 0, "chars_out": 0})
+        for k in t:
+            t[k] += s[k]
+    return totals
+
+
+def render_funnel(report: dict) -> str:
+    from tabulate import tabulate
+
+    rows = []
+    for step, domains in report["steps"].items():
+        for domain, s in sorted(domains.items()):
+            reasons = ", ".join(f"{r} {n}" for r, n in sorted(s["dropped"].items(), key=lambda x: -x[1]))
+            changed = ", ".join(f"{r} {n}" for r, n in s["changed"].items() if n)
+            rows.append([step, domain, s["docs_in"], s["docs_out"], f"{s['docs_out'] / max(1, s['docs_in']):.1%}",
+                         reasons or "-", changed or "-"])
+    totals = [[d, t["docs_in"], t["docs_out"], f"{t['chars_out'] / max(1, t['chars_in']):.1%}"]
+              for d, t in report["domains"].items()]
+    skipped = ", ".join(f"{r} {n}" for r, n in report["skipped_records"].items()) or "none"
+    return "\n\n".join([
+        "# Curation report",
+        "```\n" + tabulate(rows, headers=["step", "domain", "docs in", "docs out", "kept", "dropped (reason n)",
+                                          "changed"], tablefmt="simple", disable_numparse=True) + "\n```",
+        "```\n" + tabulate(totals, headers=["domain", "docs in", "docs out", "chars kept"], tablefmt="simple",
+                           disable_numparse=True) + "\n```",
+        f"Unusable records skipped: {skipped}", ""])
+
+
+def _read_curated(path: Path, domain: str):
+    with path.open() as f:
+        for line in f:
+            rec = json.loads(line)
+            yield Document(rec["id"], rec["text"], domain)
+
+
+def curated_documents(cfg: DataPipelineConfig, domain: str):
+    for index, src in enumerate(cfg.sources):
+        if src.domain == domain:
+            part = _part_path(cfg, index, src)
+            if not part.with_suffix(".done").is_file():
+                raise PlannerError(f"data: {part} is not finished; run the curate stage first")
+            yield from _read_curated(part, domain)
+
+
+# ------------------------------------------------------------------------------------------ tokenizer
+
+EOS, PAD, UNK = "<|endoftext|>", "<|pad|>", "<|unk|>"
+
+
+def train_tokenizer(cfg: DataPipelineConfig) -> Path:
+    """Train BPE (byte-level) or Unigram (digits split) on the curated mixture; EOS is id 0."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    t = cfg.tokenizer
+    if t.kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=t.vocab_size, special_tokens=[EOS, PAD],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    else:
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(),
+                                                     pre_tokenizers.Digits(individual_digits=True)])
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=t.vocab_size, special_tokens=[EOS, PAD, UNK], unk_token=UNK,
+                                          show_progress=False)
+    domains = sorted({s.domain for s in cfg.sources})
+    tok.train_from_iterator((d.text for dom in domains for d in curated_documents(cfg, dom)), trainer=trainer)
+    path = Path(cfg.out_dir) / t.path
+    atomic_write_text(path, tok.to_str())
+    return path
+
+
+def tokenizer_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------ mix + pack
+
+
+@dataclass
+class DomainPlan:
+    domain: str
+    weight: float
+    unique_tokens: int
+    target_tokens: int
+
+    @property
+    def epochs(self) -> float:
+        return self.target_tokens / self.unique_tokens if self.unique_tokens else float("inf")
+
+
+def plan_mixture(weights: dict[str, float], unique: dict[str, int], total: int | None, max_epochs: float,
+                 on_exceed: str = "refuse") -> tuple[list[DomainPlan], list[str]]:
+    """Tokens per domain for a run and how many epochs of each domain that means.
+
+    Without a total, the largest mix that repeats no domain: min over domains of unique / weight.
+    A domain repeated more than `max_epochs` times is refused (or warned), the data-limited case
+    BloombergGPT met with its finance data.
+    """
+    empty = [d for d, w in weights.items() if w > 0 and not unique.get(d)]
+    if empty:
+        raise PlannerError(f"mix: domain(s) {empty} have no tokens left after curation (weights need data); "
+                           "check the curation report")
+    if total is None:
+        total = int(min(unique[d] / w for d, w in weights.items() if w > 0))
+    plans = [DomainPlan(d, w, unique[d], int(round(w * total))) for d, w in sorted(weights.items())]
+    warnings = []
+    for p in plans:
+        if p.epochs > max_epochs:
+            message = (f"mix: domain {p.domain!r} would be repeated {p.epochs:.2f} times ({p.target_tokens:,} tokens "
+                       f"wanted, {p.unique_tokens:,} unique) > mix.max_epochs {max_epochs:g}")
+            if on_exceed == "refuse":
+                raise PlannerError(message + "; lower mix.total_tokens or its weight, or raise mix.max_epochs")
+            warnings.append(message)
+    return plans, warnings
+
+
+def _is_eval(doc_id: str, fraction: float) -> bool:
+    return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "big") / 2**64 < fraction
+
+
+def _encoded(tok, cfg: DataPipelineConfig, domain: str, split: str, batch: int = 256):
+    """Token ids of the domain's documents in the split, in curated order, batch-encoded."""
+    docs, frac = [], cfg.mix.eval_fraction
+    for d in curated_documents(cfg, domain):
+        if _is_eval(d.id, frac) == (split == "eval"):
+            docs.append(d.text)
+            if len(docs) == batch:
+                yield from (e.ids for e in tok.encode_batch(docs))
+                docs = []
+    if docs:
+        yield from (e.ids for e in tok.encode_batch(docs))
+
+
+def pack(cfg: DataPipelineConfig, progress: bool = True) -> dict:
+    """Tokenize each domain, then write train/eval shards mixing domains by token weight."""
+    from tokenizers import Tokenizer
+    from tqdm import tqdm
+
+    from pretrain.data.shards import ShardWriter
+
+    tok_path = Path(cfg.out_dir) / cfg.tokenizer.path
+    if not tok_path.is_file():
+        raise PlannerError(f"tokenizer: {tok_path} does not exist; run the tokenizer stage first")
+    tok = Tokenizer.from_file(str(tok_path))
+    eos = tok.token_to_id(EOS)
+    domains = sorted({s.domain for s in cfg.sources})
+    weights = dict(cfg.mix.weights) or {d: 1 / len(domains) for d in domains}
+    result = {"tokenizer": str(tok_path), "tokenizer_sha256": tokenizer_hash(tok_path)}
+    for split in ("train", "eval"):
+        docs = {d: list(tqdm(_encoded(tok, cfg, d, split), desc=f"tokenize {d} ({split})", unit="doc",
+                             disable=not progress, mininterval=1.0)) for d in domains}
+        unique = {d: sum(len(ids) + 1 for ids in docs[d]) for d in domains}
+        if split == "eval":
+            if not sum(unique.values()):
+                continue
+            plans, warns = plan_mixture(weights, unique, None, 1.0)
+        else:
+            plans, warns = plan_mixture(weights, unique, cfg.mix.total_tokens, cfg.mix.max_epochs, cfg.mix.on_exceed)
+        for w in warns:
+            print(f"pretrain-data: warning: {w}", file=sys.stderr)
+        writer = ShardWriter(Path(cfg.out_dir) / "shards" / split, cfg.mix.seq_len, tok.get_vocab_size(), eos,
+                             tokenizer_hash=result["tokenizer_sha256"])
+        _interleave(writer, plans, docs, cfg.mix.seed)
+        result[split] = writer.close({"mixture": [{**asdict(p), "epochs": p.epochs} for p in plans],
+                                      "tokenizer": str(tok_path), "warnings": warns})
+    atomic_write_json(Path(cfg.out_dir) / "pack_report.json", result)
+    return result
+
+
+def _interleave(writer, plans: list[DomainPlan], docs: dict[str, list], seed: int) -> None:
+    """Write documents so every prefix of the stream follows the weights (largest deficit first);
+    a domain that runs out starts its next epoch in a new order (seeded)."""
+    import numpy as np
+
+    cursors = {p.domain: 0 for p in plans}
+    orders = {p.domain: np.arange(len(docs[p.domain])) for p in plans}
+    epochs = dict.fromkeys(cursors, 0)
+    written = dict.fromkeys(cursors, 0)
+    active = [p for p in plans if p.target_tokens > 0 and docs[p.domain]]
+    while active:
+        total = sum(written.values()) + 1
+        p = max(active, key=lambda q: q.weight * total - written[q.domain])
+        d = p.domain
+        if cursors[d] == len(orders[d]):
+            epochs[d] += 1
+            orders[d] = np.random.default_rng([seed, epochs[d], len(d)]).permutation(len(docs[d]))
+            cursors[d] = 0
+        ids = docs[d][int(orders[d][cursors[d]])]
+        cursors[d] += 1
+        take = ids[: max(0, p.target_tokens - written[d] - 1)]
+        writer.add(take, domain=d)
+        written[d] += len(take) + 1
+        if written[d] >= p.target_tokens:
+            active.remove(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="pretrain-data", description="Curate, tokenize, mix and pack a corpus.")
+    parser.add_argument("config")
+    parser.add_argument("stage", nargs="?", default="all", choices=["curate", "tokenizer", "pack", "all"])
+    parser.add_argument("overrides", nargs="*")
+    parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_pipeline_config(args.config, args.overrides)
+        if args.stage in ("curate", "all"):
+            report = curate(cfg, progress=not args.quiet)
+            print(render_funnel(report))
+        if args.stage in ("tokenizer", "all"):
+            print(f"tokenizer: {train_tokenizer(cfg)}")
+        if args.stage in ("pack", "all"):
+            result = pack(cfg, progress=not args.quiet)
+            for split in ("train", "eval"):
+                if split in result:
+                    m = result[split]
+                    mix = ", ".join(f"{x['domain']} {x['target_tokens']:,} tokens ({x['epochs']:.2f} epochs)"
+                                    for x in m["mixture"])
+                    print(f"{split}: {m['rows']:,} rows of {m['seq_len'] + 1} tokens in {len(m['shards'])} shard(s); {mix}")
+    except PlannerError as exc:
+        print(f"pretrain-data: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

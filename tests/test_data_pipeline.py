@@ -1,0 +1,221 @@
+"""The data pipeline: sources, curation steps, the peer (datatrove), determinism, resume, mix and pack."""
+
+import email
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from planner.errors import PlannerError
+from pretrain.config import ConfigError
+from pretrain.data.dedup import ExactDedup, MinHashDedup
+from pretrain.data.documents import Document, Source, read_source
+from pretrain.data.filters import C4Rules, GopherQuality, GopherRepetition, LanguageFilter, PIIRedactor
+from pretrain.data.pipeline import curate, load_pipeline_config, pack, plan_mixture, train_tokenizer
+from pretrain.data.sample_corpus import write_sample
+from pretrain.data.shards import TokenShards
+
+REPO = Path(__file__).resolve().parents[1]
+PROSE = ("The committee met on Tuesday to review the budget and the plans for the new library. "
+         "Members agreed that the building should be open to everyone in the town, and that it should have "
+         "a room for children, a quiet room for study and a small garden. The cost of the project will be "
+         "shared between the council and a local trust. Work is expected to begin in the spring and to take "
+         "about two years. A public meeting will be held next month so that residents can share their views.")
+
+
+def doc(text, domain="general"):
+    return Document("d", text, domain)
+
+
+def test_jsonl_reader_counts_bad_lines_missing_fields_and_empty_documents(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_bytes(b'{"id": 1, "text": "hello there"}\nnot json\n{"id": 2}\n{"id": 3, "text": "  "}\n\xff\xfe\n')
+    skips = Counter()
+    docs = list(read_source(Source(str(path), "general"), skips))
+    assert [d.text for d in docs] == ["hello there"]
+    assert sum(skips.values()) == 4 and any("bad JSON" in k for k in skips) and any("missing" in k for k in skips)
+
+
+def test_parquet_text_folder_and_saved_dataset_sources(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["one doc", "two doc"]}), tmp_path / "x.parquet")
+    (tmp_path / "txt").mkdir()
+    (tmp_path / "txt/a.txt").write_text("plain text file")
+    (tmp_path / "txt/bad.txt").write_bytes(b"\xff\xfe\xfa")
+    datasets.Dataset.from_dict({"text": ["from arrow"]}).save_to_disk(str(tmp_path / "ds"))
+    skips = Counter()
+    assert [d.text for d in read_source(Source(str(tmp_path / "x.parquet"), "f"), skips)] == ["one doc", "two doc"]
+    assert [d.text for d in read_source(Source(str(tmp_path / "txt"), "g"), skips)] == ["plain text file"]
+    assert [d.text for d in read_source(Source(str(tmp_path / "ds"), "g"), skips)] == ["from arrow"]
+    assert skips == {"g: undecodable UTF-8": 1}
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("Too short to be a document.", "too few words"),
+    (PROSE.replace("the ", "").replace("The ", "").replace(" and", "").replace(" to", "").replace(" be", "")
+     .replace(" that", "").replace(" of", "").replace(" have", ""), "few stop words"),
+    ("\n".join(["- item one of the list"] * 3 + ["- " + PROSE]), "bullet lines"),
+    (PROSE + " " + " ".join(["#tag"] * 30), "hash symbols"),
+])
+def test_gopher_quality_rules(text, reason):
+    # Rae et al. 2021, §A.1: thresholds in ANCHORS.md §1.
+    assert GopherQuality().reject(doc(text)) == reason
+
+
+def test_gopher_quality_keeps_ordinary_prose():
+    assert GopherQuality().reject(doc(PROSE)) is None
+
+
+def test_gopher_repetition_catches_repeated_lines_and_keeps_prose():
+    assert GopherRepetition().reject(doc("\n".join(["The same line of text again."] * 10))) == "duplicate paragraphs" \
+        or GopherRepetition().reject(doc("\n".join(["The same line of text again."] * 10))) == "duplicate lines"
+    assert GopherRepetition().reject(doc(PROSE)) is None
+
+
+def test_c4_drops_lorem_ipsum_and_strips_boilerplate_lines():
+    assert C4Rules().reject(doc("Lorem ipsum dolor sit amet. " * 10)) == "lorem ipsum"
+    d = doc(PROSE.replace(". ", ".\n") + "\nThis website uses cookies.\nClick here")
+    assert C4Rules().reject(d) is None and "cookies" not in d.text and "Click here" not in d.text
+
+
+def test_language_filter_keeps_english_and_drops_german():
+    f = LanguageFilter()
+    assert f.reject(doc(PROSE)) is None
+    assert f.reject(doc("Die Bank meldete einen Gewinn von zwölf Millionen Euro, deutlich mehr als erwartet.")) == "language de"
+
+
+def test_pii_redaction_replaces_and_counts_emails_phones_and_public_ips():
+    f = PIIRedactor()
+    d = doc("Write to jane.doe@example.com or call 212-555-0199. Server 93.184.216.34, router 192.168.0.1.")
+    f.apply(d)
+    assert d.text == "Write to <EMAIL> or call <PHONE>. Server <IP_ADDRESS>, router 192.168.0.1."
+    assert f.stats["general"].changed == {"emails": 1, "phone numbers": 1, "ip addresses": 1}
+
+
+def test_exact_and_near_duplicates_are_removed_keeping_the_first():
+    exact, near = ExactDedup(), MinHashDedup()
+    assert exact.reject(doc(PROSE)) is None and exact.reject(doc(PROSE.upper() + "!!")) == "exact duplicate"
+    assert near.reject(doc(PROSE)) is None
+    assert near.reject(doc(PROSE.replace("Tuesday", "Monday"))) == "near duplicate"
+    assert near.reject(doc("A completely different text about gardening, soil, seeds and the weather in spring.")) is None
+
+
+def readme_documents():
+    """Real documents: the long descriptions of every installed package (README prose, lists, code)."""
+    import glob
+    import sys
+
+    site = Path(sys.executable).parents[1] / "lib"
+    for path in sorted(glob.glob(str(site / "python*/site-packages/*.dist-info/METADATA"))):
+        body = email.message_from_string(Path(path).read_text(encoding="utf-8", errors="replace")).get_payload()
+        if isinstance(body, str) and len(body.split()) > 20:
+            yield Path(path).parent.name, body
+
+
+def test_gopher_decisions_agree_with_datatrove_on_real_documents():
+    # The peer, installed from PyPI in the test environment (datatrove's GopherQualityFilter and
+    # GopherRepetitionFilter, their default thresholds: Rae et al. 2021).
+    pytest.importorskip("datatrove")
+    from datatrove.data import Document as PeerDoc
+    from datatrove.pipeline.filters import GopherQualityFilter, GopherRepetitionFilter
+
+    docs = list(readme_documents())
+    assert len(docs) >= 50
+    ours = [GopherQuality(), GopherRepetition()]
+    theirs = [GopherQualityFilter(), GopherRepetitionFilter()]
+    disagreements = []
+    for name, text in docs:
+        for mine, peer in zip(ours, theirs, strict=True):
+            keep_ours = mine.reject(Document(name, text, "x")) is None
+            keep_theirs = peer.filter(PeerDoc(text=text, id=name)) is True
+            if keep_ours != keep_theirs:
+                disagreements.append((name, mine.name, keep_ours))
+    agreement = 1 - len(disagreements) / (2 * len(docs))
+    print(f"agreement with datatrove on {len(docs)} documents: {agreement:.2%}; disagreements: {disagreements}")
+    assert agreement >= 0.99, disagreements
+
+
+@pytest.fixture(scope="module")
+def sample_config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipeline")
+    write_sample(root / "raw", docs_per_domain=150)
+    cfg_path = root / "data.yaml"
+    cfg_path.write_text(f"""out_dir: {root}/out
+sources:
+  - {{path: {root}/raw/finance.jsonl, domain: finance}}
+  - {{path: {root}/raw/general.jsonl, domain: general}}
+tokenizer: {{kind: bpe, vocab_size: 600}}
+mix: {{weights: {{finance: 0.51, general: 0.49}}, seq_len: 64}}
+""")
+    return cfg_path
+
+
+def test_curation_writes_a_funnel_report_and_is_deterministic(sample_config, tmp_path):
+    cfg = load_pipeline_config(sample_config)
+    report = curate(cfg, progress=False)
+    out = Path(cfg.out_dir)
+    first = {p.name: p.read_bytes() for p in (out / "curated").rglob("*.jsonl")}
+    assert (out / "curation_report.md").read_text().startswith("# Curation report")
+    q = report["steps"]["gopher_quality"]["finance"]
+    assert q["docs_in"] == 150 and 0 < q["docs_out"] < 150 and sum(q["dropped"].values()) == 150 - q["docs_out"]
+    again = load_pipeline_config(sample_config, [f"out_dir={tmp_path}/again"])
+    curate(again, progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "again/curated").rglob("*.jsonl")} == first
+
+
+def test_an_interrupted_curation_continues_and_gives_the_same_output(sample_config):
+    cfg = load_pipeline_config(sample_config)
+    curate(cfg, progress=False)
+    out = Path(cfg.out_dir) / "curated"
+    before = {p: p.read_bytes() for p in out.rglob("*.jsonl")}
+    general = out / "general/part-00001.jsonl"
+    general.with_suffix(".done").unlink()  # as if killed while writing the second source
+    general.write_text("partial garbage\n")
+    report = curate(cfg, progress=False)
+    assert {p: p.read_bytes() for p in out.rglob("*.jsonl")} == before
+    assert report["domains"]["finance"]["docs_in"] == 150  # the finished part's counts were reused
+
+
+def test_tokenizer_and_packing_follow_the_weights(sample_config):
+    cfg = load_pipeline_config(sample_config)
+    curate(cfg, progress=False)
+    train_tokenizer(cfg)
+    result = pack(cfg, progress=False)
+    manifest = TokenShards.open(Path(cfg.out_dir) / "shards/train").manifest
+    shares = {d: n / sum(manifest["domain_tokens"].values()) for d, n in manifest["domain_tokens"].items()}
+    assert shares["finance"] == pytest.approx(0.51, abs=0.02) and manifest["dtype"] == "uint16"
+    assert manifest["tokenizer_sha256"] == result["tokenizer_sha256"]
+    assert {m["domain"] for m in manifest["mixture"]} == {"finance", "general"}
+
+
+def test_unigram_tokenizer_splits_digits(sample_config, tmp_path):
+    from tokenizers import Tokenizer
+
+    cfg = load_pipeline_config(sample_config, ["tokenizer.kind=unigram", f"tokenizer.path={tmp_path}/uni.json"])
+    curate(cfg, progress=False)
+    tok = Tokenizer.from_file(str(train_tokenizer(cfg)))
+    assert [t for t in tok.encode("revenue of 2024").tokens if t.strip("▁").isdigit()] == ["2", "0", "2", "4"]
+
+
+def test_weights_that_do_not_sum_to_one_are_refused(sample_config):
+    with pytest.raises(ConfigError, match="sum to 1.02"):
+        load_pipeline_config(sample_config, ["mix.weights.finance=0.53"])
+
+
+def test_too_much_repetition_is_refused_or_warned():
+    with pytest.raises(PlannerError, match="repeated 10.00 times"):
+        plan_mixture({"finance": 0.5, "general": 0.5}, {"finance": 100, "general": 10_000}, total=2000, max_epochs=4)
+    plans, warnings = plan_mixture({"finance": 0.5, "general": 0.5}, {"finance": 100, "general": 10_000}, 2000, 4, "warn")
+    assert len(warnings) == 1 and plans[0].epochs == 10
+
+
+def test_shipped_sample_corpus_is_present_and_reproducible(tmp_path):
+    write_sample(tmp_path)
+    for name in ("finance.jsonl", "general.jsonl"):
+        assert (tmp_path / name).read_bytes() == (REPO / "data/sample" / name).read_bytes()
+    kinds = Counter(json.loads(line)["kind"] for line in (REPO / "data/sample/finance.jsonl").read_text().splitlines())
+    assert kinds["good"] > 400 and {"duplicate", "near", "pii", "foreign", "table"} <= set(kinds)
