@@ -357,17 +357,13 @@ def _is_eval(doc_id: str, fraction: float) -> bool:
     return int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "big") / 2**64 < fraction
 
 
-def _encoded(tok, cfg: DataPipelineConfig, domain: str, split: str, batch: int = 256):
-    """Token ids of the domain's documents in the split, in curated order, batch-encoded."""
-    docs, frac = [], cfg.mix.eval_fraction
+def _encode_domain(tok, cfg: DataPipelineConfig, domain: str, batch: int = 1024) -> dict[str, list]:
+    """Token ids of the domain's documents by split (train / eval by a hash of the id), curated order."""
+    texts: dict[str, list[str]] = {"train": [], "eval": []}
     for d in curated_documents(cfg, domain):
-        if _is_eval(d.id, frac) == (split == "eval"):
-            docs.append(d.text)
-            if len(docs) == batch:
-                yield from (e.ids for e in tok.encode_batch(docs))
-                docs = []
-    if docs:
-        yield from (e.ids for e in tok.encode_batch(docs))
+        texts["eval" if _is_eval(d.id, cfg.mix.eval_fraction) else "train"].append(d.text)
+    return {split: [e.ids for i in range(0, len(t), batch) for e in tok.encode_batch(t[i: i + batch])]
+            for split, t in texts.items()}
 
 
 def pack(cfg: DataPipelineConfig, progress: bool = True) -> dict:
@@ -385,9 +381,10 @@ def pack(cfg: DataPipelineConfig, progress: bool = True) -> dict:
     domains = sorted({s.domain for s in cfg.sources})
     weights = dict(cfg.mix.weights) or {d: 1 / len(domains) for d in domains}
     result = {"tokenizer": str(tok_path), "tokenizer_sha256": tokenizer_hash(tok_path)}
+    encoded = {d: _encode_domain(tok, cfg, d) for d in tqdm(domains, desc="tokenize", unit="domain",
+                                                            disable=not progress)}
     for split in ("train", "eval"):
-        docs = {d: list(tqdm(_encoded(tok, cfg, d, split), desc=f"tokenize {d} ({split})", unit="doc",
-                             disable=not progress, mininterval=1.0)) for d in domains}
+        docs = {d: encoded[d][split] for d in domains}
         unique = {d: sum(len(ids) + 1 for ids in docs[d]) for d in domains}
         if split == "eval":
             if not sum(unique.values()):

@@ -52,18 +52,23 @@ class ShardWriter:
         self.documents = 0
 
     def add(self, token_ids, domain: str = "default") -> None:
-        ids = list(token_ids)
-        if ids and (max(ids) >= self.vocab_size or min(ids) < 0):
-            raise PlannerError(f"tokens: id {max(ids)} is outside the vocabulary of {self.vocab_size}")
-        self._buffer.extend(ids)
+        before = len(self._buffer)
+        self._buffer.extend(token_ids)
         self._buffer.append(self.eos_id)
-        self.domain_tokens[domain] = self.domain_tokens.get(domain, 0) + len(ids) + 1
+        self.domain_tokens[domain] = self.domain_tokens.get(domain, 0) + len(self._buffer) - before
         self.documents += 1
-        while len(self._buffer) >= self.row_len:
-            self._rows.append(np.asarray(self._buffer[: self.row_len], dtype=self.dtype))
-            del self._buffer[: self.row_len]
-            if len(self._rows) == self.rows_per_shard:
-                self._flush()
+        complete = len(self._buffer) // self.row_len
+        if complete:  # cut every complete row at once: one conversion, one list trim
+            cut = complete * self.row_len
+            wide = np.asarray(self._buffer[:cut], dtype=np.int64)
+            if wide.min() < 0 or wide.max() >= self.vocab_size:  # checked before narrowing: never wrap
+                raise PlannerError(f"tokens: id {int(wide.max())} is outside the vocabulary of {self.vocab_size}")
+            rows = wide.astype(self.dtype).reshape(complete, self.row_len)
+            del self._buffer[:cut]
+            for row in rows:
+                self._rows.append(row)
+                if len(self._rows) == self.rows_per_shard:
+                    self._flush()
 
     def _flush(self) -> None:
         if not self._rows:
