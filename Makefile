@@ -1,6 +1,7 @@
 # Two entry points that work on a fresh machine (Python 3.11, nothing installed):
 #   make estimate PARAMS=7e9   set up .venv and run the main job (planner estimate)
 #   make test                  set up .venv and run the whole test suite
+#   make demo                  set up .venv and run the end-to-end demo (CPU, a few minutes)
 PYTHON ?= python3
 VENV   ?= .venv
 PARAMS ?= 7e9
@@ -9,7 +10,7 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup estimate test lint bench clean
+.PHONY: setup estimate demo test lint bench clean
 
 setup: $(STAMP)
 
@@ -25,6 +26,9 @@ $(STAMP): pyproject.toml constraints.txt
 estimate: setup
 	$(VENV)/bin/planner estimate --params $(PARAMS) $(ARGS)
 
+demo: setup
+	$(VENV)/bin/launch demo --out demo $(ARGS)
+
 test: setup
 	$(PY) -m pytest -q $(ARGS)
 
@@ -33,6 +37,9 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_planner.py
+	$(PY) benchmarks/bench_fit.py
+	$(PY) benchmarks/bench_curation.py
+	$(PY) benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -28,7 +28,7 @@ from launch.commands import (
     torchrun_node,
 )
 from launch.preflight import LaunchError, preflight
-from planner.errors import PlannerError
+from planner.errors import PlannerError, print_error
 
 RDZV_PORT = 29500
 
@@ -126,17 +126,28 @@ def slurm(config, overrides, force, dry_run, num_nodes, gpus_per_node, partition
         raise click.exceptions.Exit(_run(["sbatch", str(path)], dry_run))
 
 
+@cli.command()
+@click.option("--out", "out_dir", default="demo", show_default=True, type=click.Path(), help="Folder for everything.")
+@click.option("--engine", type=click.Choice(["deepspeed", "fsdp"]), default="deepspeed", show_default=True,
+              help="DeepSpeed ZeRO-2 or FSDP full shard, on 2 processes.")
+@click.option("--quick", is_flag=True, help="A reduced sweep (3 sizes x 3 small budgets): the test suite's.")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def demo(out_dir, engine, quick, no_progress):
+    """Plan, curate, train a small scaling sweep, fit laws from MLflow, re-plan, report (CPU, < 15 min)."""
+    from launch.demo import run_demo
+
+    run_demo(out_dir, engine=engine, quick=quick, progress=not no_progress)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         code = cli.main(args=argv, prog_name="launch", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"launch: error: {' '.join(exc.format_message().split())}", err=True)
-        return 2
+        return print_error("launch", exc.format_message())
     except PlannerError as exc:
-        click.echo(f"launch: error: {' '.join(str(exc).split())}", err=True)
-        return 2
+        return print_error("launch", exc)
     return code if isinstance(code, int) else 0
 
 

@@ -12,10 +12,8 @@ import sys
 import click
 
 from planner import compute, memory
-from planner.errors import PlannerError
+from planner.errors import PlannerError, print_error
 from planner.units import parse_count
-
-EXIT_USAGE = 2
 
 
 class CountType(click.ParamType):
@@ -351,16 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("planner: aborted", err=True)
         return 1
     except click.ClickException as exc:
-        click.echo(f"planner: error: {_one_line(exc.format_message())}", err=True)
-        return EXIT_USAGE
+        return print_error("planner", exc.format_message())
     except PlannerError as exc:
-        click.echo(f"planner: error: {_one_line(str(exc))}", err=True)
-        return EXIT_USAGE
+        return print_error("planner", exc)
     return code if isinstance(code, int) else 0
-
-
-def _one_line(message: str) -> str:
-    return " ".join(message.split())
 
 
 if __name__ == "__main__":

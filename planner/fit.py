@@ -30,6 +30,10 @@ GRID = {
 }
 #: L-BFGS runs from this many of the best grid starts (all 4,500 are scored).
 LBFGS_STARTS = 40
+#: Exponents are searched in [0, 2.5] (Hoffmann's grid spans 0-2); one that ends on a bound means the
+#: runs do not determine it, which is reported instead of printed as a fit.
+EXPONENT_BOUNDS = (0.0, 2.5)
+_ND_BOUNDS = [(None, None), (None, None), (None, None), EXPONENT_BOUNDS, EXPONENT_BOUNDS]
 
 
 @dataclass
@@ -96,7 +100,9 @@ def _score_starts(starts: np.ndarray, log_n, log_d, log_l) -> np.ndarray:
 def _lbfgs_best(starts: np.ndarray, log_n, log_d, log_l, max_iter: int = 10_000):
     best = None
     for start in starts:
-        res = minimize(_nd_objective, start, args=(log_n, log_d, log_l), jac=True, method="L-BFGS-B",
+        res = minimize(_nd_objective, np.clip(start, [-np.inf] * 3 + [EXPONENT_BOUNDS[0]] * 2,
+                                              [np.inf] * 3 + [EXPONENT_BOUNDS[1]] * 2),
+                       args=(log_n, log_d, log_l), jac=True, method="L-BFGS-B", bounds=_ND_BOUNDS,
                        options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-10})
         if best is None or res.fun < best.fun:
             best = res
@@ -121,15 +127,21 @@ def fit_nd(n, d, loss, *, drop_worst: int = 0, bootstrap: int = 0, seed: int = 0
     if len(loss) < 6:
         raise PlannerError(f"data: {len(loss)} runs cannot determine 5 parameters (E, A, B, alpha, beta); need 6 or more")
     for name, values in (("--n-col", n), ("--d-col", d)):
-        if np.unique(values).size < 2:
-            raise PlannerError(f"{name}: every run has the same value ({values[0]:g}); its exponent cannot be fitted")
+        if np.unique(values).size < 3:
+            raise PlannerError(f"{name}: only {np.unique(values).size} distinct value(s) ({', '.join(f'{v:g}' for v in np.unique(values))}); "
+                               "an exponent and its coefficient need at least 3")
     log_n, log_d, log_l = np.log(n), np.log(d), np.log(loss)
     grid = _grid_starts()
     order = np.argsort(_score_starts(grid, log_n, log_d, log_l))
     best = _lbfgs_best(grid[order[:starts]], log_n, log_d, log_l, max_iter)
     converged = bool(best.success and np.all(np.isfinite(best.x)))
-    result = FitResult("nd", _nd_params(best.x), converged=converged, n_points=len(loss),
-                       message="" if converged else f"L-BFGS did not converge: {best.message}",
+    message = "" if converged else f"L-BFGS did not converge: {best.message}"
+    at_bound = [name for name, v in (("alpha", best.x[3]), ("beta", best.x[4])) if min(abs(v - b) for b in EXPONENT_BOUNDS) < 1e-6]
+    if at_bound:
+        converged = False
+        message = (f"{' and '.join(at_bound)} ended on the search bound {EXPONENT_BOUNDS}: the runs do not determine "
+                   "it (more distinct model sizes and token counts are needed)")
+    result = FitResult("nd", _nd_params(best.x), converged=converged, n_points=len(loss), message=message,
                        extra={"objective": float(best.fun), "drop_worst": drop_worst,
                               "huber_delta": HUBER_DELTA, "starts_scored": len(grid), "starts_optimised": starts})
     if bootstrap:

@@ -140,6 +140,7 @@ class StateTerm:
     cpu_bytes: float | None = None
     transient_when_sharded: bool = False
     freed_before_step: bool = False
+    min_stage: int = 0  # exists only from this ZeRO stage (DeepSpeed's ZeRO optimizer's own copies)
 
 
 def optimizer_state_bytes(optimizer: str, state_bytes: int, shape: ModelShape | None) -> float:
@@ -175,11 +176,14 @@ def state_terms(precision: str, optimizer: str, convention: str,
     if precision == "fp32" or precision == "bf16":
         width = 4 if precision == "fp32" else 2
         optim = optimizer_state_bytes(optimizer, width, shape)
-        return (
+        terms = [
             StateTerm("weights", f"{precision} weights", width, 3, "params"),
             StateTerm("gradients", f"{precision} gradients", width, 2, "optimizer"),
             StateTerm("optimizer", f"{optimizer} states ({precision})", optim, 1, "optimizer"),
-        )
+        ]
+        if convention == "deepspeed" and precision == "fp32":  # its ZeRO optimizer clones the fp32 partition
+            terms.append(StateTerm("master_weights", "fp32 partition copy", 4, 1, "optimizer", min_stage=1))
+        return tuple(terms)
     optim = optimizer_state_bytes(optimizer, 4, shape)
     adam = StateTerm("optimizer", f"{optimizer} states (fp32)", optim, 1, "optimizer")
     if convention == "fsdp":
@@ -236,7 +240,7 @@ def model_states(params: float, terms: tuple[StateTerm, ...], strategy: Strategy
         sharded = strategy.stage >= term.sharded_from
         # sharded engines free these before the step; DeepSpeed's unsharded (stage 0) wrapper does not
         freed = at_step and term.freed_before_step and strategy.stage >= 1
-        if (sharded and term.transient_when_sharded) or freed:
+        if (sharded and term.transient_when_sharded) or freed or strategy.stage < term.min_stage:
             continue
         per_gpu = term.bytes_per_param * params / (strategy.shard_degree if sharded else 1)
         moved = sharded and (strategy.offload_params if term.offload == "params" else strategy.offload_optimizer)

@@ -46,7 +46,10 @@ class ParametricLaw:
     kind = "nd"
 
     def loss(self, n: float, d: float) -> float:
-        return self.E + self.A / n**self.alpha + self.B / d**self.beta
+        try:
+            return self.E + self.A / n**self.alpha + self.B / d**self.beta
+        except (OverflowError, ZeroDivisionError):  # an extreme fitted law far from its data
+            return math.inf
 
     def optimal(self, flops: float) -> tuple[float, float]:
         """Closed-form compute-optimal (N*, D*) under C = 6ND."""

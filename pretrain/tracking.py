@@ -123,6 +123,12 @@ class Tracker:
         with self.fallback.open("a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
 
+    def log_params(self, params: dict) -> None:
+        if self.active and self.run_id:
+            from mlflow.entities import Param
+
+            self._call(lambda: self._client().log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()]))
+
     def log_dict(self, obj: dict, name: str) -> None:
         if self.active and self.run_id:
             self._call(lambda: self._client().log_dict(self.run_id, obj, name))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from planner.errors import PlannerError
+from planner.errors import PlannerError, print_error
 from planner.io import atomic_write_json
 from pretrain.checkpoint import Checkpointer
 from pretrain.config import RunConfig, load_config, to_shape
@@ -153,9 +153,12 @@ def train(cfg: RunConfig) -> dict:
     flops_per_token = 6 * shape.param_count() + 12 * shape.layers * shape.hidden * shape.seq_len
     peak = peak_flops_per_device(cfg)
     predicted = predicted_model_state_bytes(cfg, info.world)
+    tokens_per_step = cfg.train.micro_batch * cfg.train.grad_accum * info.world * cfg.model.seq_len
     if info.is_main and latest is None:
         tracker.log_dict({**cfg.plan, "predicted_model_state_bytes_per_rank": predicted}, "plan.json")
-    tokens_per_step = cfg.train.micro_batch * cfg.train.grad_accum * info.world * cfg.model.seq_len
+        # what `planner fit nd mlflow:EXPERIMENT --n-col params.n_params --d-col params.train_tokens` reads
+        tracker.log_params({"n_params": shape.param_count(), "train_tokens": tokens_per_step * cfg.train.steps,
+                            "world_size": info.world})
     window: deque[float] = deque(maxlen=cfg.train.spike_window)
     consecutive_skips, fail_after = 0, int(os.environ.get(FAIL_AFTER_STEP_ENV, "0"))
     engine.train(True)
@@ -189,7 +192,8 @@ def train(cfg: RunConfig) -> dict:
             history.append((step, step_loss))
         tokens_per_s = tokens_per_step / elapsed
         metrics = {"loss": step_loss if not poison else None, "lr": lr_at(step, cfg), "grad_norm": grad_norm,
-                   "tokens_seen": tokens_seen, "tokens_per_s": tokens_per_s, "skipped_steps": skipped_total,
+                   "tokens_seen": tokens_seen, "flops_seen": tokens_seen * flops_per_token,
+                   "tokens_per_s": tokens_per_s, "skipped_steps": skipped_total,
                    "memory_bytes": memory_in_use(info),
                    "mfu": tokens_per_s * flops_per_token / (peak * info.world) if peak else None}
         if engine.measured_state_bytes is not None and "measured_model_state_bytes" not in cfg.plan:
@@ -239,8 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         train(cfg)
     except PlannerError as exc:
-        print(f"pretrain: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return print_error("pretrain", exc)
     return 0
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -25,3 +26,10 @@ def run_cli(*args: str, module: str = "planner.cli") -> subprocess.CompletedProc
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
                           cwd=REPO, timeout=300)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (for servers and rendezvous started by a test)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from planner.cli import main as planner_main
 from pretrain.config import load_config, to_shape
 from pretrain.data.synthetic import write_markov_shards
+from tests.conftest import free_port
 
 TINY_SHAPE = ["--layers", "2", "--hidden", "64", "--heads", "4", "--vocab", "256", "--seq-len", "64"]
 
@@ -99,12 +99,6 @@ def test_launch_local_trains_the_emitted_config(tmp_path, data, engine):
     assert ("deepspeed" if engine[0] == "--zero" else "torch.distributed.run") in out.stdout
     summary = json.loads((tmp_path / "runs/run/summary.json").read_text())
     assert summary["steps"] == 20 and summary["losses"][-1][1] < summary["losses"][0][1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -87,10 +87,19 @@ def test_isoflop_recovers_the_exponent_of_a_known_law():
     assert r.params["a"] == pytest.approx(0.28 / 0.62, abs=0.02)
 
 
-def test_runs_all_of_one_size_are_refused():
-    n = np.full(10, 1e9)
-    with pytest.raises(PlannerError, match="same value"):
+def test_runs_of_fewer_than_three_sizes_are_refused():
+    n = np.array([1e8, 1e9] * 5)
+    with pytest.raises(PlannerError, match="only 2 distinct value"):
         fit.fit_nd(n, np.geomspace(1e9, 1e11, 10), np.linspace(3, 2.5, 10))
+
+
+def test_an_exponent_the_runs_cannot_determine_is_reported_not_converged():
+    # a loss cliff between the two smallest sizes and nothing after: only an exponent far beyond any
+    # published one fits, so alpha runs to its bound
+    n = np.repeat([1e7, 1e8, 1e9], 4)
+    d = np.tile([1e9, 3e9, 1e10, 3e10], 3)
+    r = fit.fit_nd(n, d, 2.0 + 400 / d**0.3 + np.where(n == 1e7, 1.0, 0.0))
+    assert not r.converged and "bound" in r.message
 
 
 def test_fewer_runs_than_parameters_are_refused():

@@ -6,7 +6,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pretrain.data.synthetic import write_markov_shards
+from tests.conftest import free_port
 
 TINY = ["train.steps=20", "optim.lr=0.01", "optim.warmup_steps=2", "train.micro_batch=4", "train.checkpoint_every=10"]
 
@@ -48,6 +48,7 @@ ENGINES = {
     "zero2": ["engine.name=deepspeed", "engine.zero_stage=2"],
     "zero3": ["engine.name=deepspeed", "engine.zero_stage=3"],
     "fsdp-full": ["engine.name=fsdp", "engine.fsdp_mode=full"],
+    "zero2-fp32": ["engine.name=deepspeed", "engine.zero_stage=2", "train.precision=fp32"],
     "zero2-offload": ["engine.name=deepspeed", "engine.zero_stage=2", "engine.offload=optimizer"],
     "zero3-offload": ["engine.name=deepspeed", "engine.zero_stage=3", "engine.offload=all"],
     "fsdp-shard-grad-op": ["engine.name=fsdp", "engine.fsdp_mode=shard-grad-op"],
@@ -99,12 +100,6 @@ def test_single_process_run_is_tracked_in_the_default_sqlite_store(shards, tmp_p
     assert run.data.params["model.hidden"] == "64" and run.data.tags["git_commit"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"plan.json", "loss_curve.png", "summary.json"} <= artifacts
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from planner.errors import PlannerError
+from planner.errors import PlannerError, print_error
 from planner.io import atomic_write_json, atomic_write_text
 from pretrain.config import ConfigError
 from pretrain.data.dedup import ExactDedup, MinHashDedup
@@ -455,8 +455,7 @@ def main(argv: list[str] | None = None) -> int:
                                     for x in m["mixture"])
                     print(f"{split}: {m['rows']:,} rows of {m['seq_len'] + 1} tokens in {len(m['shards'])} shard(s); {mix}")
     except PlannerError as exc:
-        print(f"pretrain-data: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return print_error("pretrain-data", exc)
     return 0
 
 
