@@ -122,6 +122,23 @@ def plot_losses(history: list[tuple[int, float]], evals: list[tuple[int, float]]
     return path
 
 
+def check_tokenizer(cfg: RunConfig, train_manifest: dict) -> None:
+    """Training and evaluation must use the same tokenizer: the one whose hash the shards carry."""
+    import hashlib
+
+    want = train_manifest.get("tokenizer_sha256")
+    if cfg.data.eval:
+        got = TokenShards.open(cfg.data.eval).manifest.get("tokenizer_sha256")
+        if want != got:
+            raise PlannerError(f"data.eval: its shards were made with another tokenizer ({got}) than data.train's ({want})")
+    if cfg.data.tokenizer and want:
+        path = Path(cfg.data.tokenizer)
+        if not path.is_file():
+            raise PlannerError(f"data.tokenizer: {path} does not exist")
+        if hashlib.sha256(path.read_bytes()).hexdigest() != want:
+            raise PlannerError(f"data.tokenizer: {path} is not the tokenizer the training shards were made with")
+
+
 def train(cfg: RunConfig) -> dict:
     """Run (or resume) the job; returns a summary (rank 0's view)."""
     info = init_distributed(cfg.engine.name, cfg.engine.backend, cfg.engine.timeout_s)
@@ -136,6 +153,7 @@ def train(cfg: RunConfig) -> dict:
     if data.shards.manifest["vocab_size"] > cfg.model.vocab:
         raise PlannerError(f"model.vocab: {cfg.model.vocab} is smaller than the data's vocabulary "
                            f"{data.shards.manifest['vocab_size']}")
+    check_tokenizer(cfg, data.shards.manifest)
     engine = build_engine(cfg, info)
     ckpt = Checkpointer(out_dir / cfg.train.checkpoint_dir, info)
     step, tokens_seen, skipped_total, run_id = 0, 0, 0, None

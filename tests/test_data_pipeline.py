@@ -219,3 +219,16 @@ def test_shipped_sample_corpus_is_present_and_reproducible(tmp_path):
         assert (tmp_path / name).read_bytes() == (REPO / "data/sample" / name).read_bytes()
     kinds = Counter(json.loads(line)["kind"] for line in (REPO / "data/sample/finance.jsonl").read_text().splitlines())
     assert kinds["good"] > 400 and {"duplicate", "near", "pii", "foreign", "table"} <= set(kinds)
+
+
+def test_curation_report_is_logged_to_mlflow_when_tracking_is_on(sample_config, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from pretrain.data.pipeline import main
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main([str(sample_config), "curate", "--quiet", "tracking.enabled=true", f"tracking.tracking_uri={uri}"]) == 0
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("data-pipeline").experiment_id])[0]
+    assert run.data.metrics["finance.docs_in"] == 150
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"curation_report.json", "curation_report.md"}

@@ -170,3 +170,16 @@ def test_checkpoint_of_another_shape_or_corrupted_is_refused_and_left_as_is(shar
     r = run_train(tmp_path, [*base, "train.steps=4"])
     assert r.returncode == 2 and "corrupted" in r.stderr
     assert (tmp_path / "run/checkpoints/latest").read_text().strip() == "step_00000002"
+
+
+def test_eval_shards_from_another_tokenizer_are_refused(tmp_path):
+    from pretrain.data.shards import ShardWriter
+
+    for name, digest in (("train", "a" * 64), ("eval", "b" * 64)):
+        w = ShardWriter(tmp_path / name, 64, 256, 0, tokenizer_hash=digest)
+        for _ in range(40):
+            w.add(list(range(1, 100)))
+        w.close()
+    r = run_train(tmp_path, [f"data.train={tmp_path / 'train'}", f"data.eval={tmp_path / 'eval'}", "out_dir=run",
+                             "tracking.enabled=false"])
+    assert r.returncode == 2 and "another tokenizer" in r.stderr

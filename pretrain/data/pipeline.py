@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -74,12 +75,20 @@ class MixConfig:
 
 
 @dataclass
+class DataTrackingConfig:
+    enabled: bool = False
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "data-pipeline"
+
+
+@dataclass
 class DataPipelineConfig:
     out_dir: str = "data/pipeline"
     sources: list[SourceConfig] = field(default_factory=list)
     curate: CurateConfig = field(default_factory=CurateConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     mix: MixConfig = field(default_factory=MixConfig)
+    tracking: DataTrackingConfig = field(default_factory=DataTrackingConfig)
 
 
 def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None) -> DataPipelineConfig:
@@ -175,24 +184,30 @@ def curate(cfg: DataPipelineConfig, progress: bool = True) -> dict:
             _merge_counter(report["skipped_records"], part["skipped_records"])
             continue
         skips: Counter = Counter()
-        kept, docs_in, chars_in, chars_out = [], 0, 0, 0
+        kept, docs_in, chars_in, chars_out = 0, 0, 0, 0
         before = {s.name: {d: st.to_dict() for d, st in s.stats.items()} for s in steps}
         docs = read_source(Source(src.path, src.domain, src.format, src.text_field, src.id_field), skips)
-        for doc in tqdm(docs, desc=f"curate {src.domain} ({Path(src.path).name})", unit="doc", disable=not progress,
-                        mininterval=1.0):
-            docs_in += 1
-            chars_in += len(doc.text)
-            for step in steps:
-                doc = step.apply(doc)
-                if doc is None:
-                    break
-            if doc is not None:
-                kept.append(json.dumps({"id": doc.id, "text": doc.text, "domain": doc.domain, **doc.meta}))
-                chars_out += len(doc.text)
-        atomic_write_text(out, "".join(line + "\n" for line in kept))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".jsonl.tmp")
+        with tmp.open("w") as sink:  # streamed: memory stays bounded whatever the source's size
+            for doc in tqdm(docs, desc=f"curate {src.domain} ({Path(src.path).name})", unit="doc",
+                            disable=not progress, mininterval=1.0):
+                docs_in += 1
+                chars_in += len(doc.text)
+                for step in steps:
+                    doc = step.apply(doc)
+                    if doc is None:
+                        break
+                if doc is not None:
+                    sink.write(json.dumps({"id": doc.id, "text": doc.text, "domain": doc.domain, **doc.meta}) + "\n")
+                    kept += 1
+                    chars_out += len(doc.text)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(tmp, out)
         part_steps = {s.name: _diff_stats(before.get(s.name, {}), {d: st.to_dict() for d, st in s.stats.items()})
                       for s in steps}
-        source_row = {"path": src.path, "domain": src.domain, "docs_in": docs_in, "docs_out": len(kept),
+        source_row = {"path": src.path, "domain": src.domain, "docs_in": docs_in, "docs_out": kept,
                       "chars_in": chars_in, "chars_out": chars_out, "bytes_out": out.stat().st_size}
         atomic_write_json(done, {"source": source_row, "steps": part_steps, "skipped_records": dict(skips)})
         _merge_stats(step_stats, part_steps)
@@ -238,6 +253,23 @@ def _domain_totals(sources: list[dict]) -> dict:
         for k in t:
             t[k] += s[k]
     return totals
+
+
+def log_report_to_mlflow(cfg: DataPipelineConfig, report: dict) -> str:
+    """One MLflow run holding the funnel (documents and characters kept per domain as metrics) and the reports."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(cfg.tracking.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.tracking.experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment)
+    run = client.create_run(exp_id, run_name=f"curate:{Path(cfg.out_dir).name}")
+    for domain, t in report["domains"].items():
+        for key, value in t.items():
+            client.log_metric(run.info.run_id, f"{domain}.{key}", value)
+    for name in ("curation_report.json", "curation_report.md"):
+        client.log_artifact(run.info.run_id, str(Path(cfg.out_dir) / name))
+    client.set_terminated(run.info.run_id)
+    return run.info.run_id
 
 
 def render_funnel(report: dict) -> str:
@@ -438,12 +470,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", nargs="?", default="all", choices=["curate", "tokenizer", "pack", "all"])
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         cfg = load_pipeline_config(args.config, args.overrides)
         if args.stage in ("curate", "all"):
             report = curate(cfg, progress=not args.quiet)
             print(render_funnel(report))
+            if cfg.tracking.enabled:
+                print(f"curation report logged to MLflow run {log_report_to_mlflow(cfg, report)}")
         if args.stage in ("tokenizer", "all"):
             print(f"tokenizer: {train_tokenizer(cfg)}")
         if args.stage in ("pack", "all"):
