@@ -6,8 +6,8 @@ Curation streams every source through the steps in order (quality, repetition, C
 exact and near-duplicate removal) and writes each source's kept documents as
 `<out_dir>/curated/<domain>/part-NNNNN.jsonl` plus a `.done` marker with its counts. A rerun after
 an interruption skips finished parts (rebuilding the deduplication state from their output), so
-the same input and config always give the same output. For corpora beyond one machine, run the
-same config per shard as SLURM array tasks (`--part`), never a home-made scheduler.
+the same input and config always give the same output. Runs on one machine; splitting the
+per-document steps across SLURM array tasks (with a global deduplication pass after) is not built yet.
 """
 
 from __future__ import annotations
