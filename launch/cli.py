@@ -107,13 +107,13 @@ def nodes(config, overrides, force, dry_run, hostfile, node_rank, master_addr, m
 @click.option("--submit", is_flag=True, help="Submit with sbatch after writing.")
 def slurm(config, overrides, force, dry_run, num_nodes, gpus_per_node, partition, time_limit, script_path, submit):
     """Write (and with --submit, submit) a SLURM batch script for the job."""
-    from planner.emit import EmitOptions, _sbatch
+    from planner.emit import EmitOptions, sbatch_script
     from planner.io import atomic_write_text
 
     cfg = _load(config, overrides)
     check = preflight(cfg, num_nodes * gpus_per_node, gpus_per_node, force)
     click.echo(f"preflight: {check.message}")
-    script = _sbatch(num_nodes, gpus_per_node, EmitOptions(out_dir=".", name=cfg.name, slurm_partition=partition,
+    script = sbatch_script(num_nodes, gpus_per_node, EmitOptions(out_dir=".", name=cfg.name, slurm_partition=partition,
                                                            slurm_time=time_limit))
     if overrides:
         script = script.replace("--config run.yaml", "--config run.yaml " + " ".join(map(shlex.quote, overrides)))

@@ -13,7 +13,9 @@ while one runs is refused (a lock file held with flock).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import io
 import json
 import os
 import subprocess
@@ -103,7 +105,7 @@ def stage_plan(out: Path, data_dir: Path, points: list[Point], engine: str) -> d
     for p in points:
         folder = out / "runs" / p.name
         if not (folder / "run.yaml").is_file():
-            code = planner_main([
+            args = [
                 "emit", "--out", str(folder), "--name", p.name, "--layers", str(p.layers), "--hidden", str(p.hidden),
                 "--heads", str(p.hidden // 16), "--vocab", "2048", "--seq-len", str(SEQ_LEN), "--gpus", str(WORLD),
                 "--gpus-per-node", str(WORLD), "--micro-batch", str(MICRO_BATCH), "--precision", "fp32",
@@ -111,7 +113,9 @@ def stage_plan(out: Path, data_dir: Path, points: list[Point], engine: str) -> d
                 "--data", str(data_dir / "shards/train"), "--eval-data", str(data_dir / "shards/eval"),
                 "--tokenizer", str(data_dir / "tokenizer.json"), "--checkpoint-every", "1000000",
                 "--eval-every", "1000000", "--tracking-uri", tracking_uri(out), "--experiment", EXPERIMENT,
-                *engine_flags])
+                *engine_flags]
+            with contextlib.redirect_stdout(io.StringIO()):  # nine lists of "wrote ..." are noise here
+                code = planner_main(args)
             if code:
                 raise PlannerError(f"demo: planner emit failed for {p.name}")
         configs[p.name] = folder / "run.yaml"

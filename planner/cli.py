@@ -161,8 +161,8 @@ def emit(out_dir, name, data_train, data_eval, tokenizer, batch_tokens, lr, chec
                        tracking_uri=tracking_uri, experiment=experiment, nodes=nodes, slurm_partition=slurm_partition,
                        slurm_time=slurm_time)
     written = run_emit(build_request(kw), opts)
-    for file_name, path in written.items():
-        click.echo(f"wrote {path}" if file_name else path)
+    for path in written.values():
+        click.echo(f"wrote {path}")
 
 
 @cli.command()

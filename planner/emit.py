@@ -182,12 +182,13 @@ def launch_scripts(req: EstimateRequest, opts: EmitOptions) -> dict[str, str]:
             "# Edit `hostfile` (one `host slots=N` line per node); the launcher reaches nodes over ssh.\n"
             f"exec deepspeed --hostfile hostfile --num_nodes {_q(nodes)} --num_gpus {_q(per_node)} "
             f"--master_port {_q(RDZV_PORT)} --module pretrain.train --config run.yaml\n"),
-        "slurm.sbatch": _sbatch(nodes, per_node, opts),
+        "slurm.sbatch": sbatch_script(nodes, per_node, opts),
     }
     return scripts
 
 
-def _sbatch(nodes: int, per_node: int, opts: EmitOptions) -> str:
+def sbatch_script(nodes: int, per_node: int, opts: EmitOptions) -> str:
+    """A SLURM batch script: one task per node, srun + torchrun with c10d rendezvous on the first node."""
     partition = f"#SBATCH --partition={_q(opts.slurm_partition)}\n" if opts.slurm_partition else ""
     return (
         "#!/usr/bin/env bash\n"
