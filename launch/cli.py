@@ -28,7 +28,6 @@ from launch.commands import (
     torchrun_node,
 )
 from launch.preflight import LaunchError, preflight
-from planner.errors import PlannerError, print_error
 
 RDZV_PORT = 29500
 
@@ -140,15 +139,9 @@ def demo(out_dir, engine, quick, no_progress):
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        code = cli.main(args=argv, prog_name="launch", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
-        return print_error("launch", exc.format_message())
-    except PlannerError as exc:
-        return print_error("launch", exc)
-    return code if isinstance(code, int) else 0
+    from planner.cli import run_group
+
+    return run_group(cli, "launch", argv)
 
 
 if __name__ == "__main__":

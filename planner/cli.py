@@ -339,20 +339,24 @@ def gpus(gpu_catalog, as_json):
         click.echo(render_gpus(catalog))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: one-line errors and exit status 2 for any bad input."""
+def run_group(group: click.Group, prog: str, argv: list[str] | None = None) -> int:
+    """Run a click group with one-line errors: usage errors and PlannerError exit 2, never a traceback."""
     try:
-        code = cli.main(args=argv, prog_name="planner", standalone_mode=False)
+        code = group.main(args=argv, prog_name=prog, standalone_mode=False)
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.exceptions.Abort:
-        click.echo("planner: aborted", err=True)
+        click.echo(f"{prog}: aborted", err=True)
         return 1
     except click.ClickException as exc:
-        return print_error("planner", exc.format_message())
+        return print_error(prog, exc.format_message())
     except PlannerError as exc:
-        return print_error("planner", exc)
+        return print_error(prog, exc)
     return code if isinstance(code, int) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_group(cli, "planner", argv)
 
 
 if __name__ == "__main__":
