@@ -32,7 +32,6 @@ from dataclasses import dataclass
 
 from planner.errors import PlannerError
 from planner.shapes import ModelShape
-from planner.units import GiB
 
 PRECISIONS = ("fp32", "fp16-mixed", "bf16-mixed", "bf16", "int8", "int4")
 OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "adam8bit")
@@ -335,10 +334,6 @@ def max_micro_batch(fixed_bytes: float, per_sample_bytes: float, capacity_bytes:
     if room < per_sample_bytes or per_sample_bytes <= 0:
         return 0
     return int(math.floor(room / per_sample_bytes + 1e-9))
-
-
-def gib(value: float) -> float:
-    return value / GiB
 
 
 def deepspeed_estimator_gpu_bytes(params: float, largest_layer_params: float, stage: int, gpus: int,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from planner import compute
 from planner.errors import PlannerError, print_error
 from planner.io import atomic_write_json
 from pretrain.checkpoint import Checkpointer
@@ -168,7 +169,7 @@ def train(cfg: RunConfig) -> dict:
             [tuple(e) for e in meta["evals"]]
     tracker = Tracker(cfg, info.is_main, run_id)
     shape = to_shape(cfg.model)
-    flops_per_token = 6 * shape.param_count() + 12 * shape.layers * shape.hidden * shape.seq_len
+    flops_per_token = compute.model_flops_per_token(shape.param_count(), shape)  # PaLM's 6N + 12LHQT
     peak = peak_flops_per_device(cfg)
     predicted = predicted_model_state_bytes(cfg, info.world)
     tokens_per_step = cfg.train.micro_batch * cfg.train.grad_accum * info.world * cfg.model.seq_len
@@ -213,7 +214,7 @@ def train(cfg: RunConfig) -> dict:
                    "tokens_seen": tokens_seen, "flops_seen": tokens_seen * flops_per_token,
                    "tokens_per_s": tokens_per_s, "skipped_steps": skipped_total,
                    "memory_bytes": memory_in_use(info),
-                   "mfu": tokens_per_s * flops_per_token / (peak * info.world) if peak else None}
+                   "mfu": compute.mfu(tokens_per_s, flops_per_token, peak, info.world) if peak else None}
         if engine.measured_state_bytes is not None and "measured_model_state_bytes" not in cfg.plan:
             measured = sum(engine.measured_state_bytes.values())
             cfg.plan["measured_model_state_bytes"] = measured
