@@ -109,13 +109,16 @@ class RunConfig:
     plan: dict[str, Any] = field(default_factory=dict)  # the planner's predictions, written by `planner emit`
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Read YAML (optional) and dotlist overrides (`train.steps=20`) onto the schema, then validate."""
+def load_structured(schema: type, path: str | Path | None = None, overrides: list[str] | None = None):
+    """A dataclass instance of `schema` from YAML (optional) and dotlist overrides (`train.steps=20`).
+
+    Wrong types, unknown keys and missing values fail here, as one ConfigError naming the key.
+    """
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        merged = OmegaConf.structured(RunConfig)
+        merged = OmegaConf.structured(schema)
         if path is not None:
             if not Path(path).is_file():
                 raise ConfigError(f"config: {path} does not exist")
@@ -125,9 +128,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         missing = sorted(OmegaConf.missing_keys(merged))
         if missing:
             raise ConfigError(f"config: missing value for {', '.join(missing)}")
-        cfg: RunConfig = OmegaConf.to_object(merged)
+        return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"config: {_omegaconf_message(exc)}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """The run config from YAML and overrides, validated; ds_config resolved beside the YAML."""
+    cfg: RunConfig = load_structured(RunConfig, path, overrides)
     if path is not None and cfg.engine.ds_config and not Path(cfg.engine.ds_config).is_absolute():
         cfg.engine.ds_config = str(Path(path).resolve().parent / cfg.engine.ds_config)  # beside run.yaml
     validate(cfg)

@@ -45,7 +45,7 @@ class Tracker:
 
     def __init__(self, cfg: RunConfig, is_main: bool, run_id: str | None = None):
         self.cfg, self.active = cfg, is_main and cfg.tracking.enabled
-        self.run_id, self.pending, self.failed_since = run_id, [], None
+        self.run_id, self.pending, self.failing = run_id, [], False
         self.fallback = Path(cfg.out_dir) / cfg.tracking.fallback_dir / "metrics.jsonl"
         self.warned = False
         if not self.active:
@@ -80,7 +80,7 @@ class Tracker:
     def _call(self, fn, *args) -> bool:
         try:
             fn(*args)
-            self.failed_since = None
+            self.failing = False
             return True
         except Exception as exc:  # any transport or store error: keep training
             if not self.warned:
@@ -88,7 +88,7 @@ class Tracker:
                       f"{str(exc).splitlines()[0][:160]}); metrics go to {self.fallback} and are retried",
                       file=sys.stderr, flush=True)
                 self.warned = True
-            self.failed_since = self.failed_since or 1
+            self.failing = True
             return False
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
@@ -96,7 +96,7 @@ class Tracker:
             return
         metrics = {k: float(v) for k, v in metrics.items() if v is not None}
         self.pending.append((step, metrics))
-        if self.failed_since and step % RETRY_EVERY:
+        if self.failing and step % RETRY_EVERY:  # while failing, retry only every RETRY_EVERY steps
             self._spill(step, metrics)
             return
         if self.run_id is None and not self._call(self._start):

@@ -23,7 +23,7 @@ from typing import Any
 
 from planner.errors import PlannerError, print_error
 from planner.io import atomic_write_json, atomic_write_text
-from pretrain.config import ConfigError
+from pretrain.config import ConfigError, load_structured
 from pretrain.data.dedup import ExactDedup, MinHashDedup
 from pretrain.data.documents import Document, Source, read_source
 from pretrain.data.filters import C4Rules, GopherQuality, GopherRepetition, LanguageFilter, PIIRedactor, Step
@@ -92,22 +92,7 @@ class DataPipelineConfig:
 
 
 def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None) -> DataPipelineConfig:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
-
-    from pretrain.config import _omegaconf_message
-
-    try:
-        merged = OmegaConf.structured(DataPipelineConfig)
-        if path:
-            if not Path(path).is_file():
-                raise ConfigError(f"config: {path} does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        if overrides:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-        cfg: DataPipelineConfig = OmegaConf.to_object(merged)
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"config: {_omegaconf_message(exc)}") from None
+    cfg: DataPipelineConfig = load_structured(DataPipelineConfig, path, overrides)
     _validate(cfg)
     return cfg
 
