@@ -171,10 +171,12 @@ def emit(out_dir, name, data_train, data_eval, tokenizer, batch_tokens, lr, chec
 @click.option("--gpu-hours", type=COUNT, help="Budget in GPU-hours of --gpu at --mfu.")
 @click.option("--days", type=COUNT, help="Budget in wall-clock days on --gpus GPUs at --mfu.")
 @click.option("--dollars", type=COUNT, help="Budget in USD at --price (default: the catalog's).")
-@click.option("--law", default="chinchilla", show_default=True,
-              help="chinchilla, chinchilla-unrounded, epoch, tokens-per-param, kaplan, or a fitted law .json.")
+@click.option("--law", default="epoch", show_default=True,
+              help="epoch (Besiroglu et al. 2024 refit of Chinchilla, ~20 tokens/param), chinchilla (eq. 10 as "
+                   "published), chinchilla-unrounded, tokens-per-param, kaplan, or a fitted law .json.")
 @click.option("--tokens-per-param", type=float, default=20.0, show_default=True, help="Ratio for --law tokens-per-param.")
-@click.option("--params", type=COUNT, help="Fix the model size: the best token count for it.")
+@click.option("--params", type=COUNT, help="Fix the model size: with a budget, the tokens it buys; alone, the "
+              "law's optimal tokens for this size and the budget they imply.")
 @click.option("--max-tokens", type=COUNT, help="Unique tokens available (data-limited case).")
 @click.option("--max-epochs", type=float, default=1.0, show_default=True, help="Times the data may be repeated.")
 @click.option("--gpu", default="a100-80gb", show_default=True)
@@ -191,9 +193,10 @@ def optimal(flops, pf_days, gpu_hours, days, dollars, law, tokens_per_param, par
 
     budgets = {"flops": flops, "pf_days": pf_days, "gpu_hours": gpu_hours, "days": days, "dollars": dollars}
     given = {k: v for k, v in budgets.items() if v is not None}
-    if len(given) != 1:
-        raise PlannerError("budget: give exactly one of --flops, --pf-days, --gpu-hours, --days, --dollars")
-    (unit, amount), = given.items()
+    if len(given) > 1 or (not given and params is None):
+        raise PlannerError("budget: give exactly one of --flops, --pf-days, --gpu-hours, --days, --dollars "
+                           "(or --params alone)")
+    (unit, amount), = given.items() if given else ((None, None),)
     result = optimal_for_budget(unit, amount, law_name=law, tokens_per_param=tokens_per_param, params=params,
                                 max_tokens=max_tokens, max_epochs=max_epochs, gpu_name=gpu,
                                 gpu_catalog=gpu_catalog, gpus=gpus, mfu=mfu, price=price, seq_len=seq_len)

@@ -9,6 +9,11 @@ Sources
   second forward, 8N + 16·L·H·Q·T per token; selective recomputation re-runs only the attention
   scores, 6N + 16·L·H·Q·T.
 - 1 petaFLOP/s-day = 1e15 FLOP/s x 86,400 s = 8.64e19 FLOPs (Brown et al. 2020, App. D).
+
+One MFU basis everywhere (`MFU_BASIS`): model FLOPs with the attention term, as PaLM defines MFU
+and as the trainer logs it. GPU-hours = model FLOPs / (peak x MFU), and `implied_mfu` inverts
+exactly that, so a published run's GPU-hours go back through the planner unchanged. The same
+utilisation on the 6ND basis (what "LLaMA-7B ran at 43%" means) is shown beside it: `mfu_6nd`.
 """
 
 from __future__ import annotations
@@ -21,10 +26,12 @@ from planner.units import PF_DAY_FLOPS
 
 #: Chinchilla's compute-optimal rule of thumb (Hoffmann et al. 2022): about 20 tokens per parameter.
 TOKENS_PER_PARAM = 20.0
-#: Default model FLOPs utilisation. Reported: PaLM 540B 46.2% (Chowdhery et al. 2022, Table 3),
-#: LLaMA-7B 43% implied by 82,432 A100-hours for 1T tokens (Touvron et al. 2023, Table 15),
-#: BloombergGPT ~32% (Wu et al. 2023). 0.40 is a well-tuned dense run; small clusters do better,
-#: first attempts worse.
+#: What MFU divides by, in every input and output of the planner.
+MFU_BASIS = "model FLOPs (6N + 12*L*H*Q*T per token, PaLM App. B)"
+#: Default MFU on that basis. Reported: PaLM 540B 46.2% (Chowdhery et al. 2022, Table 3); LLaMA-7B
+#: 47% on this basis (43% on 6ND) implied by 82,432 A100-hours for 1T tokens at seq 2048 (Touvron et
+#: al. 2023, Table 15); BloombergGPT ~24% of model FLOPs (Wu et al. 2023). 0.40 is a well-tuned
+#: dense run; small clusters do better, first attempts worse.
 DEFAULT_MFU = 0.40
 
 
@@ -56,14 +63,15 @@ class ComputeEstimate:
     gpu_hours: float
     wall_days: float
     cost_usd: float
-    mfu: float
+    mfu: float  # on MFU_BASIS
+    mfu_6nd: float  # the same utilisation counted on 6ND (no attention term)
     peak_flops_per_gpu: float
     gpus: int
     tokens_per_second: float  # whole job, at the stated MFU
     gpu_days_per_pf_day: float  # GPU-days of this GPU at 100% of peak that make one PF/s-day
 
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "mfu_basis": MFU_BASIS}
 
 
 def validate_mfu(mfu: float) -> float:
@@ -97,6 +105,7 @@ def estimate_compute(params: float, tokens: float, shape: ModelShape | None, *, 
         wall_days=gpu_hours / gpus / 24,
         cost_usd=gpu_hours * price_per_gpu_hour,
         mfu=mfu,
+        mfu_6nd=mfu * 6 * params / model_flops_per_token(params, shape),
         peak_flops_per_gpu=peak_flops,
         gpus=gpus,
         tokens_per_second=tokens / (gpu_seconds / gpus),
@@ -105,7 +114,11 @@ def estimate_compute(params: float, tokens: float, shape: ModelShape | None, *, 
 
 
 def implied_mfu(flops: float, gpu_hours: float, peak_flops: float) -> float:
-    """MFU a reported run achieved: its FLOPs over what its GPU-hours could do at peak."""
+    """MFU a reported run achieved: its FLOPs over what its GPU-hours could do at peak.
+
+    Give model FLOPs (`model_flops_per_token` x tokens) for the planner's basis; 6ND for the
+    6ND basis. `estimate_compute` at the first gives back `gpu_hours` exactly.
+    """
     return flops / (gpu_hours * 3600 * peak_flops)
 
 

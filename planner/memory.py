@@ -12,12 +12,13 @@ Sources
 - FSDP2 with a bf16 MixedPrecisionPolicy keeps sharded fp32 parameters (they are the master
   weights), fp32 gradients and fp32 Adam states: 16 B/param, all sharded; in full shard the bf16
   compute copy exists only for the layers being gathered.
-- Activations per layer (Korthikanti et al. 2022, eq. 1-2 and Table 2): s·b·h·(34 + 5·a·s/h)
-  bytes in 16-bit with no parallelism; tensor parallel t without sequence parallel
-  s·b·h·(10 + 24/t + 5·a·s/(h·t)); with sequence parallel everything divides by t. Selective
-  recomputation drops the 5·a·s/h term; full recomputation keeps only the layer input, 2·s·b·h.
-  FlashAttention (Dao et al. 2022) never stores the a·s² score matrices, so it drops the
-  5·a·s/h term too.
+- Activations: `planner.activations`, term by term per architecture, checked against what our
+  model saves for backward.
+- Fragmentation: PyTorch's caching allocator holds memory it cannot hand out. GMLake (Guo et al.,
+  ASPLOS 2024, §6) measured 15% of reserved memory on average (up to 33%) over eight LLM training
+  setups on A100-80GB with the default allocator; `DEFAULT_FRAGMENTATION` is that average, as a
+  fraction of reserved memory. `expandable_segments:True` lowers it; set `--fragmentation` to what
+  `torch.cuda.memory_reserved()` vs `max_memory_allocated()` shows on your own run.
 
 Conventions (ANCHORS §7: the sources disagree, so the choice is explicit)
 - `deepspeed` (default with --zero): what DeepSpeed allocates at its peak (18 B/param).
@@ -30,13 +31,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from planner.activations import CHECKPOINTING  # noqa: F401 (re-exported for the CLI)
 from planner.errors import PlannerError
 from planner.shapes import ModelShape
 
 PRECISIONS = ("fp32", "fp16-mixed", "bf16-mixed", "bf16", "int8", "int4")
 OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "adam8bit")
 CONVENTIONS = ("deepspeed", "fsdp", "zero-paper")
-CHECKPOINTING = ("none", "selective", "full")
 OFFLOAD = ("none", "optimizer", "params", "all")
 FSDP_MODES = ("full", "shard-grad-op", "hybrid", "no-shard")
 
@@ -49,8 +50,8 @@ _WEIGHT_BYTES = {"fp32": 4, "fp16-mixed": 2, "bf16-mixed": 2, "bf16": 2, "int8":
 #: CUDA context, kernels and library workspaces (cuBLAS, NCCL) before any tensor: PyTorch reports
 #: 0.3-0.6 GiB of context on Ampere/Hopper; 0.5 GiB plus NCCL's default channel buffers.
 DEFAULT_RUNTIME_GIB = 0.75
-#: Margin for the caching allocator's fragmentation, as a fraction of the tensors above.
-DEFAULT_FRAGMENTATION = 0.10
+#: Share of reserved GPU memory the caching allocator cannot use: GMLake's measured average (above).
+DEFAULT_FRAGMENTATION = 0.15
 #: DeepSpeed ZeRO-1/2 default reduce_bucket_size and allgather_bucket_size (elements).
 DS_BUCKET_ELEMENTS = 5e8
 #: DeepSpeed ZeRO-3 default stage3_prefetch_bucket_size (elements).
@@ -258,8 +259,8 @@ def _gathered(terms, strategy: Strategy, shape: ModelShape | None, convention: s
     largest module params); FSDP gathers one transformer block ahead (forward prefetch) in bf16
     and reduce-scatters one block's gradients in the reduce dtype.
     """
-    if strategy.stage < 3 or shape is None:
-        return {}
+    if strategy.stage < 3 or shape is None or convention == "zero-paper":
+        return {}  # the ZeRO paper's Figure 1 counts the partitioned states only
     weight_bytes = terms[0].bytes_per_param if terms[0].category == "weights" else 2
     if convention == "fsdp" or strategy.engine == "fsdp":
         grad = next((t.bytes_per_param for t in terms if t.category == "gradients"), 0)
@@ -270,55 +271,13 @@ def _gathered(terms, strategy: Strategy, shape: ModelShape | None, convention: s
     return {"weights": largest * weight_bytes, "gradients": largest * grad16}
 
 
-def activation_bytes_per_layer(shape: ModelShape, micro_batch: int, checkpointing: str = "none", *,
-                               tp: int = 1, sequence_parallel: bool = False,
-                               flash_attention: bool = False, act_bytes: int = 2) -> float:
-    """Korthikanti et al. 2022 stored activations of one transformer layer, in bytes.
-
-    `act_bytes` is the activation width (2 for 16-bit; fp32 training doubles the 16-bit figures).
-    """
-    if checkpointing not in CHECKPOINTING:
-        raise PlannerError(f"--checkpointing: {checkpointing!r} is not one of {', '.join(CHECKPOINTING)}")
-    s, b, h, a, t = shape.seq_len, micro_batch, shape.hidden, shape.heads, tp
-    sbh = s * b * h * act_bytes / 2
-    if checkpointing == "full":
-        return 2 * sbh / (t if sequence_parallel else 1)
-    linear = 34 / t if sequence_parallel else 10 + 24 / t
-    scores = 0 if (checkpointing == "selective" or flash_attention) else 5 * a * s / (h * t)
-    return sbh * (linear + scores)
-
-
-def activation_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "none", **kw) -> float:
-    """Stored activations of all layers (Korthikanti et al. 2022, eq. 1-2 times L)."""
-    return shape.layers * activation_bytes_per_layer(shape, micro_batch, checkpointing, **kw)
-
-
-def recompute_working_bytes(shape: ModelShape, micro_batch: int, checkpointing: str, **kw) -> float:
-    """Extra memory while one layer is recomputed in backward: that layer's full activations."""
-    if checkpointing == "none":
-        return 0.0
-    if checkpointing == "selective":
-        kw = {**kw, "flash_attention": kw.get("flash_attention", False)}
-        full = activation_bytes_per_layer(shape, micro_batch, "none", **kw)
-        return full - activation_bytes_per_layer(shape, micro_batch, "selective", **kw)
-    return activation_bytes_per_layer(shape, micro_batch, "none", **kw)
-
-
-def logits_bytes(shape: ModelShape, micro_batch: int, tp: int = 1) -> float:
-    """Output layer: 16-bit logits plus their fp32 upcast for the cross-entropy (6 B per entry)."""
-    return 6 * shape.seq_len * micro_batch * shape.vocab / tp
-
-
-def comm_buffer_bytes(params: float, strategy: Strategy, terms: tuple[StateTerm, ...]) -> float:
+def comm_buffer_bytes(params: float, strategy: Strategy) -> float:
     """Communication buffers each engine allocates on top of the model states.
 
-    DDP (torch): gradient buckets as large as all gradients unless gradient_as_bucket_view=True
-    (torch DDP docs). DeepSpeed ZeRO-1/2: reduce and all-gather buckets, 5e8 elements each by
+    DDP (torch): our engine sets gradient_as_bucket_view=True, so the gradients are views into
+    DDP's buckets and there is no second copy (torch DDP docs); nothing extra. DeepSpeed ZeRO-1/2: reduce and all-gather buckets, 5e8 elements each by
     default, in 16-bit. ZeRO-3: the prefetch bucket (5e7 elements). FSDP: counted in `gathered`.
     """
-    grad_bytes = sum(t.bytes_per_param for t in terms if t.category == "gradients")
-    if strategy.engine == "ddp":
-        return params * grad_bytes
     if strategy.engine == "deepspeed":
         if strategy.stage in (1, 2):
             return 2 * 2 * min(params, DS_BUCKET_ELEMENTS)
@@ -327,10 +286,15 @@ def comm_buffer_bytes(params: float, strategy: Strategy, terms: tuple[StateTerm,
     return 0.0
 
 
+def fragmentation_bytes(allocated_bytes: float, fragmentation: float) -> float:
+    """Reserved but unusable bytes when `fragmentation` is their share of reserved memory."""
+    return allocated_bytes * fragmentation / (1 - fragmentation)
+
+
 def max_micro_batch(fixed_bytes: float, per_sample_bytes: float, capacity_bytes: float,
                     fragmentation: float) -> int:
-    """Largest b with (fixed + b·per_sample)·(1 + fragmentation) <= capacity; 0 if none."""
-    room = capacity_bytes / (1 + fragmentation) - fixed_bytes
+    """Largest b with (fixed + b·per_sample) / (1 - fragmentation) <= capacity; 0 if none."""
+    room = capacity_bytes * (1 - fragmentation) - fixed_bytes
     if room < per_sample_bytes or per_sample_bytes <= 0:
         return 0
     return int(math.floor(room / per_sample_bytes + 1e-9))

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 
-from planner import compute, memory
+from planner import activations, compute, memory
 from planner.errors import PlannerError
 from planner.hardware import GPU, get_gpu
-from planner.shapes import ModelShape, get_preset, infer_shape
+from planner.shapes import ModelShape, get_preset, infer_shape, snap_to_family
 from planner.units import GB
 
 _COMPUTE_DTYPE = {"fp32": "fp32", "fp16-mixed": "fp16", "bf16-mixed": "bf16", "bf16": "bf16",
@@ -71,7 +71,11 @@ def resolve_model(req: EstimateRequest) -> ResolvedModel:
         return ResolvedModel(req.shape.param_count(), req.shape, "shape", False)
     if not (req.params and req.params > 0 and math.isfinite(req.params)):
         raise PlannerError(f"--params: {req.params!r} must be a positive number, e.g. 7e9 or 7B")
-    return ResolvedModel(req.params, infer_shape(req.params, req.seq_len or 2048), "params", True)
+    seq_len = req.seq_len or 2048
+    snapped = snap_to_family(req.params, seq_len)
+    if snapped is not None:
+        return ResolvedModel(req.params, snapped[1], f"params (shape of {snapped[0]})", True)
+    return ResolvedModel(req.params, infer_shape(req.params, seq_len), "params", True)
 
 
 def _validate(req: EstimateRequest) -> None:
@@ -82,8 +86,8 @@ def _validate(req: EstimateRequest) -> None:
     if req.gpus % req.tp:
         raise PlannerError(f"--tp: {req.tp} does not divide --gpus {req.gpus}")
     compute.validate_mfu(req.mfu)
-    if not 0 <= req.fragmentation < 1:
-        raise PlannerError(f"--fragmentation: {req.fragmentation!r} must be in [0, 1)")
+    if not 0 <= req.fragmentation <= 0.5:
+        raise PlannerError(f"--fragmentation: {req.fragmentation!r} must be in [0, 0.5] (share of reserved memory)")
     if req.price is not None and req.price < 0:
         raise PlannerError(f"--price: {req.price!r} must be zero or positive (USD per GPU-hour)")
     if req.tokens is not None and not req.tokens > 0:
@@ -92,11 +96,16 @@ def _validate(req: EstimateRequest) -> None:
 
 @dataclass(frozen=True)
 class MemoryBreakdown:
-    """Bytes on one GPU, by line; `per_sample` lines scale with the micro-batch."""
+    """Bytes on one GPU, by line; `per_batch` lines scale with the micro-batch.
+
+    `activations` are the layers' saved tensors for one micro-batch plus one layer's recompute
+    working set; `activations_fixed` is what the layers keep per micro-batch whatever its size
+    (autocast's 16-bit weight copies); `logits` is the output layer's share (`planner.activations`).
+    """
 
     states: memory.ModelStates
     activations: float
-    activation_recompute: float
+    activations_fixed: float
     logits: float
     comm_buffers: float
     runtime: float
@@ -104,19 +113,23 @@ class MemoryBreakdown:
 
     @property
     def fixed(self) -> float:
-        return self.states.gpu_total + self.comm_buffers + self.runtime
+        return self.states.gpu_total + self.activations_fixed + self.comm_buffers + self.runtime
 
     @property
     def per_batch(self) -> float:
-        return self.activations + self.activation_recompute + self.logits
+        return self.activations + self.logits
+
+    @property
+    def allocated(self) -> float:
+        return self.fixed + self.per_batch
 
     @property
     def fragmentation(self) -> float:
-        return (self.fixed + self.per_batch) * self.fragmentation_fraction
+        return memory.fragmentation_bytes(self.allocated, self.fragmentation_fraction)
 
     @property
     def total(self) -> float:
-        return self.fixed + self.per_batch + self.fragmentation
+        return self.allocated + self.fragmentation
 
     def lines(self) -> dict[str, float]:
         gpu, gathered = self.states.gpu, self.states.gathered
@@ -125,7 +138,7 @@ class MemoryBreakdown:
             "gradients": gpu["gradients"] + gathered.get("gradients", 0.0),
             "master_weights": gpu["master_weights"],
             "optimizer": gpu["optimizer"],
-            "activations": self.activations + self.activation_recompute,
+            "activations": self.activations + self.activations_fixed,
             "logits": self.logits,
             "overhead": self.comm_buffers + self.runtime,
             "fragmentation": self.fragmentation,
@@ -138,14 +151,17 @@ def memory_breakdown(params: float, shape: ModelShape, strategy: memory.Strategy
                      flash_attention: bool, tp: int, runtime_gib: float, fragmentation: float) -> MemoryBreakdown:
     terms = memory.state_terms(precision, optimizer, convention, shape)
     states = memory.model_states(params / tp, terms, strategy, shape, convention)
-    act_kw = {"tp": tp, "sequence_parallel": tp > 1, "flash_attention": flash_attention,
-              "act_bytes": 4 if precision == "fp32" else 2}
+    regime = activations.regime_for(precision, strategy.engine)
+    act_kw = {"regime": regime, "checkpointing": checkpointing, "tp": tp, "sequence_parallel": tp > 1,
+              "flash_attention": flash_attention}
+    fixed = activations.stored_bytes(shape, 0, **act_kw) + activations.head_fixed_bytes(shape, regime, tp)
     return MemoryBreakdown(
         states=states,
-        activations=memory.activation_bytes(shape, micro_batch, checkpointing, **act_kw),
-        activation_recompute=memory.recompute_working_bytes(shape, micro_batch, checkpointing, **act_kw),
-        logits=memory.logits_bytes(shape, micro_batch, tp),
-        comm_buffers=memory.comm_buffer_bytes(params / tp, strategy, terms),
+        activations=activations.stored_bytes(shape, micro_batch, **act_kw) - activations.stored_bytes(shape, 0, **act_kw)
+        + activations.recompute_bytes(shape, micro_batch, **act_kw),
+        activations_fixed=fixed,
+        logits=activations.head_bytes(shape, micro_batch, regime, tp) - activations.head_fixed_bytes(shape, regime, tp),
+        comm_buffers=memory.comm_buffer_bytes(params / tp, strategy),
         runtime=runtime_gib * 2**30,
         fragmentation_fraction=fragmentation,
     )
@@ -276,6 +292,7 @@ def estimate(req: EstimateRequest) -> dict:
             "total": sum(t.bytes_per_param for t in terms),
             "model_states_per_gpu": states_per_gpu / model.params,
         },
+        "model_states_per_gpu_bytes": states_per_gpu,
         "memory_per_gpu_bytes": lines,
         "memory_per_gpu_gib": {k: v / 2**30 for k, v in lines.items()},
         "cpu_memory_per_gpu_bytes": {**breakdown.states.cpu, "total": breakdown.states.cpu_total},

@@ -55,8 +55,10 @@ def _memory_table(r: dict) -> str:
     headers = ["Memory per GPU", "B/param", "GiB"] + (["CPU GiB (offload)"] if cpu["total"] else [])
     per_param = ", ".join(f"{k} {v:g}" for k, v in r["bytes_per_param"].items()
                           if k not in ("total", "model_states_per_gpu"))
+    states = r["model_states_per_gpu_bytes"]
     note = (f"Model states before sharding: {r['bytes_per_param']['total']:g} B/param ({per_param}); "
-            f"GiB = 2^30 bytes.")
+            f"GiB = 2^30 bytes.\nModel states per GPU: {states / 1e9:,.4g} GB (decimal, as the ZeRO paper) = "
+            f"{_gib(states)} GiB.")
     ds = r.get("peer_estimates", {}).get("deepspeed_estimator_model_states_gpu_bytes")
     if ds is not None:
         ours = sum(mem[k] for k in _STATE_LINES)
@@ -83,7 +85,7 @@ def _compute_table(c: dict, hw: dict) -> str:
         ["FLOPs, 6ND + attention (model FLOPs)", _sci(c["flops"])],
         ["FLOPs incl. recomputation (hardware)", _sci(c["hardware_flops"])],
         ["petaFLOP/s-days", f"{c['pf_days']:,.1f}"],
-        [f"GPU-hours at MFU {c['mfu']:.0%}", f"{c['gpu_hours']:,.0f}"],
+        [f"GPU-hours at MFU {c['mfu']:.1%} of model FLOPs (= {c['mfu_6nd']:.1%} on 6ND)", f"{c['gpu_hours']:,.0f}"],
         [f"wall-clock days on {c['gpus']} GPUs", f"{c['wall_days']:,.2f}"],
         [f"cost at ${hw['price_per_gpu_hour']:.2f}/GPU-hour", f"${c['cost_usd']:,.0f}"],
         ["throughput (whole job)", f"{c['tokens_per_second']:,.0f} tokens/s"],
@@ -116,8 +118,9 @@ def render_gpus(catalog: dict) -> str:
 def render_optimal(r: dict) -> str:
     b = r["budget"]
     budget = tabulate([
-        ["FLOPs", _sci(b["flops"])], ["petaFLOP/s-days", f"{b['pf_days']:,.1f}"],
-        [f"GPU-hours ({b['gpu']}, MFU {b['mfu']:.0%})", f"{b['gpu_hours']:,.0f}"],
+        ["FLOPs for the law, C = 6ND", _sci(b["flops_6nd"])],
+        ["model FLOPs (6ND + attention)", _sci(b["flops"])], ["petaFLOP/s-days (model FLOPs)", f"{b['pf_days']:,.1f}"],
+        [f"GPU-hours ({b['gpu']}, MFU {b['mfu']:.1%} of model FLOPs)", f"{b['gpu_hours']:,.0f}"],
         [f"days on {b['gpus']} GPUs", f"{b['days']:,.1f}"],
         [f"dollars at ${b['price_per_gpu_hour']:.2f}/GPU-hour", f"${b['dollars']:,.0f}"],
     ], headers=["Budget", ""], tablefmt="simple", disable_numparse=True)

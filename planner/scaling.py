@@ -145,6 +145,20 @@ def load_law(path: Path) -> ParametricLaw:
         raise PlannerError(f"--law: {path} lacks a numeric {exc} field (needs E, A, B, alpha, beta)") from None
 
 
+def optimal_tokens_for_params(law, params: float) -> float:
+    """The tokens D for which `params` is the law's compute-optimal size (70B -> 1.4T at 20 per
+    parameter). Every law's N* grows with C, so bisection on log C finds the budget."""
+    if not params > 0:
+        raise PlannerError(f"--params: {params!r} must be positive")
+    lo, hi = math.log(6 * params**2 * 1e-3), math.log(6 * params**2 * 1e7)  # 1e-3 to 1e7 tokens per parameter
+    if law.optimal(math.exp(hi))[0] < params:
+        raise PlannerError(f"--params: {params:.3g} is not an optimum of law {law.name} below 1e7 tokens/parameter")
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if law.optimal(math.exp(mid))[0] < params else (lo, mid)
+    return math.exp(hi) / (6 * params)
+
+
 def effective_tokens(unique_tokens: float, tokens: float) -> float:
     """Fresh-token value of training `tokens` on `unique_tokens` of data (Muennighoff et al. 2023)."""
     if tokens <= unique_tokens:

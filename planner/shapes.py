@@ -182,14 +182,44 @@ INFERRED_HEAD_DIM = 128
 INFERRED_VOCAB = 32000
 
 
+#: Published layer x hidden tables the inferred shape snaps to (Touvron et al. 2023 Table 2; Touvron et
+#: al. 2023b; Brown et al. 2020 Table 2.1): (name, layers, hidden, heads, kv_heads, ffn or None for 8h/3).
+FAMILY_SHAPES = (
+    ("llama-7b", 32, 4096, 32, None, 11008), ("llama-13b", 40, 5120, 40, None, 13824),
+    ("llama-33b", 60, 6656, 52, None, 17920), ("llama-65b", 80, 8192, 64, None, 22016),
+    ("llama2-70b", 80, 8192, 64, 8, 28672),
+    ("gpt3-125m", 12, 768, 12, None, None), ("gpt3-350m", 24, 1024, 16, None, None),
+    ("gpt3-760m", 24, 1536, 16, None, None), ("gpt3-1.3b", 24, 2048, 16, None, None),
+    ("gpt3-2.7b", 32, 2560, 32, None, None), ("gpt3-13b", 40, 5120, 40, None, None),
+    ("gpt3-175b", 96, 12288, 96, None, None),
+)
+#: How close (relative parameter count) a family shape must be for `--params` to snap to it.
+SNAP_TOLERANCE = 0.05
+
+
+def snap_to_family(params: float, seq_len: int = 2048, vocab: int = INFERRED_VOCAB) -> tuple[str, ModelShape] | None:
+    """The published family shape (LLaMA-style block, `vocab`) closest to `params`, if within 5%."""
+    best = None
+    for name, layers, hidden, heads, kv, ffn in FAMILY_SHAPES:
+        shape = ModelShape(layers, hidden, heads, vocab, seq_len, kv_heads=kv, ffn_hidden=ffn)
+        error = abs(shape.param_count() / params - 1)
+        if error <= SNAP_TOLERANCE and (best is None or error < best[0]):
+            best = (error, name, shape)
+    return None if best is None else (best[1], best[2])
+
+
 def infer_shape(params: float, seq_len: int = 2048, vocab: int = INFERRED_VOCAB) -> ModelShape:
     """A LLaMA-style shape whose parameter count is close to `params`.
 
     Layers from N ≈ 12·L·h² with h = 128·L; hidden then solves 12·L·h² + 2·V·h = N and is
     rounded to a multiple of the head size (128, or 64 below 2048 hidden); SwiGLU with the
-    8h/3 rule, untied embeddings. Only activations and the attention FLOP term use this shape:
+    8h/3 rule, untied embeddings. A published family shape within 5% wins (`snap_to_family`):
+    7e9 gives LLaMA-7B's 32 x 4096, 70e9 Llama-2-70B's 80 x 8192 with 8 kv heads. Only activations and the attention FLOP term use this shape:
     weights, gradients and optimizer states use `params` itself.
     """
+    snapped = snap_to_family(params, seq_len, vocab)
+    if snapped is not None:
+        return snapped[1]
     layers = max(1, round((params / (12 * INFERRED_ASPECT**2)) ** (1 / 3)))
     a, b = 12 * layers, 2 * vocab
     hidden_exact = (-b + math.sqrt(b * b + 4 * a * params)) / (2 * a)

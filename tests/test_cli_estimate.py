@@ -100,12 +100,18 @@ def test_rule_of_thumb_view_for_one_billion_parameters(capsys):
     assert (t["fp16_weights_gb"], t["int8_weights_gb"]) == (2, 1)
 
 
-def test_zero_paper_figure1_through_the_cli(capsys):
-    # ZeRO Figure 1 (7.5B, 64 GPUs, K=12): stage 3 = 1.875 GB of model states per GPU.
-    r = estimate_json(capsys, "--params", "7.5e9", "--gpus", "64", "--zero", "3", "--convention", "zero-paper")
-    states = sum(r["memory_per_gpu_bytes"][k] for k in ("weights", "gradients", "master_weights", "optimizer"))
-    gathered = 4 * 32000 * r["model"]["hidden"]  # the largest module, gathered (16-bit weights + grads)
-    assert (states - gathered) / 1e9 == pytest.approx(1.875)
+@pytest.mark.parametrize("zero, expected_gb", [("0", 120.0), ("1", 31.40625), ("2", 16.640625), ("3", 1.875)])
+def test_zero_paper_figure1_through_the_cli(capsys, zero, expected_gb):
+    # M1: ZeRO Figure 1 (Psi 7.5B, Nd 64, K 12), decimal GB, from the command a user types.
+    r = estimate_json(capsys, "--params", "7.5e9", "--gpus", "64", "--precision", "fp16-mixed", "--optimizer",
+                      "adam", "--zero", zero, "--convention", "zero-paper")
+    assert r["model_states_per_gpu_bytes"] / 1e9 == pytest.approx(expected_gb, rel=1e-12)
+
+
+def test_zero_paper_model_states_are_printed_in_decimal_gb():
+    out = run_cli("estimate", "--params", "7.5e9", "--gpus", "64", "--precision", "fp16-mixed", "--optimizer",
+                  "adam", "--zero", "3", "--convention", "zero-paper")
+    assert "Model states per GPU: 1.875 GB" in out.stdout
 
 
 def test_table_output_shows_every_section():

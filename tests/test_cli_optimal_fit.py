@@ -18,9 +18,9 @@ def cli_json(capsys, *args):
 
 
 def test_optimal_json_has_the_documented_keys_and_restates_the_budget(capsys):
-    r = cli_json(capsys, "optimal", "--flops", "5.76e23")
+    r = cli_json(capsys, "optimal", "--flops", "5.76e23", "--law", "chinchilla")
     assert {"flops", "params", "tokens", "tokens_per_param", "loss"} <= r.keys()
-    assert r["params"] == pytest.approx(3.219e10, rel=1e-3)
+    assert r["params"] == pytest.approx(3.219e10, rel=1e-3)  # S1: eq. 10's rounded constants, by name
     assert {"flops", "pf_days", "gpu_hours", "days", "dollars"} <= r["budget"].keys()
     assert r["numerical_check"]["rel_diff_params"] < 1e-5
 
@@ -31,9 +31,31 @@ def test_optimal_suggests_a_shape_with_its_exact_count(capsys):
     assert s["hidden"] % s["heads"] == 0 and s["params"] == pytest.approx(r["params"], rel=0.1)
 
 
-def test_optimal_budget_in_days_on_gpus(capsys):
+def test_default_law_gives_the_twenty_tokens_per_parameter_regime(capsys):
+    # S3: Besiroglu et al. 2024 refit at Gopher's budget: ~72B on ~1.33T, ~18 tokens per parameter.
+    r = cli_json(capsys, "optimal", "--flops", "5.76e23")
+    assert r["law"] == "epoch" and 15 <= r["tokens_per_param"] <= 30
+    assert r["params"] == pytest.approx(7.225e10, rel=1e-3)
+
+
+def test_optimal_tokens_for_a_model_size_without_a_budget(capsys):
+    # Hoffmann et al. 2022: Chinchilla, 70B on 1.4T tokens (20 per parameter).
+    r = cli_json(capsys, "optimal", "--params", "70e9", "--law", "tokens-per-param")
+    assert r["tokens"] == pytest.approx(1.4e12, rel=1e-9)
+    assert r["budget"]["flops_6nd"] == pytest.approx(6 * 70e9 * 1.4e12, rel=1e-9)
+
+
+def test_optimal_tokens_for_a_size_invert_the_laws_own_optimum(capsys):
+    r = cli_json(capsys, "optimal", "--params", "70e9")
+    again = cli_json(capsys, "optimal", "--flops", str(r["budget"]["flops_6nd"]))
+    assert again["params"] == pytest.approx(70e9, rel=1e-6)
+
+
+def test_optimal_budget_in_days_buys_model_flops_and_the_law_spends_6nd(capsys):
     r = cli_json(capsys, "optimal", "--days", "30", "--gpus", "64", "--gpu", "h100-sxm", "--mfu", "0.4")
-    assert r["flops"] == pytest.approx(30 * 86400 * 64 * 989e12 * 0.4)
+    bought = 30 * 86400 * 64 * 989e12 * 0.4
+    assert r["budget"]["flops"] == pytest.approx(bought, rel=1e-9)  # model FLOPs of the suggested shape
+    assert r["flops"] == pytest.approx(6 * r["params"] * r["tokens"]) and r["flops"] < bought
 
 
 def test_fitted_law_file_drives_optimal(capsys, tmp_path, shared_data):

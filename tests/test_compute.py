@@ -63,6 +63,25 @@ def test_llama_7b_gpu_hours_imply_43_percent_mfu():
     assert compute.implied_mfu(6 * 6.7e9 * 1e12, 82_432, 312e12) == pytest.approx(0.434, abs=0.001)
 
 
+def test_llama_7b_published_gpu_hours_go_back_through_the_planner_exactly(capsys):
+    # C7 on the planner's one MFU basis (model FLOPs with attention): the implied MFU, fed to
+    # `planner estimate`, gives back the published 82,432 GPU-hours; on 6ND it is LLaMA's 43%.
+    import json
+
+    from planner.cli import main
+    from planner.shapes import PRESETS
+
+    shape = PRESETS["llama-7b"].shape
+    model_flops = compute.model_flops_per_token(shape.param_count(), shape) * 1e12
+    mfu = compute.implied_mfu(model_flops, 82_432, 312e12)
+    assert main(["estimate", "--model", "llama-7b", "--tokens", "1e12", "--gpus", "2048", "--mfu", repr(mfu),
+                 "--json"]) == 0
+    c = json.loads(capsys.readouterr().out)["compute"]
+    assert c["gpu_hours"] == pytest.approx(82_432, rel=1e-12)
+    assert c["mfu_6nd"] == pytest.approx(compute.implied_mfu(6 * shape.param_count() * 1e12, 82_432, 312e12))
+    assert c["mfu_6nd"] == pytest.approx(0.436, abs=0.001) and "PaLM" in c["mfu_basis"]
+
+
 def test_llama2_70b_gpu_hours_round_trip_through_estimate():
     # Touvron et al. 2023b, Table 2: 1,720,320 A100-80GB hours for 70B on 2T tokens.
     mfu = compute.implied_mfu(6 * 70e9 * 2e12, 1_720_320, 312e12)

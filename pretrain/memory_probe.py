@@ -1,0 +1,49 @@
+"""Measuring memory without a GPU: the bytes autograd keeps for backward.
+
+`SavedTensorCounter` wraps a forward pass in `torch.autograd.graph.saved_tensors_hooks` and adds
+up each distinct storage it sees once, skipping parameters (and views of them, such as the
+transposed weight a linear keeps) and buffers: what is left is the activation memory the
+planner's `planner.activations` predicts. Works on real tensors and under `FakeTensorMode`
+(fake storages have sizes and identities, no data), so a LLaMA-7B layer is counted in
+milliseconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+
+def _storage_key(t: torch.Tensor) -> int:
+    return t.untyped_storage()._cdata
+
+
+class SavedTensorCounter:
+    """Bytes of the distinct non-parameter storages saved for backward inside `count()`."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.bytes = 0
+        self._seen: set[int] = set()
+
+    def _excluded(self) -> set[int]:
+        # Read at pack time: FSDP and ZeRO-3 swap gathered parameters in and out during forward.
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        return {_storage_key(t) for t in tensors if not hasattr(t, "to_local")}
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        if hasattr(t, "to_local"):  # a DTensor: its local shard is what this rank holds
+            t = t.to_local()
+        key = _storage_key(t)
+        if key not in self._seen and key not in self._excluded():
+            self._seen.add(key)
+            self.bytes += t.untyped_storage().nbytes()
+        return t
+
+    @contextmanager
+    def count(self) -> Iterator[SavedTensorCounter]:
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+            yield self
