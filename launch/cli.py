@@ -54,6 +54,8 @@ def cli() -> None:
 
 def _common(f):
     f = click.option("--force", is_flag=True, help="Launch even if the planner says it will not fit.")(f)
+    f = click.option("--verify", is_flag=True, help="Also dry-run the real model and engine at this world size "
+                     "(`planner verify`, fake tensors) and refuse if its measured peak will not fit.")(f)
     f = click.option("--dry-run", is_flag=True, help="Check and print the command, start nothing.")(f)
     f = click.argument("overrides", nargs=-1)(f)
     return click.argument("config", type=click.Path())(f)
@@ -63,10 +65,10 @@ def _common(f):
 @_common
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="Processes (GPUs) on this machine.")
 @click.option("--master-port", type=int, default=RDZV_PORT, show_default=True, help="For the deepspeed launcher.")
-def local(config, overrides, force, dry_run, nproc, master_port):
+def local(config, overrides, force, verify, dry_run, nproc, master_port):
     """Run on this machine with torchrun, or the deepspeed launcher when the engine is DeepSpeed."""
     cfg = _load(config, overrides)
-    check = preflight(cfg, nproc, nproc, force)
+    check = preflight(cfg, nproc, nproc, force, verify)
     click.echo(f"preflight: {check.message}")
     if engine_launcher(cfg) == "deepspeed":
         cmd = deepspeed_local(config, nproc, master_port, list(overrides))
@@ -82,14 +84,14 @@ def local(config, overrides, force, dry_run, nproc, master_port):
 @click.option("--master-addr", required=True, help="Address of node 0 (the rendezvous endpoint).")
 @click.option("--master-port", type=int, default=RDZV_PORT, show_default=True)
 @click.option("--max-restarts", type=int, default=3, show_default=True, help="torchrun restarts on failure.")
-def nodes(config, overrides, force, dry_run, hostfile, node_rank, master_addr, master_port, max_restarts):
+def nodes(config, overrides, force, verify, dry_run, hostfile, node_rank, master_addr, master_port, max_restarts):
     """Run this node's share of a multi-node job (torchrun, c10d rendezvous)."""
     hosts = parse_hostfile(hostfile)
     per_node = hosts[0][1]
     if any(slots != per_node for _, slots in hosts):
         raise LaunchError(f"--hostfile: every node needs the same slots (found {sorted({s for _, s in hosts})})")
     cfg = _load(config, overrides)
-    check = preflight(cfg, per_node * len(hosts), per_node, force)
+    check = preflight(cfg, per_node * len(hosts), per_node, force, verify)
     click.echo(f"preflight: {check.message}")
     cmd = torchrun_node(config, len(hosts), per_node, node_rank, master_addr, master_port, cfg.name, max_restarts,
                         list(overrides))
@@ -104,13 +106,13 @@ def nodes(config, overrides, force, dry_run, hostfile, node_rank, master_addr, m
 @click.option("--time", "time_limit", default="48:00:00", show_default=True)
 @click.option("--out", "script_path", type=click.Path(), help="Where to write the script (default: beside run.yaml).")
 @click.option("--submit", is_flag=True, help="Submit with sbatch after writing.")
-def slurm(config, overrides, force, dry_run, num_nodes, gpus_per_node, partition, time_limit, script_path, submit):
+def slurm(config, overrides, force, verify, dry_run, num_nodes, gpus_per_node, partition, time_limit, script_path, submit):
     """Write (and with --submit, submit) a SLURM batch script for the job."""
     from planner.emit import EmitOptions, sbatch_script
     from planner.io import atomic_write_text
 
     cfg = _load(config, overrides)
-    check = preflight(cfg, num_nodes * gpus_per_node, gpus_per_node, force)
+    check = preflight(cfg, num_nodes * gpus_per_node, gpus_per_node, force, verify)
     click.echo(f"preflight: {check.message}")
     script = sbatch_script(num_nodes, gpus_per_node, EmitOptions(out_dir=".", name=cfg.name, slurm_partition=partition,
                                                            slurm_time=time_limit))

@@ -59,7 +59,30 @@ def check_fit(cfg: RunConfig, world: int, gpus_per_node: int, force: bool) -> Pr
     return Preflight(world, result["fits"], message)
 
 
-def preflight(cfg: RunConfig, world: int, gpus_per_node: int, force: bool = False) -> Preflight:
+def check_verified_fit(cfg: RunConfig, world: int, gpus_per_node: int, force: bool) -> str:
+    """`planner verify` at the launch's world size: the tracker's measured peak, plus the planner's
+    CUDA runtime and fragmentation lines (which no tracker sees), against the GPU's memory."""
+    from planner.emit import request_from_plan
+    from planner.plan import estimate
+    from planner.verify import verify_request
+
+    req = request_from_plan(cfg.plan, gpus=world, gpus_per_node=gpus_per_node)
+    result, planned = verify_request(req), estimate(req)
+    untracked = sum(result["not_tracked"].values())
+    need = (result["lines"]["allocated"]["tracker_at_peak"] + untracked) / 2**30
+    have = planned["gpu_memory_bytes"] / 2**30
+    message = (f"verify at {world} GPU(s): measured peak {need:,.1f} GiB per GPU (runtime and fragmentation "
+               f"included) of {have:,.1f} GiB, {result['seconds']:.0f} s")
+    if need > have and not force:
+        raise LaunchError(f"preflight: will not fit: {message}; use --force to launch anyway")
+    return message
+
+
+def preflight(cfg: RunConfig, world: int, gpus_per_node: int, force: bool = False,
+              verify: bool = False) -> Preflight:
     check_paths(cfg)
     check_batch(cfg, world)
-    return check_fit(cfg, world, gpus_per_node, force)
+    check = check_fit(cfg, world, gpus_per_node, force)
+    if verify and check.fits is not None:
+        check = Preflight(world, check.fits, f"{check.message}; {check_verified_fit(cfg, world, gpus_per_node, force)}")
+    return check

@@ -174,6 +174,13 @@ def head_bytes_per_token(shape: ModelShape, regime: str = "16bit", tp: int = 1) 
     return TOKEN_ID_BYTES + (2 * FP32 * shape.hidden + FP32) + a * shape.hidden + FP32 * shape.vocab / tp
 
 
+def loss_backward_bytes_per_token(shape: ModelShape, tp: int = 1) -> float:
+    """At the start of backward (the memory peak), the fp32 gradient of the log-probabilities and the
+    fp32 gradient of the logits are both alive: 2 x 4·V per token (measured by FSDPMemTracker as
+    "Temp" at the peak, `planner verify`)."""
+    return 2 * FP32 * shape.vocab / tp
+
+
 def head_fixed_bytes(shape: ModelShape, regime: str = "16bit", tp: int = 1) -> float:
     """Autocast's 16-bit copy of the output matrix (the head, or the tied embedding), per micro-batch."""
     return 2 * shape.vocab * shape.hidden / tp if regime == "autocast" else 0.0

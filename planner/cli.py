@@ -133,6 +133,19 @@ def estimate(as_json, **kw):
 
 @cli.command()
 @_estimate_options
+@click.option("--steps", type=click.IntRange(2, 5), default=2, show_default=True, help="Optimizer steps to run.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def verify(steps, as_json, **kw):
+    """Dry-run the real model and engine at the planned world size (fake tensors, no GPU) and compare
+    PyTorch's memory tracker with the planner, line by line."""
+    from planner.verify import render_verify, verify_request
+
+    result = verify_request(build_request(kw), steps)
+    click.echo(json.dumps(result, indent=2) if as_json else render_verify(result))
+
+
+@cli.command()
+@_estimate_options
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder to write the files into.")
 @click.option("--name", default="run", show_default=True, help="Run name (MLflow run, SLURM job, rendezvous id).")
 @click.option("--data", "data_train", default="data/shards/train", show_default=True, help="Training token shards.")

@@ -23,7 +23,11 @@ Sources
 Conventions (ANCHORS §7: the sources disagree, so the choice is explicit)
 - `deepspeed` (default with --zero): what DeepSpeed allocates at its peak (18 B/param).
 - `fsdp` (default with --fsdp): what torch FSDP2 allocates (16 B/param + gathered layers).
-- `zero-paper` (default for DDP): the ZeRO paper's 16 B/param accounting; reproduces Figure 1.
+- `torch-amp` (default for DDP): what torch DDP under bf16 autocast allocates (our single/DDP
+  engine): fp32 weights 4, fp32 gradients 4, AdamW 8; the 16-bit weight copies autocast makes
+  are activations (`planner.activations`).
+- `zero-paper`: the ZeRO paper's 16 B/param accounting, partitioned states only; reproduces
+  Figure 1 (120 / 31.4 / 16.6 / 1.875 GB).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from planner.shapes import ModelShape
 
 PRECISIONS = ("fp32", "fp16-mixed", "bf16-mixed", "bf16", "int8", "int4")
 OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "adam8bit")
-CONVENTIONS = ("deepspeed", "fsdp", "zero-paper")
+CONVENTIONS = ("deepspeed", "fsdp", "torch-amp", "zero-paper")
 OFFLOAD = ("none", "optimizer", "params", "all")
 FSDP_MODES = ("full", "shard-grad-op", "hybrid", "no-shard")
 
@@ -173,7 +177,9 @@ def state_terms(precision: str, optimizer: str, convention: str,
         raise PlannerError(f"--convention: {convention!r} is not one of {', '.join(CONVENTIONS)}")
     if precision in ("int8", "int4"):  # frozen quantised weights: nothing is trained
         return (StateTerm("weights", f"{precision} weights (frozen)", _WEIGHT_BYTES[precision], 3, "params"),)
-    if precision == "fp32" or precision == "bf16":
+    if precision == "fp32" or precision == "bf16" or (convention == "torch-amp" and precision.endswith("-mixed")):
+        if precision.endswith("-mixed"):
+            precision = "fp32"  # autocast keeps the fp32 weights, gradients and optimizer states
         width = 4 if precision == "fp32" else 2
         optim = optimizer_state_bytes(optimizer, width, shape)
         terms = [
@@ -206,7 +212,7 @@ def state_terms(precision: str, optimizer: str, convention: str,
 
 
 def default_convention(strategy: Strategy) -> str:
-    return {"deepspeed": "deepspeed", "fsdp": "fsdp"}.get(strategy.engine, "zero-paper")
+    return {"deepspeed": "deepspeed", "fsdp": "fsdp"}.get(strategy.engine, "torch-amp")
 
 
 @dataclass(frozen=True)
@@ -256,16 +262,18 @@ def _gathered(terms, strategy: Strategy, shape: ModelShape | None, convention: s
     """Full-size weights and gradients of the modules being computed when parameters are sharded.
 
     DeepSpeed's estimator counts 16-bit weights and gradients of the largest module (4 B x
-    largest module params); FSDP gathers one transformer block ahead (forward prefetch) in bf16
-    and reduce-scatters one block's gradients in the reduce dtype.
+    largest module params). FSDP2 at the peak (checked by `planner verify` against
+    FSDPMemTracker): the unsharded root parameters plus one block's all-gather.
     """
     if strategy.stage < 3 or shape is None or convention == "zero-paper":
         return {}  # the ZeRO paper's Figure 1 counts the partitioned states only
     weight_bytes = terms[0].bytes_per_param if terms[0].category == "weights" else 2
     if convention == "fsdp" or strategy.engine == "fsdp":
-        grad = next((t.bytes_per_param for t in terms if t.category == "gradients"), 0)
-        block = shape.layer_params()
-        return {"weights": 2 * block * weight_bytes, "gradients": block * grad}
+        # At the start of backward (the peak): the root's parameters (embedding, head, final norm),
+        # which FSDP2 does not reshard after forward, and the last block being gathered again.
+        # Gradients are reduce-scattered block by block after that, when activations are freed.
+        root = shape.param_count() - shape.layers * shape.layer_params()
+        return {"weights": (root + shape.layer_params()) * weight_bytes, "gradients": 0.0}
     grad16 = next((t.bytes_per_param for t in terms if t.category == "gradients"), 0)
     largest = shape.largest_layer_params()
     return {"weights": largest * weight_bytes, "gradients": largest * grad16}

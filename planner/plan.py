@@ -96,11 +96,15 @@ def _validate(req: EstimateRequest) -> None:
 
 @dataclass(frozen=True)
 class MemoryBreakdown:
-    """Bytes on one GPU, by line; `per_batch` lines scale with the micro-batch.
+    """Bytes on one GPU, by line, at the peak of a training step.
 
-    `activations` are the layers' saved tensors for one micro-batch plus one layer's recompute
-    working set; `activations_fixed` is what the layers keep per micro-batch whatever its size
-    (autocast's 16-bit weight copies); `logits` is the output layer's share (`planner.activations`).
+    Two moments compete for the peak: the start of backward (every activation saved, the loss's
+    gradient just made, gradients not yet written: our engines zero them with set_to_none, DeepSpeed
+    keeps its buffers) and the optimizer step (all gradients, no activations). `total` is the larger;
+    `lines()` are the lines at that moment. `activations` are the layers' saved tensors for one
+    micro-batch plus one layer's recompute working set; `activations_fixed` is what the layers keep
+    per micro-batch whatever its size (autocast's 16-bit weight copies); `logits` is the output
+    layer's share, its backward transient included (`planner.activations`).
     """
 
     states: memory.ModelStates
@@ -110,18 +114,38 @@ class MemoryBreakdown:
     comm_buffers: float
     runtime: float
     fragmentation_fraction: float
+    gradients_kept_through_forward: bool = True
+
+    @property
+    def _gradients(self) -> float:
+        return self.states.gpu["gradients"] + self.states.gathered.get("gradients", 0.0)
+
+    @property
+    def _gradients_at_backward(self) -> float:
+        return self._gradients if self.gradients_kept_through_forward else 0.0
 
     @property
     def fixed(self) -> float:
-        return self.states.gpu_total + self.activations_fixed + self.comm_buffers + self.runtime
+        """Backward-start bytes that do not grow with the micro-batch."""
+        return (self.states.gpu_total - self._gradients + self._gradients_at_backward + self.activations_fixed
+                + self.comm_buffers + self.runtime)
 
     @property
     def per_batch(self) -> float:
         return self.activations + self.logits
 
     @property
+    def step_bytes(self) -> float:
+        """Bytes while the optimizer steps: all states, no activations."""
+        return self.states.gpu_total + self.comm_buffers + self.runtime
+
+    @property
+    def peak_at_step(self) -> bool:
+        return self.step_bytes > self.fixed + self.per_batch
+
+    @property
     def allocated(self) -> float:
-        return self.fixed + self.per_batch
+        return max(self.fixed + self.per_batch, self.step_bytes)
 
     @property
     def fragmentation(self) -> float:
@@ -132,14 +156,14 @@ class MemoryBreakdown:
         return self.allocated + self.fragmentation
 
     def lines(self) -> dict[str, float]:
-        gpu, gathered = self.states.gpu, self.states.gathered
+        gpu, gathered, at_step = self.states.gpu, self.states.gathered, self.peak_at_step
         return {
             "weights": gpu["weights"] + gathered.get("weights", 0.0),
-            "gradients": gpu["gradients"] + gathered.get("gradients", 0.0),
+            "gradients": self._gradients if at_step else self._gradients_at_backward,
             "master_weights": gpu["master_weights"],
             "optimizer": gpu["optimizer"],
-            "activations": self.activations + self.activations_fixed,
-            "logits": self.logits,
+            "activations": 0.0 if at_step else self.activations + self.activations_fixed,
+            "logits": 0.0 if at_step else self.logits,
             "overhead": self.comm_buffers + self.runtime,
             "fragmentation": self.fragmentation,
             "total": self.total,
@@ -154,16 +178,24 @@ def memory_breakdown(params: float, shape: ModelShape, strategy: memory.Strategy
     regime = activations.regime_for(precision, strategy.engine)
     act_kw = {"regime": regime, "checkpointing": checkpointing, "tp": tp, "sequence_parallel": tp > 1,
               "flash_attention": flash_attention}
-    fixed = activations.stored_bytes(shape, 0, **act_kw) + activations.head_fixed_bytes(shape, regime, tp)
+    layers_fixed = activations.stored_bytes(shape, 0, **act_kw)
+    head_fixed = activations.head_fixed_bytes(shape, regime, tp)
+    # Backward first holds the loss's gradients, then (once they are freed) one layer recomputed:
+    # the larger of the two sits on top of the saved activations at the peak.
+    loss_grads = activations.loss_backward_bytes_per_token(shape, tp) * shape.seq_len * micro_batch
+    recompute = activations.recompute_bytes(shape, micro_batch, **act_kw)
     return MemoryBreakdown(
         states=states,
-        activations=activations.stored_bytes(shape, micro_batch, **act_kw) - activations.stored_bytes(shape, 0, **act_kw)
-        + activations.recompute_bytes(shape, micro_batch, **act_kw),
-        activations_fixed=fixed,
-        logits=activations.head_bytes(shape, micro_batch, regime, tp) - activations.head_fixed_bytes(shape, regime, tp),
+        activations=activations.stored_bytes(shape, micro_batch, **act_kw) - layers_fixed
+        + (recompute if recompute > loss_grads else 0.0),
+        activations_fixed=layers_fixed + head_fixed,
+        logits=activations.head_bytes(shape, micro_batch, regime, tp) - head_fixed
+        + (loss_grads if loss_grads >= recompute else 0.0),
         comm_buffers=memory.comm_buffer_bytes(params / tp, strategy),
         runtime=runtime_gib * 2**30,
         fragmentation_fraction=fragmentation,
+        # torch engines (DDP, FSDP) free gradients with zero_grad(set_to_none=True); DeepSpeed keeps them
+        gradients_kept_through_forward=strategy.engine == "deepspeed",
     )
 
 
@@ -194,6 +226,9 @@ def sweep_memory(req: EstimateRequest, configs) -> list[tuple[float, bool]]:
 def max_micro_batch_for(req: EstimateRequest, model: ResolvedModel, strategy: memory.Strategy,
                         capacity: float) -> int:
     one = _breakdown_for(req, model, strategy, micro_batch=1)
+    if memory.max_micro_batch(one.step_bytes, 0.0, capacity, req.fragmentation) == 0 and \
+            one.step_bytes / (1 - req.fragmentation) > capacity:
+        return 0  # the optimizer step alone does not fit
     return memory.max_micro_batch(one.fixed, one.per_batch, capacity, req.fragmentation)
 
 

@@ -12,6 +12,7 @@ whole and counted; too many in a row stop the run with a clear message.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -29,6 +30,7 @@ from pretrain.config import RunConfig, load_config, to_shape
 from pretrain.data.shards import PackedBatches, TokenShards
 from pretrain.distributed import DistInfo, all_reduce_max, all_reduce_mean, init_distributed
 from pretrain.engines import build_engine
+from pretrain.memory_probe import SavedTensorCounter
 from pretrain.tracking import Tracker
 
 FAIL_AFTER_STEP_ENV = "PRETRAIN_FAIL_AFTER_STEP"  # tests: die abruptly after this step (simulated crash)
@@ -66,6 +68,37 @@ def predicted_model_state_bytes(cfg: RunConfig, world: int) -> dict[str, float]:
     terms = memory.state_terms(precision, "adamw", convention, shape)
     states = memory.model_states(shape.param_count(), terms, strategy, shape, convention, at_step=True)
     return {k: states.gpu[k] + states.cpu[k] for k in states.gpu}
+
+
+def predicted_activation_bytes(cfg: RunConfig) -> float:
+    """The planner's saved-for-backward bytes of one micro-batch (layers and output layer) for this run's
+    engine, precision and checkpointing: what `SavedTensorCounter` measures on the first forward."""
+    from planner import activations
+
+    engine = {"single": "ddp", "ddp": "ddp"}.get(cfg.engine.name, cfg.engine.name)
+    regime = activations.regime_for(cfg.train.precision, engine)
+    shape, b = to_shape(cfg.model), cfg.train.micro_batch
+    checkpointing = "full" if cfg.train.activation_checkpointing else "none"
+    return activations.stored_bytes(shape, b, regime=regime, checkpointing=checkpointing) \
+        + activations.head_bytes(shape, b, regime)
+
+
+def predicted_peak_bytes(cfg: RunConfig, world: int) -> float | None:
+    """The planner's per-rank peak of tensors (no CUDA runtime, no fragmentation), for GPU runs."""
+    from planner.plan import EstimateRequest, estimate
+    from planner.verify import predicted_lines
+
+    e = cfg.engine
+    kw = {"zero": e.zero_stage} if e.name == "deepspeed" else {}
+    if e.name == "fsdp":
+        kw = {"fsdp": e.fsdp_mode, "sharding_factor": e.sharding_factor}
+    req = EstimateRequest(shape=to_shape(cfg.model), gpus=world, micro_batch=cfg.train.micro_batch,
+                          precision=cfg.train.precision, offload="none" if e.offload == "none" else e.offload,
+                          checkpointing="full" if cfg.train.activation_checkpointing else "none", **kw)
+    try:
+        return predicted_lines(estimate(req))["allocated"]
+    except PlannerError:
+        return None
 
 
 def peak_flops_per_device(cfg: RunConfig) -> float | None:
@@ -179,6 +212,8 @@ def train(cfg: RunConfig) -> dict:
         tracker.log_params({"n_params": shape.param_count(), "train_tokens": tokens_per_step * cfg.train.steps,
                             "world_size": info.world})
     window: deque[float] = deque(maxlen=cfg.train.spike_window)
+    summary_extra: dict[str, float] = {}
+    activation_metrics: dict[str, float] = {}
     consecutive_skips, fail_after = 0, int(os.environ.get(FAIL_AFTER_STEP_ENV, "0"))
     engine.train(True)
     while step < cfg.train.steps:
@@ -186,8 +221,15 @@ def train(cfg: RunConfig) -> dict:
         start = time.perf_counter()
         engine.set_lr(lr_at(step, cfg))
         losses, poison = [], False
-        for _ in range(cfg.train.grad_accum):
-            loss = engine.forward(*data.next())
+        for micro in range(cfg.train.grad_accum):
+            counter = SavedTensorCounter(engine.model) if step == 1 and micro == 0 else None
+            with counter.count() if counter else contextlib.nullcontext():
+                loss = engine.forward(*data.next())
+            if counter is not None:
+                predicted_act = predicted_activation_bytes(cfg)
+                activation_metrics = {"activation_bytes_measured": counter.bytes,
+                                      "activation_bytes_predicted": predicted_act,
+                                      "activation_bytes_ratio": predicted_act / max(counter.bytes, 1)}
             value = float(loss.detach())
             spiking = cfg.train.spike_factor > 0 and len(window) == window.maxlen and \
                 value > cfg.train.spike_factor * (sum(window) / len(window))
@@ -222,12 +264,23 @@ def train(cfg: RunConfig) -> dict:
                             "model_state_bytes_ratio": measured / sum(predicted.values())})
             if cfg.plan.get("tokens_per_s"):
                 metrics["tokens_per_s_predicted"] = float(cfg.plan["tokens_per_s"])
+        if step == 1:  # measured vs predicted memory, once per run
+            summary_extra.update(activation_metrics)
+            metrics.update(activation_metrics)
+        if step == 1 and info.device.type == "cuda":
+            peak_predicted = predicted_peak_bytes(cfg, info.world)
+            metrics["peak_bytes_measured"] = float(torch.cuda.max_memory_allocated(info.device))
+            metrics["peak_reserved_bytes_measured"] = float(torch.cuda.max_memory_reserved(info.device))
+            if peak_predicted:
+                metrics["peak_bytes_predicted"] = peak_predicted
+                metrics["peak_bytes_ratio"] = peak_predicted / metrics["peak_bytes_measured"]
+            summary_extra.update({k: v for k, v in metrics.items() if k.startswith("peak_")})
         if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
             eval_loss = evaluate(engine, cfg, info)
             if eval_loss is not None:
                 evals.append((step, eval_loss))
                 metrics["eval_loss"] = eval_loss
-        if step % cfg.train.log_every == 0 or "eval_loss" in metrics:
+        if step % cfg.train.log_every == 0 or "eval_loss" in metrics or step == 1:
             tracker.log_metrics(metrics, step)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             ckpt.save(step, engine, data.state_dict(), {
@@ -240,7 +293,7 @@ def train(cfg: RunConfig) -> dict:
                "final_loss": history[-1][1] if history else None, "eval_loss": evals[-1][1] if evals else None,
                "losses": history, "mlflow_run_id": tracker.run_id,
                "model_state_bytes_measured": engine.measured_state_bytes,
-               "model_state_bytes_predicted": predicted}
+               "model_state_bytes_predicted": predicted, **summary_extra}
     if info.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out_dir / "summary.json", summary)

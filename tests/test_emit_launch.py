@@ -159,3 +159,10 @@ def test_slurm_writes_a_script_and_submit_needs_sbatch(tmp_path, data):
     script = (tmp_path / "emit/slurm.sbatch").read_text()
     assert "#SBATCH --nodes=2" in script and "--rdzv_backend=c10d" in script
     assert out.returncode == 2 and "sbatch is not on PATH" in out.stderr
+
+
+def test_launch_verify_preflight_measures_the_real_engine_at_the_launch_size(tmp_path, data):
+    config = tiny_emit(tmp_path, data, "--fsdp", "full")
+    out = launch("local", str(config), "--nproc", "2", "--dry-run", "--verify", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "verify at 2 GPU(s): measured peak" in out.stdout

@@ -69,6 +69,8 @@ def test_engine_trains_on_two_processes_and_holds_the_predicted_model_states(eng
     assert losses[-1] < losses[0] - 1.0  # 5.5 (ln 256) falls toward the chain's 1.4
     measured, predicted = sum(s["model_state_bytes_measured"].values()), sum(s["model_state_bytes_predicted"].values())
     assert measured == pytest.approx(predicted, rel=0.05)
+    # the first forward's saved-for-backward bytes against planner.activations for this engine
+    assert s["activation_bytes_predicted"] == pytest.approx(s["activation_bytes_measured"], rel=0.05)
 
 
 @pytest.mark.slow

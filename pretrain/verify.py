@@ -1,0 +1,179 @@
+"""`planner verify`: the real model and engine at the planned scale, dry-run on a CPU.
+
+It builds `pretrain.model.Transformer` with the plan's shape, applies the real engine at the plan's
+world size, and runs two real AdamW steps under PyTorch's own memory trackers
+(`torch.distributed._tools`: `FSDPMemTracker` for FSDP2, `MemTracker` for one process). Nothing is
+allocated: `FakeTensorMode` gives every tensor a size and no data, and the `fake` process group
+answers every collective at once, so a LLaMA-7B plan at world size 64 runs on a laptop CPU.
+
+What it covers, and why not more:
+- FSDP2 full, shard-grad-op and hybrid: `fully_shard` per block and at the root, as the trainer
+  does. The device mesh is built outside the fake mode (inside, `init_device_mesh` fails).
+- Single process and DDP: each DDP rank holds what one process holds (the trainer's DDP sets
+  `gradient_as_bucket_view=True`, so its buckets are the gradients), under bf16 autocast.
+- DeepSpeed ZeRO is refused: `deepspeed.initialize` flattens the parameters into real contiguous
+  buffers and moves data between them (fake tensors hold none), and its ZeRO-3 hooks call its own
+  allocator, so it cannot run under FakeTensorMode.
+- Tensor parallelism is refused until the trainer has it.
+
+The tracker's snapshot at the peak splits memory by category; `LINES` maps each onto the planner's
+lines. The per-category maxima over the step are reported too: the planner's lines are maxima
+(weights gathered, all gradients, all activations), the tracker's peak is one moment.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import nullcontext
+
+import torch
+
+from planner.errors import PlannerError
+from pretrain.config import ModelConfig
+
+#: planner line -> the tracker categories (FSDP2 tracker names, then MemTracker names) it matches.
+LINES = {
+    "weights": ("Unsharded Param", "All Gather", "Parameter"),
+    "master_weights": ("Sharded Param",),
+    "gradients": ("Sharded Grad", "Unsharded Grad", "Reduce Scatter", "Gradient"),
+    "optimizer": ("OptState", "Optstate"),
+    "activations": ("Activation", "Temp"),
+    "overhead": ("Buffer", "Inputs", "Other"),
+}
+VERIFIED_FSDP_MODES = ("full", "shard-grad-op", "hybrid")
+
+
+def _category_totals(snapshot: dict) -> dict[str, float]:
+    out = dict.fromkeys(LINES, 0.0)
+    for key, value in snapshot.items():
+        name = getattr(key, "value", key)
+        for line, names in LINES.items():
+            if name in names:
+                out[line] += value
+    return out
+
+
+def _tracker_class(fsdp: bool):
+    from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    base = FSDPMemTracker if fsdp else MemTracker
+
+    class MaxTracker(base):  # also keeps each category's own maximum over the run
+        def _update_peak_stats(self, peak_state) -> None:
+            super()._update_peak_stats(peak_state)
+            maxima = self.__dict__.setdefault("category_max", {})
+            for snap in self._curr_mem_snap.values():
+                for key, value in snap.items():
+                    name = getattr(key, "value", key)
+                    maxima[name] = max(maxima.get(name, 0), value)
+
+    return MaxTracker
+
+
+def model_config(shape) -> ModelConfig:
+    if shape.mlp != "swiglu" or shape.norm != "rmsnorm" or shape.position != "rope" or shape.bias:
+        raise PlannerError("verify: builds our LLaMA-style model (SwiGLU, RMSNorm, RoPE, no bias); "
+                           "this shape is another architecture")
+    return ModelConfig(layers=shape.layers, hidden=shape.hidden, heads=shape.heads, kv_heads=shape.kv_heads,
+                       ffn_hidden=shape.ffn, vocab=shape.vocab, seq_len=shape.seq_len,
+                       tied_embeddings=shape.tied_embeddings)
+
+
+def _check_request(req) -> None:
+    if req.zero is not None:
+        raise PlannerError("verify: DeepSpeed ZeRO cannot run under fake tensors (deepspeed.initialize flattens "
+                           "parameters into real buffers and copies data); use --fsdp, or no sharding flag for DDP")
+    if req.fsdp is not None and req.fsdp not in VERIFIED_FSDP_MODES:
+        raise PlannerError(f"verify: --fsdp {req.fsdp} is plain data parallelism; the trainer runs it as DDP "
+                           "(no sharding flag)")
+    if req.tp != 1:
+        raise PlannerError("verify: tensor parallelism is not in the trainer yet; use --tp 1")
+    if req.offload != "none":
+        raise PlannerError("verify: CPU offload moves states off the device the tracker measures; use --offload none")
+    if req.checkpointing == "selective":
+        raise PlannerError("verify: the trainer has full activation checkpointing or none, not selective")
+    if req.precision not in ("bf16-mixed", "fp32"):
+        raise PlannerError(f"verify: the trainer runs bf16-mixed or fp32, not {req.precision}")
+
+
+def _fsdp_model(cfg: ModelConfig, req, world: int, mesh, fake_mode):
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    from pretrain.model import Transformer
+
+    with fake_mode:
+        with torch.device("meta"):
+            model = Transformer(cfg, activation_checkpointing=req.checkpointing == "full")
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
+            if req.precision == "bf16-mixed" else MixedPrecisionPolicy()
+        kw = {"mesh": mesh, "mp_policy": mp, "reshard_after_forward": req.fsdp != "shard-grad-op"}
+        for block in model.blocks:
+            fully_shard(block, **kw)
+        fully_shard(model, **kw)
+        model.to_empty(device="cpu")
+    return model
+
+
+def _mesh(req, world: int):
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if req.fsdp != "hybrid":
+        return init_device_mesh("cpu", (world,), mesh_dim_names=("shard",))
+    factor = min(req.sharding_factor or world, world)
+    return init_device_mesh("cpu", (world // factor, factor), mesh_dim_names=("replicate", "shard"))
+
+
+def measure(req, steps: int = 2) -> dict:
+    """Per-rank peak memory of the plan's job, by the planner's categories (bytes)."""
+    import torch.distributed as dist
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from planner.plan import resolve_model
+    from pretrain.model import Transformer
+
+    _check_request(req)
+    shape = resolve_model(req).shape
+    cfg = model_config(shape)
+    world = req.gpus
+    start = time.perf_counter()
+    fsdp = req.fsdp is not None
+    created = False
+    if fsdp and not dist.is_initialized():
+        dist.init_process_group("fake", rank=0, world_size=world, store=FakeStore())
+        created = True
+    try:
+        fake_mode = FakeTensorMode()
+        if fsdp:
+            model = _fsdp_model(cfg, req, world, _mesh(req, world), fake_mode)
+        else:
+            with fake_mode:
+                model = Transformer(cfg, activation_checkpointing=req.checkpointing == "full")
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if not fsdp and req.precision == "bf16-mixed" \
+            else nullcontext()
+        with fake_mode:
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=False)
+            tracker = _tracker_class(fsdp)(model, optimizer) if fsdp else _tracker_class(False)()
+            if not fsdp:
+                tracker.track_external(model, optimizer)
+            with tracker:
+                for step in range(steps):
+                    tokens = torch.randint(0, cfg.vocab, (req.micro_batch, cfg.seq_len))
+                    with autocast:
+                        loss = model(tokens, tokens)
+                    loss.backward()
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    if step == 0:
+                        tracker.reset_mod_stats()
+            peak = tracker.get_tracker_snapshot("peak")
+    finally:
+        if created:
+            dist.destroy_process_group()
+    snapshot = next(iter(peak.values()))
+    at_peak = _category_totals(snapshot)
+    maxima = _category_totals(getattr(tracker, "category_max", {}))
+    return {"peak_bytes": float(snapshot["Total"]), "at_peak": at_peak, "category_max": maxima,
+            "world_size": world, "engine": f"fsdp-{req.fsdp}" if fsdp else ("ddp" if world > 1 else "single"),
+            "seconds": time.perf_counter() - start}

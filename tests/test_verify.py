@@ -1,0 +1,35 @@
+"""`planner verify`: the real model and engine under fake tensors, against the planner, line by line.
+
+A small model keeps each case to a second or two; LLaMA-7B at world sizes 8 and 64 is a benchmark
+(benchmarks/bench_verify.py, figures in benchmarks/RESULTS.md).
+"""
+
+import pytest
+
+from planner.plan import EstimateRequest
+from planner.shapes import ModelShape
+from planner.verify import TOLERANCE, verify_request
+from tests.conftest import run_cli
+
+SHAPE = ModelShape(4, 1024, 8, 32000, 1024)
+
+
+@pytest.mark.parametrize("kw", [
+    {"fsdp": "full"}, {"fsdp": "shard-grad-op"}, {"fsdp": "hybrid", "sharding_factor": 4},
+    {"fsdp": "full", "checkpointing": "full"}, {"fsdp": "full", "precision": "fp32"}, {}, {"gpus": 1},
+], ids=["fsdp-full", "fsdp-shard-grad-op", "fsdp-hybrid", "fsdp-full-ckpt", "fsdp-fp32", "ddp", "single"])
+def test_every_planner_line_is_within_ten_percent_of_the_tracker_at_the_peak(kw):
+    r = verify_request(EstimateRequest(**{"shape": SHAPE, "gpus": 8, "micro_batch": 2, **kw}))
+    assert r["within_tolerance"], r["lines"]
+    total = r["lines"]["allocated"]
+    assert total["planner"] == pytest.approx(total["tracker_at_peak"], rel=TOLERANCE)
+
+
+def test_verify_runs_at_world_size_64_without_allocating():
+    r = verify_request(EstimateRequest(shape=SHAPE, gpus=64, micro_batch=2, fsdp="full"))
+    assert r["world_size"] == 64 and r["within_tolerance"]
+
+
+def test_verify_refuses_deepspeed_with_the_reason_in_one_line():
+    out = run_cli("verify", "--params", "1e9", "--zero", "3")
+    assert out.returncode == 2 and "fake tensors" in out.stderr and len(out.stderr.strip().splitlines()) == 1
