@@ -308,7 +308,7 @@ def estimate(req: EstimateRequest) -> dict:
                                     gpus=req.gpus, mfu=req.mfu, price_per_gpu_hour=price,
                                     checkpointing=req.checkpointing)
     lines = breakdown.lines()
-    states_per_gpu = sum(v for k, v in lines.items() if k in ("weights", "gradients", "master_weights", "optimizer"))
+    states_per_gpu = breakdown.states.gpu_total  # all model states, whichever moment is the peak
     return {
         "params": model.params,
         "model": {"source": model.source, "shape_inferred": model.shape_inferred, **model.shape.to_dict(),

@@ -22,8 +22,10 @@ def render_estimate(r: dict) -> str:
     params = r["params"]
     shape = (f"{m['layers']} layers x {m['hidden']} hidden, {m['heads']} heads"
              f" ({m['kv_heads']} kv), ffn {m['ffn_hidden']}, vocab {m['vocab']}, seq {m['seq_len']}")
-    inferred = " [shape inferred from --params: LLaMA-style, hidden/layers ~ 128; used for activations" \
-               " and attention FLOPs only]" if m["shape_inferred"] else ""
+    how = m["source"].replace("params (shape of ", "snapped to ").rstrip(")") if "shape of" in m["source"] \
+        else "LLaMA-style, hidden/layers ~ 128"
+    inferred = f" [shape inferred from --params: {how}; used for activations and attention FLOPs only]" \
+        if m["shape_inferred"] else ""
     head = [
         f"Model      {human_count(params)} parameters ({params:,.0f}); {shape}{inferred}",
         f"Hardware   {hw['gpus']} x {hw['description']} ({hw['memory_gib']:g} GiB, "
