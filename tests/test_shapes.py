@@ -3,7 +3,7 @@
 import pytest
 
 from planner.errors import PlannerError
-from planner.shapes import PRESETS, ModelShape, get_preset, infer_shape
+from planner.shapes import PRESETS, ModelShape, get_preset, infer_shape, snap_to_family
 
 
 @pytest.mark.parametrize("name, published, rel", [
@@ -53,3 +53,20 @@ def test_grouped_query_attention_needs_kv_heads_dividing_heads():
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(PlannerError, match="known: gpt3-175b"):
         get_preset("gpt5")
+
+
+def test_params_7e9_snaps_to_llamas_32_layers():
+    # Touvron et al. 2023, Table 2: LLaMA-7B is 32 x 4096 (the cube-root rule alone gives 33).
+    shape = infer_shape(7e9)
+    assert (shape.layers, shape.hidden, shape.heads) == (32, 4096, 32)
+
+
+def test_params_70e9_snaps_to_llama2_70b_with_gqa():
+    # Touvron et al. 2023b: Llama-2-70B is 80 x 8192, 64 heads, 8 kv heads, ffn 28672.
+    shape = infer_shape(70e9)
+    assert (shape.layers, shape.hidden, shape.n_kv_heads, shape.ffn) == (80, 8192, 8, 28672)
+
+
+def test_a_count_far_from_every_family_keeps_the_inferred_shape():
+    shape = infer_shape(30e9)
+    assert snap_to_family(30e9) is None and shape.hidden % shape.heads == 0
