@@ -24,13 +24,24 @@ LATEST = "latest"
 
 
 def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    """RNG states as tensors and plain values only, so that `torch.load(weights_only=True)` reads them
+    back: a checkpoint never needs pickle's code execution (issue 11)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"python": random.getstate(),
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
+def _as_tuple(value):
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    random.setstate(_as_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -79,11 +90,13 @@ class Checkpointer:
             engine.load(path)
             rank_file = path / f"rank_{self.info.rank:05d}.pt"
             same_world = meta.get("world") == self.info.world and rank_file.is_file()
-            state = torch.load(rank_file if same_world else path / "rank_00000.pt", weights_only=False)
+            state = torch.load(rank_file if same_world else path / "rank_00000.pt", weights_only=True)
+            if same_world:
+                set_rng_state(state["rng"])
+            return meta, state["loader"]
         except ConfigError:
             raise
-        except Exception as exc:  # torch/DeepSpeed raise many types on a damaged checkpoint
-            raise ConfigError(f"checkpoint {path} is unreadable or corrupted: {str(exc).splitlines()[0][:200]}") from None
-        if same_world:
-            set_rng_state(state["rng"])
-        return meta, state["loader"]
+        except Exception as exc:  # torch/DeepSpeed raise many types on a damaged or crafted checkpoint
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            raise ConfigError(f"checkpoint {path} is unreadable, corrupted or not ours (only tensors and plain "
+                              f"values are loaded): {first}") from None

@@ -185,3 +185,29 @@ def test_eval_shards_from_another_tokenizer_are_refused(tmp_path):
     r = run_train(tmp_path, [f"data.train={tmp_path / 'train'}", f"data.eval={tmp_path / 'eval'}", "out_dir=run",
                              "tracking.enabled=false"])
     assert r.returncode == 2 and "another tokenizer" in r.stderr
+
+
+class _Payload:
+    """A pickle that runs a command when unpickled (what a crafted checkpoint file would hold)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("victim", ["rank_00000.pt", "model_optim.pt"])
+def test_a_crafted_pickle_checkpoint_is_refused_and_runs_nothing(shards, tmp_path, victim):
+    import torch
+
+    out = tmp_path / "run"
+    common = [f"data.train={shards / 'train'}", f"out_dir={out}", "tracking.enabled=false", *TINY]
+    assert run_train(tmp_path, [*common, "train.steps=10"]).returncode == 0
+    marker = tmp_path / "pwned"
+    latest = out / "checkpoints" / (out / "checkpoints" / "latest").read_text().strip()
+    torch.save({"rng": _Payload(marker), "loader": {}, "model": _Payload(marker)}, latest / victim)
+    r = run_train(tmp_path, common)
+    assert r.returncode == 2 and not marker.exists()
+    assert "checkpoint" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr[-1500:]

@@ -61,7 +61,7 @@ class TorchEngine(Engine):
             atomic_write_bytes(Path(path) / "model_optim.pt", buf.getvalue())
 
     def load(self, path: Path) -> None:
-        state = torch.load(Path(path) / "model_optim.pt", map_location=self.info.device, weights_only=False)
+        state = torch.load(Path(path) / "model_optim.pt", map_location=self.info.device, weights_only=True)
         check_model_state(state.get("model_config"), self.cfg.model, path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
