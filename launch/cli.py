@@ -28,6 +28,7 @@ from launch.commands import (
     torchrun_node,
 )
 from launch.preflight import LaunchError, preflight
+from planner import checks
 
 RDZV_PORT = 29500
 
@@ -67,6 +68,7 @@ def _common(f):
 @click.option("--master-port", type=int, default=RDZV_PORT, show_default=True, help="For the deepspeed launcher.")
 def local(config, overrides, force, verify, dry_run, nproc, master_port):
     """Run on this machine with torchrun, or the deepspeed launcher when the engine is DeepSpeed."""
+    checks.port("--master-port", master_port)
     cfg = _load(config, overrides)
     check = preflight(cfg, nproc, nproc, force, verify)
     click.echo(f"preflight: {check.message}")
@@ -86,6 +88,9 @@ def local(config, overrides, force, verify, dry_run, nproc, master_port):
 @click.option("--max-restarts", type=int, default=3, show_default=True, help="torchrun restarts on failure.")
 def nodes(config, overrides, force, verify, dry_run, hostfile, node_rank, master_addr, master_port, max_restarts):
     """Run this node's share of a multi-node job (torchrun, c10d rendezvous)."""
+    checks.host("--master-addr", master_addr)
+    checks.port("--master-port", master_port)
+    checks.integer("--max-restarts", max_restarts, 0, 1000)
     hosts = parse_hostfile(hostfile)
     per_node = hosts[0][1]
     if any(slots != per_node for _, slots in hosts):
@@ -111,11 +116,14 @@ def slurm(config, overrides, force, verify, dry_run, num_nodes, gpus_per_node, p
     from planner.emit import EmitOptions, sbatch_script
     from planner.io import atomic_write_text
 
+    checks.slurm_time("--time", time_limit)
+    if partition is not None:
+        checks.partition("--partition", partition)
     cfg = _load(config, overrides)
     check = preflight(cfg, num_nodes * gpus_per_node, gpus_per_node, force, verify)
     click.echo(f"preflight: {check.message}")
     script = sbatch_script(num_nodes, gpus_per_node, EmitOptions(out_dir=".", name=cfg.name, slurm_partition=partition,
-                                                           slurm_time=time_limit))
+                                                           slurm_time=time_limit))  # validates every value
     if overrides:
         script = script.replace("--config run.yaml", "--config run.yaml " + " ".join(map(shlex.quote, overrides)))
     path = Path(script_path or Path(config).resolve().parent / "slurm.sbatch")

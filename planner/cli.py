@@ -12,7 +12,7 @@ import sys
 import click
 
 from planner import compute, memory
-from planner.errors import PlannerError, print_error
+from planner.errors import PlannerError, guarded, print_error
 from planner.units import parse_count
 
 
@@ -356,19 +356,21 @@ def gpus(gpu_catalog, as_json):
 
 
 def run_group(group: click.Group, prog: str, argv: list[str] | None = None) -> int:
-    """Run a click group with one-line errors: usage errors and PlannerError exit 2, never a traceback."""
-    try:
-        code = group.main(args=argv, prog_name=prog, standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo(f"{prog}: aborted", err=True)
-        return 1
-    except click.ClickException as exc:
-        return print_error(prog, exc.format_message())
-    except PlannerError as exc:
-        return print_error(prog, exc)
-    return code if isinstance(code, int) else 0
+    """Run a click group with one-line errors: usage errors, bad input and unreadable or unwritable files
+    exit 2 (`planner.errors.guarded`), never a traceback."""
+    def run() -> int:
+        try:
+            code = group.main(args=argv, prog_name=prog, standalone_mode=False)
+        except click.exceptions.Exit as exc:
+            return exc.exit_code
+        except click.exceptions.Abort:
+            click.echo(f"{prog}: aborted", err=True)
+            return 1
+        except click.ClickException as exc:
+            return print_error(prog, exc.format_message())
+        return code if isinstance(code, int) else 0
+
+    return guarded(prog, run)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from planner import checks
 from planner.errors import PlannerError
 from planner.io import atomic_write_text
 from planner.plan import EstimateRequest, estimate, resolve_model
@@ -41,6 +42,29 @@ class EmitOptions:
     slurm_partition: str | None = None
     slurm_time: str = "48:00:00"
     max_restarts: int = 3
+
+    def validate(self) -> EmitOptions:
+        """Every value that reaches a script or run.yaml, checked once (planner.checks)."""
+        checks.no_control("--out", self.out_dir)
+        checks.name("--name", self.name)
+        for flag, value in (("--data", self.data_train), ("--eval-data", self.data_eval),
+                            ("--tokenizer", self.tokenizer), ("--tracking-uri", self.tracking_uri),
+                            ("--experiment", self.experiment)):
+            if value is not None:
+                checks.no_control(flag, value)
+        checks.integer("--batch-tokens", self.batch_tokens, 1)
+        checks.number("--lr", self.lr, 0.0, 10.0, lo_open=True)
+        checks.integer("--checkpoint-every", self.checkpoint_every, 1)
+        checks.integer("--eval-every", self.eval_every, 1)
+        if self.warmup_steps is not None:
+            checks.integer("--warmup-steps", self.warmup_steps, 0)
+        if self.nodes is not None:
+            checks.integer("--nodes", self.nodes, 1)
+        if self.slurm_partition is not None:
+            checks.partition("--partition", self.slurm_partition)
+        checks.slurm_time("--time", self.slurm_time)
+        checks.integer("--max-restarts", self.max_restarts, 0, 1000)
+        return self
 
 
 def ds_config(*, micro_batch: int, grad_accum: int, world: int, zero_stage: int, offload: str, bf16: bool,
@@ -189,6 +213,7 @@ def launch_scripts(req: EstimateRequest, opts: EmitOptions) -> dict[str, str]:
 
 def sbatch_script(nodes: int, per_node: int, opts: EmitOptions) -> str:
     """A SLURM batch script: one task per node, srun + torchrun with c10d rendezvous on the first node."""
+    opts.validate()
     partition = f"#SBATCH --partition={_q(opts.slurm_partition)}\n" if opts.slurm_partition else ""
     return (
         "#!/usr/bin/env bash\n"
@@ -246,6 +271,7 @@ def plan_markdown(result: dict, run: dict) -> str:
 
 def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
     """Write every file; returns name -> path. Refuses a plan that does not fit (the user sees why)."""
+    opts.validate()
     result = estimate(req)
     run = build_run_config(req, opts, result)
     files: dict[str, str] = {"run.yaml": _yaml(run), "plan.json": json.dumps(result, indent=2, sort_keys=True) + "\n",

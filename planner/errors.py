@@ -15,3 +15,55 @@ def print_error(prog: str, exc: BaseException) -> int:
 
     print(f"{prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
     return 2
+
+
+#: Set to 1 to see the traceback behind a one-line error.
+DEBUG_ENV = "PLANNER_DEBUG"
+
+
+def describe(exc: BaseException) -> str | None:
+    """A one-line message for an expected failure (bad input, a file that cannot be read or written), or
+    None for a bug, which keeps its traceback."""
+    if isinstance(exc, PlannerError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror or exc}"
+    if isinstance(exc, UnicodeError):
+        return f"not UTF-8 text ({exc})"
+    try:
+        import yaml
+
+        if isinstance(exc, yaml.YAMLError):
+            return f"not valid YAML: {exc}"
+    except ImportError:  # pragma: no cover - yaml comes with omegaconf
+        pass
+    return None
+
+
+def guarded(prog: str, fn, *args, **kwargs) -> int:
+    """Run an entry point: expected failures become one line on stderr and exit 2 (a traceback only
+    with PLANNER_DEBUG=1); the return value of `fn` (None: 0) is the exit status otherwise."""
+    import os
+
+    try:
+        code = fn(*args, **kwargs)
+    except Exception as exc:
+        message = describe(exc)
+        if message is None or os.environ.get(DEBUG_ENV) == "1":
+            raise
+        return print_error(prog, message)
+    return 0 if code is None else code
+
+
+def one_line_parser(prog: str, description: str):
+    """An argparse parser whose usage errors are one line and exit 2, like every other error here."""
+    import argparse
+    import sys
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str):
+            print_error(self.prog, message)
+            sys.exit(2)
+
+    return Parser(prog=prog, description=description)

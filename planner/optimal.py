@@ -8,12 +8,15 @@ are C itself, as in Hoffmann et al. 2022.
 
 from __future__ import annotations
 
-from planner import compute, scaling
+from planner import checks, compute, scaling
 from planner.errors import PlannerError
 from planner.hardware import get_gpu, load_catalog
+from planner.plan import PARAMS_RANGE
 from planner.shapes import infer_shape
 
 DEFAULT_LAW = "epoch"
+#: The smallest training run worth planning.
+MIN_TOKENS = 1e6
 #: Budgets given as machine time: they buy model FLOPs, not 6ND.
 _MACHINE_UNITS = ("gpu_hours", "days", "dollars")
 
@@ -37,10 +40,16 @@ def optimal_for_budget(unit: str | None, amount: float | None, *, law_name: str 
                        gpu_catalog: str | None = None, gpus: int = 8, mfu: float = compute.DEFAULT_MFU,
                        price: float | None = None, seq_len: int = 2048) -> dict:
     """`unit` None: no budget; `params` must be given, and the law's optimal tokens for it are planned."""
-    if gpus < 1:
-        raise PlannerError(f"--gpus: {gpus!r} must be a positive integer")
-    if tokens_per_param <= 0:
-        raise PlannerError(f"--tokens-per-param: {tokens_per_param!r} must be positive")
+    checks.integer("--gpus", gpus, 1, 1 << 24)
+    checks.number("--tokens-per-param", tokens_per_param, 0.0, 1e4, lo_open=True)
+    checks.number("--max-epochs", max_epochs, 1.0, 1e3)
+    compute.validate_mfu(mfu)
+    if price is not None:
+        checks.number("--price", price, 0.0, 1000.0)
+    if params is not None:
+        checks.number("--params", params, *PARAMS_RANGE)
+    if max_tokens is not None:
+        checks.number("--max-tokens", max_tokens, 1e3, 1e17)
     gpu = get_gpu(gpu_name, load_catalog(gpu_catalog) if gpu_catalog else None)
     peak = gpu.peak_flops("bf16" if "bf16" in gpu.peak_tflops else "fp16")
     price = gpu.price_per_hour if price is None else price
@@ -58,6 +67,9 @@ def optimal_for_budget(unit: str | None, amount: float | None, *, law_name: str 
         flops = law_flops(budget_flops, law, params, seq_len) if unit in _MACHINE_UNITS else budget_flops
         given = {unit: amount}
     plan = scaling.plan_optimal(law, flops, params=params, max_tokens=max_tokens, max_epochs=max_epochs)
+    if plan.params < PARAMS_RANGE[0] or plan.tokens < MIN_TOKENS:
+        raise PlannerError(f"budget: {flops:.3g} FLOPs buys {plan.params:.3g} parameters on {plan.tokens:.3g} tokens; "
+                           f"a plan needs at least {PARAMS_RANGE[0]:.0e} parameters and {MIN_TOKENS:.0e} tokens")
     shape = infer_shape(plan.params, seq_len)
     model_flops = compute.model_flops_per_token(plan.params, shape) * plan.tokens
     result = {

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields, replace
 
-from planner import activations, compute, memory
+from planner import activations, checks, compute, memory
 from planner.errors import PlannerError
 from planner.hardware import GPU, get_gpu
 from planner.shapes import ModelShape, get_preset, infer_shape, snap_to_family
@@ -48,6 +48,10 @@ class EstimateRequest:
     catalog: dict[str, GPU] | None = field(default=None, compare=False, repr=False)
 
 
+#: Parameter counts the planner accepts: from a toy model to 100x today's largest dense ones.
+PARAMS_RANGE = (1e5, 1e14)
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     params: float
@@ -69,8 +73,9 @@ def resolve_model(req: EstimateRequest) -> ResolvedModel:
         return ResolvedModel(shape.param_count(), shape, f"preset:{req.model}", False)
     if req.shape is not None:
         return ResolvedModel(req.shape.param_count(), req.shape, "shape", False)
-    if not (req.params and req.params > 0 and math.isfinite(req.params)):
-        raise PlannerError(f"--params: {req.params!r} must be a positive number, e.g. 7e9 or 7B")
+    if not (req.params and math.isfinite(req.params) and PARAMS_RANGE[0] <= req.params <= PARAMS_RANGE[1]):
+        raise PlannerError(f"--params: {req.params!r} is outside the plausible range {PARAMS_RANGE[0]:.0e}-"
+                           f"{PARAMS_RANGE[1]:.0e} parameters, e.g. 7e9 or 7B")
     seq_len = req.seq_len or 2048
     snapped = snap_to_family(req.params, seq_len)
     if snapped is not None:
@@ -86,12 +91,13 @@ def _validate(req: EstimateRequest) -> None:
     if req.gpus % req.tp:
         raise PlannerError(f"--tp: {req.tp} does not divide --gpus {req.gpus}")
     compute.validate_mfu(req.mfu)
-    if not 0 <= req.fragmentation <= 0.5:
-        raise PlannerError(f"--fragmentation: {req.fragmentation!r} must be in [0, 0.5] (share of reserved memory)")
-    if req.price is not None and req.price < 0:
-        raise PlannerError(f"--price: {req.price!r} must be zero or positive (USD per GPU-hour)")
-    if req.tokens is not None and not req.tokens > 0:
-        raise PlannerError(f"--tokens: {req.tokens!r} must be a positive number")
+    checks.number("--fragmentation", req.fragmentation, 0.0, 0.5)
+    checks.number("--runtime-gib", req.runtime_gib, 0.0, 64.0)
+    if req.price is not None:
+        checks.number("--price", req.price, 0.0, 1000.0)
+    if req.tokens is not None:
+        checks.number("--tokens", req.tokens, 1e3, 1e17)
+    checks.integer("--gpus", req.gpus, 1, 1 << 24)
 
 
 @dataclass(frozen=True)

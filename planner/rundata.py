@@ -27,10 +27,14 @@ def load_table(source: str, tracking_uri: str | None = None):
         raise PlannerError(f"DATA: {source} is not a file (give a .csv, a .json, or mlflow:EXPERIMENT)")
     try:
         if path.suffix.lower() in (".json", ".jsonl"):
-            return pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
-        return pd.read_csv(path)
+            table = pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
+        else:
+            table = pd.read_csv(path)
     except (ValueError, OSError, UnicodeDecodeError) as exc:
         raise PlannerError(f"DATA: cannot parse {source}: {str(exc).splitlines()[0]}") from None
+    if len(table) == 0:
+        raise PlannerError(f"DATA: {source} has no rows (only a header?); give one row per run")
+    return table
 
 
 def column(table, name: str | None, flag: str):

@@ -48,8 +48,8 @@ def set_rng_state(state: dict) -> None:
 
 
 class Checkpointer:
-    def __init__(self, root: str | Path, info: DistInfo):
-        self.root, self.info = Path(root), info
+    def __init__(self, root: str | Path, info: DistInfo, keep_last: int = 3):
+        self.root, self.info, self.keep_last = Path(root), info, keep_last
 
     def latest(self) -> Path | None:
         pointer = self.root / LATEST
@@ -80,8 +80,17 @@ class Checkpointer:
                 shutil.rmtree(final)
             tmp.rename(final)
             atomic_write_text(self.root / LATEST, final.name + "\n")
+            self.prune(keep=final)
         barrier(self.info)
         return final
+
+    def prune(self, keep: Path) -> None:
+        """Delete complete checkpoints older than the newest `keep_last`; never `keep` (what `latest` names)
+        and never a `.tmp` folder (a save in progress)."""
+        done = sorted(p for p in self.root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
+        for old in done[:-self.keep_last]:
+            if old != keep:
+                shutil.rmtree(old, ignore_errors=True)
 
     def load(self, path: Path, engine) -> tuple[dict, dict]:
         """Restore engine states and this rank's RNG; returns (meta, loader state)."""

@@ -73,6 +73,7 @@ class TrainConfig:
     spike_factor: float = 0.0  # skip a step whose loss exceeds factor x rolling mean; 0 turns it off
     spike_window: int = 20
     activation_checkpointing: bool = False
+    keep_last_checkpoints: int = 3  # older complete checkpoints are deleted; `latest` and the one being written never
 
 
 @dataclass
@@ -109,6 +110,26 @@ class RunConfig:
     plan: dict[str, Any] = field(default_factory=dict)  # the planner's predictions, written by `planner emit`
 
 
+def _load_yaml_mapping(path: Path):
+    """A YAML file that must hold a mapping; one ConfigError for anything else (OmegaConf loads safely:
+    tags such as !!python/object are refused, no code runs)."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+
+    if path.is_dir():
+        raise ConfigError(f"config: {path} is a folder, not a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"config: {path} does not exist")
+    try:
+        loaded = OmegaConf.load(path)
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"config: {path} is not valid YAML text: {first}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config: {path} holds a {type(loaded).__name__}, not a mapping of keys to values")
+    return loaded
+
+
 def load_structured(schema: type, path: str | Path | None = None, overrides: list[str] | None = None):
     """A dataclass instance of `schema` from YAML (optional) and dotlist overrides (`train.steps=20`).
 
@@ -120,9 +141,7 @@ def load_structured(schema: type, path: str | Path | None = None, overrides: lis
     try:
         merged = OmegaConf.structured(schema)
         if path is not None:
-            if not Path(path).is_file():
-                raise ConfigError(f"config: {path} does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+            merged = OmegaConf.merge(merged, _load_yaml_mapping(Path(path)))
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         missing = sorted(OmegaConf.missing_keys(merged))
@@ -182,6 +201,18 @@ def validate(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    from planner import checks as check
+
+    check.name("name", cfg.name)
+    check.no_control("out_dir", cfg.out_dir)
+    check.no_control("train.checkpoint_dir", t.checkpoint_dir)
+    check.number("optim.lr", cfg.optim.lr, 0.0, 10.0, lo_open=True)
+    check.number("optim.grad_clip", cfg.optim.grad_clip, 0.0, 1e6)
+    check.number("optim.min_lr_ratio", cfg.optim.min_lr_ratio, 0.0, 1.0)
+    check.number("optim.weight_decay", cfg.optim.weight_decay, 0.0, 10.0)
+    check.number("train.spike_factor", t.spike_factor, 0.0, 1e6)
+    check.integer("train.keep_last_checkpoints", t.keep_last_checkpoints, 1)
+    check.integer("engine.timeout_s", e.timeout_s, 1)
 
 
 def to_shape(m: ModelConfig):

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from planner import compute
-from planner.errors import PlannerError, print_error
+from planner.errors import PlannerError, guarded, one_line_parser
 from planner.io import atomic_write_json
 from pretrain.checkpoint import Checkpointer
 from pretrain.config import RunConfig, load_config, to_shape
@@ -189,7 +189,7 @@ def train(cfg: RunConfig) -> dict:
                            f"{data.shards.manifest['vocab_size']}")
     check_tokenizer(cfg, data.shards.manifest)
     engine = build_engine(cfg, info)
-    ckpt = Checkpointer(out_dir / cfg.train.checkpoint_dir, info)
+    ckpt = Checkpointer(out_dir / cfg.train.checkpoint_dir, info, cfg.train.keep_last_checkpoints)
     step, tokens_seen, skipped_total, run_id = 0, 0, 0, None
     history: list[tuple[int, float]] = []
     evals: list[tuple[int, float]] = []
@@ -306,17 +306,12 @@ def train(cfg: RunConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pretrain", description="Pretrain a decoder-only model.")
+    parser = one_line_parser("pretrain", "Pretrain a decoder-only model.")
     parser.add_argument("--config", help="run YAML (e.g. from `planner emit`)")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=20")
     args = parser.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        train(cfg)
-    except PlannerError as exc:
-        return print_error("pretrain", exc)
-    return 0
+    return guarded("pretrain", lambda: train(load_config(args.config, args.overrides)) and None)
 
 
 if __name__ == "__main__":

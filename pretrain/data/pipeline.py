@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from planner.errors import PlannerError, print_error
+from planner import checks
+from planner.errors import PlannerError, guarded, one_line_parser
 from planner.io import atomic_write_json, atomic_write_text
 from pretrain.config import ConfigError, load_structured
 from pretrain.data.dedup import ExactDedup, MinHashDedup
@@ -116,6 +117,17 @@ def _validate(cfg: DataPipelineConfig) -> None:
         raise ConfigError(f"mix.on_exceed: {cfg.mix.on_exceed!r} is not one of refuse, warn")
     if not 0 <= cfg.mix.eval_fraction < 1:
         raise ConfigError(f"mix.eval_fraction: {cfg.mix.eval_fraction} must be in [0, 1)")
+    c = cfg.curate
+    for key, value, lo, hi in (("curate.minhash_bands", c.minhash_bands, 1, 1024),
+                               ("curate.minhash_rows", c.minhash_rows, 1, 1024),
+                               ("curate.minhash_ngram", c.minhash_ngram, 1, 64),
+                               ("tokenizer.vocab_size", cfg.tokenizer.vocab_size, 16, 1 << 24),
+                               ("mix.seq_len", cfg.mix.seq_len, 2, 1 << 20)):
+        checks.integer(key, value, lo, hi)
+    checks.number("mix.max_epochs", cfg.mix.max_epochs, 1.0, 1e4)
+    checks.number("curate.min_language_score", c.min_language_score, 0.0, 1.0)
+    if cfg.mix.total_tokens is not None:
+        checks.integer("mix.total_tokens", cfg.mix.total_tokens, 1)
 
 
 # ------------------------------------------------------------------------------------------ curate
@@ -448,15 +460,15 @@ def _interleave(writer, plans: list[DomainPlan], docs: dict[str, list], seed: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
 
-    parser = argparse.ArgumentParser(prog="pretrain-data", description="Curate, tokenize, mix and pack a corpus.")
+    parser = one_line_parser("pretrain-data", "Curate, tokenize, mix and pack a corpus.")
     parser.add_argument("config")
     parser.add_argument("stage", nargs="?", default="all", choices=["curate", "tokenizer", "pack", "all"])
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
     args = parser.parse_intermixed_args(argv)
-    try:
+
+    def run() -> None:
         cfg = load_pipeline_config(args.config, args.overrides)
         if args.stage in ("curate", "all"):
             report = curate(cfg, progress=not args.quiet)
@@ -473,9 +485,8 @@ def main(argv: list[str] | None = None) -> int:
                     mix = ", ".join(f"{x['domain']} {x['target_tokens']:,} tokens ({x['epochs']:.2f} epochs)"
                                     for x in m["mixture"])
                     print(f"{split}: {m['rows']:,} rows of {m['seq_len'] + 1} tokens in {len(m['shards'])} shard(s); {mix}")
-    except PlannerError as exc:
-        return print_error("pretrain-data", exc)
-    return 0
+
+    return guarded("pretrain-data", run)
 
 
 if __name__ == "__main__":

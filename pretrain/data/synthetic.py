@@ -8,10 +8,12 @@ make, and it needs no tokenizer. Real text goes through `pretrain.data` curation
 
 from __future__ import annotations
 
-import argparse
+import sys
 
 import numpy as np
 
+from planner import checks
+from planner.errors import guarded, one_line_parser
 from pretrain.data.shards import ShardWriter
 
 
@@ -37,17 +39,24 @@ def write_markov_shards(out_dir, vocab: int = 256, seq_len: int = 64, rows: int 
     return writer.close({"source": "synthetic-markov", "seed": seed})
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    p = one_line_parser("synthetic", __doc__.splitlines()[0])
     p.add_argument("out_dir")
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--rows", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
-    m = write_markov_shards(a.out_dir, a.vocab, a.seq_len, a.rows, a.seed)
-    print(f"wrote {m['rows']} rows x {m['seq_len'] + 1} tokens to {a.out_dir}")
+    a = p.parse_args(argv)
+
+    def run() -> None:
+        checks.integer("--vocab", a.vocab, 2, 1 << 32)
+        checks.integer("--seq-len", a.seq_len, 2, 1 << 20)
+        checks.integer("--rows", a.rows, 1, 1 << 31)
+        m = write_markov_shards(a.out_dir, a.vocab, a.seq_len, a.rows, a.seed)
+        print(f"wrote {m['rows']} rows x {m['seq_len'] + 1} tokens to {a.out_dir}")
+
+    return guarded("synthetic", run)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
