@@ -12,6 +12,10 @@ import re
 
 from planner.errors import PlannerError
 
+#: Learning rates accepted: any finite positive value up to this (the trainer's divergence handling is
+#: tested with huge ones); NaN, infinities and values <= 0 are refused.
+MAX_LR = 1e6
+
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _PARTITION = re.compile(r"[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*")
 # Slurm's --time formats (sbatch(1)): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, or UNLIMITED / INFINITE.

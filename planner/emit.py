@@ -53,7 +53,7 @@ class EmitOptions:
             if value is not None:
                 checks.no_control(flag, value)
         checks.integer("--batch-tokens", self.batch_tokens, 1)
-        checks.number("--lr", self.lr, 0.0, 10.0, lo_open=True)
+        checks.number("--lr", self.lr, 0.0, checks.MAX_LR, lo_open=True)
         checks.integer("--checkpoint-every", self.checkpoint_every, 1)
         checks.integer("--eval-every", self.eval_every, 1)
         if self.warmup_steps is not None:

@@ -68,11 +68,12 @@ def test_emitted_ds_config_passes_deepspeeds_own_config_class(tmp_path, monkeypa
     assert parsed.zero_optimization_stage == stage and parsed.bfloat16_config.enabled
 
 
-def test_launch_scripts_are_valid_shell_and_quote_values(tmp_path):
-    assert emit(tmp_path, "--params", "1e9", "--gpus", "16", "--name", "it's a run") == 0
+def test_launch_scripts_are_valid_shell_and_names_are_plain(tmp_path):
+    assert emit(tmp_path, "--params", "1e9", "--gpus", "16", "--name", "run-7b_v1.2") == 0
     for name in ("launch_torchrun.sh", "launch_torchrun_multinode.sh", "launch_deepspeed.sh", "slurm.sbatch"):
         assert subprocess.run(["bash", "-n", str(tmp_path / name)]).returncode == 0, name
-    assert "--job-name='it'\"'\"'s a run'" in (tmp_path / "slurm.sbatch").read_text()
+    assert "--job-name=run-7b_v1.2" in (tmp_path / "slurm.sbatch").read_text()
+    assert emit(tmp_path / "other", "--params", "1e9", "--name", "it's a run") == 2  # checks.name
 
 
 def test_batch_tokens_that_do_not_divide_are_refused(tmp_path):
