@@ -1,10 +1,16 @@
-"""MLflow tracking: one run per job (rank 0), resumed with the job, resilient to a server outage.
+"""MLflow tracking: one run per job (rank 0), resumed with the job, exactly once through any outage.
 
-Rank 0 creates the run (or reopens the one whose id the checkpoint carries) and logs the
-flattened config as params, the plan as `plan.json`, git commit and library versions as tags,
-metrics per step, and the loss-curve plot at the end. If the tracking server cannot be reached,
-training goes on: metrics are appended to `<out_dir>/<fallback_dir>/metrics.jsonl` and retried
-on later calls, with one warning.
+Everything the run reports (params, tags, the plan, metrics, artifacts, the final status) first goes
+into an on-disk outbox, `<out_dir>/<fallback_dir>/outbox.jsonl` (appended and fsynced), and is then
+delivered to the tracking store in order. After each delivered call the outbox's `state.json`
+(atomic) moves its `delivered` mark past what that call carried, so:
+
+- a server that is down at the start, or dies mid-run, costs nothing: records wait in the outbox and
+  go out on a later attempt (every `RETRY_EVERY` steps while failing), with one warning;
+- nothing is sent twice: a record is re-sent only if the process died between the store accepting it
+  and the mark moving, and then with the same timestamp, which MLflow's store ignores as a duplicate;
+- a crash during an outage loses nothing, and `pretrain sync-mlflow OUT_DIR` replays what a run
+  could not deliver (a server that never came up, or a job that ended first).
 """
 
 from __future__ import annotations
@@ -14,12 +20,15 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from planner.io import atomic_write_json
 from pretrain.config import RunConfig, flatten
 
-RETRY_EVERY = 20  # steps between attempts to send buffered metrics after a failure
+RETRY_EVERY = 20  # steps between delivery attempts while the store is failing
+METRICS_PER_CALL = 1000  # MLflow's log_batch limit
+PARAMS_PER_CALL = 100
 
 
 def _git_commit() -> str:
@@ -40,110 +49,189 @@ def _versions() -> dict[str, str]:
     return out
 
 
+class Outbox:
+    """An append-only journal of tracking records and the mark of how many were delivered."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.journal, self.state_file = folder / "outbox.jsonl", folder / "state.json"
+        self.state: dict = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {"delivered": 0}
+        self.records: list[dict] = []
+        if self.journal.is_file():
+            for line in self.journal.read_text().splitlines():
+                with contextlib.suppress(ValueError):  # a line torn by a crash mid-append
+                    self.records.append(json.loads(line))
+
+    def append(self, record: dict) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with self.journal.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records.append(record)
+
+    def pending(self) -> list[dict]:
+        return self.records[self.state["delivered"]:]
+
+    def save_state(self, **changes) -> None:
+        self.state.update(changes)
+        atomic_write_json(self.state_file, self.state)
+
+
+class Deliverer:
+    """Sends an outbox's pending records to an MLflow store, moving the delivered mark after each call."""
+
+    def __init__(self, outbox: Outbox, tracking_uri: str):
+        self.outbox, self.tracking_uri = outbox, tracking_uri
+
+    def _client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(self.tracking_uri)
+
+    def ensure_run(self) -> str:
+        state = self.outbox.state
+        if state.get("run_id"):
+            return state["run_id"]
+        client = self._client()
+        exp = client.get_experiment_by_name(state["experiment"])
+        exp_id = exp.experiment_id if exp else client.create_experiment(state["experiment"])
+        run = client.create_run(exp_id, run_name=state["run_name"])
+        self.outbox.save_state(run_id=run.info.run_id)
+        return run.info.run_id
+
+    def deliver(self) -> None:
+        """Raises whatever the store raises; what went out before that stays marked delivered."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        run_id = self.ensure_run()
+        client = self._client()
+        pending, done = self.outbox.pending(), self.outbox.state["delivered"]
+        i = 0
+        while i < len(pending):
+            rec = pending[i]
+            kind = rec["kind"]
+            if kind == "metrics":  # consecutive metric records go in one call, up to MLflow's limit
+                batch, j = [], i
+                while j < len(pending) and pending[j]["kind"] == "metrics" and \
+                        len(batch) + len(pending[j]["values"]) <= METRICS_PER_CALL:
+                    r = pending[j]
+                    batch += [Metric(k, v, r["ts"], r["step"]) for k, v in r["values"].items()]
+                    j += 1
+                j = max(j, i + 1)
+                if batch:
+                    client.log_batch(run_id, metrics=batch)
+            else:
+                j = i + 1
+                if kind == "params":
+                    items = [Param(k, str(v)[:6000]) for k, v in rec["values"].items()]
+                    for start in range(0, len(items), PARAMS_PER_CALL):
+                        client.log_batch(run_id, params=items[start: start + PARAMS_PER_CALL])
+                elif kind == "tags":
+                    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in rec["values"].items()])
+                elif kind == "dict":
+                    client.log_dict(run_id, rec["obj"], rec["name"])
+                elif kind == "artifact":
+                    if Path(rec["path"]).is_file():
+                        client.log_artifact(run_id, rec["path"])
+                elif kind == "status":
+                    client.set_terminated(run_id, rec["status"])
+                elif kind == "reopen":
+                    client.update_run(run_id, status="RUNNING")
+            done += j - i
+            self.outbox.save_state(delivered=done)
+            i = j
+
+
 class Tracker:
     """No-op on ranks other than 0 and when tracking is off."""
 
     def __init__(self, cfg: RunConfig, is_main: bool, run_id: str | None = None):
         self.cfg, self.active = cfg, is_main and cfg.tracking.enabled
-        self.run_id, self.pending, self.failing = run_id, [], False
-        self.fallback = Path(cfg.out_dir) / cfg.tracking.fallback_dir / "metrics.jsonl"
-        self.warned = False
+        self.failing, self.warned, self.run_id = False, False, run_id
         if not self.active:
             return
         # a down server must cost seconds, not MLflow's default minutes of retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-        self._call(self._start)
+        self.outbox = Outbox(Path(cfg.out_dir) / cfg.tracking.fallback_dir)
+        self.deliverer = Deliverer(self.outbox, cfg.tracking.tracking_uri)
+        if not self.outbox.records:  # a new job: the run's identity and what it is
+            self.outbox.save_state(delivered=0, run_id=run_id, experiment=cfg.tracking.experiment,
+                                   run_name=cfg.tracking.run_name or cfg.name,
+                                   tracking_uri=cfg.tracking.tracking_uri)
+            if run_id is None:
+                self.outbox.append({"kind": "tags", "values": {"git_commit": _git_commit(), "engine": cfg.engine.name,
+                                                               **{f"version.{k}": v for k, v in _versions().items()}}})
+                self.outbox.append({"kind": "params", "values": {k: str(v) for k, v in flatten(cfg).items()}})
+        else:
+            self.outbox.append({"kind": "reopen"})
+        self.flush()
 
-    def _client(self):
-        from mlflow.tracking import MlflowClient
+    @property
+    def fallback(self) -> Path:
+        return self.outbox.journal
 
-        return MlflowClient(self.cfg.tracking.tracking_uri)
-
-    def _start(self) -> None:
-        import mlflow
-
-        client = self._client()
-        if self.run_id:
-            client.update_run(self.run_id, status="RUNNING")
-            return
-        exp = client.get_experiment_by_name(self.cfg.tracking.experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(self.cfg.tracking.experiment)
-        run = client.create_run(exp_id, run_name=self.cfg.tracking.run_name or self.cfg.name,
-                                tags={"git_commit": _git_commit(), "engine": self.cfg.engine.name,
-                                      **{f"version.{k}": v for k, v in _versions().items()}})
-        self.run_id = run.info.run_id
-        params = [mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(self.cfg).items()]
-        for i in range(0, len(params), 100):
-            client.log_batch(self.run_id, params=params[i: i + 100])
-
-    def _call(self, fn, *args) -> bool:
-        try:
-            fn(*args)
-            self.failing = False
+    def flush(self) -> bool:
+        if not self.active:
             return True
-        except Exception as exc:  # any transport or store error: keep training
+        try:
+            self.deliverer.deliver()
+        except Exception as exc:  # any transport or store error: keep training, keep the records
             if not self.warned:
                 print(f"pretrain: warning: MLflow tracking unavailable ({type(exc).__name__}: "
-                      f"{str(exc).splitlines()[0][:160]}); metrics go to {self.fallback} and are retried",
-                      file=sys.stderr, flush=True)
+                      f"{(str(exc).splitlines() or [''])[0][:160]}); records wait in {self.outbox.journal} and are "
+                      "retried (or replay them with `pretrain sync-mlflow`)", file=sys.stderr, flush=True)
                 self.warned = True
             self.failing = True
             return False
+        self.failing = False
+        self.run_id = self.outbox.state.get("run_id")
+        return True
 
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def _record(self, record: dict, step: int | None = None) -> None:
         if not self.active:
             return
-        metrics = {k: float(v) for k, v in metrics.items() if v is not None}
-        self.pending.append((step, metrics))
-        if self.failing and step % RETRY_EVERY:  # while failing, retry only every RETRY_EVERY steps
-            self._spill(step, metrics)
-            return
-        if self.run_id is None and not self._call(self._start):
-            self._spill(step, metrics)
-            return
-        if self._call(self._send_pending):
-            return
-        self._spill(step, metrics)
+        self.outbox.append(record)
+        if self.failing and step is not None and step % RETRY_EVERY:
+            return  # while failing, try again only every RETRY_EVERY steps
+        self.flush()
 
-    def _send_pending(self) -> None:
-        from mlflow.entities import Metric
-
-        client = self._client()
-        import time
-
-        now = int(time.time() * 1000)
-        batch = [Metric(k, v, now, s) for s, m in self.pending for k, v in m.items()]
-        for i in range(0, len(batch), 500):
-            client.log_batch(self.run_id, metrics=batch[i: i + 500])
-        self.pending = []
-
-    def _spill(self, step: int, metrics: dict) -> None:
-        self.fallback.parent.mkdir(parents=True, exist_ok=True)
-        with self.fallback.open("a") as f:
-            f.write(json.dumps({"step": step, **metrics}) + "\n")
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        values = {k: float(v) for k, v in metrics.items() if v is not None}
+        self._record({"kind": "metrics", "step": step, "ts": int(time.time() * 1000), "values": values}, step)
 
     def log_params(self, params: dict) -> None:
-        if self.active and self.run_id:
-            from mlflow.entities import Param
-
-            self._call(lambda: self._client().log_batch(self.run_id, params=[Param(k, str(v)) for k, v in params.items()]))
+        self._record({"kind": "params", "values": {k: str(v) for k, v in params.items()}})
 
     def log_dict(self, obj: dict, name: str) -> None:
-        if self.active and self.run_id:
-            self._call(lambda: self._client().log_dict(self.run_id, obj, name))
+        self._record({"kind": "dict", "obj": obj, "name": name})
 
     def log_artifact(self, path: str | Path) -> None:
-        if self.active and self.run_id:
-            self._call(lambda: self._client().log_artifact(self.run_id, str(path)))
+        self._record({"kind": "artifact", "path": str(Path(path).resolve())})
 
     def finish(self, status: str = "FINISHED") -> None:
         if not self.active:
             return
-        if self.pending:
-            self._call(self._send_pending)
-        if self.run_id:
-            self._call(lambda: self._client().set_terminated(self.run_id, status))
+        self._record({"kind": "status", "status": status})
         atomic_write_json(Path(self.cfg.out_dir) / "mlflow_run.json",
                           {"run_id": self.run_id, "tracking_uri": self.cfg.tracking.tracking_uri,
-                           "pending_metrics": len(self.pending)})
+                           "pending_records": len(self.outbox.pending())})
+
+
+def sync(out_dir: str | Path, tracking_uri: str | None = None) -> tuple[str, int]:
+    """Deliver what a run's outbox still holds (`pretrain sync-mlflow`); returns (run id, records sent)."""
+    from planner.errors import PlannerError
+
+    out = Path(out_dir)
+    folders = [p.parent for p in out.glob("*/outbox.jsonl")]
+    if not folders:
+        raise PlannerError(f"sync-mlflow: {out} holds no MLflow outbox (<out_dir>/mlflow-offline/outbox.jsonl)")
+    outbox = Outbox(folders[0])
+    before = len(outbox.pending())
+    uri = tracking_uri or outbox.state.get("tracking_uri")
+    if uri != outbox.state.get("tracking_uri") and outbox.state.get("run_id"):
+        outbox.save_state(run_id=None, delivered=0, tracking_uri=uri)  # another store: a new run there, all of it
+        before = len(outbox.pending())
+    Deliverer(outbox, uri).deliver()
+    return outbox.state["run_id"], before

@@ -34,6 +34,7 @@ from pretrain.memory_probe import SavedTensorCounter
 from pretrain.tracking import Tracker
 
 FAIL_AFTER_STEP_ENV = "PRETRAIN_FAIL_AFTER_STEP"  # tests: die abruptly after this step (simulated crash)
+STEP_DELAY_ENV = "PRETRAIN_STEP_DELAY_S"  # tests: a slow step, so an outage can happen mid-run
 
 
 class TrainingStopped(PlannerError):
@@ -215,6 +216,7 @@ def train(cfg: RunConfig) -> dict:
     summary_extra: dict[str, float] = {}
     activation_metrics: dict[str, float] = {}
     consecutive_skips, fail_after = 0, int(os.environ.get(FAIL_AFTER_STEP_ENV, "0"))
+    step_delay = float(os.environ.get(STEP_DELAY_ENV, "0"))
     engine.train(True)
     while step < cfg.train.steps:
         step += 1
@@ -286,6 +288,8 @@ def train(cfg: RunConfig) -> dict:
             ckpt.save(step, engine, data.state_dict(), {
                 "tokens_seen": tokens_seen, "skipped_total": skipped_total, "mlflow_run_id": tracker.run_id,
                 "history": history, "evals": evals})
+        if step_delay:
+            time.sleep(step_delay)
         if fail_after and step == fail_after:
             sys.stdout.flush()
             os._exit(17)  # simulated crash: no clean-up, no final checkpoint
@@ -305,7 +309,26 @@ def train(cfg: RunConfig) -> dict:
     return summary
 
 
+def sync_mlflow_main(argv: list[str]) -> int:
+    """`pretrain sync-mlflow OUT_DIR [--tracking-uri URI]`: deliver a run's undelivered MLflow records."""
+    from pretrain.tracking import sync
+
+    parser = one_line_parser("pretrain sync-mlflow", "Replay a run's MLflow outbox into a tracking store.")
+    parser.add_argument("out_dir", help="the run's out_dir (holds mlflow-offline/outbox.jsonl)")
+    parser.add_argument("--tracking-uri", help="store to send to (default: the run's own)")
+    args = parser.parse_args(argv)
+
+    def run() -> None:
+        run_id, sent = sync(args.out_dir, args.tracking_uri)
+        print(f"sync-mlflow: {sent} record(s) delivered to run {run_id}")
+
+    return guarded("pretrain", run)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sync-mlflow"]:
+        return sync_mlflow_main(argv[1:])
     parser = one_line_parser("pretrain", "Pretrain a decoder-only model.")
     parser.add_argument("--config", help="run YAML (e.g. from `planner emit`)")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher

@@ -137,8 +137,9 @@ def test_training_goes_on_when_the_tracking_server_is_down(shards, tmp_path):
     r = run_train(tmp_path, [f"data.train={shards / 'train'}", "out_dir=run", *TINY,
                              f"tracking.tracking_uri=http://127.0.0.1:{free_port()}"])
     assert r.returncode == 0, r.stderr[-2000:]
-    spilled = (tmp_path / "run/mlflow-offline/metrics.jsonl").read_text().splitlines()
-    assert len(spilled) == 20 and json.loads(spilled[-1])["step"] == 20
+    records = [json.loads(line) for line in (tmp_path / "run/mlflow-offline/outbox.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "metrics"] == list(range(1, 21))
+    assert json.loads((tmp_path / "run/mlflow-offline/state.json").read_text())["delivered"] == 0
     assert r.stderr.count("MLflow tracking unavailable") == 1
 
 
