@@ -72,3 +72,4 @@ def test_curation_on_a_full_disk_is_one_line_and_exit_2(tmp_path, small_disk):
                        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
     assert len(r.stderr.strip().splitlines()) == 1 and "No space left on device" in r.stderr, r.stderr[-2000:]
+    assert str(disk) in r.stderr  # the message names the file

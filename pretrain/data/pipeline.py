@@ -23,7 +23,7 @@ from typing import Any
 
 from planner import checks
 from planner.errors import PlannerError, guarded, one_line_parser
-from planner.io import atomic_write_json, atomic_write_text
+from planner.io import atomic_write_json, atomic_write_text, names_file
 from pretrain.config import ConfigError, load_structured
 from pretrain.data.dedup import ExactDedup, MinHashDedup
 from pretrain.data.documents import Document, Source, read_source
@@ -186,7 +186,7 @@ def curate(cfg: DataPipelineConfig, progress: bool = True) -> dict:
         docs = read_source(Source(src.path, src.domain, src.format, src.text_field, src.id_field), skips)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".jsonl.tmp")
-        with tmp.open("w") as sink:  # streamed: memory stays bounded whatever the source's size
+        with names_file(tmp), tmp.open("w") as sink:  # streamed: memory stays bounded whatever the source's size
             for doc in tqdm(docs, desc=f"curate {src.domain} ({Path(src.path).name})", unit="doc",
                             disable=not progress, mininterval=1.0):
                 docs_in += 1
