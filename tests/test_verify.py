@@ -30,9 +30,11 @@ def test_verify_runs_at_world_size_64_without_allocating():
     assert r["world_size"] == 64 and r["within_tolerance"]
 
 
-def test_verify_refuses_deepspeed_with_the_reason_in_one_line():
+def test_verify_refuses_deepspeed_with_the_error_deepspeed_really_raises():
+    # measured, not believed: verify tries deepspeed.initialize under fake tensors and quotes the failure
     out = run_cli("verify", "--params", "1e9", "--zero", "3")
-    assert out.returncode == 2 and "fake tensors" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr[-2000:]
+    assert "deepspeed.initialize raised RuntimeError" in out.stderr and "swap" in out.stderr
 
 
 def test_llama_7b_at_world_size_64_is_within_ten_percent_on_every_line():
