@@ -31,6 +31,10 @@ def describe(exc: BaseException) -> str | None:
         return f"{where}{exc.strerror or exc}"
     if isinstance(exc, UnicodeError):
         return f"not UTF-8 text ({exc})"
+    import json
+
+    if isinstance(exc, json.JSONDecodeError):
+        return f"not valid JSON: {exc}"
     try:
         import yaml
 

@@ -36,6 +36,8 @@ FILES = {
     "catalog.yaml": bytes(range(256)) * 4,
     "run.yaml": b"name: ok\nmodel: {layers: 2, hidden: 64, heads: 4}\ndata: {train: shards}\n",
     "pipe.yaml": b"out_dir: out\nsources: [{path: x.jsonl, domain: d}]\n",
+    "runs.csv": b"n,d,loss\n1e6,2e7,4.0\n2e6,4e7,3.7\n4e6,8e7,3.5\n8e6,1.6e8,3.3\n1.6e7,3.2e8,3.2\n",
+    "badshards/manifest.json": b"{not json",
 }
 
 P, L, T, D, S = "planner", "launch", "pretrain", "pretrain-data", "synthetic"
@@ -129,6 +131,12 @@ CASES = [
     # the synthetic generator
     (S, ["{w}/syn", "--rows", "0"]), (S, ["{w}/syn", "--vocab", "-1"]), (S, ["{w}/syn", "--seq-len", "0"]),
     (S, ["{w}/afile"]), (S, ["{w}/syn", "--rows", "x"]), (D, ["{w}/pipe.yaml", "bogus-stage"]),
+    # a file where a folder is expected, for every command that writes
+    (P, ["fit", "curve", "{w}/runs.csv", "--x-col", "d", "--out", "{w}/afile/law.json"]),
+    (P, ["fit", "curve", "{w}/runs.csv", "--x-col", "d", "--plot", "{w}/afile/fit.png"]),
+    (D, ["{w}/pipe.yaml", "all", "out_dir={w}/afile/out"]),
+    (T, ["--config", "{w}/run.yaml", "data.train={w}/badshards"]),
+    (S, ["{w}/afile/syn"]),
     (T, ["--config"]), (D, []),
 ]
 
@@ -141,6 +149,7 @@ def _tree(root: Path) -> dict[str, str]:
 @pytest.fixture
 def work(tmp_path, monkeypatch) -> Path:
     for name, data in FILES.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
     monkeypatch.chdir(tmp_path)
     return tmp_path
