@@ -33,36 +33,31 @@ def no_control(flag: str, value: str) -> str:
     return value
 
 
+def _matching(flag: str, value: str, pattern: re.Pattern, what: str) -> str:
+    no_control(flag, value)
+    if not pattern.fullmatch(value):
+        raise PlannerError(f"{flag}: {value!r} is not {what}")
+    return value
+
+
 def name(flag: str, value: str) -> str:
     """Run and job names: letters, digits, '.', '_' and '-', starting with a letter or digit, <= 128."""
-    no_control(flag, value)
-    if not _NAME.fullmatch(value):
-        raise PlannerError(f"{flag}: {value!r} is not a valid name (letters, digits, '.', '_', '-'; "
-                           "start with a letter or digit; at most 128 characters)")
-    return value
+    return _matching(flag, value, _NAME, "a valid name (letters, digits, '.', '_', '-'; start with a letter or "
+                                         "digit; at most 128 characters)")
 
 
 def partition(flag: str, value: str) -> str:
-    no_control(flag, value)
-    if not _PARTITION.fullmatch(value):
-        raise PlannerError(f"{flag}: {value!r} is not a SLURM partition list (names of letters, digits, '.', '_', "
-                           "'-', separated by commas)")
-    return value
+    return _matching(flag, value, _PARTITION, "a SLURM partition list (names of letters, digits, '.', '_', '-', "
+                                              "separated by commas)")
 
 
 def slurm_time(flag: str, value: str) -> str:
-    no_control(flag, value)
-    if not _SLURM_TIME.fullmatch(value):
-        raise PlannerError(f"{flag}: {value!r} is not a SLURM time (minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S, "
-                           "or UNLIMITED), e.g. 48:00:00 or 2-00:00:00")
-    return value
+    return _matching(flag, value, _SLURM_TIME, "a SLURM time (minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S, or "
+                                               "UNLIMITED), e.g. 48:00:00 or 2-00:00:00")
 
 
 def host(flag: str, value: str) -> str:
-    no_control(flag, value)
-    if not _HOST.fullmatch(value):
-        raise PlannerError(f"{flag}: {value!r} is not a host name or IP address")
-    return value
+    return _matching(flag, value, _HOST, "a host name or IP address")
 
 
 def port(flag: str, value: int) -> int:

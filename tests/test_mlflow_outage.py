@@ -83,38 +83,43 @@ def assert_exactly_once(uri: str) -> None:
     assert run.info.status == "FINISHED"
 
 
-@pytest.mark.slow
-def test_server_down_at_start_and_up_mid_run(shards, tmp_path):  # noqa: F811
-    server = Server(tmp_path, free_port())
-    proc = start_training(tmp_path, shards, server.uri)
+def train_through(tmp_path, shards_dir, server: Server, outage) -> None:
+    """Train while `outage(proc)` plays with the server; then every record must be there exactly once."""
+    proc = start_training(tmp_path, shards_dir, server.uri)
     try:
-        wait_for_steps(tmp_path, 5, proc)
-        server.start()
+        outage(proc)
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]
         assert_exactly_once(server.uri)
     finally:
         proc.kill()
         server.stop()
+
+
+@pytest.mark.slow
+def test_server_down_at_start_and_up_mid_run(shards, tmp_path):  # noqa: F811
+    server = Server(tmp_path, free_port())
+
+    def outage(proc):
+        wait_for_steps(tmp_path, 5, proc)
+        server.start()
+
+    train_through(tmp_path, shards, server, outage)
 
 
 @pytest.mark.slow
 def test_server_killed_and_restarted_twice_mid_run(shards, tmp_path):  # noqa: F811
     server = Server(tmp_path, free_port())
     server.start()
-    proc = start_training(tmp_path, shards, server.uri)
-    try:
+
+    def outage(proc):
         for steps in (10, 35):
             wait_for_steps(tmp_path, steps, proc)
             server.stop()
             wait_for_steps(tmp_path, steps + 3, proc)
             server.start()
-        out, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, err[-2000:]
-        assert_exactly_once(server.uri)
-    finally:
-        proc.kill()
-        server.stop()
+
+    train_through(tmp_path, shards, server, outage)
 
 
 @pytest.mark.slow
