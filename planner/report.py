@@ -63,10 +63,19 @@ def _memory_table(r: dict) -> str:
             f"{_gib(states)} GiB.")
     ds = r.get("peer_estimates", {}).get("deepspeed_estimator_model_states_gpu_bytes")
     if ds is not None:
-        ours = sum(mem[k] for k in _STATE_LINES)
-        note += (f"\nDeepSpeed's own estimator: {_gib(ds)} GiB of model states per GPU (ours {_gib(ours)} GiB; "
-                 "ZeRO-3 differs by the 16-bit parameter shard, which DeepSpeed leaves out).")
+        note += "\n" + _peer_note(ds, states, r)
     return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True) + "\n" + note
+
+
+def _peer_note(ds: float, ours: float, r: dict) -> str:
+    """DeepSpeed's estimator beside ours, with "equal" or the one reason they differ."""
+    head = f"DeepSpeed's own estimator: {_gib(ds)} GiB of model states per GPU (ours {_gib(ours)} GiB"
+    if abs(ours - ds) <= 0.005 * max(ours, ds):
+        return head + ": equal)."
+    shard = 2 * r["params"] / r["training"]["shard_degree"]
+    if abs(ours - ds - shard) <= 0.005 * ours:
+        return head + f": DeepSpeed leaves out the 16-bit parameter shard, 2N/GPUs = {_gib(shard)} GiB)."
+    return head + f": ours counts {_gib(ours - ds)} GiB more, see README 'Which bytes-per-parameter convention')."
 
 
 def _fit_table(r: dict) -> str:

@@ -139,3 +139,14 @@ def test_bad_input_is_one_line_naming_the_flag_with_exit_2(args, names):
     assert "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and names in lines[0]
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--zero", "3", "--offload", "optimizer"], "equal"),
+    (["--zero", "2"], "equal"),
+    (["--zero", "3"], "leaves out the 16-bit parameter shard"),
+])
+def test_deepspeeds_estimator_is_shown_with_equal_or_the_one_reason_it_differs(flags, says):
+    out = run_cli("estimate", "--params", "7e9", "--gpus", "8", *flags).stdout
+    line = next(x for x in out.splitlines() if x.startswith("DeepSpeed's own estimator"))
+    assert says in line and ("equal" not in line or "leaves out" not in line)
