@@ -12,8 +12,9 @@ Two architectures:
   16-bit, 4 for fp32):
   - each RMSNorm (two per layer) upcasts its input to fp32 and keeps it (4h), keeps the fp32
     normalised tensor (4h) and the fp32 reciprocal RMS (4): 8h + 4 per norm, whatever a is;
-  - the attention input a·h (q, k and v share it); q, k, v after RoPE, 3·a·h: k and v are
-    expanded to all heads (`repeat_interleave`) before SDPA, so GQA does not shrink them;
+  - the attention input a·h (q, k and v share it); q, k, v after RoPE, 3·a·q (q = heads x
+    head_dim, h unless a config sets the head size apart): k and v are expanded to all heads
+    (`repeat_interleave`) before SDPA, so GQA does not shrink them;
   - SDPA's flash kernel keeps its output a·h and the fp32 log-sum-exp, 4 per head; without flash
     (the math backend) it keeps the probabilities instead, a per head per key position;
   - the output projection's input a·h (a copy: SDPA's output is transposed before it);
@@ -86,7 +87,7 @@ def _width(regime: str) -> int:
 
 
 def _llama_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool, megatron_sp: bool) -> list[Term]:
-    h, f, heads, s = shape.hidden, shape.ffn, shape.heads, shape.seq_len
+    h, f, heads, s, q = shape.hidden, shape.ffn, shape.heads, shape.seq_len, shape.q_dim
     a = _width(regime)
     norm_split = tp if sp else 1
     input_split = tp if (sp and megatron_sp) else 1
@@ -94,14 +95,14 @@ def _llama_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool,
     terms = [
         Term("attn_norm", (2 * FP32 * h + FP32) / norm_split),
         Term("attn_input", casts_attn * a * h / input_split),
-        Term("q_k_v_after_rope", 3 * a * h / tp),
+        Term("q_k_v_after_rope", 3 * a * q / tp),
     ]
     if flash:
-        terms.append(Term("sdpa_output_and_lse", (a * h + FP32 * heads) / tp))
+        terms.append(Term("sdpa_output_and_lse", (a * q + FP32 * heads) / tp))
     else:
         terms.append(Term("attention_probabilities", a * heads * s / tp))
     terms += [
-        Term("out_proj_input", a * h / tp),
+        Term("out_proj_input", a * q / tp),
         Term("mlp_norm", (2 * FP32 * h + FP32) / norm_split),
         Term("mlp_input", casts_mlp * a * h / input_split),
         Term("gate_silu_up_product", 4 * a * f / tp),

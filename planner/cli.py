@@ -52,6 +52,10 @@ def _model_options(f):
                      help="Shape: MLP kind.")(f)
     f = click.option("--tied-embeddings", is_flag=True, help="Shape: LM head shares the embedding matrix.")(f)
     f = click.option("--seq-len", type=int, help="Sequence length (default: preset's, else 2048).")(f)
+    f = click.option("--hf-config", type=click.Path(), help="A Hugging Face config.json on disk (Llama, Mistral, "
+                     "Qwen2, Gemma, OLMo, GPT-NeoX, GPT-2 field names).")(f)
+    f = click.option("--config", "run_config", type=click.Path(),
+                     help="Estimate the job a run config (run.yaml from `planner emit`) describes.")(f)
     return f
 
 
@@ -108,8 +112,21 @@ def build_request(kw: dict):
     from planner.hardware import load_catalog
     from planner.plan import EstimateRequest
 
+    run_config, hf_config = kw.pop("run_config"), kw.pop("hf_config")
     shape = build_shape(*(kw.pop(k) for k in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")),
                         kw["seq_len"], kw.pop("mlp"), kw.pop("tied_embeddings"))
+    if run_config is not None:
+        if shape is not None or hf_config or kw["params"] or kw["model"]:
+            raise PlannerError("--config: the run config names the model; drop --params/--model/--hf-config/shape flags")
+        from planner.emit import request_from_run_config
+
+        return request_from_run_config(run_config)
+    if hf_config is not None:
+        if shape is not None:
+            raise PlannerError("--hf-config: give the config or shape flags, not both")
+        from planner.hf_config import shape_from_hf
+
+        shape = shape_from_hf(hf_config, kw["seq_len"])
     catalog = kw.pop("gpu_catalog")
     kw["flash_attention"] = not kw.pop("no_flash_attention")
     return EstimateRequest(shape=shape, catalog=load_catalog(catalog) if catalog else None, **kw)

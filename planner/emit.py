@@ -181,6 +181,23 @@ def request_from_plan(plan: dict, gpus: int | None = None, gpus_per_node: int | 
     return replace(req, gpus=gpus or req.gpus, gpus_per_node=gpus_per_node or req.gpus_per_node)
 
 
+def request_from_run_config(path: str) -> EstimateRequest:
+    """The request behind a run config: its embedded plan when `planner emit` wrote it, else the job its
+    model, train and engine sections describe (8 GPUs of the default kind)."""
+    from pretrain.config import load_config, to_shape  # torch-free: typed config only
+
+    cfg = load_config(path)
+    if cfg.plan.get("request"):
+        return request_from_plan(cfg.plan)
+    e = cfg.engine
+    kw = {"zero": e.zero_stage} if e.name == "deepspeed" else {}
+    if e.name == "fsdp":
+        kw = {"fsdp": e.fsdp_mode, "sharding_factor": e.sharding_factor}
+    return EstimateRequest(shape=to_shape(cfg.model), micro_batch=cfg.train.micro_batch,
+                           precision=cfg.train.precision, offload=e.offload,
+                           checkpointing="full" if cfg.train.activation_checkpointing else "none", **kw)
+
+
 def _q(value) -> str:
     return shlex.quote(str(value))
 

@@ -38,13 +38,16 @@ class ModelShape:
     tied_embeddings: bool = False
     bias: bool = False
     embedding_norm: bool = False
+    head_dim_override: int | None = None  # None: hidden / heads (Gemma sets 256 with hidden 3072 or 3584)
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "vocab", "seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise PlannerError(f"--{name.replace('_', '-')}: {value!r} must be a positive integer")
-        if self.hidden % self.heads:
+        if self.head_dim_override is not None and self.head_dim_override <= 0:
+            raise PlannerError(f"--head-dim: {self.head_dim_override} must be a positive integer")
+        if self.hidden % self.heads and self.head_dim_override is None:
             raise PlannerError(
                 f"--heads: {self.heads} does not divide --hidden {self.hidden}; "
                 f"valid head counts divide {self.hidden} (e.g. {_divisor_hint(self.hidden)})"
@@ -59,7 +62,13 @@ class ModelShape:
 
     @property
     def head_dim(self) -> int:
-        return self.hidden // self.heads
+        return self.head_dim_override or self.hidden // self.heads
+
+    @property
+    def q_dim(self) -> int:
+        """Width of the queries (and of the attention output): heads x head_dim, the hidden size unless
+        the head size is set apart from it."""
+        return self.heads * self.head_dim
 
     @property
     def n_kv_heads(self) -> int:
@@ -77,8 +86,8 @@ class ModelShape:
         return self.hidden * (2 if self.norm == "layernorm" else 1)
 
     def attention_params(self) -> int:
-        h, kv = self.hidden, self.n_kv_heads * self.head_dim
-        return 2 * h * h + 2 * h * kv + ((2 * h + 2 * kv) if self.bias else 0)
+        h, q, kv = self.hidden, self.q_dim, self.n_kv_heads * self.head_dim
+        return 2 * h * q + 2 * h * kv + ((q + h + 2 * kv) if self.bias else 0)
 
     def mlp_params(self) -> int:
         h, f = self.hidden, self.ffn
@@ -114,7 +123,7 @@ class ModelShape:
         (or untied head) matrix in most LLMs, else the biggest MLP projection.
         """
         h = self.hidden
-        return max(self.vocab * h, self.ffn * h, h * h)
+        return max(self.vocab * h, self.ffn * h, h * self.q_dim)
 
     def to_dict(self) -> dict:
         return {**asdict(self), "ffn_hidden": self.ffn, "kv_heads": self.n_kv_heads}
@@ -169,10 +178,17 @@ _PRESET_ALIASES = {"gpt3": "gpt3-175b", "chinchilla": "chinchilla-70b", "bloombe
 
 
 def get_preset(name: str) -> Preset:
+    """A named preset: the paper tables above, or a shipped Hugging Face config (`planner/hf_configs/`)."""
+    from planner.hf_config import shape_from_hf, shipped_presets
+
     key = _PRESET_ALIASES.get(name.lower(), name.lower())
-    if key not in PRESETS:
-        raise PlannerError(f"--model: unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return PRESETS[key]
+    if key in PRESETS:
+        return PRESETS[key]
+    shipped = shipped_presets()
+    if key in shipped:
+        shape = shape_from_hf(shipped[key])
+        return Preset(shape, shape.param_count(), f"config.json as published (planner/hf_configs/{key}.json)")
+    raise PlannerError(f"--model: unknown preset {name!r}; known: {', '.join([*PRESETS, *shipped])}")
 
 
 #: hidden / layers for inferred shapes: GPT-3 175B and LLaMA-7B are both at 128, and Kaplan et al.
