@@ -150,6 +150,24 @@ def estimate(as_json, **kw):
 
 @cli.command()
 @_estimate_options
+@click.option("--plot", type=click.Path(), help="Write a stacked-bar PNG of memory per GPU by strategy here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def compare(plot, as_json, **kw):
+    """Every strategy side by side (memory per GPU, headroom, largest micro-batch, communication, whole
+    nodes), with the one to run marked."""
+    from planner.compare import compare as run_compare
+    from planner.compare import render_compare
+
+    result = run_compare(build_request(kw))
+    if plot:
+        from planner.plots import plot_strategies
+
+        plot_strategies(result, plot)
+    click.echo(json.dumps(result, indent=2) if as_json else render_compare(result))
+
+
+@cli.command()
+@_estimate_options
 @click.option("--steps", type=click.IntRange(2, 5), default=2, show_default=True, help="Optimizer steps to run.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def verify(steps, as_json, **kw):

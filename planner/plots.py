@@ -76,3 +76,31 @@ def plot_isoflop(result: FitResult, n, flops, loss, path) -> Path:
     ax.set(xscale="log", xlabel="parameters N", ylabel="loss", title="IsoFLOP profiles (approaches 1-2)")
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
+
+
+#: Stacked in this order, bottom to top.
+MEMORY_LINES = ("weights", "master_weights", "gradients", "optimizer", "activations", "logits", "overhead",
+                "fragmentation")
+
+
+def plot_strategies(result: dict, path: str | Path) -> Path:
+    """Stacked bars of memory per GPU by line for every strategy, with the GPU's capacity as a line."""
+    plt, fig, ax = _figure()
+    fig.set_size_inches(11, 5.5)
+    rows = [r for r in result["rows"] if "error" not in r]
+    labels = [f"{'* ' if r['best'] else ''}{r['strategy']}{' +ckpt' if r['checkpointing'] == 'full' else ''}"
+              for r in rows]
+    bottom = np.zeros(len(rows))
+    gib = 2**30
+    for line in MEMORY_LINES:
+        values = np.array([r["memory_per_gpu_bytes"][line] / gib for r in rows])
+        ax.bar(range(len(rows)), values, bottom=bottom, label=line.replace("_", " "))
+        bottom += values
+    ax.axhline(result["capacity_bytes"] / gib, color="black", linestyle="--", linewidth=1.2,
+               label=f"{result['gpu']} capacity ({result['capacity_bytes'] / gib:.0f} GiB)")
+    ax.set_xticks(range(len(rows)), labels, rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("memory per GPU (GiB)")
+    ax.set_title(f"{result['params'] / 1e9:.2f}B parameters on {result['gpus']} x {result['gpu']}: "
+                 "memory per GPU by strategy (* = best)")
+    ax.legend(fontsize=7, ncol=3, loc="upper right")
+    return _save(plt, fig, path)
