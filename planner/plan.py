@@ -80,7 +80,7 @@ def resolve_model(req: EstimateRequest) -> ResolvedModel:
     snapped = snap_to_family(req.params, seq_len)
     if snapped is not None:
         return ResolvedModel(req.params, snapped[1], f"params (shape of {snapped[0]})", True)
-    return ResolvedModel(req.params, infer_shape(req.params, seq_len), "params", True)
+    return ResolvedModel(req.params, infer_shape(req.params, seq_len, tp=req.tp), "params", True)
 
 
 def _validate(req: EstimateRequest) -> None:

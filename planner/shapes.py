@@ -224,21 +224,32 @@ def snap_to_family(params: float, seq_len: int = 2048, vocab: int = INFERRED_VOC
     return None if best is None else (best[1], best[2])
 
 
-def infer_shape(params: float, seq_len: int = 2048, vocab: int = INFERRED_VOCAB) -> ModelShape:
+def infer_shape(params: float, seq_len: int = 2048, vocab: int = INFERRED_VOCAB, tp: int = 1) -> ModelShape:
     """A LLaMA-style shape whose parameter count is close to `params`.
 
-    Layers from N ≈ 12·L·h² with h = 128·L; hidden then solves 12·L·h² + 2·V·h = N and is
-    rounded to a multiple of the head size (128, or 64 below 2048 hidden); SwiGLU with the
-    8h/3 rule, untied embeddings. A published family shape within 5% wins (`snap_to_family`):
-    7e9 gives LLaMA-7B's 32 x 4096, 70e9 Llama-2-70B's 80 x 8192 with 8 kv heads. Only activations and the attention FLOP term use this shape:
-    weights, gradients and optimizer states use `params` itself.
+    Layers from N ≈ 12·L·h² with h = 128·L; hidden then solves 12·L·h² + 2·V·h = N. The head count
+    is kept a multiple of 8 and of `tp` (so tensor parallelism can split the heads, and hidden sizes
+    stay multiples of 512 or 1024), with head size 128 (64 below 2048 hidden): the hidden sizes
+    either side of the exact one are tried, each with the layer count that best matches `params`;
+    of those within 3% of `params` the one nearer hidden/layers = 128 wins, else the closer count. SwiGLU with the 8h/3 rule, untied embeddings. A published family
+    shape within 5% wins first (`snap_to_family`): 7e9 gives LLaMA-7B's 32 x 4096, 70e9
+    Llama-2-70B's 80 x 8192 with 8 kv heads. Only activations and the attention FLOP term use this
+    shape: weights, gradients and optimizer states use `params` itself.
     """
     snapped = snap_to_family(params, seq_len, vocab)
-    if snapped is not None:
+    if snapped is not None and snapped[1].heads % tp == 0:
         return snapped[1]
     layers = max(1, round((params / (12 * INFERRED_ASPECT**2)) ** (1 / 3)))
     a, b = 12 * layers, 2 * vocab
     hidden_exact = (-b + math.sqrt(b * b + 4 * a * params)) / (2 * a)
     head_dim = INFERRED_HEAD_DIM if hidden_exact >= 2048 else 64
-    hidden = max(head_dim, head_dim * round(hidden_exact / head_dim))
-    return ModelShape(layers, hidden, hidden // head_dim, vocab, seq_len)
+    step = head_dim * math.lcm(8, tp)
+    candidates = []
+    for hidden in {max(step, step * math.floor(hidden_exact / step)), step * math.ceil(hidden_exact / step)}:
+        per_layer = ModelShape(1, hidden, hidden // head_dim, vocab, seq_len).layer_params()
+        depth = max(1, round((params - 2 * vocab * hidden) / per_layer))
+        shape = ModelShape(depth, hidden, hidden // head_dim, vocab, seq_len)
+        candidates.append((abs(shape.param_count() / params - 1), abs(math.log(hidden / depth / INFERRED_ASPECT)),
+                           shape))
+    close = [c for c in candidates if c[0] <= 0.03]  # within 3%: the better aspect ratio wins
+    return min(close, key=lambda c: c[1])[2] if close else min(candidates, key=lambda c: c[0])[2]

@@ -70,3 +70,11 @@ def test_params_70e9_snaps_to_llama2_70b_with_gqa():
 def test_a_count_far_from_every_family_keeps_the_inferred_shape():
     shape = infer_shape(30e9)
     assert snap_to_family(30e9) is None and shape.hidden % shape.heads == 0
+
+
+@pytest.mark.parametrize("params", [3.5e8, 1.5e9, 3e9, 2e10, 3e10, 1e11, 3e11, 1e12])
+@pytest.mark.parametrize("tp", [1, 8, 16])
+def test_inferred_head_counts_split_over_8_and_the_tensor_parallel_degree(params, tp):
+    shape = infer_shape(params, tp=tp)
+    assert shape.heads % 8 == 0 and shape.heads % tp == 0
+    assert shape.param_count() == pytest.approx(params, rel=0.08)
