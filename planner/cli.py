@@ -100,7 +100,13 @@ def _estimate_options(f):
         click.option("--runtime-gib", type=float, default=memory.DEFAULT_RUNTIME_GIB, show_default=True,
                      help="CUDA context and library workspaces per GPU."),
         click.option("--fragmentation", type=float, default=memory.DEFAULT_FRAGMENTATION, show_default=True,
-                     help="Allocator fragmentation margin (fraction)."),
+                     help="Share of reserved GPU memory the allocator cannot use (GMLake's measured average)."),
+        click.option("--finetune", type=click.Choice(["full", "lora", "qlora", "prompt"]),
+                     help="Fine-tune instead of pretraining: all weights, LoRA, QLoRA (4-bit NF4 base) or prompt tuning."),
+        click.option("--lora-rank", type=int, default=8, show_default=True, help="LoRA/QLoRA rank r."),
+        click.option("--lora-modules", default="q,v", show_default=True,
+                     help="Adapted matrices: q,k,v,o,gate,up,down (or q_proj,... names)."),
+        click.option("--soft-tokens", type=int, default=20, show_default=True, help="Prompt tuning: soft tokens k."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -129,6 +135,9 @@ def build_request(kw: dict):
         shape = shape_from_hf(hf_config, kw["seq_len"])
     catalog = kw.pop("gpu_catalog")
     kw["flash_attention"] = not kw.pop("no_flash_attention")
+    from planner.finetune import parse_modules
+
+    kw["lora_modules"] = parse_modules(kw["lora_modules"])
     return EstimateRequest(shape=shape, catalog=load_catalog(catalog) if catalog else None, **kw)
 
 

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field, fields, replace
 
 from planner import activations, checks, compute, memory
+from planner import finetune as finetune_mod
 from planner.errors import PlannerError
 from planner.hardware import GPU, get_gpu
 from planner.shapes import ModelShape, get_preset, infer_shape, snap_to_family
@@ -45,7 +46,17 @@ class EstimateRequest:
     price: float | None = None  # USD per GPU-hour; None: the catalog's
     runtime_gib: float = memory.DEFAULT_RUNTIME_GIB
     fragmentation: float = memory.DEFAULT_FRAGMENTATION
+    finetune: str | None = None  # None: pretraining; full | lora | qlora | prompt (planner.finetune)
+    lora_rank: int = 8
+    lora_modules: tuple[str, ...] = finetune_mod.DEFAULT_LORA_MODULES
+    soft_tokens: int = 20
     catalog: dict[str, GPU] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def finetune_spec(self) -> finetune_mod.FineTune | None:
+        if self.finetune is None:
+            return None
+        return finetune_mod.FineTune(self.finetune, self.lora_rank, tuple(self.lora_modules), self.soft_tokens)
 
 
 #: Parameter counts the planner accepts: from a toy model to 100x today's largest dense ones.
@@ -249,8 +260,31 @@ def memory_breakdown(params: float, shape: ModelShape, strategy: memory.Strategy
     )
 
 
+def finetune_breakdown(req: EstimateRequest, model: ResolvedModel, strategy: memory.Strategy,
+                       micro_batch: int) -> MemoryBreakdown:
+    """LoRA, QLoRA or prompt tuning on each data-parallel replica (planner.finetune)."""
+    ft = req.finetune_spec
+    if strategy.engine != "ddp" or req.tp != 1:
+        raise PlannerError(f"--finetune {ft.method}: adapters are planned on one GPU or DDP replicas; "
+                           "drop --zero/--fsdp/--tp (the frozen base is small enough to replicate)")
+    if req.checkpointing == "selective":
+        raise PlannerError(f"--finetune {ft.method}: use --checkpointing none or full with adapters")
+    lines = finetune_mod.state_lines(model.shape, ft)
+    states = memory.ModelStates(lines, dict.fromkeys(lines, 0.0), {})
+    tokens = micro_batch * (model.shape.seq_len + (ft.soft_tokens if ft.method == "prompt" else 0))
+    return MemoryBreakdown(
+        states=states, activations_fixed=0.0,
+        activations=finetune_mod.activation_bytes(model.shape, ft, micro_batch, req.checkpointing)
+        + finetune_mod.recompute_bytes(model.shape, ft, micro_batch, req.checkpointing),
+        logits=activations.loss_backward_bytes_per_token(model.shape) * tokens, comm_buffers=0.0,
+        runtime=req.runtime_gib * 2**30, fragmentation_fraction=req.fragmentation,
+        gradients_kept_through_forward=False)
+
+
 def _breakdown_for(req: EstimateRequest, model: ResolvedModel, strategy: memory.Strategy,
                    micro_batch: int | None = None) -> MemoryBreakdown:
+    if req.finetune not in (None, "full"):
+        return finetune_breakdown(req, model, strategy, req.micro_batch if micro_batch is None else micro_batch)
     return memory_breakdown(
         model.params, model.shape, strategy, precision=req.precision, optimizer=req.optimizer,
         convention=req.convention or memory.default_convention(strategy),
@@ -296,6 +330,9 @@ def min_gpus_that_fit(req: EstimateRequest, model: ResolvedModel, capacity: floa
     """
     result: dict[str, int | None] = {}
     for name, kw in COMPARED_STRATEGIES:
+        if req.finetune not in (None, "full") and kw:  # adapters are planned on DDP replicas only
+            continue
+
         def fits(dp: int, kw=kw) -> bool:
             strategy = memory.make_strategy(dp, offload="none", **kw)
             return _breakdown_for(req, model, strategy).total <= capacity
@@ -317,6 +354,19 @@ def _peer_estimates(model: ResolvedModel, strategy: memory.Strategy) -> dict[str
     ds = memory.deepspeed_estimator_gpu_bytes(model.params, model.shape.largest_layer_params(), strategy.stage,
                                               strategy.shard_degree, strategy.offload)
     return {} if ds is None else {"deepspeed_estimator_model_states_gpu_bytes": ds}
+
+
+def _finetune_summary(req: EstimateRequest, model: ResolvedModel) -> dict | None:
+    ft = req.finetune_spec
+    if ft is None:
+        return None
+    trainable = finetune_mod.trainable_params(model.shape, ft)
+    return {"method": ft.method, "trainable_params": trainable, "trainable_share": trainable / model.shape.param_count(),
+            "rank": ft.rank if ft.adapters else None, "modules": list(ft.modules) if ft.adapters else None,
+            "soft_tokens": ft.soft_tokens if ft.method == "prompt" else None,
+            "source": {"full": "all parameters trained (as pretraining)", "lora": "Hu et al. 2021",
+                       "qlora": "Dettmers et al. 2023 (NF4 + double quantisation)",
+                       "prompt": "Lester et al. 2021"}[ft.method]}
 
 
 def teaching_view(params: float) -> dict[str, float]:
@@ -390,5 +440,6 @@ def estimate(req: EstimateRequest) -> dict:
         **{k: getattr(comp, k) for k in ("flops", "flops_6nd", "pf_days", "gpu_hours", "wall_days", "cost_usd")},
         "compute": comp.to_dict(),
         "rule_of_thumb": teaching_view(model.params),
+        "finetune": _finetune_summary(req, model),
         "request": {f.name: getattr(req, f.name) for f in fields(req) if f.name not in ("catalog", "shape")},
     }

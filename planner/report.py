@@ -36,6 +36,13 @@ def render_estimate(r: dict) -> str:
         f"{'flash attention' if tr['flash_attention'] else 'no flash attention'}, "
         f"accounting: {tr['convention']}",
     ]
+    ft = r.get("finetune")
+    if ft:
+        detail = {"lora": f", rank {ft['rank']} on {','.join(ft['modules'] or [])}",
+                  "qlora": f", rank {ft['rank']} on {','.join(ft['modules'] or [])}, 4-bit NF4 base",
+                  "prompt": f", {ft['soft_tokens']} soft tokens"}.get(ft["method"], "")
+        head.append(f"Fine-tune  {ft['method']}{detail}: {ft['trainable_params']:,} trainable parameters "
+                    f"({ft['trainable_share']:.4%} of the model; {ft['source']})")
     return "\n\n".join([
         "\n".join(head),
         _memory_table(r),
