@@ -90,9 +90,12 @@ def _fit_table(r: dict) -> str:
     verdict = "yes" if r["fits"] else "NO"
     lines = [f"Fits on {r['hardware']['gpu']} ({_gib(cap)} GiB): {verdict}, {_gib(total)} GiB needed, "
              f"headroom {_gib(r['headroom_bytes'])} GiB; largest micro-batch that fits: {r['max_micro_batch']}"]
-    rows = [[name, "-" if n is None else f"{n:,}"] for name, n in r["min_gpus_to_fit"].items()]
-    lines.append(tabulate(rows, headers=["Strategy", "Fewest GPUs that fit"], tablefmt="simple",
-                          disable_numparse=True))
+    per_node = r["hardware"]["gpus_per_node"]
+    rows = [[name, "-" if n is None else f"{n:,}",
+             "-" if n is None else f"{r['min_nodes_to_fit'][name]:,} ({r['min_nodes_to_fit'][name] * per_node:,} GPUs)"]
+            for name, n in r["min_gpus_to_fit"].items()]
+    lines.append(tabulate(rows, headers=["Strategy", "Fewest GPUs that fit", f"whole nodes of {per_node}"],
+                          tablefmt="simple", disable_numparse=True))
     return "\n".join(lines)
 
 

@@ -150,3 +150,10 @@ def test_deepspeeds_estimator_is_shown_with_equal_or_the_one_reason_it_differs(f
     out = run_cli("estimate", "--params", "7e9", "--gpus", "8", *flags).stdout
     line = next(x for x in out.splitlines() if x.startswith("DeepSpeed's own estimator"))
     assert says in line and ("equal" not in line or "leaves out" not in line)
+
+
+def test_fewest_gpus_are_also_given_in_whole_nodes(capsys):
+    r = estimate_json(capsys, "--params", "7e9", "--gpus-per-node", "8")
+    for name, gpus in r["min_gpus_to_fit"].items():
+        if gpus is not None:
+            assert r["min_nodes_to_fit"][name] == -(-gpus // 8)
