@@ -20,10 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 def small_disk(tmp_path):
-    def mount(size: str) -> Path:
+    def mount(size: str, read_only: bool = False) -> Path:
         point = tmp_path / f"disk-{uuid.uuid4().hex[:8]}"
         point.mkdir()
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True)
+        options = f"size={size}" + (",ro" if read_only else "")
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
         if r.returncode:
             pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
         mounted.append(point)
@@ -73,3 +74,23 @@ def test_curation_on_a_full_disk_is_one_line_and_exit_2(tmp_path, small_disk):
     assert r.returncode == 2, (r.stdout[-500:], r.stderr[-2000:])
     assert len(r.stderr.strip().splitlines()) == 1 and "No space left on device" in r.stderr, r.stderr[-2000:]
     assert str(disk) in r.stderr  # the message names the file
+
+
+@pytest.mark.parametrize("argv", [
+    ["planner.cli", "emit", "--out", "{d}/plan", "--params", "1e9"],
+    ["planner.cli", "fit", "curve", "{csv}", "--x-col", "d", "--out", "{d}/law.json"],
+    ["pretrain.data.synthetic", "{d}/syn", "--rows", "8"],
+    ["launch.cli", "slurm", "{run}", "--nodes", "1", "--out", "{d}/job.sbatch", "--force"],
+])
+def test_a_read_only_disk_is_one_line_naming_the_path(tmp_path, small_disk, argv):
+    disk = small_disk("1m", read_only=True)
+    csv = tmp_path / "runs.csv"
+    csv.write_text("n,d,loss\n1,10,4.0\n2,20,3.6\n3,40,3.3\n4,80,3.1\n5,160,3.0\n")
+    run = tmp_path / "run.yaml"
+    run.write_text(f"name: ok\ndata: {{train: {tmp_path}}}\n")
+    (tmp_path / "manifest.json").write_text("{}")
+    args = [a.format(d=disk, csv=csv, run=run) for a in argv]
+    r = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=tmp_path, timeout=300,
+                       env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+    assert "Read-only file system" in r.stderr and str(disk) in r.stderr
