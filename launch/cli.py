@@ -30,8 +30,6 @@ from launch.commands import (
 from launch.preflight import LaunchError, preflight
 from planner import checks
 
-RDZV_PORT = 29500
-
 
 def _load(config: str, overrides: tuple[str, ...]):
     from pretrain.config import load_config
@@ -53,6 +51,15 @@ def cli() -> None:
     """Start pretraining jobs from run configs (run.yaml from `planner emit`)."""
 
 
+def free_port() -> int:
+    """A TCP port free on this machine now (the OS picks it), so concurrent jobs never collide."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _common(f):
     f = click.option("--force", is_flag=True, help="Launch even if the planner says it will not fit.")(f)
     f = click.option("--verify", is_flag=True, help="Also dry-run the real model and engine at this world size "
@@ -65,9 +72,11 @@ def _common(f):
 @cli.command()
 @_common
 @click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="Processes (GPUs) on this machine.")
-@click.option("--master-port", type=int, default=RDZV_PORT, show_default=True, help="For the deepspeed launcher.")
+@click.option("--master-port", type=int, help="For the deepspeed launcher (default: a port free right now).")
 def local(config, overrides, force, verify, dry_run, nproc, master_port):
     """Run on this machine with torchrun, or the deepspeed launcher when the engine is DeepSpeed."""
+    if master_port is None:
+        master_port = free_port()
     checks.port("--master-port", master_port)
     cfg = _load(config, overrides)
     check = preflight(cfg, nproc, nproc, force, verify)
@@ -84,7 +93,7 @@ def local(config, overrides, force, verify, dry_run, nproc, master_port):
 @click.option("--hostfile", required=True, type=click.Path(), help="`hostname slots=N` per node.")
 @click.option("--node-rank", type=int, required=True, help="This node's index in the hostfile.")
 @click.option("--master-addr", required=True, help="Address of node 0 (the rendezvous endpoint).")
-@click.option("--master-port", type=int, default=RDZV_PORT, show_default=True)
+@click.option("--master-port", type=int, required=True, help="A port free on node 0, the same on every node.")
 @click.option("--max-restarts", type=int, default=3, show_default=True, help="torchrun restarts on failure.")
 def nodes(config, overrides, force, verify, dry_run, hostfile, node_rank, master_addr, master_port, max_restarts):
     """Run this node's share of a multi-node job (torchrun, c10d rendezvous)."""

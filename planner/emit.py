@@ -21,7 +21,12 @@ from planner.io import atomic_write_text
 from planner.plan import EstimateRequest, estimate, resolve_model
 
 DEFAULT_BATCH_TOKENS = 2**22  # ~4M tokens per optimizer step, as LLaMA (Touvron et al. 2023)
-RDZV_PORT = 29500
+#: Emitted scripts take the rendezvous port from MASTER_PORT; where none is set they pick one that is
+#: free (local launcher) or derive it from the Slurm job id (distinct for concurrent jobs), never a
+#: fixed port that a second job on the same node would collide with.
+FREE_PORT_SH = ("$(python3 -c 'import socket; s = socket.socket(); s.bind((\"\", 0)); "
+                "print(s.getsockname()[1])')")
+SLURM_PORT_SH = "$((20000 + SLURM_JOB_ID % 20000))"
 
 
 @dataclass(frozen=True)
@@ -213,16 +218,18 @@ def launch_scripts(req: EstimateRequest, opts: EmitOptions) -> dict[str, str]:
     scripts = {
         "launch_torchrun.sh": head + f"exec torchrun --standalone --nproc_per_node={_q(per_node)} {train}\n",
         "launch_torchrun_multinode.sh": head + (
-            "# Run on every node with NODE_RANK set (0 .. nodes-1) and MASTER_ADDR = node 0's address.\n"
-            f": \"${{MASTER_ADDR:?set MASTER_ADDR to node 0}}\" \"${{NODE_RANK:?set NODE_RANK}}\"\n"
+            "# Run on every node with NODE_RANK set (0 .. nodes-1), MASTER_ADDR = node 0's address and\n"
+            "# MASTER_PORT = a port free on node 0 (the same on every node).\n"
+            ": \"${MASTER_ADDR:?set MASTER_ADDR to node 0}\" \"${NODE_RANK:?set NODE_RANK}\" "
+            "\"${MASTER_PORT:?set MASTER_PORT to a free port on node 0}\"\n"
             f"exec torchrun --nnodes={_q(nodes)} --nproc_per_node={_q(per_node)} --node_rank=\"$NODE_RANK\" "
-            f"--rdzv_backend=c10d --rdzv_endpoint=\"$MASTER_ADDR:{RDZV_PORT}\" --rdzv_id={_q(opts.name)} "
+            f"--rdzv_backend=c10d --rdzv_endpoint=\"$MASTER_ADDR:$MASTER_PORT\" --rdzv_id={_q(opts.name)} "
             f"--max_restarts={_q(opts.max_restarts)} {train}\n"),
         "hostfile": "".join(f"node{i} slots={per_node}\n" for i in range(nodes)),
         "launch_deepspeed.sh": head + (
             "# Edit `hostfile` (one `host slots=N` line per node); the launcher reaches nodes over ssh.\n"
             f"exec deepspeed --hostfile hostfile --num_nodes {_q(nodes)} --num_gpus {_q(per_node)} "
-            f"--master_port {_q(RDZV_PORT)} --module pretrain.train --config run.yaml\n"),
+            f"--master_port \"${{MASTER_PORT:-{FREE_PORT_SH}}}\" --module pretrain.train --config run.yaml\n"),
         "slurm.sbatch": sbatch_script(nodes, per_node, opts),
     }
     return scripts
@@ -250,7 +257,8 @@ def sbatch_script(nodes: int, per_node: int, opts: EmitOptions) -> str:
         "export NCCL_ASYNC_ERROR_HANDLING=1 TORCH_NCCL_ASYNC_ERROR_HANDLING=1\n"
         "export NCCL_DEBUG=${NCCL_DEBUG:-WARN} OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}\n"
         f"srun torchrun --nnodes=\"$SLURM_NNODES\" --nproc_per_node={_q(per_node)} "
-        f"--rdzv_backend=c10d --rdzv_endpoint=\"$head_node:{RDZV_PORT}\" --rdzv_id=\"$SLURM_JOB_ID\" "
+        f"--rdzv_backend=c10d --rdzv_endpoint=\"$head_node:${{MASTER_PORT:-{SLURM_PORT_SH}}}\" "
+        "--rdzv_id=\"$SLURM_JOB_ID\" "
         f"--max_restarts={_q(opts.max_restarts)} -m pretrain.train --config run.yaml\n"
     )
 

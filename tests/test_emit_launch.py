@@ -136,8 +136,18 @@ def test_bad_hostfile_or_node_rank_starts_nothing(tmp_path, data, hostfile, rank
     config = tiny_emit(tmp_path, data)
     (tmp_path / "hosts").write_text(hostfile)
     out = launch("nodes", str(config), "--hostfile", str(tmp_path / "hosts"), "--node-rank", str(rank),
-                 "--master-addr", "127.0.0.1", cwd=tmp_path)
+                 "--master-addr", "127.0.0.1", "--master-port", str(free_port()), cwd=tmp_path)
     assert out.returncode == 2 and message in out.stderr and "+ " not in out.stdout
+
+
+def test_multinode_launch_needs_an_explicit_port_and_no_file_holds_a_fixed_one(tmp_path, data):
+    config = tiny_emit(tmp_path, data)
+    (tmp_path / "hosts").write_text("127.0.0.1 slots=1\n127.0.0.1 slots=1\n")
+    out = launch("nodes", str(config), "--hostfile", str(tmp_path / "hosts"), "--node-rank", "0",
+                 "--master-addr", "127.0.0.1", cwd=tmp_path)
+    assert out.returncode == 2 and "--master-port" in out.stderr
+    for script in (tmp_path / "emit").glob("*.s*"):
+        assert "29500" not in script.read_text()
 
 
 @pytest.mark.parametrize("override, key", [("train.bogus=1", "bogus"), ("train.micro_batch=x", "train.micro_batch"),
