@@ -11,7 +11,6 @@ fit (unless --force), checks the data and tokenizer paths, and prints the exact 
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -117,31 +116,57 @@ def nodes(config, overrides, force, verify, dry_run, hostfile, node_rank, master
 @click.option("--nodes", "num_nodes", type=click.IntRange(1), required=True)
 @click.option("--gpus-per-node", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--partition", help="SLURM partition.")
-@click.option("--time", "time_limit", default="48:00:00", show_default=True)
-@click.option("--out", "script_path", type=click.Path(), help="Where to write the script (default: beside run.yaml).")
+@click.option("--time", "time_limit", help="SLURM time limit (default: the plan's wall-clock with a margin).")
+@click.option("--max-time", default="48:00:00", show_default=True,
+              help="The partition's limit: a longer plan becomes a chain of dependent jobs (submit-launch.sh).")
+@click.option("--env-setup", help="Line that activates the environment (default: this virtual environment).")
+@click.option("--out", "script_path", type=click.Path(),
+              help="Where to write the script (default: slurm-launch.sbatch beside run.yaml; the emitted "
+                   "slurm.sbatch is never overwritten).")
 @click.option("--submit", is_flag=True, help="Submit with sbatch after writing.")
-def slurm(config, overrides, force, verify, dry_run, num_nodes, gpus_per_node, partition, time_limit, script_path, submit):
-    """Write (and with --submit, submit) a SLURM batch script for the job."""
-    from planner.emit import EmitOptions, sbatch_script
+def slurm(config, overrides, force, verify, dry_run, num_nodes, gpus_per_node, partition, time_limit, max_time,
+          env_setup, script_path, submit):
+    """Write (and with --submit, submit) a SLURM batch script for the job; --dry-run writes nothing."""
+    from planner import slurm as slurm_scripts
     from planner.io import atomic_write_text
 
-    checks.slurm_time("--time", time_limit)
+    if time_limit is not None:
+        checks.slurm_time("--time", time_limit)
     if partition is not None:
         checks.partition("--partition", partition)
     cfg = _load(config, overrides)
-    check = preflight(cfg, num_nodes * gpus_per_node, gpus_per_node, force, verify)
+    world = num_nodes * gpus_per_node
+    check = preflight(cfg, world, gpus_per_node, force, verify)
     click.echo(f"preflight: {check.message}")
-    script = sbatch_script(num_nodes, gpus_per_node, EmitOptions(out_dir=".", name=cfg.name, slurm_partition=partition,
-                                                           slurm_time=time_limit))  # validates every value
-    if overrides:
-        script = script.replace("--config run.yaml", "--config run.yaml " + " ".join(map(shlex.quote, overrides)))
-    path = Path(script_path or Path(config).resolve().parent / "slurm.sbatch")
+    job_dir = Path(config).resolve().parent
+    hours = _plan_hours(cfg, world, gpus_per_node)
+    time, jobs = slurm_scripts.job_layout(hours, max_time, time_limit)
+    script = slurm_scripts.sbatch_script(job_dir=job_dir, name=cfg.name, nodes=num_nodes, per_node=gpus_per_node,
+                                         time=time, partition=partition, max_restarts=3, overrides=list(overrides),
+                                         env_setup=env_setup or slurm_scripts.default_env_setup())
+    path = Path(script_path or job_dir / "slurm-launch.sbatch")
+    chain = path.with_name(f"submit-{path.stem}.sh")
+    if dry_run:
+        click.echo(f"would write {path} (--time {time}, {jobs} chained job(s)) and {chain}; nothing written")
+        click.echo(script, nl=False)
+        return
     atomic_write_text(path, script).chmod(0o755)
-    click.echo(f"wrote {path}")
+    atomic_write_text(chain, slurm_scripts.submit_script(job_dir, jobs, path.name)).chmod(0o755)
+    click.echo(f"wrote {path} (--time {time}) and {chain} ({jobs} chained job(s))")
     if submit:
         if shutil.which("sbatch") is None:
             raise LaunchError("--submit: sbatch is not on PATH (not a SLURM login node?); the script is written")
-        raise click.exceptions.Exit(_run(["sbatch", str(path)], dry_run))
+        raise click.exceptions.Exit(_run(["bash", str(chain)], False))
+
+
+def _plan_hours(cfg, world: int, gpus_per_node: int) -> float | None:
+    """The plan's wall-clock at this world size, when the run config carries a plan."""
+    if not cfg.plan.get("request"):
+        return None
+    from planner.emit import request_from_plan
+    from planner.plan import estimate
+
+    return estimate(request_from_plan(cfg.plan, gpus=world, gpus_per_node=gpus_per_node))["wall_days"] * 24
 
 
 @cli.command()

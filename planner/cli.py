@@ -204,9 +204,12 @@ def verify(steps, as_json, **kw):
 @click.option("--experiment", default="pretrain", show_default=True)
 @click.option("--nodes", type=int, help="Nodes (default: gpus / gpus-per-node).")
 @click.option("--partition", "slurm_partition", help="SLURM partition.")
-@click.option("--time", "slurm_time", default="48:00:00", show_default=True, help="SLURM time limit.")
+@click.option("--time", "slurm_time", help="SLURM time limit (default: the plan's wall-clock with a margin).")
+@click.option("--max-time", default="48:00:00", show_default=True,
+              help="The partition's limit: a longer plan becomes a chain of dependent jobs (submit.sh).")
+@click.option("--env-setup", help="Line that activates the environment in the batch script (default: this venv).")
 def emit(out_dir, name, data_train, data_eval, tokenizer, batch_tokens, lr, checkpoint_every, eval_every, tracking_uri,
-         experiment, nodes, slurm_partition, slurm_time, **kw):
+         experiment, nodes, slurm_partition, slurm_time, max_time, env_setup, **kw):
     """Write run.yaml, ds_config.json, launch scripts, plan.json and PLAN.md for a plan."""
     from planner.emit import EmitOptions
     from planner.emit import emit as run_emit
@@ -216,7 +219,7 @@ def emit(out_dir, name, data_train, data_eval, tokenizer, batch_tokens, lr, chec
     opts = EmitOptions(out_dir=out_dir, name=name, data_train=data_train, data_eval=data_eval, tokenizer=tokenizer,
                        batch_tokens=int(batch_tokens), lr=lr, checkpoint_every=checkpoint_every, eval_every=eval_every,
                        tracking_uri=tracking_uri, experiment=experiment, nodes=nodes, slurm_partition=slurm_partition,
-                       slurm_time=slurm_time)
+                       slurm_time=slurm_time, max_time=max_time, env_setup=env_setup)
     written = run_emit(build_request(kw), opts)
     for path in written.values():
         click.echo(f"wrote {path}")

@@ -15,7 +15,7 @@ import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from planner import checks
+from planner import checks, slurm
 from planner.errors import PlannerError
 from planner.io import atomic_write_text
 from planner.plan import EstimateRequest, estimate, resolve_model
@@ -26,7 +26,6 @@ DEFAULT_BATCH_TOKENS = 2**22  # ~4M tokens per optimizer step, as LLaMA (Touvron
 #: fixed port that a second job on the same node would collide with.
 FREE_PORT_SH = ("$(python3 -c 'import socket; s = socket.socket(); s.bind((\"\", 0)); "
                 "print(s.getsockname()[1])')")
-SLURM_PORT_SH = "$((20000 + SLURM_JOB_ID % 20000))"
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,9 @@ class EmitOptions:
     experiment: str = "pretrain"
     nodes: int | None = None  # None: gpus / gpus_per_node
     slurm_partition: str | None = None
-    slurm_time: str = "48:00:00"
+    slurm_time: str | None = None  # None: the plan's wall-clock with a margin, capped by max_time
+    max_time: str = "48:00:00"  # the partition's limit: longer plans become a chain of jobs
+    env_setup: str | None = None  # None: activate the virtual environment emit runs from
     max_restarts: int = 3
 
     def validate(self) -> EmitOptions:
@@ -67,7 +68,11 @@ class EmitOptions:
             checks.integer("--nodes", self.nodes, 1)
         if self.slurm_partition is not None:
             checks.partition("--partition", self.slurm_partition)
-        checks.slurm_time("--time", self.slurm_time)
+        if self.slurm_time is not None:
+            checks.slurm_time("--time", self.slurm_time)
+        checks.slurm_time("--max-time", self.max_time)
+        if self.env_setup is not None:
+            checks.no_control("--env-setup", self.env_setup)
         checks.integer("--max-restarts", self.max_restarts, 0, 1000)
         return self
 
@@ -207,60 +212,46 @@ def _q(value) -> str:
     return shlex.quote(str(value))
 
 
-def launch_scripts(req: EstimateRequest, opts: EmitOptions) -> dict[str, str]:
+def launch_scripts(req: EstimateRequest, opts: EmitOptions, plan_hours: float | None = None) -> dict[str, str]:
+    """Only the launchers that fit the engine and the world size: torchrun (one node, or every node with
+    c10d rendezvous) for torch engines, the deepspeed launcher (+ hostfile across nodes) for DeepSpeed,
+    and always the SLURM batch script with its submit chain (planner.slurm)."""
     nodes = opts.nodes or max(1, math.ceil(req.gpus / req.gpus_per_node))
     per_node = req.gpus // nodes
     if per_node * nodes != req.gpus:
         raise PlannerError(f"--nodes: {nodes} nodes do not split --gpus {req.gpus} evenly")
     train = "-m pretrain.train --config run.yaml"
-    head = "#!/usr/bin/env bash\n# Emitted by `planner emit`; every value is shell-quoted.\nset -euo pipefail\n" \
-           'cd "$(dirname "$0")"\n'
-    scripts = {
-        "launch_torchrun.sh": head + f"exec torchrun --standalone --nproc_per_node={_q(per_node)} {train}\n",
-        "launch_torchrun_multinode.sh": head + (
+    head = "#!/usr/bin/env bash\n# Emitted by `planner emit`; every value is validated and shell-quoted.\n" \
+           'set -euo pipefail\ncd "$(dirname "$0")"\n'
+    port = f"\"${{MASTER_PORT:-{FREE_PORT_SH}}}\""
+    scripts: dict[str, str] = {}
+    if req.zero is not None and nodes > 1:
+        scripts["hostfile"] = "".join(f"node{i} slots={per_node}\n" for i in range(nodes))
+        scripts["launch_deepspeed.sh"] = head + (
+            "# Edit `hostfile` (one `host slots=N` line per node); the launcher reaches nodes over ssh.\n"
+            f"exec deepspeed --hostfile hostfile --num_nodes {_q(nodes)} --num_gpus {_q(per_node)} "
+            f"--master_port {port} --module pretrain.train --config run.yaml\n")
+    elif req.zero is not None:
+        scripts["launch_deepspeed.sh"] = head + (
+            f"exec deepspeed --num_gpus {_q(per_node)} --master_port {port} --module pretrain.train --config run.yaml\n")
+    elif nodes > 1:
+        scripts["launch_torchrun_multinode.sh"] = head + (
             "# Run on every node with NODE_RANK set (0 .. nodes-1), MASTER_ADDR = node 0's address and\n"
             "# MASTER_PORT = a port free on node 0 (the same on every node).\n"
             ": \"${MASTER_ADDR:?set MASTER_ADDR to node 0}\" \"${NODE_RANK:?set NODE_RANK}\" "
             "\"${MASTER_PORT:?set MASTER_PORT to a free port on node 0}\"\n"
             f"exec torchrun --nnodes={_q(nodes)} --nproc_per_node={_q(per_node)} --node_rank=\"$NODE_RANK\" "
             f"--rdzv_backend=c10d --rdzv_endpoint=\"$MASTER_ADDR:$MASTER_PORT\" --rdzv_id={_q(opts.name)} "
-            f"--max_restarts={_q(opts.max_restarts)} {train}\n"),
-        "hostfile": "".join(f"node{i} slots={per_node}\n" for i in range(nodes)),
-        "launch_deepspeed.sh": head + (
-            "# Edit `hostfile` (one `host slots=N` line per node); the launcher reaches nodes over ssh.\n"
-            f"exec deepspeed --hostfile hostfile --num_nodes {_q(nodes)} --num_gpus {_q(per_node)} "
-            f"--master_port \"${{MASTER_PORT:-{FREE_PORT_SH}}}\" --module pretrain.train --config run.yaml\n"),
-        "slurm.sbatch": sbatch_script(nodes, per_node, opts),
-    }
+            f"--max_restarts={_q(opts.max_restarts)} {train}\n")
+    else:
+        scripts["launch_torchrun.sh"] = head + f"exec torchrun --standalone --nproc_per_node={_q(per_node)} {train}\n"
+    time, jobs = slurm.job_layout(plan_hours, opts.max_time, opts.slurm_time)
+    job_dir = Path(opts.out_dir)
+    scripts["slurm.sbatch"] = slurm.sbatch_script(
+        job_dir=job_dir, name=opts.name, nodes=nodes, per_node=per_node, time=time, partition=opts.slurm_partition,
+        env_setup=opts.env_setup or slurm.default_env_setup(), max_restarts=opts.max_restarts)
+    scripts["submit.sh"] = slurm.submit_script(job_dir, jobs)
     return scripts
-
-
-def sbatch_script(nodes: int, per_node: int, opts: EmitOptions) -> str:
-    """A SLURM batch script: one task per node, srun + torchrun with c10d rendezvous on the first node."""
-    opts.validate()
-    partition = f"#SBATCH --partition={_q(opts.slurm_partition)}\n" if opts.slurm_partition else ""
-    return (
-        "#!/usr/bin/env bash\n"
-        f"#SBATCH --job-name={_q(opts.name)}\n"
-        f"#SBATCH --nodes={_q(nodes)}\n"
-        "#SBATCH --ntasks-per-node=1\n"
-        f"#SBATCH --gpus-per-node={_q(per_node)}\n"
-        f"#SBATCH --cpus-per-task={_q(max(8, per_node * 8))}\n"
-        f"#SBATCH --time={_q(opts.slurm_time)}\n"
-        f"{partition}"
-        "#SBATCH --output=logs/%x-%j.out\n"
-        "#SBATCH --error=logs/%x-%j.err\n"
-        "# Emitted by `planner emit`; every value is shell-quoted.\n"
-        "set -euo pipefail\n"
-        "mkdir -p logs\n"
-        'head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)\n'
-        "export NCCL_ASYNC_ERROR_HANDLING=1 TORCH_NCCL_ASYNC_ERROR_HANDLING=1\n"
-        "export NCCL_DEBUG=${NCCL_DEBUG:-WARN} OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}\n"
-        f"srun torchrun --nnodes=\"$SLURM_NNODES\" --nproc_per_node={_q(per_node)} "
-        f"--rdzv_backend=c10d --rdzv_endpoint=\"$head_node:${{MASTER_PORT:-{SLURM_PORT_SH}}}\" "
-        "--rdzv_id=\"$SLURM_JOB_ID\" "
-        f"--max_restarts={_q(opts.max_restarts)} -m pretrain.train --config run.yaml\n"
-    )
 
 
 def plan_markdown(result: dict, run: dict) -> str:
@@ -288,7 +279,8 @@ def plan_markdown(result: dict, run: dict) -> str:
         f"{c['tokens_per_second']:,.0f} tokens/s expected",
         "",
         "Launch: `launch local run.yaml --nproc N`, `launch nodes ...`, or the scripts here "
-        "(`launch_torchrun.sh`, `launch_torchrun_multinode.sh`, `launch_deepspeed.sh` + `hostfile`, `slurm.sbatch`).",
+        "(the launcher that fits the engine and size: `launch_torchrun.sh`, `launch_torchrun_multinode.sh` or "
+        "`launch_deepspeed.sh` (+ `hostfile`); and `slurm.sbatch` with `submit.sh`).",
         "",
     ]
     return "\n".join(lines)
@@ -306,7 +298,7 @@ def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
         cfg = ds_config(micro_batch=req.micro_batch, grad_accum=run["train"]["grad_accum"], world=req.gpus // req.tp,
                         zero_stage=req.zero, offload=req.offload, bf16=req.precision != "fp32", grad_clip=1.0)
         files["ds_config.json"] = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
-    files.update(launch_scripts(req, opts))
+    files.update(launch_scripts(req, opts, result["wall_days"] * 24))
     out = Path(opts.out_dir)
     written = {}
     for name, text in files.items():

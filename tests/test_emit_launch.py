@@ -38,12 +38,52 @@ def data(tmp_path_factory) -> Path:
 
 def test_emit_writes_every_file_and_twice_gives_identical_bytes(tmp_path):
     args = ["--params", "1e9", "--zero", "3", "--gpus", "16", "--micro-batch", "2"]
-    assert emit(tmp_path / "a", *args) == 0 and emit(tmp_path / "b", *args) == 0
-    names = {p.name for p in (tmp_path / "a").iterdir()}
-    assert {"run.yaml", "ds_config.json", "plan.json", "PLAN.md", "launch_torchrun.sh", "launch_torchrun_multinode.sh",
-            "launch_deepspeed.sh", "hostfile", "slurm.sbatch"} <= names
-    for name in names:
-        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert emit(tmp_path, *args) == 0
+    first = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert emit(tmp_path, *args) == 0
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == first
+    assert set(first) == {"run.yaml", "ds_config.json", "plan.json", "PLAN.md", "launch_deepspeed.sh", "hostfile",
+                          "slurm.sbatch", "submit.sh"}
+
+
+@pytest.mark.parametrize("flags, launchers", [
+    (["--fsdp", "full", "--gpus", "8"], {"launch_torchrun.sh"}),
+    (["--fsdp", "full", "--gpus", "16"], {"launch_torchrun_multinode.sh"}),
+    (["--zero", "2", "--gpus", "8"], {"launch_deepspeed.sh"}),
+    (["--zero", "2", "--gpus", "16"], {"launch_deepspeed.sh", "hostfile"}),
+])
+def test_only_the_launchers_that_fit_the_engine_and_size_are_emitted(tmp_path, flags, launchers):
+    assert emit(tmp_path, "--params", "1e9", *flags) == 0
+    written = {p.name for p in tmp_path.iterdir()} - {"run.yaml", "ds_config.json", "plan.json", "PLAN.md",
+                                                      "slurm.sbatch", "submit.sh"}
+    assert written == launchers
+
+
+def test_sbatch_is_absolute_logs_into_the_job_folder_and_chains_a_long_plan(tmp_path):
+    # LLaMA-2-7B on 64 A100s for 2T tokens: the plan is days long; 48 h jobs chain with afterany.
+    assert emit(tmp_path, "--model", "llama2-7b", "--gpus", "64", "--fsdp", "full", "--tokens", "2e12",
+                "--env-setup", "source /opt/venv/bin/activate") == 0
+    sbatch = (tmp_path / "slurm.sbatch").read_text()
+    job = str(tmp_path.resolve())
+    assert f"#SBATCH --chdir={job}" in sbatch and f"#SBATCH --output={job}/slurm-%x-%j.out" in sbatch
+    assert "mkdir" not in sbatch and "logs/" not in sbatch and f"--config {job}/run.yaml" in sbatch
+    assert "source /opt/venv/bin/activate" in sbatch and "NCCL_ASYNC_ERROR_HANDLING=1 " not in sbatch.replace(
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING=1 ", "")
+    plan_hours = json.loads((tmp_path / "plan.json").read_text())["wall_days"] * 24
+    submit = (tmp_path / "submit.sh").read_text()
+    jobs = int(submit.split("seq 2 ")[1].split(")")[0])
+    assert "#SBATCH --time=48:00:00" in sbatch and jobs * 47.75 >= plan_hours * 1.1 > (jobs - 1) * 47.75
+    assert "--dependency=afterany" in submit
+
+
+def test_a_short_plan_gets_its_own_time_with_a_margin(tmp_path):
+    assert emit(tmp_path, "--params", "1e8", "--gpus", "8", "--fsdp", "full", "--tokens", "1e9") == 0
+    plan_hours = json.loads((tmp_path / "plan.json").read_text())["wall_days"] * 24
+    time = next(x for x in (tmp_path / "slurm.sbatch").read_text().splitlines() if x.startswith("#SBATCH --time="))
+    days, hms = time.split("=")[1].split("-")
+    h, m, _ = map(int, hms.split(":"))
+    assert int(days) * 24 + h + m / 60 == pytest.approx(plan_hours * 1.1 + 0.25, abs=1 / 60)
+    assert "seq 2 1)" in (tmp_path / "submit.sh").read_text()  # one job
 
 
 def test_emitted_run_config_loads_and_matches_the_plan(tmp_path):
@@ -70,7 +110,7 @@ def test_emitted_ds_config_passes_deepspeeds_own_config_class(tmp_path, monkeypa
 
 def test_launch_scripts_are_valid_shell_and_names_are_plain(tmp_path):
     assert emit(tmp_path, "--params", "1e9", "--gpus", "16", "--name", "run-7b_v1.2") == 0
-    for name in ("launch_torchrun.sh", "launch_torchrun_multinode.sh", "launch_deepspeed.sh", "slurm.sbatch"):
+    for name in ("launch_torchrun_multinode.sh", "slurm.sbatch", "submit.sh"):
         assert subprocess.run(["bash", "-n", str(tmp_path / name)]).returncode == 0, name
     assert "--job-name=run-7b_v1.2" in (tmp_path / "slurm.sbatch").read_text()
     assert emit(tmp_path / "other", "--params", "1e9", "--name", "it's a run") == 2  # checks.name
@@ -166,10 +206,21 @@ def test_ds_config_that_disagrees_with_the_world_size_is_refused(tmp_path, data)
 
 def test_slurm_writes_a_script_and_submit_needs_sbatch(tmp_path, data):
     config = tiny_emit(tmp_path, data, "--fsdp", "full")
+    emitted = (tmp_path / "emit/slurm.sbatch").read_bytes()
     out = launch("slurm", str(config), "--nodes", "2", "--gpus-per-node", "1", "--submit", cwd=tmp_path)
-    script = (tmp_path / "emit/slurm.sbatch").read_text()
+    script = (tmp_path / "emit/slurm-launch.sbatch").read_text()
     assert "#SBATCH --nodes=2" in script and "--rdzv_backend=c10d" in script
+    assert (tmp_path / "emit/submit-slurm-launch.sh").is_file()
+    assert (tmp_path / "emit/slurm.sbatch").read_bytes() == emitted  # the emitted script is never rewritten
     assert out.returncode == 2 and "sbatch is not on PATH" in out.stderr
+
+
+def test_slurm_dry_run_writes_nothing(tmp_path, data):
+    config = tiny_emit(tmp_path, data, "--fsdp", "full")
+    before = sorted(p.name for p in (tmp_path / "emit").iterdir())
+    out = launch("slurm", str(config), "--nodes", "2", "--gpus-per-node", "1", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0 and "nothing written" in out.stdout and "#SBATCH --nodes=2" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "emit").iterdir()) == before
 
 
 def test_launch_verify_preflight_measures_the_real_engine_at_the_launch_size(tmp_path, data):
@@ -177,3 +228,23 @@ def test_launch_verify_preflight_measures_the_real_engine_at_the_launch_size(tmp
     out = launch("local", str(config), "--nproc", "2", "--dry-run", "--verify", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "verify at 2 GPU(s): measured peak" in out.stdout
+
+
+#: Long options of sbatch(1) that our scripts may use (Slurm 22.05 man page), with their value formats.
+SBATCH_DOCUMENTED = {"job-name", "chdir", "output", "error", "nodes", "ntasks-per-node", "gpus-per-node",
+                     "cpus-per-task", "time", "partition", "dependency", "requeue", "signal", "parsable"}
+
+
+def test_every_sbatch_directive_is_a_documented_option_with_a_valid_value(tmp_path):
+    from planner.checks import slurm_time
+
+    assert emit(tmp_path, "--model", "llama2-7b", "--gpus", "64", "--fsdp", "full", "--partition", "gpu") == 0
+    directives = [x[len("#SBATCH --"):] for x in (tmp_path / "slurm.sbatch").read_text().splitlines()
+                  if x.startswith("#SBATCH")]
+    options = dict(d.split("=", 1) for d in directives)
+    assert set(options) <= SBATCH_DOCUMENTED
+    assert all(options[k].isdigit() for k in ("nodes", "ntasks-per-node", "gpus-per-node", "cpus-per-task"))
+    slurm_time("--time", options["time"])
+    assert options["chdir"].startswith("/") and options["output"].startswith(options["chdir"])
+    submit = (tmp_path / "submit.sh").read_text()
+    assert "sbatch --parsable" in submit and "--dependency=afterany:" in submit
