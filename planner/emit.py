@@ -289,6 +289,9 @@ def plan_markdown(result: dict, run: dict) -> str:
 def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
     """Write every file; returns name -> path. Refuses a plan that does not fit (the user sees why)."""
     opts.validate()
+    if req.tp != 1:  # every emitted plan must run: refuse what the trainer cannot do yet
+        raise PlannerError("--tp: the trainer has no tensor parallelism yet, so a TP plan would train another "
+                           "batch than planned; emit with --tp 1 (`planner estimate --tp` still estimates it)")
     result = estimate(req)
     run = build_run_config(req, opts, result)
     files: dict[str, str] = {"run.yaml": _yaml(run), "plan.json": json.dumps(result, indent=2, sort_keys=True) + "\n",

@@ -248,3 +248,32 @@ def test_every_sbatch_directive_is_a_documented_option_with_a_valid_value(tmp_pa
     assert options["chdir"].startswith("/") and options["output"].startswith(options["chdir"])
     submit = (tmp_path / "submit.sh").read_text()
     assert "sbatch --parsable" in submit and "--dependency=afterany:" in submit
+
+
+ROUND_TRIP = {
+    "ddp": [], "zero1": ["--zero", "1"], "zero2": ["--zero", "2"], "zero3": ["--zero", "3"],
+    "zero3-offload": ["--zero", "3", "--offload", "all"], "fsdp-full": ["--fsdp", "full"],
+    "fsdp-shard-grad-op": ["--fsdp", "shard-grad-op"], "fsdp-hybrid": ["--fsdp", "hybrid", "--sharding-factor", "2"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ROUND_TRIP)
+def test_round_trip_emit_launch_train_matches_the_plans_batch_and_tokens(tmp_path, data, strategy):
+    # planner emit -> launch preflight -> pretrain on 2 CPU processes for 3 steps
+    out = tmp_path / "emit"
+    assert emit(out, *TINY_SHAPE, "--gpus", "2", "--gpus-per-node", "2", "--micro-batch", "2", "--batch-tokens", "512",
+                "--tokens", "1536", "--data", str(data), "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db",
+                "--precision", "fp32", *ROUND_TRIP[strategy]) == 0
+    cfg = load_config(out / "run.yaml")
+    r = launch("local", str(out / "run.yaml"), "--nproc", "2", "tracking.enabled=false", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "runs/run/summary.json").read_text())
+    per_step = cfg.train.micro_batch * cfg.train.grad_accum * 2 * cfg.model.seq_len
+    assert per_step == 512 and cfg.train.steps == 3
+    assert summary["steps"] == 3 and summary["tokens_seen"] == 1536
+
+
+def test_a_tensor_parallel_plan_is_not_emitted_until_the_trainer_runs_it(tmp_path, capsys):
+    assert emit(tmp_path, "--params", "1e9", "--gpus", "4", "--tp", "2", "--zero", "2") == 2
+    assert "tensor parallelism" in capsys.readouterr().err and not tmp_path.joinpath("run.yaml").exists()
