@@ -115,10 +115,11 @@ def _validate(req: EstimateRequest) -> None:
 class MemoryBreakdown:
     """Bytes on one GPU, by line, at the peak of a training step.
 
-    Two moments compete for the peak: the start of backward (every activation saved, the loss's
+    Three moments compete for the peak: the start of backward (every activation saved, the loss's
     gradient just made, gradients not yet written: our engines zero them with set_to_none, DeepSpeed
-    keeps its buffers) and the optimizer step (all gradients, no activations). `total` is the larger;
-    `lines()` are the lines at that moment. `activations` are the layers' saved tensors for one
+    keeps its buffers), inside the layers' backward under FSDP2 (`fsdp_layer_backward`) and the
+    optimizer step (all gradients, no activations). `total` is the largest; `lines()` are the lines
+    at that moment. `activations` are the layers' saved tensors for one
     micro-batch plus one layer's recompute working set; `activations_fixed` is what the layers keep
     per micro-batch whatever its size (autocast's 16-bit weight copies); `logits` is the output
     layer's share, its backward transient included (`planner.activations`).
@@ -310,10 +311,12 @@ def sweep_memory(req: EstimateRequest, configs) -> list[tuple[float, bool]]:
 def max_micro_batch_for(req: EstimateRequest, model: ResolvedModel, strategy: memory.Strategy,
                         capacity: float) -> int:
     one = _breakdown_for(req, model, strategy, micro_batch=1)
-    if memory.max_micro_batch(one.step_bytes, 0.0, capacity, req.fragmentation) == 0 and \
-            one.step_bytes / (1 - req.fragmentation) > capacity:
+    if one.step_bytes / (1 - req.fragmentation) > capacity:
         return 0  # the optimizer step alone does not fit
-    return memory.max_micro_batch(one.fixed, one.per_batch, capacity, req.fragmentation)
+    b = memory.max_micro_batch(one.fixed, one.per_batch, capacity, req.fragmentation)  # backward-start moment
+    while b > 0 and _breakdown_for(req, model, strategy, micro_batch=b).total > capacity:
+        b -= 1  # another moment (FSDP2's layer backward) is the peak at this size
+    return b
 
 
 #: Strategies compared in the "smallest GPU count that fits" table.

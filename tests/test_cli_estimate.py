@@ -157,3 +157,15 @@ def test_fewest_gpus_are_also_given_in_whole_nodes(capsys):
     for name, gpus in r["min_gpus_to_fit"].items():
         if gpus is not None:
             assert r["min_nodes_to_fit"][name] == -(-gpus // 8)
+
+
+@pytest.mark.parametrize("flags", [["--fsdp", "full", "--gpus", "64"], ["--zero", "2", "--gpus", "8"], ["--gpus", "8"],
+                                   ["--fsdp", "full", "--gpus", "8", "--gpu", "a100-40gb"]])
+def test_the_largest_micro_batch_fits_and_one_more_does_not(capsys, flags):
+    r = estimate_json(capsys, "--model", "llama-7b", *flags)
+    b, cap = r["max_micro_batch"], r["gpu_memory_bytes"]
+    if b:
+        assert estimate_json(capsys, "--model", "llama-7b", *flags, "--micro-batch", str(b))["memory_per_gpu_bytes"][
+            "total"] <= cap
+    assert estimate_json(capsys, "--model", "llama-7b", *flags, "--micro-batch", str(b + 1))["memory_per_gpu_bytes"][
+        "total"] > cap
