@@ -191,21 +191,27 @@ def request_from_plan(plan: dict, gpus: int | None = None, gpus_per_node: int | 
     return replace(req, gpus=gpus or req.gpus, gpus_per_node=gpus_per_node or req.gpus_per_node)
 
 
-def request_from_run_config(path: str) -> EstimateRequest:
-    """The request behind a run config: its embedded plan when `planner emit` wrote it, else the job its
-    model, train and engine sections describe (8 GPUs of the default kind)."""
-    from pretrain.config import load_config, to_shape  # torch-free: typed config only
+def request_from_config(cfg, gpus: int | None = None) -> EstimateRequest:
+    """The job a loaded RunConfig's model, train and engine sections describe (on `gpus`, default 8)."""
+    from pretrain.config import to_shape  # torch-free: typed config only
 
-    cfg = load_config(path)
-    if cfg.plan.get("request"):
-        return request_from_plan(cfg.plan)
     e = cfg.engine
     kw = {"zero": e.zero_stage} if e.name == "deepspeed" else {}
     if e.name == "fsdp":
         kw = {"fsdp": e.fsdp_mode, "sharding_factor": e.sharding_factor}
     return EstimateRequest(shape=to_shape(cfg.model), micro_batch=cfg.train.micro_batch,
                            precision=cfg.train.precision, offload=e.offload,
-                           checkpointing="full" if cfg.train.activation_checkpointing else "none", **kw)
+                           checkpointing="full" if cfg.train.activation_checkpointing else "none",
+                           **({"gpus": gpus} if gpus else {}), **kw)
+
+
+def request_from_run_config(path: str) -> EstimateRequest:
+    """The request behind a run config: its embedded plan when `planner emit` wrote it, else the job its
+    model, train and engine sections describe (8 GPUs of the default kind)."""
+    from pretrain.config import load_config
+
+    cfg = load_config(path)
+    return request_from_plan(cfg.plan) if cfg.plan.get("request") else request_from_config(cfg)
 
 
 def _q(value) -> str:

@@ -244,9 +244,10 @@ def memory_breakdown(params: float, shape: ModelShape, strategy: memory.Strategy
     # the larger of the two sits on top of the saved activations at the peak.
     loss_grads = activations.loss_backward_bytes_per_token(shape, tp) * shape.seq_len * micro_batch
     recompute = activations.recompute_bytes(shape, micro_batch, **act_kw)
+    stored = activations.stored_bytes(shape, micro_batch, **act_kw)
     return MemoryBreakdown(
         states=states,
-        activations=activations.stored_bytes(shape, micro_batch, **act_kw) - layers_fixed
+        activations=stored - layers_fixed
         + (recompute if recompute > loss_grads else 0.0),
         activations_fixed=layers_fixed + head_fixed,
         logits=activations.head_bytes(shape, micro_batch, regime, tp) - head_fixed
@@ -256,8 +257,7 @@ def memory_breakdown(params: float, shape: ModelShape, strategy: memory.Strategy
         fragmentation_fraction=fragmentation,
         # torch engines (DDP, FSDP) free gradients with zero_grad(set_to_none=True); DeepSpeed keeps them
         gradients_kept_through_forward=strategy.engine == "deepspeed",
-        layer_backward=fsdp_layer_backward(shape, strategy, precision, tp,
-                                           activations.stored_bytes(shape, micro_batch, **act_kw)),
+        layer_backward=fsdp_layer_backward(shape, strategy, precision, tp, stored),
     )
 
 

@@ -168,10 +168,6 @@ class Tracker:
             self.outbox.append({"kind": "reopen"})
         self.flush()
 
-    @property
-    def fallback(self) -> Path:
-        return self.outbox.journal
-
     def flush(self) -> bool:
         if not self.active:
             return True

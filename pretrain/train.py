@@ -86,18 +86,12 @@ def predicted_activation_bytes(cfg: RunConfig) -> float:
 
 def predicted_peak_bytes(cfg: RunConfig, world: int) -> float | None:
     """The planner's per-rank peak of tensors (no CUDA runtime, no fragmentation), for GPU runs."""
-    from planner.plan import EstimateRequest, estimate
+    from planner.emit import request_from_config
+    from planner.plan import estimate
     from planner.verify import predicted_lines
 
-    e = cfg.engine
-    kw = {"zero": e.zero_stage} if e.name == "deepspeed" else {}
-    if e.name == "fsdp":
-        kw = {"fsdp": e.fsdp_mode, "sharding_factor": e.sharding_factor}
-    req = EstimateRequest(shape=to_shape(cfg.model), gpus=world, micro_batch=cfg.train.micro_batch,
-                          precision=cfg.train.precision, offload="none" if e.offload == "none" else e.offload,
-                          checkpointing="full" if cfg.train.activation_checkpointing else "none", **kw)
     try:
-        return predicted_lines(estimate(req))["allocated"]
+        return predicted_lines(estimate(request_from_config(cfg, world)))["allocated"]
     except PlannerError:
         return None
 

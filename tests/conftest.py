@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from launch.cli import free_port  # noqa: F401 (one definition: tests pick ports as launch does)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -27,9 +28,3 @@ def run_cli(*args: str, module: str = "planner.cli") -> subprocess.CompletedProc
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env,
                           cwd=REPO, timeout=300)
 
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (for servers and rendezvous started by a test)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
