@@ -32,7 +32,7 @@ def bare_loop(cfg, data_dir: Path) -> float:
     torch.manual_seed(0)
     model = Transformer(cfg.model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, foreach=False)
-    batches = PackedBatches(TokenShards.open(data_dir), cfg.train.micro_batch)
+    batches = PackedBatches(TokenShards.open(data_dir), cfg.parallel.micro_batch)
     for i in range(STEPS):
         if i == WARMUP:
             start = time.perf_counter()
@@ -42,12 +42,12 @@ def bare_loop(cfg, data_dir: Path) -> float:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return (STEPS - WARMUP) * cfg.train.micro_batch * cfg.model.seq_len / (time.perf_counter() - start)
+    return (STEPS - WARMUP) * cfg.parallel.micro_batch * cfg.model.seq_len / (time.perf_counter() - start)
 
 
 def our_loop(tmp: Path, data_dir: Path) -> float:
     cfg = load_config(None, [f"data.train={data_dir}", f"out_dir={tmp / 'run'}", f"train.steps={STEPS}",
-                             "train.micro_batch=8", "train.log_every=10", "train.checkpoint_every=100000",
+                             "parallel.micro_batch=8", "train.log_every=10", "train.checkpoint_every=100000",
                              "train.precision=fp32",
                              f"tracking.tracking_uri=sqlite:///{tmp}/mlflow.db", *MODEL])
     train(cfg)
@@ -58,7 +58,7 @@ def our_loop(tmp: Path, data_dir: Path) -> float:
     run_id = json.loads((tmp / "run/mlflow_run.json").read_text())["run_id"]
     stamps = {m.step: m.timestamp for m in MlflowClient(f"sqlite:///{tmp}/mlflow.db").get_metric_history(run_id, "loss")}
     seconds = (stamps[STEPS] - stamps[WARMUP]) / 1000
-    return (STEPS - WARMUP) * cfg.train.micro_batch * cfg.model.seq_len / seconds
+    return (STEPS - WARMUP) * cfg.parallel.micro_batch * cfg.model.seq_len / seconds
 
 
 def main() -> None:
@@ -66,7 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         write_markov_shards(tmp / "data", vocab=512, seq_len=256, rows=1024)
-        cfg = load_config(None, [f"data.train={tmp / 'data'}", "train.micro_batch=8", "train.precision=fp32", *MODEL])
+        cfg = load_config(None, [f"data.train={tmp / 'data'}", "parallel.micro_batch=8", "train.precision=fp32", *MODEL])
         bare = bare_loop(cfg, tmp / "data")
         ours = our_loop(tmp, tmp / "data")
     overhead = 1 - ours / bare

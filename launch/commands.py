@@ -64,4 +64,4 @@ def shell(cmd: list[str]) -> str:
 
 
 def engine_launcher(cfg: RunConfig) -> str:
-    return "deepspeed" if cfg.engine.name == "deepspeed" else "torchrun"
+    return "deepspeed" if cfg.parallel.engine == "deepspeed" else "torchrun"

@@ -32,14 +32,18 @@ def check_paths(cfg: RunConfig) -> None:
 
 
 def check_batch(cfg: RunConfig, world: int) -> None:
-    if cfg.engine.name != "deepspeed" or not cfg.engine.ds_config:
+    """The batch rule at the launch's world size (planner.parallel), and DeepSpeed's JSON agreeing with it."""
+    try:
+        plan = cfg.parallel.with_world(world)
+    except PlannerError as exc:
+        raise LaunchError(str(exc)) from None
+    if plan.engine != "deepspeed" or not cfg.engine.ds_config:
         return
     ds = json.loads(Path(cfg.engine.ds_config).read_text())
-    want = cfg.train.micro_batch * cfg.train.grad_accum * world
-    if ds.get("train_batch_size", want) != want:
-        raise LaunchError(f"engine.ds_config: train_batch_size {ds['train_batch_size']} != micro_batch "
-                          f"{cfg.train.micro_batch} x grad_accum {cfg.train.grad_accum} x {world} ranks = {want}; "
-                          "re-emit the plan for this world size")
+    if ds.get("train_batch_size", plan.batch) != plan.batch:
+        raise LaunchError(f"engine.ds_config: train_batch_size {ds['train_batch_size']} != parallel.micro_batch "
+                          f"{plan.micro_batch} x parallel.grad_accum {plan.grad_accum} x {plan.dp} data-parallel ranks "
+                          f"= {plan.batch}; re-emit the plan for this world size")
 
 
 def check_fit(cfg: RunConfig, world: int, gpus_per_node: int, force: bool) -> Preflight:

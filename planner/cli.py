@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from planner import compute, memory
+from planner import compute, memory, parallel
 from planner.errors import PlannerError, guarded, print_error
 from planner.units import parse_count
 
@@ -82,9 +82,9 @@ def _estimate_options(f):
         click.option("--precision", type=click.Choice(memory.PRECISIONS), default="bf16-mixed", show_default=True),
         click.option("--optimizer", type=click.Choice(memory.OPTIMIZERS), default="adamw", show_default=True),
         click.option("--zero", type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage (0-3)."),
-        click.option("--fsdp", type=click.Choice(memory.FSDP_MODES), help="PyTorch FSDP sharding strategy."),
+        click.option("--fsdp", type=click.Choice(parallel.FSDP_MODES), help="PyTorch FSDP sharding strategy."),
         click.option("--sharding-factor", type=int, help="GPUs per shard group for --fsdp hybrid (default: all)."),
-        click.option("--offload", type=click.Choice(memory.OFFLOAD), default="none", show_default=True,
+        click.option("--offload", type=click.Choice(parallel.OFFLOAD), default="none", show_default=True,
                      help="CPU offload of optimizer states, parameters, or both."),
         click.option("--convention", type=click.Choice(memory.CONVENTIONS),
                      help="Model-state accounting (default: the engine's own; zero-paper: 16 B/param)."),

@@ -15,9 +15,10 @@ import shlex
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from planner import checks, slurm
+from planner import checks, parallel, slurm
 from planner.errors import PlannerError
 from planner.io import atomic_write_text
+from planner.parallel import ParallelPlan
 from planner.plan import EstimateRequest, estimate, resolve_model
 
 DEFAULT_BATCH_TOKENS = 2**22  # ~4M tokens per optimizer step, as LLaMA (Touvron et al. 2023)
@@ -77,51 +78,25 @@ class EmitOptions:
         return self
 
 
-def ds_config(*, micro_batch: int, grad_accum: int, world: int, zero_stage: int, offload: str, bf16: bool,
-              grad_clip: float, cpu: bool = False) -> dict:
-    """The DeepSpeed config for a run: batch sizes that agree, ZeRO stage, bf16, offload, clipping.
-
-    `cpu`: the optimizer is torch's AdamW passed by the trainer (DeepSpeed's fused and CPU Adam
-    compile C++ ops first); on GPUs DeepSpeed's own fused Adam is used with offload to CPU Adam.
-    """
-    zero: dict = {"stage": zero_stage}
-    if zero_stage in (1, 2):
-        zero.update({"overlap_comm": not cpu, "contiguous_gradients": True})
-    if offload in ("optimizer", "all"):
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": not cpu}
-    if offload in ("params", "all"):
-        zero["offload_param"] = {"device": "cpu", "pin_memory": not cpu}
-    return {
-        "train_micro_batch_size_per_gpu": micro_batch,
-        "gradient_accumulation_steps": grad_accum,
-        "train_batch_size": micro_batch * grad_accum * world,
-        "gradient_clipping": grad_clip,
-        "bf16": {"enabled": bf16, "check_grad_overflow": True},
-        "zero_optimization": zero,
-        "zero_allow_untested_optimizer": True,
-        "zero_force_ds_cpu_optimizer": False,
-        "steps_per_print": 1_000_000_000,
-        "wall_clock_breakdown": False,
-    }
-
-
-def engine_section(req: EstimateRequest) -> dict:
-    if req.zero is not None:
-        return {"name": "deepspeed", "zero_stage": req.zero, "offload": req.offload, "ds_config": "ds_config.json"}
-    if req.fsdp is not None:
-        return {"name": "fsdp", "fsdp_mode": req.fsdp, "sharding_factor": req.sharding_factor,
-                "offload": "all" if req.offload != "none" else "none"}
-    return {"name": "single" if req.gpus == 1 else "ddp"}
-
-
-def batch_layout(micro_batch: int, seq_len: int, dp: int, batch_tokens: int) -> int:
-    """Gradient accumulation steps so that micro x accum x dp x seq = the global batch in tokens."""
-    per_pass = micro_batch * seq_len * dp
-    if batch_tokens % per_pass:
+def parallel_section(req: EstimateRequest, opts: EmitOptions, seq_len: int) -> ParallelPlan:
+    """The plan's layout, whole: engine, mesh, nodes and the batch rule solved for --batch-tokens."""
+    if opts.batch_tokens % seq_len:
+        raise PlannerError(f"--batch-tokens: {opts.batch_tokens:,} is not a multiple of the sequence length {seq_len}")
+    nodes = opts.nodes or max(1, math.ceil(req.gpus / req.gpus_per_node))
+    plan = replace(req.parallel, nodes=nodes)
+    if plan.offload != "none" and plan.engine == "fsdp":
+        plan = replace(plan, offload="all")  # FSDP2 offloads parameters, gradients and states together
+    try:
+        plan = plan.validate(parallel.cli_flag).with_global_batch(opts.batch_tokens // seq_len)
+    except PlannerError as exc:  # the batch rule speaks in sequences; the flag is in tokens
+        if not str(exc).startswith("--batch-tokens"):
+            raise
+        per_pass = plan.micro_batch * plan.dp * seq_len
         raise PlannerError(
-            f"--batch-tokens: {batch_tokens:,} is not a multiple of micro-batch {micro_batch} x seq-len {seq_len} x "
-            f"{dp} data-parallel ranks = {per_pass:,} tokens; try {max(1, round(batch_tokens / per_pass)) * per_pass:,}")
-    return batch_tokens // per_pass
+            f"--batch-tokens: {opts.batch_tokens:,} is not a multiple of micro-batch {plan.micro_batch} x seq-len "
+            f"{seq_len} x {plan.dp} data-parallel ranks = {per_pass:,} tokens; try "
+            f"{max(1, round(opts.batch_tokens / per_pass)) * per_pass:,}") from None
+    return plan.check_runnable(parallel.cli_flag)
 
 
 def build_run_config(req: EstimateRequest, opts: EmitOptions, result: dict) -> dict:
@@ -130,8 +105,7 @@ def build_run_config(req: EstimateRequest, opts: EmitOptions, result: dict) -> d
     if s.mlp != "swiglu" or s.norm != "rmsnorm" or s.bias or s.position != "rope":
         raise PlannerError(f"--model: the trainer builds LLaMA-style blocks (SwiGLU, RMSNorm, RoPE, no bias); "
                            f"{model.source} is {s.mlp}/{s.norm}/{s.position}: give a shape or --params instead")
-    dp = req.gpus // req.tp
-    grad_accum = batch_layout(req.micro_batch, s.seq_len, dp, opts.batch_tokens)
+    layout = parallel_section(req, opts, s.seq_len)
     steps = max(1, math.ceil(result["compute"]["tokens"] / opts.batch_tokens))
     warmup = opts.warmup_steps if opts.warmup_steps is not None else max(1, steps // 100)
     return {
@@ -141,17 +115,18 @@ def build_run_config(req: EstimateRequest, opts: EmitOptions, result: dict) -> d
                   "ffn_hidden": s.ffn, "vocab": s.vocab, "seq_len": s.seq_len, "tied_embeddings": s.tied_embeddings},
         "data": {"train": opts.data_train, "eval": opts.data_eval, "tokenizer": opts.tokenizer},
         "optim": {"lr": opts.lr, "warmup_steps": warmup},
-        "train": {"steps": steps, "micro_batch": req.micro_batch, "grad_accum": grad_accum,
+        "train": {"steps": steps,
                   "precision": "fp32" if req.precision == "fp32" else "bf16-mixed",
                   "checkpoint_every": opts.checkpoint_every, "eval_every": opts.eval_every,
                   "activation_checkpointing": req.checkpointing != "none"},
-        "engine": engine_section(req),
+        "parallel": layout.to_dict(),
+        "engine": {"ds_config": "ds_config.json"} if layout.engine == "deepspeed" else {},
         "tracking": {"tracking_uri": opts.tracking_uri, "experiment": opts.experiment, "run_name": opts.name},
-        "plan": plan_summary(req, result, grad_accum),
+        "plan": plan_summary(req, result),
     }
 
 
-def plan_summary(req: EstimateRequest, result: dict, grad_accum: int) -> dict:
+def plan_summary(req: EstimateRequest, result: dict) -> dict:
     """What the run logs next to its measurements, and what `launch` needs to re-check the plan."""
     c = result["compute"]
     return {
@@ -168,7 +143,6 @@ def plan_summary(req: EstimateRequest, result: dict, grad_accum: int) -> dict:
         "flops": c["flops"],
         "tokens_per_s": c["tokens_per_second"],
         "gpu_hours": c["gpu_hours"],
-        "grad_accum": grad_accum,
     }
 
 
@@ -195,14 +169,14 @@ def request_from_config(cfg, gpus: int | None = None) -> EstimateRequest:
     """The job a loaded RunConfig's model, train and engine sections describe (on `gpus`, default 8)."""
     from pretrain.config import to_shape  # torch-free: typed config only
 
-    e = cfg.engine
-    kw = {"zero": e.zero_stage} if e.name == "deepspeed" else {}
-    if e.name == "fsdp":
-        kw = {"fsdp": e.fsdp_mode, "sharding_factor": e.sharding_factor}
-    return EstimateRequest(shape=to_shape(cfg.model), micro_batch=cfg.train.micro_batch,
-                           precision=cfg.train.precision, offload=e.offload,
+    p = cfg.parallel
+    kw = {"zero": p.zero_stage} if p.engine == "deepspeed" else {}
+    if p.engine == "fsdp":
+        kw = {"fsdp": p.fsdp_mode, "sharding_factor": p.dp_shard}
+    return EstimateRequest(shape=to_shape(cfg.model), micro_batch=p.micro_batch, tp=p.tp,
+                           precision=cfg.train.precision, offload=p.offload,
                            checkpointing="full" if cfg.train.activation_checkpointing else "none",
-                           **({"gpus": gpus} if gpus else {}), **kw)
+                           gpus=gpus or p.world or 8, **kw)
 
 
 def request_from_run_config(path: str) -> EstimateRequest:
@@ -218,26 +192,23 @@ def _q(value) -> str:
     return shlex.quote(str(value))
 
 
-def launch_scripts(req: EstimateRequest, opts: EmitOptions, plan_hours: float | None = None) -> dict[str, str]:
+def launch_scripts(layout: ParallelPlan, opts: EmitOptions, plan_hours: float | None = None) -> dict[str, str]:
     """Only the launchers that fit the engine and the world size: torchrun (one node, or every node with
     c10d rendezvous) for torch engines, the deepspeed launcher (+ hostfile across nodes) for DeepSpeed,
     and always the SLURM batch script with its submit chain (planner.slurm)."""
-    nodes = opts.nodes or max(1, math.ceil(req.gpus / req.gpus_per_node))
-    per_node = req.gpus // nodes
-    if per_node * nodes != req.gpus:
-        raise PlannerError(f"--nodes: {nodes} nodes do not split --gpus {req.gpus} evenly")
+    nodes, per_node, deepspeed = layout.nodes, layout.world // layout.nodes, layout.engine == "deepspeed"
     train = "-m pretrain.train --config run.yaml"
     head = "#!/usr/bin/env bash\n# Emitted by `planner emit`; every value is validated and shell-quoted.\n" \
            'set -euo pipefail\ncd "$(dirname "$0")"\n'
     port = f"\"${{MASTER_PORT:-{FREE_PORT_SH}}}\""
     scripts: dict[str, str] = {}
-    if req.zero is not None and nodes > 1:
+    if deepspeed and nodes > 1:
         scripts["hostfile"] = "".join(f"node{i} slots={per_node}\n" for i in range(nodes))
         scripts["launch_deepspeed.sh"] = head + (
             "# Edit `hostfile` (one `host slots=N` line per node); the launcher reaches nodes over ssh.\n"
             f"exec deepspeed --hostfile hostfile --num_nodes {_q(nodes)} --num_gpus {_q(per_node)} "
             f"--master_port {port} --module pretrain.train --config run.yaml\n")
-    elif req.zero is not None:
+    elif deepspeed:
         scripts["launch_deepspeed.sh"] = head + (
             f"exec deepspeed --num_gpus {_q(per_node)} --master_port {port} --module pretrain.train --config run.yaml\n")
     elif nodes > 1:
@@ -262,16 +233,18 @@ def launch_scripts(req: EstimateRequest, opts: EmitOptions, plan_hours: float | 
 
 def plan_markdown(result: dict, run: dict) -> str:
     m, c, gib = result["memory_per_gpu_bytes"], result["compute"], 2**30
-    t = run["train"]
+    t, p = run["train"], run["parallel"]
     lines = [
         f"# Plan: {run['name']}",
         "",
         f"- Model: {result['params']:,.0f} parameters; {run['model']['layers']} layers x {run['model']['hidden']} hidden, "
         f"{run['model']['heads']} heads, seq {run['model']['seq_len']}, vocab {run['model']['vocab']}",
         f"- Hardware: {result['hardware']['gpus']} x {result['hardware']['description']}",
-        f"- Strategy: {result['training']['strategy']} ({run['engine']['name']}), {result['training']['precision']}",
-        f"- Batch: micro-batch {t['micro_batch']} x accumulation {t['grad_accum']} x "
-        f"{result['training']['data_parallel']} ranks x {run['model']['seq_len']} tokens; {t['steps']:,} steps",
+        f"- Strategy: {result['training']['strategy']} ({p['engine']}), tensor parallel {p['tp']}, "
+        f"{result['training']['precision']}",
+        f"- Batch: micro-batch {p['micro_batch']} x accumulation {p['grad_accum']} x "
+        f"{result['training']['data_parallel']} data-parallel ranks = {p['global_batch']} sequences x "
+        f"{run['model']['seq_len']} tokens; {t['steps']:,} steps",
         "",
         "| memory per GPU | GiB |",
         "|---|---|",
@@ -295,19 +268,15 @@ def plan_markdown(result: dict, run: dict) -> str:
 def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
     """Write every file; returns name -> path. Refuses a plan that does not fit (the user sees why)."""
     opts.validate()
-    if req.tp != 1:  # every emitted plan must run: refuse what the trainer cannot do yet
-        raise PlannerError("--tp: the trainer has no tensor parallelism yet, so a TP plan would train another "
-                           "batch than planned; emit with --tp 1 (`planner estimate --tp` still estimates it)")
     result = estimate(req)
     run = build_run_config(req, opts, result)
     files: dict[str, str] = {"run.yaml": _yaml(run), "plan.json": json.dumps(result, indent=2, sort_keys=True) + "\n",
                              "PLAN.md": plan_markdown(result, run)}
-    e = run["engine"]
-    if e["name"] == "deepspeed":
-        cfg = ds_config(micro_batch=req.micro_batch, grad_accum=run["train"]["grad_accum"], world=req.gpus // req.tp,
-                        zero_stage=req.zero, offload=req.offload, bf16=req.precision != "fp32", grad_clip=1.0)
+    layout = ParallelPlan(**run["parallel"])
+    if layout.engine == "deepspeed":
+        cfg = parallel.deepspeed_config(layout, bf16=req.precision != "fp32", grad_clip=1.0)
         files["ds_config.json"] = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
-    files.update(launch_scripts(req, opts, result["wall_days"] * 24))
+    files.update(launch_scripts(layout, opts, result["wall_days"] * 24))
     out = Path(opts.out_dir)
     written = {}
     for name, text in files.items():

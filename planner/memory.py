@@ -37,16 +37,12 @@ from dataclasses import dataclass
 
 from planner.activations import CHECKPOINTING  # noqa: F401 (re-exported for the CLI)
 from planner.errors import PlannerError
+from planner.parallel import ParallelPlan
 from planner.shapes import ModelShape
 
 PRECISIONS = ("fp32", "fp16-mixed", "bf16-mixed", "bf16", "int8", "int4")
 OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "adam8bit")
 CONVENTIONS = ("deepspeed", "fsdp", "torch-amp", "zero-paper")
-OFFLOAD = ("none", "optimizer", "params", "all")
-FSDP_MODES = ("full", "shard-grad-op", "hybrid", "no-shard")
-
-#: ZeRO stage each FSDP mode partitions like (DESIGN.md; PyTorch FSDP docs).
-FSDP_STAGE = {"no-shard": 0, "shard-grad-op": 2, "full": 3, "hybrid": 3}
 
 #: Bytes of the 16-bit weights each precision keeps on the GPU for compute.
 _WEIGHT_BYTES = {"fp32": 4, "fp16-mixed": 2, "bf16-mixed": 2, "bf16": 2, "int8": 1, "int4": 0.5}
@@ -72,6 +68,12 @@ class Strategy:
     offload: str = "none"
     fsdp_mode: str | None = None
 
+    @classmethod
+    def of(cls, plan: ParallelPlan) -> Strategy:
+        """How `plan` partitions model states over its data-parallel ranks (TP divides them first)."""
+        engine = "ddp" if plan.engine in ("single", "ddp") else plan.engine
+        return cls(engine, plan.stage, plan.shard_degree, plan.offload, plan.fsdp_mode if engine == "fsdp" else None)
+
     @property
     def name(self) -> str:
         if self.engine == "fsdp":
@@ -89,36 +91,9 @@ class Strategy:
 
 def make_strategy(gpus: int, *, zero: int | None = None, fsdp: str | None = None,
                   sharding_factor: int | None = None, offload: str = "none") -> Strategy:
-    """Validate the sharding flags and build a Strategy for `gpus` data-parallel ranks."""
-    if offload not in OFFLOAD:
-        raise PlannerError(f"--offload: {offload!r} is not one of {', '.join(OFFLOAD)}")
-    if zero is not None and fsdp is not None:
-        raise PlannerError("--zero and --fsdp: choose one sharding strategy, not both")
-    if fsdp is not None:
-        if fsdp not in FSDP_MODES:
-            raise PlannerError(f"--fsdp: {fsdp!r} is not one of {', '.join(FSDP_MODES)}")
-        degree = gpus
-        if fsdp == "hybrid":
-            degree = min(sharding_factor or gpus, gpus)
-            if gpus % degree:
-                raise PlannerError(f"--sharding-factor: {degree} does not divide --gpus {gpus}")
-        if offload in ("optimizer",):
-            raise PlannerError("--offload: FSDP offloads parameters, gradients and optimizer states "
-                               "together; use --offload all (or params)")
-        if offload != "none" and FSDP_STAGE[fsdp] < 3:
-            raise PlannerError(f"--offload: FSDP CPU offload needs --fsdp full or hybrid, not {fsdp}")
-        return Strategy("fsdp", FSDP_STAGE[fsdp], degree if FSDP_STAGE[fsdp] else 1, offload, fsdp)
-    if sharding_factor is not None:
-        raise PlannerError("--sharding-factor: only applies to --fsdp hybrid")
-    if zero is None or zero == 0:
-        if offload != "none":
-            raise PlannerError("--offload: CPU offload needs ZeRO (--zero 1, 2 or 3) or --fsdp full")
-        return Strategy("ddp" if zero is None else "deepspeed", 0, 1, "none")
-    if zero not in (1, 2, 3):
-        raise PlannerError(f"--zero: {zero!r} is not one of 0, 1, 2, 3")
-    if offload in ("params", "all") and zero != 3:
-        raise PlannerError(f"--offload: parameter offload needs --zero 3 (got --zero {zero})")
-    return Strategy("deepspeed", zero, gpus, offload)
+    """The strategy for `gpus` data-parallel ranks from the planner's flags (checked by the parallel plan)."""
+    return Strategy.of(ParallelPlan.from_flags(gpus, zero=zero, fsdp=fsdp, sharding_factor=sharding_factor,
+                                               offload=offload))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from planner import activations, checks, compute, memory
 from planner import finetune as finetune_mod
 from planner.errors import PlannerError
 from planner.hardware import GPU, get_gpu
+from planner.parallel import ParallelPlan
 from planner.shapes import ModelShape, get_preset, infer_shape, snap_to_family
 from planner.units import GB
 
@@ -51,6 +52,12 @@ class EstimateRequest:
     lora_modules: tuple[str, ...] = finetune_mod.DEFAULT_LORA_MODULES
     soft_tokens: int = 20
     catalog: dict[str, GPU] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def parallel(self) -> ParallelPlan:
+        """This request's layout as the one parallel plan the trainer and launchers read (flags checked)."""
+        return ParallelPlan.from_flags(self.gpus, zero=self.zero, fsdp=self.fsdp, sharding_factor=self.sharding_factor,
+                                       offload=self.offload, tp=self.tp, micro_batch=self.micro_batch)
 
     @property
     def finetune_spec(self) -> finetune_mod.FineTune | None:
@@ -99,8 +106,6 @@ def _validate(req: EstimateRequest) -> None:
                         ("--micro-batch", req.micro_batch), ("--tp", req.tp)):
         if not isinstance(value, int) or value < 1:
             raise PlannerError(f"{flag}: {value!r} must be a positive integer")
-    if req.gpus % req.tp:
-        raise PlannerError(f"--tp: {req.tp} does not divide --gpus {req.gpus}")
     compute.validate_mfu(req.mfu)
     checks.number("--fragmentation", req.fragmentation, 0.0, 0.5)
     checks.number("--runtime-gib", req.runtime_gib, 0.0, 64.0)
@@ -398,9 +403,8 @@ def estimate(req: EstimateRequest) -> dict:
     if dtype not in gpu.peak_tflops:
         raise PlannerError(f"--precision: {gpu.name} has no {dtype} tensor cores; "
                            f"use one of: {', '.join(p for p, d in _COMPUTE_DTYPE.items() if d in gpu.peak_tflops)}")
-    dp = req.gpus // req.tp
-    strategy = memory.make_strategy(dp, zero=req.zero, fsdp=req.fsdp,
-                                    sharding_factor=req.sharding_factor, offload=req.offload)
+    layout = req.parallel
+    dp, strategy = layout.dp, memory.Strategy.of(layout)
     convention = req.convention or memory.default_convention(strategy)
     breakdown = _breakdown_for(req, model, strategy)
     capacity = gpu.memory_bytes

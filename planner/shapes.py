@@ -112,6 +112,15 @@ class ModelShape:
             + self._norm_params() + self.head_params()
         )
 
+    def norm_params(self) -> int:
+        """Parameters of every norm: what tensor parallelism replicates rather than splits."""
+        return (2 * self.layers + 1 + (1 if self.embedding_norm else 0)) * self._norm_params()
+
+    def params_per_tp_rank(self, tp: int = 1) -> float:
+        """Parameters one tensor-parallel rank holds: every matrix split `tp` ways (Megatron column/row,
+        the embedding and head by vocabulary), the norms replicated (sequence parallel keeps them whole)."""
+        return (self.param_count() - self.norm_params()) / tp + self.norm_params()
+
     def non_embedding_params(self) -> int:
         """Kaplan et al. 2020's N: parameters outside the embedding and the LM head."""
         return self.param_count() - self.embedding_params() - self.head_params()

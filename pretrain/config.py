@@ -1,7 +1,7 @@
 """The typed run config: dataclasses read from YAML with dotlist overrides (OmegaConf structured).
 
 A wrong type, an unknown key or a missing value fails at load time with a message naming the key
-path (`train.micro_batch`), and cross-field rules (heads dividing hidden, batch sizes agreeing)
+path (`parallel.micro_batch`), and cross-field rules (heads dividing hidden, batch sizes agreeing)
 are checked in `validate`. This is the file `planner emit` writes and `pretrain.train` reads.
 """
 
@@ -12,9 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.errors import PlannerError
-
-ENGINES = ("single", "ddp", "deepspeed", "fsdp")
-FSDP_MODES = ("full", "shard-grad-op", "hybrid", "no-shard")
+from planner.parallel import ParallelPlan
 
 
 class ConfigError(PlannerError):
@@ -59,8 +57,6 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = 100
-    micro_batch: int = 4
-    grad_accum: int = 1
     precision: str = "bf16-mixed"  # bf16-mixed | fp32
     seed: int = 1234
     eval_every: int = 50
@@ -78,12 +74,9 @@ class TrainConfig:
 
 @dataclass
 class EngineConfig:
-    name: str = "single"  # single | ddp | deepspeed | fsdp
-    zero_stage: int = 0  # deepspeed
-    offload: str = "none"  # none | optimizer | params | all
-    ds_config: str | None = None  # path to an emitted ds_config.json; None: built from this config
-    fsdp_mode: str = "full"
-    sharding_factor: int | None = None  # fsdp hybrid
+    """How the engine talks to the machine; what it does (the layout) is `parallel`."""
+
+    ds_config: str | None = None  # path to an emitted ds_config.json; None: built from the parallel plan
     backend: str | None = None  # None: nccl on GPU, gloo on CPU
     timeout_s: int = 600
 
@@ -105,6 +98,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelPlan = field(default_factory=ParallelPlan)  # planner.parallel: the one layout
     engine: EngineConfig = field(default_factory=EngineConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     plan: dict[str, Any] = field(default_factory=dict)  # the planner's predictions, written by `planner emit`
@@ -170,6 +164,10 @@ def _omegaconf_message(exc: Exception) -> str:
 
 def validate(cfg: RunConfig) -> None:
     m, t, e = cfg.model, cfg.train, cfg.engine
+    try:
+        cfg.parallel.validate().check_runnable()
+    except PlannerError as exc:
+        raise ConfigError(str(exc)) from None
     checks = [
         (m.hidden % m.heads == 0, f"model.heads: {m.heads} does not divide model.hidden {m.hidden}"),
         ((m.hidden // m.heads) % 2 == 0, f"model.hidden / model.heads = {m.hidden // m.heads} must be even for rotary positions"),
@@ -177,23 +175,13 @@ def validate(cfg: RunConfig) -> None:
          f"model.kv_heads: {m.kv_heads} must divide model.heads {m.heads}"),
         (min(m.layers, m.hidden, m.heads, m.vocab, m.seq_len) > 0, "model: layers, hidden, heads, vocab, seq_len must be positive"),
         (t.steps > 0, f"train.steps: {t.steps} must be positive"),
-        (t.micro_batch > 0, f"train.micro_batch: {t.micro_batch} must be positive"),
-        (t.grad_accum > 0, f"train.grad_accum: {t.grad_accum} must be positive"),
         (t.precision in ("bf16-mixed", "fp32"), f"train.precision: {t.precision!r} is not one of bf16-mixed, fp32"),
         (t.checkpoint_every > 0 and t.eval_every > 0 and t.log_every > 0,
          "train.checkpoint_every, train.eval_every and train.log_every must be positive"),
-        (e.name in ENGINES, f"engine.name: {e.name!r} is not one of {', '.join(ENGINES)}"),
-        (e.zero_stage in (0, 1, 2, 3), f"engine.zero_stage: {e.zero_stage} is not one of 0, 1, 2, 3"),
-        (e.fsdp_mode in FSDP_MODES, f"engine.fsdp_mode: {e.fsdp_mode!r} is not one of {', '.join(FSDP_MODES)}"),
-        (e.offload in ("none", "optimizer", "params", "all"), f"engine.offload: {e.offload!r} is not one of none, optimizer, params, all"),
-        (e.offload == "none" or e.name in ("deepspeed", "fsdp"), f"engine.offload: {e.offload} needs engine.name deepspeed or fsdp"),
-        (e.name != "deepspeed" or e.offload not in ("params", "all") or e.zero_stage == 3,
-         f"engine.offload: {e.offload} offloads parameters, which DeepSpeed supports only with engine.zero_stage=3"),
-        (e.name != "deepspeed" or e.offload == "none" or e.zero_stage >= 1,
-         "engine.offload: DeepSpeed offload needs engine.zero_stage 1, 2 or 3"),
-        (e.name != "fsdp" or e.fsdp_mode != "no-shard", "engine.fsdp_mode: no-shard is plain data parallelism; use engine.name=ddp"),
-        (e.name != "fsdp" or e.offload == "none" or e.fsdp_mode in ("full", "hybrid"),
-         f"engine.offload: FSDP CPU offload needs engine.fsdp_mode full or hybrid, not {e.fsdp_mode}"),
+        (cfg.model.heads % cfg.parallel.tp == 0 and (m.kv_heads or m.heads) % cfg.parallel.tp == 0,
+         f"parallel.tp: {cfg.parallel.tp} must divide model.heads {m.heads} and model.kv_heads {m.kv_heads or m.heads}"),
+        (cfg.parallel.tp == 1 or not m.tied_embeddings,
+         "parallel.tp: tied embeddings are not split by tensor parallelism here; set model.tied_embeddings false"),
         (e.ds_config is None or Path(e.ds_config).is_file(), f"engine.ds_config: {e.ds_config} does not exist"),
         (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
         (cfg.optim.lr > 0, f"optim.lr: {cfg.optim.lr} must be positive"),

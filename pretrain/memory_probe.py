@@ -31,17 +31,17 @@ class SavedTensorCounter:
 
     def _excluded(self) -> set[int]:
         # Read at pack time: FSDP and ZeRO-3 swap gathered parameters in and out during forward.
-        tensors = [*self.model.parameters(), *self.model.buffers()]
-        return {_storage_key(t) for t in tensors if not hasattr(t, "to_local")}
+        # Under tensor parallelism the gathered parameters are DTensors: their local shards are weights too.
+        tensors = [t.to_local() if hasattr(t, "to_local") else t for t in (*self.model.parameters(), *self.model.buffers())]
+        return {_storage_key(t) for t in tensors}
 
     def _pack(self, t: torch.Tensor) -> torch.Tensor:
-        if hasattr(t, "to_local"):  # a DTensor: its local shard is what this rank holds
-            t = t.to_local()
-        key = _storage_key(t)
+        local = t.to_local() if hasattr(t, "to_local") else t  # a DTensor: this rank holds its local shard
+        key = _storage_key(local)
         if key not in self._seen and key not in self._excluded():
             self._seen.add(key)
-            self.bytes += t.untyped_storage().nbytes()
-        return t
+            self.bytes += local.untyped_storage().nbytes()
+        return t  # autograd gets back what it saved (a DTensor stays one)
 
     @contextmanager
     def count(self) -> Iterator[SavedTensorCounter]:

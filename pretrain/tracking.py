@@ -161,7 +161,7 @@ class Tracker:
                                    run_name=cfg.tracking.run_name or cfg.name,
                                    tracking_uri=cfg.tracking.tracking_uri)
             if run_id is None:
-                self.outbox.append({"kind": "tags", "values": {"git_commit": _git_commit(), "engine": cfg.engine.name,
+                self.outbox.append({"kind": "tags", "values": {"git_commit": _git_commit(), "engine": cfg.parallel.engine,
                                                                **{f"version.{k}": v for k, v in _versions().items()}}})
                 self.outbox.append({"kind": "params", "values": {k: str(v) for k, v in flatten(cfg).items()}})
         else:

@@ -1,7 +1,7 @@
 """The pretraining loop: warmup + cosine AdamW, accumulation, clipping, eval, checkpoints, exact resume.
 
     python -m pretrain.train --config run.yaml [key=value ...]
-    torchrun --nproc_per_node 2 -m pretrain.train --config run.yaml engine.name=fsdp
+    torchrun --nproc_per_node 4 -m pretrain.train --config run.yaml parallel.engine=fsdp parallel.tp=2
 
 The same code runs on one CPU process, on 2 gloo processes in CI, and on many GPU nodes: the
 engine (`pretrain.engines`) holds the parallelism, the loop only sees its small interface.
@@ -50,24 +50,19 @@ def lr_at(step: int, cfg: RunConfig) -> float:
     return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def predicted_model_state_bytes(cfg: RunConfig, world: int) -> dict[str, float]:
+def predicted_model_state_bytes(cfg: RunConfig) -> dict[str, float]:
     """The planner's model-state bytes per rank alive at the optimizer step, GPU and offloaded CPU share
     together (the trainer counts live tensors wherever they are; gathered buffers excluded)."""
     from planner import memory
 
-    e = cfg.engine
-    if e.name == "deepspeed":
-        strategy, convention = memory.make_strategy(world, zero=e.zero_stage, offload=e.offload), "deepspeed"
-    elif e.name == "fsdp":
-        strategy = memory.make_strategy(world, fsdp=e.fsdp_mode, sharding_factor=e.sharding_factor,
-                                        offload="all" if e.offload != "none" else "none")
-        convention = "fsdp"
-    else:  # torch autocast keeps fp32 weights, fp32 gradients and fp32 Adam states: the fp32 layout
-        strategy, convention = memory.make_strategy(world), "zero-paper"
+    plan = cfg.parallel
+    strategy = memory.Strategy.of(plan)
+    # torch autocast keeps fp32 weights, fp32 gradients and fp32 Adam states: the fp32 layout
+    convention = {"deepspeed": "deepspeed", "fsdp": "fsdp"}.get(plan.engine, "zero-paper")
     shape = to_shape(cfg.model)
-    precision = "fp32" if e.name in ("single", "ddp") or cfg.train.precision == "fp32" else "bf16-mixed"
+    precision = "fp32" if plan.engine in ("single", "ddp") or cfg.train.precision == "fp32" else "bf16-mixed"
     terms = memory.state_terms(precision, "adamw", convention, shape)
-    states = memory.model_states(shape.param_count(), terms, strategy, shape, convention, at_step=True)
+    states = memory.model_states(shape.params_per_tp_rank(plan.tp), terms, strategy, shape, convention, at_step=True)
     return {k: states.gpu[k] + states.cpu[k] for k in states.gpu}
 
 
@@ -76,12 +71,13 @@ def predicted_activation_bytes(cfg: RunConfig) -> float:
     engine, precision and checkpointing: what `SavedTensorCounter` measures on the first forward."""
     from planner import activations
 
-    engine = {"single": "ddp", "ddp": "ddp"}.get(cfg.engine.name, cfg.engine.name)
+    plan = cfg.parallel
+    engine = {"single": "ddp", "ddp": "ddp"}.get(plan.engine, plan.engine)
     regime = activations.regime_for(cfg.train.precision, engine)
-    shape, b = to_shape(cfg.model), cfg.train.micro_batch
+    shape, b = to_shape(cfg.model), plan.micro_batch
     checkpointing = "full" if cfg.train.activation_checkpointing else "none"
-    return activations.stored_bytes(shape, b, regime=regime, checkpointing=checkpointing) \
-        + activations.head_bytes(shape, b, regime)
+    return activations.stored_bytes(shape, b, regime=regime, checkpointing=checkpointing, tp=plan.tp,
+                                    sequence_parallel=plan.tp > 1) + activations.head_bytes(shape, b, regime, plan.tp)
 
 
 def predicted_peak_bytes(cfg: RunConfig, world: int) -> float | None:
@@ -122,7 +118,8 @@ def memory_in_use(info: DistInfo) -> float:
 def evaluate(engine, cfg: RunConfig, info: DistInfo) -> float | None:
     if not cfg.data.eval:
         return None
-    batches = PackedBatches(TokenShards.open(cfg.data.eval), cfg.train.micro_batch, info.rank, info.world,
+    plan = cfg.parallel
+    batches = PackedBatches(TokenShards.open(cfg.data.eval), plan.micro_batch, plan.dp_rank(info.rank), plan.dp,
                             seed=cfg.data.seed)
     engine.train(False)
     with torch.no_grad():
@@ -170,11 +167,10 @@ def check_tokenizer(cfg: RunConfig, train_manifest: dict) -> None:
 
 def train(cfg: RunConfig) -> dict:
     """Run (or resume) the job; returns a summary (rank 0's view)."""
-    info = init_distributed(cfg.engine.name, cfg.engine.backend, cfg.engine.timeout_s)
-    if cfg.engine.name == "single" and info.world > 1:
-        cfg.engine.name = "ddp"
+    info = init_distributed(cfg.parallel.engine, cfg.engine.backend, cfg.engine.timeout_s)
+    cfg.parallel = plan = cfg.parallel.with_world(info.world)  # the layout as launched, checked once more
     out_dir = Path(cfg.out_dir)
-    data = PackedBatches(TokenShards.open(cfg.data.train), cfg.train.micro_batch, info.rank, info.world,
+    data = PackedBatches(TokenShards.open(cfg.data.train), plan.micro_batch, plan.dp_rank(info.rank), plan.dp,
                          seed=cfg.data.seed)
     if data.shards.seq_len != cfg.model.seq_len:
         raise PlannerError(f"data.train: shards hold sequences of {data.shards.seq_len} tokens, "
@@ -199,13 +195,13 @@ def train(cfg: RunConfig) -> dict:
     shape = to_shape(cfg.model)
     flops_per_token = compute.model_flops_per_token(shape.param_count(), shape)  # PaLM's 6N + 12LHQT
     peak = peak_flops_per_device(cfg)
-    predicted = predicted_model_state_bytes(cfg, info.world)
-    tokens_per_step = cfg.train.micro_batch * cfg.train.grad_accum * info.world * cfg.model.seq_len
+    predicted = predicted_model_state_bytes(cfg)
+    tokens_per_step = plan.batch * cfg.model.seq_len
     if info.is_main and latest is None:
         tracker.log_dict({**cfg.plan, "predicted_model_state_bytes_per_rank": predicted}, "plan.json")
         # what `planner fit nd mlflow:EXPERIMENT --n-col params.n_params --d-col params.train_tokens` reads
         tracker.log_params({"n_params": shape.param_count(), "train_tokens": tokens_per_step * cfg.train.steps,
-                            "world_size": info.world})
+                            "world_size": info.world, "tp": plan.tp, "data_parallel": plan.dp})
     window: deque[float] = deque(maxlen=cfg.train.spike_window)
     summary_extra: dict[str, float] = {}
     activation_metrics: dict[str, float] = {}
@@ -217,7 +213,7 @@ def train(cfg: RunConfig) -> dict:
         start = time.perf_counter()
         engine.set_lr(lr_at(step, cfg))
         losses, poison = [], False
-        for micro in range(cfg.train.grad_accum):
+        for micro in range(plan.grad_accum):
             counter = SavedTensorCounter(engine.model) if step == 1 and micro == 0 else None
             with counter.count() if counter else contextlib.nullcontext():
                 loss = engine.forward(*data.next())

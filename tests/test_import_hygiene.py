@@ -20,3 +20,35 @@ def test_planner_estimate_imports_neither_numpy_nor_scipy():
             "print([m for m in ('numpy', 'scipy', 'torch') if m in sys.modules], file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stderr.strip().splitlines()[-1] == "[]"
+
+
+GROUND_FLOOR = {"planner.errors", "planner.io", "planner.units", "planner.checks", "planner.parallel"}
+
+
+def _planner_imports(path) -> set[str]:
+    import ast
+
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("planner"):
+            names |= {node.module} if node.module != "planner" else {f"planner.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.startswith("planner")}
+    return names
+
+
+def test_the_ground_floor_imports_nothing_above_it():
+    from pathlib import Path
+
+    for module in GROUND_FLOOR:
+        path = Path(__file__).parents[1] / (module.replace(".", "/") + ".py")
+        assert _planner_imports(path) <= GROUND_FLOOR, module
+
+
+def test_engines_reach_the_planner_only_through_its_ground_floor():
+    # the parallel plan, errors and atomic io; never emit, plan or the CLI
+    from pathlib import Path
+
+    for path in (Path(__file__).parents[1] / "pretrain/engines").glob("*.py"):
+        assert _planner_imports(path) <= GROUND_FLOOR, path.name

@@ -16,7 +16,7 @@ import pytest
 from pretrain.data.synthetic import write_markov_shards
 from tests.conftest import free_port
 
-TINY = ["train.steps=20", "optim.lr=0.01", "optim.warmup_steps=2", "train.micro_batch=4", "train.checkpoint_every=10"]
+TINY = ["train.steps=20", "optim.lr=0.01", "optim.warmup_steps=2", "parallel.micro_batch=4", "train.checkpoint_every=10"]
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +42,17 @@ def summary(out_dir: Path) -> dict:
 
 
 ENGINES = {
-    "ddp": ["engine.name=ddp"],
-    "zero0": ["engine.name=deepspeed", "engine.zero_stage=0"],
-    "zero1": ["engine.name=deepspeed", "engine.zero_stage=1"],
-    "zero2": ["engine.name=deepspeed", "engine.zero_stage=2"],
-    "zero3": ["engine.name=deepspeed", "engine.zero_stage=3"],
-    "fsdp-full": ["engine.name=fsdp", "engine.fsdp_mode=full"],
-    "zero2-fp32": ["engine.name=deepspeed", "engine.zero_stage=2", "train.precision=fp32"],
-    "zero2-offload": ["engine.name=deepspeed", "engine.zero_stage=2", "engine.offload=optimizer"],
-    "zero3-offload": ["engine.name=deepspeed", "engine.zero_stage=3", "engine.offload=all"],
-    "fsdp-shard-grad-op": ["engine.name=fsdp", "engine.fsdp_mode=shard-grad-op"],
-    "fsdp-hybrid-ckpt": ["engine.name=fsdp", "engine.fsdp_mode=hybrid", "engine.sharding_factor=2",
+    "ddp": ["parallel.engine=ddp"],
+    "zero0": ["parallel.engine=deepspeed", "parallel.zero_stage=0"],
+    "zero1": ["parallel.engine=deepspeed", "parallel.zero_stage=1"],
+    "zero2": ["parallel.engine=deepspeed", "parallel.zero_stage=2"],
+    "zero3": ["parallel.engine=deepspeed", "parallel.zero_stage=3"],
+    "fsdp-full": ["parallel.engine=fsdp", "parallel.fsdp_mode=full"],
+    "zero2-fp32": ["parallel.engine=deepspeed", "parallel.zero_stage=2", "train.precision=fp32"],
+    "zero2-offload": ["parallel.engine=deepspeed", "parallel.zero_stage=2", "parallel.offload=optimizer"],
+    "zero3-offload": ["parallel.engine=deepspeed", "parallel.zero_stage=3", "parallel.offload=all"],
+    "fsdp-shard-grad-op": ["parallel.engine=fsdp", "parallel.fsdp_mode=shard-grad-op"],
+    "fsdp-hybrid-ckpt": ["parallel.engine=fsdp", "parallel.fsdp_mode=hybrid", "parallel.dp_shard=2",
                          "train.activation_checkpointing=true"],
 }
 

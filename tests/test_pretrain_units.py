@@ -37,11 +37,11 @@ def test_model_is_causal():
 
 
 @pytest.mark.parametrize("overrides, key", [
-    (["train.micro_batch=three"], "train.micro_batch"),
+    (["parallel.micro_batch=three"], "parallel.micro_batch"),
     (["train.bogus=1"], "bogus"),
     (["model.heads=5"], "model.heads"),
-    (["engine.name=megatron"], "engine.name"),
-    (["engine.zero_stage=4"], "engine.zero_stage"),
+    (["parallel.engine=megatron"], "parallel.engine"),
+    (["parallel.zero_stage=4"], "parallel.zero_stage"),
 ])
 def test_config_errors_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

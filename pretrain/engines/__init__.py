@@ -13,7 +13,7 @@ from pretrain.engines.base import Engine
 
 
 def build_engine(cfg: RunConfig, info: DistInfo) -> Engine:
-    name = cfg.engine.name
+    name = cfg.parallel.engine  # the plan's engine, resolved for this world size by `ParallelPlan.with_world`
     if name in ("single", "ddp"):
         from pretrain.engines.torch_engine import TorchEngine
 

@@ -13,20 +13,17 @@ from pathlib import Path
 import torch
 
 from planner.io import atomic_write_json
+from planner.parallel import deepspeed_config
 from pretrain.config import ConfigError
 from pretrain.engines.base import Engine, optimizer_state_tensors, tensor_bytes
 from pretrain.engines.checks import check_model_state
 from pretrain.engines.torch_engine import make_adamw
 
 
-def ds_config_for(cfg, world: int) -> dict:
+def ds_config_for(cfg) -> dict:
     """The DeepSpeed config this run needs: the same function `planner emit` writes ds_config.json with."""
-    from planner.emit import ds_config
-
-    t, e = cfg.train, cfg.engine
-    return ds_config(micro_batch=t.micro_batch, grad_accum=t.grad_accum, world=world, zero_stage=e.zero_stage,
-                     offload=e.offload, bf16=t.precision == "bf16-mixed", grad_clip=cfg.optim.grad_clip,
-                     cpu=not torch.cuda.is_available())
+    return deepspeed_config(cfg.parallel, bf16=cfg.train.precision == "bf16-mixed", grad_clip=cfg.optim.grad_clip,
+                            cpu=not torch.cuda.is_available())
 
 
 def _flat(value) -> list:
@@ -43,13 +40,13 @@ class DeepSpeedEngine(Engine):
         import deepspeed
 
         super().__init__(cfg, info)
-        ds_config = ds_config_for(cfg, info.world)
+        ds_config = ds_config_for(cfg)
         if cfg.engine.ds_config:
             given = json.loads(Path(cfg.engine.ds_config).read_text())
             for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"):
                 if key in given and given[key] != ds_config[key]:
                     raise ConfigError(f"engine.ds_config: {key} = {given[key]} disagrees with the run config "
-                                      f"({ds_config[key]}: micro_batch x grad_accum x {info.world} ranks)")
+                                      f"({ds_config[key]}: parallel.micro_batch x parallel.grad_accum x {info.world} ranks)")
             ds_config = {**given, "zero_allow_untested_optimizer": True}
             if not torch.cuda.is_available():  # an emitted GPU config asks for pinned memory and overlap
                 ds_config["zero_optimization"] = {**ds_config.get("zero_optimization", {}), "overlap_comm": False}

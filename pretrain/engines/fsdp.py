@@ -1,4 +1,5 @@
-"""PyTorch FSDP2 (`fully_shard`): full shard, shard-grad-op and hybrid shard, bf16 mixed precision.
+"""PyTorch FSDP2 (`fully_shard`): full shard, shard-grad-op and hybrid shard, bf16 mixed precision,
+composed with tensor parallelism on a 2-D (or, hybrid, 3-D) device mesh (`pretrain.engines.parallelize`).
 
 Each transformer block is its own FSDP unit, then the root (torchtitan's layout). Mixed precision:
 bf16 compute, fp32 gradient reduction, fp32 sharded parameters as the master copy. Checkpoints
@@ -12,43 +13,32 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
 from planner.io import atomic_write_json
-from pretrain.config import ConfigError
 from pretrain.engines.base import Engine, optimizer_state_tensors, tensor_bytes
 from pretrain.engines.checks import check_model_state
+from pretrain.engines.parallelize import (
+    apply_fsdp,
+    apply_tensor_parallel,
+    build_mesh,
+    data_parallel_mesh,
+    loss_context,
+)
 from pretrain.engines.torch_engine import make_adamw
 
 
 class FSDPEngine(Engine):
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
-        e = cfg.engine
-        if e.fsdp_mode == "no-shard":
-            raise ConfigError("engine.fsdp_mode: no-shard is plain data parallelism; use engine.name=ddp")
-        mesh = self._mesh(e.fsdp_mode, e.sharding_factor)
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if cfg.train.precision == "bf16-mixed" else MixedPrecisionPolicy()
-        kw = {"mesh": mesh, "mp_policy": mp, "reshard_after_forward": e.fsdp_mode != "shard-grad-op"}
-        if e.offload != "none":
-            kw["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
+        plan = self.plan = cfg.parallel
+        mesh = build_mesh(plan, info.device.type)
         self.model.to(info.device)
-        for block in self.model.blocks:
-            fully_shard(block, **kw)
-        fully_shard(self.model, **kw)
+        if plan.tp > 1:
+            apply_tensor_parallel(self.model, mesh["tp"])
+        apply_fsdp(self.model, data_parallel_mesh(mesh), bf16=cfg.train.precision == "bf16-mixed",
+                   reshard_after_forward=plan.fsdp_mode != "shard-grad-op", offload=plan.offload != "none")
         self.optimizer = make_adamw(self.model.parameters(), cfg)
         self.optimizer.register_step_pre_hook(self._measure)
-
-    def _mesh(self, mode: str, factor: int | None):
-        world, device = self.info.world, self.info.device.type
-        if mode != "hybrid":
-            return init_device_mesh(device, (world,), mesh_dim_names=("shard",))
-        factor = factor or world
-        if world % factor:
-            raise ConfigError(f"engine.sharding_factor: {factor} does not divide the world size {world}")
-        return init_device_mesh(device, (world // factor, factor), mesh_dim_names=("replicate", "shard"))
 
     def _measure(self, *_):
         if self.measured_state_bytes is None and self.optimizer.state:
@@ -58,11 +48,14 @@ class FSDPEngine(Engine):
                 "optimizer": tensor_bytes(optimizer_state_tensors(self.optimizer))}
 
     def forward(self, x, y):
-        return self.model(x.to(self.info.device), y.to(self.info.device))
+        with loss_context(self.plan):
+            loss = self.model(x.to(self.info.device), y.to(self.info.device))
+        return loss
 
     def backward(self, loss, poison=False):
         # FSDP's backward is collective: every rank runs it; a poisoned step is dropped in `step`
-        (loss / self.cfg.train.grad_accum).backward()
+        with loss_context(self.plan):
+            (loss / self.plan.grad_accum).backward()
 
     def step(self, skip):
         norm = None

@@ -41,7 +41,7 @@ class TorchEngine(Engine):
 
     def backward(self, loss, poison=False):
         if not poison:  # the decision is agreed across ranks, so DDP's collective backward stays in step
-            (loss / self.cfg.train.grad_accum).backward()
+            (loss / self.cfg.parallel.grad_accum).backward()
 
     def step(self, skip):
         norm = None
