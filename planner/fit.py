@@ -152,6 +152,8 @@ def fit_nd(n, d, loss, *, drop_worst: int = 0, bootstrap: int = 0, seed: int = 0
             boot_starts = np.vstack([best.x, grid[order[:3]]])
             res = _lbfgs_best(boot_starts, log_n[idx], log_d[idx], log_l[idx])
             samples.append(list(_nd_params(res.x).values()))
+        result.extra["bootstrap_params"] = [dict(zip(("E", "A", "B", "alpha", "beta"), map(float, row), strict=True))
+                                            for row in samples]
         sd = np.std(np.array(samples), axis=0, ddof=1)
         result.stderr = dict(zip(("E", "A", "B", "alpha", "beta"), map(float, sd), strict=True))
         result.extra["bootstrap"] = bootstrap

@@ -272,6 +272,8 @@ def train(cfg: RunConfig) -> dict:
             if eval_loss is not None:
                 evals.append((step, eval_loss))
                 metrics["eval_loss"] = eval_loss
+                if cfg.plan.get("loss_predicted"):  # a ladder's held-out run: the law's prediction, made before it ran
+                    metrics["loss_predicted"] = float(cfg.plan["loss_predicted"])
         if step % cfg.train.log_every == 0 or "eval_loss" in metrics or step == 1:
             tracker.log_metrics(metrics, step)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:

@@ -70,6 +70,17 @@ class ShardWriter:
                 if len(self._rows) == self.rows_per_shard:
                     self._flush()
 
+    def add_row(self, token_ids, domain: str = "default") -> None:
+        """One whole row of seq_len + 1 tokens, as is (no EOS): sources that generate rows directly."""
+        row = np.asarray(token_ids, dtype=np.int64)
+        if row.shape != (self.row_len,) or row.min() < 0 or row.max() >= self.vocab_size:
+            raise PlannerError(f"tokens: a row must be {self.row_len} ids below {self.vocab_size}")
+        self.domain_tokens[domain] = self.domain_tokens.get(domain, 0) + self.row_len
+        self.documents += 1
+        self._rows.append(row.astype(self.dtype))
+        if len(self._rows) == self.rows_per_shard:
+            self._flush()
+
     def _flush(self) -> None:
         if not self._rows:
             return

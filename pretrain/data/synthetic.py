@@ -1,9 +1,18 @@
-"""A synthetic corpus for tests and CPU smoke runs: token sequences from a fixed random Markov chain.
+"""Synthetic corpora: token sequences from random Markov chains, with no tokenizer and no download.
 
-A model can learn it (loss falls from ln V toward the chain's entropy), it costs nothing to
-make, and it needs no tokenizer. Real text goes through `pretrain.data` curation and tokenizers.
+- `markov` (tests and smoke runs): each token has 4 successors, uniformly; loss falls from ln V
+  toward ln 4.
+- `dense` (the scaling ladder's source): a first-order chain whose every row is a full random
+  distribution over the vocabulary, softmax(z / T) with z ~ N(0, 1). Its entropy rate is known
+  exactly, H = sum_i pi_i H(P_i) with pi the stationary distribution (`dense_entropy_rate`), and
+  rows start in stationarity, so the best possible eval loss is H: the irreducible loss E a fitted
+  law must find. A model learns the V x V table of log-probabilities through a width-h bottleneck
+  (embedding -> blocks -> head), so its loss depends on its size as well as on its tokens: a
+  ladder sees both terms of L(N, D) = E + A/N^alpha + B/D^beta.
 
-    python -m pretrain.data.synthetic OUT_DIR [--vocab 256] [--seq-len 64] [--rows 2048] [--seed 0]
+Real text goes through `pretrain.data` curation and tokenizers.
+
+    python -m pretrain.data.synthetic OUT_DIR [--source markov|dense] [--vocab 256] [--seq-len 64] [--rows 2048]
 """
 
 from __future__ import annotations
@@ -26,6 +35,50 @@ def markov_tokens(vocab: int, length: int, rng: np.random.Generator, branching: 
     for i in range(1, length):
         out[i] = successors[out[i - 1], choices[i]]
     return out
+
+
+#: Seed of the dense chain's transition table: one fixed language, whatever the sample's seed.
+DENSE_TABLE_SEED = 2024
+
+
+def dense_transitions(vocab: int, temperature: float) -> np.ndarray:
+    """The dense chain's V x V transition matrix (rows sum to 1); token 0 is a state like any other."""
+    z = np.random.default_rng(DENSE_TABLE_SEED).standard_normal((vocab, vocab)) / temperature
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    return p / p.sum(axis=1, keepdims=True)
+
+
+def stationary(p: np.ndarray) -> np.ndarray:
+    """pi with pi P = pi: the left eigenvector of eigenvalue 1 (the chain is irreducible: every entry > 0)."""
+    values, vectors = np.linalg.eig(p.T)
+    pi = np.real(vectors[:, np.argmin(np.abs(values - 1))])
+    return pi / pi.sum()
+
+
+def dense_entropy_rate(vocab: int, temperature: float) -> float:
+    """Exact entropy rate in nats per token: sum_i pi_i * H(P_i)."""
+    p = dense_transitions(vocab, temperature)
+    return float(stationary(p) @ -(p * np.log(p)).sum(axis=1))
+
+
+def write_dense_shards(out_dir, vocab: int = 128, seq_len: int = 64, rows: int = 2048, seed: int = 0,
+                       temperature: float = 0.5, rows_per_shard: int = 4096) -> dict:
+    """`rows` independent stationary sequences of the dense chain (each row its own, no EOS)."""
+    p = dense_transitions(vocab, temperature)
+    cdf = np.cumsum(p, axis=1)
+    rng = np.random.default_rng(seed)
+    tokens = np.empty((rows, seq_len + 1), dtype=np.int64)
+    tokens[:, 0] = rng.choice(vocab, size=rows, p=stationary(p))
+    u = rng.random((rows, seq_len))
+    for t in range(seq_len):  # all rows step together: vectorised inverse-CDF sampling
+        nxt = (u[:, t, None] > cdf[tokens[:, t]]).sum(axis=1)
+        tokens[:, t + 1] = np.minimum(nxt, vocab - 1)
+    writer = ShardWriter(out_dir, seq_len, vocab, eos_id=0, rows_per_shard=rows_per_shard)
+    for row in tokens:
+        writer.add_row(row.tolist(), domain="synthetic")
+    rate = dense_entropy_rate(vocab, temperature)
+    return writer.close({"source": "synthetic-dense-markov", "seed": seed, "temperature": temperature,
+                         "entropy_rate_nats": rate})
 
 
 def write_markov_shards(out_dir, vocab: int = 256, seq_len: int = 64, rows: int = 2048, seed: int = 0,

@@ -1,0 +1,293 @@
+"""`planner ladder`: a designed sweep whose fitted law must predict a run it has not seen.
+
+Anchors: OLMo's model ladder (Bhagia et al. 2024: small runs -> predict a large run's loss) and
+Chinchilla's approach 3 (Hoffmann et al. 2022: L(N, D) = E + A/N^alpha + B/D^beta over sizes x tokens).
+
+Design (`design`), sizes x token multiples:
+- sizes: one model per width, shapes from the planner (`planner.shapes.ModelShape`), heads of 16
+  dimensions; the held-out size is wider than every ladder size;
+- tokens: each size trains on m x k x N tokens for every multiple m, with k chosen so that the
+  ladder's model FLOPs (6ND + attention, `planner.compute`) add up to the ladder budget;
+- the held-out point: the held-out size at the target budget (D = C / flops per token);
+- per-size hyperparameters, a stated rule: lr = LR_REF x (H_REF / hidden) (the 1/width scaling of
+  muP's hidden layers, Yang et al. 2022), capped at LR_MAX; warmup 5% of the steps; the batch fixed
+  in tokens (`batch_tokens`) for every size.
+
+The ladder's runs are ordinary run configs (one folder each, `run.yaml`); `run_ladder.sh` trains
+the ladder, then `planner ladder predict` fits the finished runs (read back from MLflow with the
+names the trainer logs: params.n_params, params.train_tokens, metrics.eval_loss) and writes the
+held-out prediction into the held-out run's config before it trains; the trainer logs it as
+`loss_predicted` beside its `eval_loss`. `planner ladder report` gives the held-out error with the
+bootstrap band and refuses to re-plan from a law that did not converge or whose band is too wide.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from planner import checks, compute
+from planner.errors import PlannerError
+from planner.shapes import ModelShape
+
+LR_REF, H_REF, LR_MAX = 0.01, 64, 0.03
+WARMUP_FRACTION = 0.05
+HEAD_DIM = 16
+#: A law whose bootstrap band on the held-out prediction is wider than this (relative) is not used to re-plan.
+MAX_BAND = 0.05
+
+
+@dataclass(frozen=True)
+class LadderPoint:
+    name: str
+    layers: int
+    hidden: int
+    heads: int
+    params: int
+    tokens: int
+    steps: int
+    lr: float
+    warmup_steps: int
+    flops: float
+    held_out: bool = False
+
+
+@dataclass(frozen=True)
+class Ladder:
+    points: tuple[LadderPoint, ...]
+    seq_len: int
+    vocab: int
+    batch_tokens: int
+    ladder_flops: float
+    target_flops: float
+
+    @property
+    def spent_flops(self) -> float:
+        return sum(p.flops for p in self.points if not p.held_out)
+
+    def to_dict(self) -> dict:
+        return {"points": [asdict(p) for p in self.points], "seq_len": self.seq_len, "vocab": self.vocab,
+                "batch_tokens": self.batch_tokens, "ladder_flops": self.ladder_flops,
+                "target_flops": self.target_flops, "spent_flops": self.spent_flops,
+                "held_out_flops": sum(p.flops for p in self.points if p.held_out)}
+
+
+def lr_for(hidden: int) -> float:
+    return min(LR_MAX, LR_REF * H_REF / hidden)
+
+
+def shape_for(hidden: int, layers: int, vocab: int, seq_len: int) -> ModelShape:
+    return ModelShape(layers, hidden, max(1, hidden // HEAD_DIM), vocab, seq_len)
+
+
+def _point(shape: ModelShape, tokens: float, batch_tokens: int, held_out: bool = False) -> LadderPoint:
+    steps = max(1, round(tokens / batch_tokens))
+    n = shape.param_count()
+    flops = compute.model_flops_per_token(n, shape) * steps * batch_tokens
+    name = f"h{shape.hidden}-l{shape.layers}-t{steps * batch_tokens // 1000}k" + ("-heldout" if held_out else "")
+    return LadderPoint(name, shape.layers, shape.hidden, shape.heads, n, steps * batch_tokens, steps,
+                       lr_for(shape.hidden), max(1, round(WARMUP_FRACTION * steps)), flops, held_out)
+
+
+def design(*, widths: list[int], holdout_width: int, layers: int, vocab: int, seq_len: int, batch_tokens: int,
+           ladder_flops: float, target_flops: float, multiples: list[float]) -> Ladder:
+    """Sizes x token multiples spending `ladder_flops`, and one held-out run at `target_flops`."""
+    checks.integer("--layers", layers, 1, 1000)
+    checks.integer("--vocab", vocab, 2, 1 << 24)
+    checks.integer("--seq-len", seq_len, 2, 1 << 20)
+    checks.integer("--batch-tokens", batch_tokens, seq_len)
+    checks.number("--ladder-flops", ladder_flops, 1.0, 1e30)
+    checks.number("--target-flops", target_flops, 1.0, 1e30)
+    if len(set(widths)) < 3 or len(set(multiples)) < 3:
+        raise PlannerError("--widths and --multiples: the law has two exponents; give at least 3 distinct of each")
+    for w in (*widths, holdout_width):
+        checks.integer("--widths", w, 4, 1 << 16)
+        heads = max(1, w // HEAD_DIM)
+        if w % heads or (w // heads) % 2:
+            raise PlannerError(f"--widths: {w} does not split into {heads} heads of an even size")
+    if holdout_width <= max(widths):
+        raise PlannerError(f"--holdout-width: {holdout_width} must be wider than every ladder width (max {max(widths)})")
+    if batch_tokens % seq_len:
+        raise PlannerError(f"--batch-tokens: {batch_tokens} is not a multiple of --seq-len {seq_len}")
+    shapes = [shape_for(w, layers, vocab, seq_len) for w in sorted(set(widths))]
+    per_token = [compute.model_flops_per_token(s.param_count(), s) for s in shapes]
+    # tokens = k * m * N: the ladder's FLOPs are k * sum_m sum_i m * N_i * flops_per_token_i
+    unit = sum(m * s.param_count() * f for m in multiples for s, f in zip(shapes, per_token, strict=True))
+    k = ladder_flops / unit
+    points = [_point(s, k * m * s.param_count(), batch_tokens) for s in shapes for m in sorted(multiples)]
+    held = shape_for(holdout_width, layers, vocab, seq_len)
+    held_tokens = target_flops / compute.model_flops_per_token(held.param_count(), held)
+    points.append(_point(held, held_tokens, batch_tokens, held_out=True))
+    if min(p.steps for p in points) < 20:
+        raise PlannerError(f"--ladder-flops: {ladder_flops:.3g} gives runs of under 20 steps of {batch_tokens} tokens; "
+                           "raise the budget or lower --batch-tokens")
+    return Ladder(tuple(points), seq_len, vocab, batch_tokens, ladder_flops, target_flops)
+
+
+def run_config(point: LadderPoint, ladder: Ladder, *, train: str, eval_data: str, out_dir: str,
+               tracking_uri: str, experiment: str, micro_batch: int) -> dict:
+    """The run.yaml of one point (pretrain.config keys), one process, fp32 on CPU."""
+    if ladder.batch_tokens % (micro_batch * ladder.seq_len):
+        raise PlannerError(f"--micro-batch: {micro_batch} x seq {ladder.seq_len} does not divide --batch-tokens "
+                           f"{ladder.batch_tokens}")
+    accum = ladder.batch_tokens // (micro_batch * ladder.seq_len)
+    return {
+        "name": point.name, "out_dir": out_dir,
+        "model": {"layers": point.layers, "hidden": point.hidden, "heads": point.heads, "vocab": ladder.vocab,
+                  "seq_len": ladder.seq_len},
+        "data": {"train": train, "eval": eval_data},
+        "optim": {"lr": point.lr, "warmup_steps": point.warmup_steps},
+        "train": {"steps": point.steps, "precision": "fp32", "eval_every": point.steps, "eval_batches": 16,
+                  "checkpoint_every": point.steps, "log_every": max(1, point.steps // 20)},
+        "parallel": {"engine": "single", "micro_batch": micro_batch, "grad_accum": accum},
+        "tracking": {"tracking_uri": tracking_uri, "experiment": experiment, "run_name": point.name},
+        "plan": {"ladder_point": asdict(point)},
+    }
+
+
+def total_hours(ladder: Ladder, tokens_per_second: float) -> float:
+    return sum(p.tokens for p in ladder.points) / tokens_per_second / 3600
+
+
+def relative_error(predicted: float, measured: float) -> float:
+    return (predicted - measured) / measured
+
+
+def band_ok(low: float, high: float, predicted: float) -> bool:
+    return math.isfinite(low) and math.isfinite(high) and (high - low) / 2 <= MAX_BAND * predicted
+
+
+# ---- the workflow: write, predict the held-out run, report ---------------------------------------
+LADDER_FILE, PREDICTION_FILE, REPORT_FILE = "ladder.json", "prediction.json", "report.json"
+
+
+def write(ladder: Ladder, out: str, *, train: str, eval_data: str, micro_batch: int, experiment: str,
+          bootstrap: int, python: str) -> dict:
+    """One folder per point, `ladder.json`, and `run_ladder.sh` (the one launch for all of them)."""
+    import shlex
+    from pathlib import Path
+
+    import yaml
+
+    from planner.io import atomic_write_json, atomic_write_text
+
+    root = Path(out).resolve()
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    lines = ["#!/usr/bin/env bash", "# Emitted by `planner ladder`: the ladder, the prediction, the held-out run, the report.",
+             "set -euo pipefail", f"cd {shlex.quote(str(root))}", "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}"]
+    q = shlex.quote
+    for p in ladder.points:
+        folder = root / "points" / p.name
+        cfg = run_config(p, ladder, train=str(Path(train).resolve()), eval_data=str(Path(eval_data).resolve()),
+                         out_dir=str(folder / "run"), tracking_uri=uri, experiment=experiment, micro_batch=micro_batch)
+        atomic_write_text(folder / "run.yaml", yaml.safe_dump(cfg, sort_keys=False))
+        if p.held_out:
+            lines.append(f"{q(python)} -m planner.cli ladder predict {q(str(root))} --bootstrap {bootstrap}")
+        lines.append(f"[ -f {q(str(folder / 'run/summary.json'))} ] || {q(python)} -m pretrain.train --config "
+                     f"{q(str(folder / 'run.yaml'))}")
+    lines.append(f"{q(python)} -m planner.cli ladder report {q(str(root))}")
+    atomic_write_text(root / "run_ladder.sh", "\n".join(lines) + "\n").chmod(0o755)
+    meta = {**ladder.to_dict(), "train": str(Path(train).resolve()), "eval": str(Path(eval_data).resolve()),
+            "tracking_uri": uri, "experiment": experiment}
+    atomic_write_json(root / LADDER_FILE, meta)
+    return meta
+
+
+def _load(root) -> dict:
+    import json
+    from pathlib import Path
+
+    path = Path(root) / LADDER_FILE
+    if not path.is_file():
+        raise PlannerError(f"LADDER_DIR: {root} has no {LADDER_FILE} (write one with `planner ladder design`)")
+    return json.loads(path.read_text())
+
+
+def finished_runs(meta: dict) -> dict[str, dict]:
+    """Point name -> {n_params, train_tokens, eval_loss} of every finished run in the ladder's MLflow store."""
+    from planner.rundata import load_table
+
+    table = load_table(f"mlflow:{meta['experiment']}", meta["tracking_uri"])
+    need = ("tags.mlflow.runName", "params.n_params", "params.train_tokens", "metrics.eval_loss")
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise PlannerError(f"LADDER_DIR: the MLflow runs lack {', '.join(missing)} (no run has finished yet?)")
+    table = table[table["status"] == "FINISHED"].dropna(subset=list(need))
+    return {row["tags.mlflow.runName"]: {"n_params": float(row["params.n_params"]),
+                                         "train_tokens": float(row["params.train_tokens"]),
+                                         "eval_loss": float(row["metrics.eval_loss"])} for _, row in table.iterrows()}
+
+
+def predict(root, bootstrap: int = 30) -> dict:
+    """Fit the finished ladder runs and write the held-out run's prediction into its run.yaml."""
+    from pathlib import Path
+
+    import numpy as np
+    import yaml
+
+    from planner.fit import fit_nd, predict_nd
+    from planner.io import atomic_write_json, atomic_write_text
+
+    meta, root = _load(root), Path(root)
+    runs = finished_runs(meta)
+    ladder_points = [p for p in meta["points"] if not p["held_out"]]
+    held = next(p for p in meta["points"] if p["held_out"])
+    have = [runs[p["name"]] for p in ladder_points if p["name"] in runs]
+    if len(have) < len(ladder_points):
+        raise PlannerError(f"LADDER_DIR: {len(have)} of {len(ladder_points)} ladder runs have finished; train them first")
+    n, d, loss = (np.array([r[k] for r in have]) for k in ("n_params", "train_tokens", "eval_loss"))
+    fit = fit_nd(n, d, loss, bootstrap=bootstrap)
+    predicted = float(predict_nd(fit.params, held["params"], held["tokens"]))
+    samples = [float(predict_nd(s, held["params"], held["tokens"])) for s in fit.extra.get("bootstrap_params", [])]
+    low, high = (np.percentile(samples, [2.5, 97.5]).tolist() if samples else [math.nan, math.nan])
+    result = {"law": fit.params, "stderr": fit.stderr, "converged": fit.converged, "message": fit.message,
+              "held_out": held["name"], "loss_predicted": predicted, "band": [low, high], "bootstrap": bootstrap,
+              "fitted_on": len(have)}
+    config = root / "points" / held["name"] / "run.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["plan"].update({"loss_predicted": predicted, "loss_predicted_low": low, "loss_predicted_high": high})
+    atomic_write_text(config, yaml.safe_dump(cfg, sort_keys=False))
+    atomic_write_json(root / PREDICTION_FILE, result)
+    return result
+
+
+def report(root) -> dict:
+    """Held-out error, E against the source's true entropy rate (when the data knows it), and the re-plan
+    or the refusal, as JSON and Markdown."""
+    import json
+    from pathlib import Path
+
+    from planner.io import atomic_write_json
+
+    meta, root = _load(root), Path(root)
+    if not (root / PREDICTION_FILE).is_file():
+        raise PlannerError(f"LADDER_DIR: no {PREDICTION_FILE}; run `planner ladder predict` before the held-out run")
+    pred = json.loads((root / PREDICTION_FILE).read_text())
+    measured = finished_runs(meta).get(pred["held_out"])
+    if measured is None:
+        raise PlannerError(f"LADDER_DIR: the held-out run {pred['held_out']} has not finished")
+    out = {**pred, "loss_measured": measured["eval_loss"],
+           "error": relative_error(pred["loss_predicted"], measured["eval_loss"])}
+    manifest = Path(meta["train"]) / "manifest.json"
+    truth = json.loads(manifest.read_text()).get("entropy_rate_nats") if manifest.is_file() else None
+    if truth:
+        out["true_entropy_rate"], out["E_error"] = truth, relative_error(pred["law"]["E"], truth)
+    low, high = pred["band"]
+    out["usable"], out["refusal"] = usable(pred["converged"], pred["message"], low, high, pred["loss_predicted"])
+    if out["usable"]:
+        from planner.scaling import ParametricLaw, plan_optimal
+
+        law = ParametricLaw(**{k: pred["law"][k] for k in ("E", "A", "B", "alpha", "beta")}, name="ladder")
+        out["replan"] = plan_optimal(law, meta["target_flops"]).to_dict()
+    atomic_write_json(root / REPORT_FILE, out)
+    return out
+
+
+def usable(converged: bool, message: str, low: float, high: float, predicted: float) -> tuple[bool, str]:
+    if not converged:
+        return False, (f"the fit did not converge ({message}); more distinct sizes, more tokens per size and less "
+                       "data repetition would help")
+    if not band_ok(low, high, predicted):
+        return False, (f"the bootstrap band on the held-out prediction ({low:.4g}-{high:.4g}) is wider than "
+                       f"+/-{MAX_BAND:.0%}; more runs (sizes x tokens) or a larger --bootstrap would tighten it")
+    return True, ""
