@@ -4,7 +4,7 @@ against the source's exact entropy rate (issue 13's targets: E within 3%, held-o
 Baseline in the same run: the naive law "the held-out run will match the best ladder run's loss",
 whose error the fitted law must beat.
 
-    .venv/bin/python benchmarks/bench_ladder.py [--ladder-flops 2e12] [--target-flops 1e12]
+    .venv/bin/python benchmarks/bench_ladder.py [--ladder-flops 4e12] [--target-flops 2e12]
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from pretrain.data.synthetic import write_dense_shards
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--ladder-flops", default="2e12")
-    ap.add_argument("--target-flops", default="1e12")
+    ap.add_argument("--ladder-flops", default="4e12")
+    ap.add_argument("--target-flops", default="2e12")
     ap.add_argument("--out", help="keep the ladder here (default: a temp folder)")
     a = ap.parse_args()
     root = Path(a.out or tempfile.mkdtemp(prefix="bench-ladder-"))

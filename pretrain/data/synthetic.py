@@ -95,6 +95,7 @@ def write_markov_shards(out_dir, vocab: int = 256, seq_len: int = 64, rows: int 
 def main(argv: list[str] | None = None) -> int:
     p = one_line_parser("synthetic", __doc__.splitlines()[0])
     p.add_argument("out_dir")
+    p.add_argument("--source", choices=("markov", "dense"), default="markov")
     p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--rows", type=int, default=2048)
@@ -102,11 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     def run() -> None:
-        checks.integer("--vocab", a.vocab, 2, 1 << 32)
+        checks.integer("--vocab", a.vocab, 2, 4096 if a.source == "dense" else 1 << 32)  # dense: a V x V table
         checks.integer("--seq-len", a.seq_len, 2, 1 << 20)
         checks.integer("--rows", a.rows, 1, 1 << 31)
-        m = write_markov_shards(a.out_dir, a.vocab, a.seq_len, a.rows, a.seed)
-        print(f"wrote {m['rows']} rows x {m['seq_len'] + 1} tokens to {a.out_dir}")
+        write = write_dense_shards if a.source == "dense" else write_markov_shards
+        m = write(a.out_dir, a.vocab, a.seq_len, a.rows, a.seed)
+        rate = f"; entropy rate {m['entropy_rate_nats']:.4f} nats/token" if "entropy_rate_nats" in m else ""
+        print(f"wrote {m['rows']} rows x {m['seq_len'] + 1} tokens to {a.out_dir}{rate}")
 
     return guarded("synthetic", run)
 
