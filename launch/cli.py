@@ -139,7 +139,7 @@ def slurm(config, overrides, force, verify, dry_run, num_nodes, gpus_per_node, p
     check = preflight(cfg, world, gpus_per_node, force, verify)
     click.echo(f"preflight: {check.message}")
     job_dir = Path(config).resolve().parent
-    hours = _plan_hours(cfg, world, gpus_per_node)
+    hours = check.plan["wall_days"] * 24 if check.plan else None  # the plan's wall-clock at this size
     time, jobs = slurm_scripts.job_layout(hours, max_time, time_limit)
     script = slurm_scripts.sbatch_script(job_dir=job_dir, name=cfg.name, nodes=num_nodes, per_node=gpus_per_node,
                                          time=time, partition=partition, max_restarts=3, overrides=list(overrides),
@@ -157,16 +157,6 @@ def slurm(config, overrides, force, verify, dry_run, num_nodes, gpus_per_node, p
         if shutil.which("sbatch") is None:
             raise LaunchError("--submit: sbatch is not on PATH (not a SLURM login node?); the script is written")
         raise click.exceptions.Exit(_run(["bash", str(chain)], False))
-
-
-def _plan_hours(cfg, world: int, gpus_per_node: int) -> float | None:
-    """The plan's wall-clock at this world size, when the run config carries a plan."""
-    if not cfg.plan.get("request"):
-        return None
-    from planner.emit import request_from_plan
-    from planner.plan import estimate
-
-    return estimate(request_from_plan(cfg.plan, gpus=world, gpus_per_node=gpus_per_node))["wall_days"] * 24
 
 
 @cli.command()

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 from launch.preflight import LaunchError
-from planner import checks
 from pretrain.config import RunConfig
 
 TRAIN_MODULE = ["-m", "pretrain.train"]
@@ -40,7 +39,6 @@ def torchrun_local(config: str, nproc: int, overrides: list[str]) -> list[str]:
 
 
 def deepspeed_local(config: str, nproc: int, port: int, overrides: list[str]) -> list[str]:
-    checks.port("--master-port", port)
     launcher = str(Path(sys.executable).with_name("deepspeed"))
     return [launcher, "--num_gpus", str(nproc), "--master_port", str(port), "--module", "pretrain.train",
             "--config", config, *overrides]
@@ -48,9 +46,6 @@ def deepspeed_local(config: str, nproc: int, port: int, overrides: list[str]) ->
 
 def torchrun_node(config: str, nnodes: int, nproc: int, node_rank: int, master_addr: str, port: int,
                   run_id: str, max_restarts: int, overrides: list[str]) -> list[str]:
-    checks.host("--master-addr", master_addr)
-    checks.port("--master-port", port)
-    checks.integer("--max-restarts", max_restarts, 0, 1000)
     if not 0 <= node_rank < nnodes:
         raise LaunchError(f"--node-rank: {node_rank} is outside the {nnodes} node(s) of the hostfile (0..{nnodes - 1})")
     return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={nproc}",

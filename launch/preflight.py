@@ -19,6 +19,7 @@ class Preflight:
     world: int
     fits: bool | None  # None: the run config carries no plan to check
     message: str
+    plan: dict | None = None  # the planner's estimate at this world size (launch slurm takes its wall-clock)
 
 
 def check_paths(cfg: RunConfig) -> None:
@@ -60,18 +61,16 @@ def check_fit(cfg: RunConfig, world: int, gpus_per_node: int, force: bool) -> Pr
         fewest = {k: v for k, v in result["min_gpus_to_fit"].items() if v}
         raise LaunchError(f"preflight: will not fit: {message}; fewest GPUs that fit: {fewest or 'none'}; "
                           "use --force to launch anyway")
-    return Preflight(world, result["fits"], message)
+    return Preflight(world, result["fits"], message, result)
 
 
-def check_verified_fit(cfg: RunConfig, world: int, gpus_per_node: int, force: bool) -> str:
+def check_verified_fit(cfg: RunConfig, planned: dict, world: int, gpus_per_node: int, force: bool) -> str:
     """`planner verify` at the launch's world size: the tracker's measured peak, plus the planner's
     CUDA runtime and fragmentation lines (which no tracker sees), against the GPU's memory."""
     from planner.emit import request_from_plan
-    from planner.plan import estimate
     from planner.verify import verify_request
 
-    req = request_from_plan(cfg.plan, gpus=world, gpus_per_node=gpus_per_node)
-    result, planned = verify_request(req), estimate(req)
+    result = verify_request(request_from_plan(cfg.plan, gpus=world, gpus_per_node=gpus_per_node))
     untracked = sum(result["not_tracked"].values())
     need = (result["lines"]["allocated"]["tracker_at_peak"] + untracked) / 2**30
     have = planned["gpu_memory_bytes"] / 2**30
@@ -88,5 +87,6 @@ def preflight(cfg: RunConfig, world: int, gpus_per_node: int, force: bool = Fals
     check_batch(cfg, world)
     check = check_fit(cfg, world, gpus_per_node, force)
     if verify and check.fits is not None:
-        check = Preflight(world, check.fits, f"{check.message}; {check_verified_fit(cfg, world, gpus_per_node, force)}")
+        verified = check_verified_fit(cfg, check.plan, world, gpus_per_node, force)
+        check = Preflight(world, check.fits, f"{check.message}; {verified}", check.plan)
     return check

@@ -86,17 +86,13 @@ def parallel_section(req: EstimateRequest, opts: EmitOptions, seq_len: int) -> P
     plan = replace(req.parallel, nodes=nodes)
     if plan.offload != "none" and plan.engine == "fsdp":
         plan = replace(plan, offload="all")  # FSDP2 offloads parameters, gradients and states together
-    try:
-        plan = plan.validate(parallel.cli_flag).with_global_batch(opts.batch_tokens // seq_len)
-    except PlannerError as exc:  # the batch rule speaks in sequences; the flag is in tokens
-        if not str(exc).startswith("--batch-tokens"):
-            raise
-        per_pass = plan.micro_batch * plan.dp * seq_len
+    per_pass = plan.micro_batch * plan.dp * seq_len  # the flag is in tokens, the plan's batch in sequences
+    if opts.batch_tokens % per_pass:
         raise PlannerError(
             f"--batch-tokens: {opts.batch_tokens:,} is not a multiple of micro-batch {plan.micro_batch} x seq-len "
             f"{seq_len} x {plan.dp} data-parallel ranks = {per_pass:,} tokens; try "
-            f"{max(1, round(opts.batch_tokens / per_pass)) * per_pass:,}") from None
-    return plan.check_runnable(parallel.cli_flag)
+            f"{max(1, round(opts.batch_tokens / per_pass)) * per_pass:,}")
+    return plan.with_global_batch(opts.batch_tokens // seq_len, parallel.cli_flag).check_runnable(parallel.cli_flag)
 
 
 def build_run_config(req: EstimateRequest, opts: EmitOptions, result: dict) -> dict:

@@ -23,11 +23,15 @@ bootstrap band and refuses to re-plan from a law that did not converge or whose 
 
 from __future__ import annotations
 
+import json
 import math
+import shlex
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from planner import checks, compute
 from planner.errors import PlannerError
+from planner.io import atomic_write_json, atomic_write_text
 from planner.shapes import ModelShape
 
 LR_REF, H_REF, LR_MAX = 0.01, 64, 0.03
@@ -145,10 +149,6 @@ def run_config(point: LadderPoint, ladder: Ladder, *, train: str, eval_data: str
     }
 
 
-def total_hours(ladder: Ladder, tokens_per_second: float) -> float:
-    return sum(p.tokens for p in ladder.points) / tokens_per_second / 3600
-
-
 def relative_error(predicted: float, measured: float) -> float:
     return (predicted - measured) / measured
 
@@ -164,12 +164,8 @@ LADDER_FILE, PREDICTION_FILE, REPORT_FILE = "ladder.json", "prediction.json", "r
 def write(ladder: Ladder, out: str, *, train: str, eval_data: str, micro_batch: int, experiment: str,
           bootstrap: int, python: str) -> dict:
     """One folder per point, `ladder.json`, and `run_ladder.sh` (the one launch for all of them)."""
-    import shlex
-    from pathlib import Path
-
     import yaml
 
-    from planner.io import atomic_write_json, atomic_write_text
 
     root = Path(out).resolve()
     uri = f"sqlite:///{root / 'mlflow.db'}"
@@ -194,9 +190,6 @@ def write(ladder: Ladder, out: str, *, train: str, eval_data: str, micro_batch: 
 
 
 def _load(root) -> dict:
-    import json
-    from pathlib import Path
-
     path = Path(root) / LADDER_FILE
     if not path.is_file():
         raise PlannerError(f"LADDER_DIR: {root} has no {LADDER_FILE} (write one with `planner ladder design`)")
@@ -220,13 +213,10 @@ def finished_runs(meta: dict) -> dict[str, dict]:
 
 def predict(root, bootstrap: int = 30) -> dict:
     """Fit the finished ladder runs and write the held-out run's prediction into its run.yaml."""
-    from pathlib import Path
-
     import numpy as np
     import yaml
 
     from planner.fit import fit_nd, predict_nd
-    from planner.io import atomic_write_json, atomic_write_text
 
     meta, root = _load(root), Path(root)
     runs = finished_runs(meta)
@@ -254,10 +244,6 @@ def predict(root, bootstrap: int = 30) -> dict:
 def report(root) -> dict:
     """Held-out error, E against the source's true entropy rate (when the data knows it), and the re-plan
     or the refusal, as JSON and Markdown."""
-    import json
-    from pathlib import Path
-
-    from planner.io import atomic_write_json
 
     meta, root = _load(root), Path(root)
     if not (root / PREDICTION_FILE).is_file():

@@ -108,13 +108,13 @@ class ParallelPlan:
     # ---- construction -----------------------------------------------------------------------------
     @classmethod
     def from_flags(cls, gpus: int, *, zero: int | None = None, fsdp: str | None = None,
-                   sharding_factor: int | None = None, offload: str = "none", tp: int = 1, micro_batch: int = 1,
-                   nodes: int = 1) -> ParallelPlan:
+                   sharding_factor: int | None = None, offload: str = "none", tp: int = 1,
+                   micro_batch: int = 1) -> ParallelPlan:
         """The planner's flags (`--zero`, `--fsdp`, ...) as a plan, checked with the flags' names."""
         if zero is not None and fsdp is not None:
             raise PlannerError("--zero and --fsdp: choose one sharding strategy, not both")
         engine = "deepspeed" if zero is not None else "fsdp" if fsdp is not None else "ddp" if gpus > 1 else "single"
-        plan = cls(engine=engine, world=gpus, nodes=nodes, tp=tp, dp_shard=sharding_factor, zero_stage=zero or 0,
+        plan = cls(engine=engine, world=gpus, tp=tp, dp_shard=sharding_factor, zero_stage=zero or 0,
                    fsdp_mode=fsdp or "full", offload=offload, micro_batch=micro_batch)
         return plan.validate(cli_flag)
 

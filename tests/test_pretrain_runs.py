@@ -73,16 +73,21 @@ def test_engine_trains_on_two_processes_and_holds_the_predicted_model_states(eng
     assert s["activation_bytes_predicted"] == pytest.approx(s["activation_bytes_measured"], rel=0.05)
 
 
+TP2_FSDP2 = ["parallel.engine=fsdp", "parallel.tp=2", "parallel.micro_batch=4"]  # 4 processes: a 2-D mesh
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", ["zero3", "fsdp-full"])
-def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(engine, shards, tmp_path):
+@pytest.mark.parametrize("overrides, nproc", [(ENGINES["zero3"], 2), (ENGINES["fsdp-full"], 2), (TP2_FSDP2, 4)],
+                         ids=["zero3", "fsdp-full", "tp2-fsdp2"])
+def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(overrides, nproc, shards, tmp_path):
     common = [f"data.train={shards / 'train'}", "tracking.enabled=false", "train.steps=12", "optim.lr=0.01",
-              "train.checkpoint_every=4", *ENGINES[engine]]
-    straight = run_train(tmp_path, [*common, f"out_dir={tmp_path / 'a'}"], nproc=2)
+              "train.checkpoint_every=4", *overrides]
+    straight = run_train(tmp_path, [*common, f"out_dir={tmp_path / 'a'}"], nproc=nproc)
     assert straight.returncode == 0, straight.stderr[-2000:]
-    crashed = run_train(tmp_path, [*common, f"out_dir={tmp_path / 'b'}"], nproc=2, env={"PRETRAIN_FAIL_AFTER_STEP": "10"})
+    crashed = run_train(tmp_path, [*common, f"out_dir={tmp_path / 'b'}"], nproc=nproc,
+                        env={"PRETRAIN_FAIL_AFTER_STEP": "10"})
     assert crashed.returncode != 0 and (tmp_path / "b/checkpoints/latest").read_text().strip() == "step_00000008"
-    resumed = run_train(tmp_path, [*common, f"out_dir={tmp_path / 'b'}"], nproc=2)
+    resumed = run_train(tmp_path, [*common, f"out_dir={tmp_path / 'b'}"], nproc=nproc)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert summary(tmp_path / "b")["losses"] == summary(tmp_path / "a")["losses"]
 

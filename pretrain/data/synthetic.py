@@ -75,7 +75,7 @@ def write_dense_shards(out_dir, vocab: int = 128, seq_len: int = 64, rows: int =
         tokens[:, t + 1] = np.minimum(nxt, vocab - 1)
     writer = ShardWriter(out_dir, seq_len, vocab, eos_id=0, rows_per_shard=rows_per_shard)
     for row in tokens:
-        writer.add_row(row.tolist(), domain="synthetic")
+        writer.add_row(row, domain="synthetic")
     rate = dense_entropy_rate(vocab, temperature)
     return writer.close({"source": "synthetic-dense-markov", "seed": seed, "temperature": temperature,
                          "entropy_rate_nats": rate})
