@@ -332,6 +332,11 @@ def fit_nd_cmd(data, n_col, d_col, flops_col, loss_col, bootstrap, seed, trackin
     _emit_fit(result, out, as_json, f"fit-nd:{data}")
 
 
+#: Readable axis names for the trainer's metric names.
+AXIS_LABELS = {"step": "optimizer step", "flops_seen": "training FLOPs", "tokens_seen": "training tokens",
+               "tokens": "training tokens"}
+
+
 @fit.command("curve")
 @_fit_options
 @click.option("--x-col", help="Column (or MLflow metric) of x: steps, tokens or FLOPs (MLflow default: the step).")
@@ -365,7 +370,7 @@ def fit_curve_cmd(data, n_col, d_col, flops_col, loss_col, bootstrap, seed, trac
     if plot:
         from planner.plots import plot_curve
 
-        plot_curve(result, x, loss, plot, x_label=x_col or "step", envelope=envelope)
+        plot_curve(result, x, loss, plot, x_label=AXIS_LABELS.get(x_col or "step", x_col), envelope=envelope)
     _emit_fit(result, out, as_json, f"fit-curve:{data}")
 
 
@@ -445,21 +450,28 @@ def _floats(value: str, flag: str) -> list[float]:
 @click.option("--batch-tokens", type=int, default=2048, show_default=True, help="Tokens per optimizer step, every size.")
 @click.option("--micro-batch", type=int, default=16, show_default=True)
 @click.option("--multiples", default="1,2,4", show_default=True, help="Token multiples per size (x k x N).")
+@click.option("--lr-ref", type=float, default=0.01, show_default=True,
+              help="Learning rate at width 64; each size gets lr-ref x 64/width, capped at 0.03.")
 @click.option("--ladder-flops", type=COUNT, required=True, help="Model FLOPs the ladder may spend.")
 @click.option("--target-flops", type=COUNT, required=True, help="The held-out run's budget, predicted before it trains.")
 @click.option("--experiment", default="ladder", show_default=True, help="MLflow experiment (SQLite store in --out).")
 @click.option("--bootstrap", type=click.IntRange(0, 10_000), default=30, show_default=True)
+@click.option("--holdout-engine", type=click.Choice(["single", "ddp", "deepspeed", "fsdp"]), default="single",
+              show_default=True, help="The held-out run's engine (deepspeed: ZeRO-2, fsdp: full sharding).")
+@click.option("--holdout-gpus", type=click.IntRange(1, 1 << 16), default=1, show_default=True,
+              help="Ranks of the held-out run (through `launch local`); the ladder's runs use one.")
 def ladder_design(out_dir, train, eval_data, widths, holdout_width, layers, vocab, seq_len, batch_tokens, micro_batch,
-                  multiples, ladder_flops, target_flops, experiment, bootstrap):
+                  multiples, lr_ref, ladder_flops, target_flops, experiment, bootstrap, holdout_engine, holdout_gpus):
     """Design the ladder, write one run config per point and run_ladder.sh, and say what it costs."""
     from planner import ladder as ladder_mod
 
     lad = ladder_mod.design(widths=[int(w) for w in _floats(widths, "--widths")], holdout_width=holdout_width,
                             layers=layers, vocab=vocab, seq_len=seq_len, batch_tokens=batch_tokens,
                             ladder_flops=ladder_flops, target_flops=target_flops,
-                            multiples=_floats(multiples, "--multiples"))
+                            multiples=_floats(multiples, "--multiples"), lr_ref=lr_ref)
     ladder_mod.write(lad, out_dir, train=train, eval_data=eval_data, micro_batch=micro_batch, experiment=experiment,
-                     bootstrap=bootstrap, python=sys.executable)
+                     bootstrap=bootstrap, python=sys.executable, holdout_engine=holdout_engine,
+                     holdout_gpus=holdout_gpus)
     click.echo(f"{'point':<28}{'params':>10}{'tokens':>12}{'steps':>8}{'lr':>9}{'FLOPs':>11}")
     for p in lad.points:
         click.echo(f"{p.name:<28}{p.params:>10,}{p.tokens:>12,}{p.steps:>8,}{p.lr:>9.4g}{p.flops:>11.3g}")
@@ -497,6 +509,9 @@ def ladder_report(ladder_dir, as_json):
     low, high = r["band"]
     click.echo(f"held-out {r['held_out']}: predicted {r['loss_predicted']:.4f} (band {low:.4f}-{high:.4f}), "
                f"measured {r['loss_measured']:.4f}: error {r['error']:+.2%}")
+    mono = r["monotone"]
+    click.echo(f"ladder {'is' if mono['ok'] else 'is NOT'} monotone in size at every token multiple "
+               f"(measured vs the law's order: {'; '.join(f'x{m}: ' + ' < '.join(o['measured']) for m, o in mono['orders'].items())})")
     if "true_entropy_rate" in r:
         click.echo(f"fitted E {r['law']['E']:.4f} vs the source's entropy rate {r['true_entropy_rate']:.4f}: "
                    f"{r['E_error']:+.2%}")

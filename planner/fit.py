@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import itertools
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -109,10 +110,44 @@ def _lbfgs_best(starts: np.ndarray, log_n, log_d, log_l, max_iter: int = 10_000)
     return best
 
 
+#: A fitted E below this share of the lowest loss means the fit found no floor at all.
+E_FLOOR = 1e-3
+
+
 def _nd_params(theta: np.ndarray) -> dict[str, float]:
     a, b, e, alpha, beta = theta
     return {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)),
             "alpha": float(alpha), "beta": float(beta)}
+
+
+def bootstrap_samples(resample, n_points: int, count: int, seed: int, result: FitResult) -> list:
+    """`count` fits of `resample(indices)` on resampled points (None = skipped), with progress on stderr.
+
+    Ctrl-C cuts the bootstrap short: the samples so far are kept, and `result.extra` says so
+    (`bootstrap`, the count done, and `bootstrap_cut_short`). A fit of 5 parameters takes seconds
+    per resample, so a bootstrap of 100 runs for minutes.
+    """
+    from tqdm import tqdm
+
+    rng, samples = np.random.default_rng(seed), []
+    bar = tqdm(total=count, desc=f"bootstrap ({result.kind}; Ctrl-C stops early)", unit="fit", leave=False,
+               disable=None, file=sys.stderr)
+    try:
+        for _ in range(count):
+            sample = resample(rng.integers(0, n_points, n_points))
+            if sample is not None:
+                samples.append(sample)
+            bar.update()
+    except KeyboardInterrupt:
+        if len(samples) < 2:
+            raise
+        result.extra["bootstrap_cut_short"] = True
+        print(f"planner: bootstrap cut short after {len(samples)} of {count} resamples; the band uses those",
+              file=sys.stderr)
+    finally:
+        bar.close()
+    result.extra["bootstrap"] = len(samples)
+    return samples
 
 
 def fit_nd(n, d, loss, *, drop_worst: int = 0, bootstrap: int = 0, seed: int = 0,
@@ -141,22 +176,24 @@ def fit_nd(n, d, loss, *, drop_worst: int = 0, bootstrap: int = 0, seed: int = 0
         converged = False
         message = (f"{' and '.join(at_bound)} ended on the search bound {EXPONENT_BOUNDS}: the runs do not determine "
                    "it (more distinct model sizes and token counts are needed)")
+    elif np.exp(best.x[2]) < E_FLOOR * loss.min():
+        converged = False
+        message = (f"E went to {np.exp(best.x[2]):.2g}: the runs show no irreducible loss (still falling as a pure "
+                   "power law), so the law cannot say where a larger run levels off (more tokens per size are needed)")
     result = FitResult("nd", _nd_params(best.x), converged=converged, n_points=len(loss), message=message,
                        extra={"objective": float(best.fun), "drop_worst": drop_worst,
                               "huber_delta": HUBER_DELTA, "starts_scored": len(grid), "starts_optimised": starts})
     if bootstrap:
-        rng = np.random.default_rng(seed)
-        samples = []
-        for _ in range(bootstrap):
-            idx = rng.integers(0, len(loss), len(loss))
-            boot_starts = np.vstack([best.x, grid[order[:3]]])
-            res = _lbfgs_best(boot_starts, log_n[idx], log_d[idx], log_l[idx])
-            samples.append(list(_nd_params(res.x).values()))
+        boot_starts = np.vstack([best.x, grid[order[:3]]])
+
+        def resample(idx):
+            return list(_nd_params(_lbfgs_best(boot_starts, log_n[idx], log_d[idx], log_l[idx]).x).values())
+
+        samples = bootstrap_samples(resample, len(loss), bootstrap, seed, result)
         result.extra["bootstrap_params"] = [dict(zip(("E", "A", "B", "alpha", "beta"), map(float, row), strict=True))
                                             for row in samples]
         sd = np.std(np.array(samples), axis=0, ddof=1)
         result.stderr = dict(zip(("E", "A", "B", "alpha", "beta"), map(float, sd), strict=True))
-        result.extra["bootstrap"] = bootstrap
     return result
 
 
@@ -212,17 +249,12 @@ def fit_curve(x, loss, *, bootstrap: int = 0, seed: int = 0, target: float | Non
     result = FitResult("curve", params, converged=ok, n_points=len(loss),
                        message="" if ok else f"least squares did not converge: {message}")
     if bootstrap:
-        rng = np.random.default_rng(seed)
-        boots = []
-        for _ in range(bootstrap):
-            idx = rng.integers(0, len(loss), len(loss))
-            if np.unique(x[idx]).size < 3:
-                continue
-            boots.append(_fit_curve_once(x[idx], loss[idx], [theta])[0])
-        boots = np.array(boots)
+        def resample(idx):
+            return _fit_curve_once(x[idx], loss[idx], [theta])[0] if np.unique(x[idx]).size >= 3 else None
+
+        boots = np.array(bootstrap_samples(resample, len(loss), bootstrap, seed, result))
         values = np.column_stack([np.exp(boots[:, 0]), np.exp(boots[:, 1]), boots[:, 2]])
         result.stderr = dict(zip(("E", "A", "alpha"), map(float, values.std(axis=0, ddof=1)), strict=True))
-        result.extra["bootstrap"] = len(boots)
         result.extra["_boot_thetas"] = boots
     if target is not None:
         result.extra["target"] = {"x": target, "loss": float(_curve_predict(theta, np.array([target]))[0])}

@@ -32,6 +32,7 @@ from pathlib import Path
 from planner import checks, compute
 from planner.errors import PlannerError
 from planner.io import atomic_write_json, atomic_write_text
+from planner.parallel import ParallelPlan, cli_flag
 from planner.shapes import ModelShape
 
 LR_REF, H_REF, LR_MAX = 0.01, 64, 0.03
@@ -39,6 +40,7 @@ WARMUP_FRACTION = 0.05
 HEAD_DIM = 16
 #: A law whose bootstrap band on the held-out prediction is wider than this (relative) is not used to re-plan.
 MAX_BAND = 0.05
+HOLDOUT_ENGINES = ("single", "ddp", "deepspeed", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,7 @@ class LadderPoint:
     warmup_steps: int
     flops: float
     held_out: bool = False
+    multiple: float = 0.0  # the token multiple m of a ladder point (tokens = m x k x N); 0 for the held-out run
 
 
 @dataclass(frozen=True)
@@ -76,25 +79,27 @@ class Ladder:
                 "held_out_flops": sum(p.flops for p in self.points if p.held_out)}
 
 
-def lr_for(hidden: int) -> float:
-    return min(LR_MAX, LR_REF * H_REF / hidden)
+def lr_for(hidden: int, lr_ref: float = LR_REF) -> float:
+    """lr_ref at width H_REF, scaled by 1/width, capped at LR_MAX."""
+    return min(LR_MAX, lr_ref * H_REF / hidden)
 
 
 def shape_for(hidden: int, layers: int, vocab: int, seq_len: int) -> ModelShape:
     return ModelShape(layers, hidden, max(1, hidden // HEAD_DIM), vocab, seq_len)
 
 
-def _point(shape: ModelShape, tokens: float, batch_tokens: int, held_out: bool = False) -> LadderPoint:
+def _point(shape: ModelShape, tokens: float, batch_tokens: int, lr_ref: float, held_out: bool = False,
+           multiple: float = 0.0) -> LadderPoint:
     steps = max(1, round(tokens / batch_tokens))
     n = shape.param_count()
     flops = compute.model_flops_per_token(n, shape) * steps * batch_tokens
     name = f"h{shape.hidden}-l{shape.layers}-t{steps * batch_tokens // 1000}k" + ("-heldout" if held_out else "")
     return LadderPoint(name, shape.layers, shape.hidden, shape.heads, n, steps * batch_tokens, steps,
-                       lr_for(shape.hidden), max(1, round(WARMUP_FRACTION * steps)), flops, held_out)
+                       lr_for(shape.hidden, lr_ref), max(1, round(WARMUP_FRACTION * steps)), flops, held_out, multiple)
 
 
 def design(*, widths: list[int], holdout_width: int, layers: int, vocab: int, seq_len: int, batch_tokens: int,
-           ladder_flops: float, target_flops: float, multiples: list[float]) -> Ladder:
+           ladder_flops: float, target_flops: float, multiples: list[float], lr_ref: float = LR_REF) -> Ladder:
     """Sizes x token multiples spending `ladder_flops`, and one held-out run at `target_flops`."""
     checks.integer("--layers", layers, 1, 1000)
     checks.integer("--vocab", vocab, 2, 1 << 24)
@@ -102,6 +107,7 @@ def design(*, widths: list[int], holdout_width: int, layers: int, vocab: int, se
     checks.integer("--batch-tokens", batch_tokens, seq_len)
     checks.number("--ladder-flops", ladder_flops, 1.0, 1e30)
     checks.number("--target-flops", target_flops, 1.0, 1e30)
+    checks.number("--lr-ref", lr_ref, 1e-6, LR_MAX)
     if len(set(widths)) < 3 or len(set(multiples)) < 3:
         raise PlannerError("--widths and --multiples: the law has two exponents; give at least 3 distinct of each")
     for w in (*widths, holdout_width):
@@ -118,23 +124,36 @@ def design(*, widths: list[int], holdout_width: int, layers: int, vocab: int, se
     # tokens = k * m * N: the ladder's FLOPs are k * sum_m sum_i m * N_i * flops_per_token_i
     unit = sum(m * s.param_count() * f for m in multiples for s, f in zip(shapes, per_token, strict=True))
     k = ladder_flops / unit
-    points = [_point(s, k * m * s.param_count(), batch_tokens) for s in shapes for m in sorted(multiples)]
+    points = [_point(s, k * m * s.param_count(), batch_tokens, lr_ref, multiple=m) for s in shapes for m in sorted(multiples)]
     held = shape_for(holdout_width, layers, vocab, seq_len)
     held_tokens = target_flops / compute.model_flops_per_token(held.param_count(), held)
-    points.append(_point(held, held_tokens, batch_tokens, held_out=True))
+    points.append(_point(held, held_tokens, batch_tokens, lr_ref, held_out=True))
     if min(p.steps for p in points) < 20:
         raise PlannerError(f"--ladder-flops: {ladder_flops:.3g} gives runs of under 20 steps of {batch_tokens} tokens; "
                            "raise the budget or lower --batch-tokens")
     return Ladder(tuple(points), seq_len, vocab, batch_tokens, ladder_flops, target_flops)
 
 
-def run_config(point: LadderPoint, ladder: Ladder, *, train: str, eval_data: str, out_dir: str,
-               tracking_uri: str, experiment: str, micro_batch: int) -> dict:
-    """The run.yaml of one point (pretrain.config keys), one process, fp32 on CPU."""
-    if ladder.batch_tokens % (micro_batch * ladder.seq_len):
-        raise PlannerError(f"--micro-batch: {micro_batch} x seq {ladder.seq_len} does not divide --batch-tokens "
-                           f"{ladder.batch_tokens}")
-    accum = ladder.batch_tokens // (micro_batch * ladder.seq_len)
+def layout(ladder: Ladder, micro_batch: int, engine: str = "single", world: int = 1) -> ParallelPlan:
+    """How one point trains: `world` ranks of `engine` (single | ddp | deepspeed (ZeRO-2) | fsdp (full)),
+    `micro_batch` sequences per rank, and the ladder's batch in tokens as the global batch."""
+    if engine not in HOLDOUT_ENGINES:
+        raise PlannerError(f"--holdout-engine: {engine!r} is not one of {', '.join(HOLDOUT_ENGINES)}")
+    if (engine == "single") != (world == 1):
+        raise PlannerError(f"--holdout-gpus: {world} with engine {engine}: one rank is 'single', several need ddp, "
+                           "deepspeed or fsdp")
+    micro_batch = min(micro_batch, max(1, ladder.batch_tokens // ladder.seq_len // world))  # ranks share the batch
+    plan = ParallelPlan.from_flags(world, zero=2 if engine == "deepspeed" else None,
+                                   fsdp="full" if engine == "fsdp" else None, micro_batch=micro_batch)
+    if ladder.batch_tokens % (plan.micro_batch * plan.dp * ladder.seq_len):
+        raise PlannerError(f"--micro-batch: {micro_batch} x {plan.dp} ranks x seq {ladder.seq_len} does not divide "
+                           f"--batch-tokens {ladder.batch_tokens}")
+    return plan.with_global_batch(ladder.batch_tokens // ladder.seq_len, cli_flag)
+
+
+def run_config(point: LadderPoint, ladder: Ladder, plan: ParallelPlan, *, train: str, eval_data: str, out_dir: str,
+               tracking_uri: str, experiment: str) -> dict:
+    """The run.yaml of one point (pretrain.config keys), fp32."""
     return {
         "name": point.name, "out_dir": out_dir,
         "model": {"layers": point.layers, "hidden": point.hidden, "heads": point.heads, "vocab": ladder.vocab,
@@ -143,7 +162,7 @@ def run_config(point: LadderPoint, ladder: Ladder, *, train: str, eval_data: str
         "optim": {"lr": point.lr, "warmup_steps": point.warmup_steps},
         "train": {"steps": point.steps, "precision": "fp32", "eval_every": point.steps, "eval_batches": 16,
                   "checkpoint_every": point.steps, "log_every": max(1, point.steps // 20)},
-        "parallel": {"engine": "single", "micro_batch": micro_batch, "grad_accum": accum},
+        "parallel": plan.to_dict(),
         "tracking": {"tracking_uri": tracking_uri, "experiment": experiment, "run_name": point.name},
         "plan": {"ladder_point": asdict(point)},
     }
@@ -162,31 +181,43 @@ LADDER_FILE, PREDICTION_FILE, REPORT_FILE = "ladder.json", "prediction.json", "r
 
 
 def write(ladder: Ladder, out: str, *, train: str, eval_data: str, micro_batch: int, experiment: str,
-          bootstrap: int, python: str) -> dict:
-    """One folder per point, `ladder.json`, and `run_ladder.sh` (the one launch for all of them)."""
+          bootstrap: int, python: str, holdout_engine: str = "single", holdout_gpus: int = 1) -> dict:
+    """One folder per point, `ladder.json`, and `run_ladder.sh` (the one launch for all of them).
+
+    Ladder points train on one process; the held-out run may train as the real job would, on
+    `holdout_gpus` ranks of `holdout_engine` through `launch local` (same global batch, same math).
+    """
     import yaml
 
-
+    single, held_plan = layout(ladder, micro_batch), layout(ladder, micro_batch, holdout_engine, holdout_gpus)
     root = Path(out).resolve()
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    lines = ["#!/usr/bin/env bash", "# Emitted by `planner ladder`: the ladder, the prediction, the held-out run, the report.",
-             "set -euo pipefail", f"cd {shlex.quote(str(root))}", "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}"]
     q = shlex.quote
+    lines = ["#!/usr/bin/env bash", "# Emitted by `planner ladder`: the ladder, the prediction, the held-out run, the report.",
+             "set -euo pipefail", f"cd {q(str(root))}", "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}"]
     for p in ladder.points:
         folder = root / "points" / p.name
-        cfg = run_config(p, ladder, train=str(Path(train).resolve()), eval_data=str(Path(eval_data).resolve()),
-                         out_dir=str(folder / "run"), tracking_uri=uri, experiment=experiment, micro_batch=micro_batch)
+        cfg = run_config(p, ladder, held_plan if p.held_out else single, train=str(Path(train).resolve()),
+                         eval_data=str(Path(eval_data).resolve()), out_dir=str(folder / "run"), tracking_uri=uri,
+                         experiment=experiment)
         atomic_write_text(folder / "run.yaml", yaml.safe_dump(cfg, sort_keys=False))
         if p.held_out:
             lines.append(f"{q(python)} -m planner.cli ladder predict {q(str(root))} --bootstrap {bootstrap}")
-        lines.append(f"[ -f {q(str(folder / 'run/summary.json'))} ] || {q(python)} -m pretrain.train --config "
-                     f"{q(str(folder / 'run.yaml'))}")
+        lines.append(f"[ -f {q(str(folder / 'run/summary.json'))} ] || {train_command(python, folder, held_plan if p.held_out else single)}")
     lines.append(f"{q(python)} -m planner.cli ladder report {q(str(root))}")
     atomic_write_text(root / "run_ladder.sh", "\n".join(lines) + "\n").chmod(0o755)
     meta = {**ladder.to_dict(), "train": str(Path(train).resolve()), "eval": str(Path(eval_data).resolve()),
             "tracking_uri": uri, "experiment": experiment}
     atomic_write_json(root / LADDER_FILE, meta)
     return meta
+
+
+def train_command(python: str, folder: Path, plan: ParallelPlan) -> str:
+    """One process: the trainer itself; several: `launch local` (torchrun or the deepspeed launcher)."""
+    q = shlex.quote
+    if plan.world == 1:
+        return f"{q(python)} -m pretrain.train --config {q(str(folder / 'run.yaml'))}"
+    return f"(cd {q(str(folder))} && {q(python)} -m launch.cli local run.yaml --nproc {plan.world})"
 
 
 def _load(root) -> dict:
@@ -258,6 +289,7 @@ def report(root) -> dict:
     truth = json.loads(manifest.read_text()).get("entropy_rate_nats") if manifest.is_file() else None
     if truth:
         out["true_entropy_rate"], out["E_error"] = truth, relative_error(pred["law"]["E"], truth)
+    out["monotone"] = monotone(meta["points"], finished_runs(meta), pred["law"])
     low, high = pred["band"]
     out["usable"], out["refusal"] = usable(pred["converged"], pred["message"], low, high, pred["loss_predicted"])
     if out["usable"]:
@@ -267,6 +299,25 @@ def report(root) -> dict:
         out["replan"] = plan_optimal(law, meta["target_flops"]).to_dict()
     atomic_write_json(root / REPORT_FILE, out)
     return out
+
+
+def monotone(points: list[dict], runs: dict[str, dict], law: dict) -> dict:
+    """Per token multiple, does the measured order of the sizes match the order the fitted law predicts?
+
+    `ok` is true when it does at every multiple; `orders` gives, per multiple, the point names in measured
+    and predicted order (best first). A ladder whose larger models lose at a fixed budget cannot be fitted
+    by L(N, D): its lr or its data (repetition) is wrong for the larger sizes.
+    """
+    from planner.fit import predict_nd
+
+    orders, ok = {}, True
+    for m in sorted({p["multiple"] for p in points if not p["held_out"]}):
+        group = [p for p in points if not p["held_out"] and p["multiple"] == m and p["name"] in runs]
+        measured = [p["name"] for p in sorted(group, key=lambda p: runs[p["name"]]["eval_loss"])]
+        predicted = [p["name"] for p in sorted(group, key=lambda p: float(predict_nd(law, p["params"], p["tokens"])))]
+        orders[f"{m:g}"] = {"measured": measured, "predicted": predicted}
+        ok = ok and measured == predicted
+    return {"ok": ok, "orders": orders}
 
 
 def usable(converged: bool, message: str, low: float, high: float, predicted: float) -> tuple[bool, str]:

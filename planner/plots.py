@@ -41,28 +41,45 @@ def plot_curve(result: FitResult, x, loss, path, x_label: str = "x", envelope=No
     p = result.params
     ax.plot(xs, mid, color="C0", label=f"fit: {p['E']:.3f} + {p['A']:.3g}·x^-{p['alpha']:.3f}")
     ax.fill_between(xs, lo, hi, color="C0", alpha=0.2, label="95% bootstrap band")
-    ax.axvline(np.max(x), color="grey", ls=":", lw=1)
+    ax.axvline(np.max(x), color="grey", ls=":", lw=1, label=f"largest measured {x_label}")
     if target:
         t = result.extra["target"]
         ax.scatter([target], [t["loss"]], marker="*", s=120, color="C3", zorder=5,
                    label=f"extrapolated: {t['loss']:.3f} at {target:.3g}")
-    ax.set(xscale="log", yscale="log", xlabel=x_label, ylabel="loss", title="Loss curve power-law fit")
+    ax.set(xscale="log", yscale="log", xlabel=x_label, ylabel="loss",
+           title="Loss curve power-law fit" + ("" if result.converged else " (NOT converged)"))
     ax.legend(fontsize=8)
     return _save(plt, fig, path)
 
 
-def plot_nd(result: FitResult, n, d, loss, path) -> Path:
-    """Loss against N, coloured by D, with the fitted law's predictions on an isoFLOP view."""
+def plot_nd(result: FitResult, n, d, loss, path, held_out: dict | None = None) -> Path:
+    """Loss against N, coloured by training FLOPs, with the law's isoFLOP curves, each labelled with its budget.
+
+    A fit that did not converge says so across the plot. `held_out` ({n, d, measured, predicted}) adds a
+    run the law did not see, with its prediction.
+    """
     plt, fig, ax = _figure()
     flops = 6 * np.asarray(n) * np.asarray(d)
-    sc = ax.scatter(n, loss, c=np.log10(flops), s=12, cmap="viridis", label="runs")
-    fig.colorbar(sc, ax=ax, label="log10 training FLOPs")
-    for c in np.geomspace(flops.min(), flops.max(), 5):
-        ns = np.geomspace(np.min(n), np.max(n), 100)
-        ax.plot(ns, predict_nd(result.params, ns, c / (6 * ns)), color="k", lw=0.8, alpha=0.6)
+    sc = ax.scatter(n, loss, c=np.log10(flops), s=18, cmap="viridis", label="runs (fitted)", zorder=3)
+    fig.colorbar(sc, ax=ax, label="log10 training FLOPs (6ND)")
+    hi_n = max(np.max(n), held_out["n"] if held_out else 0)
+    ns = np.geomspace(np.min(n), hi_n, 100)
+    for i, c in enumerate(np.geomspace(flops.min(), flops.max(), 4)):
+        ax.plot(ns, predict_nd(result.params, ns, c / (6 * ns)), color=f"C{i}", lw=1, alpha=0.8,
+                label=f"law at C = {c:.2g} FLOPs")
+    if held_out:
+        ax.scatter([held_out["n"]], [held_out["measured"]], marker="s", s=60, color="C3", zorder=4,
+                   label=f"held-out run: measured {held_out['measured']:.3f}")
+        ax.scatter([held_out["n"]], [held_out["predicted"]], marker="*", s=140, color="C3", zorder=4,
+                   label=f"held-out run: predicted {held_out['predicted']:.3f}")
     p = result.params
-    ax.set(xscale="log", xlabel="parameters N", ylabel="loss",
+    ax.set(xscale="log", xlabel="parameters N", ylabel="eval loss",
            title=f"L = {p['E']:.3f} + {p['A']:.4g}/N^{p['alpha']:.3f} + {p['B']:.4g}/D^{p['beta']:.3f}")
+    ax.title.set_fontsize(9)
+    if not result.converged:
+        ax.text(0.5, 0.5, "FIT NOT CONVERGED\n(not used to re-plan)", transform=ax.transAxes, ha="center",
+                va="center", fontsize=16, color="C3", alpha=0.5, fontweight="bold")
+    ax.legend(fontsize=7)
     return _save(plt, fig, path)
 
 

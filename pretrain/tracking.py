@@ -49,6 +49,21 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a SQLite store live beside it (`<db folder>/mlartifacts`), not in the current folder
+    (MLflow's default, `./mlruns`, is wherever the first run happened to start)."""
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None  # a server or a file store chooses its own
+    return (Path(tracking_uri[len(prefix):]).resolve().parent / "mlartifacts").as_uri()
+
+
+def experiment_id(client, name: str, tracking_uri: str) -> str:
+    """The id of experiment `name`, created (with its artifacts beside a SQLite store) if it is new."""
+    exp = client.get_experiment_by_name(name)
+    return exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location(tracking_uri))
+
+
 class Outbox:
     """An append-only journal of tracking records and the mark of how many were delivered."""
 
@@ -94,8 +109,7 @@ class Deliverer:
         if state.get("run_id"):
             return state["run_id"]
         client = self._client()
-        exp = client.get_experiment_by_name(state["experiment"])
-        exp_id = exp.experiment_id if exp else client.create_experiment(state["experiment"])
+        exp_id = experiment_id(client, state["experiment"], self.tracking_uri)
         run = client.create_run(exp_id, run_name=state["run_name"])
         self.outbox.save_state(run_id=run.info.run_id)
         return run.info.run_id

@@ -92,19 +92,19 @@ def predicted_peak_bytes(cfg: RunConfig, world: int) -> float | None:
         return None
 
 
-def peak_flops_per_device(cfg: RunConfig) -> float | None:
-    """Dense bf16 peak of this device: from the plan, or the catalog entry matching the GPU's name."""
-    if cfg.plan.get("peak_flops_per_gpu"):
-        return float(cfg.plan["peak_flops_per_gpu"])
-    if not torch.cuda.is_available():
-        return None  # no dense-peak figure for a CPU: MFU is not reported
+def peak_flops_per_device(cfg: RunConfig, device: torch.device) -> float | None:
+    """Dense bf16 peak of the device this run is on: the catalog entry matching the GPU's name, else the
+    plan's figure for a GPU. None on a CPU: the catalog has no CPU peak, so MFU and the plan's predicted
+    tokens/s (both against a GPU's peak) are not reported there."""
+    if device.type != "cuda":
+        return None
     from planner.hardware import BUILTIN_GPUS
 
-    name = torch.cuda.get_device_name().lower()
+    name = torch.cuda.get_device_name(device).lower()
     for key, gpu in BUILTIN_GPUS.items():
         if key.split("-")[0] in name:
             return gpu.peak_flops("bf16" if "bf16" in gpu.peak_tflops else "fp16")
-    return None
+    return float(cfg.plan["peak_flops_per_gpu"]) if cfg.plan.get("peak_flops_per_gpu") else None
 
 
 def memory_in_use(info: DistInfo) -> float:
@@ -194,7 +194,7 @@ def train(cfg: RunConfig) -> dict:
     tracker = Tracker(cfg, info.is_main, run_id)
     shape = to_shape(cfg.model)
     flops_per_token = compute.model_flops_per_token(shape.param_count(), shape)  # PaLM's 6N + 12LHQT
-    peak = peak_flops_per_device(cfg)
+    peak = peak_flops_per_device(cfg, info.device)
     predicted = predicted_model_state_bytes(cfg)
     tokens_per_step = plan.batch * cfg.model.seq_len
     if info.is_main and latest is None:
@@ -254,7 +254,7 @@ def train(cfg: RunConfig) -> dict:
             cfg.plan["measured_model_state_bytes"] = measured
             metrics.update({"model_state_bytes_measured": measured, "model_state_bytes_predicted": sum(predicted.values()),
                             "model_state_bytes_ratio": measured / sum(predicted.values())})
-            if cfg.plan.get("tokens_per_s"):
+            if cfg.plan.get("tokens_per_s") and peak:
                 metrics["tokens_per_s_predicted"] = float(cfg.plan["tokens_per_s"])
         if step == 1:  # measured vs predicted memory, once per run
             summary_extra.update(activation_metrics)
@@ -274,7 +274,8 @@ def train(cfg: RunConfig) -> dict:
                 metrics["eval_loss"] = eval_loss
                 if cfg.plan.get("loss_predicted"):  # a ladder's held-out run: the law's prediction, made before it ran
                     metrics["loss_predicted"] = float(cfg.plan["loss_predicted"])
-        if step % cfg.train.log_every == 0 or "eval_loss" in metrics or step == 1:
+        once = {"eval_loss", "model_state_bytes_measured"} & metrics.keys()  # never skipped by log_every
+        if step % cfg.train.log_every == 0 or once or step == 1:
             tracker.log_metrics(metrics, step)
         if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
             ckpt.save(step, engine, data.state_dict(), {

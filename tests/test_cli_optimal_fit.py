@@ -1,6 +1,7 @@
 """`planner optimal` and `planner fit` as a user runs them, with CSV and real MLflow data."""
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -124,3 +125,26 @@ def test_a_fit_that_does_not_converge_says_so_and_exits_non_zero(tmp_path, share
     assert out.returncode == 1
     assert json.loads(out.stdout)["converged"] is False
     assert "did not converge" in out.stderr and "best found" in out.stderr
+
+
+@pytest.mark.slow
+def test_the_readme_fit_examples_run_as_written_on_the_shipped_data(tmp_path):
+    """The `planner fit` block of the README, command for command (the MLflow one needs the ladder example)."""
+    import re
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    block = re.search(r"## `planner fit`.*?```bash\n(.*?)```", (repo / "README.md").read_text(), re.S).group(1)
+    commands = [c.split("#")[0] for c in block.replace("\\\n", " ").splitlines()]
+    runs = [c for c in commands if c.startswith(".venv/bin/planner fit") and "mlflow:" not in c]
+    variables = {k: v.strip() for k, v in (c.split("=", 1) for c in commands if re.match(r"^[A-Z]+=", c))}
+    assert len(runs) == 2
+    for command in runs:
+        args = [variables.get(a[1:], a) for a in shlex.split(command)][1:]
+        args = [str(repo / a) if a.startswith("data/") else a for a in args]
+        r = subprocess.run([sys.executable, "-m", "planner.cli", *args], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "law.json").is_file() and (tmp_path / "curve.png").stat().st_size > 1000

@@ -1,4 +1,5 @@
-"""The end-to-end demo, reduced (3 sizes x 3 small budgets): every artifact, resume, and the lock."""
+"""The end-to-end demo, reduced (`--quick`): a ladder on the sample corpus, the held-out run predicted
+before it trains, a truthful report, everything under the demo folder, resume, and the lock."""
 
 import fcntl
 import json
@@ -11,73 +12,114 @@ import pytest
 
 
 def run_demo(out: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "launch.cli", "demo", "--out", str(out), "--quick", "--no-progress"],
-                          capture_output=True, text=True, env=env, timeout=1200)
+                          capture_output=True, text=True, env=env, timeout=1200, cwd=out.parent)
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo")
+    out = tmp_path_factory.mktemp("demo") / "demo"
     result = run_demo(out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return out
 
 
-@pytest.mark.slow
-def test_every_run_is_in_mlflow_with_metrics_plan_and_predicted_vs_measured(demo):
+def _client(demo: Path):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{demo}/mlflow.db")
-    exp = client.get_experiment_by_name("demo-sweep")
-    runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 9
+    return MlflowClient(f"sqlite:///{demo}/mlflow.db")
+
+
+def _runs(demo: Path, experiment: str):
+    client = _client(demo)
+    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
+@pytest.mark.slow
+def test_every_ladder_run_is_in_mlflow_with_measured_against_predicted_memory(demo):
+    runs = _runs(demo, "demo-ladder")
+    assert len(runs) == 10  # 3 sizes x 3 token multiples + the held-out run
     for run in runs:
         assert {"loss", "eval_loss", "tokens_per_s", "flops_seen", "model_state_bytes_measured",
                 "model_state_bytes_predicted"} <= run.data.metrics.keys()
         assert run.data.metrics["model_state_bytes_ratio"] == pytest.approx(1.0, rel=0.05)
-        assert "plan.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
 
 
 @pytest.mark.slow
-def test_the_fitted_law_loads_and_drives_planner_optimal(demo):
-    from planner.optimal import optimal_for_budget
-
-    law = json.loads((demo / "fits/law.json").read_text())
-    assert law["kind"] == "nd" and law["n_points"] == 9
-    plan = optimal_for_budget("flops", 1e21, law_name=str(demo / "fits/law.json"))
-    assert plan["law"] == "fit-nd:mlflow:demo-sweep" and plan["params"] > 0
-    replan = json.loads((demo / "fits/replan.json").read_text())
-    assert len(replan["plans"]) == 2
+def test_cpu_runs_log_no_mfu_and_no_predicted_tokens_per_second(demo):
+    for run in _runs(demo, "demo-ladder"):
+        assert not {"mfu", "tokens_per_s_predicted"} & run.data.metrics.keys()
 
 
 @pytest.mark.slow
-def test_the_report_and_its_plots_are_written_and_logged(demo):
-    from mlflow.tracking import MlflowClient
+def test_the_held_out_run_logs_the_prediction_made_before_it_trained(demo):
+    prediction = json.loads((demo / "prediction.json").read_text())
+    held = [r for r in _runs(demo, "demo-ladder") if r.info.run_name.endswith("-heldout")]
+    assert len(held) == 1 and held[0].data.params["parallel.engine"] == "deepspeed"
+    assert held[0].data.metrics["loss_predicted"] == pytest.approx(prediction["loss_predicted"])
+    assert (demo / "prediction.json").stat().st_mtime < (demo / "points" / held[0].info.run_name / "run/summary.json").stat().st_mtime
 
-    for name in ("REPORT.md", "loss_curves.png", "memory_throughput.png", "curve.png", "nd.png"):
+
+@pytest.mark.slow
+def test_the_sample_corpus_ladder_is_monotone_in_size(demo):
+    report = json.loads((demo / "report.json").read_text())
+    assert report["monotone"]["ok"], report["monotone"]["orders"]
+
+
+@pytest.mark.slow
+def test_the_report_run_logs_the_law_the_error_and_the_decision_as_params_and_metrics(demo):
+    report = json.loads((demo / "report.json").read_text())
+    (run,) = _runs(demo, "demo-report")
+    m, p = run.data.metrics, run.data.params
+    assert m["held_out_error"] == pytest.approx(report["error"]) and m["law_E"] == pytest.approx(report["law"]["E"])
+    assert p["usable"] == str(report["usable"]) and p["converged"] == str(report["converged"])
+    assert ("replan_params" in m) == report["usable"]
+    assert {a.path for a in _client(demo).list_artifacts(run.info.run_id, "report")} >= {"report/REPORT.md", "report/nd.png"}
+
+
+@pytest.mark.slow
+def test_the_re_plan_comes_only_from_a_usable_law_and_otherwise_the_report_says_why(demo):
+    report = json.loads((demo / "report.json").read_text())
+    text = (demo / "report/REPORT.md").read_text()
+    if report["usable"]:
+        assert report["converged"] and "Re-plan" in text
+    else:
+        assert "replan" not in report and "Not used to re-plan" in text and report["refusal"] in text
+
+
+@pytest.mark.slow
+def test_all_mlflow_artifacts_live_under_the_demo_folder(demo):
+    client = _client(demo)
+    for name in ("demo-ladder", "demo-report"):
+        location = client.get_experiment_by_name(name).artifact_location
+        assert location.startswith((demo / "mlartifacts").as_uri()), location
+    assert not (demo.parent / "mlruns").exists() and not list(demo.glob("points/*/mlruns"))
+
+
+@pytest.mark.slow
+def test_the_plots_are_written(demo):
+    for name in ("REPORT.md", "loss_curves.png", "memory_throughput.png", "nd.png"):
         assert (demo / "report" / name).stat().st_size > 1000, name
-    assert "Re-plan" in (demo / "report/REPORT.md").read_text()
-    client = MlflowClient(f"sqlite:///{demo}/mlflow.db")
-    exp = client.get_experiment_by_name("demo-report")
-    report_run = client.search_runs([exp.experiment_id])[0]
-    assert {a.path for a in client.list_artifacts(report_run.info.run_id, "report")} >= {"report/REPORT.md"}
 
 
 @pytest.mark.slow
 def test_rerunning_the_demo_trains_nothing_again(demo):
-    logs = {p: p.stat().st_mtime_ns for p in demo.glob("runs/*/train.log")}
+    logs = {p: p.stat().st_mtime_ns for p in demo.glob("points/*/train.log")}
     result = run_demo(demo)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert {p: p.stat().st_mtime_ns for p in demo.glob("runs/*/train.log")} == logs
-    assert "already curated" in result.stdout
+    assert {p: p.stat().st_mtime_ns for p in demo.glob("points/*/train.log")} == logs
+    assert "already curated" in result.stdout and "made earlier" in result.stdout
+    assert len(_runs(demo, "demo-report")) == 1  # the report run is replaced, not duplicated
 
 
 def test_a_second_demo_in_the_same_folder_is_refused(tmp_path):
-    with (tmp_path / ".demo.lock").open("a+") as lock:
+    out = tmp_path / "demo"
+    out.mkdir()
+    with (out / ".demo.lock").open("a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         lock.write("12345")
         lock.flush()
-        result = run_demo(tmp_path)
+        result = run_demo(out)
     assert result.returncode == 2 and "another demo is running" in result.stderr and "12345" in result.stderr
-    assert not (tmp_path / "data").exists()
+    assert not (out / "data").exists()

@@ -112,3 +112,25 @@ def test_nan_and_non_positive_rows_are_named():
         fit.fit_curve([1, np.nan, 3, 4], [3, 2.9, 2.8, 2.7])
     with pytest.raises(PlannerError, match="row 2 is 0"):
         fit.fit_nd([1e8, 1e9, 0, 1e9, 1e8, 1e9], [1e9] * 6, [3.0] * 6)
+
+
+def test_ctrl_c_cuts_a_bootstrap_short_and_keeps_the_resamples_done():
+    result = fit.FitResult("nd", {}, converged=True, n_points=8)
+    calls = []
+
+    def resample(idx):
+        calls.append(idx)
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # what Ctrl-C raises in the main thread
+        return [float(idx.sum())]
+
+    samples = fit.bootstrap_samples(resample, 8, 100, 0, result)
+    assert len(samples) == 3 and result.extra["bootstrap"] == 3 and result.extra["bootstrap_cut_short"]
+
+
+def test_ctrl_c_before_two_resamples_interrupts_the_fit():
+    def resample(idx):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit.bootstrap_samples(resample, 8, 100, 0, fit.FitResult("nd", {}, converged=True, n_points=8))

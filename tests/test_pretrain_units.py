@@ -107,3 +107,12 @@ def test_loader_resumes_with_exactly_the_next_batch(tmp_path):
     b = PackedBatches(shards, 4, seed=5)
     b.load_state_dict(a.state_dict())
     assert all(torch.equal(a.next()[0], b.next()[0]) for _ in range(20))
+
+
+def test_a_cpu_run_reports_no_mfu_even_when_its_plan_names_a_gpu_peak():
+    from pretrain.config import RunConfig
+    from pretrain.train import peak_flops_per_device
+
+    cfg = RunConfig()
+    cfg.plan = {"peak_flops_per_gpu": 312e12, "tokens_per_s": 3.25e6}  # what `planner emit` writes for an A100
+    assert peak_flops_per_device(cfg, torch.device("cpu")) is None

@@ -256,9 +256,10 @@ def log_report_to_mlflow(cfg: DataPipelineConfig, report: dict) -> str:
     """One MLflow run holding the funnel (documents and characters kept per domain as metrics) and the reports."""
     from mlflow.tracking import MlflowClient
 
+    from pretrain.tracking import experiment_id
+
     client = MlflowClient(cfg.tracking.tracking_uri)
-    exp = client.get_experiment_by_name(cfg.tracking.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.tracking.experiment)
+    exp_id = experiment_id(client, cfg.tracking.experiment, cfg.tracking.tracking_uri)
     run = client.create_run(exp_id, run_name=f"curate:{Path(cfg.out_dir).name}")
     for domain, t in report["domains"].items():
         for key, value in t.items():
