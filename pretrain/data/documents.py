@@ -56,33 +56,50 @@ def read_source(source: Source, skips: Counter) -> Iterator[Document]:
     if reader is None:
         raise PlannerError(f"source {source.path}: format {kind!r} is not one of jsonl, parquet, text, arrow")
     for i, (record_id, text) in enumerate(reader(source, skips)):
-        if not isinstance(text, str):
-            skips[f"{source.domain}: missing or non-text '{source.text_field}'"] += 1
-            continue
-        if not text.strip():
-            skips[f"{source.domain}: empty document"] += 1
-            continue
-        yield Document(str(record_id if record_id is not None else f"{path.name}:{i}"), text, source.domain,
-                       {"source": str(path)})
+        doc = make_document(record_id, text, source, f"{path.name}:{i}", skips)
+        if doc is not None:
+            yield doc
+
+
+def make_document(record_id, text, source: Source, fallback_id: str, skips: Counter) -> Document | None:
+    """The document of one record, or None (counted in `skips`) when its text is missing or empty."""
+    if not isinstance(text, str):
+        skips[f"{source.domain}: missing or non-text '{source.text_field}'"] += 1
+        return None
+    if not text.strip():
+        skips[f"{source.domain}: empty document"] += 1
+        return None
+    return Document(str(record_id if record_id is not None else fallback_id), text, source.domain,
+                    {"source": str(source.path)})
+
+
+def jsonl_record(raw: bytes, source: Source, line_id: str, skips: Counter) -> tuple[object, object] | None:
+    """(id, text) of one JSON line, or None (counted in `skips`) when the line is unusable."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        skips[f"{source.domain}: undecodable UTF-8"] += 1
+        return None
+    except json.JSONDecodeError:
+        skips[f"{source.domain}: bad JSON line"] += 1
+        return None
+    if not isinstance(record, dict):
+        skips[f"{source.domain}: JSON line is not an object"] += 1
+        return None
+    return record.get(source.id_field) if source.id_field else line_id, record.get(source.text_field)
+
+
+def jsonl_files(source: Source) -> list[Path]:
+    return sorted(Path(source.path).glob("*.jsonl")) if Path(source.path).is_dir() else [Path(source.path)]
 
 
 def _jsonl(source: Source, skips: Counter):
-    files = sorted(Path(source.path).glob("*.jsonl")) if Path(source.path).is_dir() else [Path(source.path)]
-    for file in files:
+    for file in jsonl_files(source):
         with file.open("rb") as f:
             for n, raw in enumerate(f, 1):
-                try:
-                    record = json.loads(raw.decode("utf-8"))
-                except UnicodeDecodeError:
-                    skips[f"{source.domain}: undecodable UTF-8"] += 1
-                    continue
-                except json.JSONDecodeError:
-                    skips[f"{source.domain}: bad JSON line"] += 1
-                    continue
-                if not isinstance(record, dict):
-                    skips[f"{source.domain}: JSON line is not an object"] += 1
-                    continue
-                yield record.get(source.id_field) if source.id_field else f"{file.name}:{n}", record.get(source.text_field)
+                record = jsonl_record(raw, source, f"{file.name}:{n}", skips)
+                if record is not None:
+                    yield record
 
 
 def _parquet(source: Source, skips: Counter):

@@ -71,12 +71,13 @@ class Step:
 
     def __init__(self) -> None:
         self.stats: dict[str, StepStats] = {}  # per domain
+        self.last_reason: str | None = None  # why the last document was dropped
 
     def apply(self, doc: Document) -> Document | None:
         s = self.stats.setdefault(doc.domain, StepStats())
         s.docs_in += 1
         s.chars_in += len(doc.text)
-        reason = self.reject(doc)
+        reason = self.last_reason = self.reject(doc)
         if reason:
             s.dropped[reason] += 1
             return None

@@ -40,6 +40,19 @@ class SourceConfig:
 
 
 @dataclass
+class SlurmCurateConfig:
+    """The Slurm job settings of `curate --executor slurm` (datatrove's SlurmPipelineExecutor)."""
+
+    partition: str = "cpu"
+    time: str = "12:00:00"
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 2
+    job_name: str = "curate"
+    venv_activate: str = ""  # e.g. /path/to/.venv/bin/activate, sourced by every job
+    sbatch_args: dict[str, Any] = field(default_factory=dict)  # extra #SBATCH directives, e.g. {account: x}
+
+
+@dataclass
 class CurateConfig:
     gopher_quality: bool = True
     gopher_repetition: bool = True
@@ -53,6 +66,11 @@ class CurateConfig:
     minhash_bands: int = 14
     minhash_rows: int = 8
     minhash_ngram: int = 5
+    #: the executor path (`curate --executor`): input cut into chunks of this many bytes (JSON lines)
+    chunk_bytes: int = 64 << 20
+    #: a candidate pair is a near duplicate only when its shingles' Jaccard similarity reaches this
+    jaccard_threshold: float = 0.8
+    slurm: SlurmCurateConfig = field(default_factory=lambda: SlurmCurateConfig())
     #: per-domain threshold overrides, e.g. {finance: {gopher_quality: {min_alpha_words: 0.6}}}
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -124,6 +142,19 @@ def _validate(cfg: DataPipelineConfig) -> None:
                                ("tokenizer.vocab_size", cfg.tokenizer.vocab_size, 16, 1 << 24),
                                ("mix.seq_len", cfg.mix.seq_len, 2, 1 << 20)):
         checks.integer(key, value, lo, hi)
+    checks.integer("curate.chunk_bytes", c.chunk_bytes, 1 << 10)
+    checks.number("curate.jaccard_threshold", c.jaccard_threshold, 0.0, 1.0, lo_open=True)
+    sl = c.slurm  # these reach an sbatch script
+    checks.partition("curate.slurm.partition", sl.partition)
+    checks.slurm_time("curate.slurm.time", sl.time)
+    checks.name("curate.slurm.job_name", sl.job_name)
+    checks.integer("curate.slurm.cpus_per_task", sl.cpus_per_task, 1, 4096)
+    checks.integer("curate.slurm.mem_per_cpu_gb", sl.mem_per_cpu_gb, 1, 1 << 14)
+    if sl.venv_activate:
+        checks.no_control("curate.slurm.venv_activate", sl.venv_activate)
+    for key, value in (sl.sbatch_args or {}).items():
+        checks.name("curate.slurm.sbatch_args", str(key))
+        checks.no_control(f"curate.slurm.sbatch_args.{key}", str(value))
     checks.number("mix.max_epochs", cfg.mix.max_epochs, 1.0, 1e4)
     checks.number("curate.min_language_score", c.min_language_score, 0.0, 1.0)
     if cfg.mix.total_tokens is not None:
@@ -133,20 +164,26 @@ def _validate(cfg: DataPipelineConfig) -> None:
 # ------------------------------------------------------------------------------------------ curate
 
 
+#: The per-document steps, in order, by name (each can be switched off in `curate:`).
+DOCUMENT_STEPS = ("gopher_quality", "gopher_repetition", "c4", "language", "pii")
+
+
+def document_step(c: CurateConfig, name: str, domain: str) -> Step:
+    """One per-document step for one domain, with the domain's overrides."""
+    over = (c.overrides.get(domain, {}) if c.overrides else {}).get(name, {})
+    if name == "language":
+        return LanguageFilter(c.languages, c.min_language_score)
+    return {"gopher_quality": GopherQuality, "gopher_repetition": GopherRepetition, "c4": C4Rules,
+            "pii": PIIRedactor}[name](**over)
+
+
+def enabled_document_steps(c: CurateConfig) -> list[str]:
+    return [name for name in DOCUMENT_STEPS if getattr(c, name)]
+
+
 def build_steps(c: CurateConfig, domain: str, shared: dict[str, Step]) -> list[Step]:
     """The per-document steps for one domain (with its overrides); dedup steps are shared by all."""
-    over = c.overrides.get(domain, {}) if c.overrides else {}
-    steps: list[Step] = []
-    if c.gopher_quality:
-        steps.append(GopherQuality(**over.get("gopher_quality", {})))
-    if c.gopher_repetition:
-        steps.append(GopherRepetition(**over.get("gopher_repetition", {})))
-    if c.c4:
-        steps.append(C4Rules(**over.get("c4", {})))
-    if c.language:
-        steps.append(LanguageFilter(c.languages, c.min_language_score))
-    if c.pii:
-        steps.append(PIIRedactor())
+    steps = [document_step(c, name, domain) for name in enabled_document_steps(c)]
     if c.exact_dedup:
         steps.append(shared.setdefault("exact_dedup", ExactDedup()))
     if c.minhash_dedup:
@@ -300,6 +337,12 @@ def _read_curated(path: Path, domain: str):
 
 
 def curated_documents(cfg: DataPipelineConfig, domain: str):
+    report = Path(cfg.out_dir) / "curation_report.json"
+    tasks = json.loads(report.read_text()).get("executor_tasks") if report.is_file() else None
+    if tasks:  # written by `curate --executor`: one file per task, in rank order = corpus order
+        for rank in range(tasks):
+            yield from _read_curated(Path(cfg.out_dir) / "curated" / domain / f"task-{rank:05d}.jsonl", domain)
+        return
     for index, src in enumerate(cfg.sources):
         if src.domain == domain:
             part = _part_path(cfg, index, src)
@@ -467,12 +510,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", nargs="?", default="all", choices=["curate", "tokenizer", "pack", "all"])
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
+    parser.add_argument("--executor", choices=["local", "slurm", "ray"],
+                        help="Curate on datatrove's executor in tasks, with global dedup (pretrain/data/executors.py).")
+    parser.add_argument("--tasks", type=int, default=1, help="Tasks the input is split into (with --executor).")
+    parser.add_argument("--workers", type=int, default=1, help="Tasks run at once (with --executor).")
     args = parser.parse_intermixed_args(argv)
 
     def run() -> None:
         cfg = load_pipeline_config(args.config, args.overrides)
         if args.stage in ("curate", "all"):
-            report = curate(cfg, progress=not args.quiet)
+            if args.executor:
+                from pretrain.data.executors import curate_sharded
+
+                report = curate_sharded(cfg, args.executor, args.tasks, args.workers)
+                if report.get("submitted"):
+                    print(f"curation submitted to Slurm/Ray; logs and progress per task in {report['logs']}")
+                    return
+            else:
+                report = curate(cfg, progress=not args.quiet)
             print(render_funnel(report))
             if cfg.tracking.enabled:
                 print(f"curation report logged to MLflow run {log_report_to_mlflow(cfg, report)}")

@@ -1,0 +1,192 @@
+"""Deduplication over the whole corpus as three passes with state on disk (after the first pass of
+`sharded`, which wrote each task's signatures sorted per band):
+
+1. `BucketBands` (one task per band, plus one for exact hashes): a streamed k-way merge of the tasks'
+   sorted files; documents that share a band hash are candidate pairs. Memory: one block per file.
+2. `VerifyDuplicates` (one task): every candidate pair's Jaccard similarity is measured on the two
+   documents' shingle sets (read from the tasks' files on disk), then, in the corpus's key order, a
+   document is dropped when it is an exact duplicate of, or has Jaccard >= `threshold` with, an earlier
+   document that is kept (what the in-process dedup does, "the first copy is kept", made exact).
+   Memory: the candidate pairs and the shingles of the documents in them, not the corpus.
+3. `ApplyExclusions` (the first pass's tasks): each task drops its documents that pass 2 excluded and
+   writes its curated output per domain and its exclusion list (every dropped document, the step and
+   reason, and for duplicates the id and key of the document it duplicates, with the Jaccard).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from datatrove.pipeline.base import PipelineStep
+
+from pretrain.data.sharded import EXACT, _save, _write_json
+
+ALL_PAIRS_UP_TO = 50  # a bucket this small gives every pair; a larger one, each member with the first and the previous
+BLOCK = 1 << 16
+PAIRS_DTYPE = np.dtype([("a", "<u8"), ("b", "<u8")])
+
+
+def band_names(work_dir: Path) -> list[str]:
+    return sorted(p.name for p in (work_dir / "bands").iterdir() if p.is_dir())
+
+
+def _stream(path: Path):
+    arr = np.load(path, mmap_mode="r")
+    for start in range(0, len(arr), BLOCK):
+        block = np.asarray(arr[start: start + BLOCK])
+        yield from zip(block["hash"].tolist(), block["key"].tolist(), strict=True)
+
+
+def bucket_pairs(files: list[Path]) -> np.ndarray:
+    """Candidate pairs (a < b) among documents sharing a hash, from files each sorted by (hash, key)."""
+    pairs: list[tuple[int, int]] = []
+    group: list[int] = []
+    last = None
+
+    def flush():
+        if len(group) <= ALL_PAIRS_UP_TO:
+            pairs.extend((group[i], group[j]) for j in range(1, len(group)) for i in range(j))
+        else:
+            pairs.extend((group[0], k) for k in group[1:])
+            pairs.extend((group[j - 1], group[j]) for j in range(2, len(group)))
+
+    for h, key in heapq.merge(*(_stream(f) for f in files)):
+        if h != last:
+            flush()
+            group, last = [], h
+        group.append(key)
+    flush()
+    return np.unique(np.array(pairs, dtype=PAIRS_DTYPE))
+
+
+class BucketBands(PipelineStep):
+    name, type = "bucket bands", "🫂 - DEDUP"
+
+    def __init__(self, work_dir: str):
+        super().__init__()
+        self.work_dir = work_dir
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        root = Path(self.work_dir)
+        for band in band_names(root)[rank::world_size]:
+            pairs = bucket_pairs(sorted((root / "bands" / band).glob("*.npy")))
+            _save(root / "pairs" / f"{band}.npy", pairs)
+            self.stat_update("candidate pairs", value=len(pairs))
+        return iter(())
+
+
+class VerifyDuplicates(PipelineStep):
+    name, type = "verify duplicates", "🫂 - DEDUP"
+
+    def __init__(self, work_dir: str, domains: list[str], threshold: float, exact: bool = True, near: bool = True):
+        super().__init__()
+        self.work_dir, self.domains, self.threshold = work_dir, domains, threshold
+        self.exact, self.near = exact, near
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from pretrain.data.signatures import jaccard
+
+        root = Path(self.work_dir)
+        exact = np.load(root / "pairs" / f"{EXACT}.npy") if self.exact else np.zeros(0, PAIRS_DTYPE)
+        near = [np.load(p) for p in sorted((root / "pairs").glob("*.npy")) if p.stem != EXACT and self.near]
+        near = np.unique(np.concatenate(near)) if near else np.zeros(0, PAIRS_DTYPE)
+        docs = _lookup(root, np.union1d(np.union1d(exact["a"], exact["b"]), np.union1d(near["a"], near["b"])))
+        exact_of = defaultdict(list)
+        for a, b in exact.tolist():
+            exact_of[b].append(a)
+        near_of = defaultdict(list)
+        for a, b in near.tolist():
+            near_of[b].append(a)
+        # exact first, over every document (the first of each group is kept), then near over the survivors
+        dropped: dict[int, dict] = {b: {"step": "exact_dedup", "reason": "exact duplicate", "of": min(a), "jaccard": 1.0}
+                                    for b, a in exact_of.items()}
+        for b in sorted(set(near_of) - set(dropped)):
+            scored = [(jaccard(docs[a]["shingles"](), docs[b]["shingles"]()), a) for a in sorted(near_of.get(b, []))
+                      if a not in dropped]
+            scored = [(j, a) for j, a in scored if j >= self.threshold]
+            if scored:
+                j, a = max(scored, key=lambda t: (t[0], -t[1]))
+                dropped[b] = {"step": "minhash_dedup", "reason": "near duplicate", "of": a, "jaccard": round(j, 6)}
+        by_task = defaultdict(list)
+        for key, d in sorted(dropped.items()):
+            info, of = docs[key], docs[d["of"]]
+            by_task[info["task"]].append({"key": key, "id": info["id"], "domain": info["domain"], "step": d["step"],
+                                          "reason": d["reason"], "duplicate_of": of["id"], "duplicate_of_key": d["of"],
+                                          "jaccard": d["jaccard"], "chars": info["chars"]})
+        for task in _tasks(root):
+            _write_json(root / "dedup" / f"{task}.json", by_task.get(task, []))
+        self.stat_update("candidate pairs", value=len(exact) + len(near))
+        self.stat_update("dropped", value=len(dropped))
+        return iter(())
+
+
+def _tasks(root: Path) -> list[str]:
+    return sorted(p.stem for p in (root / "index").glob("*.npy"))
+
+
+def _lookup(root: Path, keys: np.ndarray) -> dict[int, dict]:
+    """Task, id, domain, size and (lazily) shingles of the documents with these keys, one task's files at a time."""
+    found: dict[int, dict] = {}
+    for task in _tasks(root):
+        index = np.load(root / "index" / f"{task}.npy")
+        rows = np.nonzero(np.isin(index["key"], keys))[0]
+        if not rows.size:
+            continue
+        ids = json.loads((root / "ids" / f"{task}.json").read_text())
+        shingles = np.load(root / "shingles" / f"{task}.npy", mmap_mode="r")
+        for r in rows.tolist():
+            row = index[r]
+            lo, n = int(row["offset"]), int(row["count"])
+            found[int(row["key"])] = {"task": task, "id": ids[r], "domain": int(row["domain"]), "chars": int(row["chars"]),
+                                      "shingles": lambda lo=lo, n=n, s=shingles: np.asarray(s[lo: lo + n])}
+    return found
+
+
+class ApplyExclusions(PipelineStep):
+    name, type = "apply exclusions", "💽 - WRITER"
+
+    def __init__(self, work_dir: str, out_dir: str, domains: list[str], steps: list[str]):
+        super().__init__()
+        self.work_dir, self.out_dir, self.domains, self.steps = work_dir, out_dir, domains, steps
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        root, task = Path(self.work_dir), f"{rank:05d}"
+        dedup = json.loads((root / "dedup" / f"{task}.json").read_text())
+        for d in dedup:
+            d["domain"] = self.domains[d["domain"]]
+        drop = {d["key"] for d in dedup}
+        outputs = {dom: Path(self.out_dir) / "curated" / dom / f"task-{task}.jsonl" for dom in self.domains}
+        kept = {dom: {"docs_out": 0, "chars_out": 0} for dom in self.domains}
+        for path in outputs.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.ExitStack() as stack:
+            sinks = {dom: stack.enter_context(open(f"{p}.tmp", "w")) for dom, p in outputs.items()}
+            with open(root / "kept" / f"{task}.jsonl") as f:
+                for line in f:
+                    rec = json.loads(line)
+                    if rec["key"] in drop:
+                        continue
+                    sinks[rec["domain"]].write(json.dumps({"id": rec["id"], "text": rec["text"], "domain": rec["domain"],
+                                                           "key": rec["key"]}) + "\n")
+                    kept[rec["domain"]]["docs_out"] += 1
+                    kept[rec["domain"]]["chars_out"] += len(rec["text"])
+            for sink in sinks.values():
+                sink.flush()
+                os.fsync(sink.fileno())
+        filtered = [json.loads((root / "stats" / s / f"{task}.json").read_text())["excluded"] for s in self.steps]
+        excluded = list(heapq.merge(*filtered, sorted(dedup, key=lambda d: d["key"]), key=lambda d: d["key"]))
+        _write_json(root / "final" / f"{task}.json", {"kept": kept, "dedup": dedup})
+        tmp = root / "exclusions" / f"{task}.jsonl.tmp"
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text("".join(json.dumps(e) + "\n" for e in excluded))
+        os.replace(tmp, tmp.with_suffix(""))
+        for path in outputs.values():
+            os.replace(f"{path}.tmp", path)
+        self.stat_update("kept", value=sum(k["docs_out"] for k in kept.values()))
+        return iter(())

@@ -1,0 +1,164 @@
+"""Curation on datatrove's executors: tasks, markers, resume after kill -9, global dedup against brute force."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+from tests.test_data_pipeline import readme_documents
+
+CONFIG = REPO / "configs/data-sample.yaml"
+
+
+def curate(out: Path, tasks: int, workers: int = 2, *overrides: str, config: Path = CONFIG) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pretrain.data.pipeline", str(config), "curate", f"out_dir={out}",
+                           "curate.chunk_bytes=65536", *overrides, "--executor", "local", "--tasks", str(tasks),
+                           "--workers", str(workers)], capture_output=True, text=True, timeout=600, cwd=REPO)
+
+
+def kept(out: Path) -> bytes:
+    """Every kept document of every domain, the tasks' files read in rank order."""
+    return b"".join(p.read_bytes() for d in sorted((out / "curated").iterdir()) for p in sorted(d.glob("task-*.jsonl")))
+
+
+@pytest.fixture(scope="module")
+def one_task(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "out"
+    r = curate(out, 1, 1)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_one_task_and_eight_give_byte_identical_kept_documents_and_counts(one_task, tmp_path):
+    r = curate(tmp_path / "eight", 8)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert kept(one_task) == kept(tmp_path / "eight") and len(kept(one_task)) > 100_000
+    a, b = (json.loads((o / "curation_report.json").read_text()) for o in (one_task, tmp_path / "eight"))
+    assert a["steps"] == b["steps"] and a["domains"] == b["domains"]
+    assert (one_task / "exclusions.jsonl").read_bytes() == (tmp_path / "eight/exclusions.jsonl").read_bytes()
+
+
+def test_every_task_leaves_a_completion_marker_and_a_rerun_does_nothing_again(tmp_path):
+    out = tmp_path / "out"
+    assert curate(out, 4).returncode == 0
+    markers = sorted(p.name for p in (out / "work/logs/signatures/completions").iterdir())
+    assert markers == ["00000", "00001", "00002", "00003"]
+    before = {p: p.stat().st_mtime_ns for p in (out / "curated").rglob("*.jsonl")}
+    assert curate(out, 4).returncode == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "curated").rglob("*.jsonl")} == before
+
+
+def test_tasks_killed_with_sigkill_and_rerun_give_the_uninterrupted_output(one_task, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pretrain.data.pipeline", str(CONFIG), "curate", f"out_dir={out}",
+           "curate.chunk_bytes=65536", "--executor", "local", "--tasks", "8", "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    completions = out / "work/logs/signatures/completions"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not completions.is_dir() or len(list(completions.iterdir())) < 3):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers, mid-pass
+    proc.wait()
+    done = len(list(completions.iterdir()))
+    assert 3 <= done < 8, f"{done} tasks had finished when killed"
+    r = curate(out, 8)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert kept(out) == kept(one_task)
+    assert (out / "exclusions.jsonl").read_bytes() == (one_task / "exclusions.jsonl").read_bytes()
+
+
+def test_the_exclusion_file_lists_every_dropped_document_with_its_reason_and_what_it_duplicates(one_task):
+    report = json.loads((one_task / "curation_report.json").read_text())
+    rows = [json.loads(line) for line in (one_task / "exclusions.jsonl").read_text().splitlines()]
+    dropped = sum(d["docs_in"] - d["docs_out"] for d in report["domains"].values())
+    assert len(rows) == dropped and [r["key"] for r in rows] == sorted(r["key"] for r in rows)
+    dups = [r for r in rows if r["step"] in ("exact_dedup", "minhash_dedup")]
+    assert dups and all(r["duplicate_of"] and r["duplicate_of_key"] < r["key"] for r in dups)
+    assert all(r["jaccard"] >= 0.8 for r in dups)
+
+
+def test_a_work_folder_made_with_other_tasks_is_refused_in_one_line(one_task):
+    r = curate(one_task, 3)
+    assert r.returncode == 2 and "tasks 1 -> 3" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_pack_reads_the_executor_output(one_task):
+    from pretrain.data.pipeline import load_pipeline_config, pack, train_tokenizer
+
+    cfg = load_pipeline_config(CONFIG, [f"out_dir={one_task}", "tokenizer.vocab_size=512", "mix.seq_len=64"])
+    cfg.sources = [type(s)(**{**s.__dict__, "path": str(REPO / s.path)}) for s in cfg.sources]
+    train_tokenizer(cfg)
+    result = pack(cfg, progress=False)
+    assert result["train"]["documents"] > 900
+
+
+def _brute_force(docs: list[tuple[str, str]], threshold: float) -> set[str]:
+    """Exact (normalised text) first, then greedy near-dedup: dropped when J >= threshold with an earlier kept doc."""
+    from pretrain.data.dedup import normalise
+
+    def shingles(text):
+        w = normalise(text).split()
+        return {" ".join(w[i: i + 5]) for i in range(max(1, len(w) - 4))}
+
+    seen, survivors, dropped = set(), [], set()
+    for doc_id, text in docs:
+        key = normalise(text)
+        if key in seen:
+            dropped.add(doc_id)
+        else:
+            seen.add(key)
+            survivors.append((doc_id, shingles(text)))
+    kept = []
+    for doc_id, s in survivors:
+        if any(len(s & k) / len(s | k) >= threshold for _, k in kept):
+            dropped.add(doc_id)
+        else:
+            kept.append((doc_id, s))
+    return dropped
+
+
+def test_dedup_precision_and_recall_against_brute_force_jaccard_on_real_documents(tmp_path):
+    docs = list(readme_documents())
+    # the real documents, then a second copy of every fifth with a few words changed, then exact copies
+    variants = [(f"{i}-edit", text.replace(" the ", " a ", 3)) for i, (_, text) in enumerate(docs[::5])]
+    copies = [(f"{i}-copy", text) for i, (_, text) in enumerate(docs[::7])]
+    corpus = docs + variants + copies
+    source = tmp_path / "real.jsonl"
+    source.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in corpus))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"sources: [{{path: {source}, domain: web}}]\ncurate: {{gopher_quality: false, "
+                      "gopher_repetition: false, c4: false, language: false, pii: false}\n")
+    r = curate(tmp_path / "out", 4, 2, config=config)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ours = {json.loads(x)["id"] for x in (tmp_path / "out/exclusions.jsonl").read_text().splitlines()}
+    truth = _brute_force(corpus, 0.8)
+    precision, recall = len(ours & truth) / len(ours), len(ours & truth) / len(truth)
+    print(f"{len(corpus)} documents, {len(truth)} duplicates by brute force: precision {precision:.4f}, recall {recall:.4f}")
+    assert len(truth) > 50 and precision >= 0.99 and recall >= 0.99
+
+
+def test_the_ray_executor_says_what_is_missing_when_ray_is_not_installed(tmp_path):
+    pytest.importorskip("datatrove")
+    try:
+        import ray  # noqa: F401
+
+        pytest.skip("ray is installed here")
+    except ImportError:
+        pass
+    r = subprocess.run([sys.executable, "-m", "pretrain.data.pipeline", str(CONFIG), "curate", f"out_dir={tmp_path}",
+                        "--executor", "ray"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2 and "ray package is not installed" in r.stderr
+
+
+@pytest.mark.parametrize("override, key", [("curate.slurm.partition=a;rm", "curate.slurm.partition"),
+                                           ("curate.slurm.time=soon", "curate.slurm.time"),
+                                           ("curate.chunk_bytes=10", "curate.chunk_bytes")])
+def test_slurm_settings_that_reach_a_script_are_validated_at_load(override, key, tmp_path):
+    r = curate(tmp_path, 2, 1, override)
+    assert r.returncode == 2 and key in r.stderr and len(r.stderr.strip().splitlines()) == 1
