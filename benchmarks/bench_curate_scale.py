@@ -27,14 +27,14 @@ RUN = """
 import json, resource, sys, time
 from pretrain.data.executors import curate_sharded
 from pretrain.data.pipeline import load_pipeline_config
-cfg = load_pipeline_config(sys.argv[1], ["out_dir=" + sys.argv[2], "curate.chunk_bytes=%d"])
+cfg = load_pipeline_config(sys.argv[1], ["out_dir=" + sys.argv[2], "curate.chunk_bytes=" + sys.argv[5]])
 t = time.perf_counter()
 report = curate_sharded(cfg, "local", int(sys.argv[3]), int(sys.argv[4]))
 print(json.dumps({"seconds": time.perf_counter() - t,
                   "docs": sum(d["docs_in"] for d in report["domains"].values()),
                   "worker_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,
                   "driver_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
-""" % CHUNK
+"""
 
 
 def corpus(root: Path, docs: int) -> tuple[Path, int]:
@@ -47,7 +47,7 @@ def corpus(root: Path, docs: int) -> tuple[Path, int]:
 
 
 def run(config: Path, out: Path, tasks: int, workers: int) -> dict:
-    r = subprocess.run([sys.executable, "-c", RUN, str(config), str(out), str(tasks), str(workers)], cwd=REPO,
+    r = subprocess.run([sys.executable, "-c", RUN, str(config), str(out), str(tasks), str(workers), str(CHUNK)], cwd=REPO,
                        capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
 

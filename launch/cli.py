@@ -162,11 +162,11 @@ def slurm(config, overrides, force, verify, dry_run, num_nodes, gpus_per_node, p
 @cli.command()
 @click.option("--out", "out_dir", default="demo", show_default=True, type=click.Path(), help="Folder for everything.")
 @click.option("--engine", type=click.Choice(["deepspeed", "fsdp"]), default="deepspeed", show_default=True,
-              help="DeepSpeed ZeRO-2 or FSDP full shard, on 2 processes.")
-@click.option("--quick", is_flag=True, help="A reduced sweep (3 sizes x 3 small budgets): the test suite's.")
+              help="The held-out run's engine: DeepSpeed ZeRO-2 or FSDP full shard, on 2 processes.")
+@click.option("--quick", is_flag=True, help="A ladder at half the budget (the test suite's).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def demo(out_dir, engine, quick, no_progress):
-    """Plan, curate, train a small scaling sweep, fit laws from MLflow, re-plan, report (CPU, < 15 min)."""
+    """Curate, train a model ladder, predict a held-out run, train it, report, re-plan or refuse (CPU, ~1.5 min)."""
     from launch.demo import run_demo
 
     run_demo(out_dir, engine=engine, quick=quick, progress=not no_progress)
