@@ -164,7 +164,7 @@ def stage_report(out: Path, meta: dict) -> tuple[Path, dict]:
     reports = out / "report"
     reports.mkdir(exist_ok=True)
     runs = _runs(out)
-    _plot_law(out, meta, result, reports / "nd.png")
+    _plot_law(meta, result, runs, reports / "nd.png")
     _plot_runs(runs, reports)
     text = render_report(meta, result, runs)
     path = atomic_write_text(reports / "REPORT.md", text)
@@ -193,17 +193,17 @@ def tracking_uri(out: Path) -> str:
     return f"sqlite:///{(out / 'mlflow.db').resolve()}"
 
 
-def _plot_law(out: Path, meta: dict, result: dict, path: Path) -> None:
+def _plot_law(meta: dict, result: dict, runs: list[dict], path: Path) -> None:
     import numpy as np
 
     from planner.fit import FitResult
     from planner.plots import plot_nd
 
-    runs = ladder.finished_runs(meta)
-    fitted = [runs[p["name"]] for p in meta["points"] if not p["held_out"]]
+    ladder_names = {p["name"] for p in meta["points"] if not p["held_out"]}
+    fitted = [r for r in runs if r["name"] in ladder_names]
     held = next(p for p in meta["points"] if p["held_out"])
     law = FitResult("nd", result["law"], converged=result["converged"], message=result["message"])
-    n, d, loss = (np.array([r[k] for r in fitted]) for k in ("n_params", "train_tokens", "eval_loss"))
+    n, d, loss = (np.array([r[k] for r in fitted]) for k in ("n_params", "tokens", "eval_loss"))
     plot_nd(law, n, d, loss, path, held_out={"n": held["params"], "measured": result["loss_measured"],
                                               "predicted": result["loss_predicted"]})
 
@@ -245,15 +245,13 @@ def _plot_runs(runs: list[dict], reports: Path) -> None:
 def render_report(meta: dict, r: dict, runs: list[dict]) -> str:
     low, high = r["band"]
     law = r["law"]
-    mono = r["monotone"]
     lines = [
         "# Demo report: a model ladder on the sample corpus, and a law that must predict a run it has not seen", "",
         f"- Law fitted on {r['fitted_on']} ladder runs: L = {law['E']:.3f} + {law['A']:.4g}/N^{law['alpha']:.3f} + "
         f"{law['B']:.4g}/D^{law['beta']:.3f} ({'converged' if r['converged'] else 'NOT converged: ' + r['message']}).",
         f"- Held-out run {r['held_out']}: predicted {r['loss_predicted']:.4f} (95% bootstrap band {low:.4f}-{high:.4f}), "
         f"measured {r['loss_measured']:.4f}: error {r['error']:+.2%}.",
-        f"- Monotone in size at every token multiple: {'yes' if mono['ok'] else 'NO'} "
-        f"({'; '.join(f'x{m}: ' + ' < '.join(o['measured']) for m, o in mono['orders'].items())}, by eval loss).",
+        f"- Ladder {ladder.describe_monotone(r['monotone'])}.",
     ]
     if r["usable"]:
         p = r["replan"]

@@ -509,9 +509,7 @@ def ladder_report(ladder_dir, as_json):
     low, high = r["band"]
     click.echo(f"held-out {r['held_out']}: predicted {r['loss_predicted']:.4f} (band {low:.4f}-{high:.4f}), "
                f"measured {r['loss_measured']:.4f}: error {r['error']:+.2%}")
-    mono = r["monotone"]
-    click.echo(f"ladder {'is' if mono['ok'] else 'is NOT'} monotone in size at every token multiple "
-               f"(measured vs the law's order: {'; '.join(f'x{m}: ' + ' < '.join(o['measured']) for m, o in mono['orders'].items())})")
+    click.echo(f"ladder {ladder_mod.describe_monotone(r['monotone'])}")
     if "true_entropy_rate" in r:
         click.echo(f"fitted E {r['law']['E']:.4f} vs the source's entropy rate {r['true_entropy_rate']:.4f}: "
                    f"{r['E_error']:+.2%}")

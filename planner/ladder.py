@@ -145,9 +145,6 @@ def layout(ladder: Ladder, micro_batch: int, engine: str = "single", world: int 
     micro_batch = min(micro_batch, max(1, ladder.batch_tokens // ladder.seq_len // world))  # ranks share the batch
     plan = ParallelPlan.from_flags(world, zero=2 if engine == "deepspeed" else None,
                                    fsdp="full" if engine == "fsdp" else None, micro_batch=micro_batch)
-    if ladder.batch_tokens % (plan.micro_batch * plan.dp * ladder.seq_len):
-        raise PlannerError(f"--micro-batch: {micro_batch} x {plan.dp} ranks x seq {ladder.seq_len} does not divide "
-                           f"--batch-tokens {ladder.batch_tokens}")
     return plan.with_global_batch(ladder.batch_tokens // ladder.seq_len, cli_flag)
 
 
@@ -197,13 +194,14 @@ def write(ladder: Ladder, out: str, *, train: str, eval_data: str, micro_batch: 
              "set -euo pipefail", f"cd {q(str(root))}", "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}"]
     for p in ladder.points:
         folder = root / "points" / p.name
-        cfg = run_config(p, ladder, held_plan if p.held_out else single, train=str(Path(train).resolve()),
+        plan = held_plan if p.held_out else single
+        cfg = run_config(p, ladder, plan, train=str(Path(train).resolve()),
                          eval_data=str(Path(eval_data).resolve()), out_dir=str(folder / "run"), tracking_uri=uri,
                          experiment=experiment)
         atomic_write_text(folder / "run.yaml", yaml.safe_dump(cfg, sort_keys=False))
         if p.held_out:
             lines.append(f"{q(python)} -m planner.cli ladder predict {q(str(root))} --bootstrap {bootstrap}")
-        lines.append(f"[ -f {q(str(folder / 'run/summary.json'))} ] || {train_command(python, folder, held_plan if p.held_out else single)}")
+        lines.append(f"[ -f {q(str(folder / 'run/summary.json'))} ] || {train_command(python, folder, plan)}")
     lines.append(f"{q(python)} -m planner.cli ladder report {q(str(root))}")
     atomic_write_text(root / "run_ladder.sh", "\n".join(lines) + "\n").chmod(0o755)
     meta = {**ladder.to_dict(), "train": str(Path(train).resolve()), "eval": str(Path(eval_data).resolve()),
@@ -280,7 +278,8 @@ def report(root) -> dict:
     if not (root / PREDICTION_FILE).is_file():
         raise PlannerError(f"LADDER_DIR: no {PREDICTION_FILE}; run `planner ladder predict` before the held-out run")
     pred = json.loads((root / PREDICTION_FILE).read_text())
-    measured = finished_runs(meta).get(pred["held_out"])
+    runs = finished_runs(meta)
+    measured = runs.get(pred["held_out"])
     if measured is None:
         raise PlannerError(f"LADDER_DIR: the held-out run {pred['held_out']} has not finished")
     out = {**pred, "loss_measured": measured["eval_loss"],
@@ -289,7 +288,7 @@ def report(root) -> dict:
     truth = json.loads(manifest.read_text()).get("entropy_rate_nats") if manifest.is_file() else None
     if truth:
         out["true_entropy_rate"], out["E_error"] = truth, relative_error(pred["law"]["E"], truth)
-    out["monotone"] = monotone(meta["points"], finished_runs(meta), pred["law"])
+    out["monotone"] = monotone(meta["points"], runs, pred["law"])
     low, high = pred["band"]
     out["usable"], out["refusal"] = usable(pred["converged"], pred["message"], low, high, pred["loss_predicted"])
     if out["usable"]:
@@ -318,6 +317,12 @@ def monotone(points: list[dict], runs: dict[str, dict], law: dict) -> dict:
         orders[f"{m:g}"] = {"measured": measured, "predicted": predicted}
         ok = ok and measured == predicted
     return {"ok": ok, "orders": orders}
+
+
+def describe_monotone(mono: dict) -> str:
+    """One line: is the ladder monotone, and each multiple's sizes in measured order (best first)."""
+    orders = "; ".join(f"x{m}: " + " < ".join(o["measured"]) for m, o in mono["orders"].items())
+    return f"monotone in size at every token multiple: {'yes' if mono['ok'] else 'NO'} ({orders}, by eval loss)"
 
 
 def usable(converged: bool, message: str, low: float, high: float, predicted: float) -> tuple[bool, str]:

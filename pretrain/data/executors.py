@@ -133,13 +133,9 @@ def curate_sharded(cfg, executor: str = "local", tasks: int = 1, workers: int = 
     return report
 
 
-def _stats_row() -> dict:
-    return {"docs_in": 0, "docs_out": 0, "chars_in": 0, "chars_out": 0, "dropped": {}, "changed": {}}
-
-
 def merge_report(cfg, tasks: int) -> dict:
     from pretrain.data.pipeline import _domain_totals, _merge_counter, _merge_stats, enabled_document_steps
-    from pretrain.data.sharded import KEY_SHIFT, plan_chunks, source_of_file
+    from pretrain.data.sharded import plan_chunks, source_of_file
 
     work, domains = work_dir(cfg), domains_of(cfg)
     ranks = [f"{r:05d}" for r in range(tasks)]
@@ -160,26 +156,20 @@ def merge_report(cfg, tasks: int) -> dict:
     steps.update(dedup)
     source_of = source_of_file(plan_chunks([Source(s.path, s.domain, s.format) for s in cfg.sources],
                                            cfg.curate.chunk_bytes))
-    for r in ranks:
-        for rec in _kept_keys(cfg, r):
-            src = sources[source_of[rec[0] >> KEY_SHIFT]]
-            src["docs_out"] += 1
-            src["chars_out"] += rec[1]
+    for r in ranks:  # what the filter pass kept, counted per input file as it wrote it
+        for file, (docs, chars) in json.loads((work / "final" / f"{r}.json").read_text())["kept_per_file"].items():
+            src = sources[source_of[int(file)]]
+            src["docs_out"] += docs
+            src["chars_out"] += chars
     return {"sources": sources, "steps": steps, "skipped_records": skipped, "domains": _domain_totals(sources),
             "executor_tasks": tasks}
-
-
-def _kept_keys(cfg, rank: str):
-    for domain in domains_of(cfg):
-        with open(Path(cfg.out_dir) / "curated" / domain / f"task-{rank}.jsonl") as f:
-            for line in f:
-                rec = json.loads(line)
-                yield rec["key"], len(rec["text"])
 
 
 def _dedup_stats(cfg, work: Path, ranks: list[str], domains: list[str]) -> dict:
     """exact_dedup and minhash_dedup rows per domain, as the one-process funnel reports them."""
     import numpy as np
+
+    from pretrain.data.filters import StepStats
 
     into = {d: {"docs": 0, "chars": 0} for d in domains}
     for r in ranks:
@@ -196,7 +186,7 @@ def _dedup_stats(cfg, work: Path, ranks: list[str], domains: list[str]) -> dict:
         rows = out[step] = {}
         for d in domains:
             mine = [x for x in drops if x["domain"] == d and x["step"] == step]
-            row = _stats_row()
+            row = StepStats().to_dict()
             row.update(docs_in=into[d]["docs"], chars_in=into[d]["chars"], docs_out=into[d]["docs"] - len(mine),
                        chars_out=into[d]["chars"] - sum(x["chars"] for x in mine))
             if mine:

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
-from pretrain.data.sharded import EXACT, _save, _write_json
+from planner.io import atomic_write_json, atomic_write_text
+from pretrain.data.sharded import EXACT, KEY_SHIFT, save_array
 
 ALL_PAIRS_UP_TO = 50  # a bucket this small gives every pair; a larger one, each member with the first and the previous
 BLOCK = 1 << 16
@@ -76,7 +77,7 @@ class BucketBands(PipelineStep):
         root = Path(self.work_dir)
         for band in band_names(root)[rank::world_size]:
             pairs = bucket_pairs(sorted((root / "bands" / band).glob("*.npy")))
-            _save(root / "pairs" / f"{band}.npy", pairs)
+            save_array(root / "pairs" / f"{band}.npy", pairs)
             self.stat_update("candidate pairs", value=len(pairs))
         return iter(())
 
@@ -120,7 +121,7 @@ class VerifyDuplicates(PipelineStep):
                                           "reason": d["reason"], "duplicate_of": of["id"], "duplicate_of_key": d["of"],
                                           "jaccard": d["jaccard"], "chars": info["chars"]})
         for task in _tasks(root):
-            _write_json(root / "dedup" / f"{task}.json", by_task.get(task, []))
+            atomic_write_json(root / "dedup" / f"{task}.json", by_task.get(task, []))
         self.stat_update("candidate pairs", value=len(exact) + len(near))
         self.stat_update("dropped", value=len(dropped))
         return iter(())
@@ -162,7 +163,7 @@ class ApplyExclusions(PipelineStep):
             d["domain"] = self.domains[d["domain"]]
         drop = {d["key"] for d in dedup}
         outputs = {dom: Path(self.out_dir) / "curated" / dom / f"task-{task}.jsonl" for dom in self.domains}
-        kept = {dom: {"docs_out": 0, "chars_out": 0} for dom in self.domains}
+        kept: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # input file -> [docs, chars] kept
         for path in outputs.values():
             path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.ExitStack() as stack:
@@ -174,19 +175,16 @@ class ApplyExclusions(PipelineStep):
                         continue
                     sinks[rec["domain"]].write(json.dumps({"id": rec["id"], "text": rec["text"], "domain": rec["domain"],
                                                            "key": rec["key"]}) + "\n")
-                    kept[rec["domain"]]["docs_out"] += 1
-                    kept[rec["domain"]]["chars_out"] += len(rec["text"])
+                    kept[rec["key"] >> KEY_SHIFT][0] += 1
+                    kept[rec["key"] >> KEY_SHIFT][1] += len(rec["text"])
             for sink in sinks.values():
                 sink.flush()
                 os.fsync(sink.fileno())
         filtered = [json.loads((root / "stats" / s / f"{task}.json").read_text())["excluded"] for s in self.steps]
         excluded = list(heapq.merge(*filtered, sorted(dedup, key=lambda d: d["key"]), key=lambda d: d["key"]))
-        _write_json(root / "final" / f"{task}.json", {"kept": kept, "dedup": dedup})
-        tmp = root / "exclusions" / f"{task}.jsonl.tmp"
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text("".join(json.dumps(e) + "\n" for e in excluded))
-        os.replace(tmp, tmp.with_suffix(""))
+        atomic_write_json(root / "final" / f"{task}.json", {"kept_per_file": kept, "dedup": dedup})
+        atomic_write_text(root / "exclusions" / f"{task}.jsonl", "".join(json.dumps(e) + "\n" for e in excluded))
         for path in outputs.values():
             os.replace(f"{path}.tmp", path)
-        self.stat_update("kept", value=sum(k["docs_out"] for k in kept.values()))
+        self.stat_update("kept", value=sum(docs for docs, _ in kept.values()))
         return iter(())

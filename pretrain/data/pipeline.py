@@ -70,7 +70,7 @@ class CurateConfig:
     chunk_bytes: int = 64 << 20
     #: a candidate pair is a near duplicate only when its shingles' Jaccard similarity reaches this
     jaccard_threshold: float = 0.8
-    slurm: SlurmCurateConfig = field(default_factory=lambda: SlurmCurateConfig())
+    slurm: SlurmCurateConfig = field(default_factory=SlurmCurateConfig)
     #: per-domain threshold overrides, e.g. {finance: {gopher_quality: {min_alpha_words: 0.6}}}
     overrides: dict[str, Any] = field(default_factory=dict)
 

@@ -17,6 +17,7 @@ task's completion marker after that, so a rerun skips finished tasks and redoes 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections import Counter
@@ -28,6 +29,7 @@ import numpy as np
 from datatrove.data import Document as DTDocument
 from datatrove.pipeline.base import PipelineStep
 
+from planner.io import atomic_write_bytes, atomic_write_json
 from pretrain.data.documents import Document, Source, jsonl_files, jsonl_record, make_document, read_source
 
 KEY_SHIFT = 40  # key = file << 40 | offset: offsets up to 1 TiB per file
@@ -127,7 +129,7 @@ class ReadChunks(PipelineStep):
                 row["chars_in"] += len(doc.text)
                 self.stat_update("documents")
                 yield DTDocument(doc.text, doc.id, metadata={"domain": doc.domain, "key": key})
-        _write_json(Path(self.work_dir) / "inputs" / f"{rank:05d}.json", {"sources": inputs, "skips": dict(skips)})
+        atomic_write_json(Path(self.work_dir) / "inputs" / f"{rank:05d}.json", {"sources": inputs, "skips": dict(skips)})
 
 
 class CurationStep(PipelineStep):
@@ -153,7 +155,7 @@ class CurationStep(PipelineStep):
             d.text = kept.text
             yield d
         stats = {domain: s.stats[domain].to_dict() for domain, s in steps.items() if domain in s.stats}
-        _write_json(Path(self.work_dir) / "stats" / self.name / f"{rank:05d}.json",
+        atomic_write_json(Path(self.work_dir) / "stats" / self.name / f"{rank:05d}.json",
                     {"stats": stats, "excluded": excluded})
 
 
@@ -168,6 +170,7 @@ class WriteTaskOutput(PipelineStep):
         self.ngram, self.bands, self.rows, self.seed = ngram, bands, rows, seed
 
     def run(self, data, rank: int = 0, world_size: int = 1):
+        from pretrain.data.dedup import normalise
         from pretrain.data.signatures import MinHasher, exact_hash, shingle_hashes
 
         hasher = MinHasher(self.bands * self.rows, self.seed)
@@ -180,23 +183,24 @@ class WriteTaskOutput(PipelineStep):
             for d in data:
                 key = d.metadata["key"]
                 sink.write(json.dumps({"key": key, "id": d.id, "domain": d.metadata["domain"], "text": d.text}) + "\n")
-                sh = shingle_hashes(d.text, self.ngram)
+                text = normalise(d.text)  # once, for the shingles and the exact hash
+                sh = shingle_hashes(text, self.ngram)
                 shingles.append(sh)
                 index.append((key, self.domains.index(d.metadata["domain"]), len(d.text), offset, sh.size))
                 ids.append(d.id)
                 offset += sh.size
-                exact_rows.append((exact_hash(d.text), key))
+                exact_rows.append((exact_hash(text), key))
                 for b, h in enumerate(hasher.band_hashes(sh, self.bands)):
                     band_rows[b].append((h, key))
                 self.stat_update("kept")
             sink.flush()
             os.fsync(sink.fileno())
-        _save(root / "index" / f"{name}.npy", np.array(index, dtype=INDEX_DTYPE))
-        _write_json(root / "ids" / f"{name}.json", ids)
-        _save(root / "shingles" / f"{name}.npy", np.concatenate(shingles) if shingles else np.zeros(0, np.uint32))
-        _save(root / "bands" / EXACT / f"{name}.npy", _sorted_pairs(exact_rows))
+        save_array(root / "index" / f"{name}.npy", np.array(index, dtype=INDEX_DTYPE))
+        atomic_write_json(root / "ids" / f"{name}.json", ids)
+        save_array(root / "shingles" / f"{name}.npy", np.concatenate(shingles) if shingles else np.zeros(0, np.uint32))
+        save_array(root / "bands" / EXACT / f"{name}.npy", _sorted_pairs(exact_rows))
         for b, rows in enumerate(band_rows):
-            _save(root / "bands" / f"{b:03d}" / f"{name}.npy", _sorted_pairs(rows))
+            save_array(root / "bands" / f"{b:03d}" / f"{name}.npy", _sorted_pairs(rows))
         os.replace(f"{kept}.tmp", kept)
         return iter(())
 
@@ -206,15 +210,7 @@ def _sorted_pairs(rows: list[tuple[int, int]]) -> np.ndarray:
     return arr[np.argsort(arr, order=("hash", "key"))]
 
 
-def _save(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    from planner.io import atomic_write_json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, payload)
+def save_array(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    atomic_write_bytes(path, buf.getvalue())

@@ -1,6 +1,6 @@
 """Dedup signatures, numpy-vectorised: shingle hashes, MinHash band hashes, exact hashes, Jaccard.
 
-- Shingles: word n-grams of the normalised text (`dedup.normalise`, as the in-process dedup), each
+- Shingles: word n-grams of the normalised text (`dedup.normalise`, applied by the caller), each
   hashed to 32 bits with xxh32, kept as a sorted unique array: the set that Jaccard is measured on.
 - MinHash: permutation i is h_i(x) = (a_i x + b_i) mod (2^61 - 1) with 32-bit a_i, b_i and x, so
   a_i x + b_i < 2^64 never overflows; the signature is the minimum over the shingles.
@@ -14,19 +14,18 @@ from __future__ import annotations
 import numpy as np
 import xxhash
 
-from pretrain.data.dedup import normalise
-
 MERSENNE = np.uint64((1 << 61) - 1)
 
 
-def shingle_hashes(text: str, ngram: int) -> np.ndarray:
-    words = normalise(text).split()
+def shingle_hashes(normalised: str, ngram: int) -> np.ndarray:
+    """The shingle set of a text already passed through `normalise`."""
+    words = normalised.split()
     grams = {" ".join(words[i: i + ngram]) for i in range(max(1, len(words) - ngram + 1))}
     return np.unique(np.fromiter((xxhash.xxh32_intdigest(g.encode()) for g in grams), np.uint64, len(grams))).astype(np.uint32)
 
 
-def exact_hash(text: str) -> int:
-    return xxhash.xxh64_intdigest(normalise(text).encode())
+def exact_hash(normalised: str) -> int:
+    return xxhash.xxh64_intdigest(normalised.encode())
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
