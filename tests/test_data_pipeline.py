@@ -82,6 +82,52 @@ def test_c4_drops_lorem_ipsum_and_strips_boilerplate_lines():
     assert C4Rules().reject(d) is None and "cookies" not in d.text and "Click here" not in d.text
 
 
+def test_the_word_steps_tokenise_each_document_once(monkeypatch):
+    from pretrain.data import filters
+
+    real, calls = filters._spacy_tokenizer(), []
+    monkeypatch.setattr(filters, "_SPACY", lambda text: calls.append(text) or real(text))
+    monkeypatch.setattr(filters, "_LAST_WORDS", ("", ()))
+    for text in (PROSE, PROSE + " Again."):
+        d = doc(text)
+        assert GopherQuality().apply(d) is not None and GopherRepetition().apply(d) is not None
+    assert calls == [PROSE, PROSE + " Again."]
+
+
+def test_c4_checks_brackets_only_on_kept_lines_by_default_and_anywhere_when_asked():
+    # a code line without terminal punctuation is dropped before its "{" is looked at (reference C4)
+    text = PROSE.replace(". ", ".\n") + "\nconfig = {'a': 1}"
+    assert C4Rules().reject(doc(text)) is None
+    assert C4Rules(document_rules="whole_document").reject(doc(text)) == "curly bracket"
+    assert C4Rules().reject(doc(PROSE.replace(". ", ".\n") + "\nSet it to {a: 1} in the file.")) == "curly bracket"
+
+
+def test_c4_sentence_count_does_not_split_on_abbreviations_or_decimals():
+    from pretrain.data.filters import count_sentences
+
+    assert count_sentences("We met Dr. Smith, e.g. at 3.5 p.m. in the U.S. office.") == 1
+    assert count_sentences("Rates rose. Bonds fell! Why? Nobody knows.") == 4
+    five_abbreviated = "Revenue grew, e.g. in the U.S. and the U.K., by 3.5 percent, as Mr. Lee said.\n" * 5
+    assert C4Rules().reject(doc(five_abbreviated)) is None
+    # four sentences, where a full-stop regex finds sixteen
+    assert C4Rules().reject(doc(five_abbreviated.split("\n", 1)[1])) == "fewer than 5 sentences"
+
+
+def test_c4_decisions_and_kept_text_match_datatrove_on_real_documents():
+    pytest.importorskip("datatrove")
+    from datatrove.data import Document as PeerDoc
+    from datatrove.pipeline.filters import C4QualityFilter
+
+    docs = list(readme_documents())
+    differ = []
+    for name, text in docs:
+        ours, theirs = doc(text), PeerDoc(text=text, id=name)
+        keep_ours, keep_theirs = C4Rules().reject(ours) is None, C4QualityFilter().filter(theirs) is True
+        if keep_ours != keep_theirs or (keep_ours and ours.text != theirs.text):
+            differ.append(name)
+    assert len(docs) >= 50 and differ == []
+
+
 def test_language_filter_keeps_english_and_drops_german():
     f = LanguageFilter()
     assert f.reject(doc(PROSE)) is None

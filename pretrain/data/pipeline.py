@@ -27,7 +27,15 @@ from planner.io import atomic_write_json, atomic_write_text, names_file
 from pretrain.config import ConfigError, load_structured
 from pretrain.data.dedup import ExactDedup, MinHashDedup
 from pretrain.data.documents import Document, Source, read_source
-from pretrain.data.filters import C4Rules, GopherQuality, GopherRepetition, LanguageFilter, PIIRedactor, Step
+from pretrain.data.filters import (
+    C4_DOCUMENT_RULES,
+    C4Rules,
+    GopherQuality,
+    GopherRepetition,
+    LanguageFilter,
+    PIIRedactor,
+    Step,
+)
 
 
 @dataclass
@@ -57,6 +65,8 @@ class CurateConfig:
     gopher_quality: bool = True
     gopher_repetition: bool = True
     c4: bool = True
+    #: kept_lines (reference C4 and datatrove) | whole_document: where "lorem ipsum" and "{" drop a document
+    c4_document_rules: str = "kept_lines"
     language: bool = True
     languages: list[str] = field(default_factory=lambda: ["en"])
     min_language_score: float = 0.65
@@ -136,6 +146,9 @@ def _validate(cfg: DataPipelineConfig) -> None:
     if not 0 <= cfg.mix.eval_fraction < 1:
         raise ConfigError(f"mix.eval_fraction: {cfg.mix.eval_fraction} must be in [0, 1)")
     c = cfg.curate
+    if c.c4_document_rules not in C4_DOCUMENT_RULES:
+        raise ConfigError(f"curate.c4_document_rules: {c.c4_document_rules!r} is not one of "
+                          f"{', '.join(C4_DOCUMENT_RULES)}")
     for key, value, lo, hi in (("curate.minhash_bands", c.minhash_bands, 1, 1024),
                                ("curate.minhash_rows", c.minhash_rows, 1, 1024),
                                ("curate.minhash_ngram", c.minhash_ngram, 1, 64),
@@ -173,6 +186,8 @@ def document_step(c: CurateConfig, name: str, domain: str) -> Step:
     over = (c.overrides.get(domain, {}) if c.overrides else {}).get(name, {})
     if name == "language":
         return LanguageFilter(c.languages, c.min_language_score)
+    if name == "c4":
+        over = {"document_rules": c.c4_document_rules, **over}
     return {"gopher_quality": GopherQuality, "gopher_repetition": GopherRepetition, "c4": C4Rules,
             "pii": PIIRedactor}[name](**over)
 
