@@ -80,7 +80,7 @@ def main() -> None:
         cfg = load_pipeline_config(REPO / "configs/data-sample.yaml", [f"out_dir={d}"])
         cfg.sources = [type(s)(**{**s.__dict__, "path": str(REPO / s.path)}) for s in cfg.sources]
         start = time.perf_counter()
-        curate(cfg, progress=False)
+        curate(cfg, quiet=True)
         full = time.perf_counter() - start
         raw_mb = sum((REPO / s.path).stat().st_size for s in cfg.sources) / 1e6
         print(f"  whole chain (quality, repetition, C4, language, PII, exact + MinHash dedup): "

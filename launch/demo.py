@@ -82,7 +82,7 @@ def stage_data(out: Path, progress: bool) -> Path:
         _log(f"1/6 data: already curated and packed in {data_dir}")
         return data_dir
     _log("1/6 curating the finance + general sample corpus and training its tokenizer")
-    report = curate(cfg, progress=progress)
+    report = curate(cfg, tasks=2, workers=2, quiet=not progress)  # this machine's two cores
     print(render_funnel(report))
     train_tokenizer(cfg)
     pack(cfg, progress=progress)

@@ -126,7 +126,7 @@ CASES = [
     # the data pipeline
     (D, ["{w}/list.yaml"]), (D, ["{w}/bad.yaml"]), (D, ["{w}/binary.yaml"]), (D, ["{w}/tagged.yaml"]),
     (D, ["{w}/missing.yaml"]), (D, ["{w}"]), (D, ["{w}/pipe.yaml", "all", "tokenizer.vocab_size=-5"]),
-    (D, ["{w}/pipe.yaml", "all", "curate.minhash_bands=0"]), (D, ["{w}/pipe.yaml", "all", "mix.max_epochs=nan"]),
+    (D, ["{w}/pipe.yaml", "all", "curate.minhash_ngram=0"]), (D, ["{w}/pipe.yaml", "all", "mix.max_epochs=nan"]),
     (D, ["{w}/pipe.yaml", "all", "mix.eval_fraction=1.5"]),
     # the synthetic generator
     (S, ["{w}/syn", "--rows", "0"]), (S, ["{w}/syn", "--vocab", "-1"]), (S, ["{w}/syn", "--seq-len", "0"]),

@@ -100,7 +100,7 @@ def test_pack_reads_the_executor_output(one_task):
 
 def _brute_force(docs: list[tuple[str, str]], threshold: float) -> set[str]:
     """Exact (normalised text) first, then greedy near-dedup: dropped when J >= threshold with an earlier kept doc."""
-    from pretrain.data.dedup import normalise
+    from pretrain.data.signatures import normalise
 
     def shingles(text):
         w = normalise(text).split()

@@ -15,6 +15,9 @@ The merged funnel report has the same shape as the one-process `curate`'s.
 from __future__ import annotations
 
 import json
+import os
+import sys
+from contextlib import nullcontext, redirect_stderr
 from functools import partial
 from pathlib import Path
 
@@ -95,10 +98,12 @@ def make_executor(kind: str, pipeline: list, tasks: int, workers: int, logging_d
 
 
 def check_layout(cfg, tasks: int) -> None:
-    """A work folder made with other tasks or chunks cannot be continued: its markers would mean other things."""
+    """A work folder made with other tasks, chunks or inputs cannot be continued: its markers would mean
+    other things (a source that changed size since is another input)."""
     c = cfg.curate
     layout = {"tasks": tasks, "chunk_bytes": c.chunk_bytes, "jaccard_threshold": c.jaccard_threshold,
-              "ngram": c.minhash_ngram, "sources": [s.path for s in cfg.sources]}
+              "ngram": c.minhash_ngram, "sources": [s.path for s in cfg.sources],
+              "source_bytes": [_size(s.path) for s in cfg.sources]}
     path = work_dir(cfg) / "layout.json"
     if path.is_file():
         before = json.loads(path.read_text())
@@ -109,8 +114,19 @@ def check_layout(cfg, tasks: int) -> None:
     atomic_write_json(path, layout)
 
 
-def curate_sharded(cfg, executor: str = "local", tasks: int = 1, workers: int = 1) -> dict:
-    """Run the four passes (each skips its finished tasks) and merge the report; returns it."""
+def _size(path: str) -> int | None:
+    try:
+        return Path(path).stat().st_size
+    except OSError:
+        return None  # reading it will say what is wrong
+
+
+def curate_sharded(cfg, executor: str = "local", tasks: int = 1, workers: int = 1, quiet: bool = False) -> dict:
+    """Run the four passes (each skips its finished tasks) and merge the report; returns it.
+
+    datatrove's console log (pipeline, per-task progress and stats) goes to stdout, or nowhere when
+    `quiet`, so that stderr holds only our one-line errors; each task's full log stays in
+    `work/logs/<pass>/logs/task_NNNNN.log` either way."""
     from pretrain.data.pipeline import render_funnel
 
     if tasks < 1 or workers < 1:
@@ -119,8 +135,15 @@ def curate_sharded(cfg, executor: str = "local", tasks: int = 1, workers: int = 
     previous = None
     for name, pipeline, n in passes(cfg, tasks):
         ex = make_executor(executor, pipeline, n, workers, work_dir(cfg) / "logs" / name, cfg, depends=previous)
-        if executor == "local":
-            ex.run()  # one pass after the other here; Slurm and Ray chain them by dependency
+        if executor == "local":  # one pass after the other here; Slurm and Ray chain them by dependency
+            with open(os.devnull, "w") if quiet else nullcontext(sys.stdout) as sink, redirect_stderr(sink):
+                try:
+                    ex.run()
+                except OSError as e:  # datatrove's own writes (task logs, markers) name no file
+                    if e.filename:
+                        raise
+                    raise PlannerError(f"curate: {e.strerror or e} while writing under {cfg.out_dir} "
+                                       f"(pass {name})") from None
         previous = ex
     if executor != "local":
         previous.run()  # submitting the last submits its dependencies first

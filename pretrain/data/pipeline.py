@@ -2,31 +2,27 @@
 
     python -m pretrain.data.pipeline configs/data-sample.yaml [curate|tokenizer|pack|all] [key=value ...]
 
-Curation streams every source through the steps in order (quality, repetition, C4, language, PII,
-exact and near-duplicate removal) and writes each source's kept documents as
-`<out_dir>/curated/<domain>/part-NNNNN.jsonl` plus a `.done` marker with its counts. A rerun after
-an interruption skips finished parts (rebuilding the deduplication state from their output), so
-the same input and config always give the same output. Runs on one machine; splitting the
-per-document steps across SLURM array tasks (with a global deduplication pass after) is not built yet.
+Curation runs the per-document steps (quality, repetition, C4, language, PII) and the global exact
+and near-duplicate passes on datatrove's executors (`pretrain/data/executors.py`): one task on this
+machine by default, `--tasks N --workers W` to split it, `--executor slurm|ray` beyond one machine.
+Kept documents land in `<out_dir>/curated/<domain>/task-NNNNN.jsonl`, every dropped one in
+`exclusions.jsonl`; finished tasks are skipped on a rerun, and the output does not depend on N.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from planner import checks
 from planner.errors import PlannerError, guarded, one_line_parser
-from planner.io import atomic_write_json, atomic_write_text, names_file
+from planner.io import atomic_write_json, atomic_write_text
 from pretrain.config import ConfigError, load_structured
-from pretrain.data.dedup import ExactDedup, MinHashDedup
-from pretrain.data.documents import Document, Source, read_source
+from pretrain.data.documents import Document
 from pretrain.data.filters import (
     C4_DOCUMENT_RULES,
     C4Rules,
@@ -73,10 +69,8 @@ class CurateConfig:
     pii: bool = True
     exact_dedup: bool = True
     minhash_dedup: bool = True
-    minhash_bands: int = 14
-    minhash_rows: int = 8
-    minhash_ngram: int = 5
-    #: the executor path (`curate --executor`): input cut into chunks of this many bytes (JSON lines)
+    minhash_ngram: int = 5  # word n-gram shingles (FineWeb's 5); banding follows from jaccard_threshold
+    #: JSON-lines input is cut into chunks of this many bytes; tasks take contiguous runs of chunks
     chunk_bytes: int = 64 << 20
     #: a candidate pair is a near duplicate only when its shingles' Jaccard similarity reaches this
     jaccard_threshold: float = 0.8
@@ -149,9 +143,7 @@ def _validate(cfg: DataPipelineConfig) -> None:
     if c.c4_document_rules not in C4_DOCUMENT_RULES:
         raise ConfigError(f"curate.c4_document_rules: {c.c4_document_rules!r} is not one of "
                           f"{', '.join(C4_DOCUMENT_RULES)}")
-    for key, value, lo, hi in (("curate.minhash_bands", c.minhash_bands, 1, 1024),
-                               ("curate.minhash_rows", c.minhash_rows, 1, 1024),
-                               ("curate.minhash_ngram", c.minhash_ngram, 1, 64),
+    for key, value, lo, hi in (("curate.minhash_ngram", c.minhash_ngram, 1, 64),
                                ("tokenizer.vocab_size", cfg.tokenizer.vocab_size, 16, 1 << 24),
                                ("mix.seq_len", cfg.mix.seq_len, 2, 1 << 20)):
         checks.integer(key, value, lo, hi)
@@ -196,87 +188,13 @@ def enabled_document_steps(c: CurateConfig) -> list[str]:
     return [name for name in DOCUMENT_STEPS if getattr(c, name)]
 
 
-def build_steps(c: CurateConfig, domain: str, shared: dict[str, Step]) -> list[Step]:
-    """The per-document steps for one domain (with its overrides); dedup steps are shared by all."""
-    steps = [document_step(c, name, domain) for name in enabled_document_steps(c)]
-    if c.exact_dedup:
-        steps.append(shared.setdefault("exact_dedup", ExactDedup()))
-    if c.minhash_dedup:
-        steps.append(shared.setdefault("minhash_dedup", MinHashDedup(c.minhash_ngram, c.minhash_bands,
-                                                                     c.minhash_rows)))
-    return steps
+def curate(cfg: DataPipelineConfig, tasks: int = 1, workers: int = 1, executor: str = "local",
+           quiet: bool = False) -> dict:
+    """Curate every source on datatrove's executor (the four passes of `executors.py`); returns the
+    merged funnel report (also written beside the output), or {"submitted": ...} for Slurm and Ray."""
+    from pretrain.data.executors import curate_sharded
 
-
-def _part_path(cfg: DataPipelineConfig, index: int, source: SourceConfig) -> Path:
-    return Path(cfg.out_dir) / "curated" / source.domain / f"part-{index:05d}.jsonl"
-
-
-def curate(cfg: DataPipelineConfig, progress: bool = True) -> dict:
-    """Run the curation steps over every source; returns (and writes) the funnel report."""
-    from tqdm import tqdm
-
-    shared: dict[str, Step] = {}
-    report = {"sources": [], "steps": {}, "skipped_records": {}}
-    step_stats: dict[str, dict[str, dict]] = {}
-    for index, src in enumerate(cfg.sources):
-        steps = build_steps(cfg.curate, src.domain, shared)
-        out = _part_path(cfg, index, src)
-        done = out.with_suffix(".done")
-        if done.is_file():  # finished earlier: rebuild the dedup state from its output, reuse its counts
-            part = json.loads(done.read_text())
-            for doc in _read_curated(out, src.domain):
-                for step in steps:
-                    if hasattr(step, "remember"):
-                        step.remember(doc)
-            _merge_stats(step_stats, part["steps"])
-            report["sources"].append(part["source"])
-            _merge_counter(report["skipped_records"], part["skipped_records"])
-            continue
-        skips: Counter = Counter()
-        kept, docs_in, chars_in, chars_out = 0, 0, 0, 0
-        before = {s.name: {d: st.to_dict() for d, st in s.stats.items()} for s in steps}
-        docs = read_source(Source(src.path, src.domain, src.format, src.text_field, src.id_field), skips)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".jsonl.tmp")
-        with names_file(tmp), tmp.open("w") as sink:  # streamed: memory stays bounded whatever the source's size
-            for doc in tqdm(docs, desc=f"curate {src.domain} ({Path(src.path).name})", unit="doc",
-                            disable=not progress, mininterval=1.0):
-                docs_in += 1
-                chars_in += len(doc.text)
-                for step in steps:
-                    doc = step.apply(doc)
-                    if doc is None:
-                        break
-                if doc is not None:
-                    sink.write(json.dumps({"id": doc.id, "text": doc.text, "domain": doc.domain, **doc.meta}) + "\n")
-                    kept += 1
-                    chars_out += len(doc.text)
-            sink.flush()
-            os.fsync(sink.fileno())
-        os.replace(tmp, out)
-        part_steps = {s.name: _diff_stats(before.get(s.name, {}), {d: st.to_dict() for d, st in s.stats.items()})
-                      for s in steps}
-        source_row = {"path": src.path, "domain": src.domain, "docs_in": docs_in, "docs_out": kept,
-                      "chars_in": chars_in, "chars_out": chars_out, "bytes_out": out.stat().st_size}
-        atomic_write_json(done, {"source": source_row, "steps": part_steps, "skipped_records": dict(skips)})
-        _merge_stats(step_stats, part_steps)
-        report["sources"].append(source_row)
-        _merge_counter(report["skipped_records"], dict(skips))
-    report["steps"] = step_stats
-    report["domains"] = _domain_totals(report["sources"])
-    atomic_write_json(Path(cfg.out_dir) / "curation_report.json", report)
-    atomic_write_text(Path(cfg.out_dir) / "curation_report.md", render_funnel(report))
-    return report
-
-
-def _diff_stats(before: dict, after: dict) -> dict:
-    out = {}
-    for domain, a in after.items():
-        b = before.get(domain, {"docs_in": 0, "docs_out": 0, "chars_in": 0, "chars_out": 0, "dropped": {}, "changed": {}})
-        out[domain] = {k: a[k] - b[k] for k in ("docs_in", "docs_out", "chars_in", "chars_out")}
-        for key in ("dropped", "changed"):
-            out[domain][key] = {r: n - b[key].get(r, 0) for r, n in a[key].items() if n - b[key].get(r, 0)}
-    return {d: v for d, v in out.items() if v["docs_in"]}
+    return curate_sharded(cfg, executor, tasks, workers, quiet)
 
 
 def _merge_counter(into: dict, add: dict) -> None:
@@ -352,18 +270,13 @@ def _read_curated(path: Path, domain: str):
 
 
 def curated_documents(cfg: DataPipelineConfig, domain: str):
+    """The domain's kept documents in corpus order: the tasks' files in rank order."""
     report = Path(cfg.out_dir) / "curation_report.json"
     tasks = json.loads(report.read_text()).get("executor_tasks") if report.is_file() else None
-    if tasks:  # written by `curate --executor`: one file per task, in rank order = corpus order
-        for rank in range(tasks):
-            yield from _read_curated(Path(cfg.out_dir) / "curated" / domain / f"task-{rank:05d}.jsonl", domain)
-        return
-    for index, src in enumerate(cfg.sources):
-        if src.domain == domain:
-            part = _part_path(cfg, index, src)
-            if not part.with_suffix(".done").is_file():
-                raise PlannerError(f"data: {part} is not finished; run the curate stage first")
-            yield from _read_curated(part, domain)
+    if not tasks:
+        raise PlannerError(f"data: {report} is missing or from an older version; run the curate stage first")
+    for rank in range(tasks):
+        yield from _read_curated(Path(cfg.out_dir) / "curated" / domain / f"task-{rank:05d}.jsonl", domain)
 
 
 # ------------------------------------------------------------------------------------------ tokenizer
@@ -525,24 +438,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", nargs="?", default="all", choices=["curate", "tokenizer", "pack", "all"])
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
-    parser.add_argument("--executor", choices=["local", "slurm", "ray"],
-                        help="Curate on datatrove's executor in tasks, with global dedup (pretrain/data/executors.py).")
-    parser.add_argument("--tasks", type=int, default=1, help="Tasks the input is split into (with --executor).")
-    parser.add_argument("--workers", type=int, default=1, help="Tasks run at once (with --executor).")
+    parser.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
+                        help="datatrove executor the curation passes run on (default: local, this machine).")
+    parser.add_argument("--tasks", type=int, default=1, help="Tasks the input is split into (output does not depend on it).")
+    parser.add_argument("--workers", type=int, default=1, help="Tasks run at once.")
     args = parser.parse_intermixed_args(argv)
 
     def run() -> None:
         cfg = load_pipeline_config(args.config, args.overrides)
         if args.stage in ("curate", "all"):
-            if args.executor:
-                from pretrain.data.executors import curate_sharded
-
-                report = curate_sharded(cfg, args.executor, args.tasks, args.workers)
-                if report.get("submitted"):
-                    print(f"curation submitted to Slurm/Ray; logs and progress per task in {report['logs']}")
-                    return
-            else:
-                report = curate(cfg, progress=not args.quiet)
+            report = curate(cfg, args.tasks, args.workers, args.executor, args.quiet)
+            if report.get("submitted"):
+                print(f"curation submitted to {args.executor}; logs and progress per task in {report['logs']}")
+                return
             print(render_funnel(report))
             if cfg.tracking.enabled:
                 print(f"curation report logged to MLflow run {log_report_to_mlflow(cfg, report)}")

@@ -170,8 +170,7 @@ class WriteTaskOutput(PipelineStep):
         self.ngram, self.bands, self.rows, self.seed = ngram, bands, rows, seed
 
     def run(self, data, rank: int = 0, world_size: int = 1):
-        from pretrain.data.dedup import normalise
-        from pretrain.data.signatures import MinHasher, exact_hash, shingle_hashes
+        from pretrain.data.signatures import MinHasher, exact_hash, normalise, shingle_hashes
 
         hasher = MinHasher(self.bands * self.rows, self.seed)
         root, name = Path(self.work_dir), f"{rank:05d}"

@@ -1,6 +1,8 @@
 """Dedup signatures, numpy-vectorised: shingle hashes, MinHash band hashes, exact hashes, Jaccard.
 
-- Shingles: word n-grams of the normalised text (`dedup.normalise`, applied by the caller), each
+- Normalised text (`normalise`: FineWeb's, lowercase, no accents, punctuation or digits) is what the
+  exact hash and the shingles see, so copies that differ only in case or punctuation are duplicates.
+- Shingles: word n-grams of the normalised text (applied by the caller, once per document), each
   hashed to 32 bits with xxh32, kept as a sorted unique array: the set that Jaccard is measured on.
 - MinHash: permutation i is h_i(x) = (a_i x + b_i) mod (2^61 - 1) with 32-bit a_i, b_i and x, so
   a_i x + b_i < 2^64 never overflows; the signature is the minimum over the shingles.
@@ -11,10 +13,21 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
+
 import numpy as np
 import xxhash
 
 MERSENNE = np.uint64((1 << 61) - 1)
+_NON_WORD = re.compile(r"[^\w\s]|\d", re.UNICODE)
+
+
+def normalise(text: str) -> str:
+    """Lowercase, strip accents, punctuation and digits, collapse whitespace."""
+    text = unicodedata.normalize("NFKD", text.lower())
+    text = "".join(ch for ch in text if not unicodedata.combining(ch))
+    return " ".join(_NON_WORD.sub(" ", text).split())
 
 
 def shingle_hashes(normalised: str, ngram: int) -> np.ndarray:
