@@ -225,6 +225,38 @@ def test_unigram_tokenizer_splits_digits(sample_config, tmp_path):
     assert [t for t in tok.encode("revenue of 2024").tokens if t.strip("▁").isdigit()] == ["2", "0", "2", "4"]
 
 
+def _curated_with_tokenizer(sample_config, *overrides):
+    cfg = load_pipeline_config(sample_config, list(overrides))
+    curate(cfg, quiet=True)
+    if not (Path(cfg.out_dir) / cfg.tokenizer.path).is_file():
+        train_tokenizer(cfg)
+    return cfg
+
+
+def test_pack_refuses_a_domain_without_eval_documents_and_says_what_to_change(sample_config):
+    cfg = _curated_with_tokenizer(sample_config, "mix.eval_fraction=0.0001")
+    with pytest.raises(PlannerError, match=r"no eval documents in domain\(s\) \['finance', 'general'\] "
+                                           r"\(finance \d+ curated.*raise mix.eval_fraction.*mix.eval_fraction=0"):
+        pack(cfg, progress=False)
+    assert "eval" not in pack(load_pipeline_config(sample_config, ["mix.eval_fraction=0"]), progress=False)
+
+
+def test_pack_refuses_an_eval_split_shorter_than_one_row(sample_config):
+    cfg = _curated_with_tokenizer(sample_config, "mix.seq_len=8192")
+    with pytest.raises(PlannerError, match=r"the eval split would hold [\d,]+ tokens, less than one row of "
+                                           r"mix.seq_len \+ 1 = 8,193; raise mix.eval_fraction or lower mix.seq_len"):
+        pack(cfg, progress=False)
+
+
+def test_pack_reports_the_unused_share_of_each_domain(sample_config, capsys):
+    cfg = _curated_with_tokenizer(sample_config, "mix.weights.finance=0.9", "mix.weights.general=0.1")
+    mixture = {m["domain"]: m for m in pack(cfg, progress=False)["train"]["mixture"]}
+    fin, gen = mixture["finance"], mixture["general"]
+    assert fin["unused"] == pytest.approx(0, abs=1e-3)  # finance runs out first: the mix ends there
+    assert gen["unused"] == pytest.approx(1 - gen["target_tokens"] / gen["unique_tokens"]) and gen["unused"] > 0.8
+    assert f"{gen['unused']:.0%} of domain 'general' goes unused" in capsys.readouterr().err
+
+
 def test_weights_that_do_not_sum_to_one_are_refused(sample_config):
     with pytest.raises(ConfigError, match="sum to 1.02"):
         load_pipeline_config(sample_config, ["mix.weights.finance=0.53"])

@@ -327,23 +327,34 @@ class DomainPlan:
     def epochs(self) -> float:
         return self.target_tokens / self.unique_tokens if self.unique_tokens else float("inf")
 
+    @property
+    def unused(self) -> float:
+        """The share of the domain's unique tokens this mix never reads (0 once it takes a full epoch)."""
+        return max(0.0, 1 - self.epochs) if self.unique_tokens else 0.0
+
 
 def plan_mixture(weights: dict[str, float], unique: dict[str, int], total: int | None, max_epochs: float,
-                 on_exceed: str = "refuse") -> tuple[list[DomainPlan], list[str]]:
+                 on_exceed: str = "refuse", warn_unused: bool = True) -> tuple[list[DomainPlan], list[str]]:
     """Tokens per domain for a run and how many epochs of each domain that means.
 
-    Without a total, the largest mix that repeats no domain: min over domains of unique / weight.
-    A domain repeated more than `max_epochs` times is refused (or warned), the data-limited case
+    Without a total, the largest mix that repeats no domain: min over domains of unique / weight; a
+    domain that mix leaves more than half unused is warned about (`warn_unused`). A domain repeated more than `max_epochs` times is refused (or warned), the data-limited case
     BloombergGPT met with its finance data.
     """
     empty = [d for d, w in weights.items() if w > 0 and not unique.get(d)]
     if empty:
         raise PlannerError(f"mix: domain(s) {empty} have no tokens left after curation (weights need data); "
                            "check the curation report")
-    if total is None:
+    auto = total is None
+    if auto:
         total = int(min(unique[d] / w for d, w in weights.items() if w > 0))
     plans = [DomainPlan(d, w, unique[d], int(round(w * total))) for d, w in sorted(weights.items())]
     warnings = []
+    if auto and warn_unused:
+        limit = min((p for p in plans if p.weight > 0), key=lambda p: p.unique_tokens / p.weight).domain
+        warnings += [f"mix: {p.unused:.0%} of domain {p.domain!r} goes unused: without mix.total_tokens the mix ends "
+                     f"when {limit!r} runs out; set mix.total_tokens (up to mix.max_epochs repeats) to use more"
+                     for p in plans if p.unused > 0.5]
     for p in plans:
         if p.epochs > max_epochs:
             message = (f"mix: domain {p.domain!r} would be repeated {p.epochs:.2f} times ({p.target_tokens:,} tokens "
@@ -388,20 +399,42 @@ def pack(cfg: DataPipelineConfig, progress: bool = True) -> dict:
         docs = {d: encoded[d][split] for d in domains}
         unique = {d: sum(len(ids) + 1 for ids in docs[d]) for d in domains}
         if split == "eval":
-            if not sum(unique.values()):
+            if not cfg.mix.eval_fraction:
                 continue
-            plans, warns = plan_mixture(weights, unique, None, 1.0)
+            _check_eval_split(cfg, weights, unique, {d: len(encoded[d]["train"]) + len(docs[d]) for d in domains})
+            plans, warns = plan_mixture(weights, unique, None, 1.0, warn_unused=False)
         else:
             plans, warns = plan_mixture(weights, unique, cfg.mix.total_tokens, cfg.mix.max_epochs, cfg.mix.on_exceed)
+        _check_one_row(cfg, split, plans)
         for w in warns:
             print(f"pretrain-data: warning: {w}", file=sys.stderr)
         writer = ShardWriter(Path(cfg.out_dir) / "shards" / split, cfg.mix.seq_len, tok.get_vocab_size(), eos,
                              tokenizer_hash=result["tokenizer_sha256"])
         _interleave(writer, plans, docs, cfg.mix.seed)
-        result[split] = writer.close({"mixture": [{**asdict(p), "epochs": p.epochs} for p in plans],
+        result[split] = writer.close({"mixture": [{**asdict(p), "epochs": p.epochs, "unused": p.unused} for p in plans],
                                       "tokenizer": str(tok_path), "warnings": warns})
     atomic_write_json(Path(cfg.out_dir) / "pack_report.json", result)
     return result
+
+
+def _check_eval_split(cfg: DataPipelineConfig, weights: dict[str, float], unique: dict[str, int],
+                      curated: dict[str, int]) -> None:
+    """An eval split is mixed by the same weights, so every weighted domain needs eval documents."""
+    missing = [d for d, w in sorted(weights.items()) if w > 0 and not unique[d]]
+    if missing:
+        counts = ", ".join(f"{d} {curated[d]:,} curated" for d in missing)
+        raise PlannerError(f"mix: no eval documents in domain(s) {missing} ({counts}; mix.eval_fraction "
+                           f"{cfg.mix.eval_fraction:g} picks documents by a hash of their id); raise "
+                           "mix.eval_fraction, add documents to that domain, or set mix.eval_fraction=0 for no eval split")
+
+
+def _check_one_row(cfg: DataPipelineConfig, split: str, plans: list[DomainPlan]) -> None:
+    tokens, row = sum(p.target_tokens for p in plans), cfg.mix.seq_len + 1
+    if tokens < row:
+        change = "raise mix.eval_fraction or lower mix.seq_len" if split == "eval" else \
+            "add documents, raise mix.total_tokens or lower mix.seq_len"
+        raise PlannerError(f"mix: the {split} split would hold {tokens:,} tokens, less than one row of "
+                           f"mix.seq_len + 1 = {row:,}; {change}")
 
 
 def _interleave(writer, plans: list[DomainPlan], docs: dict[str, list], seed: int) -> None:
@@ -461,8 +494,8 @@ def main(argv: list[str] | None = None) -> int:
             for split in ("train", "eval"):
                 if split in result:
                     m = result[split]
-                    mix = ", ".join(f"{x['domain']} {x['target_tokens']:,} tokens ({x['epochs']:.2f} epochs)"
-                                    for x in m["mixture"])
+                    mix = ", ".join(f"{x['domain']} {x['target_tokens']:,} tokens ({x['epochs']:.2f} epochs, "
+                                    f"{x['unused']:.0%} of its tokens unused)" for x in m["mixture"])
                     print(f"{split}: {m['rows']:,} rows of {m['seq_len'] + 1} tokens in {len(m['shards'])} shard(s); {mix}")
 
     return guarded("pretrain-data", run)
