@@ -83,9 +83,11 @@ def test_the_exclusion_file_lists_every_dropped_document_with_its_reason_and_wha
     assert all(r["jaccard"] >= 0.8 for r in dups)
 
 
-def test_a_work_folder_made_with_other_tasks_is_refused_in_one_line(one_task):
-    r = curate(one_task, 3)
-    assert r.returncode == 2 and "tasks 1 -> 3" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+@pytest.mark.parametrize("tasks, override, says", [(3, "curate.c4=true", "tasks 1 -> 3"),
+                                                   (1, "curate.jaccard_threshold=0.7", "curate.jaccard_threshold 0.8 -> 0.7")])
+def test_a_work_folder_made_with_other_tasks_or_settings_is_refused_in_one_line(one_task, tasks, override, says):
+    r = curate(one_task, tasks, 1, override)
+    assert r.returncode == 2 and says in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_pack_reads_the_executor_output(one_task):

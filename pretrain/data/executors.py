@@ -5,7 +5,9 @@
 1. signatures (N tasks): read chunks, per-document steps, kept documents and dedup signatures;
 2. buckets (one task per band + exact): candidate pairs;
 3. clusters (1 task): Jaccard-verified duplicates in corpus order;
-4. filter (N tasks): curated output per domain and task, and the exclusion list.
+4. filter (N tasks): curated output per domain and task, and the exclusion list;
+5. report (1 task): the funnel report merged over tasks and `exclusions.jsonl`, written where the
+   jobs run (on Slurm, by the last job; a rerun after it finished returns the report).
 
 Each pass is a datatrove executor run with its own logging folder (`work/logs/<pass>`): per-task
 logs and progress, completion markers, and `skip_completed`, so a rerun does only what is missing.
@@ -20,6 +22,8 @@ import sys
 from contextlib import nullcontext, redirect_stderr
 from functools import partial
 from pathlib import Path
+
+from datatrove.pipeline.base import PipelineStep
 
 from planner.errors import PlannerError
 from planner.io import atomic_write_json, atomic_write_text
@@ -62,7 +66,8 @@ def passes(cfg, tasks: int) -> list[tuple[str, list, int]]:
     return [("signatures", first, tasks),
             ("buckets", [BucketBands(work)], bands + 1),
             ("clusters", [VerifyDuplicates(work, domains, c.jaccard_threshold, c.exact_dedup, c.minhash_dedup)], 1),
-            ("filter", [ApplyExclusions(work, cfg.out_dir, domains, steps)], tasks)]
+            ("filter", [ApplyExclusions(work, cfg.out_dir, domains, steps)], tasks),
+            ("report", [MergeReport(cfg, tasks)], 1)]
 
 
 def domains_of(cfg) -> list[str]:
@@ -98,20 +103,32 @@ def make_executor(kind: str, pipeline: list, tasks: int, workers: int, logging_d
 
 
 def check_layout(cfg, tasks: int) -> None:
-    """A work folder made with other tasks, chunks or inputs cannot be continued: its markers would mean
-    other things (a source that changed size since is another input)."""
-    c = cfg.curate
-    layout = {"tasks": tasks, "chunk_bytes": c.chunk_bytes, "jaccard_threshold": c.jaccard_threshold,
-              "ngram": c.minhash_ngram, "sources": [s.path for s in cfg.sources],
-              "source_bytes": [_size(s.path) for s in cfg.sources]}
+    """A work folder made with other tasks, inputs or curation settings cannot be continued: its markers
+    would mean other things (a source that changed size since is another input)."""
+    from dataclasses import asdict
+
+    settings = {k: v for k, v in asdict(cfg.curate).items() if k != "slurm"}  # where jobs run changes nothing
+    layout = {"tasks": tasks, "sources": [s.path for s in cfg.sources],
+              "source_bytes": [_size(s.path) for s in cfg.sources], "curate": settings}
     path = work_dir(cfg) / "layout.json"
     if path.is_file():
         before = json.loads(path.read_text())
         if before != layout:
-            diff = ", ".join(f"{k} {before.get(k)} -> {v}" for k, v in layout.items() if before.get(k) != v)
-            raise PlannerError(f"--tasks/curate: {work_dir(cfg)} was made with another layout ({diff}); "
+            diff = ", ".join(_differences(before, layout))
+            raise PlannerError(f"--tasks/curate: {work_dir(cfg)} was made with other settings ({diff}); "
                                "rerun with the same settings, or delete that folder to start again")
     atomic_write_json(path, layout)
+
+
+def _differences(before: dict, now: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a} -> {b}")
+    return out
 
 
 def _size(path: str) -> int | None:
@@ -127,8 +144,6 @@ def curate_sharded(cfg, executor: str = "local", tasks: int = 1, workers: int = 
     datatrove's console log (pipeline, per-task progress and stats) goes to stdout, or nowhere when
     `quiet`, so that stderr holds only our one-line errors; each task's full log stays in
     `work/logs/<pass>/logs/task_NNNNN.log` either way."""
-    from pretrain.data.pipeline import render_funnel
-
     if tasks < 1 or workers < 1:
         raise PlannerError(f"--tasks/--workers: {tasks}/{workers} must be at least 1")
     check_layout(cfg, tasks)
@@ -145,15 +160,31 @@ def curate_sharded(cfg, executor: str = "local", tasks: int = 1, workers: int = 
                     raise PlannerError(f"curate: {e.strerror or e} while writing under {cfg.out_dir} "
                                        f"(pass {name})") from None
         previous = ex
-    if executor != "local":
-        previous.run()  # submitting the last submits its dependencies first
-        return {"submitted": True, "logs": str(work_dir(cfg) / "logs")}
-    report = merge_report(cfg, tasks)
-    out = Path(cfg.out_dir)
-    atomic_write_json(out / "curation_report.json", report)
-    atomic_write_text(out / "curation_report.md", render_funnel(report))
-    write_exclusions(cfg, tasks)
-    return report
+    if executor != "local" and previous.get_incomplete_ranks():
+        previous.run()  # submitting the last pass submits the unfinished ones before it, chained
+        return {"submitted": True, "logs": str(work_dir(cfg) / "logs"),
+                "report": str(Path(cfg.out_dir) / "curation_report.json")}
+    return json.loads((Path(cfg.out_dir) / "curation_report.json").read_text())
+
+
+class MergeReport(PipelineStep):
+    """The last pass: the funnel report merged over tasks, and the exclusion list in corpus order."""
+
+    name, type = "merge report", "📊 - STATS"
+
+    def __init__(self, cfg, tasks: int):
+        super().__init__()
+        self.cfg, self.tasks = cfg, tasks
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from pretrain.data.pipeline import render_funnel
+
+        report = merge_report(self.cfg, self.tasks)
+        out = Path(self.cfg.out_dir)
+        write_exclusions(self.cfg, self.tasks)
+        atomic_write_text(out / "curation_report.md", render_funnel(report))
+        atomic_write_json(out / "curation_report.json", report)  # last: its presence means "done"
+        return iter(())
 
 
 def merge_report(cfg, tasks: int) -> dict:
