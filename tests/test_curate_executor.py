@@ -145,6 +145,21 @@ def test_dedup_precision_and_recall_against_brute_force_jaccard_on_real_document
     assert len(truth) > 50 and precision >= 0.99 and recall >= 0.99
 
 
+@pytest.mark.slow
+def test_a_local_ray_cluster_runs_the_same_passes_with_the_same_output(one_task, tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "ray"
+    r = subprocess.run([sys.executable, "-m", "pretrain.data.pipeline", str(CONFIG), "curate", f"out_dir={out}",
+                        "curate.chunk_bytes=65536", "--executor", "ray", "--tasks", "4", "--workers", "2"],
+                       capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "# Curation report" in r.stdout and len(list((out / "work/logs/signatures/completions").iterdir())) == 4
+    assert kept(out) == kept(one_task)
+    assert (out / "exclusions.jsonl").read_bytes() == (one_task / "exclusions.jsonl").read_bytes()
+    a, b = (json.loads((o / "curation_report.json").read_text()) for o in (one_task, out))
+    assert a["steps"] == b["steps"] and a["domains"] == b["domains"]
+
+
 def test_the_ray_executor_says_what_is_missing_when_ray_is_not_installed(tmp_path):
     pytest.importorskip("datatrove")
     try:

@@ -91,12 +91,14 @@ def make_executor(kind: str, pipeline: list, tasks: int, workers: int, logging_d
                                      sbatch_args=dict(s.sbatch_args or {}), depends=depends, skip_completed=True)
     if kind == "ray":
         try:
-            import ray  # noqa: F401
+            import ray
         except ImportError:
-            raise PlannerError("--executor ray: the ray package is not installed here (pip install 'ray[default]' "
-                               "with constraints.txt); use --executor local or slurm") from None
+            raise PlannerError("--executor ray: the ray package is not installed here (pip install -e '.[ray]' "
+                               "-c constraints.txt); use --executor local or slurm") from None
         from datatrove.executor import RayPipelineExecutor
 
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=False)  # RAY_ADDRESS names a running cluster
         return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir),
                                    skip_completed=True, depends=depends)
     raise PlannerError(f"--executor: {kind!r} is not one of {', '.join(EXECUTORS)}")
@@ -139,7 +141,13 @@ def _size(path: str) -> int | None:
 
 
 def curate_sharded(cfg, executor: str = "local", tasks: int = 1, workers: int = 1, quiet: bool = False) -> dict:
-    """Run the four passes (each skips its finished tasks) and merge the report; returns it.
+    """Run the five passes (each skips its finished tasks); returns the merged report, or where it will
+    appear once the Slurm jobs are submitted.
+
+    Local: one pass after the other in this process and its workers. Ray: the last pass runs its
+    dependencies first, each waiting for the one before, on the cluster `ray.init()` finds
+    (`RAY_ADDRESS`, or a local one it starts). Slurm: the passes are submitted as array jobs chained
+    by `afterok` dependencies, and this returns at once.
 
     datatrove's console log (pipeline, per-task progress and stats) goes to stdout, or nowhere when
     `quiet`, so that stderr holds only our one-line errors; each task's full log stays in
@@ -150,21 +158,26 @@ def curate_sharded(cfg, executor: str = "local", tasks: int = 1, workers: int = 
     previous = None
     for name, pipeline, n in passes(cfg, tasks):
         ex = make_executor(executor, pipeline, n, workers, work_dir(cfg) / "logs" / name, cfg, depends=previous)
-        if executor == "local":  # one pass after the other here; Slurm and Ray chain them by dependency
-            with open(os.devnull, "w") if quiet else nullcontext(sys.stdout) as sink, redirect_stderr(sink):
-                try:
-                    ex.run()
-                except OSError as e:  # datatrove's own writes (task logs, markers) name no file
-                    if e.filename:
-                        raise
-                    raise PlannerError(f"curate: {e.strerror or e} while writing under {cfg.out_dir} "
-                                       f"(pass {name})") from None
+        if executor == "local":
+            _run(ex, cfg, name, quiet)
         previous = ex
-    if executor != "local" and previous.get_incomplete_ranks():
+    if executor == "ray":
+        _run(previous, cfg, "all", quiet)
+    elif executor == "slurm" and previous.get_incomplete_ranks():
         previous.run()  # submitting the last pass submits the unfinished ones before it, chained
         return {"submitted": True, "logs": str(work_dir(cfg) / "logs"),
                 "report": str(Path(cfg.out_dir) / "curation_report.json")}
     return json.loads((Path(cfg.out_dir) / "curation_report.json").read_text())
+
+
+def _run(ex, cfg, name: str, quiet: bool) -> None:
+    with open(os.devnull, "w") if quiet else nullcontext(sys.stdout) as sink, redirect_stderr(sink):
+        try:
+            ex.run()
+        except OSError as e:  # datatrove's own writes (task logs, markers) name no file
+            if e.filename:
+                raise
+            raise PlannerError(f"curate: {e.strerror or e} while writing under {cfg.out_dir} (pass {name})") from None
 
 
 class MergeReport(PipelineStep):

@@ -244,7 +244,8 @@ def render_funnel(report: dict) -> str:
     from tabulate import tabulate
 
     rows = []
-    for step, domains in report["steps"].items():
+    order = [*DOCUMENT_STEPS, "exact_dedup", "minhash_dedup"]  # the funnel in pipeline order (JSON sorts keys)
+    for step, domains in sorted(report["steps"].items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99):
         for domain, s in sorted(domains.items()):
             reasons = ", ".join(f"{r} {n}" for r, n in sorted(s["dropped"].items(), key=lambda x: -x[1]))
             changed = ", ".join(f"{r} {n}" for r, n in s["changed"].items() if n)
