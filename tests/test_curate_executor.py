@@ -125,6 +125,22 @@ def _brute_force(docs: list[tuple[str, str]], threshold: float) -> set[str]:
     return dropped
 
 
+def test_minhash_agreement_estimates_the_jaccard_of_real_document_pairs():
+    # each permutation must act as a random one: P(minimum agrees) = J, the premise of the banding
+    import numpy as np
+
+    from pretrain.data.signatures import MinHasher, jaccard, normalise, shingle_hashes
+
+    hasher, errors = MinHasher(400), []
+    for _, text in list(readme_documents())[:40]:
+        words = text.split()
+        for keep in (0.95, 0.85, 0.7):  # the document against itself with the tail rewritten
+            edited = " ".join(words[: int(len(words) * keep)] + [w[::-1] for w in words[int(len(words) * keep):]])
+            a, b = (shingle_hashes(normalise(t), 5) for t in (text, edited))
+            errors.append((hasher.signature(a) == hasher.signature(b)).mean() - jaccard(a, b))
+    assert abs(np.mean(errors)) < 0.01 and np.sqrt(np.mean(np.square(errors))) < 0.04
+
+
 def test_dedup_precision_and_recall_against_brute_force_jaccard_on_real_documents(tmp_path):
     docs = list(readme_documents())
     # the real documents, then a second copy of every fifth with a few words changed, then exact copies
