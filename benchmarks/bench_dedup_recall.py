@@ -58,8 +58,8 @@ def shingles(text: str) -> frozenset[str]:
     return frozenset(" ".join(w[i: i + NGRAM]) for i in range(max(1, len(w) - NGRAM + 1)))
 
 
-def exact_answer(docs: list[tuple[str, str]]) -> set[str]:
-    """The ids the rule drops, from every pair at J >= THRESHOLD (prefix-filtered join, then measured)."""
+def exact_copies(docs: list[tuple[str, str]]) -> tuple[set[str], list[tuple[str, frozenset[str]]]]:
+    """The rule's first half: later copies of a normalised text dropped; the survivors with their shingles."""
     seen, survivors, dropped = set(), [], set()
     for doc_id, text in docs:
         key = normalise(text)
@@ -68,6 +68,12 @@ def exact_answer(docs: list[tuple[str, str]]) -> set[str]:
         else:
             seen.add(key)
             survivors.append((doc_id, shingles(text)))
+    return dropped, survivors
+
+
+def exact_answer(docs: list[tuple[str, str]]) -> set[str]:
+    """The ids the rule drops, from every pair at J >= THRESHOLD (prefix-filtered join, then measured)."""
+    dropped, survivors = exact_copies(docs)
     freq = Counter(s for _, sh in survivors for s in sh)
     index: dict[str, list[int]] = defaultdict(list)
     similar: dict[int, list[int]] = defaultdict(list)  # later -> earlier documents at J >= THRESHOLD

@@ -101,21 +101,10 @@ def test_pack_reads_the_executor_output(one_task):
 
 
 def _brute_force(docs: list[tuple[str, str]], threshold: float) -> set[str]:
-    """Exact (normalised text) first, then greedy near-dedup: dropped when J >= threshold with an earlier kept doc."""
-    from pretrain.data.signatures import normalise
+    """Exact copies first, then every survivor against every earlier kept one: dropped when J >= threshold."""
+    from benchmarks.bench_dedup_recall import exact_copies
 
-    def shingles(text):
-        w = normalise(text).split()
-        return {" ".join(w[i: i + 5]) for i in range(max(1, len(w) - 4))}
-
-    seen, survivors, dropped = set(), [], set()
-    for doc_id, text in docs:
-        key = normalise(text)
-        if key in seen:
-            dropped.add(doc_id)
-        else:
-            seen.add(key)
-            survivors.append((doc_id, shingles(text)))
+    dropped, survivors = exact_copies(docs)
     kept = []
     for doc_id, s in survivors:
         if any(len(s & k) / len(s | k) >= threshold for _, k in kept):
@@ -156,6 +145,9 @@ def test_dedup_precision_and_recall_against_brute_force_jaccard_on_real_document
     assert r.returncode == 0, r.stderr[-3000:]
     ours = {json.loads(x)["id"] for x in (tmp_path / "out/exclusions.jsonl").read_text().splitlines()}
     truth = _brute_force(corpus, 0.8)
+    from benchmarks.bench_dedup_recall import exact_answer
+
+    assert exact_answer(corpus) == truth  # the benchmark's set-similarity join is exact here too
     precision, recall = len(ours & truth) / len(ours), len(ours & truth) / len(truth)
     print(f"{len(corpus)} documents, {len(truth)} duplicates by brute force: precision {precision:.4f}, recall {recall:.4f}")
     assert len(truth) > 50 and precision >= 0.99 and recall >= 0.99

@@ -24,33 +24,7 @@ pytestmark = pytest.mark.skipif(not (shutil.which("slurmctld") and shutil.which(
                                 reason="Slurm is not installed (make test installs Debian's slurm-wlm where apt can)")
 
 VENV_ACTIVATE = Path(sys.executable).parent / "activate"
-CONF = """ClusterName=plannertest
-SlurmctldHost={host}(127.0.0.1)
-SlurmctldPort={port}
-SlurmdPort={slurmd_port}
-AuthType=auth/none
-CredType=cred/none
-SlurmUser={user}
-StateSaveLocation={root}/state
-SlurmdSpoolDir={root}/spool
-SlurmctldPidFile={root}/slurmctld.pid
-SlurmctldLogFile={root}/slurmctld.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-GresTypes=gpu
-EnforcePartLimits=ALL
-SuspendProgram=/bin/true
-ResumeProgram=/bin/true
-SuspendTime=600
-NodeName=gpu[0-3] NodeAddr=127.0.0.1 CPUs=128 RealMemory=512000 Gres=gpu:8 State=CLOUD
-PartitionName=gpu Nodes=gpu[0-3] Default=YES MaxTime=2-00:00:00 State=UP
-"""
-
-
-NODE_CONF = """ClusterName=curatetest
-SlurmctldHost={host}(127.0.0.1)
+BASE_CONF = """SlurmctldHost={host}(127.0.0.1)
 SlurmctldPort={port}
 SlurmdPort={slurmd_port}
 AuthType=auth/none
@@ -64,10 +38,23 @@ SlurmctldLogFile={root}/slurmctld.log
 SlurmdLogFile={root}/slurmd.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
+"""
+#: four CLOUD nodes of 8 GPUs (placed, never started) and a 2-day partition that enforces its limits
+CONF = BASE_CONF + """ClusterName=plannertest
+GresTypes=gpu
+EnforcePartLimits=ALL
+SuspendProgram=/bin/true
+ResumeProgram=/bin/true
+SuspendTime=600
+NodeName=gpu[0-3] NodeAddr=127.0.0.1 CPUs=128 RealMemory=512000 Gres=gpu:8 State=CLOUD
+PartitionName=gpu Nodes=gpu[0-3] Default=YES MaxTime=2-00:00:00 State=UP
+"""
+#: this machine as one node whose slurmd runs the jobs
+NODE_CONF = BASE_CONF + """ClusterName=curatetest
+JobAcctGatherType=jobacct_gather/none
+MpiDefault=none
 ReturnToService=2
 NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=8000 State=UNKNOWN
 PartitionName=cpu Nodes={node} Default=YES MaxTime=01:00:00 State=UP
