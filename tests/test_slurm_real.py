@@ -157,6 +157,8 @@ def test_curation_on_a_real_slurm_gives_the_local_executors_output(slurm_node, t
            "--executor", "slurm", "--tasks", "4", "--workers", "2"]
     r = subprocess.run(cmd, env=slurm_node, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "curation submitted to slurm" in r.stdout, r.stderr[-3000:]
+    early = subprocess.run(cmd, env=slurm_node, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert early.returncode == 2 and "still queued or running" in early.stderr  # no second submission
     report = out / "curation_report.json"
     deadline, idle_since = time.time() + 600, None
     while not report.is_file() and time.time() < deadline:

@@ -11,13 +11,14 @@
 
 Each pass is a datatrove executor run with its own logging folder (`work/logs/<pass>`): per-task
 logs and progress, completion markers, and `skip_completed`, so a rerun does only what is missing.
-The merged funnel report has the same shape as the one-process `curate`'s.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import subprocess
 import sys
 from contextlib import nullcontext, redirect_stderr
 from functools import partial
@@ -86,7 +87,7 @@ def make_executor(kind: str, pipeline: list, tasks: int, workers: int, logging_d
         s = cfg.curate.slurm
         return SlurmPipelineExecutor(pipeline, tasks=tasks, time=s.time, partition=s.partition,
                                      cpus_per_task=s.cpus_per_task, mem_per_cpu_gb=s.mem_per_cpu_gb,
-                                     workers=workers, job_name=f"{s.job_name}-{logging_dir.name}",
+                                     workers=workers, job_name=slurm_job_name(cfg, logging_dir.name),
                                      logging_dir=str(logging_dir), venv_path=s.venv_activate or None,
                                      sbatch_args=dict(s.sbatch_args or {}), depends=depends, skip_completed=True)
     if kind == "ray":
@@ -102,6 +103,25 @@ def make_executor(kind: str, pipeline: list, tasks: int, workers: int, logging_d
         return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir),
                                    skip_completed=True, depends=depends)
     raise PlannerError(f"--executor: {kind!r} is not one of {', '.join(EXECUTORS)}")
+
+
+def slurm_job_name(cfg, pass_name: str) -> str:
+    """`<curate.slurm.job_name>-<pass>-<tag of out_dir>`: this curation's jobs, told apart from others'."""
+    tag = hashlib.sha256(str(Path(cfg.out_dir).resolve()).encode()).hexdigest()[:8]
+    return f"{cfg.curate.slurm.job_name}-{pass_name}-{tag}"
+
+
+def refuse_if_queued(cfg, pass_names: list[str]) -> None:
+    """A rerun while this curation's jobs are queued or running would submit their tasks a second time."""
+    names = ",".join(slurm_job_name(cfg, n) for n in pass_names)
+    try:
+        queued = subprocess.run(["squeue", "-h", "-o", "%i", "-n", names], capture_output=True, text=True,
+                                timeout=60).stdout.split()
+    except FileNotFoundError:
+        raise PlannerError("--executor slurm: squeue is not on PATH; run this where Slurm's commands are") from None
+    if queued:
+        raise PlannerError(f"--executor slurm: jobs {', '.join(queued)} of this curation are still queued or "
+                           "running; wait for them (squeue), or scancel them to submit again")
 
 
 def check_layout(cfg, tasks: int) -> None:
@@ -164,6 +184,7 @@ def curate_sharded(cfg, executor: str = "local", tasks: int = 1, workers: int = 
     if executor == "ray":
         _run(previous, cfg, "all", quiet)
     elif executor == "slurm" and previous.get_incomplete_ranks():
+        refuse_if_queued(cfg, [name for name, _, _ in passes(cfg, tasks)])
         previous.run()  # submitting the last pass submits the unfinished ones before it, chained
         return {"submitted": True, "logs": str(work_dir(cfg) / "logs"),
                 "report": str(Path(cfg.out_dir) / "curation_report.json")}
