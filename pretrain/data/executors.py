@@ -254,7 +254,7 @@ def merge_report(cfg, tasks: int) -> dict:
 
 
 def _dedup_stats(cfg, work: Path, ranks: list[str], domains: list[str]) -> dict:
-    """exact_dedup and minhash_dedup rows per domain, as the one-process funnel reports them."""
+    """exact_dedup and minhash_dedup rows per domain, in the funnel beside the per-document steps."""
     import numpy as np
 
     from pretrain.data.filters import StepStats

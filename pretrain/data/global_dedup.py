@@ -6,7 +6,7 @@
 2. `VerifyDuplicates` (one task): every candidate pair's Jaccard similarity is measured on the two
    documents' shingle sets (read from the tasks' files on disk), then, in the corpus's key order, a
    document is dropped when it is an exact duplicate of, or has Jaccard >= `threshold` with, an earlier
-   document that is kept (what the in-process dedup does, "the first copy is kept", made exact).
+   document that is kept ("the first copy is kept", checked on the real Jaccard).
    Memory: the candidate pairs and the shingles of the documents in them, not the corpus.
 3. `ApplyExclusions` (the first pass's tasks): each task drops its documents that pass 2 excluded and
    writes its curated output per domain and its exclusion list (every dropped document, the step and
