@@ -84,8 +84,9 @@ def test_c4_drops_lorem_ipsum_and_strips_boilerplate_lines():
 def test_the_word_steps_tokenise_each_document_once(monkeypatch):
     from pretrain.data import filters
 
-    real, calls = filters._spacy_tokenizer(), []
-    monkeypatch.setattr(filters, "_SPACY", lambda text: calls.append(text) or real(text))
+    nlp, calls = filters._spacy(), []
+    real = nlp.tokenizer
+    monkeypatch.setattr(nlp, "tokenizer", lambda text: calls.append(text) or real(text))
     monkeypatch.setattr(filters, "_LAST_WORDS", ("", ()))
     for text in (PROSE, PROSE + " Again."):
         d = doc(text)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from contextlib import nullcontext, redirect_stderr
@@ -27,10 +28,9 @@ from pathlib import Path
 from datatrove.pipeline.base import PipelineStep
 
 from planner.errors import PlannerError
-from planner.io import atomic_write_json, atomic_write_text
+from planner.io import atomic_open, atomic_write_json, atomic_write_text
 from pretrain.data.documents import Source
 
-EXECUTORS = ("local", "slurm", "ray")
 NUM_PERM, MIN_RECALL = 100, 0.999
 
 
@@ -57,8 +57,7 @@ def passes(cfg, tasks: int) -> list[tuple[str, list, int]]:
     from pretrain.data.sharded import CurationStep, ReadChunks, WriteTaskOutput
 
     c, work = cfg.curate, str(work_dir(cfg))
-    sources = [Source(s.path, s.domain, s.format, s.text_field, s.id_field) for s in cfg.sources]
-    domains = domains_of(cfg)
+    sources, domains = sources_of(cfg), domains_of(cfg)
     steps = enabled_document_steps(c)
     bands, rows = recall_banding(c.jaccard_threshold)
     first = [ReadChunks(sources, c.chunk_bytes, work),
@@ -73,6 +72,10 @@ def passes(cfg, tasks: int) -> list[tuple[str, list, int]]:
 
 def domains_of(cfg) -> list[str]:
     return sorted({s.domain for s in cfg.sources})
+
+
+def sources_of(cfg) -> list[Source]:
+    return [Source(s.path, s.domain, s.format, s.text_field, s.id_field) for s in cfg.sources]
 
 
 def make_executor(kind: str, pipeline: list, tasks: int, workers: int, logging_dir: Path, cfg, depends=None):
@@ -102,6 +105,8 @@ def make_executor(kind: str, pipeline: list, tasks: int, workers: int, logging_d
             ray.init(include_dashboard=False, log_to_driver=False)  # RAY_ADDRESS names a running cluster
         return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir),
                                    skip_completed=True, depends=depends)
+    from pretrain.data.pipeline import EXECUTORS
+
     raise PlannerError(f"--executor: {kind!r} is not one of {', '.join(EXECUTORS)}")
 
 
@@ -175,8 +180,8 @@ def curate_sharded(cfg, executor: str = "local", tasks: int = 1, workers: int = 
     if tasks < 1 or workers < 1:
         raise PlannerError(f"--tasks/--workers: {tasks}/{workers} must be at least 1")
     check_layout(cfg, tasks)
-    previous = None
-    for name, pipeline, n in passes(cfg, tasks):
+    previous, chain = None, passes(cfg, tasks)
+    for name, pipeline, n in chain:
         ex = make_executor(executor, pipeline, n, workers, work_dir(cfg) / "logs" / name, cfg, depends=previous)
         if executor == "local":
             _run(ex, cfg, name, quiet)
@@ -184,7 +189,7 @@ def curate_sharded(cfg, executor: str = "local", tasks: int = 1, workers: int = 
     if executor == "ray":
         _run(previous, cfg, "all", quiet)
     elif executor == "slurm" and previous.get_incomplete_ranks():
-        refuse_if_queued(cfg, [name for name, _, _ in passes(cfg, tasks)])
+        refuse_if_queued(cfg, [name for name, _, _ in chain])
         previous.run()  # submitting the last pass submits the unfinished ones before it, chained
         return {"submitted": True, "logs": str(work_dir(cfg) / "logs"),
                 "report": str(Path(cfg.out_dir) / "curation_report.json")}
@@ -242,8 +247,7 @@ def merge_report(cfg, tasks: int) -> dict:
         _merge_counter(skipped, inputs["skips"])
     dedup = _dedup_stats(cfg, work, ranks, domains)
     steps.update(dedup)
-    source_of = source_of_file(plan_chunks([Source(s.path, s.domain, s.format) for s in cfg.sources],
-                                           cfg.curate.chunk_bytes))
+    source_of = source_of_file(plan_chunks(sources_of(cfg), cfg.curate.chunk_bytes))
     for r in ranks:  # what the filter pass kept, counted per input file as it wrote it
         for file, (docs, chars) in json.loads((work / "final" / f"{r}.json").read_text())["kept_per_file"].items():
             src = sources[source_of[int(file)]]
@@ -287,11 +291,8 @@ def _dedup_stats(cfg, work: Path, ranks: list[str], domains: list[str]) -> dict:
 def write_exclusions(cfg, tasks: int) -> Path:
     """`exclusions.jsonl`: every dropped document in corpus order (the tasks' lists, in rank order)."""
     work, path = work_dir(cfg), Path(cfg.out_dir) / "exclusions.jsonl"
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w") as out:
+    with atomic_open(path) as out:
         for r in range(tasks):
             with open(work / "exclusions" / f"{r:05d}.jsonl") as f:
-                for line in f:
-                    out.write(line)
-    tmp.replace(path)
+                shutil.copyfileobj(f, out)
     return path

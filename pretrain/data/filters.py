@@ -28,14 +28,15 @@ _WORD = re.compile(r"[a-z][a-z0-9+.\-]*://\S+|www\.\S+|[\w.+\-]+@[\w\-]+\.[\w.\-
 _SPACY = None
 
 
-def _spacy_tokenizer():
-    """spaCy's rule-based English tokenizer (a blank pipeline: no model download), or False."""
+def _spacy():
+    """spaCy's rule-based English pipeline (blank: no model download) with its sentencizer, or False."""
     global _SPACY
     if _SPACY is None:
         try:
             import spacy
 
-            _SPACY = spacy.blank("en").tokenizer
+            _SPACY = spacy.blank("en")
+            _SPACY.add_pipe("sentencizer")
         except ImportError:
             _SPACY = False
     return _SPACY
@@ -53,8 +54,8 @@ def words_of(text: str) -> tuple[str, ...]:
     global _LAST_WORDS
     if _LAST_WORDS[0] is text or _LAST_WORDS[0] == text:
         return _LAST_WORDS[1]
-    tokenizer = _spacy_tokenizer()
-    words = tuple(t.text for t in tokenizer(text) if not t.is_space) if tokenizer else tuple(_WORD.findall(text))
+    nlp = _spacy()
+    words = tuple(t.text for t in nlp.tokenizer(text) if not t.is_space) if nlp else tuple(_WORD.findall(text))
     _LAST_WORDS = (text, words)
     return words
 
@@ -233,20 +234,11 @@ _C4_CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 _C4_END = (".", "?", "!", '"', "'")
 
 
-_SENTENCIZER = None
-
-
 def count_sentences(text: str) -> int:
     """Sentences as spaCy's rule-based sentencizer splits them (what datatrove's C4 filter counts):
     a sentence ends at a `.`, `!` or `?` token, and spaCy's English tokenizer keeps abbreviations
-    ("e.g.", "U.S.", "Dr.") and decimals whole, so they end nothing."""
-    global _SENTENCIZER
-    if _SENTENCIZER is None:
-        import spacy
-
-        _SENTENCIZER = spacy.blank("en")
-        _SENTENCIZER.add_pipe("sentencizer")
-    return sum(1 for s in _SENTENCIZER(text).sents if s.text.strip())
+    ("e.g.", "U.S.", "Dr.") and decimals whole, so they end nothing. Needs spaCy (a dependency)."""
+    return sum(1 for s in _spacy()(text).sents if s.text.strip())
 
 
 #: C4's two document rules ("lorem ipsum", a curly bracket), checked where (see C4Rules)

@@ -18,14 +18,13 @@ from __future__ import annotations
 import contextlib
 import heapq
 import json
-import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from datatrove.pipeline.base import PipelineStep
 
-from planner.io import atomic_write_json, atomic_write_text
+from planner.io import atomic_open, atomic_write_json, atomic_write_text
 from pretrain.data.sharded import EXACT, KEY_SHIFT, save_array
 
 ALL_PAIRS_UP_TO = 50  # a bucket this small gives every pair; a larger one, each member with the first and the previous
@@ -164,10 +163,8 @@ class ApplyExclusions(PipelineStep):
         drop = {d["key"] for d in dedup}
         outputs = {dom: Path(self.out_dir) / "curated" / dom / f"task-{task}.jsonl" for dom in self.domains}
         kept: dict[int, list[int]] = defaultdict(lambda: [0, 0])  # input file -> [docs, chars] kept
-        for path in outputs.values():
-            path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.ExitStack() as stack:
-            sinks = {dom: stack.enter_context(open(f"{p}.tmp", "w")) for dom, p in outputs.items()}
+        with contextlib.ExitStack() as stack:  # each curated file appears complete when the stack closes
+            sinks = {dom: stack.enter_context(atomic_open(p)) for dom, p in outputs.items()}
             with open(root / "kept" / f"{task}.jsonl") as f:
                 for line in f:
                     rec = json.loads(line)
@@ -177,14 +174,9 @@ class ApplyExclusions(PipelineStep):
                                                            "key": rec["key"]}) + "\n")
                     kept[rec["key"] >> KEY_SHIFT][0] += 1
                     kept[rec["key"] >> KEY_SHIFT][1] += len(rec["text"])
-            for sink in sinks.values():
-                sink.flush()
-                os.fsync(sink.fileno())
         filtered = [json.loads((root / "stats" / s / f"{task}.json").read_text())["excluded"] for s in self.steps]
         excluded = list(heapq.merge(*filtered, sorted(dedup, key=lambda d: d["key"]), key=lambda d: d["key"]))
         atomic_write_json(root / "final" / f"{task}.json", {"kept_per_file": kept, "dedup": dedup})
         atomic_write_text(root / "exclusions" / f"{task}.jsonl", "".join(json.dumps(e) + "\n" for e in excluded))
-        for path in outputs.values():
-            os.replace(f"{path}.tmp", path)
         self.stat_update("kept", value=sum(docs for docs, _ in kept.values()))
         return iter(())

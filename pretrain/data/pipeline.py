@@ -169,6 +169,8 @@ def _validate(cfg: DataPipelineConfig) -> None:
 # ------------------------------------------------------------------------------------------ curate
 
 
+#: datatrove's executors that `curate` runs on (pretrain/data/executors.py)
+EXECUTORS = ("local", "slurm", "ray")
 #: The per-document steps, in order, by name (each can be switched off in `curate:`).
 DOCUMENT_STEPS = ("gopher_quality", "gopher_repetition", "c4", "language", "pii")
 
@@ -190,8 +192,8 @@ def enabled_document_steps(c: CurateConfig) -> list[str]:
 
 def curate(cfg: DataPipelineConfig, tasks: int = 1, workers: int = 1, executor: str = "local",
            quiet: bool = False) -> dict:
-    """Curate every source on datatrove's executor (the four passes of `executors.py`); returns the
-    merged funnel report (also written beside the output), or {"submitted": ...} for Slurm and Ray."""
+    """Curate every source on datatrove's executor (the five passes of `executors.py`); returns the
+    merged funnel report (also written beside the output), or {"submitted": ...} once Slurm has the jobs."""
     from pretrain.data.executors import curate_sharded
 
     return curate_sharded(cfg, executor, tasks, workers, quiet)
@@ -339,8 +341,9 @@ def plan_mixture(weights: dict[str, float], unique: dict[str, int], total: int |
     """Tokens per domain for a run and how many epochs of each domain that means.
 
     Without a total, the largest mix that repeats no domain: min over domains of unique / weight; a
-    domain that mix leaves more than half unused is warned about (`warn_unused`). A domain repeated more than `max_epochs` times is refused (or warned), the data-limited case
-    BloombergGPT met with its finance data.
+    domain that mix leaves more than half unused is warned about (`warn_unused`). A domain repeated
+    more than `max_epochs` times is refused (or warned), the data-limited case BloombergGPT met with
+    its finance data.
     """
     empty = [d for d, w in weights.items() if w > 0 and not unique.get(d)]
     if empty:
@@ -472,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("stage", nargs="?", default="all", choices=["curate", "tokenizer", "pack", "all"])
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
-    parser.add_argument("--executor", choices=["local", "slurm", "ray"], default="local",
+    parser.add_argument("--executor", choices=EXECUTORS, default="local",
                         help="datatrove executor the curation passes run on (default: local, this machine).")
     parser.add_argument("--tasks", type=int, default=1, help="Tasks the input is split into (output does not depend on it).")
     parser.add_argument("--workers", type=int, default=1, help="Tasks run at once.")

@@ -7,11 +7,11 @@ takes a contiguous run of chunks, so the tasks' outputs, read in rank order, are
 own order whatever N is. Every document carries a key, (input file number << 40) | byte offset (record
 number for other formats): the global order that deduplication uses to decide which copy is first.
 
-A task of the first pass (`pipeline_steps`) reads its chunks (`ReadChunks`), runs the per-document
+A task of the first pass (`executors.passes`) reads its chunks (`ReadChunks`), runs the per-document
 steps (`CurationStep`, one per filter, each with its per-domain, per-reason stats), and writes
 (`WriteTaskOutput`) its kept documents, their dedup signatures (one file per LSH band and one for
 exact hashes, each sorted), their shingle hashes for Jaccard checks, its stats and its exclusions.
-Every file is written under a temporary name and renamed when complete; the executor writes the
+Every file is written atomically (`planner.io`: complete or absent); the executor writes the
 task's completion marker after that, so a rerun skips finished tasks and redoes killed ones whole.
 """
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import numpy as np
 from datatrove.data import Document as DTDocument
 from datatrove.pipeline.base import PipelineStep
 
-from planner.io import atomic_write_bytes, atomic_write_json
+from planner.io import atomic_open, atomic_write_bytes, atomic_write_json
 from pretrain.data.documents import Document, Source, jsonl_files, jsonl_record, make_document, read_source
 
 KEY_SHIFT = 40  # key = file << 40 | offset: offsets up to 1 TiB per file
@@ -176,9 +175,7 @@ class WriteTaskOutput(PipelineStep):
         root, name = Path(self.work_dir), f"{rank:05d}"
         index, ids, shingles, band_rows, exact_rows = [], [], [], [[] for _ in range(self.bands)], []
         offset = 0
-        kept = root / "kept" / f"{name}.jsonl"
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        with open(f"{kept}.tmp", "w") as sink:
+        with atomic_open(root / "kept" / f"{name}.jsonl") as sink:
             for d in data:
                 key = d.metadata["key"]
                 sink.write(json.dumps({"key": key, "id": d.id, "domain": d.metadata["domain"], "text": d.text}) + "\n")
@@ -192,15 +189,12 @@ class WriteTaskOutput(PipelineStep):
                 for b, h in enumerate(hasher.band_hashes(sh, self.bands)):
                     band_rows[b].append((h, key))
                 self.stat_update("kept")
-            sink.flush()
-            os.fsync(sink.fileno())
         save_array(root / "index" / f"{name}.npy", np.array(index, dtype=INDEX_DTYPE))
         atomic_write_json(root / "ids" / f"{name}.json", ids)
         save_array(root / "shingles" / f"{name}.npy", np.concatenate(shingles) if shingles else np.zeros(0, np.uint32))
         save_array(root / "bands" / EXACT / f"{name}.npy", _sorted_pairs(exact_rows))
         for b, rows in enumerate(band_rows):
             save_array(root / "bands" / f"{b:03d}" / f"{name}.npy", _sorted_pairs(rows))
-        os.replace(f"{kept}.tmp", kept)
         return iter(())
 
 
