@@ -1,14 +1,14 @@
 """The full curation chain against datatrove's equivalent chain: documents per CPU-second, same documents,
 same executor (datatrove's LocalPipelineExecutor), same tasks and workers, measured in the same run.
 
-Ours: `curate_sharded` (Gopher quality, Gopher repetition, C4, PII; exact + MinHash dedup with every
+Ours: `executors.curate` (Gopher quality, Gopher repetition, C4, PII; exact + MinHash dedup with every
 candidate verified on its Jaccard; curated output and exclusion list). datatrove's: JsonlReader ->
 GopherQualityFilter -> GopherRepetitionFilter -> C4QualityFilter -> PIIFormatter -> JsonlWriter ->
 MinhashDedupSignature, then MinhashDedupBuckets, MinhashDedupCluster, and JsonlReader ->
 MinhashDedupFilter -> JsonlWriter (its FineWeb recipe). Language identification is off on both
 sides: datatrove's LanguageFilter needs fastText's lid.176 model from the hub, which this machine
 cannot reach. Each chain runs in its own process; its CPU time (user + system, all its worker
-processes included) comes from the kernel's accounting of that process tree. Target (issue 14): ours
+processes included) comes from the kernel's accounting of that process tree. Target: ours
 >= 2x datatrove's documents per CPU-second.
 
     .venv/bin/python benchmarks/bench_curate_chain.py [--docs 2400] [--tasks 2]
@@ -30,10 +30,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 OURS = """
 import json, sys
-from pretrain.data.executors import curate_sharded
-from pretrain.data.pipeline import load_pipeline_config
+from pretrain.data.config import load_pipeline_config
+from pretrain.data.executors import curate
 cfg = load_pipeline_config(sys.argv[1], ["out_dir=" + sys.argv[2], "curate.language=false"])
-report = curate_sharded(cfg, "local", int(sys.argv[3]), 1)
+report = curate(cfg, "local", int(sys.argv[3]), 1)
 print(json.dumps({"docs_in": sum(d["docs_in"] for d in report["domains"].values()),
                   "docs_out": sum(d["docs_out"] for d in report["domains"].values())}))
 """

@@ -1,7 +1,7 @@
 """Curation on datatrove's local executor: memory per worker as the corpus grows, and worker scaling.
 
 - Memory: the generated finance + general corpus at 1x and 4x, the same chunk size (so 4x the tasks);
-  peak RSS of the busiest worker process must stay within 20% (issue 14). Baseline: the 1x run.
+  peak RSS of the busiest worker process must stay within 20%. Baseline: the 1x run.
 - Scaling: the 4x corpus on 1 worker and on 2 workers (this machine has 2 cores); the speed-up is the
   ratio of wall-clocks (target >= 1.7x).
 
@@ -25,11 +25,11 @@ CHUNK = 256 << 10
 
 RUN = """
 import json, resource, sys, time
-from pretrain.data.executors import curate_sharded
-from pretrain.data.pipeline import load_pipeline_config
+from pretrain.data.config import load_pipeline_config
+from pretrain.data.executors import curate
 cfg = load_pipeline_config(sys.argv[1], ["out_dir=" + sys.argv[2], "curate.chunk_bytes=" + sys.argv[5]])
 t = time.perf_counter()
-report = curate_sharded(cfg, "local", int(sys.argv[3]), int(sys.argv[4]))
+report = curate(cfg, "local", int(sys.argv[3]), int(sys.argv[4]))
 print(json.dumps({"seconds": time.perf_counter() - t,
                   "docs": sum(d["docs_in"] for d in report["domains"].values()),
                   "worker_rss_kb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,

@@ -2,7 +2,7 @@
 
 - Curation: our Gopher quality + repetition steps against datatrove's GopherQualityFilter +
   GopherRepetitionFilter on the same documents (the shipped sample corpus), documents/s and MB/s.
-  Target (issue #4): at least as fast as datatrove per core. Also the whole curation chain.
+  Target: at least as fast as datatrove per core. Also the whole curation chain.
 - Tokenization + packing: `pack` (read curated text, batch encode, mix, write shards) against a
   plain `tokenizers` batch encode of the same documents that returns their ids (already in
   memory). Target: at least 90% of raw throughput.
@@ -21,9 +21,12 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("RAYON_NUM_THREADS", "1")  # tokenizers' thread pool: one core, like the rest
 
+from pretrain.data.config import load_pipeline_config  # noqa: E402
 from pretrain.data.documents import Document  # noqa: E402
-from pretrain.data.filters import GopherQuality, GopherRepetition  # noqa: E402
-from pretrain.data.pipeline import curate, load_pipeline_config, pack, train_tokenizer  # noqa: E402
+from pretrain.data.executors import curate  # noqa: E402
+from pretrain.data.mix import pack  # noqa: E402
+from pretrain.data.steps.gopher import GopherQuality, GopherRepetition  # noqa: E402
+from pretrain.data.tokenizer import train_tokenizer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 REPEAT = 3

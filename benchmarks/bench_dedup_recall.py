@@ -10,7 +10,7 @@ same run with the same rule (exact copies of the normalised text first, the firs
 document is a near duplicate when the Jaccard of its word 5-gram sets with an earlier kept document
 is >= 0.8): every pair at J >= 0.8 is found by an exact set-similarity join (prefix filtering,
 Bayardo et al. 2007: two sets with J >= t share a shingle among the first |s| - ceil(t |s|) + 1 of
-each, shingles ranked rarest first) and measured on the shingle strings. Target (issue 14): >= 99%.
+each, shingles ranked rarest first) and measured on the shingle strings. Target: >= 99%.
 
     .venv/bin/python benchmarks/bench_dedup_recall.py [--docs N]
 """
@@ -29,7 +29,7 @@ import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from pretrain.data.signatures import normalise
+from pretrain.data.dedup.signatures import normalise
 
 REPO = Path(__file__).resolve().parents[1]
 THRESHOLD, NGRAM = 0.8, 5

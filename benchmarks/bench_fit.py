@@ -3,7 +3,7 @@
 Ours scores all 4,500 grid starts in one vectorised pass and runs L-BFGS (analytic gradient) from
 the best 40. The baseline, measured in the same run, is what a plain scipy loop does: L-BFGS from
 every grid start, here on a random tenth of the grid (450 starts) and scaled up by 10.
-Target (issue #3): under 20 s on this machine, same fitted values.
+Target: under 20 s on this machine, same fitted values.
 
     .venv/bin/python benchmarks/bench_fit.py [path/to/chinchilla_fig4_epoch.csv]
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from planner import fit
+from planner.laws import fit
 
 DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv"
 

@@ -1,5 +1,5 @@
 """The ladder on the dense Markov source: wall-clock, the held-out run's prediction error, and the fitted E
-against the source's exact entropy rate (issue 13's targets: E within 3%, held-out within 2%, < 10 min).
+against the source's exact entropy rate (targets: E within 3%, held-out within 2%, < 10 min).
 
 Baseline in the same run: the naive law "the held-out run will match the best ladder run's loss",
 whose error the fitted law must beat.
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from planner import ladder
+from planner.laws import ladder
 from pretrain.data.synthetic import write_dense_shards
 
 

@@ -1,6 +1,6 @@
 """Planner speed: `planner estimate` as a whole process, and a 10,000-configuration sweep in-process.
 
-Targets (issue #2): the process under 0.3 s wall on a 2-core machine; the sweep under 1 s.
+Targets: the process under 0.3 s wall on a 2-core machine; the sweep under 1 s.
 Each figure is printed with a baseline measured in the same run (a bare `python -c pass` for the
 process; one estimate for the sweep) so the ratio, not the absolute time, carries across machines.
 
@@ -16,7 +16,9 @@ import sys
 import time
 from pathlib import Path
 
-from planner.plan import EstimateRequest, estimate, sweep_memory
+from planner.core.parallel import ParallelPlan
+from planner.plan.estimate import estimate, sweep_memory
+from planner.plan.request import EstimateRequest
 
 PLANNER = Path(sys.executable).with_name("planner")
 REPEATS = 15
@@ -43,7 +45,8 @@ def main() -> None:
     strategies = [{}, {"zero": 1}, {"zero": 2}, {"zero": 3}, {"fsdp": "shard-grad-op"}, {"fsdp": "full"}]
     gpu_counts = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512, 1024, 2048, 4096]
     micro_batches = range(1, 36)
-    configs = list(itertools.product(strategies, gpu_counts, micro_batches, ("none", "selective", "full")))
+    configs = [(ParallelPlan.from_flags(gpus, micro_batch=mb, **kw), ckpt) for kw, gpus, mb, ckpt
+               in itertools.product(strategies, gpu_counts, micro_batches, ("none", "selective", "full"))]
     req = EstimateRequest(model="llama2-7b")
     start = time.perf_counter()
     results = sweep_memory(req, configs)

@@ -4,7 +4,7 @@ One process on CPU, fp32 (this machine's EPYC has no bf16 instructions: bf16 aut
 run ~30x slower than fp32 here, which would swamp any loop overhead), AdamW, the same shards. The bare loop is the
 minimum a training step needs (batch, forward, backward, clip, step); ours adds the loader's
 bookkeeping, NaN/spike checks, LR schedule, metrics and MLflow logging (SQLite, every 10 steps).
-Target (issue #5): overhead under 10%.
+Target: overhead under 10%.
 
     .venv/bin/python benchmarks/bench_train.py
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.config import load_config
+from planner.core.schema import load_config
 from pretrain.data.shards import PackedBatches, TokenShards
 from pretrain.data.synthetic import write_markov_shards
 from pretrain.model import Transformer

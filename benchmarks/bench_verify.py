@@ -12,21 +12,23 @@ from __future__ import annotations
 import sys
 from dataclasses import replace
 
-from planner.plan import EstimateRequest
-from planner.units import GiB
-from planner.verify import verify_request
+from planner.cli.verify import verify_request
+from planner.core.parallel import ParallelPlan
+from planner.core.units import GiB
+from planner.plan.request import EstimateRequest
 
 CASES = [(ws, seq, mb) for ws in (8, 64) for seq in (2048, 4096) for mb in (1, 2)]
 
 
 def main(argv: list[str]) -> int:
     cases = CASES[:1] if "--quick" in argv else CASES
-    base = EstimateRequest(model="llama-7b", fsdp="full", gpu="a100-80gb")
+    base = EstimateRequest(model="llama-7b", gpu="a100-80gb")
     print("| world | seq | micro-batch | planner peak GiB | tracker peak GiB | ratio | worst line over 1% of the peak "
           "(ratio) | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     for world, seq, mb in cases:
-        r = verify_request(replace(base, gpus=world, seq_len=seq, micro_batch=mb))
+        layout = ParallelPlan.from_flags(world, fsdp="full", micro_batch=mb)
+        r = verify_request(replace(base, layout=layout, seq_len=seq))
         lines = r["lines"]
         total = lines["allocated"]
         peak = total["tracker_at_peak"]

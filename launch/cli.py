@@ -22,22 +22,22 @@ from launch.commands import (
     deepspeed_local,
     engine_launcher,
     parse_hostfile,
-    shell,
     torchrun_local,
     torchrun_node,
 )
 from launch.preflight import LaunchError, preflight
-from planner import checks
+from planner.core import checks
+from planner.emit.command import render
 
 
 def _load(config: str, overrides: tuple[str, ...]):
-    from pretrain.config import load_config
+    from planner.core.schema import load_config
 
     return load_config(config, list(overrides))
 
 
 def _run(cmd: list[str], dry_run: bool) -> int:
-    click.echo(f"+ {shell(cmd)}")
+    click.echo(f"+ {render(cmd)}")
     if dry_run:
         return 0
     env = {**os.environ}
@@ -127,8 +127,8 @@ def nodes(config, overrides, force, verify, dry_run, hostfile, node_rank, master
 def slurm(config, overrides, force, verify, dry_run, num_nodes, gpus_per_node, partition, time_limit, max_time,
           env_setup, script_path, submit):
     """Write (and with --submit, submit) a SLURM batch script for the job; --dry-run writes nothing."""
-    from planner import slurm as slurm_scripts
-    from planner.io import atomic_write_text
+    from planner.core.io import atomic_write_text
+    from planner.emit import slurm as slurm_scripts
 
     if time_limit is not None:
         checks.slurm_time("--time", time_limit)
@@ -139,7 +139,7 @@ def slurm(config, overrides, force, verify, dry_run, num_nodes, gpus_per_node, p
     check = preflight(cfg, world, gpus_per_node, force, verify)
     click.echo(f"preflight: {check.message}")
     job_dir = Path(config).resolve().parent
-    hours = check.plan["wall_days"] * 24 if check.plan else None  # the plan's wall-clock at this size
+    hours = check.plan.compute.wall_days * 24 if check.plan else None  # the plan's wall-clock at this size
     time, jobs = slurm_scripts.job_layout(hours, max_time, time_limit)
     script = slurm_scripts.sbatch_script(job_dir=job_dir, name=cfg.name, nodes=num_nodes, per_node=gpus_per_node,
                                          time=time, partition=partition, max_restarts=3, overrides=list(overrides),

@@ -1,15 +1,17 @@
-"""Command lines for each way of starting a job (lists of arguments, printed shell-quoted)."""
+"""This machine's launchers for a run config: torchrun and the deepspeed launcher of this environment,
+through the one command builder (`planner.emit.command`); and the hostfile they read."""
 
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
 from launch.preflight import LaunchError
-from pretrain.config import RunConfig
+from planner.core.schema import RunConfig
+from planner.emit.command import deepspeed_command, torchrun_command
 
-TRAIN_MODULE = ["-m", "pretrain.train"]
+#: torchrun of this interpreter's environment.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
 def parse_hostfile(path: str | Path) -> list[tuple[str, int]]:
@@ -34,28 +36,21 @@ def parse_hostfile(path: str | Path) -> list[tuple[str, int]]:
 
 
 def torchrun_local(config: str, nproc: int, overrides: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            *TRAIN_MODULE, "--config", config, *overrides]
+    return torchrun_command(TORCHRUN, config, nproc=nproc, overrides=overrides)
 
 
 def deepspeed_local(config: str, nproc: int, port: int, overrides: list[str]) -> list[str]:
     launcher = str(Path(sys.executable).with_name("deepspeed"))
-    return [launcher, "--num_gpus", str(nproc), "--master_port", str(port), "--module", "pretrain.train",
-            "--config", config, *overrides]
+    return deepspeed_command(launcher, config, nproc=nproc, master_port=port, overrides=overrides)
 
 
 def torchrun_node(config: str, nnodes: int, nproc: int, node_rank: int, master_addr: str, port: int,
                   run_id: str, max_restarts: int, overrides: list[str]) -> list[str]:
     if not 0 <= node_rank < nnodes:
         raise LaunchError(f"--node-rank: {node_rank} is outside the {nnodes} node(s) of the hostfile (0..{nnodes - 1})")
-    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={nproc}",
-            f"--node_rank={node_rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint={master_addr}:{port}",
-            f"--rdzv_id={run_id}", f"--max_restarts={max_restarts}", "--rdzv_conf=timeout=300",
-            *TRAIN_MODULE, "--config", config, *overrides]
-
-
-def shell(cmd: list[str]) -> str:
-    return " ".join(shlex.quote(c) for c in cmd)
+    return torchrun_command(TORCHRUN, config, nproc=nproc, nnodes=nnodes, node_rank=node_rank,
+                            rdzv_endpoint=f"{master_addr}:{port}", rdzv_id=run_id, max_restarts=max_restarts,
+                            rdzv_timeout_s=300, overrides=overrides)
 
 
 def engine_launcher(cfg: RunConfig) -> str:

@@ -27,9 +27,9 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from planner import ladder
-from planner.errors import PlannerError
-from planner.io import atomic_write_text
+from planner.core.errors import PlannerError
+from planner.core.io import atomic_write_text
+from planner.laws import ladder
 
 REPO = Path(__file__).resolve().parents[1]
 SEQ_LEN, VOCAB = 128, 512
@@ -72,7 +72,11 @@ def _log(message: str) -> None:
 
 
 def stage_data(out: Path, progress: bool) -> Path:
-    from pretrain.data.pipeline import curate, load_pipeline_config, pack, render_funnel, train_tokenizer
+    from pretrain.data.config import load_pipeline_config
+    from pretrain.data.executors import curate
+    from pretrain.data.mix import pack
+    from pretrain.data.report import render_funnel
+    from pretrain.data.tokenizer import train_tokenizer
 
     data_dir = out / "data"
     cfg = load_pipeline_config(REPO / "configs/data-sample.yaml",
@@ -123,7 +127,7 @@ def _train(out: Path, point: dict) -> None:
 def ladder_plan(folder: Path):
     import yaml
 
-    from planner.parallel import ParallelPlan
+    from planner.core.parallel import ParallelPlan
 
     return ParallelPlan(**yaml.safe_load((folder / "run.yaml").read_text())["parallel"])
 
@@ -196,8 +200,8 @@ def tracking_uri(out: Path) -> str:
 def _plot_law(meta: dict, result: dict, runs: list[dict], path: Path) -> None:
     import numpy as np
 
-    from planner.fit import FitResult
-    from planner.plots import plot_nd
+    from planner.laws.fit import FitResult
+    from planner.report.plots import plot_nd
 
     ladder_names = {p["name"] for p in meta["points"] if not p["held_out"]}
     fitted = [r for r in runs if r["name"] in ladder_names]

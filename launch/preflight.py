@@ -6,8 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from planner.errors import PlannerError
-from pretrain.config import RunConfig
+from planner.core.errors import PlannerError
+from planner.core.schema import RunConfig
+from planner.plan.result import Estimate
 
 
 class LaunchError(PlannerError):
@@ -19,7 +20,7 @@ class Preflight:
     world: int
     fits: bool | None  # None: the run config carries no plan to check
     message: str
-    plan: dict | None = None  # the planner's estimate at this world size (launch slurm takes its wall-clock)
+    plan: Estimate | None = None  # the planner's estimate at this world size (launch slurm takes its wall-clock)
 
 
 def check_paths(cfg: RunConfig) -> None:
@@ -33,7 +34,7 @@ def check_paths(cfg: RunConfig) -> None:
 
 
 def check_batch(cfg: RunConfig, world: int) -> None:
-    """The batch rule at the launch's world size (planner.parallel), and DeepSpeed's JSON agreeing with it."""
+    """The batch rule at the launch's world size (planner.core.parallel), and DeepSpeed's JSON agreeing with it."""
     try:
         plan = cfg.parallel.with_world(world)
     except PlannerError as exc:
@@ -47,33 +48,42 @@ def check_batch(cfg: RunConfig, world: int) -> None:
                           f"= {plan.batch}; re-emit the plan for this world size")
 
 
-def check_fit(cfg: RunConfig, world: int, gpus_per_node: int, force: bool) -> Preflight:
-    if not cfg.plan.get("request"):
-        return Preflight(world, None, "no plan in the run config: memory not checked")
-    from planner.emit import request_from_plan
-    from planner.plan import estimate
+def planned_request(cfg: RunConfig, world: int, gpus_per_node: int):
+    """The planner's request for this run config on the launch's world size."""
+    from planner.plan.request import request_from_run
 
-    result = estimate(request_from_plan(cfg.plan, gpus=world, gpus_per_node=gpus_per_node))
-    need, have = result["memory_per_gpu_bytes"]["total"] / 2**30, result["gpu_memory_bytes"] / 2**30
+    return request_from_run(cfg).on(world, gpus_per_node)
+
+
+def check_fit(cfg: RunConfig, world: int, gpus_per_node: int, force: bool) -> Preflight:
+    if cfg.planning is None:
+        return Preflight(world, None, "no plan in the run config: memory not checked")
+    from planner.plan.estimate import estimate
+
+    try:
+        result = estimate(planned_request(cfg, world, gpus_per_node))
+    except PlannerError as exc:
+        raise LaunchError(str(exc)) from None
+    need, have = result.memory.total / 2**30, result.fit.gpu_memory_bytes / 2**30
     message = (f"plan at {world} GPU(s): {need:,.1f} GiB per GPU needed of {have:,.1f} GiB on "
-               f"{result['hardware']['gpu']} (largest micro-batch that fits: {result['max_micro_batch']})")
-    if not result["fits"] and not force:
-        fewest = {k: v for k, v in result["min_gpus_to_fit"].items() if v}
+               f"{result.hardware.gpu} (peak at {result.memory.peak_moment}; largest micro-batch that fits: "
+               f"{result.fit.max_micro_batch})")
+    if not result.fit.fits and not force:
+        fewest = {k: v for k, v in result.fit.min_gpus_to_fit.items() if v}
         raise LaunchError(f"preflight: will not fit: {message}; fewest GPUs that fit: {fewest or 'none'}; "
                           "use --force to launch anyway")
-    return Preflight(world, result["fits"], message, result)
+    return Preflight(world, result.fit.fits, message, result)
 
 
-def check_verified_fit(cfg: RunConfig, planned: dict, world: int, gpus_per_node: int, force: bool) -> str:
+def check_verified_fit(cfg: RunConfig, planned: Estimate, world: int, gpus_per_node: int, force: bool) -> str:
     """`planner verify` at the launch's world size: the tracker's measured peak, plus the planner's
     CUDA runtime and fragmentation lines (which no tracker sees), against the GPU's memory."""
-    from planner.emit import request_from_plan
-    from planner.verify import verify_request
+    from planner.cli.verify import verify_request
 
-    result = verify_request(request_from_plan(cfg.plan, gpus=world, gpus_per_node=gpus_per_node))
+    result = verify_request(planned_request(cfg, world, gpus_per_node))
     untracked = sum(result["not_tracked"].values())
     need = (result["lines"]["allocated"]["tracker_at_peak"] + untracked) / 2**30
-    have = planned["gpu_memory_bytes"] / 2**30
+    have = planned.fit.gpu_memory_bytes / 2**30
     message = (f"verify at {world} GPU(s): measured peak {need:,.1f} GiB per GPU (runtime and fragmentation "
                f"included) of {have:,.1f} GiB, {result['seconds']:.0f} s")
     if need > have and not force:

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from planner.io import atomic_write_bytes, atomic_write_json, atomic_write_text
-from pretrain.config import ConfigError
+from planner.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from planner.core.schema import ConfigError
 from pretrain.distributed import DistInfo, barrier
 
 LATEST = "latest"

@@ -3,7 +3,7 @@
 `SavedTensorCounter` wraps a forward pass in `torch.autograd.graph.saved_tensors_hooks` and adds
 up each distinct storage it sees once, skipping parameters (and views of them, such as the
 transposed weight a linear keeps) and buffers: what is left is the activation memory the
-planner's `planner.activations` predicts. Works on real tensors and under `FakeTensorMode`
+planner's `planner.memory.activations` predicts. Works on real tensors and under `FakeTensorMode`
 (fake storages have sizes and identities, no data), so a LLaMA-7B layer is counted in
 milliseconds.
 """

@@ -1,7 +1,7 @@
 """A decoder-only transformer: pre-norm RMSNorm, rotary positions, SwiGLU, optional GQA and tied head.
 
-Read top to bottom like nanoGPT. Sizes come from `planner.shapes.ModelShape` (via
-`pretrain.config.to_shape`), so the parameter count equals the planner's formula exactly.
+Read top to bottom like nanoGPT. Sizes come from `planner.model.shapes.ModelShape` (via
+`planner.core.schema.shape_of`), so the parameter count equals the planner's formula exactly.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pretrain.config import ModelConfig, to_shape
+from planner.core.schema import ModelConfig
+from planner.model.shapes import shape_of
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +81,7 @@ class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig, activation_checkpointing: bool = False):
         super().__init__()
         self.cfg, self.activation_checkpointing = cfg, activation_checkpointing
-        ffn = to_shape(cfg).ffn
+        ffn = shape_of(cfg).ffn
         self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
         self.blocks = nn.ModuleList(Block(cfg, ffn) for _ in range(cfg.layers))
         self.norm = nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps)

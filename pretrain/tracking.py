@@ -23,8 +23,8 @@ import sys
 import time
 from pathlib import Path
 
-from planner.io import atomic_write_json
-from pretrain.config import RunConfig, flatten
+from planner.core.io import atomic_write_json
+from planner.core.schema import RunConfig, flatten
 
 RETRY_EVERY = 20  # steps between delivery attempts while the store is failing
 METRICS_PER_CALL = 1000  # MLflow's log_batch limit
@@ -231,7 +231,7 @@ class Tracker:
 
 def sync(out_dir: str | Path, tracking_uri: str | None = None) -> tuple[str, int]:
     """Deliver what a run's outbox still holds (`pretrain sync-mlflow`); returns (run id, records sent)."""
-    from planner.errors import PlannerError
+    from planner.core.errors import PlannerError
 
     out = Path(out_dir)
     folders = [p.parent for p in out.glob("*/outbox.jsonl")]

@@ -1,21 +1,27 @@
 """`planner verify`: the real model and engine at the planned scale, dry-run on a CPU.
 
-It builds `pretrain.model.Transformer` with the plan's shape, applies the real engine at the plan's
-world size, and runs two real AdamW steps under PyTorch's own memory trackers
-(`torch.distributed._tools`: `FSDPMemTracker` for FSDP2, `MemTracker` for one process). Nothing is
-allocated: `FakeTensorMode` gives every tensor a size and no data, and the `fake` process group
-answers every collective at once, so a LLaMA-7B plan at world size 64 runs on a laptop CPU.
+It builds `pretrain.model.Transformer` with the plan's shape, lays it out exactly as the trainer's
+FSDP engine does (the plan's device mesh from `pretrain.engines.parallelize.build_mesh`, then
+`parallelize`: tensor parallelism -> activation checkpointing -> FSDP2), and runs two real AdamW
+steps under PyTorch's own memory trackers (`torch.distributed._tools`: `FSDPMemTracker` for FSDP2,
+`MemTracker` for one process). Nothing is allocated: `FakeTensorMode` gives every tensor a size and
+no data, and the `fake` process group answers every collective at once, so a LLaMA-7B plan at world
+size 64 runs on a laptop CPU.
 
 What it covers, and why not more:
-- FSDP2 full, shard-grad-op and hybrid: `fully_shard` per block and at the root, as the trainer
-  does. The device mesh is built outside the fake mode (inside, `init_device_mesh` fails).
+- FSDP2 full, shard-grad-op and hybrid, with or without DTensor tensor parallelism (TP x FSDP on a
+  2-D mesh, the loss on vocabulary shards): the engine's own `build_mesh` and `parallelize`. The
+  model's parameters are fake from the start; the meshes and the layout are built outside the fake
+  mode (inside it, `init_device_mesh` and FSDP2's own TP x FSDP mesh fail), then the model is
+  materialised as fake tensors.
 - Single process and DDP: each DDP rank holds what one process holds (the trainer's DDP sets
   `gradient_as_bucket_view=True`, so its buckets are the gradients), under bf16 autocast.
 - DeepSpeed ZeRO is refused, with the reason measured on the spot (`deepspeed_fake_failure`):
   `deepspeed.initialize` moves the module with `module.to(...)`, and under FakeTensorMode
   `nn.Module._apply` cannot swap the parameters ("Couldn't swap Embedding.weight"), with or
   without bf16 and for stages 1-3 (checked on torch 2.13 / deepspeed 0.19).
-- Tensor parallelism is refused until the trainer has it.
+- Layouts the trainer does not run are refused by the rule the trainer applies
+  (`ParallelPlan.check_runnable`: TP only with FSDP, no offload with TP, FSDP no-shard is DDP).
 
 The tracker's snapshot at the peak splits memory by category; `LINES` maps each onto the planner's
 lines. The per-category maxima over the step are reported too: the planner's lines are maxima
@@ -28,9 +34,11 @@ import time
 from contextlib import nullcontext
 
 import torch
+from torch import nn
 
-from planner.errors import PlannerError
-from pretrain.config import ModelConfig
+from planner.core.errors import PlannerError
+from planner.core.parallel import ParallelPlan, cli_flag
+from planner.core.schema import ModelConfig
 
 #: planner line -> the tracker categories (FSDP2 tracker names, then MemTracker names) it matches.
 LINES = {
@@ -72,10 +80,16 @@ def _tracker_class(fsdp: bool):
     return MaxTracker
 
 
-def model_config(shape) -> ModelConfig:
+def model_config(shape, tp: int = 1) -> ModelConfig:
+    """The trainer's model config for a planner shape (and the check that our model can be that shape)."""
     if shape.mlp != "swiglu" or shape.norm != "rmsnorm" or shape.position != "rope" or shape.bias:
         raise PlannerError("verify: builds our LLaMA-style model (SwiGLU, RMSNorm, RoPE, no bias); "
                            "this shape is another architecture")
+    if shape.heads % tp or shape.n_kv_heads % tp:  # the trainer's rules for TP (planner.core.schema.validate)
+        raise PlannerError(f"verify: --tp {tp} must divide the model's {shape.heads} heads and {shape.n_kv_heads} "
+                           "kv heads (each rank holds whole heads)")
+    if tp > 1 and shape.tied_embeddings:
+        raise PlannerError("verify: the trainer does not split tied embeddings by tensor parallelism; use --tp 1")
     return ModelConfig(layers=shape.layers, hidden=shape.hidden, heads=shape.heads, kv_heads=shape.kv_heads,
                        ffn_hidden=shape.ffn, vocab=shape.vocab, seq_len=shape.seq_len,
                        tied_embeddings=shape.tied_embeddings)
@@ -118,49 +132,44 @@ def deepspeed_fake_failure(stage: int) -> str | None:
                 os.environ[key] = value
 
 
-def _check_request(req) -> None:
-    if req.zero is not None:
-        reason = deepspeed_fake_failure(req.zero) or "it initialised, but its steps are not wired into verify yet"
+def checked_layout(req) -> ParallelPlan:
+    """The request's layout, if verify can run it as the trainer would; else a PlannerError saying why."""
+    plan = req.layout
+    if plan.engine == "deepspeed":
+        reason = deepspeed_fake_failure(plan.zero_stage) or "it initialised, but its steps are not wired into verify yet"
         raise PlannerError(f"verify: DeepSpeed ZeRO cannot run under fake tensors: deepspeed.initialize raised "
                            f"{reason}; use --fsdp, or no sharding flag for DDP")
-    if req.fsdp is not None and req.fsdp not in VERIFIED_FSDP_MODES:
-        raise PlannerError(f"verify: --fsdp {req.fsdp} is plain data parallelism; the trainer runs it as DDP "
+    if plan.engine == "fsdp" and plan.fsdp_mode not in VERIFIED_FSDP_MODES:
+        raise PlannerError(f"verify: --fsdp {plan.fsdp_mode} is plain data parallelism; the trainer runs it as DDP "
                            "(no sharding flag)")
-    if req.tp != 1:
-        raise PlannerError("verify: tensor parallelism is not in the trainer yet; use --tp 1")
-    if req.offload != "none":
+    if plan.offload != "none":
         raise PlannerError("verify: CPU offload moves states off the device the tracker measures; use --offload none")
     if req.checkpointing == "selective":
         raise PlannerError("verify: the trainer has full activation checkpointing or none, not selective")
     if req.precision not in ("bf16-mixed", "fp32"):
         raise PlannerError(f"verify: the trainer runs bf16-mixed or fp32, not {req.precision}")
+    return plan.check_runnable(cli_flag)  # the trainer's own rule: TP only composed with FSDP
 
 
-def _fsdp_model(cfg: ModelConfig, req, world: int, mesh, fake_mode):
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
+def build_model(cfg: ModelConfig, plan: ParallelPlan, req, fake_mode) -> nn.Module:
+    """The trainer's model under `fake_mode`, laid out by the FSDP engine's own functions when the plan is FSDP."""
+    from pretrain.engines.parallelize import build_mesh, parallelize
     from pretrain.model import Transformer
 
+    checkpointing = req.checkpointing == "full"
+    if plan.engine != "fsdp":
+        with fake_mode:
+            return Transformer(cfg, activation_checkpointing=checkpointing)
+    # Device meshes cannot be built inside the fake mode (their rank tables are real tensors), and FSDP2
+    # builds one of its own over TP's DTensors, so the layout is applied outside it: to parameters that
+    # are fake already, so nothing is allocated.
+    mesh = build_mesh(plan, "cpu")
+    with fake_mode, torch.device("meta"):
+        model = Transformer(cfg)
+    parallelize(model, plan, mesh, bf16=req.precision == "bf16-mixed", activation_checkpointing=checkpointing)
     with fake_mode:
-        with torch.device("meta"):
-            model = Transformer(cfg, activation_checkpointing=req.checkpointing == "full")
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-            if req.precision == "bf16-mixed" else MixedPrecisionPolicy()
-        kw = {"mesh": mesh, "mp_policy": mp, "reshard_after_forward": req.fsdp != "shard-grad-op"}
-        for block in model.blocks:
-            fully_shard(block, **kw)
-        fully_shard(model, **kw)
         model.to_empty(device="cpu")
     return model
-
-
-def _mesh(req, world: int):
-    from torch.distributed.device_mesh import init_device_mesh
-
-    if req.fsdp != "hybrid":
-        return init_device_mesh("cpu", (world,), mesh_dim_names=("shard",))
-    factor = min(req.sharding_factor or world, world)
-    return init_device_mesh("cpu", (world // factor, factor), mesh_dim_names=("replicate", "shard"))
 
 
 def measure(req, steps: int = 2) -> dict:
@@ -169,26 +178,21 @@ def measure(req, steps: int = 2) -> dict:
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
-    from planner.plan import resolve_model
-    from pretrain.model import Transformer
+    from planner.plan.request import resolve_model
+    from pretrain.engines.parallelize import loss_context
 
-    _check_request(req)
-    shape = resolve_model(req).shape
-    cfg = model_config(shape)
-    world = req.gpus
+    plan = checked_layout(req)
+    cfg = model_config(resolve_model(req).shape, plan.tp)
+    world = plan.world
     start = time.perf_counter()
-    fsdp = req.fsdp is not None
+    fsdp = plan.engine == "fsdp"
     created = False
     if fsdp and not dist.is_initialized():
         dist.init_process_group("fake", rank=0, world_size=world, store=FakeStore())
         created = True
     try:
         fake_mode = FakeTensorMode()
-        if fsdp:
-            model = _fsdp_model(cfg, req, world, _mesh(req, world), fake_mode)
-        else:
-            with fake_mode:
-                model = Transformer(cfg, activation_checkpointing=req.checkpointing == "full")
+        model = build_model(cfg, plan, req, fake_mode)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if not fsdp and req.precision == "bf16-mixed" \
             else nullcontext()
         with fake_mode:
@@ -198,10 +202,11 @@ def measure(req, steps: int = 2) -> dict:
                 tracker.track_external(model, optimizer)
             with tracker:
                 for step in range(steps):
-                    tokens = torch.randint(0, cfg.vocab, (req.micro_batch, cfg.seq_len))
-                    with autocast:
-                        loss = model(tokens, tokens)
-                    loss.backward()
+                    tokens = torch.randint(0, cfg.vocab, (plan.micro_batch, cfg.seq_len))
+                    with loss_context(plan):  # as the engine runs them: on vocabulary shards under TP
+                        with autocast:
+                            loss = model(tokens, tokens)
+                        loss.backward()
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                     if step == 0:
@@ -214,5 +219,5 @@ def measure(req, steps: int = 2) -> dict:
     at_peak = _category_totals(snapshot)
     maxima = _category_totals(getattr(tracker, "category_max", {}))
     return {"peak_bytes": float(snapshot["Total"]), "at_peak": at_peak, "category_max": maxima,
-            "world_size": world, "engine": f"fsdp-{req.fsdp}" if fsdp else ("ddp" if world > 1 else "single"),
+            "world_size": world, "engine": plan.strategy if fsdp else ("ddp" if world > 1 else "single"),
             "seconds": time.perf_counter() - start}

@@ -1,4 +1,4 @@
-"""Shared test helpers: paths, the shared/ data folder, and running the CLI as a user would."""
+"""Shared test helpers: paths, ../shared/data (beside the checkout), and running the CLI as a user would."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every entry point against bad input, as an adversarial user would type it (issue 11).
+"""Every entry point against bad input, as an adversarial user would type it.
 
 Each case must end with exit status 2, exactly one line on stderr naming what is wrong, no
 traceback, and no file in the working folder created, changed or removed. The entry points run

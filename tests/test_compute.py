@@ -1,11 +1,12 @@
-"""Compute, time and cost against published runs (ANCHORS.md §5 and §8)."""
+"""Compute, time and cost against published runs (each test names its paper and table)."""
 
 import pytest
 
-from planner import compute
-from planner.hardware import get_gpu
-from planner.shapes import PRESETS, ModelShape
-from planner.units import PF_DAY_FLOPS
+from planner.compute import flops as compute
+from planner.core.units import PF_DAY_FLOPS
+from planner.model.hardware import get_gpu
+from planner.model.presets import PRESETS
+from planner.model.shapes import ModelShape
 
 
 def test_one_petaflop_day_is_8_64e19_flops():
@@ -19,14 +20,14 @@ def test_one_petaflop_day_is_8_64e19_flops():
     (2.65e9, 4.77e21, 55.2),  # GPT-3 2.7B
 ])
 def test_gpt3_table_d1_training_compute(params, flops, pf_days):
-    # C1: Brown et al. 2020, Table D.1, 300B tokens, C = 6ND.
+    # Brown et al. 2020, Table D.1, 300B tokens, C = 6ND.
     c = compute.estimate_compute(params, 300e9, None, peak_flops=312e12, gpus=1)
     assert c.flops_6nd == pytest.approx(flops, rel=0.005)
     assert c.pf_days == pytest.approx(pf_days, rel=0.005)
 
 
 def test_gpt3_175b_preset_flops_with_its_exact_shape():
-    # The issue: "about 3.15e23 FLOPs, about 3,640 petaFLOP/s-days" for 300B tokens.
+    # Brown et al. 2020, Table D.1: GPT-3 175B on 300B tokens, 3.14e23 FLOPs, 3.64e3 petaFLOP/s-days.
     shape = PRESETS["gpt3-175b"].shape
     c = compute.estimate_compute(shape.param_count(), 300e9, shape, peak_flops=312e12, gpus=1)
     assert c.flops_6nd == pytest.approx(3.14e23, rel=0.005)
@@ -37,12 +38,12 @@ def test_gpt3_175b_preset_flops_with_its_exact_shape():
 @pytest.mark.parametrize("n, tokens, flops", [(400e6, 8.0e9, 1.92e19), (1e9, 20.2e9, 1.21e20),
                                               (10e9, 205.1e9, 1.23e22), (175e9, 3.7e12, 3.85e24)])
 def test_chinchilla_table3_rows_are_6nd(n, tokens, flops):
-    # C2: Hoffmann et al. 2022, Table 3 (approach 1 projections).
+    # Hoffmann et al. 2022, Table 3 (approach 1 projections).
     assert compute.estimate_compute(n, tokens, None, peak_flops=1e15, gpus=1).flops_6nd == pytest.approx(flops, rel=0.01)
 
 
 def test_palm_per_token_flops_gpt3_shape():
-    # C4: Chowdhery et al. 2022, App. B: 6N + 12*L*H*Q*T for L 96, h 12288, s 2048, V 51200.
+    # Chowdhery et al. 2022, App. B: 6N + 12*L*H*Q*T for L 96, h 12288, s 2048, V 51200.
     shape = ModelShape(96, 12288, 96, 51200, 2048, mlp="gelu", norm="layernorm", position="learned",
                        tied_embeddings=True, bias=True)
     n = shape.param_count()
@@ -59,17 +60,17 @@ def test_full_recomputation_costs_a_third_more_hardware_flops():
 
 
 def test_llama_7b_gpu_hours_imply_43_percent_mfu():
-    # C7: Touvron et al. 2023, Table 15: 82,432 A100-80GB hours for 6.7B on 1T tokens.
+    # Touvron et al. 2023, Table 15: 82,432 A100-80GB hours for 6.7B on 1T tokens.
     assert compute.implied_mfu(6 * 6.7e9 * 1e12, 82_432, 312e12) == pytest.approx(0.434, abs=0.001)
 
 
 def test_llama_7b_published_gpu_hours_go_back_through_the_planner_exactly(capsys):
-    # C7 on the planner's one MFU basis (model FLOPs with attention): the implied MFU, fed to
+    # The same run on the planner's one MFU basis (model FLOPs with attention): the implied MFU, fed to
     # `planner estimate`, gives back the published 82,432 GPU-hours; on 6ND it is LLaMA's 43%.
     import json
 
     from planner.cli import main
-    from planner.shapes import PRESETS
+    from planner.model.presets import PRESETS
 
     shape = PRESETS["llama-7b"].shape
     model_flops = compute.model_flops_per_token(shape.param_count(), shape) * 1e12

@@ -91,7 +91,9 @@ def test_a_work_folder_made_with_other_tasks_or_settings_is_refused_in_one_line(
 
 
 def test_pack_reads_the_executor_output(one_task):
-    from pretrain.data.pipeline import load_pipeline_config, pack, train_tokenizer
+    from pretrain.data.config import load_pipeline_config
+    from pretrain.data.mix import pack
+    from pretrain.data.tokenizer import train_tokenizer
 
     cfg = load_pipeline_config(CONFIG, [f"out_dir={one_task}", "tokenizer.vocab_size=512", "mix.seq_len=64"])
     cfg.sources = [type(s)(**{**s.__dict__, "path": str(REPO / s.path)}) for s in cfg.sources]
@@ -118,7 +120,8 @@ def test_minhash_agreement_estimates_the_jaccard_of_real_document_pairs():
     # each permutation must act as a random one: P(minimum agrees) = J, the premise of the banding
     import numpy as np
 
-    from pretrain.data.signatures import MinHasher, jaccard, normalise, shingle_hashes
+    from pretrain.data.dedup.minhash import MinHasher
+    from pretrain.data.dedup.signatures import jaccard, normalise, shingle_hashes
 
     hasher, errors = MinHasher(400), []
     for _, text in list(readme_documents())[:40]:

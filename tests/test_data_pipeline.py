@@ -7,13 +7,19 @@ from pathlib import Path
 
 import pytest
 
-from planner.errors import PlannerError
-from pretrain.config import ConfigError
+from planner.core.errors import PlannerError
+from planner.core.schema import ConfigError
+from pretrain.data.config import load_pipeline_config
 from pretrain.data.documents import Document, Source, read_source
-from pretrain.data.filters import C4Rules, GopherQuality, GopherRepetition, LanguageFilter, PIIRedactor
-from pretrain.data.pipeline import curate, load_pipeline_config, pack, plan_mixture, train_tokenizer
+from pretrain.data.executors import curate
+from pretrain.data.mix import pack, plan_mixture
 from pretrain.data.sample_corpus import write_sample
 from pretrain.data.shards import TokenShards
+from pretrain.data.steps.c4 import C4Rules
+from pretrain.data.steps.gopher import GopherQuality, GopherRepetition
+from pretrain.data.steps.language import LanguageFilter
+from pretrain.data.steps.pii import PIIRedactor
+from pretrain.data.tokenizer import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 PROSE = ("The committee met on Tuesday to review the budget and the plans for the new library. "
@@ -61,7 +67,7 @@ def test_parquet_text_folder_and_saved_dataset_sources(tmp_path):
     (PROSE + " " + " ".join(["#tag"] * 30), "hash symbols"),
 ])
 def test_gopher_quality_rules(text, reason):
-    # Rae et al. 2021, §A.1: thresholds in ANCHORS.md §1.
+    # Rae et al. 2021, §A.1: the Gopher quality filter's published thresholds.
     assert GopherQuality().reject(doc(text)) == reason
 
 
@@ -82,12 +88,12 @@ def test_c4_drops_lorem_ipsum_and_strips_boilerplate_lines():
 
 
 def test_the_word_steps_tokenise_each_document_once(monkeypatch):
-    from pretrain.data import filters
+    from pretrain.data.steps import words
 
-    nlp, calls = filters._spacy(), []
+    nlp, calls = words._spacy(), []
     real = nlp.tokenizer
     monkeypatch.setattr(nlp, "tokenizer", lambda text: calls.append(text) or real(text))
-    monkeypatch.setattr(filters, "_LAST_WORDS", ("", ()))
+    monkeypatch.setattr(words, "_LAST_WORDS", ("", ()))
     for text in (PROSE, PROSE + " Again."):
         d = doc(text)
         assert GopherQuality().apply(d) is not None and GopherRepetition().apply(d) is not None
@@ -103,7 +109,7 @@ def test_c4_checks_brackets_only_on_kept_lines_by_default_and_anywhere_when_aske
 
 
 def test_c4_sentence_count_does_not_split_on_abbreviations_or_decimals():
-    from pretrain.data.filters import count_sentences
+    from pretrain.data.steps.words import count_sentences
 
     assert count_sentences("We met Dr. Smith, e.g. at 3.5 p.m. in the U.S. office.") == 1
     assert count_sentences("Rates rose. Bonds fell! Why? Nobody knows.") == 4

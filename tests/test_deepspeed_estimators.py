@@ -1,4 +1,4 @@
-"""The planner's ZeRO-2/3 model-state figures against DeepSpeed's own estimators (ANCHORS §4, M3).
+"""The planner's ZeRO-2/3 model-state figures against DeepSpeed's own estimators.
 
 DeepSpeed: `deepspeed.runtime.zero.stage_1_and_2.estimate_zero2_model_states_mem_needs` and
 `deepspeed.runtime.zero.stage3.estimate_zero3_model_states_mem_needs` (the functions behind the
@@ -20,8 +20,9 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 stage_1_and_2 = pytest.importorskip("deepspeed.runtime.zero.stage_1_and_2")
 stage3 = pytest.importorskip("deepspeed.runtime.zero.stage3")
 
-from planner import memory  # noqa: E402
-from planner.shapes import PRESETS  # noqa: E402
+from planner.core.parallel import ParallelPlan  # noqa: E402
+from planner.memory import model_states as memory  # noqa: E402
+from planner.model.presets import PRESETS  # noqa: E402
 
 BUFFER_FACTOR = 1.5  # DeepSpeed's default additional_buffer_factor
 SHAPES = [PRESETS["llama2-7b"].shape, PRESETS["gpt3-13b"].shape, PRESETS["llama2-70b"].shape]
@@ -30,7 +31,7 @@ LAYOUTS = [(1, 1), (8, 1), (8, 4), (4, 16)]  # (gpus per node, nodes)
 
 def planner_states(shape, stage, gpus, offload):
     terms = memory.state_terms("bf16-mixed", "adamw", "deepspeed", shape)
-    strategy = memory.make_strategy(gpus, zero=stage, offload=offload)
+    strategy = ParallelPlan.from_flags(gpus, zero=stage, offload=offload)
     return memory.model_states(shape.param_count(), terms, strategy, shape, "deepspeed")
 
 
@@ -64,9 +65,9 @@ def test_zero3_gpu_and_cpu_bytes_equal_deepspeed(shape, per_node, nodes, offload
         assert ours.cpu_total * per_node * BUFFER_FACTOR == pytest.approx(cpu, rel=1e-9)
 
 
-def test_m3_zero2_cold_2851m_params_one_node_of_8():
-    # M3: DeepSpeed's memory.rst example (P 2,851M, 1 node x 8 GPUs, no offload): 11.28 GiB with
+def test_deepspeed_docs_zero2_cold_2851m_params_one_node_of_8():
+    # DeepSpeed's docs/code/memory.rst example (P 2,851M, 1 node x 8 GPUs, no offload): 11.28 GiB with
     # the current 18-byte code (the docs still print 15.93 GiB, the pre-2024 formula).
     terms = memory.state_terms("bf16-mixed", "adamw", "deepspeed")
-    ours = memory.model_states(2851e6, terms, memory.make_strategy(8, zero=2))
+    ours = memory.model_states(2851e6, terms, ParallelPlan.from_flags(8, zero=2))
     assert ours.gpu_total / 2**30 == pytest.approx(11.28, abs=0.005)

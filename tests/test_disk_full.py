@@ -1,4 +1,4 @@
-"""A full disk (a small tmpfs the test mounts) during a checkpoint save and during curation (issue 11):
+"""A full disk (a small tmpfs the test mounts) during a checkpoint save and during curation:
 one line and exit 2, the previous checkpoint intact, and the resumed run finishes.
 
 Mounting needs root (CI and the dev machines run as root); elsewhere these tests skip.

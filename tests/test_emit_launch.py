@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from planner.cli import main as planner_main
-from pretrain.config import load_config, to_shape
+from planner.core.schema import load_config
+from planner.model.shapes import shape_of
 from pretrain.data.synthetic import write_markov_shards
 from tests.conftest import free_port
 
@@ -91,7 +92,7 @@ def test_emitted_run_config_loads_and_matches_the_plan(tmp_path):
     assert emit(tmp_path, "--model", "llama2-7b", "--fsdp", "hybrid", "--sharding-factor", "8", "--gpus", "64",
                 "--checkpointing", "full", "--micro-batch", "2") == 0
     cfg = load_config(tmp_path / "run.yaml")
-    assert to_shape(cfg.model).param_count() == 6_738_415_616
+    assert shape_of(cfg.model).param_count() == 6_738_415_616
     p = cfg.parallel
     assert (p.engine, p.fsdp_mode, p.dp_shard, p.world, p.nodes) == ("fsdp", "hybrid", 8, 64, 8)
     assert cfg.parallel.micro_batch * cfg.parallel.grad_accum * 64 * 4096 == 2**22
@@ -242,7 +243,7 @@ SBATCH_DOCUMENTED = {"job-name", "chdir", "output", "error", "nodes", "ntasks-pe
 
 
 def test_every_sbatch_directive_is_a_documented_option_with_a_valid_value(tmp_path):
-    from planner.checks import slurm_time
+    from planner.core.checks import slurm_time
 
     assert emit(tmp_path, "--model", "llama2-7b", "--gpus", "64", "--fsdp", "full", "--partition", "gpu") == 0
     directives = [x[len("#SBATCH --"):] for x in (tmp_path / "slurm.sbatch").read_text().splitlines()

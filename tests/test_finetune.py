@@ -1,4 +1,4 @@
-"""Fine-tuning memory (planner.finetune) against our model with real PEFT adapters.
+"""Fine-tuning memory (planner.memory.finetune) against our model with real PEFT adapters.
 
 Trainable counts equal PEFT's live count; model-state bytes equal the live tensors after an AdamW
 step; activation bytes equal what the saved-tensor hooks see (to the 4-byte loss and the gradient
@@ -8,9 +8,10 @@ of the input ids' gather), for several module sets, GQA and ranks.
 import pytest
 import torch
 
-from planner import finetune
-from planner.finetune import FineTune
-from pretrain.config import ModelConfig, to_shape
+from planner.core.schema import ModelConfig
+from planner.memory import finetune
+from planner.memory.finetune import FineTune
+from planner.model.shapes import shape_of
 from pretrain.memory_probe import SavedTensorCounter
 from pretrain.model import Transformer
 
@@ -31,7 +32,7 @@ def adapted_model(modules, rank=8, layers=3, kv_heads=None, checkpointing=False)
     for p in model.parameters():
         if p.requires_grad:
             p.data = p.data.float()
-    return model, to_shape(cfg)
+    return model, shape_of(cfg)
 
 
 CASES = [(("q", "v"), 8, None), (("q", "k", "v", "o", "gate", "up", "down"), 16, 2), (("down",), 4, None),

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 
-from planner import fit
-from planner.errors import PlannerError
+from planner.core.errors import PlannerError
+from planner.laws import fit
 
 
 def test_reproduces_epoch_ai_huber_fit_on_chinchilla_figure4(shared_data):
-    # Besiroglu et al. 2024 Huber fit, 5 highest-loss runs excluded (shared/data/README.md):
+    # Besiroglu et al. 2024 ("Chinchilla Scaling: A replication attempt") Huber fit on their Figure 4 data
+    # (epoch-research/analyzing-chinchilla, data/svg_extracted_data.csv), 5 highest-loss runs excluded:
     # A 477.8, B 2143.9, E 1.817, alpha 0.3473, beta 0.3672.
     import pandas as pd
 

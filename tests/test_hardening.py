@@ -1,4 +1,4 @@
-"""Hardening (issue 11): files get the umask's mode, checkpoints are pruned, emitted scripts carry no
+"""Hardening: files get the umask's mode, checkpoints are pruned, emitted scripts carry no
 injected command."""
 
 import os
@@ -18,13 +18,13 @@ def test_atomic_writes_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
     try:
         import importlib
 
-        import planner.io
+        import planner.core.io
 
-        importlib.reload(planner.io)
-        path = planner.io.atomic_write_text(tmp_path / "run.yaml", "a: 1\n")
+        importlib.reload(planner.core.io)
+        path = planner.core.io.atomic_write_text(tmp_path / "run.yaml", "a: 1\n")
     finally:
         os.umask(old)
-        importlib.reload(planner.io)
+        importlib.reload(planner.core.io)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 

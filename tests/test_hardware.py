@@ -2,8 +2,8 @@
 
 import pytest
 
-from planner.errors import PlannerError
-from planner.hardware import BUILTIN_GPUS, get_gpu, load_catalog
+from planner.core.errors import PlannerError
+from planner.model.hardware import BUILTIN_GPUS, get_gpu, load_catalog
 
 REQUIRED = ["v100", "a100-40gb", "a100-80gb", "h100-sxm", "h100-pcie", "h200", "b200", "mi300x", "l40s"]
 
@@ -20,7 +20,7 @@ def test_catalog_has_every_required_gpu_with_memory_peak_and_price():
                                                 ("b200", "bf16", 2250), ("mi300x", "bf16", 1307.4),
                                                 ("l40s", "bf16", 362.05)])
 def test_dense_peaks_match_the_data_sheets(name, dtype, tflops):
-    # Vendor data sheets, dense (not "with sparsity") figures; ANCHORS §5.
+    # Vendor data sheets, dense (not "with sparsity") figures.
     assert get_gpu(name).peak_tflops[dtype] == tflops
 
 

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from planner.cli import main
-from planner.hf_config import SHIPPED, shape_from_hf
-from planner.shapes import get_preset
+from planner.model.hf_config import SHIPPED, shape_from_hf
+from planner.model.presets import get_preset
 
 PUBLISHED = {  # parameters as published (model cards; transformers' num_parameters())
     "llama3-8b": 8_030_261_248,  # GQA 8 kv heads, 128k vocabulary

@@ -1,32 +1,34 @@
-"""Memory model against its sources (ANCHORS.md §4 and §8; each test names its golden id)."""
+"""Memory model against its sources (each test names the paper, table or code it reproduces)."""
 
 import pytest
 
-from planner import activations, memory
-from planner.shapes import ModelShape
-from planner.units import GB, GiB
+from planner.core.parallel import ParallelPlan
+from planner.core.units import GB, GiB
+from planner.memory import activations
+from planner.memory import model_states as memory
+from planner.model.shapes import ModelShape
 
 
 def zero_paper_states(params, stage, nd):
     terms = memory.state_terms("bf16-mixed", "adamw", "zero-paper")
-    strategy = memory.make_strategy(nd, zero=stage) if stage else memory.make_strategy(nd)
+    strategy = ParallelPlan.from_flags(nd, zero=stage) if stage else ParallelPlan.from_flags(nd)
     return memory.model_states(params, terms, strategy).gpu_total
 
 
 @pytest.mark.parametrize("stage, expected_gb", [(0, 120.0), (1, 31.40625), (2, 16.640625), (3, 1.875)])
 def test_zero_paper_figure1_per_gpu_model_states(stage, expected_gb):
-    # M1: Rajbhandari et al. 2019, ZeRO, Figure 1: Psi = 7.5B, Nd = 64, K = 12 (decimal GB).
+    # Rajbhandari et al. 2019, ZeRO, Figure 1: Psi = 7.5B, Nd = 64, K = 12 (decimal GB).
     assert zero_paper_states(7.5e9, stage, 64) / GB == pytest.approx(expected_gb, rel=1e-12)
 
 
 @pytest.mark.parametrize("stage, nd, expected_gb", [(3, 4, 30.0), (2, 16, 21.5625), (1, 16, 35.625)])
 def test_zero_paper_table1_per_gpu_model_states(stage, nd, expected_gb):
-    # M2: ZeRO Table 1, 7.5B parameters (35.6 GB is printed rounded).
+    # ZeRO Table 1, 7.5B parameters (35.6 GB is printed rounded).
     assert zero_paper_states(7.5e9, stage, nd) / GB == pytest.approx(expected_gb, rel=1e-12)
 
 
 def test_mixed_precision_adam_is_16_bytes_per_param_in_the_zero_paper_and_18_plus_2_in_deepspeed():
-    # ZeRO §3: 2 + 2 + K(12); DeepSpeed's estimator: 16-bit params 2 + 18 (ANCHORS §7).
+    # ZeRO §3: 2 + 2 + K(12); DeepSpeed's estimate_zero2_model_states_mem_needs: 16-bit params 2 + 18.
     paper = memory.state_terms("bf16-mixed", "adamw", "zero-paper")
     ds = memory.state_terms("bf16-mixed", "adamw", "deepspeed")
     assert sum(t.bytes_per_param for t in paper) == 16
@@ -63,7 +65,7 @@ LAYER_GPT3 = ModelShape(1, 12288, 96, 51200, 2048, mlp="gelu", norm="layernorm",
     ({"checkpointing": "full"}, 0.0503),
 ])
 def test_korthikanti_table2_one_gpt3_layer(kw, expected_gb):
-    # M8: Korthikanti et al. 2022, Table 2: s 2048, b 1, h 12288, a 96, one layer, no flash attention.
+    # Korthikanti et al. 2022, Table 2: s 2048, b 1, h 12288, a 96, one layer, no flash attention.
     got = activations.per_layer_bytes(LAYER_GPT3, 1, flash_attention=False, **kw)
     assert got / GB == pytest.approx(expected_gb, abs=6e-4)
 
@@ -73,7 +75,7 @@ GPT_7B_LIKE = ModelShape(32, 4096, 32, 32000, 4096, mlp="gelu", norm="layernorm"
 
 @pytest.mark.parametrize("checkpointing, expected_gib", [("none", 97.00), ("selective", 17.00), ("full", 1.00)])
 def test_korthikanti_activations_reproduce_the_cookbook_figures(checkpointing, expected_gib):
-    # M10 / M7: L 32, s 4096, b 1, h 4096, a 32; the EleutherAI cookbook applies Korthikanti's GPT
+    # L 32, s 4096, b 1, h 4096, a 32; the EleutherAI cookbook applies Korthikanti's GPT
     # formula (97.00 GiB) even to LLaMA; our llama architecture is measured instead (test_activations).
     got = activations.stored_bytes(GPT_7B_LIKE, 1, checkpointing=checkpointing, flash_attention=False)
     assert got / GiB == pytest.approx(expected_gib, abs=0.005)
@@ -95,7 +97,8 @@ LLAMA7B = ModelShape(32, 4096, 32, 32000, 2048, ffn_hidden=11008)
 
 
 def test_llama_block_saves_30h_plus_8f_bytes_per_token_in_16_bit():
-    # planner/activations.py: 2 norms x (8h + 4), 6 x 2h around attention, 4 x 2f in SwiGLU, lse 4/head.
+    # planner/memory/activations.py: 2 norms x (8h + 4), 6 x 2h around attention, 4 x 2f in SwiGLU,
+    # lse 4/head.
     h, f, a = 4096, 11008, 32
     assert activations.per_layer_bytes(LLAMA7B, 1) == 2048 * (30 * h + 8 * f + 8 + 4 * a)
 
@@ -113,12 +116,12 @@ def test_autocast_keeps_a_16_bit_copy_of_every_matrix_per_micro_batch():
 
 
 def test_eleutherai_cookbook_llama7b_zero1_one_gpu_states():
-    # M7: EleutherAI cookbook calc_transformer_mem.py, 6.34B params, ZeRO-1 on 1 GPU:
+    # EleutherAI cookbook calc_transformer_mem.py, 6.34B params, ZeRO-1 on 1 GPU:
     # weights 11.81 GiB (2 B), optimizer 70.89 GiB (12 B: fp32 master + Adam). The cookbook counts
     # 4 B of fp32 gradients (23.63 GiB); DeepSpeed also keeps the 16-bit gradients the backward
     # writes (2 B more), which the deepspeed accounting includes: 35.44 GiB.
     terms = memory.state_terms("bf16-mixed", "adamw", "deepspeed")
-    states = memory.model_states(6.34e9, terms, memory.make_strategy(1, zero=1))
+    states = memory.model_states(6.34e9, terms, ParallelPlan.from_flags(1, zero=1))
     assert states.gpu["weights"] / GiB == pytest.approx(11.81, abs=0.005)
     assert (states.gpu["master_weights"] + states.gpu["optimizer"]) / GiB == pytest.approx(70.89, abs=0.05)
     cookbook_gradients = 23.63 * GiB  # = 2x the 16-bit weights
@@ -128,26 +131,30 @@ def test_eleutherai_cookbook_llama7b_zero1_one_gpu_states():
 def test_fsdp_full_shard_holds_16_bytes_per_param_sharded():
     # torch FSDP2, bf16 MixedPrecisionPolicy: fp32 sharded params + fp32 grads + Adam (8).
     terms = memory.state_terms("bf16-mixed", "adamw", "fsdp")
-    states = memory.model_states(1e9, terms, memory.make_strategy(4, fsdp="full"))
+    states = memory.model_states(1e9, terms, ParallelPlan.from_flags(4, fsdp="full"))
     assert states.gpu_total == pytest.approx(16e9 / 4)
 
 
 def test_fsdp_hybrid_shards_within_the_group_only():
-    strategy = memory.make_strategy(16, fsdp="hybrid", sharding_factor=8)
+    strategy = ParallelPlan.from_flags(16, fsdp="hybrid", sharding_factor=8)
     assert strategy.shard_degree == 8 and strategy.stage == 3
 
 
 def test_optimizer_offload_moves_optimizer_states_to_cpu():
     terms = memory.state_terms("bf16-mixed", "adamw", "deepspeed")
-    states = memory.model_states(1e9, terms, memory.make_strategy(4, zero=2, offload="optimizer"))
+    states = memory.model_states(1e9, terms, ParallelPlan.from_flags(4, zero=2, offload="optimizer"))
     assert states.gpu_total == pytest.approx(2e9)  # only the 16-bit weights stay
     assert states.cpu_total == pytest.approx(16e9 / 4)  # fp32 grads + master + Adam, this GPU's share
 
 
-def test_max_micro_batch_is_the_largest_that_fits():
-    fixed, per_sample, cap, frag = 10.0, 3.0, 40.0, 0.1
-    b = memory.max_micro_batch(fixed, per_sample, cap, frag)
-    assert (fixed + b * per_sample) * (1 + frag) <= cap < (fixed + (b + 1) * per_sample) * (1 + frag)
+def test_max_micro_batch_is_the_largest_whose_allocation_over_one_minus_fragmentation_fits():
+    # The rule: allocated / (1 - frag) <= capacity, frag being the unusable share of reserved memory.
+    # 10 GB fixed + b x 1 GB, 20% fragmentation, 100 GB: (10 + 70) / 0.8 = 100 fits, (10 + 71) / 0.8 does
+    # not, so b = 70 (the rule (10 + b)(1 + 0.2) <= 100 would give 73).
+    assert memory.max_micro_batch(10.0, 1.0, 100.0, 0.2) == 70
+    # 4 GB fixed + b x 3 GB, 25%, 40 GB: (4 + 3b) / 0.75 <= 40 -> b <= 8.67 -> 8.
+    assert memory.max_micro_batch(4.0, 3.0, 40.0, 0.25) == 8
+    assert memory.max_micro_batch(10.0, 1.0, 100.0, 0.0) == 90  # no fragmentation: all of it
 
 
 def test_max_micro_batch_is_zero_when_states_alone_do_not_fit():
@@ -162,4 +169,4 @@ def test_max_micro_batch_is_zero_when_states_alone_do_not_fit():
 ])
 def test_invalid_strategy_combinations_are_refused(kwargs, message):
     with pytest.raises(memory.PlannerError, match=message):
-        memory.make_strategy(8, **kwargs)
+        ParallelPlan.from_flags(8, **kwargs)

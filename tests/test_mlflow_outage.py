@@ -1,4 +1,4 @@
-"""MLflow delivery through outages, against a real `mlflow server` (issue 11).
+"""MLflow delivery through outages, against a real `mlflow server`.
 
 In every case the server must end with each step's metrics exactly once, every param, and the plan:
 down at the start and up mid-run; killed and restarted twice mid-run; never up, then

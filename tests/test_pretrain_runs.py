@@ -1,7 +1,6 @@
 """The trainer for real: every engine on 2 gloo processes, exact resume after a crash, MLflow, bad input.
 
-`../shared/CPU_DISTRIBUTED.md` lists what was checked to work on CPU; runs use torchrun --standalone
-(it picks a free port) and OMP_NUM_THREADS=1 on the 2-core machine.
+Runs use torchrun --standalone (it picks a free port) and OMP_NUM_THREADS=1 on the 2-core machine.
 """
 
 import json
@@ -69,7 +68,7 @@ def test_engine_trains_on_two_processes_and_holds_the_predicted_model_states(eng
     assert losses[-1] < losses[0] - 1.0  # 5.5 (ln 256) falls toward the chain's 1.4
     measured, predicted = sum(s["model_state_bytes_measured"].values()), sum(s["model_state_bytes_predicted"].values())
     assert measured == pytest.approx(predicted, rel=0.05)
-    # the first forward's saved-for-backward bytes against planner.activations for this engine
+    # the first forward's saved-for-backward bytes against planner.memory.activations for this engine
     assert s["activation_bytes_predicted"] == pytest.approx(s["activation_bytes_measured"], rel=0.05)
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from planner.errors import PlannerError
-from pretrain.config import ConfigError, ModelConfig, load_config, to_shape
+from planner.core.errors import PlannerError
+from planner.core.schema import ConfigError, ModelConfig, load_config
+from planner.model.shapes import shape_of
 from pretrain.data.shards import PackedBatches, ShardWriter, TokenShards, token_dtype
 from pretrain.data.synthetic import write_markov_shards
 from pretrain.model import Transformer
@@ -15,7 +16,7 @@ from pretrain.model import Transformer
                                                                                   "ffn_hidden": 200, "vocab": 1000}])
 def test_model_parameter_count_equals_the_planners_shape_formula(kw):
     cfg = ModelConfig(**kw)
-    assert Transformer(cfg).param_count() == to_shape(cfg).param_count()
+    assert Transformer(cfg).param_count() == shape_of(cfg).param_count()
 
 
 def test_model_returns_logits_and_a_finite_loss():
@@ -110,9 +111,11 @@ def test_loader_resumes_with_exactly_the_next_batch(tmp_path):
 
 
 def test_a_cpu_run_reports_no_mfu_even_when_its_plan_names_a_gpu_peak():
-    from pretrain.config import RunConfig
-    from pretrain.train import peak_flops_per_device
+    from planner.core.schema import RunConfig
+    from pretrain.metrics import gpu_name, predict
 
     cfg = RunConfig()
+    cfg.parallel = cfg.parallel.with_world(1)
     cfg.plan = {"peak_flops_per_gpu": 312e12, "tokens_per_s": 3.25e6}  # what `planner emit` writes for an A100
-    assert peak_flops_per_device(cfg, torch.device("cpu")) is None
+    predicted = predict(cfg, gpu_name(torch.device("cpu")))
+    assert predicted.peak_flops is None and predicted.mfu is None and predicted.peak_bytes is None

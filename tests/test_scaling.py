@@ -1,28 +1,30 @@
-"""Scaling laws and compute-optimal plans against closed forms and published values (ANCHORS §6, §8)."""
+"""Scaling laws and compute-optimal plans against closed forms and published values."""
 
 import math
 
 import pytest
 
-from planner import compute, scaling
-from planner.errors import PlannerError
+from planner.compute import flops as compute
+from planner.core.errors import PlannerError
+from planner.laws import scaling
 
 
 def test_hoffmann_rounded_constants_at_gopher_budget():
-    # S1: Hoffmann et al. 2022 eq. 10 (rounded constants), C = 5.76e23.
+    # Hoffmann et al. 2022 eq. 10 (rounded constants), C = 5.76e23.
     n, d = scaling.CHINCHILLA.optimal(5.76e23)
     assert (n, d) == (pytest.approx(3.219e10, rel=1e-3), pytest.approx(2.982e12, rel=1e-3))
     assert scaling.CHINCHILLA.loss(n, d) == pytest.approx(1.9307, abs=1e-4)
 
 
 def test_besiroglu_refit_at_gopher_budget():
-    # S3: Besiroglu et al. 2024 refit: N* ~ 72B, D* ~ 1.33T, ~18 tokens per parameter.
+    # Besiroglu et al. 2024 refit: N* ~ 72B, D* ~ 1.33T, ~18 tokens per parameter.
     n, d = scaling.EPOCH.optimal(5.76e23)
     assert (n, d) == (pytest.approx(7.225e10, rel=1e-3), pytest.approx(1.329e12, rel=1e-3))
 
 
 def test_unrounded_chinchilla_constants_give_the_papers_40b():
-    # ANCHORS §7: the unrounded approach-3 constants give ~40.4B, the paper's "approach 3 -> 40B".
+    # Hoffmann et al. 2022's approach-3 constants unrounded (as Besiroglu et al. 2024 recovered them) give
+    # ~40.4B at Gopher's 5.76e23 FLOPs, the paper's "approach 3 -> 40B" (Table 3).
     assert scaling.CHINCHILLA_UNROUNDED.optimal(5.76e23)[0] == pytest.approx(40.4e9, rel=0.01)
 
 
@@ -42,7 +44,7 @@ def test_twenty_tokens_per_parameter_maps_70b_to_1_4t():
 
 
 def test_kaplan_loss_of_a_1_5b_model():
-    # S4: Kaplan et al. 2020, L(N) = (8.8e13 / N)^0.076.
+    # Kaplan et al. 2020, L(N) = (8.8e13 / N)^0.076.
     assert scaling.KaplanLaw().loss_n(1.5e9) == pytest.approx(2.304, abs=1e-3)
 
 

@@ -60,7 +60,7 @@ def test_a_tp_layout_the_trainer_cannot_run_is_refused_at_load(overrides, messag
 
 
 def test_emit_with_tp_writes_the_whole_layout_and_the_batch_rule_holds(tmp_path):
-    from pretrain.config import load_config
+    from planner.core.schema import load_config
 
     r = run_cli("emit", "--params", "1.3e9", "--gpus", "16", "--tp", "2", "--fsdp", "full", "--micro-batch", "2",
                 "--out", str(tmp_path))

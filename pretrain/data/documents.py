@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from planner.errors import PlannerError
+from planner.core.errors import PlannerError
 
 
 @dataclass

@@ -171,7 +171,7 @@ def bad_document(rng: random.Random, domain: str, good) -> tuple[str, str]:
 
 
 def write_sample(out_dir: str | Path, docs_per_domain: int = 600, bad_share: float = 0.15, seed: int = 2024) -> dict:
-    from planner.io import atomic_write_text
+    from planner.core.io import atomic_write_text
 
     out, counts = Path(out_dir), {}
     for domain, good in (("finance", finance_document), ("general", general_document)):

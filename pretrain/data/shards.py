@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from planner.errors import PlannerError
-from planner.io import atomic_write_bytes, atomic_write_json
+from planner.core.errors import PlannerError
+from planner.core.io import atomic_write_bytes, atomic_write_json
 
 MANIFEST = "manifest.json"
 UINT16_LIMIT = 2**16

@@ -21,8 +21,8 @@ import sys
 
 import numpy as np
 
-from planner import checks
-from planner.errors import guarded, one_line_parser
+from planner.core import checks
+from planner.core.errors import guarded, one_line_parser
 from pretrain.data.shards import ShardWriter
 
 

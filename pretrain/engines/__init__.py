@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from pretrain.config import RunConfig
+from planner.core.schema import RunConfig
 from pretrain.distributed import DistInfo
 from pretrain.engines.base import Engine
 

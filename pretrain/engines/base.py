@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-from pretrain.config import RunConfig
+from planner.core.schema import RunConfig
 from pretrain.distributed import DistInfo
 from pretrain.model import Transformer
 
@@ -54,6 +55,16 @@ class Engine(ABC):
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
 
+    def measure_states_at_first_update(self, optimizer: torch.optim.Optimizer,
+                                       measure: Callable[[], dict[str, float]]) -> None:
+        """Set `measured_state_bytes` to `measure()` once, just before the first real update: the moment the
+        planner's model states describe (optimizer states exist, every gradient is still held)."""
+        def hook(*_) -> None:
+            if self.measured_state_bytes is None and optimizer.state:
+                self.measured_state_bytes = measure()
+
+        optimizer.register_step_pre_hook(hook)
+
 
 def tensor_bytes(tensors) -> int:
     """Bytes of the distinct local storages behind `tensors` (DTensors count their local shard)."""
@@ -71,6 +82,17 @@ def tensor_bytes(tensors) -> int:
         seen.add(key)
         total += t.untyped_storage().nbytes()
     return total
+
+
+def parameter_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+                          params_are_master: bool) -> dict[str, float]:
+    """Live model-state bytes of a torch optimizer over `model`'s parameters. Under FSDP the (sharded, fp32)
+    parameters are the master copy and the bf16 weights exist only while gathered, so they count there."""
+    params = list(model.parameters())
+    held = tensor_bytes(params)
+    return {"weights": 0 if params_are_master else held, "master_weights": held if params_are_master else 0,
+            "gradients": tensor_bytes(p.grad for p in params),
+            "optimizer": tensor_bytes(optimizer_state_tensors(optimizer))}
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer):

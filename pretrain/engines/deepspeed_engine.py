@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 
-from planner.io import atomic_write_json
-from planner.parallel import deepspeed_config
-from pretrain.config import ConfigError
+from planner.core.schema import ConfigError
+from planner.emit.deepspeed import deepspeed_config
 from pretrain.engines.base import Engine, optimizer_state_tensors, tensor_bytes
-from pretrain.engines.checks import check_model_state
+from pretrain.engines.checks import check_model_config, write_model_config
 from pretrain.engines.torch_engine import make_adamw
 
 
@@ -53,11 +52,9 @@ class DeepSpeedEngine(Engine):
         optimizer = make_adamw(self.model.parameters(), cfg)
         self.ds, self.optimizer, _, _ = deepspeed.initialize(model=self.model, optimizer=optimizer, config=ds_config)
         self.inner = optimizer  # DeepSpeed calls this torch AdamW on its fp32 partitions
-        self.inner.register_step_pre_hook(self._measure)
+        self.measure_states_at_first_update(self.inner, self._state_bytes)
 
-    def _measure(self, *_):
-        if self.measured_state_bytes is not None or not self.inner.state:
-            return
+    def _state_bytes(self) -> dict[str, float]:
         zero = self.optimizer
         fp32 = [t for name in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat", "fp32_groups_flat",
                                "fp32_groups_flat_partition", "fp32_groups") for t in _flat(getattr(zero, name, None))]
@@ -65,9 +62,8 @@ class DeepSpeedEngine(Engine):
         grads = [p.grad for p in self.ds.module.parameters()] + [t.grad for t in fp32]
         grads += [g for g in (getattr(zero, "averaged_gradients", None) or {}).values() if isinstance(g, torch.Tensor)]
         grads += [t for t in getattr(zero, "fp32_groups_gradients_flat", []) or []]
-        self.measured_state_bytes = {
-            "weights": tensor_bytes(params16), "master_weights": tensor_bytes(fp32),
-            "gradients": tensor_bytes(grads), "optimizer": tensor_bytes(optimizer_state_tensors(self.inner))}
+        return {"weights": tensor_bytes(params16), "master_weights": tensor_bytes(fp32),
+                "gradients": tensor_bytes(grads), "optimizer": tensor_bytes(optimizer_state_tensors(self.inner))}
 
     def forward(self, x, y):
         return self.ds(x.to(self.info.device), y.to(self.info.device))
@@ -88,14 +84,11 @@ class DeepSpeedEngine(Engine):
     def save(self, path: Path) -> None:
         path = Path(path)
         self.ds.save_checkpoint(str(path.parent), tag=path.name, save_latest=False)
-        if self.info.is_main:
-            atomic_write_json(path / "model_config.json", vars(self.cfg.model))
+        write_model_config(path, self.cfg.model, self.info.is_main)
 
     def load(self, path: Path) -> None:
         path = Path(path)
-        config_file = path / "model_config.json"
-        if config_file.is_file():
-            check_model_state(json.loads(config_file.read_text()), self.cfg.model, path)
+        check_model_config(path, self.cfg.model)
         loaded, _ = self.ds.load_checkpoint(str(path.parent), tag=path.name)
         if loaded is None:
             raise ConfigError(f"checkpoint {path}: DeepSpeed could not load it")

@@ -14,16 +14,9 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from planner.io import atomic_write_json
-from pretrain.engines.base import Engine, optimizer_state_tensors, tensor_bytes
-from pretrain.engines.checks import check_model_state
-from pretrain.engines.parallelize import (
-    apply_fsdp,
-    apply_tensor_parallel,
-    build_mesh,
-    data_parallel_mesh,
-    loss_context,
-)
+from pretrain.engines.base import Engine, parameter_state_bytes
+from pretrain.engines.checks import check_model_config, write_model_config
+from pretrain.engines.parallelize import build_mesh, loss_context, parallelize
 from pretrain.engines.torch_engine import make_adamw
 
 
@@ -33,19 +26,11 @@ class FSDPEngine(Engine):
         plan = self.plan = cfg.parallel
         mesh = build_mesh(plan, info.device.type)
         self.model.to(info.device)
-        if plan.tp > 1:
-            apply_tensor_parallel(self.model, mesh["tp"])
-        apply_fsdp(self.model, data_parallel_mesh(mesh), bf16=cfg.train.precision == "bf16-mixed",
-                   reshard_after_forward=plan.fsdp_mode != "shard-grad-op", offload=plan.offload != "none")
+        parallelize(self.model, plan, mesh, bf16=cfg.train.precision == "bf16-mixed",
+                    activation_checkpointing=cfg.train.activation_checkpointing)
         self.optimizer = make_adamw(self.model.parameters(), cfg)
-        self.optimizer.register_step_pre_hook(self._measure)
-
-    def _measure(self, *_):
-        if self.measured_state_bytes is None and self.optimizer.state:
-            params = list(self.model.parameters())
-            self.measured_state_bytes = {
-                "weights": 0, "master_weights": tensor_bytes(params), "gradients": tensor_bytes(p.grad for p in params),
-                "optimizer": tensor_bytes(optimizer_state_tensors(self.optimizer))}
+        self.measure_states_at_first_update(self.optimizer, lambda: parameter_state_bytes(
+            self.model, self.optimizer, params_are_master=True))
 
     def forward(self, x, y):
         with loss_context(self.plan):
@@ -69,15 +54,10 @@ class FSDPEngine(Engine):
     def save(self, path: Path) -> None:
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(path))
-        if self.info.is_main:
-            atomic_write_json(Path(path) / "model_config.json", vars(self.cfg.model))
+        write_model_config(path, self.cfg.model, self.info.is_main)
 
     def load(self, path: Path) -> None:
-        import json
-
-        config_file = Path(path) / "model_config.json"
-        if config_file.is_file():
-            check_model_state(json.loads(config_file.read_text()), self.cfg.model, path)
+        check_model_config(path, self.cfg.model)
         model_sd, optim_sd = get_state_dict(self.model, self.optimizer)
         state = {"model": model_sd, "optimizer": optim_sd}
         dcp.load(state, checkpoint_id=str(path))

@@ -1,8 +1,11 @@
 """The parallel plan applied to the model, in one place (torchtitan's `parallelize_llama`).
 
-Order: tensor parallelism (DTensor `parallelize_module`) -> FSDP2 `fully_shard` per block and the
-root, over the data-parallel part of one device mesh. The model (`pretrain.model`) stays a plain
-`nn.Module`; activation checkpointing is the model's own flag.
+`build_mesh` turns the plan's `mesh_dims` into a device mesh (and the two views of it the layout
+uses); `parallelize(model, plan, mesh)` applies the plan in torchtitan's order: tensor parallelism (DTensor `parallelize_module`) -> activation
+checkpointing -> FSDP2 `fully_shard` per block and the root, over the data-parallel part of the mesh.
+The FSDP engine (`pretrain.engines.fsdp`) and `planner verify` (`pretrain.verify`) both call these two
+and nothing else, so what verify measures is the layout the trainer runs. The model (`pretrain.model`)
+stays a plain `nn.Module`; activation checkpointing is its own per-block flag.
 
 Tensor parallel layout (Megatron-LM, Shoeybi et al. 2019; sequence parallel, Korthikanti et al. 2022):
 - q, k, v, gate, up: column-wise (each rank computes heads / tp heads and ffn / tp features);
@@ -16,26 +19,36 @@ Tensor parallel layout (Megatron-LM, Shoeybi et al. 2019; sequence parallel, Kor
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
-from planner.parallel import ParallelPlan
+from planner.core.parallel import ParallelPlan
 
 
-def build_mesh(plan: ParallelPlan, device_type: str) -> DeviceMesh:
-    """The plan's device mesh, dimensions of size one left out (a 1-D mesh is plain FSDP or plain TP)."""
+@dataclass(frozen=True)
+class Mesh:
+    """The plan's device mesh and its two views the layout needs, sliced once, up front (slicing builds
+    sub-meshes, which cannot happen under verify's FakeTensorMode)."""
+
+    world: DeviceMesh
+    dp: DeviceMesh  # FSDP's: the 1-D shard mesh, or hybrid sharding's (replicate, shard)
+    tp: DeviceMesh | None  # None without tensor parallelism
+
+
+def build_mesh(plan: ParallelPlan, device_type: str) -> Mesh:
+    """The plan's device mesh, dimensions of size one left out (a 1-D mesh is plain FSDP)."""
     dims = [(name, size) for name, size in plan.mesh_dims() if size > 1 or name == "shard"]
-    return init_device_mesh(device_type, tuple(s for _, s in dims), mesh_dim_names=tuple(n for n, _ in dims))
-
-
-def data_parallel_mesh(mesh: DeviceMesh) -> DeviceMesh:
-    names = [n for n in mesh.mesh_dim_names if n in ("replicate", "shard")]
-    return mesh[tuple(names)] if len(names) > 1 else mesh[names[0]]
+    world = init_device_mesh(device_type, tuple(s for _, s in dims), mesh_dim_names=tuple(n for n, _ in dims))
+    dp = [n for n, _ in dims if n in ("replicate", "shard")]
+    return Mesh(world, world[tuple(dp)] if len(dp) > 1 else world[dp[0]], world["tp"] if plan.tp > 1 else None)
 
 
 def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
+    """Megatron's column/row split of every block, sequence parallel norms, vocabulary-parallel embedding
+    and head (the layout in the module docstring)."""
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
@@ -66,6 +79,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, bf16: bool, reshard_after_forward: bool,
                offload: bool) -> None:
+    """One FSDP2 unit per block, then the root; bf16 compute with fp32 reduction when `bf16`."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
@@ -76,6 +90,24 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, bf16: bool, reshard_aft
     for block in model.blocks:  # one FSDP unit per block, then the root (embedding, final norm, head)
         fully_shard(block, **kw)
     fully_shard(model, **kw)
+
+
+def apply_activation_checkpointing(model: nn.Module, enabled: bool) -> None:
+    """Recompute each block in backward. The model checkpoints its blocks itself (non-reentrant
+    `torch.utils.checkpoint` around each call), so the flag is all there is to set; it is set here so the
+    order of the layout reads in one place."""
+    model.activation_checkpointing = enabled
+
+
+def parallelize(model: nn.Module, plan: ParallelPlan, mesh: Mesh, *, bf16: bool,
+                activation_checkpointing: bool) -> None:
+    """Apply the plan to `model` in place (torchtitan's `parallelize_llama`): TP over the mesh's `tp`
+    dimension, then activation checkpointing, then FSDP2 over its data-parallel dimensions."""
+    if mesh.tp is not None:
+        apply_tensor_parallel(model, mesh.tp)
+    apply_activation_checkpointing(model, activation_checkpointing)
+    apply_fsdp(model, mesh.dp, bf16=bf16, reshard_after_forward=plan.fsdp_mode != "shard-grad-op",
+               offload=plan.offload != "none")
 
 
 def loss_context(plan: ParallelPlan):

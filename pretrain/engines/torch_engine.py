@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from planner.io import atomic_write_bytes
-from pretrain.engines.base import Engine, optimizer_state_tensors, tensor_bytes
+from planner.core.io import atomic_write_bytes
+from pretrain.engines.base import Engine, parameter_state_bytes
 from pretrain.engines.checks import check_model_state
 
 
@@ -26,14 +26,8 @@ class TorchEngine(Engine):
         if info.world > 1:
             self.wrapped = DistributedDataParallel(self.model, gradient_as_bucket_view=True)
         self.optimizer = make_adamw(self.model.parameters(), cfg)
-        self.optimizer.register_step_pre_hook(self._measure)
-
-    def _measure(self, *_):
-        if self.measured_state_bytes is None and self.optimizer.state:
-            params = list(self.model.parameters())
-            self.measured_state_bytes = {
-                "weights": tensor_bytes(params), "gradients": tensor_bytes(p.grad for p in params),
-                "optimizer": tensor_bytes(optimizer_state_tensors(self.optimizer)), "master_weights": 0}
+        self.measure_states_at_first_update(self.optimizer, lambda: parameter_state_bytes(
+            self.model, self.optimizer, params_are_master=False))
 
     def forward(self, x, y):
         with self.autocast:

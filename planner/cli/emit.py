@@ -1,0 +1,45 @@
+"""`planner emit`: a plan written as run.yaml, the DeepSpeed JSON, launch scripts, plan.json and PLAN.md."""
+
+from __future__ import annotations
+
+import click
+
+from planner.cli.options import COUNT, build_request, estimate_options
+from planner.core.errors import PlannerError
+
+
+@click.command()
+@estimate_options
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Folder to write the files into.")
+@click.option("--name", default="run", show_default=True, help="Run name (MLflow run, SLURM job, rendezvous id).")
+@click.option("--data", "data_train", default="data/shards/train", show_default=True, help="Training token shards.")
+@click.option("--eval-data", "data_eval", help="Held-out token shards.")
+@click.option("--tokenizer", help="tokenizer.json the shards were made with.")
+@click.option("--batch-tokens", type=COUNT, default=float(2**22), show_default=True,
+              help="Global batch in tokens per optimizer step.")
+@click.option("--lr", type=float, default=3e-4, show_default=True)
+@click.option("--checkpoint-every", type=int, default=1000, show_default=True)
+@click.option("--eval-every", type=int, default=1000, show_default=True)
+@click.option("--tracking-uri", default="sqlite:///mlflow.db", show_default=True)
+@click.option("--experiment", default="pretrain", show_default=True)
+@click.option("--nodes", type=int, help="Nodes (default: gpus / gpus-per-node).")
+@click.option("--partition", "slurm_partition", help="SLURM partition.")
+@click.option("--time", "slurm_time", help="SLURM time limit (default: the plan's wall-clock with a margin).")
+@click.option("--max-time", default="48:00:00", show_default=True,
+              help="The partition's limit: a longer plan becomes a chain of dependent jobs (submit.sh).")
+@click.option("--env-setup", help="Line that activates the environment in the batch script (default: this venv).")
+def emit(out_dir, name, data_train, data_eval, tokenizer, batch_tokens, lr, checkpoint_every, eval_every, tracking_uri,
+         experiment, nodes, slurm_partition, slurm_time, max_time, env_setup, **kw):
+    """Write run.yaml, ds_config.json, launch scripts, plan.json and PLAN.md for a plan."""
+    from planner.emit.run_files import EmitOptions
+    from planner.emit.run_files import emit as run_emit
+
+    if batch_tokens != int(batch_tokens):
+        raise PlannerError(f"--batch-tokens: {batch_tokens!r} must be a whole number of tokens")
+    opts = EmitOptions(out_dir=out_dir, name=name, data_train=data_train, data_eval=data_eval, tokenizer=tokenizer,
+                       batch_tokens=int(batch_tokens), lr=lr, checkpoint_every=checkpoint_every, eval_every=eval_every,
+                       tracking_uri=tracking_uri, experiment=experiment, nodes=nodes, slurm_partition=slurm_partition,
+                       slurm_time=slurm_time, max_time=max_time, env_setup=env_setup)
+    written = run_emit(build_request(kw), opts)
+    for path in written.values():
+        click.echo(f"wrote {path}")

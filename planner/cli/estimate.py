@@ -1,0 +1,57 @@
+"""`planner estimate`, `compare` and `verify`: one plan's memory, fit, compute and cost; every strategy
+side by side; the real model and engine under fake tensors against the plan."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from planner.cli.options import build_request, estimate_options
+
+
+@click.command()
+@estimate_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+def estimate(as_json, **kw):
+    """Memory per GPU, fit, FLOPs, GPU-hours, days and cost of training a model."""
+    from planner.plan.estimate import estimate as run_estimate
+
+    result = run_estimate(build_request(kw)).to_dict()
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        from planner.report.tables import render_estimate
+
+        click.echo(render_estimate(result))
+
+
+@click.command()
+@estimate_options
+@click.option("--plot", type=click.Path(), help="Write a stacked-bar PNG of memory per GPU by strategy here.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def compare(plot, as_json, **kw):
+    """Every strategy side by side (memory per GPU, headroom, largest micro-batch, communication, whole
+    nodes), with the one to run marked."""
+    from planner.plan.compare import compare as run_compare
+    from planner.plan.compare import render_compare
+
+    result = run_compare(build_request(kw))
+    if plot:
+        from planner.report.plots import plot_strategies
+
+        plot_strategies(result, plot)
+    click.echo(json.dumps(result, indent=2) if as_json else render_compare(result))
+
+
+@click.command()
+@estimate_options
+@click.option("--steps", type=click.IntRange(2, 5), default=2, show_default=True, help="Optimizer steps to run.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def verify(steps, as_json, **kw):
+    """Dry-run the real model and engine at the planned world size (fake tensors, no GPU) and compare
+    PyTorch's memory tracker with the planner, line by line."""
+    from planner.cli.verify import render_verify, verify_request
+
+    result = verify_request(build_request(kw), steps)
+    click.echo(json.dumps(result, indent=2) if as_json else render_verify(result))

@@ -1,0 +1,132 @@
+"""Options shared by the planner's commands: counts like 7B, the model and layout flags, and the one
+translation of those flags into an `EstimateRequest` (the layout as one `ParallelPlan`)."""
+
+from __future__ import annotations
+
+import click
+
+from planner.compute import flops as compute
+from planner.core import parallel
+from planner.core.errors import PlannerError
+from planner.core.units import parse_count
+from planner.memory import model_states as memory
+
+
+class CountType(click.ParamType):
+    """A positive count written as 7e9, 7B, 70b, 1.3e9 or 1.4T."""
+
+    name = "count"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_count(value, param.opts[0] if param else "value")
+        except PlannerError as exc:
+            self.fail(str(exc).split(": ", 1)[-1], param, ctx)
+
+
+COUNT = CountType()
+
+
+def model_options(f):
+    f = click.option("--params", type=COUNT, help="Total parameters: 7e9, 7B, 70b, 1.3e9.")(f)
+    f = click.option("--model", "model", help="Named preset, e.g. llama2-7b, gpt3-175b, bloomberggpt-50b.")(f)
+    f = click.option("--layers", type=int, help="Shape: transformer layers.")(f)
+    f = click.option("--hidden", type=int, help="Shape: hidden size.")(f)
+    f = click.option("--heads", type=int, help="Shape: attention heads.")(f)
+    f = click.option("--kv-heads", type=int, help="Shape: key/value heads (grouped-query attention).")(f)
+    f = click.option("--ffn", type=int, help="Shape: MLP hidden size (default 8h/3 rounded to 256, SwiGLU).")(f)
+    f = click.option("--vocab", type=int, help="Shape: vocabulary size.")(f)
+    f = click.option("--mlp", type=click.Choice(["swiglu", "gelu"]), default="swiglu", show_default=True,
+                     help="Shape: MLP kind.")(f)
+    f = click.option("--tied-embeddings", is_flag=True, help="Shape: LM head shares the embedding matrix.")(f)
+    f = click.option("--seq-len", type=int, help="Sequence length (default: preset's, else 2048).")(f)
+    f = click.option("--hf-config", type=click.Path(), help="A Hugging Face config.json on disk (Llama, Mistral, "
+                     "Qwen2, Gemma, OLMo, GPT-NeoX, GPT-2 field names).")(f)
+    f = click.option("--config", "run_config", type=click.Path(),
+                     help="Estimate the job a run config (run.yaml from `planner emit`) describes.")(f)
+    return f
+
+
+def build_shape(layers, hidden, heads, kv_heads, ffn, vocab, seq_len, mlp, tied_embeddings):
+    """A ModelShape from shape flags, or None when no shape flag is given."""
+    from planner.model.shapes import ModelShape
+
+    flags = {"--layers": layers, "--hidden": hidden, "--heads": heads, "--vocab": vocab}
+    if all(v is None for v in (*flags.values(), kv_heads, ffn)):
+        return None
+    missing = [k for k, v in flags.items() if v is None]
+    if missing:
+        raise PlannerError(f"shape: also give {' '.join(missing)} (a shape needs --layers --hidden --heads --vocab)")
+    return ModelShape(layers, hidden, heads, vocab, seq_len or 2048, kv_heads=kv_heads, ffn_hidden=ffn,
+                      mlp=mlp, norm="layernorm" if mlp == "gelu" else "rmsnorm", tied_embeddings=tied_embeddings)
+
+
+def estimate_options(f):
+    options = [
+        click.option("--gpu", default="a100-80gb", show_default=True, help="GPU from the catalog (see `planner gpus`)."),
+        click.option("--gpu-catalog", type=click.Path(), help="YAML file adding or overriding catalog entries."),
+        click.option("--gpus", type=int, default=8, show_default=True, help="Total GPUs."),
+        click.option("--gpus-per-node", type=int, default=8, show_default=True),
+        click.option("--precision", type=click.Choice(memory.PRECISIONS), default="bf16-mixed", show_default=True),
+        click.option("--optimizer", type=click.Choice(memory.OPTIMIZERS), default="adamw", show_default=True),
+        click.option("--zero", type=click.IntRange(0, 3), help="DeepSpeed ZeRO stage (0-3)."),
+        click.option("--fsdp", type=click.Choice(parallel.FSDP_MODES), help="PyTorch FSDP sharding strategy."),
+        click.option("--sharding-factor", type=int, help="GPUs per shard group for --fsdp hybrid (default: all)."),
+        click.option("--offload", type=click.Choice(parallel.OFFLOAD), default="none", show_default=True,
+                     help="CPU offload of optimizer states, parameters, or both."),
+        click.option("--convention", type=click.Choice(memory.CONVENTIONS),
+                     help="Model-state accounting (default: the engine's own; zero-paper: 16 B/param)."),
+        click.option("--micro-batch", type=int, default=1, show_default=True, help="Sequences per GPU per step."),
+        click.option("--checkpointing", type=click.Choice(memory.CHECKPOINTING), default="none", show_default=True,
+                     help="Activation checkpointing (Korthikanti et al. 2022)."),
+        click.option("--no-flash-attention", is_flag=True, help="Count the a*s^2 attention scores as stored."),
+        click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel degree (sequence parallel on)."),
+        click.option("--tokens", type=COUNT, help="Training tokens (default: 20 per parameter, Chinchilla)."),
+        click.option("--mfu", type=float, default=compute.DEFAULT_MFU, show_default=True,
+                     help="Model FLOPs utilisation (0-1]."),
+        click.option("--price", type=float, help="USD per GPU-hour (default: the catalog's)."),
+        click.option("--runtime-gib", type=float, default=memory.DEFAULT_RUNTIME_GIB, show_default=True,
+                     help="CUDA context and library workspaces per GPU."),
+        click.option("--fragmentation", type=float, default=memory.DEFAULT_FRAGMENTATION, show_default=True,
+                     help="Share of reserved GPU memory the allocator cannot use (GMLake's measured average)."),
+        click.option("--finetune", type=click.Choice(["full", "lora", "qlora", "prompt"]),
+                     help="Fine-tune instead of pretraining: all weights, LoRA, QLoRA (4-bit NF4 base) or prompt tuning."),
+        click.option("--lora-rank", type=int, default=8, show_default=True, help="LoRA/QLoRA rank r."),
+        click.option("--lora-modules", default="q,v", show_default=True,
+                     help="Adapted matrices: q,k,v,o,gate,up,down (or q_proj,... names)."),
+        click.option("--soft-tokens", type=int, default=20, show_default=True, help="Prompt tuning: soft tokens k."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return model_options(f)
+
+
+def build_request(kw: dict):
+    """An EstimateRequest from the shared estimate/emit options (consumes them from `kw`)."""
+    from planner.model.hardware import load_catalog
+    from planner.plan.request import EstimateRequest
+
+    run_config, hf_config = kw.pop("run_config"), kw.pop("hf_config")
+    shape = build_shape(*(kw.pop(k) for k in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")),
+                        kw["seq_len"], kw.pop("mlp"), kw.pop("tied_embeddings"))
+    if run_config is not None:
+        if shape is not None or hf_config or kw["params"] or kw["model"]:
+            raise PlannerError("--config: the run config names the model; drop --params/--model/--hf-config/shape flags")
+        from planner.core.schema import load_config
+        from planner.plan.request import request_from_run
+
+        return request_from_run(load_config(run_config))
+    if hf_config is not None:
+        if shape is not None:
+            raise PlannerError("--hf-config: give the config or shape flags, not both")
+        from planner.model.hf_config import shape_from_hf
+
+        shape = shape_from_hf(hf_config, kw["seq_len"])
+    catalog = kw.pop("gpu_catalog")
+    kw["flash_attention"] = not kw.pop("no_flash_attention")
+    from planner.memory.finetune import parse_modules
+
+    kw["lora_modules"] = parse_modules(kw["lora_modules"])
+    return EstimateRequest.from_flags(shape=shape, catalog=load_catalog(catalog) if catalog else None, **kw)

@@ -1,0 +1,70 @@
+"""`planner verify`: the planner's memory lines next to PyTorch's tracker on the real model and engine.
+
+The measurement (`pretrain.verify`) needs torch and is imported only here, when asked for, so
+`planner estimate` stays torch-free. Both sides describe the moment of the peak (the planner's
+`MemoryBreakdown`: the start of backward, or the optimizer step); each line's own maximum over the
+step is shown beside it for reference. The tracker sees tensors only: the planner's CUDA runtime and
+allocator-fragmentation lines have no counterpart there and are compared out of the total
+("allocated" = total - runtime - fragmentation).
+"""
+
+from __future__ import annotations
+
+from tabulate import tabulate
+
+from planner.core.units import GiB
+from planner.plan.estimate import estimate
+from planner.plan.request import EstimateRequest
+
+COMPARED = ("weights", "master_weights", "gradients", "optimizer", "activations", "overhead")
+#: The issue's bar: the planner within 10% of the tracker, in total and per line.
+TOLERANCE = 0.10
+
+
+def verify_request(req: EstimateRequest, steps: int = 2) -> dict:
+    from pretrain.verify import measure  # torch: only when verifying
+
+    planned = estimate(req)
+    measured = measure(req, steps)
+    predicted = planned.tracked_lines()
+    if predicted["master_weights"] == 0:  # no separate master copy: the sharded parameters are the weights
+        for view in ("at_peak", "category_max"):
+            measured[view]["weights"] += measured[view].pop("master_weights")
+            measured[view]["master_weights"] = 0.0
+    rows = {}
+    for line in (*COMPARED, "allocated"):
+        got = measured["peak_bytes"] if line == "allocated" else measured["at_peak"][line]
+        want = predicted[line]
+        rows[line] = {"planner": want, "tracker_at_peak": got,
+                      "tracker_max": measured["peak_bytes"] if line == "allocated" else measured["category_max"][line],
+                      "ratio": want / got if got else None}
+    return {"engine": measured["engine"], "world_size": measured["world_size"], "seconds": measured["seconds"],
+            "strategy": planned.training.strategy, "peak_moment": planned.memory.peak_moment,
+            "model": planned.to_dict()["model"],
+            "micro_batch": req.micro_batch, "lines": rows,
+            "within_tolerance": all(r["ratio"] is not None and abs(r["ratio"] - 1) <= TOLERANCE
+                                    for r in rows.values() if max(r["tracker_at_peak"], r["planner"])
+                                    > 0.01 * measured["peak_bytes"]),
+            "not_tracked": {"runtime": planned.memory.lines["overhead"] - predicted["overhead"],
+                            "fragmentation": planned.memory.lines["fragmentation"]}}
+
+
+def render_verify(r: dict) -> str:
+    m = r["model"]
+    head = (f"verify: {m['layers']} x {m['hidden']} ({m['heads']} heads, {m['kv_heads']} kv), seq {m['seq_len']}, "
+            f"micro-batch {r['micro_batch']}, {r['engine']} at world size {r['world_size']}: real model and engine, "
+            f"fake tensors, PyTorch memory tracker ({r['seconds']:.1f} s)")
+    rows = []
+    for line, v in r["lines"].items():
+        ratio = "-" if v["ratio"] is None else f"{v['ratio']:.3f}"
+        rows.append([line.replace("_", " "), f"{v['planner'] / GiB:,.3f}", f"{v['tracker_at_peak'] / GiB:,.3f}",
+                     ratio, f"{v['tracker_max'] / GiB:,.3f}"])
+    table = tabulate(rows, headers=["at the peak, per rank", "planner GiB", "tracker GiB", "planner/tracker",
+                                    "(line's own max GiB)"],
+                     tablefmt="simple", disable_numparse=True)
+    nt = r["not_tracked"]
+    verdict = "within" if r["within_tolerance"] else "NOT within"
+    return "\n".join([head, table,
+                      f"Not seen by the tracker (planner only): CUDA runtime {nt['runtime'] / GiB:.2f} GiB, "
+                      f"fragmentation {nt['fragmentation'] / GiB:.2f} GiB.",
+                      f"Every line that is over 1% of the peak is {verdict} {TOLERANCE:.0%} of the tracker."])

@@ -1,0 +1,175 @@
+"""Training compute: FLOPs, petaFLOP/s-days, GPU-hours, wall-clock, cost and MFU.
+
+Sources
+- C ≈ 6·N·D (Kaplan et al. 2020, §2.1: 2N forward + 4N backward FLOPs per token).
+- Model FLOPs per token with attention: 6N + 12·L·H·Q·T (Chowdhery et al. 2022, PaLM, App. B;
+  L layers, H heads, Q head dim, T sequence length; H·Q is the hidden size). MFU = achieved model
+  FLOP/s ÷ dense peak FLOP/s. Recomputation does not count toward MFU.
+- Hardware FLOPs with recomputation (Korthikanti et al. 2022, §5): full recomputation adds a
+  second forward, 8N + 16·L·H·Q·T per token; selective recomputation re-runs only the attention
+  scores, 6N + 16·L·H·Q·T.
+- 1 petaFLOP/s-day = 1e15 FLOP/s x 86,400 s = 8.64e19 FLOPs (Brown et al. 2020, App. D).
+
+One MFU basis everywhere (`MFU_BASIS`): model FLOPs with the attention term, as PaLM defines MFU
+and as the trainer logs it. GPU-hours = model FLOPs / (peak x MFU), and `implied_mfu` inverts
+exactly that, so a published run's GPU-hours go back through the planner unchanged. The same
+utilisation on the 6ND basis (what "LLaMA-7B ran at 43%" means) is shown beside it: `mfu_6nd`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.core import checks
+from planner.core.errors import PlannerError
+from planner.core.units import PF_DAY_FLOPS
+from planner.model.shapes import ModelShape
+
+#: Chinchilla's compute-optimal rule of thumb (Hoffmann et al. 2022): about 20 tokens per parameter.
+TOKENS_PER_PARAM = 20.0
+#: What MFU divides by, in every input and output of the planner.
+MFU_BASIS = "model FLOPs (6N + 12*L*H*Q*T per token, PaLM App. B)"
+#: Default MFU on that basis. Reported: PaLM 540B 46.2% (Chowdhery et al. 2022, Table 3); LLaMA-7B
+#: 47% on this basis (43% on 6ND) implied by 82,432 A100-hours for 1T tokens at seq 2048 (Touvron et
+#: al. 2023, Table 15); BloombergGPT ~24% of model FLOPs (Wu et al. 2023). 0.40 is a well-tuned
+#: dense run; small clusters do better, first attempts worse.
+DEFAULT_MFU = 0.40
+
+
+def attention_flops_per_token(shape: ModelShape) -> float:
+    """PaLM's attention term, 12·L·H·Q·T (full, non-causal score matrix, as PaLM and torchtitan)."""
+    return 12 * shape.layers * shape.heads * shape.head_dim * shape.seq_len
+
+
+def model_flops_per_token(params: float, shape: ModelShape | None) -> float:
+    return 6 * params + (attention_flops_per_token(shape) if shape else 0.0)
+
+
+def hardware_flops_per_token(params: float, shape: ModelShape | None, checkpointing: str) -> float:
+    attn = attention_flops_per_token(shape) / 12 if shape else 0.0  # one forward pass of attention / 4
+    if checkpointing == "full":
+        return 8 * params + 16 * attn
+    if checkpointing == "selective":
+        return 6 * params + 16 * attn
+    return 6 * params + 12 * attn
+
+
+@dataclass(frozen=True)
+class ComputeEstimate:
+    tokens: float
+    flops_6nd: float
+    flops: float  # model FLOPs, 6N + attention, per PaLM (the MFU numerator)
+    hardware_flops: float  # what the GPUs execute, recomputation included
+    pf_days: float
+    gpu_hours: float
+    wall_days: float
+    cost_usd: float
+    mfu: float  # on MFU_BASIS
+    mfu_6nd: float  # the same utilisation counted on 6ND (no attention term)
+    peak_flops_per_gpu: float
+    gpus: int
+    tokens_per_second: float  # whole job, at the stated MFU
+    gpu_days_per_pf_day: float  # GPU-days of this GPU at 100% of peak that make one PF/s-day
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "mfu_basis": MFU_BASIS}
+
+
+def validate_mfu(mfu: float) -> float:
+    if not (0 < mfu <= 1):
+        raise PlannerError(f"--mfu: {mfu!r} must be in (0, 1], e.g. 0.4 for 40% of dense peak")
+    return mfu
+
+
+def estimate_compute(params: float, tokens: float, shape: ModelShape | None, *, peak_flops: float,
+                     gpus: int, mfu: float = DEFAULT_MFU, price_per_gpu_hour: float = 0.0,
+                     checkpointing: str = "none") -> ComputeEstimate:
+    """Compute, time and cost of training `params` parameters on `tokens` tokens.
+
+    GPU-hours use model FLOPs at the stated MFU (MFU is defined on model FLOPs, so
+    recomputation's extra work shows up as a lower achievable MFU, not as more model FLOPs).
+    """
+    validate_mfu(mfu)
+    if gpus < 1:
+        raise PlannerError(f"--gpus: {gpus!r} must be a positive integer")
+    flops = model_flops_per_token(params, shape) * tokens
+    achieved = peak_flops * mfu
+    gpu_seconds = flops / achieved
+    gpu_hours = gpu_seconds / 3600
+    return ComputeEstimate(
+        tokens=tokens,
+        flops_6nd=6 * params * tokens,
+        flops=flops,
+        hardware_flops=hardware_flops_per_token(params, shape, checkpointing) * tokens,
+        pf_days=flops / PF_DAY_FLOPS,
+        gpu_hours=gpu_hours,
+        wall_days=gpu_hours / gpus / 24,
+        cost_usd=gpu_hours * price_per_gpu_hour,
+        mfu=mfu,
+        mfu_6nd=mfu * 6 * params / model_flops_per_token(params, shape),
+        peak_flops_per_gpu=peak_flops,
+        gpus=gpus,
+        tokens_per_second=tokens / (gpu_seconds / gpus),
+        gpu_days_per_pf_day=1e15 / peak_flops,
+    )
+
+
+def implied_mfu(flops: float, gpu_hours: float, peak_flops: float) -> float:
+    """MFU a reported run achieved: its FLOPs over what its GPU-hours could do at peak.
+
+    Give model FLOPs (`model_flops_per_token` x tokens) for the planner's basis; 6ND for the
+    6ND basis. `estimate_compute` at the first gives back `gpu_hours` exactly.
+    """
+    return flops / (gpu_hours * 3600 * peak_flops)
+
+
+def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float, gpus: int = 1) -> float:
+    """Measured MFU of a running job (the trainer's throughput monitor uses this)."""
+    return tokens_per_second * flops_per_token / (peak_flops * gpus)
+
+
+BUDGET_UNITS = ("flops", "pf_days", "gpu_hours", "days", "dollars")
+#: Training budgets the planner accepts, in FLOPs, whatever unit they are given in. Below: the smallest
+#: plan there is (1e5 parameters on 1e6 tokens is 6e11 FLOPs). Above: the largest published runs are a
+#: few 1e25 (Llama 3.1 405B: 3.8e25 FLOPs, Dubey et al. 2024), so 1e30 is ~10^5 x today's largest run;
+#: past it a law fitted below 1e24 is extrapolated beyond meaning and the plan is not a plan.
+FLOPS_RANGE = (1e12, 1e30)
+
+
+def budget_to_flops(unit: str, amount: float, *, peak_flops: float, mfu: float, gpus: int = 1,
+                    price_per_gpu_hour: float = 0.0) -> float:
+    """Model FLOPs a budget buys: FLOPs, PF/s-days, GPU-hours, wall-clock days on `gpus`, or dollars.
+
+    Whatever the unit, the FLOPs it buys must lie in `FLOPS_RANGE`."""
+    flag = f"--{unit.replace('_', '-')}"
+    if not amount > 0:
+        raise PlannerError(f"{flag}: {amount!r} must be a positive budget")
+    validate_mfu(mfu)
+    checks.integer("--gpus", gpus, 1, 1 << 24)
+    per_gpu_hour = peak_flops * mfu * 3600
+    if unit == "flops":
+        return checks.number(flag, amount, *FLOPS_RANGE)
+    if unit == "pf_days":
+        flops = amount * PF_DAY_FLOPS
+    elif unit == "gpu_hours":
+        flops = amount * per_gpu_hour
+    elif unit == "days":
+        flops = amount * 24 * gpus * per_gpu_hour
+    elif unit == "dollars":
+        if not price_per_gpu_hour > 0:
+            raise PlannerError("--dollars: needs a positive --price (USD per GPU-hour) or a GPU with a catalog price")
+        flops = amount / price_per_gpu_hour * per_gpu_hour
+    else:
+        raise PlannerError(f"budget: unknown unit {unit!r}; use one of {', '.join(BUDGET_UNITS)}")
+    lo, hi = FLOPS_RANGE
+    if not lo <= flops <= hi:  # also refuses NaN and infinities
+        raise PlannerError(f"{flag}: {amount!r} {'is' if unit == 'pf_days' else 'buys'} {flops:.3g} FLOPs; a budget "
+                           f"must come to between {lo:g} and {hi:g} FLOPs")
+    return flops
+
+
+def restate_budget(flops: float, *, peak_flops: float, mfu: float, gpus: int, price_per_gpu_hour: float) -> dict:
+    """The same budget in every unit."""
+    gpu_hours = flops / (peak_flops * mfu * 3600)
+    return {"flops": flops, "pf_days": flops / PF_DAY_FLOPS, "gpu_hours": gpu_hours,
+            "days": gpu_hours / gpus / 24, "gpus": gpus, "dollars": gpu_hours * price_per_gpu_hour}

@@ -1,0 +1,264 @@
+"""The parallel plan: how one job spreads over its GPUs, owned by one object (torchtitan's `ParallelDims`).
+
+Ground floor: imports nothing from the project but `planner.core.errors`, so the planner, the trainer and
+the launchers all read the same object. The planner's estimate request holds one, the memory model
+reads its partitioning from it, run.yaml's `parallel:` section stores it whole, and the trainer's engine
+(`pretrain.engines.build_engine`) applies it; nothing translates between them by hand.
+
+The layout (a device mesh of `dp_replicate x dp_shard x tp` ranks):
+- `tp` ranks split every weight matrix (Megatron column/row-wise, sequence parallel on the norms);
+- the `world / tp` data-parallel ranks split each batch; of those, `dp_shard` ranks partition the model
+  states (ZeRO stage 1-3 or an FSDP mode) and `dp_replicate` groups hold copies (FSDP hybrid shard);
+- the batch rule, written only here: global_batch = micro_batch x grad_accum x data-parallel ranks
+  (sequences per optimizer step).
+
+`validate` runs once. Its messages name config keys (`parallel.tp`); the planner's CLI passes
+`CLI_FLAGS` so the same rules speak in flags (`--tp`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+from planner.core.errors import PlannerError
+
+ENGINES = ("single", "ddp", "deepspeed", "fsdp")
+FSDP_MODES = ("full", "shard-grad-op", "hybrid", "no-shard")
+OFFLOAD = ("none", "optimizer", "params", "all")
+#: ZeRO stage each FSDP mode partitions like (PyTorch FSDP docs: SHARD_GRAD_OP ~ ZeRO-2, FULL_SHARD ~ ZeRO-3).
+FSDP_STAGE = {"no-shard": 0, "shard-grad-op": 2, "full": 3, "hybrid": 3}
+#: Every layout the planner compares, by name (engine and how it partitions; `node`: hybrid sharding
+#: within one node). The one list: compare, the fewest-GPUs table and the trainer's engines read it.
+STRATEGIES: dict[str, dict] = {
+    "ddp": {"engine": "ddp"},
+    "zero1": {"engine": "deepspeed", "zero_stage": 1},
+    "zero2": {"engine": "deepspeed", "zero_stage": 2},
+    "zero2+offload-opt": {"engine": "deepspeed", "zero_stage": 2, "offload": "optimizer"},
+    "zero3": {"engine": "deepspeed", "zero_stage": 3},
+    "zero3+offload-opt": {"engine": "deepspeed", "zero_stage": 3, "offload": "optimizer"},
+    "zero3+offload-all": {"engine": "deepspeed", "zero_stage": 3, "offload": "all"},
+    "fsdp-shard-grad-op": {"engine": "fsdp", "fsdp_mode": "shard-grad-op"},
+    "fsdp-full": {"engine": "fsdp", "fsdp_mode": "full"},
+    "fsdp-hybrid": {"engine": "fsdp", "fsdp_mode": "hybrid", "dp_shard": "node"},
+    "fsdp-full+offload": {"engine": "fsdp", "fsdp_mode": "full", "offload": "all"},
+}
+#: The strategies of the "fewest GPUs that fit" table (no offload: it trades step time for memory).
+FEWEST_GPUS_STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp-shard-grad-op", "fsdp-full")
+#: The planner's flags for each key, so CLI errors name what the user typed.
+CLI_FLAGS = {"engine": "--zero/--fsdp", "world": "--gpus", "nodes": "--nodes", "tp": "--tp",
+             "dp_shard": "--sharding-factor", "zero_stage": "--zero", "fsdp_mode": "--fsdp", "offload": "--offload",
+             "micro_batch": "--micro-batch", "grad_accum": "--grad-accum", "global_batch": "--batch-tokens"}
+
+
+def config_key(field: str) -> str:
+    return f"parallel.{field}"
+
+
+def cli_flag(field: str) -> str:
+    return CLI_FLAGS[field]
+
+
+@dataclass
+class ParallelPlan:
+    """Everything about a job's layout; run.yaml's `parallel:` section holds it whole."""
+
+    engine: str = "single"  # single | ddp | deepspeed | fsdp
+    world: int | None = None  # ranks (GPUs); None: whatever the launcher starts
+    nodes: int = 1
+    tp: int = 1  # tensor-parallel degree
+    dp_shard: int | None = None  # FSDP hybrid: ranks one copy is sharded over; None: all data-parallel ranks
+    zero_stage: int = 0  # DeepSpeed only
+    fsdp_mode: str = "full"  # FSDP only: full | shard-grad-op | hybrid
+    offload: str = "none"  # none | optimizer | params | all
+    micro_batch: int = 4  # sequences per rank per forward
+    grad_accum: int = 1
+    global_batch: int | None = None  # sequences per optimizer step; None: micro x accum x dp at launch
+
+    # ---- derived layout -------------------------------------------------------------------------
+    @property
+    def dp(self) -> int:
+        """Data-parallel ranks: each sees its own micro-batches."""
+        return self._world() // self.tp
+
+    @property
+    def stage(self) -> int:
+        """ZeRO numbering of what is partitioned: 0 nothing, 1 optimizer, 2 + gradients, 3 + parameters."""
+        if self.engine == "deepspeed":
+            return self.zero_stage
+        return FSDP_STAGE[self.fsdp_mode] if self.engine == "fsdp" else 0
+
+    @property
+    def shard_degree(self) -> int:
+        """Ranks the partitioned states are split over (1 when nothing is partitioned)."""
+        if self.stage == 0:
+            return 1
+        if self.engine == "fsdp" and self.fsdp_mode == "hybrid":
+            return min(self.dp_shard or self.dp, self.dp)
+        return self.dp
+
+    @property
+    def dp_replicate(self) -> int:
+        return self.dp // self.shard_degree if self.engine == "fsdp" else self.dp
+
+    @property
+    def batch(self) -> int:
+        """Sequences per optimizer step: the batch rule."""
+        return self.micro_batch * self.grad_accum * self.dp
+
+    @property
+    def strategy(self) -> str:
+        """How model states are partitioned, by name: ddp, zero1-3, fsdp-<mode> (offload aside)."""
+        if self.engine == "fsdp":
+            return f"fsdp-{self.fsdp_mode}"
+        return f"zero{self.zero_stage}" if self.engine == "deepspeed" else "ddp"
+
+    @property
+    def offload_optimizer(self) -> bool:
+        """Optimizer states (and the fp32 master weights) live on the host; FSDP offloads everything together."""
+        return self.offload in ("optimizer", "all") or (self.engine == "fsdp" and self.offload != "none")
+
+    @property
+    def offload_params(self) -> bool:
+        return self.offload in ("params", "all")
+
+    def mesh_dims(self) -> tuple[tuple[str, int], ...]:
+        """The device mesh, outermost first; tp innermost, so a rank's tensor-parallel peers are neighbours
+        (on one node) and rank = data-parallel index x tp + tp index."""
+        if self.engine == "fsdp":
+            return (("replicate", self.dp_replicate), ("shard", self.shard_degree), ("tp", self.tp))
+        return (("dp", self.dp), ("tp", self.tp))
+
+    def dp_rank(self, rank: int) -> int:
+        """Which data-parallel replica (which slice of every batch) global rank `rank` works on."""
+        return rank // self.tp
+
+    def _world(self) -> int:
+        if self.world is None:
+            raise PlannerError("parallel.world: not set (the launcher's WORLD_SIZE fills it in at start)")
+        return self.world
+
+    # ---- construction -----------------------------------------------------------------------------
+    @classmethod
+    def from_flags(cls, gpus: int, *, zero: int | None = None, fsdp: str | None = None,
+                   sharding_factor: int | None = None, offload: str = "none", tp: int = 1,
+                   micro_batch: int = 1) -> ParallelPlan:
+        """The planner's flags (`--zero`, `--fsdp`, ...) as a plan, checked with the flags' names."""
+        if zero is not None and fsdp is not None:
+            raise PlannerError("--zero and --fsdp: choose one sharding strategy, not both")
+        engine = "deepspeed" if zero is not None else "fsdp" if fsdp is not None else "ddp" if gpus > 1 else "single"
+        plan = cls(engine=engine, world=gpus, tp=tp, dp_shard=sharding_factor, zero_stage=zero or 0,
+                   fsdp_mode=fsdp or "full", offload=offload, micro_batch=micro_batch)
+        return plan.validate(cli_flag)
+
+    @classmethod
+    def for_strategy(cls, name: str, world: int, *, tp: int = 1, micro_batch: int = 1,
+                     gpus_per_node: int = 8) -> ParallelPlan:
+        """The plan for one of `STRATEGIES` on `world` ranks (hybrid shards within a node)."""
+        kw = dict(STRATEGIES[name])
+        if kw.get("dp_shard") == "node":
+            kw["dp_shard"] = min(gpus_per_node, world)
+        if kw["engine"] == "ddp" and world == 1:
+            kw["engine"] = "single"
+        return cls(world=world, tp=tp, micro_batch=micro_batch, **kw).validate(cli_flag)
+
+    def with_world(self, world: int, label: Callable[[str], str] = config_key) -> ParallelPlan:
+        """The plan on `world` ranks as launched; a stored global batch must still hold (the batch rule)."""
+        engine = "ddp" if self.engine == "single" and world > 1 else self.engine
+        try:
+            return replace(self, world=world, engine=engine).validate(label)
+        except PlannerError as exc:
+            if self.world in (None, world):
+                raise
+            raise PlannerError(f"{exc} (the plan is for {self.world} ranks, {world} launched: "
+                               "re-emit it for this size)") from None
+
+    def with_global_batch(self, global_batch: int, label: Callable[[str], str] = config_key) -> ParallelPlan:
+        """Accumulation steps so that micro x accum x dp = `global_batch` sequences."""
+        per_pass = self.micro_batch * self.dp
+        if global_batch < 1 or global_batch % per_pass:
+            raise PlannerError(
+                f"{label('global_batch')}: {global_batch:,} sequences is not a multiple of micro-batch "
+                f"{self.micro_batch} x {self.dp} data-parallel ranks = {per_pass:,}; try "
+                f"{max(1, round(global_batch / per_pass)) * per_pass:,}")
+        return replace(self, grad_accum=global_batch // per_pass, global_batch=global_batch).validate(label)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    # ---- the rules, once --------------------------------------------------------------------------
+    def validate(self, label: Callable[[str], str] = config_key) -> ParallelPlan:
+        """Every rule about the layout; raises PlannerError naming the key (or flag). Returns self."""
+        for message in self._problems(label):
+            raise PlannerError(message)
+        return self
+
+    def _problems(self, k: Callable[[str], str]):
+        one_of = "is not one of"
+        if self.engine not in ENGINES:
+            yield f"{k('engine')}: {self.engine!r} {one_of} {', '.join(ENGINES)}"
+        for key in ("nodes", "tp", "micro_batch", "grad_accum"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                yield f"{k(key)}: {value!r} must be a whole number >= 1"
+        for key in ("world", "dp_shard", "global_batch"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                yield f"{k(key)}: {value!r} must be a whole number >= 1"
+        if self.zero_stage not in (0, 1, 2, 3):
+            yield f"{k('zero_stage')}: {self.zero_stage!r} {one_of} 0, 1, 2, 3"
+        if self.fsdp_mode not in FSDP_MODES:
+            yield f"{k('fsdp_mode')}: {self.fsdp_mode!r} {one_of} {', '.join(FSDP_MODES)}"
+        if self.offload not in OFFLOAD:
+            yield f"{k('offload')}: {self.offload!r} {one_of} {', '.join(OFFLOAD)}"
+        yield from self._offload_problems(k)
+        if self.dp_shard is not None and not (self.engine == "fsdp" and self.fsdp_mode == "hybrid"):
+            yield f"{k('dp_shard')}: only applies to FSDP hybrid sharding"
+        if self.zero_stage and self.engine != "deepspeed":
+            yield f"{k('zero_stage')}: {self.zero_stage} applies to DeepSpeed only (engine is {self.engine})"
+        if self.world is not None:
+            yield from self._world_problems(k)
+
+    def _offload_problems(self, k):
+        o = self.offload
+        if o == "none":
+            return
+        if self.engine in ("single", "ddp") or (self.engine == "deepspeed" and self.zero_stage == 0):
+            yield f"{k('offload')}: CPU offload needs ZeRO ({k('zero_stage')} 1, 2 or 3) or FSDP full/hybrid"
+        elif self.engine == "deepspeed" and o in ("params", "all") and self.zero_stage != 3:
+            yield f"{k('offload')}: parameter offload needs {k('zero_stage')} 3 (got {self.zero_stage})"
+        elif self.engine == "fsdp" and o == "optimizer":
+            yield (f"{k('offload')}: FSDP offloads parameters, gradients and optimizer states together; "
+                   "use all (or params)")
+        elif self.engine == "fsdp" and FSDP_STAGE[self.fsdp_mode] < 3:
+            yield f"{k('offload')}: FSDP CPU offload needs {k('fsdp_mode')} full or hybrid, not {self.fsdp_mode}"
+
+    def _world_problems(self, k):
+        world = self.world
+        if self.tp > world or world % self.tp:
+            yield f"{k('tp')}: {self.tp} does not divide {k('world')} {world}"
+            return
+        if world % self.nodes:
+            yield f"{k('nodes')}: {self.nodes} nodes do not split {k('world')} {world} evenly"
+        if self.engine == "single" and world > 1:
+            yield f"{k('engine')}: single runs one process; {world} ranks need ddp, deepspeed or fsdp"
+        if self.dp_shard is not None and self.dp % min(self.dp_shard, self.dp):
+            yield f"{k('dp_shard')}: {self.dp_shard} does not divide the {self.dp} data-parallel ranks"
+        if self.global_batch is not None and self.global_batch != self.batch:
+            yield (f"{k('global_batch')}: {self.global_batch} sequences != {k('micro_batch')} {self.micro_batch} x "
+                   f"{k('grad_accum')} {self.grad_accum} x {self.dp} data-parallel ranks = {self.batch}")
+
+    def check_runnable(self, label: Callable[[str], str] = config_key) -> ParallelPlan:
+        """What our trainer runs, beyond what the planner can estimate (Megatron + ZeRO, FSDP no-shard)."""
+        if self.engine == "fsdp" and self.fsdp_mode == "no-shard":
+            raise PlannerError(f"{label('fsdp_mode')}: no-shard is plain data parallelism; use engine ddp")
+        if self.tp > 1 and self.engine == "deepspeed":
+            raise PlannerError(f"{label('tp')}: DeepSpeed here runs without tensor parallelism (that needs "
+                               "Megatron-DeepSpeed); for TP use FSDP (engine fsdp, a 2-D device mesh)")
+        if self.tp > 1 and self.engine != "fsdp":
+            raise PlannerError(f"{label('tp')}: tensor parallelism runs composed with FSDP2 on a 2-D device mesh; "
+                               f"set engine fsdp (got {self.engine})")
+        if self.tp > 1 and self.offload != "none":
+            raise PlannerError(f"{label('offload')}: CPU offload with tensor parallelism is not supported; use none")
+        return self
+

@@ -1,0 +1,297 @@
+"""The run schema: the one typed, torch-free description of a job, which run.yaml holds.
+
+Sections: `model` (the shape the trainer builds), `parallel` (the layout, `planner.core.parallel`),
+`data`, `optim`, `train`, `engine`, `tracking`, `planning` (every assumption the planner's estimate
+rests on: hardware, a custom GPU entry written in whole, accounting convention, fragmentation,
+runtime, flash attention, fine-tuning) and `plan` (the planner's predictions, logged next to the
+measurements). `planner emit`, the ladder, the demo, `launch` and `pretrain.train` build and read only
+this type; YAML goes in through `load_config` and out through `dump_config`, nowhere else.
+
+A wrong type, an unknown key or a missing value fails at load time with a message naming the key
+path (`parallel.micro_batch`), and cross-field rules (heads dividing hidden, batch sizes agreeing)
+are checked in `validate`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from planner.core.errors import PlannerError
+from planner.core.parallel import ParallelPlan
+
+
+class ConfigError(PlannerError):
+    """A run config that cannot be used; the message names the key."""
+
+
+@dataclass
+class ModelConfig:
+    layers: int = 2
+    hidden: int = 64
+    heads: int = 4
+    kv_heads: int | None = None
+    ffn_hidden: int | None = None
+    vocab: int = 256
+    seq_len: int = 64
+    tied_embeddings: bool = False
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    init_std: float = 0.02
+
+
+@dataclass
+class DataConfig:
+    train: str = "???"  # folder of packed token shards (pretrain.data.shards)
+    eval: str | None = None  # held-out shards; None: no evaluation
+    tokenizer: str | None = None  # tokenizer.json used to build the shards
+    seed: int = 1234
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 10
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 100
+    precision: str = "bf16-mixed"  # bf16-mixed | fp32
+    seed: int = 1234
+    eval_every: int = 50
+    eval_batches: int = 4
+    checkpoint_every: int = 50
+    checkpoint_dir: str = "checkpoints"
+    resume: bool = True  # resume from checkpoint_dir/latest when it exists
+    log_every: int = 1
+    max_skipped_steps: int = 10  # stop after this many consecutive skipped (non-finite or spiking) steps
+    spike_factor: float = 0.0  # skip a step whose loss exceeds factor x rolling mean; 0 turns it off
+    spike_window: int = 20
+    activation_checkpointing: bool = False
+    keep_last_checkpoints: int = 3  # older complete checkpoints are deleted; `latest` and the one being written never
+
+
+@dataclass
+class EngineConfig:
+    """How the engine talks to the machine; what it does (the layout) is `parallel`."""
+
+    ds_config: str | None = None  # path to an emitted ds_config.json; None: built from the parallel plan
+    backend: str | None = None  # None: nccl on GPU, gloo on CPU
+    timeout_s: int = 600
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "pretrain"
+    run_name: str | None = None
+    fallback_dir: str = "mlflow-offline"  # metrics kept here when the server is down
+
+
+@dataclass
+class GPUSpec:
+    """A GPU that is not in the built-in catalog (a user's `--gpu-catalog` entry), written in whole."""
+
+    memory_gib: float = 80.0
+    peak_tflops: dict[str, float] = field(default_factory=dict)  # dense, per dtype
+    price_per_hour: float = 0.0
+    interconnect_gbps: float = 0.0
+    description: str = ""
+
+
+@dataclass
+class PlanningConfig:
+    """The assumptions behind the plan; with `model`, `parallel` and `train` they make the estimate."""
+
+    params: float | None = None  # the count planned with, when given as --params (the shape is inferred)
+    gpu: str = "a100-80gb"
+    gpu_spec: GPUSpec | None = None  # set when `gpu` is not a built-in entry (or overrides one)
+    gpus_per_node: int = 8
+    tokens: float | None = None  # the plan's training tokens; None: 20 per parameter
+    convention: str | None = None  # model-state accounting; None: the engine's own
+    flash_attention: bool = True
+    mfu: float = 0.40
+    price: float | None = None  # USD per GPU-hour; None: the catalog's
+    runtime_gib: float = 0.75
+    fragmentation: float = 0.15
+    finetune: str | None = None  # None: pretraining; full: all weights (adapters are not trained here)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    out_dir: str = "runs/run"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelPlan = field(default_factory=ParallelPlan)  # planner.core.parallel: the one layout
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    planning: PlanningConfig | None = None  # None: no planner made this config (memory is not pre-checked)
+    plan: dict[str, Any] = field(default_factory=dict)  # the planner's predictions, written by `planner emit`
+
+
+def _load_yaml_mapping(path: Path):
+    """A YAML file that must hold a mapping; one ConfigError for anything else (OmegaConf loads safely:
+    tags such as !!python/object are refused, no code runs)."""
+    import yaml
+    from omegaconf import DictConfig, OmegaConf
+
+    if path.is_dir():
+        raise ConfigError(f"config: {path} is a folder, not a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"config: {path} does not exist")
+    try:
+        loaded = OmegaConf.load(path)
+    except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"config: {path} is not valid YAML text: {first}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"config: {path} holds a {type(loaded).__name__}, not a mapping of keys to values")
+    return loaded
+
+
+def load_structured(schema: type, path: str | Path | None = None, overrides: list[str] | None = None):
+    """A dataclass instance of `schema` from YAML (optional) and dotlist overrides (`train.steps=20`).
+
+    Wrong types, unknown keys and missing values fail here, as one ConfigError naming the key.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        merged = OmegaConf.structured(schema)
+        if path is not None:
+            merged = OmegaConf.merge(merged, _load_yaml_mapping(Path(path)))
+        if overrides:
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        missing = sorted(OmegaConf.missing_keys(merged))
+        if missing:
+            raise ConfigError(f"config: missing value for {', '.join(missing)}")
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"config: {_omegaconf_message(exc)}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """The run config from YAML and overrides, validated; ds_config resolved beside the YAML."""
+    cfg: RunConfig = load_structured(RunConfig, path, overrides)
+    if path is not None and cfg.engine.ds_config and not Path(cfg.engine.ds_config).is_absolute():
+        cfg.engine.ds_config = str(Path(path).resolve().parent / cfg.engine.ds_config)  # beside run.yaml
+    validate(cfg)
+    return cfg
+
+
+def dump_config(cfg: RunConfig, header: str | None = None) -> str:
+    """run.yaml's text for `cfg`: every section in schema order, byte-identical for equal configs."""
+    import yaml
+
+    text = yaml.safe_dump(to_plain(cfg), sort_keys=False, default_flow_style=False)
+    return (f"# {header}\n" if header else "") + text
+
+
+def to_plain(cfg: RunConfig) -> dict[str, Any]:
+    """`cfg` as plain dicts, lists and scalars (what YAML and JSON hold)."""
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def _omegaconf_message(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    key = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("full_key:")), None)
+    head = lines[0] if lines else type(exc).__name__
+    return f"{key}: {head}" if key and key not in head else head
+
+
+def validate(cfg: RunConfig) -> None:
+    m, t, e = cfg.model, cfg.train, cfg.engine
+    try:
+        cfg.parallel.validate().check_runnable()
+    except PlannerError as exc:
+        raise ConfigError(str(exc)) from None
+    checks = [
+        (m.hidden % m.heads == 0, f"model.heads: {m.heads} does not divide model.hidden {m.hidden}"),
+        ((m.hidden // m.heads) % 2 == 0, f"model.hidden / model.heads = {m.hidden // m.heads} must be even for rotary positions"),
+        (m.kv_heads is None or (m.kv_heads > 0 and m.heads % m.kv_heads == 0),
+         f"model.kv_heads: {m.kv_heads} must divide model.heads {m.heads}"),
+        (min(m.layers, m.hidden, m.heads, m.vocab, m.seq_len) > 0, "model: layers, hidden, heads, vocab, seq_len must be positive"),
+        (t.steps > 0, f"train.steps: {t.steps} must be positive"),
+        (t.precision in ("bf16-mixed", "fp32"), f"train.precision: {t.precision!r} is not one of bf16-mixed, fp32"),
+        (t.checkpoint_every > 0 and t.eval_every > 0 and t.log_every > 0,
+         "train.checkpoint_every, train.eval_every and train.log_every must be positive"),
+        (cfg.model.heads % cfg.parallel.tp == 0 and (m.kv_heads or m.heads) % cfg.parallel.tp == 0,
+         f"parallel.tp: {cfg.parallel.tp} must divide model.heads {m.heads} and model.kv_heads {m.kv_heads or m.heads}"),
+        (cfg.parallel.tp == 1 or not m.tied_embeddings,
+         "parallel.tp: tied embeddings are not split by tensor parallelism here; set model.tied_embeddings false"),
+        (e.ds_config is None or Path(e.ds_config).is_file(), f"engine.ds_config: {e.ds_config} does not exist"),
+        (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
+        (cfg.optim.lr > 0, f"optim.lr: {cfg.optim.lr} must be positive"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    from planner.core import checks as check
+
+    check.name("name", cfg.name)
+    check.no_control("out_dir", cfg.out_dir)
+    check.no_control("train.checkpoint_dir", t.checkpoint_dir)
+    check.number("optim.lr", cfg.optim.lr, 0.0, check.MAX_LR, lo_open=True)
+    check.number("optim.grad_clip", cfg.optim.grad_clip, 0.0, 1e12)
+    check.number("optim.min_lr_ratio", cfg.optim.min_lr_ratio, 0.0, 1.0)
+    check.number("optim.weight_decay", cfg.optim.weight_decay, 0.0, 10.0)
+    check.number("train.spike_factor", t.spike_factor, 0.0, 1e6)
+    check.integer("train.keep_last_checkpoints", t.keep_last_checkpoints, 1)
+    check.integer("engine.timeout_s", e.timeout_s, 1)
+    if cfg.planning is not None:
+        _validate_planning(cfg.planning)
+
+
+def _validate_planning(p: PlanningConfig) -> None:
+    from planner.core import checks as check
+
+    check.name("planning.gpu", p.gpu)
+    check.integer("planning.gpus_per_node", p.gpus_per_node, 1, 1 << 10)
+    check.number("planning.mfu", p.mfu, 0.0, 1.0, lo_open=True)
+    check.number("planning.runtime_gib", p.runtime_gib, 0.0, 64.0)
+    check.number("planning.fragmentation", p.fragmentation, 0.0, 0.5)
+    if p.params is not None:
+        check.number("planning.params", p.params, 1e5, 1e14)
+    if p.tokens is not None:
+        check.number("planning.tokens", p.tokens, 1e3, 1e17)
+    if p.price is not None:
+        check.number("planning.price", p.price, 0.0, 1000.0)
+    if p.finetune not in (None, "full"):
+        raise ConfigError(f"planning.finetune: {p.finetune!r} is not trained here (only full, or none)")
+    if p.gpu_spec is not None:
+        check.number("planning.gpu_spec.memory_gib", p.gpu_spec.memory_gib, 0.0, 1e4, lo_open=True)
+        for dtype, tflops in p.gpu_spec.peak_tflops.items():
+            check.number(f"planning.gpu_spec.peak_tflops.{dtype}", tflops, 0.0, 1e6, lo_open=True)
+        check.number("planning.gpu_spec.price_per_hour", p.gpu_spec.price_per_hour, 0.0, 1000.0)
+
+
+def flatten(cfg: RunConfig) -> dict[str, Any]:
+    """`model.hidden: 64`-style flat dict (MLflow params)."""
+    from dataclasses import asdict
+
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value
+
+    walk("", {k: v for k, v in asdict(cfg).items() if k != "plan"})
+    return out

@@ -1,0 +1,363 @@
+"""`planner ladder`: a designed sweep whose fitted law must predict a run it has not seen.
+
+Anchors: OLMo's model ladder (Bhagia et al. 2024: small runs -> predict a large run's loss) and
+Chinchilla's approach 3 (Hoffmann et al. 2022: L(N, D) = E + A/N^alpha + B/D^beta over sizes x tokens).
+
+Design (`design`), sizes x token multiples:
+- sizes: one model per width, shapes from the planner (`planner.model.shapes.ModelShape`), heads of 16
+  dimensions; the held-out size is wider than every ladder size;
+- tokens: each size trains on m x k x N tokens for every multiple m, with k chosen so that the
+  ladder's model FLOPs (6ND + attention, `planner.compute.flops`) add up to the ladder budget;
+- the held-out point: the held-out size at the target budget (D = C / flops per token);
+- per-size hyperparameters, a stated rule: lr = LR_REF x (H_REF / hidden) (the 1/width scaling of
+  muP's hidden layers, Yang et al. 2022), capped at LR_MAX; warmup 5% of the steps; the batch fixed
+  in tokens (`batch_tokens`) for every size.
+
+The ladder's runs are ordinary run configs (one folder each, `run.yaml`); `run_ladder.sh` trains
+the ladder, then `planner ladder predict` fits the finished runs (read back from MLflow with the
+names the trainer logs: params.n_params, params.train_tokens, metrics.eval_loss) and writes the
+held-out prediction into the held-out run's config before it trains; the trainer logs it as
+`loss_predicted` beside its `eval_loss`. `planner ladder report` gives the held-out error with the
+bootstrap band and refuses to re-plan from a law that did not converge or whose band is too wide.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from planner.compute import flops as compute
+from planner.core import checks
+from planner.core.errors import PlannerError
+from planner.core.io import atomic_write_json, atomic_write_text
+from planner.core.parallel import ParallelPlan, cli_flag
+from planner.core.schema import (
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrackingConfig,
+    TrainConfig,
+    dump_config,
+    load_config,
+)
+from planner.emit.command import python_command, render
+from planner.model.shapes import ModelShape
+
+LR_REF, H_REF, LR_MAX = 0.01, 64, 0.03
+WARMUP_FRACTION = 0.05
+HEAD_DIM = 16
+#: A law whose bootstrap band on the held-out prediction is wider than this (relative) is not used to re-plan.
+MAX_BAND = 0.05
+HOLDOUT_ENGINES = ("single", "ddp", "deepspeed", "fsdp")
+#: The shortest run a ladder point may be: fewer optimizer steps than this measure warm-up, not a law.
+MIN_STEPS = 20
+#: Token multiples (tokens = m x k x N): k is set by the budget, so only their ratios matter; past 1000 the
+#: smallest multiple's runs are too short to train.
+MAX_MULTIPLE = 1e3
+#: Tokens per optimizer step: 2^24 (16.8M) is above the largest published LLM batches (Llama 3 405B: 16M).
+MAX_BATCH_TOKENS = 1 << 24
+
+
+@dataclass(frozen=True)
+class LadderPoint:
+    name: str
+    layers: int
+    hidden: int
+    heads: int
+    params: int
+    tokens: int
+    steps: int
+    lr: float
+    warmup_steps: int
+    flops: float
+    held_out: bool = False
+    multiple: float = 0.0  # the token multiple m of a ladder point (tokens = m x k x N); 0 for the held-out run
+
+
+@dataclass(frozen=True)
+class Ladder:
+    points: tuple[LadderPoint, ...]
+    seq_len: int
+    vocab: int
+    batch_tokens: int
+    ladder_flops: float
+    target_flops: float
+
+    @property
+    def spent_flops(self) -> float:
+        return sum(p.flops for p in self.points if not p.held_out)
+
+    def to_dict(self) -> dict:
+        return {"points": [asdict(p) for p in self.points], "seq_len": self.seq_len, "vocab": self.vocab,
+                "batch_tokens": self.batch_tokens, "ladder_flops": self.ladder_flops,
+                "target_flops": self.target_flops, "spent_flops": self.spent_flops,
+                "held_out_flops": sum(p.flops for p in self.points if p.held_out)}
+
+
+def lr_for(hidden: int, lr_ref: float = LR_REF) -> float:
+    """lr_ref at width H_REF, scaled by 1/width, capped at LR_MAX."""
+    return min(LR_MAX, lr_ref * H_REF / hidden)
+
+
+def shape_for(hidden: int, layers: int, vocab: int, seq_len: int) -> ModelShape:
+    return ModelShape(layers, hidden, max(1, hidden // HEAD_DIM), vocab, seq_len)
+
+
+def _point(shape: ModelShape, tokens: float, batch_tokens: int, lr_ref: float, held_out: bool = False,
+           multiple: float = 0.0) -> LadderPoint:
+    steps = max(1, round(tokens / batch_tokens))
+    n = shape.param_count()
+    flops = compute.model_flops_per_token(n, shape) * steps * batch_tokens
+    name = f"h{shape.hidden}-l{shape.layers}-t{steps * batch_tokens // 1000}k" + ("-heldout" if held_out else "")
+    return LadderPoint(name, shape.layers, shape.hidden, shape.heads, n, steps * batch_tokens, steps,
+                       lr_for(shape.hidden, lr_ref), max(1, round(WARMUP_FRACTION * steps)), flops, held_out, multiple)
+
+
+def _whole(value):
+    """16.0 -> 16 (a width read as a float); anything else is left for `checks.integer` to judge."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def design(*, widths: list[int], holdout_width: int, layers: int, vocab: int, seq_len: int, batch_tokens: int,
+           ladder_flops: float, target_flops: float, multiples: list[float], lr_ref: float = LR_REF) -> Ladder:
+    """Sizes x token multiples spending `ladder_flops`, and one held-out run at `target_flops`."""
+    checks.integer("--layers", layers, 1, 1000)
+    checks.integer("--vocab", vocab, 2, 1 << 24)
+    checks.integer("--seq-len", seq_len, 2, 1 << 20)
+    checks.integer("--batch-tokens", batch_tokens, seq_len, MAX_BATCH_TOKENS)
+    checks.number("--ladder-flops", ladder_flops, 1.0, compute.FLOPS_RANGE[1])
+    checks.number("--target-flops", target_flops, 1.0, compute.FLOPS_RANGE[1])
+    checks.number("--lr-ref", lr_ref, 1e-6, LR_MAX)
+    widths = [checks.integer("--widths", _whole(w), 4, 1 << 16) for w in widths]
+    checks.integer("--holdout-width", holdout_width, 4, 1 << 16)
+    for m in multiples:
+        checks.number("--multiples", m, 0.0, MAX_MULTIPLE, lo_open=True)
+    if len(set(widths)) < 3 or len(set(multiples)) < 3:
+        raise PlannerError("--widths and --multiples: the law has two exponents; give at least 3 distinct of each")
+    for w in (*widths, holdout_width):
+        heads = max(1, w // HEAD_DIM)
+        if w % heads or (w // heads) % 2:
+            raise PlannerError(f"--widths: {w} does not split into {heads} heads of an even size")
+    if holdout_width <= max(widths):
+        raise PlannerError(f"--holdout-width: {holdout_width} must be wider than every ladder width (max {max(widths)})")
+    if batch_tokens % seq_len:
+        raise PlannerError(f"--batch-tokens: {batch_tokens} is not a multiple of --seq-len {seq_len}")
+    shapes = [shape_for(w, layers, vocab, seq_len) for w in sorted(set(widths))]
+    per_token = [compute.model_flops_per_token(s.param_count(), s) for s in shapes]
+    # tokens = k * m * N: the ladder's FLOPs are k * sum_m sum_i m * N_i * flops_per_token_i
+    unit = sum(m * s.param_count() * f for m in multiples for s, f in zip(shapes, per_token, strict=True))
+    k = ladder_flops / unit
+    points = [_point(s, k * m * s.param_count(), batch_tokens, lr_ref, multiple=m) for s in shapes for m in sorted(multiples)]
+    held = shape_for(holdout_width, layers, vocab, seq_len)
+    held_tokens = target_flops / compute.model_flops_per_token(held.param_count(), held)
+    if min(p.steps for p in points) < MIN_STEPS:
+        raise PlannerError(f"--ladder-flops: {ladder_flops:.3g} gives runs of under {MIN_STEPS} steps of {batch_tokens} "
+                           "tokens; raise the budget or lower --batch-tokens")
+    points.append(_point(held, held_tokens, batch_tokens, lr_ref, held_out=True))
+    if points[-1].steps < MIN_STEPS:
+        raise PlannerError(f"--target-flops: {target_flops:.3g} gives the held-out run under {MIN_STEPS} steps of "
+                           f"{batch_tokens} tokens; raise it or lower --batch-tokens")
+    return Ladder(tuple(points), seq_len, vocab, batch_tokens, ladder_flops, target_flops)
+
+
+def layout(ladder: Ladder, micro_batch: int, engine: str = "single", world: int = 1) -> ParallelPlan:
+    """How one point trains: `world` ranks of `engine` (single | ddp | deepspeed (ZeRO-2) | fsdp (full)),
+    `micro_batch` sequences per rank, and the ladder's batch in tokens as the global batch."""
+    if engine not in HOLDOUT_ENGINES:
+        raise PlannerError(f"--holdout-engine: {engine!r} is not one of {', '.join(HOLDOUT_ENGINES)}")
+    if (engine == "single") != (world == 1):
+        raise PlannerError(f"--holdout-gpus: {world} with engine {engine}: one rank is 'single', several need ddp, "
+                           "deepspeed or fsdp")
+    micro_batch = min(micro_batch, max(1, ladder.batch_tokens // ladder.seq_len // world))  # ranks share the batch
+    plan = ParallelPlan.from_flags(world, zero=2 if engine == "deepspeed" else None,
+                                   fsdp="full" if engine == "fsdp" else None, micro_batch=micro_batch)
+    return plan.with_global_batch(ladder.batch_tokens // ladder.seq_len, cli_flag)
+
+
+def run_config(point: LadderPoint, ladder: Ladder, plan: ParallelPlan, *, train: str, eval_data: str, out_dir: str,
+               tracking_uri: str, experiment: str) -> RunConfig:
+    """The run config of one point, fp32."""
+    return RunConfig(
+        name=point.name, out_dir=out_dir,
+        model=ModelConfig(layers=point.layers, hidden=point.hidden, heads=point.heads, vocab=ladder.vocab,
+                          seq_len=ladder.seq_len),
+        data=DataConfig(train=train, eval=eval_data),
+        optim=OptimConfig(lr=point.lr, warmup_steps=point.warmup_steps),
+        train=TrainConfig(steps=point.steps, precision="fp32", eval_every=point.steps, eval_batches=16,
+                          checkpoint_every=point.steps, log_every=max(1, point.steps // 20)),
+        parallel=plan,
+        tracking=TrackingConfig(tracking_uri=tracking_uri, experiment=experiment, run_name=point.name),
+        plan={"ladder_point": asdict(point)},
+    )
+
+
+def relative_error(predicted: float, measured: float) -> float:
+    return (predicted - measured) / measured
+
+
+def band_ok(low: float, high: float, predicted: float) -> bool:
+    return math.isfinite(low) and math.isfinite(high) and (high - low) / 2 <= MAX_BAND * predicted
+
+
+# ---- the workflow: write, predict the held-out run, report ---------------------------------------
+LADDER_FILE, PREDICTION_FILE, REPORT_FILE = "ladder.json", "prediction.json", "report.json"
+
+
+def write(ladder: Ladder, out: str, *, train: str, eval_data: str, micro_batch: int, experiment: str,
+          bootstrap: int, python: str, holdout_engine: str = "single", holdout_gpus: int = 1) -> dict:
+    """One folder per point, `ladder.json`, and `run_ladder.sh` (the one launch for all of them).
+
+    Ladder points train on one process; the held-out run may train as the real job would, on
+    `holdout_gpus` ranks of `holdout_engine` through `launch local` (same global batch, same math).
+    """
+
+    single, held_plan = layout(ladder, micro_batch), layout(ladder, micro_batch, holdout_engine, holdout_gpus)
+    root = Path(out).resolve()
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    q = shlex.quote
+    lines = ["#!/usr/bin/env bash", "# Emitted by `planner ladder`: the ladder, the prediction, the held-out run, the report.",
+             "set -euo pipefail", f"cd {q(str(root))}", "export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}"]
+    for p in ladder.points:
+        folder = root / "points" / p.name
+        plan = held_plan if p.held_out else single
+        cfg = run_config(p, ladder, plan, train=str(Path(train).resolve()),
+                         eval_data=str(Path(eval_data).resolve()), out_dir=str(folder / "run"), tracking_uri=uri,
+                         experiment=experiment)
+        atomic_write_text(folder / "run.yaml", dump_config(cfg))
+        if p.held_out:
+            lines.append(f"{q(python)} -m planner.cli ladder predict {q(str(root))} --bootstrap {bootstrap}")
+        lines.append(f"[ -f {q(str(folder / 'run/summary.json'))} ] || {train_command(python, folder, plan)}")
+    lines.append(f"{q(python)} -m planner.cli ladder report {q(str(root))}")
+    atomic_write_text(root / "run_ladder.sh", "\n".join(lines) + "\n").chmod(0o755)
+    meta = {**ladder.to_dict(), "train": str(Path(train).resolve()), "eval": str(Path(eval_data).resolve()),
+            "tracking_uri": uri, "experiment": experiment}
+    atomic_write_json(root / LADDER_FILE, meta)
+    return meta
+
+
+def train_command(python: str, folder: Path, plan: ParallelPlan) -> str:
+    """One process: the trainer itself; several: `launch local` (torchrun or the deepspeed launcher)."""
+    q = shlex.quote
+    if plan.world == 1:
+        return render(python_command(python, str(folder / "run.yaml")))
+    return f"(cd {q(str(folder))} && {q(python)} -m launch.cli local run.yaml --nproc {plan.world})"
+
+
+def _load(root) -> dict:
+    path = Path(root) / LADDER_FILE
+    if not path.is_file():
+        raise PlannerError(f"LADDER_DIR: {root} has no {LADDER_FILE} (write one with `planner ladder design`)")
+    return json.loads(path.read_text())
+
+
+def finished_runs(meta: dict) -> dict[str, dict]:
+    """Point name -> {n_params, train_tokens, eval_loss} of every finished run in the ladder's MLflow store."""
+    from planner.laws.rundata import load_table
+
+    table = load_table(f"mlflow:{meta['experiment']}", meta["tracking_uri"])
+    need = ("tags.mlflow.runName", "params.n_params", "params.train_tokens", "metrics.eval_loss")
+    missing = [c for c in need if c not in table.columns]
+    if missing:
+        raise PlannerError(f"LADDER_DIR: the MLflow runs lack {', '.join(missing)} (no run has finished yet?)")
+    table = table[table["status"] == "FINISHED"].dropna(subset=list(need))
+    return {row["tags.mlflow.runName"]: {"n_params": float(row["params.n_params"]),
+                                         "train_tokens": float(row["params.train_tokens"]),
+                                         "eval_loss": float(row["metrics.eval_loss"])} for _, row in table.iterrows()}
+
+
+def predict(root, bootstrap: int = 30) -> dict:
+    """Fit the finished ladder runs and write the held-out run's prediction into its run.yaml."""
+    import numpy as np
+
+    from planner.laws.fit import fit_nd, predict_nd
+
+    meta, root = _load(root), Path(root)
+    runs = finished_runs(meta)
+    ladder_points = [p for p in meta["points"] if not p["held_out"]]
+    held = next(p for p in meta["points"] if p["held_out"])
+    have = [runs[p["name"]] for p in ladder_points if p["name"] in runs]
+    if len(have) < len(ladder_points):
+        raise PlannerError(f"LADDER_DIR: {len(have)} of {len(ladder_points)} ladder runs have finished; train them first")
+    n, d, loss = (np.array([r[k] for r in have]) for k in ("n_params", "train_tokens", "eval_loss"))
+    fit = fit_nd(n, d, loss, bootstrap=bootstrap)
+    predicted = float(predict_nd(fit.params, held["params"], held["tokens"]))
+    samples = [float(predict_nd(s, held["params"], held["tokens"])) for s in fit.extra.get("bootstrap_params", [])]
+    low, high = (np.percentile(samples, [2.5, 97.5]).tolist() if samples else [math.nan, math.nan])
+    result = {"law": fit.params, "stderr": fit.stderr, "converged": fit.converged, "message": fit.message,
+              "held_out": held["name"], "loss_predicted": predicted, "band": [low, high], "bootstrap": bootstrap,
+              "fitted_on": len(have)}
+    config = root / "points" / held["name"] / "run.yaml"
+    cfg = load_config(config)
+    cfg.plan.update({"loss_predicted": predicted, "loss_predicted_low": low, "loss_predicted_high": high})
+    atomic_write_text(config, dump_config(cfg))
+    atomic_write_json(root / PREDICTION_FILE, result)
+    return result
+
+
+def report(root) -> dict:
+    """Held-out error, E against the source's true entropy rate (when the data knows it), and the re-plan
+    or the refusal, as JSON and Markdown."""
+
+    meta, root = _load(root), Path(root)
+    if not (root / PREDICTION_FILE).is_file():
+        raise PlannerError(f"LADDER_DIR: no {PREDICTION_FILE}; run `planner ladder predict` before the held-out run")
+    pred = json.loads((root / PREDICTION_FILE).read_text())
+    runs = finished_runs(meta)
+    measured = runs.get(pred["held_out"])
+    if measured is None:
+        raise PlannerError(f"LADDER_DIR: the held-out run {pred['held_out']} has not finished")
+    out = {**pred, "loss_measured": measured["eval_loss"],
+           "error": relative_error(pred["loss_predicted"], measured["eval_loss"])}
+    manifest = Path(meta["train"]) / "manifest.json"
+    truth = json.loads(manifest.read_text()).get("entropy_rate_nats") if manifest.is_file() else None
+    if truth:
+        out["true_entropy_rate"], out["E_error"] = truth, relative_error(pred["law"]["E"], truth)
+    out["monotone"] = monotone(meta["points"], runs, pred["law"])
+    low, high = pred["band"]
+    out["usable"], out["refusal"] = usable(pred["converged"], pred["message"], low, high, pred["loss_predicted"])
+    if out["usable"]:
+        from planner.laws.scaling import ParametricLaw, plan_optimal
+
+        law = ParametricLaw(**{k: pred["law"][k] for k in ("E", "A", "B", "alpha", "beta")}, name="ladder")
+        out["replan"] = plan_optimal(law, meta["target_flops"]).to_dict()
+    atomic_write_json(root / REPORT_FILE, out)
+    return out
+
+
+def monotone(points: list[dict], runs: dict[str, dict], law: dict) -> dict:
+    """Per token multiple, does the measured order of the sizes match the order the fitted law predicts?
+
+    `ok` is true when it does at every multiple; `orders` gives, per multiple, the point names in measured
+    and predicted order (best first). A ladder whose larger models lose at a fixed budget cannot be fitted
+    by L(N, D): its lr or its data (repetition) is wrong for the larger sizes.
+    """
+    from planner.laws.fit import predict_nd
+
+    orders, ok = {}, True
+    for m in sorted({p["multiple"] for p in points if not p["held_out"]}):
+        group = [p for p in points if not p["held_out"] and p["multiple"] == m and p["name"] in runs]
+        measured = [p["name"] for p in sorted(group, key=lambda p: runs[p["name"]]["eval_loss"])]
+        predicted = [p["name"] for p in sorted(group, key=lambda p: float(predict_nd(law, p["params"], p["tokens"])))]
+        orders[f"{m:g}"] = {"measured": measured, "predicted": predicted}
+        ok = ok and measured == predicted
+    return {"ok": ok, "orders": orders}
+
+
+def describe_monotone(mono: dict) -> str:
+    """One line: is the ladder monotone, and each multiple's sizes in measured order (best first)."""
+    orders = "; ".join(f"x{m}: " + " < ".join(o["measured"]) for m, o in mono["orders"].items())
+    return f"monotone in size at every token multiple: {'yes' if mono['ok'] else 'NO'} ({orders}, by eval loss)"
+
+
+def usable(converged: bool, message: str, low: float, high: float, predicted: float) -> tuple[bool, str]:
+    if not converged:
+        return False, (f"the fit did not converge ({message}); more distinct sizes, more tokens per size and less "
+                       "data repetition would help")
+    if not band_ok(low, high, predicted):
+        return False, (f"the bootstrap band on the held-out prediction ({low:.4g}-{high:.4g}) is wider than "
+                       f"+/-{MAX_BAND:.0%}; more runs (sizes x tokens) or a larger --bootstrap would tighten it")
+    return True, ""

@@ -1,0 +1,208 @@
+"""Activation memory: the bytes autograd keeps for backward, term by term, per architecture.
+
+A term is one tensor that a layer saves for its backward pass, in bytes per token (one position
+of one sequence: multiply by s·b). The terms are derived from what the model actually saves and
+are checked against it: `tests/test_activations.py` counts the storages that
+`torch.autograd.graph.saved_tensors_hooks` sees during one forward of `pretrain.model`.
+
+Two architectures:
+
+- **llama** (RMSNorm, SwiGLU with an f = 8h/3 FFN, RoPE, optional GQA, SDPA): our own
+  `pretrain.model.Transformer`. Its terms, per layer and token, with a = activation width (2 for
+  16-bit, 4 for fp32):
+  - each RMSNorm (two per layer) upcasts its input to fp32 and keeps it (4h), keeps the fp32
+    normalised tensor (4h) and the fp32 reciprocal RMS (4): 8h + 4 per norm, whatever a is;
+  - the attention input a·h (q, k and v share it); q, k, v after RoPE, 3·a·q (q = heads x
+    head_dim, h unless a config sets the head size apart): k and v are expanded to all heads
+    (`repeat_interleave`) before SDPA, so GQA does not shrink them;
+  - SDPA's flash kernel keeps its output a·h and the fp32 log-sum-exp, 4 per head; without flash
+    (the math backend) it keeps the probabilities instead, a per head per key position;
+  - the output projection's input a·h (a copy: SDPA's output is transposed before it);
+  - the MLP input a·h; gate output, SiLU output, up output and their product: 4·a·f.
+  In 16-bit this is 30h + 8f + 8 + 4·heads bytes per token: 52-54·h with the 8h/3 FFN, which is
+  what the hooks measure. Korthikanti's 34·h describes GPT-3 blocks, not this one.
+- **gpt** (LayerNorm, a 4h GeLU MLP, dropout): Korthikanti et al. 2022, eq. 1, term by term
+  (§4.1): attention 11·h + 5·heads·s (QKV input 2h, Q and K 4h, softmax 2·heads·s, its dropout
+  mask heads·s, dropout output 2·heads·s, V 2h, projection input 2h, dropout mask h); MLP 19·h
+  (input 2h, first linear 8h, GeLU 8h, dropout mask h); two LayerNorm inputs 4h: 34·h + 5·heads·s.
+
+Precision regimes (how our engines run the model):
+- `16bit`: the model's parameters are 16-bit (FSDP2's bf16 param_dtype, DeepSpeed bf16/fp16);
+- `fp32`: everything in fp32 (a = 4);
+- `autocast`: fp32 parameters under `torch.autocast(bf16)` (our single/DDP engine). Autocast casts
+  every linear's input separately (q, k and v each keep their own 16-bit copy: 3·2h; gate and up
+  2·2h) and keeps the 16-bit copy of every matrix it cast (not the norms' scales, which run in
+  fp32): 2 bytes per attention and MLP parameter, and 2·V·h for the head, per micro-batch,
+  independent of the token count.
+
+Checkpointing (Korthikanti §5): `full` keeps only each layer's input (a·h; fp32 under autocast,
+whose residual stream is fp32) and, during backward, one layer's activations while it is
+recomputed; `selective` recomputes the attention core, dropping the per-head score terms (with
+flash attention there are none, so it saves nothing more for llama).
+
+Tensor parallelism t with sequence parallelism (Korthikanti §4.2.2): heads and the FFN split t
+ways, and the norms run on s/t of the sequence. Under PyTorch's DTensor (`parallelize_module` with
+`SequenceParallel`, what `pretrain` uses) the column-parallel linears keep their all-gathered
+input, so the attention and MLP inputs stay whole (Megatron re-gathers them in backward and divides
+them by t too: `megatron_sp=True`). Without sequence parallelism the norms and inputs are whole.
+
+The output layer (`head_bytes_per_token`): the token ids (int64, 8), the final norm (8h + 4), the
+head's input a·h and the fp32 log-softmax of the logits, 4·V (the 16-bit logits themselves are not
+kept; the loss upcasts them). Under TP the vocabulary splits t ways (the loss runs on vocabulary
+shards, `loss_parallel`) and the final norm runs sequence-parallel on s/t positions; the head's
+input is gathered whole. Measured on our 4-process TP 2 x FSDP 2 run: every per-layer term and the
+head agree to the byte, except FSDP2's bf16 cast of the rotary tables each block receives
+(2·s·head_dim bytes per layer, not modelled: < 0.5% at toy sizes, ~0.1% at LLaMA-7B).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.core.errors import PlannerError
+from planner.model.shapes import ModelShape
+
+REGIMES = ("16bit", "fp32", "autocast")
+CHECKPOINTING = ("none", "selective", "full")
+#: fp32 bytes: norms compute in fp32, the log-sum-exp and the loss's log-softmax are fp32.
+FP32 = 4
+#: int64 token ids saved by the embedding lookup.
+TOKEN_ID_BYTES = 8
+
+
+@dataclass(frozen=True)
+class Term:
+    """One saved tensor: bytes per token of one layer (or, with `per_layer_fixed`, bytes per layer)."""
+
+    name: str
+    bytes: float
+    per_layer_fixed: bool = False  # autocast's weight copies: do not scale with tokens
+
+
+def architecture(shape: ModelShape) -> str:
+    """llama for RMSNorm + SwiGLU shapes (our model), gpt for LayerNorm + GeLU (Korthikanti's)."""
+    return "gpt" if shape.mlp == "gelu" else "llama"
+
+
+def _width(regime: str) -> int:
+    if regime not in REGIMES:
+        raise PlannerError(f"activation regime: {regime!r} is not one of {', '.join(REGIMES)}")
+    return FP32 if regime == "fp32" else 2
+
+
+def _llama_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool, megatron_sp: bool) -> list[Term]:
+    h, f, heads, s, q = shape.hidden, shape.ffn, shape.heads, shape.seq_len, shape.q_dim
+    a = _width(regime)
+    norm_split = tp if sp else 1
+    input_split = tp if (sp and megatron_sp) else 1
+    casts_attn, casts_mlp = (3, 2) if regime == "autocast" else (1, 1)
+    terms = [
+        Term("attn_norm", (2 * FP32 * h + FP32) / norm_split),
+        Term("attn_input", casts_attn * a * h / input_split),
+        Term("q_k_v_after_rope", 3 * a * q / tp),
+    ]
+    if flash:
+        terms.append(Term("sdpa_output_and_lse", (a * q + FP32 * heads) / tp))
+    else:
+        terms.append(Term("attention_probabilities", a * heads * s / tp))
+    terms += [
+        Term("out_proj_input", a * q / tp),
+        Term("mlp_norm", (2 * FP32 * h + FP32) / norm_split),
+        Term("mlp_input", casts_mlp * a * h / input_split),
+        Term("gate_silu_up_product", 4 * a * f / tp),
+    ]
+    if regime == "autocast":
+        weights = shape.attention_params() + shape.mlp_params()  # the norms' scales run in fp32, uncast
+        terms.append(Term("autocast_weight_copies", 2 * weights / tp, per_layer_fixed=True))
+    return terms
+
+
+def _gpt_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool) -> list[Term]:
+    h, heads, s = shape.hidden, shape.heads, shape.seq_len
+    scale = _width(regime) / 2  # Korthikanti's figures are 16-bit; fp32 doubles them
+    replicated = tp if sp else 1  # LayerNorms, dropouts and linear inputs outside the TP region
+    scores = 0.0 if flash else 5 * heads * s / tp
+    return [
+        Term("attention_linear", scale * (2 * h / replicated + 4 * h / tp + 2 * h / tp + 2 * h / tp)),
+        Term("attention_dropout_mask", h / replicated),
+        Term("attention_scores", scale * scores),
+        Term("mlp_linear_gelu", scale * (2 * h / replicated + 16 * h / tp)),
+        Term("mlp_dropout_mask", h / replicated),
+        Term("layernorm_inputs", scale * 4 * h / replicated),
+    ]
+
+
+def layer_terms(shape: ModelShape, *, regime: str = "16bit", checkpointing: str = "none", tp: int = 1,
+                sequence_parallel: bool = False, flash_attention: bool = True,
+                megatron_sp: bool = False) -> list[Term]:
+    """The tensors one layer keeps for backward (see the module docstring for each term)."""
+    if checkpointing not in CHECKPOINTING:
+        raise PlannerError(f"--checkpointing: {checkpointing!r} is not one of {', '.join(CHECKPOINTING)}")
+    if checkpointing == "full":
+        width = FP32 if regime in ("fp32", "autocast") else 2
+        return [Term("layer_input", width * shape.hidden / (tp if sequence_parallel else 1))]
+    flash = flash_attention or checkpointing == "selective"
+    if architecture(shape) == "gpt":
+        return _gpt_terms(shape, regime, tp, sequence_parallel, flash)
+    return _llama_terms(shape, regime, tp, sequence_parallel, flash, megatron_sp)
+
+
+def _sum(terms: list[Term], tokens: float) -> float:
+    return sum(t.bytes if t.per_layer_fixed else t.bytes * tokens for t in terms)
+
+
+def per_layer_bytes(shape: ModelShape, micro_batch: int, **kw) -> float:
+    """Bytes one layer keeps for backward for a micro-batch of `micro_batch` sequences."""
+    return _sum(layer_terms(shape, **kw), shape.seq_len * micro_batch)
+
+
+def stored_bytes(shape: ModelShape, micro_batch: int, **kw) -> float:
+    """All layers' saved activations (the output layer is `head_bytes`)."""
+    return shape.layers * per_layer_bytes(shape, micro_batch, **kw)
+
+
+def recompute_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "none", **kw) -> float:
+    """While one layer is recomputed in backward, it holds its full activations again."""
+    if checkpointing == "none":
+        return 0.0
+    full = per_layer_bytes(shape, micro_batch, checkpointing="none", **kw)
+    if checkpointing == "selective":
+        return full - per_layer_bytes(shape, micro_batch, checkpointing="selective", **kw)
+    return full
+
+
+def head_bytes_per_token(shape: ModelShape, regime: str = "16bit", tp: int = 1) -> float:
+    """Token ids, final norm (sequence-parallel under TP), the head's input and the fp32 log-softmax over
+    the vocabulary (split by TP)."""
+    a = _width(regime)
+    if architecture(shape) == "gpt":  # LayerNorm input and the head input, then the fp32 softmax
+        return TOKEN_ID_BYTES + (2 * a * shape.hidden) + FP32 * shape.vocab / tp
+    return TOKEN_ID_BYTES + (2 * FP32 * shape.hidden + FP32) / tp + a * shape.hidden + FP32 * shape.vocab / tp
+
+
+def loss_backward_bytes_per_token(shape: ModelShape, tp: int = 1) -> float:
+    """At the start of backward (the memory peak), the fp32 gradient of the log-probabilities and the
+    fp32 gradient of the logits are both alive: 2 x 4·V per token (measured by FSDPMemTracker as
+    "Temp" at the peak, `planner verify`)."""
+    return 2 * FP32 * shape.vocab / tp
+
+
+def head_fixed_bytes(shape: ModelShape, regime: str = "16bit", tp: int = 1) -> float:
+    """Autocast's 16-bit copy of the output matrix (the head, or the tied embedding), per micro-batch."""
+    return 2 * shape.vocab * shape.hidden / tp if regime == "autocast" else 0.0
+
+
+def head_bytes(shape: ModelShape, micro_batch: int, regime: str = "16bit", tp: int = 1) -> float:
+    """The output layer's saved tensors for a micro-batch (its fixed part included)."""
+    tokens = shape.seq_len * micro_batch
+    return head_bytes_per_token(shape, regime, tp) * tokens + head_fixed_bytes(shape, regime, tp)
+
+
+def regime_for(precision: str, engine: str) -> str:
+    """How our engines run the model: torch DDP/single autocasts over fp32 weights (bf16/fp16
+    mixed), FSDP2 and DeepSpeed cast the parameters themselves to 16-bit."""
+    if precision == "fp32":
+        return "fp32"
+    if engine in ("single", "ddp") and precision in ("bf16-mixed", "fp16-mixed"):
+        return "autocast"
+    return "16bit"

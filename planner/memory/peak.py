@@ -1,0 +1,192 @@
+"""The peak of a training step: every memory line at each of the moments that compete for it.
+
+Three moments compete (each checked against PyTorch's trackers by `planner verify`):
+- `backward-start`: every activation saved, the loss's gradient just made, gradients not yet
+  written (our torch engines zero them with set_to_none; DeepSpeed keeps its buffers);
+- `layer-backward`: inside the layers' backward under FSDP2 full/hybrid (`fsdp_layer_backward`);
+- `optimizer-step`: all gradients and optimizer states, no activations.
+The per-GPU total is the largest; the estimate names that moment and lists the others too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.core.parallel import ParallelPlan
+from planner.memory import activations
+from planner.memory import model_states as memory
+from planner.model.shapes import ModelShape
+
+#: The moments of a step, in the order they happen.
+MOMENTS = ("backward-start", "layer-backward", "optimizer-step")
+
+
+@dataclass(frozen=True)
+class MemoryBreakdown:
+    """Bytes on one GPU, by line, at the peak of a training step.
+
+    Three moments compete for the peak: the start of backward (every activation saved, the loss's
+    gradient just made, gradients not yet written: our engines zero them with set_to_none, DeepSpeed
+    keeps its buffers), inside the layers' backward under FSDP2 (`fsdp_layer_backward`) and the
+    optimizer step (all gradients, no activations). `total` is the largest; `lines()` are the lines
+    at that moment. `activations` are the layers' saved tensors for one
+    micro-batch plus one layer's recompute working set; `activations_fixed` is what the layers keep
+    per micro-batch whatever its size (autocast's 16-bit weight copies); `logits` is the output
+    layer's share, its backward transient included (`planner.memory.activations`).
+    """
+
+    states: memory.ModelStates
+    activations: float
+    activations_fixed: float
+    logits: float
+    comm_buffers: float
+    runtime: float
+    fragmentation_fraction: float
+    gradients_kept_through_forward: bool = True
+    #: FSDP2 full/hybrid only: the lines inside the layers' backward (see `fsdp_layer_backward`)
+    layer_backward: dict[str, float] | None = None
+
+    @property
+    def _gradients(self) -> float:
+        return self.states.gpu["gradients"] + self.states.gathered.get("gradients", 0.0)
+
+    @property
+    def _gradients_at_backward(self) -> float:
+        return self._gradients if self.gradients_kept_through_forward else 0.0
+
+    @property
+    def fixed(self) -> float:
+        """Backward-start bytes that do not grow with the micro-batch."""
+        return (self.states.gpu_total - self._gradients + self._gradients_at_backward + self.activations_fixed
+                + self.comm_buffers + self.runtime)
+
+    @property
+    def per_batch(self) -> float:
+        return self.activations + self.logits
+
+    @property
+    def step_bytes(self) -> float:
+        """Bytes while the optimizer steps: all states, no activations."""
+        return self.states.gpu_total + self.comm_buffers + self.runtime
+
+    @property
+    def layer_backward_bytes(self) -> float:
+        if self.layer_backward is None:
+            return 0.0
+        s = self.states.gpu
+        return s["master_weights"] + s["optimizer"] + sum(self.layer_backward.values()) + self.comm_buffers \
+            + self.runtime
+
+    def allocated_at(self) -> dict[str, float]:
+        """Allocated bytes at each moment of the step (layer-backward only under FSDP2 full/hybrid)."""
+        at = {"backward-start": self.fixed + self.per_batch, "optimizer-step": self.step_bytes}
+        if self.layer_backward is not None:
+            at["layer-backward"] = self.layer_backward_bytes
+        return {m: at[m] for m in MOMENTS if m in at}
+
+    @property
+    def moment(self) -> str:
+        """Which moment is the peak: backward-start, layer-backward or optimizer-step."""
+        at = self.allocated_at()
+        return max(at, key=at.get)
+
+    @property
+    def peak_at_step(self) -> bool:
+        return self.moment == "optimizer-step"
+
+    @property
+    def allocated(self) -> float:
+        return max(self.allocated_at().values())
+
+    @property
+    def fragmentation(self) -> float:
+        return memory.fragmentation_bytes(self.allocated, self.fragmentation_fraction)
+
+    @property
+    def total(self) -> float:
+        return self.allocated + self.fragmentation
+
+    def lines(self) -> dict[str, float]:
+        """The lines at the peak moment."""
+        return self.lines_at(self.moment)
+
+    def moments(self) -> dict[str, dict[str, float]]:
+        """Every moment's lines, in step order; the peak is the one with the largest total."""
+        return {m: self.lines_at(m) for m in self.allocated_at()}
+
+    def lines_at(self, moment: str) -> dict[str, float]:
+        gpu, gathered = self.states.gpu, self.states.gathered
+        overhead = self.comm_buffers + self.runtime
+        if moment == "layer-backward":
+            lines = {**self.layer_backward, "master_weights": gpu["master_weights"], "optimizer": gpu["optimizer"],
+                     "logits": 0.0, "overhead": overhead}
+        else:
+            at_step = moment == "optimizer-step"
+            lines = {
+                "weights": gpu["weights"] + gathered.get("weights", 0.0),
+                "gradients": self._gradients if at_step else self._gradients_at_backward,
+                "master_weights": gpu["master_weights"],
+                "optimizer": gpu["optimizer"],
+                "activations": 0.0 if at_step else self.activations + self.activations_fixed,
+                "logits": 0.0 if at_step else self.logits,
+                "overhead": overhead,
+            }
+        allocated = self.allocated_at()[moment]
+        fragmentation = memory.fragmentation_bytes(allocated, self.fragmentation_fraction)
+        return {**lines, "fragmentation": fragmentation, "total": allocated + fragmentation}
+
+
+def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str,
+                        stored_activations: float) -> dict[str, float] | None:
+    """FSDP2 (full or hybrid shard) inside the layers' backward, which is the peak when the loss's
+    gradients are small next to a block (small micro-batch x vocabulary): checked by `planner verify`
+    against FSDPMemTracker (LLaMA-7B, seq 2048, micro-batch 1: every line within 10%).
+
+    weights: the unsharded root, the block in backward and the next block prefetched, 16-bit;
+    gradients: the previous block's reduce-scatter input in the fp32 reduce dtype, and its shard;
+    activations: the layers' saved tensors (those already freed are replaced by the backward's
+    temporaries) and the head's unsharded weight gradient, which waits for the root's reduce-scatter.
+    """
+    if plan.engine != "fsdp" or plan.stage < 3:
+        return None
+    tp = plan.tp
+    w = 4 if precision == "fp32" else 2
+    block = shape.layer_params() / tp
+    root = (shape.param_count() - shape.layers * shape.layer_params()) / tp
+    return {"weights": (root + 2 * block) * w,
+            "gradients": 4 * block * (1 + 1 / plan.shard_degree),
+            "activations": stored_activations + shape.vocab * shape.hidden * w / tp}
+
+
+def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, precision: str,
+                     optimizer: str, convention: str, micro_batch: int, checkpointing: str,
+                     flash_attention: bool, runtime_gib: float, fragmentation: float) -> MemoryBreakdown:
+    """The bytes of every line at each moment of a training step of `plan` (tensor parallel divides
+    the weights first; the data-parallel ranks partition what the engine shards)."""
+    tp = plan.tp
+    terms = memory.state_terms(precision, optimizer, convention, shape)
+    states = memory.model_states(params / tp, terms, plan, shape, convention)
+    regime = activations.regime_for(precision, plan.engine)
+    act_kw = {"regime": regime, "checkpointing": checkpointing, "tp": tp, "sequence_parallel": tp > 1,
+              "flash_attention": flash_attention}
+    layers_fixed = activations.stored_bytes(shape, 0, **act_kw)
+    head_fixed = activations.head_fixed_bytes(shape, regime, tp)
+    # Backward first holds the loss's gradients, then (once they are freed) one layer recomputed:
+    # the larger of the two sits on top of the saved activations at the peak.
+    loss_grads = activations.loss_backward_bytes_per_token(shape, tp) * shape.seq_len * micro_batch
+    recompute = activations.recompute_bytes(shape, micro_batch, **act_kw)
+    stored = activations.stored_bytes(shape, micro_batch, **act_kw)
+    return MemoryBreakdown(
+        states=states,
+        activations=stored - layers_fixed
+        + (recompute if recompute > loss_grads else 0.0),
+        activations_fixed=layers_fixed + head_fixed,
+        logits=activations.head_bytes(shape, micro_batch, regime, tp) - head_fixed
+        + (loss_grads if loss_grads >= recompute else 0.0),
+        comm_buffers=memory.comm_buffer_bytes(params / tp, plan),
+        runtime=runtime_gib * 2**30,
+        fragmentation_fraction=fragmentation,
+        # torch engines (DDP, FSDP) free gradients with zero_grad(set_to_none=True); DeepSpeed keeps them
+        gradients_kept_through_forward=plan.engine == "deepspeed",
+        layer_backward=fsdp_layer_backward(shape, plan, precision, stored),
+    )

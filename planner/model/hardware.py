@@ -1,0 +1,125 @@
+"""Accelerator catalog: dense peak throughput per dtype, memory, interconnect and a default price.
+
+Peak figures are **dense** tensor-core TFLOP/s from the vendors' data sheets (NVIDIA V100, A100,
+H100, H200, B200 and L40S data sheets; AMD Instinct MI300X data sheet). Vendors also print
+"with sparsity" figures, exactly twice the dense ones: those are never used here, because MFU is
+defined against dense peak (Chowdhery et al. 2022, PaLM, Appendix B).
+
+Memory is the capacity `nvidia-smi` / `rocm-smi` reports, in GiB. Prices are indicative
+on-demand cloud list prices per GPU-hour (late 2025); pass `--price` or a catalog file to use yours.
+
+A user catalog is a YAML mapping of name -> fields (any subset, to override a built-in entry):
+
+    my-h100:
+      memory_gib: 80
+      peak_tflops: {bf16: 989, fp16: 989, fp32: 67}
+      price_per_hour: 2.10
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from planner.core.errors import PlannerError
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    memory_gib: float
+    peak_tflops: dict[str, float] = field(hash=False)  # dense, per dtype
+    price_per_hour: float  # USD per GPU-hour
+    interconnect_gbps: float = 0.0  # per-GPU intra-node bandwidth, GB/s (NVLink / Infinity Fabric)
+    description: str = ""
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory_gib * 2**30)
+
+    def peak_flops(self, dtype: str) -> float:
+        """Dense peak FLOP/s for a compute dtype ('bf16', 'fp16', 'fp32', 'fp8', 'int8')."""
+        if dtype not in self.peak_tflops:
+            known = ", ".join(sorted(self.peak_tflops))
+            raise PlannerError(f"--gpu: {self.name} has no {dtype} peak in the catalog (has: {known})")
+        return self.peak_tflops[dtype] * 1e12
+
+
+def _gpu(name, memory_gib, price, link, description, **tflops) -> GPU:
+    return GPU(name, memory_gib, dict(tflops), price, link, description)
+
+
+# fp32 here is the non-tensor-core FP32 rate (TF32 tensor-core rates are listed as tf32).
+BUILTIN_GPUS: dict[str, GPU] = {
+    g.name: g
+    for g in (
+        _gpu("v100", 32, 0.55, 300, "NVIDIA V100 SXM2 32GB", fp16=125, fp32=15.7),
+        _gpu("a100-40gb", 40, 1.29, 600, "NVIDIA A100 SXM 40GB",
+             bf16=312, fp16=312, tf32=156, fp32=19.5, int8=624),
+        _gpu("a100-80gb", 80, 1.79, 600, "NVIDIA A100 SXM 80GB",
+             bf16=312, fp16=312, tf32=156, fp32=19.5, int8=624),
+        _gpu("h100-sxm", 80, 2.99, 900, "NVIDIA H100 SXM5 80GB",
+             bf16=989, fp16=989, tf32=494.7, fp32=67, fp8=1979, int8=1979),
+        _gpu("h100-pcie", 80, 2.49, 600, "NVIDIA H100 PCIe 80GB",
+             bf16=756, fp16=756, tf32=378, fp32=51, fp8=1513, int8=1513),
+        _gpu("h200", 141, 3.79, 900, "NVIDIA H200 SXM 141GB",
+             bf16=989, fp16=989, tf32=494.7, fp32=67, fp8=1979, int8=1979),
+        _gpu("b200", 180, 4.99, 1800, "NVIDIA B200 180GB",
+             bf16=2250, fp16=2250, tf32=1100, fp32=75, fp8=4500, int8=4500),
+        _gpu("mi300x", 192, 2.49, 896, "AMD Instinct MI300X 192GB",
+             bf16=1307.4, fp16=1307.4, tf32=653.7, fp32=163.4, fp8=2614.9, int8=2614.9),
+        _gpu("l40s", 48, 0.99, 64, "NVIDIA L40S 48GB (PCIe, no NVLink)",
+             bf16=362.05, fp16=362.05, tf32=183, fp32=91.6, fp8=733, int8=733),
+    )
+}
+
+_ALIASES = {
+    "a100": "a100-80gb", "a100-40": "a100-40gb", "a100-80": "a100-80gb",
+    "h100": "h100-sxm", "v100-32gb": "v100", "mi300": "mi300x",
+}
+
+
+def load_catalog(path: str | Path | None = None) -> dict[str, GPU]:
+    """The built-in catalog, extended or overridden by a user YAML file."""
+    catalog = dict(BUILTIN_GPUS)
+    if path is None:
+        return catalog
+    import yaml  # only when a catalog file is given: keeps `planner estimate` start-up small
+
+    try:
+        entries = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise PlannerError(f"--gpu-catalog: cannot read {path}: {exc}".splitlines()[0]) from None
+    if not isinstance(entries, dict):
+        raise PlannerError(f"--gpu-catalog: {path} must be a YAML mapping of GPU name -> fields")
+    for name, fields in entries.items():
+        catalog[str(name).lower()] = _catalog_entry(str(name).lower(), fields, catalog.get(str(name).lower()))
+    return catalog
+
+
+def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
+    allowed = {"memory_gib", "peak_tflops", "price_per_hour", "interconnect_gbps", "description"}
+    if not isinstance(fields, dict) or set(fields) - allowed:
+        bad = sorted(set(fields) - allowed) if isinstance(fields, dict) else fields
+        raise PlannerError(f"--gpu-catalog: entry {name!r} has unknown fields {bad}; allowed: {sorted(allowed)}")
+    if base is None:
+        missing = {"memory_gib", "peak_tflops", "price_per_hour"} - set(fields)
+        if missing:
+            raise PlannerError(f"--gpu-catalog: new entry {name!r} needs {sorted(missing)}")
+        base = GPU(name, 0.0, {}, 0.0)
+    merged = replace(base, **{k: v for k, v in fields.items() if k != "peak_tflops"})
+    if "peak_tflops" in fields:
+        merged = replace(merged, peak_tflops={**base.peak_tflops, **{str(k): float(v) for k, v in fields["peak_tflops"].items()}})
+    for key in ("memory_gib", "price_per_hour"):
+        value = getattr(merged, key)
+        if not isinstance(value, (int, float)) or value <= 0:
+            raise PlannerError(f"--gpu-catalog: {name}.{key} must be a positive number, got {value!r}")
+    return merged
+
+
+def get_gpu(name: str, catalog: dict[str, GPU] | None = None) -> GPU:
+    catalog = catalog if catalog is not None else BUILTIN_GPUS
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in catalog:
+        raise PlannerError(f"--gpu: unknown GPU {name!r}; known: {', '.join(sorted(catalog))}")
+    return catalog[key]

@@ -1,0 +1,215 @@
+"""Transformer shapes and their exact parameter counts, and a shape inferred from a count.
+
+Named presets (paper tables, shipped Hugging Face configs) live in `planner.model.presets`.
+
+The count follows the architecture term by term (no 12·L·h² shortcut), so that it equals what
+`pretrain.model` builds (checked by a test) and what the papers report for the presets:
+
+- embeddings: V·h, plus s·h for learned positions; LM head V·h unless tied;
+- attention: Q and O are h×h, K and V are h×(kv_heads·head_dim) (grouped-query attention,
+  Ainslie et al. 2023); biases add h + 2·kv·d + h;
+- MLP: GELU is two h×f matrices (Vaswani et al. 2017), SwiGLU three (Shazeer 2020);
+- norms: RMSNorm has a scale (h), LayerNorm a scale and a bias (2h); two per layer, one final,
+  and one after the embedding where the model has it (BloombergGPT, BLOOM).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from planner.core.errors import PlannerError
+
+MLP_KINDS = ("swiglu", "gelu")
+NORM_KINDS = ("rmsnorm", "layernorm")
+POSITION_KINDS = ("rope", "learned", "alibi")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    hidden: int
+    heads: int
+    vocab: int
+    seq_len: int
+    kv_heads: int | None = None  # None: same as heads (multi-head attention)
+    ffn_hidden: int | None = None  # None: 4h for GELU, 8h/3 rounded up to 256 for SwiGLU
+    mlp: str = "swiglu"
+    norm: str = "rmsnorm"
+    position: str = "rope"
+    tied_embeddings: bool = False
+    bias: bool = False
+    embedding_norm: bool = False
+    head_dim_override: int | None = None  # None: hidden / heads (Gemma sets 256 with hidden 3072 or 3584)
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "hidden", "heads", "vocab", "seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise PlannerError(f"--{name.replace('_', '-')}: {value!r} must be a positive integer")
+        if self.head_dim_override is not None and self.head_dim_override <= 0:
+            raise PlannerError(f"--head-dim: {self.head_dim_override} must be a positive integer")
+        if self.hidden % self.heads and self.head_dim_override is None:
+            raise PlannerError(
+                f"--heads: {self.heads} does not divide --hidden {self.hidden}; "
+                f"valid head counts divide {self.hidden} (e.g. {_divisor_hint(self.hidden)})"
+            )
+        if self.kv_heads is not None and (self.kv_heads <= 0 or self.heads % self.kv_heads):
+            raise PlannerError(f"--kv-heads: {self.kv_heads} must be positive and divide --heads {self.heads}")
+        if self.ffn_hidden is not None and self.ffn_hidden <= 0:
+            raise PlannerError(f"--ffn: {self.ffn_hidden} must be a positive integer")
+        for name, allowed in (("mlp", MLP_KINDS), ("norm", NORM_KINDS), ("position", POSITION_KINDS)):
+            if getattr(self, name) not in allowed:
+                raise PlannerError(f"--{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.head_dim_override or self.hidden // self.heads
+
+    @property
+    def q_dim(self) -> int:
+        """Width of the queries (and of the attention output): heads x head_dim, the hidden size unless
+        the head size is set apart from it."""
+        return self.heads * self.head_dim
+
+    @property
+    def n_kv_heads(self) -> int:
+        return self.kv_heads or self.heads
+
+    @property
+    def ffn(self) -> int:
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        if self.mlp == "gelu":
+            return 4 * self.hidden
+        return 256 * math.ceil(8 * self.hidden / 3 / 256)  # LLaMA's rule (Touvron et al. 2023)
+
+    def _norm_params(self) -> int:
+        return self.hidden * (2 if self.norm == "layernorm" else 1)
+
+    def attention_params(self) -> int:
+        h, q, kv = self.hidden, self.q_dim, self.n_kv_heads * self.head_dim
+        return 2 * h * q + 2 * h * kv + ((q + h + 2 * kv) if self.bias else 0)
+
+    def mlp_params(self) -> int:
+        h, f = self.hidden, self.ffn
+        if self.mlp == "gelu":
+            return 2 * h * f + ((f + h) if self.bias else 0)
+        return 3 * h * f + ((2 * f + h) if self.bias else 0)
+
+    def layer_params(self) -> int:
+        return self.attention_params() + self.mlp_params() + 2 * self._norm_params()
+
+    def embedding_params(self) -> int:
+        positions = self.seq_len * self.hidden if self.position == "learned" else 0
+        return self.vocab * self.hidden + positions
+
+    def head_params(self) -> int:
+        return 0 if self.tied_embeddings else self.vocab * self.hidden
+
+    def param_count(self) -> int:
+        extra_norm = self._norm_params() if self.embedding_norm else 0
+        return (
+            self.embedding_params() + extra_norm + self.layers * self.layer_params()
+            + self._norm_params() + self.head_params()
+        )
+
+    def norm_params(self) -> int:
+        """Parameters of every norm: what tensor parallelism replicates rather than splits."""
+        return (2 * self.layers + 1 + (1 if self.embedding_norm else 0)) * self._norm_params()
+
+    def params_per_tp_rank(self, tp: int = 1) -> float:
+        """Parameters one tensor-parallel rank holds: every matrix split `tp` ways (Megatron column/row,
+        the embedding and head by vocabulary), the norms replicated (sequence parallel keeps them whole)."""
+        return (self.param_count() - self.norm_params()) / tp + self.norm_params()
+
+    def non_embedding_params(self) -> int:
+        """Kaplan et al. 2020's N: parameters outside the embedding and the LM head."""
+        return self.param_count() - self.embedding_params() - self.head_params()
+
+    def largest_layer_params(self) -> int:
+        """Largest single module's parameters (what ZeRO-3 gathers at once: DeepSpeed's estimator input).
+
+        DeepSpeed walks `model.modules()` and takes the biggest one's own parameters: the embedding
+        (or untied head) matrix in most LLMs, else the biggest MLP projection.
+        """
+        h = self.hidden
+        return max(self.vocab * h, self.ffn * h, h * self.q_dim)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ffn_hidden": self.ffn, "kv_heads": self.n_kv_heads}
+
+
+def _divisor_hint(n: int) -> str:
+    return ", ".join(str(d) for d in (8, 16, 32, 64, 96, 128) if n % d == 0) or "1"
+
+
+#: hidden / layers for inferred shapes: GPT-3 175B and LLaMA-7B are both at 128, and Kaplan et al.
+#: 2020 (Fig. 5) found loss within a few percent over aspect ratios of roughly 20 to 200.
+INFERRED_ASPECT = 128
+INFERRED_HEAD_DIM = 128
+INFERRED_VOCAB = 32000
+
+
+#: Published layer x hidden tables the inferred shape snaps to (Touvron et al. 2023 Table 2; Touvron et
+#: al. 2023b; Brown et al. 2020 Table 2.1): (name, layers, hidden, heads, kv_heads, ffn or None for 8h/3).
+FAMILY_SHAPES = (
+    ("llama-7b", 32, 4096, 32, None, 11008), ("llama-13b", 40, 5120, 40, None, 13824),
+    ("llama-33b", 60, 6656, 52, None, 17920), ("llama-65b", 80, 8192, 64, None, 22016),
+    ("llama2-70b", 80, 8192, 64, 8, 28672),
+    ("gpt3-125m", 12, 768, 12, None, None), ("gpt3-350m", 24, 1024, 16, None, None),
+    ("gpt3-760m", 24, 1536, 16, None, None), ("gpt3-1.3b", 24, 2048, 16, None, None),
+    ("gpt3-2.7b", 32, 2560, 32, None, None), ("gpt3-13b", 40, 5120, 40, None, None),
+    ("gpt3-175b", 96, 12288, 96, None, None),
+)
+#: How close (relative parameter count) a family shape must be for `--params` to snap to it.
+SNAP_TOLERANCE = 0.05
+
+
+def snap_to_family(params: float, seq_len: int = 2048, vocab: int = INFERRED_VOCAB) -> tuple[str, ModelShape] | None:
+    """The published family shape (LLaMA-style block, `vocab`) closest to `params`, if within 5%."""
+    best = None
+    for name, layers, hidden, heads, kv, ffn in FAMILY_SHAPES:
+        shape = ModelShape(layers, hidden, heads, vocab, seq_len, kv_heads=kv, ffn_hidden=ffn)
+        error = abs(shape.param_count() / params - 1)
+        if error <= SNAP_TOLERANCE and (best is None or error < best[0]):
+            best = (error, name, shape)
+    return None if best is None else (best[1], best[2])
+
+
+def infer_shape(params: float, seq_len: int = 2048, vocab: int = INFERRED_VOCAB, tp: int = 1) -> ModelShape:
+    """A LLaMA-style shape whose parameter count is close to `params`.
+
+    Layers from N ≈ 12·L·h² with h = 128·L; hidden then solves 12·L·h² + 2·V·h = N. The head count
+    is kept a multiple of 8 and of `tp` (so tensor parallelism can split the heads, and hidden sizes
+    stay multiples of 512 or 1024), with head size 128 (64 below 2048 hidden): the hidden sizes
+    either side of the exact one are tried, each with the layer count that best matches `params`;
+    of those within 3% of `params` the one nearer hidden/layers = 128 wins, else the closer count. SwiGLU with the 8h/3 rule, untied embeddings. A published family
+    shape within 5% wins first (`snap_to_family`): 7e9 gives LLaMA-7B's 32 x 4096, 70e9
+    Llama-2-70B's 80 x 8192 with 8 kv heads. Only activations and the attention FLOP term use this
+    shape: weights, gradients and optimizer states use `params` itself.
+    """
+    snapped = snap_to_family(params, seq_len, vocab)
+    if snapped is not None and snapped[1].heads % tp == 0:
+        return snapped[1]
+    layers = max(1, round((params / (12 * INFERRED_ASPECT**2)) ** (1 / 3)))
+    a, b = 12 * layers, 2 * vocab
+    hidden_exact = (-b + math.sqrt(b * b + 4 * a * params)) / (2 * a)
+    head_dim = INFERRED_HEAD_DIM if hidden_exact >= 2048 else 64
+    step = head_dim * math.lcm(8, tp)
+    candidates = []
+    for hidden in {max(step, step * math.floor(hidden_exact / step)), step * math.ceil(hidden_exact / step)}:
+        per_layer = ModelShape(1, hidden, hidden // head_dim, vocab, seq_len).layer_params()
+        depth = max(1, round((params - 2 * vocab * hidden) / per_layer))
+        shape = ModelShape(depth, hidden, hidden // head_dim, vocab, seq_len)
+        candidates.append((abs(shape.param_count() / params - 1), abs(math.log(hidden / depth / INFERRED_ASPECT)),
+                           shape))
+    close = [c for c in candidates if c[0] <= 0.03]  # within 3%: the better aspect ratio wins
+    return min(close, key=lambda c: c[1])[2] if close else min(candidates, key=lambda c: c[0])[2]
+
+
+def shape_of(m) -> ModelShape:
+    """The shape of a run config's `model:` section (`planner.core.schema.ModelConfig`): the block our
+    trainer builds, so its parameter count equals `pretrain.model.Transformer`'s (checked by a test)."""
+    return ModelShape(m.layers, m.hidden, m.heads, m.vocab, m.seq_len, kv_heads=m.kv_heads, ffn_hidden=m.ffn_hidden,
+                      tied_embeddings=m.tied_embeddings)

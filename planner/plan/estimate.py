@@ -1,0 +1,212 @@
+"""One request in, one estimate out: memory, fit, compute and cost of a training run.
+
+`estimate()` is a pure function of an `EstimateRequest` (planner.plan.request) and returns a typed
+`Estimate` (planner.plan.result). Everything here is plain Python arithmetic so that a sweep of
+10,000 configurations runs in well under a second.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields, replace
+
+from planner.compute import flops as compute
+from planner.core.errors import PlannerError
+from planner.core.parallel import FEWEST_GPUS_STRATEGIES, ParallelPlan
+from planner.core.units import GB
+from planner.memory import activations
+from planner.memory import finetune as finetune_mod
+from planner.memory import model_states as memory
+from planner.memory.peak import MemoryBreakdown, memory_breakdown
+from planner.plan.request import EstimateRequest, ResolvedModel, gpu_of, resolve_model
+from planner.plan.result import (
+    Estimate,
+    FitSummary,
+    HardwareSummary,
+    MemorySummary,
+    ModelSummary,
+    TrainingSummary,
+)
+
+_COMPUTE_DTYPE = {"fp32": "fp32", "fp16-mixed": "fp16", "bf16-mixed": "bf16", "bf16": "bf16",
+                  "int8": "bf16", "int4": "bf16"}
+
+
+def finetune_breakdown(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan,
+                       micro_batch: int) -> MemoryBreakdown:
+    """LoRA, QLoRA or prompt tuning on each data-parallel replica (planner.memory.finetune)."""
+    ft = req.finetune_spec
+    if plan.engine not in ("single", "ddp") or plan.tp != 1:
+        raise PlannerError(f"--finetune {ft.method}: adapters are planned on one GPU or DDP replicas; "
+                           "drop --zero/--fsdp/--tp (the frozen base is small enough to replicate)")
+    if req.checkpointing == "selective":
+        raise PlannerError(f"--finetune {ft.method}: use --checkpointing none or full with adapters")
+    lines = finetune_mod.state_lines(model.shape, ft)
+    states = memory.ModelStates(lines, dict.fromkeys(lines, 0.0), {})
+    tokens = micro_batch * (model.shape.seq_len + (ft.soft_tokens if ft.method == "prompt" else 0))
+    return MemoryBreakdown(
+        states=states, activations_fixed=0.0,
+        activations=finetune_mod.activation_bytes(model.shape, ft, micro_batch, req.checkpointing)
+        + finetune_mod.recompute_bytes(model.shape, ft, micro_batch, req.checkpointing),
+        logits=activations.loss_backward_bytes_per_token(model.shape) * tokens, comm_buffers=0.0,
+        runtime=req.runtime_gib * 2**30, fragmentation_fraction=req.fragmentation,
+        gradients_kept_through_forward=False)
+
+
+def _breakdown_for(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan,
+                   micro_batch: int | None = None) -> MemoryBreakdown:
+    """The step's memory for `req`'s model under `plan` (its micro-batch, unless `micro_batch` is given)."""
+    micro_batch = plan.micro_batch if micro_batch is None else micro_batch
+    if req.finetune not in (None, "full"):
+        return finetune_breakdown(req, model, plan, micro_batch)
+    return memory_breakdown(
+        model.params, model.shape, plan, precision=req.precision, optimizer=req.optimizer,
+        convention=req.convention or memory.default_convention(plan), micro_batch=micro_batch,
+        checkpointing=req.checkpointing, flash_attention=req.flash_attention,
+        runtime_gib=req.runtime_gib, fragmentation=req.fragmentation)
+
+
+def sweep_memory(req: EstimateRequest, configs) -> list[tuple[float, bool]]:
+    """Per-GPU total and fit for many (parallel plan, checkpointing) pairs at once.
+
+    The model and GPU are resolved once; each configuration is then plain arithmetic.
+    """
+    model, gpu = resolve_model(req), gpu_of(req)
+    capacity, out = gpu.memory_bytes, []
+    for plan, checkpointing in configs:
+        total = _breakdown_for(replace(req, checkpointing=checkpointing), model, plan).total
+        out.append((total, total <= capacity))
+    return out
+
+
+def max_micro_batch_for(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan, capacity: float) -> int:
+    one = _breakdown_for(req, model, plan, micro_batch=1)
+    if one.step_bytes / (1 - req.fragmentation) > capacity:
+        return 0  # the optimizer step alone does not fit
+    b = memory.max_micro_batch(one.fixed, one.per_batch, capacity, req.fragmentation)  # backward-start moment
+    while b > 0 and _breakdown_for(req, model, plan, micro_batch=b).total > capacity:
+        b -= 1  # another moment (FSDP2's layer backward) is the peak at this size
+    return b
+
+
+MAX_GPUS_SEARCHED = 1 << 20
+
+
+def min_gpus_that_fit(req: EstimateRequest, model: ResolvedModel, capacity: float) -> dict[str, int | None]:
+    """Smallest data-parallel GPU count (x tensor parallel) whose per-GPU total fits, per strategy.
+
+    Per-GPU memory never grows with the GPU count, so a binary search finds the smallest one.
+    None: no count fits (the unsharded part alone is too big).
+    """
+    result: dict[str, int | None] = {}
+    for name in FEWEST_GPUS_STRATEGIES:
+        if req.finetune not in (None, "full") and name != "ddp":  # adapters are planned on DDP replicas only
+            continue
+
+        def fits(dp: int, name=name) -> bool:
+            plan = ParallelPlan.for_strategy(name, dp * req.tp, tp=req.tp, micro_batch=req.micro_batch)
+            return _breakdown_for(req, model, plan).total <= capacity
+        if not fits(MAX_GPUS_SEARCHED):
+            result[name] = None
+            continue
+        lo, hi = 1, MAX_GPUS_SEARCHED
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
+        result[name] = lo * req.tp
+    return result
+
+
+def _peer_estimates(model: ResolvedModel, plan: ParallelPlan) -> dict[str, float]:
+    """Other tools' figures for the same job, shown beside ours (their conventions differ)."""
+    if plan.engine != "deepspeed":
+        return {}
+    ds = memory.deepspeed_estimator_gpu_bytes(model.params, model.shape.largest_layer_params(), plan.stage,
+                                              plan.shard_degree, plan.offload)
+    return {} if ds is None else {"deepspeed_estimator_model_states_gpu_bytes": ds}
+
+
+def _finetune_summary(req: EstimateRequest, model: ResolvedModel) -> dict | None:
+    ft = req.finetune_spec
+    if ft is None:
+        return None
+    trainable = finetune_mod.trainable_params(model.shape, ft)
+    return {"method": ft.method, "trainable_params": trainable, "trainable_share": trainable / model.shape.param_count(),
+            "rank": ft.rank if ft.adapters else None, "modules": list(ft.modules) if ft.adapters else None,
+            "soft_tokens": ft.soft_tokens if ft.method == "prompt" else None,
+            "source": {"full": "all parameters trained (as pretraining)", "lora": "Hu et al. 2021",
+                       "qlora": "Dettmers et al. 2023 (NF4 + double quantisation)",
+                       "prompt": "Lester et al. 2021"}[ft.method]}
+
+
+def teaching_view(params: float) -> dict[str, float]:
+    """The seeds' rule of thumb, in decimal GB: 4 B/param fp32 weights, x6 to train with Adam.
+
+    4 weights + 8 Adam + 4 gradients + ~8 activations and temporaries = 24 B/param (a rough
+    teaching figure, not the planner's estimate); 2 B/param in 16-bit; 1 B/param in int8.
+    """
+    return {
+        "fp32_weights_gb": 4 * params / GB,
+        "fp32_adam_training_gb": (4 + 8 + 4 + 8) * params / GB,
+        "training_to_weights_ratio": 24 / 4,
+        "fp16_weights_gb": 2 * params / GB,
+        "int8_weights_gb": 1 * params / GB,
+    }
+
+
+def _request_dict(req: EstimateRequest) -> dict:
+    out = {f.name: getattr(req, f.name) for f in fields(req) if f.name not in ("catalog", "shape", "layout")}
+    return {**out, "layout": req.layout.to_dict(), "lora_modules": list(req.lora_modules)}
+
+
+def _compute_dtype(req: EstimateRequest, gpu) -> str:
+    dtype = _COMPUTE_DTYPE.get(req.precision)
+    if dtype is None:
+        raise PlannerError(f"--precision: {req.precision!r} is not one of {', '.join(memory.PRECISIONS)}")
+    if dtype not in gpu.peak_tflops:
+        raise PlannerError(f"--precision: {gpu.name} has no {dtype} tensor cores; "
+                           f"use one of: {', '.join(p for p, d in _COMPUTE_DTYPE.items() if d in gpu.peak_tflops)}")
+    return dtype
+
+
+def estimate(req: EstimateRequest) -> Estimate:
+    """The full estimate of one request (`planner estimate`; `.to_dict()` is its `--json`)."""
+    req.validate()
+    plan = req.layout.validate()
+    model, gpu = resolve_model(req), gpu_of(req)
+    dtype = _compute_dtype(req, gpu)
+    convention = req.convention or memory.default_convention(plan)
+    breakdown = _breakdown_for(req, model, plan)
+    capacity = gpu.memory_bytes
+    terms = memory.state_terms(req.precision, req.optimizer, convention, model.shape)
+    tokens = req.tokens if req.tokens is not None else compute.TOKENS_PER_PARAM * model.params
+    price = gpu.price_per_hour if req.price is None else req.price
+    comp = compute.estimate_compute(model.params, tokens, model.shape, peak_flops=gpu.peak_flops(dtype),
+                                    gpus=req.gpus, mfu=req.mfu, price_per_gpu_hour=price,
+                                    checkpointing=req.checkpointing)
+    fewest = min_gpus_that_fit(req, model, capacity)
+    return Estimate(
+        model=ModelSummary(model.params, model.source, model.shape_inferred, model.shape.to_dict(),
+                           model.shape.param_count()),
+        hardware=HardwareSummary(gpu.name, gpu.description, req.gpus, req.gpus_per_node,
+                                 math.ceil(req.gpus / req.gpus_per_node), gpu.memory_gib, gpu.peak_tflops[dtype],
+                                 dtype, price),
+        training=TrainingSummary(req.precision, req.optimizer, plan.strategy, plan.shard_degree, plan.dp, plan.tp,
+                                 plan.offload, convention, plan.micro_batch, model.shape.seq_len, req.checkpointing,
+                                 req.flash_attention),
+        layout=plan.to_dict(),
+        memory=MemorySummary(
+            peak_moment=breakdown.moment, moments=breakdown.moments(),
+            cpu_per_gpu={**breakdown.states.cpu, "total": breakdown.states.cpu_total},
+            model_states_per_gpu=breakdown.states.gpu_total,
+            bytes_per_param={**{t.label: t.bytes_per_param for t in terms},
+                             "total": sum(t.bytes_per_param for t in terms)}),
+        fit=FitSummary(capacity, breakdown.total <= capacity, capacity - breakdown.total,
+                       max_micro_batch_for(req, model, plan, capacity), fewest,
+                       {k: None if v is None else math.ceil(v / req.gpus_per_node) for k, v in fewest.items()}),
+        compute=comp,
+        peer_estimates=_peer_estimates(model, plan),
+        rule_of_thumb=teaching_view(model.params),
+        finetune=_finetune_summary(req, model),
+        request=_request_dict(req),
+    )

@@ -1,0 +1,183 @@
+"""The estimate's typed input, and its round trip through run.yaml.
+
+`EstimateRequest` is what every front end builds (the CLI flags, `planner emit`, the launch
+preflight, the trainer's prediction): the model, the layout (one `ParallelPlan`, nothing else
+describes it) and every planning assumption. `planning_of` writes those assumptions into the run
+schema's `planning:` section; `request_from_run` reads a run config back into the same request, so
+`planner estimate --config run.yaml` reproduces the plan `emit` made, for any flags.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from planner.compute import flops as compute
+from planner.core import checks
+from planner.core.errors import PlannerError
+from planner.core.parallel import ParallelPlan
+from planner.core.schema import GPUSpec, PlanningConfig, RunConfig
+from planner.memory import finetune as finetune_mod
+from planner.memory import model_states as memory
+from planner.model.hardware import BUILTIN_GPUS, GPU
+from planner.model.presets import get_preset
+from planner.model.shapes import ModelShape, infer_shape, shape_of, snap_to_family
+
+#: Parameter counts the planner accepts: from a toy model to 100x today's largest dense ones.
+PARAMS_RANGE = (1e5, 1e14)
+
+
+def _default_layout() -> ParallelPlan:
+    return ParallelPlan.from_flags(8)
+
+
+@dataclass(frozen=True)
+class EstimateRequest:
+    # the model: exactly one of params, model (a preset) and shape
+    params: float | None = None
+    model: str | None = None
+    shape: ModelShape | None = None
+    seq_len: int | None = None  # overrides the preset's / inferred shape's sequence length
+    # the layout, whole (world size, engine, sharding, tp, micro-batch, ...)
+    layout: ParallelPlan = field(default_factory=_default_layout)
+    # hardware
+    gpu: str = "a100-80gb"
+    gpus_per_node: int = 8
+    catalog: dict[str, GPU] | None = field(default=None, compare=False, repr=False)
+    # training
+    precision: str = "bf16-mixed"
+    optimizer: str = "adamw"
+    checkpointing: str = "none"
+    tokens: float | None = None  # None: Chinchilla's 20 tokens per parameter
+    # planning assumptions
+    convention: str | None = None  # None: the engine's own (memory.default_convention)
+    flash_attention: bool = True
+    mfu: float = compute.DEFAULT_MFU
+    price: float | None = None  # USD per GPU-hour; None: the catalog's
+    runtime_gib: float = memory.DEFAULT_RUNTIME_GIB
+    fragmentation: float = memory.DEFAULT_FRAGMENTATION
+    finetune: str | None = None  # None: pretraining; full | lora | qlora | prompt (planner.memory.finetune)
+    lora_rank: int = 8
+    lora_modules: tuple[str, ...] = finetune_mod.DEFAULT_LORA_MODULES
+    soft_tokens: int = 20
+
+    @classmethod
+    def from_flags(cls, *, gpus: int = 8, zero: int | None = None, fsdp: str | None = None,
+                   sharding_factor: int | None = None, offload: str = "none", tp: int = 1, micro_batch: int = 1,
+                   **rest) -> EstimateRequest:
+        """A request from the planner's flags (`--gpus --zero --fsdp ...`): the layout flags become one
+        `ParallelPlan` (`ParallelPlan.from_flags`, checked with the flags' names); the rest are fields."""
+        layout = ParallelPlan.from_flags(gpus, zero=zero, fsdp=fsdp, sharding_factor=sharding_factor,
+                                         offload=offload, tp=tp, micro_batch=micro_batch)
+        return cls(layout=layout, **rest)
+
+    # read-only views of the layout, for the arithmetic that needs them
+    @property
+    def gpus(self) -> int:
+        return self.layout.world
+
+    @property
+    def tp(self) -> int:
+        return self.layout.tp
+
+    @property
+    def micro_batch(self) -> int:
+        return self.layout.micro_batch
+
+    @property
+    def finetune_spec(self) -> finetune_mod.FineTune | None:
+        if self.finetune is None:
+            return None
+        return finetune_mod.FineTune(self.finetune, self.lora_rank, tuple(self.lora_modules), self.soft_tokens)
+
+    def on(self, world: int | None = None, gpus_per_node: int | None = None) -> EstimateRequest:
+        """The same job on `world` ranks (the batch rule re-checked), `gpus_per_node` per node."""
+        layout = self.layout if world is None else self.layout.with_world(world)
+        return replace(self, layout=layout, gpus_per_node=gpus_per_node or self.gpus_per_node)
+
+    def validate(self) -> EstimateRequest:
+        checks.integer("--gpus-per-node", self.gpus_per_node, 1, 1 << 10)
+        checks.integer("--gpus", self.gpus, 1, 1 << 24)
+        compute.validate_mfu(self.mfu)
+        checks.number("--fragmentation", self.fragmentation, 0.0, 0.5)
+        checks.number("--runtime-gib", self.runtime_gib, 0.0, 64.0)
+        if self.price is not None:
+            checks.number("--price", self.price, 0.0, 1000.0)
+        if self.tokens is not None:
+            checks.number("--tokens", self.tokens, 1e3, 1e17)
+        return self
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    params: float
+    shape: ModelShape
+    source: str  # 'params' (shape inferred) | 'preset:<name>' | 'shape'
+    shape_inferred: bool
+
+
+def resolve_model(req: EstimateRequest) -> ResolvedModel:
+    given = [x is not None for x in (req.params, req.model, req.shape)]
+    if sum(given) != 1:
+        raise PlannerError("model: give exactly one of --params, --model or a shape (--layers --hidden --heads --vocab)")
+    if req.seq_len is not None and req.seq_len <= 0:
+        raise PlannerError(f"--seq-len: {req.seq_len!r} must be a positive integer")
+    if req.model is not None:
+        shape = get_preset(req.model).shape
+        if req.seq_len:
+            shape = replace(shape, seq_len=req.seq_len)
+        return ResolvedModel(shape.param_count(), shape, f"preset:{req.model}", False)
+    if req.shape is not None:
+        return ResolvedModel(req.shape.param_count(), req.shape, "shape", False)
+    if not (req.params and math.isfinite(req.params) and PARAMS_RANGE[0] <= req.params <= PARAMS_RANGE[1]):
+        raise PlannerError(f"--params: {req.params!r} is outside the plausible range {PARAMS_RANGE[0]:.0e}-"
+                           f"{PARAMS_RANGE[1]:.0e} parameters, e.g. 7e9 or 7B")
+    seq_len = req.seq_len or 2048
+    snapped = snap_to_family(req.params, seq_len)
+    if snapped is not None:
+        return ResolvedModel(req.params, snapped[1], f"params (shape of {snapped[0]})", True)
+    return ResolvedModel(req.params, infer_shape(req.params, seq_len, tp=req.tp), "params", True)
+
+
+# ---- run.yaml <-> request ------------------------------------------------------------------------
+def gpu_of(req: EstimateRequest) -> GPU:
+    from planner.model.hardware import get_gpu
+
+    return get_gpu(req.gpu, req.catalog)
+
+
+def planning_of(req: EstimateRequest, model: ResolvedModel) -> PlanningConfig:
+    """Every assumption of `req` that run.yaml's other sections (model, parallel, train) do not hold.
+
+    A GPU that is not a built-in one (or overrides one) is written in whole, so the file needs no
+    catalog to be re-estimated.
+    """
+    gpu = gpu_of(req)
+    spec = None if BUILTIN_GPUS.get(gpu.name) == gpu else GPUSpec(
+        memory_gib=gpu.memory_gib, peak_tflops=dict(gpu.peak_tflops), price_per_hour=gpu.price_per_hour,
+        interconnect_gbps=gpu.interconnect_gbps, description=gpu.description)
+    return PlanningConfig(
+        params=model.params if req.params is not None else None, gpu=gpu.name, gpu_spec=spec,
+        gpus_per_node=req.gpus_per_node, tokens=req.tokens, convention=req.convention,
+        flash_attention=req.flash_attention, mfu=req.mfu, price=req.price, runtime_gib=req.runtime_gib,
+        fragmentation=req.fragmentation, finetune=req.finetune)
+
+
+def request_from_run(cfg: RunConfig) -> EstimateRequest:
+    """The job a run config describes: its model, layout and precision, under its planning assumptions
+    (the defaults, 8 GPUs where the layout leaves the world open, when nothing planned it)."""
+    p = cfg.planning or PlanningConfig()
+    layout = cfg.parallel if cfg.parallel.world is not None else cfg.parallel.with_world(8)
+    catalog = None
+    if p.gpu_spec is not None:
+        g = p.gpu_spec
+        catalog = {p.gpu: GPU(p.gpu, g.memory_gib, dict(g.peak_tflops), g.price_per_hour, g.interconnect_gbps,
+                              g.description)}
+    shape = shape_of(cfg.model)
+    return EstimateRequest(
+        params=p.params, shape=None if p.params is not None else shape, seq_len=cfg.model.seq_len,
+        layout=layout, gpu=p.gpu, gpus_per_node=p.gpus_per_node, catalog=catalog,
+        precision=cfg.train.precision, optimizer="adamw",  # the trainer's optimizer
+        checkpointing="full" if cfg.train.activation_checkpointing else "none", tokens=p.tokens,
+        convention=p.convention, flash_attention=p.flash_attention, mfu=p.mfu, price=p.price,
+        runtime_gib=p.runtime_gib, fragmentation=p.fragmentation, finetune=p.finetune)

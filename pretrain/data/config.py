@@ -1,0 +1,172 @@
+"""The data pipeline's typed config (`configs/data-sample.yaml`): its schema, loading and validation.
+
+Everything a config can get wrong is refused here, at load, in one line naming the key; the Slurm
+settings are checked hardest because they reach an sbatch script. This module is the bottom of
+`pretrain.data`: it reads no other module of the package but `documents`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from planner.core import checks
+from planner.core.schema import ConfigError, load_structured
+from pretrain.data.documents import Source
+
+#: Where C4's two document rules ("lorem ipsum", a curly bracket) are checked (`curate.c4_document_rules`,
+#: `steps.c4.C4Rules`).
+C4_DOCUMENT_RULES = ("kept_lines", "whole_document")
+
+
+@dataclass
+class SourceConfig:
+    path: str = "???"
+    domain: str = "???"
+    format: str = "auto"
+    text_field: str = "text"
+    id_field: str | None = "id"
+
+
+@dataclass
+class SlurmCurateConfig:
+    """The Slurm job settings of `curate --executor slurm` (datatrove's SlurmPipelineExecutor)."""
+
+    partition: str = "cpu"
+    time: str = "12:00:00"
+    cpus_per_task: int = 1
+    mem_per_cpu_gb: int = 2
+    job_name: str = "curate"
+    venv_activate: str = ""  # e.g. /path/to/.venv/bin/activate, sourced by every job
+    sbatch_args: dict[str, Any] = field(default_factory=dict)  # extra #SBATCH directives, e.g. {account: x}
+
+
+@dataclass
+class CurateConfig:
+    gopher_quality: bool = True
+    gopher_repetition: bool = True
+    c4: bool = True
+    #: kept_lines (reference C4 and datatrove) | whole_document: where "lorem ipsum" and "{" drop a document
+    c4_document_rules: str = "kept_lines"
+    language: bool = True
+    languages: list[str] = field(default_factory=lambda: ["en"])
+    min_language_score: float = 0.65
+    pii: bool = True
+    exact_dedup: bool = True
+    minhash_dedup: bool = True
+    minhash_ngram: int = 5  # word n-gram shingles (FineWeb's 5); banding follows from jaccard_threshold
+    #: JSON-lines input is cut into chunks of this many bytes; tasks take contiguous runs of chunks
+    chunk_bytes: int = 64 << 20
+    #: a candidate pair is a near duplicate only when its shingles' Jaccard similarity reaches this
+    jaccard_threshold: float = 0.8
+    slurm: SlurmCurateConfig = field(default_factory=SlurmCurateConfig)
+    #: per-domain threshold overrides, e.g. {finance: {gopher_quality: {min_alpha_words: 0.6}}}
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TokenizerConfig:
+    kind: str = "bpe"  # bpe (byte-level) | unigram (digits split, as BloombergGPT)
+    vocab_size: int = 4096
+    path: str = "tokenizer.json"  # relative to out_dir
+
+
+@dataclass
+class MixConfig:
+    weights: dict[str, float] = field(default_factory=dict)  # by tokens; must sum to 1
+    total_tokens: int | None = None  # None: the most the data gives without repeating any domain
+    max_epochs: float = 4.0  # more repetition than this is refused (or warned, see on_exceed)
+    on_exceed: str = "refuse"  # refuse | warn
+    seq_len: int = 256
+    eval_fraction: float = 0.05
+    seed: int = 0
+
+
+@dataclass
+class DataTrackingConfig:
+    enabled: bool = False
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "data-pipeline"
+
+
+@dataclass
+class DataPipelineConfig:
+    out_dir: str = "data/pipeline"
+    sources: list[SourceConfig] = field(default_factory=list)
+    curate: CurateConfig = field(default_factory=CurateConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    mix: MixConfig = field(default_factory=MixConfig)
+    tracking: DataTrackingConfig = field(default_factory=DataTrackingConfig)
+
+
+def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None) -> DataPipelineConfig:
+    cfg: DataPipelineConfig = load_structured(DataPipelineConfig, path, overrides)
+    _validate(cfg)
+    return cfg
+
+
+def sources_of(cfg: DataPipelineConfig) -> list[Source]:
+    """The configured sources as the readers take them (`documents.Source`)."""
+    return [Source(s.path, s.domain, s.format, s.text_field, s.id_field) for s in cfg.sources]
+
+
+def domains_of(cfg: DataPipelineConfig) -> list[str]:
+    """The domains in sorted order: the order of every per-domain list and of the domain numbers on disk."""
+    return sorted({s.domain for s in cfg.sources})
+
+
+def _validate(cfg: DataPipelineConfig) -> None:
+    if not cfg.sources:
+        raise ConfigError("sources: give at least one {path, domain}")
+    _validate_mix(cfg)
+    if cfg.tokenizer.kind not in ("bpe", "unigram"):
+        raise ConfigError(f"tokenizer.kind: {cfg.tokenizer.kind!r} is not one of bpe, unigram")
+    if cfg.mix.on_exceed not in ("refuse", "warn"):
+        raise ConfigError(f"mix.on_exceed: {cfg.mix.on_exceed!r} is not one of refuse, warn")
+    if not 0 <= cfg.mix.eval_fraction < 1:
+        raise ConfigError(f"mix.eval_fraction: {cfg.mix.eval_fraction} must be in [0, 1)")
+    c = cfg.curate
+    if c.c4_document_rules not in C4_DOCUMENT_RULES:
+        raise ConfigError(f"curate.c4_document_rules: {c.c4_document_rules!r} is not one of "
+                          f"{', '.join(C4_DOCUMENT_RULES)}")
+    for key, value, lo, hi in (("curate.minhash_ngram", c.minhash_ngram, 1, 64),
+                               ("tokenizer.vocab_size", cfg.tokenizer.vocab_size, 16, 1 << 24),
+                               ("mix.seq_len", cfg.mix.seq_len, 2, 1 << 20)):
+        checks.integer(key, value, lo, hi)
+    checks.integer("curate.chunk_bytes", c.chunk_bytes, 1 << 10)
+    checks.number("curate.jaccard_threshold", c.jaccard_threshold, 0.0, 1.0, lo_open=True)
+    _validate_slurm(c.slurm)
+    checks.number("mix.max_epochs", cfg.mix.max_epochs, 1.0, 1e4)
+    checks.number("curate.min_language_score", c.min_language_score, 0.0, 1.0)
+    if cfg.mix.total_tokens is not None:
+        checks.integer("mix.total_tokens", cfg.mix.total_tokens, 1)
+
+
+def _validate_mix(cfg: DataPipelineConfig) -> None:
+    """Weights are a distribution over domains that some source has."""
+    if not cfg.mix.weights:
+        return
+    domains = {s.domain for s in cfg.sources}
+    total = sum(cfg.mix.weights.values())
+    if abs(total - 1) > 1e-6:
+        raise ConfigError(f"mix.weights: {dict(cfg.mix.weights)} sum to {total:g}, not 1")
+    if any(w < 0 for w in cfg.mix.weights.values()):
+        raise ConfigError("mix.weights: weights must be >= 0")
+    unknown = set(cfg.mix.weights) - domains
+    if unknown:
+        raise ConfigError(f"mix.weights: no source has domain {sorted(unknown)} (domains: {sorted(domains)})")
+
+
+def _validate_slurm(sl: SlurmCurateConfig) -> None:
+    """These reach an sbatch script, so nothing in them may end a line or start another directive."""
+    checks.partition("curate.slurm.partition", sl.partition)
+    checks.slurm_time("curate.slurm.time", sl.time)
+    checks.name("curate.slurm.job_name", sl.job_name)
+    checks.integer("curate.slurm.cpus_per_task", sl.cpus_per_task, 1, 4096)
+    checks.integer("curate.slurm.mem_per_cpu_gb", sl.mem_per_cpu_gb, 1, 1 << 14)
+    if sl.venv_activate:
+        checks.no_control("curate.slurm.venv_activate", sl.venv_activate)
+    for key, value in (sl.sbatch_args or {}).items():
+        checks.name("curate.slurm.sbatch_args", str(key))
+        checks.no_control(f"curate.slurm.sbatch_args.{key}", str(value))

@@ -1,0 +1,44 @@
+"""The tokenizer stage: BPE (byte-level) or Unigram (digits split) trained on the curated corpus."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from planner.core.io import atomic_write_text
+from pretrain.data.config import DataPipelineConfig, domains_of
+from pretrain.data.workdir import WorkDir, curated_documents
+
+#: The special tokens; EOS is id 0 and separates documents in packed rows.
+EOS, PAD, UNK = "<|endoftext|>", "<|pad|>", "<|unk|>"
+
+
+def train_tokenizer(cfg: DataPipelineConfig) -> Path:
+    """Train BPE (byte-level) or Unigram (digits split) on the curated mixture; EOS is id 0."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    t = cfg.tokenizer
+    if t.kind == "bpe":
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=t.vocab_size, special_tokens=[EOS, PAD],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    else:
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Metaspace(),
+                                                     pre_tokenizers.Digits(individual_digits=True)])
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(vocab_size=t.vocab_size, special_tokens=[EOS, PAD, UNK], unk_token=UNK,
+                                          show_progress=False)
+    texts = (d.text for dom in domains_of(cfg) for d in curated_documents(cfg, dom))
+    tok.train_from_iterator(texts, trainer=trainer)
+    path = WorkDir.of(cfg).tokenizer(cfg)
+    atomic_write_text(path, tok.to_str())
+    return path
+
+
+def tokenizer_hash(path: Path) -> str:
+    """The tokenizer file's SHA-256, recorded in every shard manifest: training refuses eval shards made
+    with another tokenizer than its train shards."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

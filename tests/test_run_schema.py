@@ -1,0 +1,142 @@
+"""The run schema: one typed description of a job that survives YAML, emit, estimate and launch intact."""
+
+import json
+import subprocess
+import sys
+from dataclasses import fields, is_dataclass
+
+import pytest
+
+from planner.cli import main as planner_main
+from planner.core.parallel import ParallelPlan
+from planner.core.schema import (
+    DataConfig,
+    EngineConfig,
+    GPUSpec,
+    ModelConfig,
+    OptimConfig,
+    PlanningConfig,
+    RunConfig,
+    TrackingConfig,
+    TrainConfig,
+    dump_config,
+    load_config,
+)
+from pretrain.data.synthetic import write_markov_shards
+
+TINY = ["--layers", "2", "--hidden", "64", "--heads", "4", "--vocab", "256", "--seq-len", "64"]
+
+
+def every_field_changed() -> RunConfig:
+    """A config in which no field keeps its default (so a field lost on the way shows)."""
+    return RunConfig(
+        name="every-field", out_dir="runs/every",
+        model=ModelConfig(layers=3, hidden=96, heads=6, kv_heads=2, ffn_hidden=256, vocab=300, seq_len=48,
+                          tied_embeddings=True, norm_eps=1e-6, rope_theta=5e5, init_std=0.01),
+        data=DataConfig(train="shards/t", eval="shards/e", tokenizer="tok.json", seed=7),
+        optim=OptimConfig(lr=1e-3, min_lr_ratio=0.2, warmup_steps=3, weight_decay=0.05, beta1=0.8, beta2=0.9,
+                          eps=1e-7, grad_clip=0.5),
+        train=TrainConfig(steps=11, precision="fp32", seed=9, eval_every=5, eval_batches=2, checkpoint_every=4,
+                          checkpoint_dir="ck", resume=False, log_every=2, max_skipped_steps=3, spike_factor=2.0,
+                          spike_window=7, activation_checkpointing=True, keep_last_checkpoints=2),
+        parallel=ParallelPlan(engine="fsdp", world=4, nodes=2, tp=1, dp_shard=2, fsdp_mode="hybrid", offload="all",
+                              micro_batch=2, grad_accum=3, global_batch=24),
+        engine=EngineConfig(ds_config=None, backend="gloo", timeout_s=30),
+        tracking=TrackingConfig(enabled=False, tracking_uri="sqlite:///x.db", experiment="e", run_name="r",
+                                fallback_dir="off"),
+        planning=PlanningConfig(params=2e9, gpu="my-gpu", gpus_per_node=4, tokens=1e9, convention="fsdp",
+                                flash_attention=False, mfu=0.3, price=2.5, runtime_gib=1.0, fragmentation=0.05,
+                                finetune="full",
+                                gpu_spec=GPUSpec(memory_gib=48.0, peak_tflops={"bf16": 400.0, "fp32": 50.0},
+                                                 price_per_hour=3.0, interconnect_gbps=100.0, description="mine")),
+        plan={"gpu_hours": 12.5},
+    )
+
+
+def defaults_kept(value, default, path=""):
+    """The dotted paths of fields equal to the schema's default (recursively)."""
+    if is_dataclass(value) and is_dataclass(default):
+        return [p for f in fields(value)
+                for p in defaults_kept(getattr(value, f.name), getattr(default, f.name), f"{path}{f.name}.")]
+    return [path.rstrip(".")] if value == default else []
+
+
+def test_the_round_trip_config_leaves_no_field_at_its_default():
+    cfg, default = every_field_changed(), RunConfig(planning=PlanningConfig(gpu_spec=GPUSpec()))
+    # an FSDP hybrid plan with offload runs without TP and has no ZeRO stage or DeepSpeed JSON
+    assert defaults_kept(cfg, default) == ["parallel.tp", "parallel.zero_stage", "engine.ds_config"]
+
+
+def test_every_field_survives_yaml_and_back(tmp_path):
+    cfg = every_field_changed()
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(cfg))
+    assert load_config(path) == cfg
+    assert dump_config(load_config(path)) == dump_config(cfg)
+
+
+def test_a_wrong_planning_value_fails_at_load_naming_the_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(every_field_changed()).replace("fragmentation: 0.05", "fragmentation: 0.9"))
+    with pytest.raises(Exception, match=r"planning\.fragmentation"):
+        load_config(path)
+
+
+CATALOG = "my-gpu:\n  memory_gib: 48\n  peak_tflops: {bf16: 400, fp32: 50}\n  price_per_hour: 3.0\n"
+FLAGS = ["--gpu", "my-gpu", "--gpus", "2", "--gpus-per-node", "2", "--fsdp", "full", "--micro-batch", "2",
+         "--fragmentation", "0.05", "--no-flash-attention", "--runtime-gib", "1.5", "--convention", "zero-paper",
+         "--checkpointing", "full", "--mfu", "0.33", "--price", "2.0", "--tokens", "5e7", "--finetune", "full"]
+
+
+def estimate_json(capsys, *args) -> dict:
+    capsys.readouterr()
+    assert planner_main(["estimate", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("model", [TINY, ["--params", "3e8", "--seq-len", "256"]], ids=["shape", "params"])
+def test_estimate_from_the_emitted_config_equals_the_flags_for_a_custom_gpu(tmp_path, capsys, model):
+    (tmp_path / "cat.yaml").write_text(CATALOG)
+    flags = [*model, *FLAGS, "--gpu-catalog", str(tmp_path / "cat.yaml")]
+    tokens = ["--batch-tokens", str(2 * 2 * (64 if model is TINY else 256))]
+    assert planner_main(["emit", "--out", str(tmp_path / "job"), *flags, *tokens]) == 0
+    by_flags = estimate_json(capsys, *flags)
+    (tmp_path / "cat.yaml").unlink()  # run.yaml alone must carry the GPU
+    by_config = estimate_json(capsys, "--config", str(tmp_path / "job" / "run.yaml"))
+    assert by_config["memory_per_moment_bytes"] == by_flags["memory_per_moment_bytes"]
+    assert by_config["memory_per_gpu_bytes"]["total"] == by_flags["memory_per_gpu_bytes"]["total"]
+    assert by_config["compute"] == by_flags["compute"]
+    assert by_config["hardware"]["gpu"] == "my-gpu" and by_config["gpu_memory_bytes"] == 48 * 2**30
+    assert by_config["training"]["flash_attention"] is False and by_config["training"]["convention"] == "zero-paper"
+
+
+def test_a_custom_gpu_plan_passes_the_launch_preflight(tmp_path):
+    (tmp_path / "cat.yaml").write_text(CATALOG)
+    write_markov_shards(tmp_path / "shards", rows=64)
+    assert planner_main(["emit", "--out", str(tmp_path / "job"), *TINY, *FLAGS, "--gpu-catalog",
+                         str(tmp_path / "cat.yaml"), "--batch-tokens", "256", "--data", str(tmp_path / "shards")]) == 0
+    out = subprocess.run([sys.executable, "-m", "launch.cli", "local", str(tmp_path / "job" / "run.yaml"),
+                          "--nproc", "2", "--dry-run"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "on my-gpu" in out.stdout and "torch.distributed.run" in out.stdout
+
+
+def test_the_table_names_the_peak_moment_and_lists_the_others(capsys):
+    capsys.readouterr()
+    assert planner_main(["estimate", "--params", "7e9", "--fsdp", "full", "--gpus", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "peak" in out and "optimizer-step" in out and "backward-start" in out
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--precision", "fp16-mixed", "--precision: the trainer runs"),
+    ("--checkpointing", "selective", "--checkpointing: the trainer recomputes whole blocks"),
+    ("--finetune", "lora", "--finetune lora: the trainer does not train adapters"),
+    ("--optimizer", "sgd", "--optimizer: the trainer steps with AdamW"),
+])
+def test_emit_refuses_a_plan_the_trainer_cannot_run_in_one_line(tmp_path, capsys, flag, value, message):
+    capsys.readouterr()
+    assert planner_main(["emit", "--out", str(tmp_path / "job"), *TINY, flag, value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "job").exists()
