@@ -76,13 +76,15 @@ def stage_data(out: Path, progress: bool) -> Path:
     from pretrain.data.executors import curate
     from pretrain.data.mix import pack
     from pretrain.data.report import render_funnel
+    from pretrain.data.shards import MANIFEST
     from pretrain.data.tokenizer import train_tokenizer
+    from pretrain.data.workdir import WorkDir
 
     data_dir = out / "data"
     cfg = load_pipeline_config(REPO / "configs/data-sample.yaml",
                                [f"out_dir={data_dir}", f"mix.seq_len={SEQ_LEN}", f"tokenizer.vocab_size={VOCAB}"])
     cfg.sources = [type(s)(**{**s.__dict__, "path": str(REPO / s.path)}) for s in cfg.sources]
-    if (data_dir / "shards/train/manifest.json").is_file():
+    if (WorkDir(data_dir).shards("train") / MANIFEST).is_file():
         _log(f"1/6 data: already curated and packed in {data_dir}")
         return data_dir
     _log("1/6 curating the finance + general sample corpus and training its tokenizer")
@@ -94,10 +96,13 @@ def stage_data(out: Path, progress: bool) -> Path:
 
 
 def stage_design(out: Path, data_dir: Path, engine: str, quick: bool) -> dict:
+    from pretrain.data.workdir import WorkDir
+
+    shards = WorkDir(data_dir).shards
     ladder_flops, target_flops, batch_tokens = BUDGETS["quick" if quick else "full"]
     lad = ladder.design(**DESIGN, ladder_flops=ladder_flops, target_flops=target_flops, batch_tokens=batch_tokens)
     if not (out / ladder.LADDER_FILE).is_file():
-        ladder.write(lad, str(out), train=str(data_dir / "shards/train"), eval_data=str(data_dir / "shards/eval"),
+        ladder.write(lad, str(out), train=str(shards("train")), eval_data=str(shards("eval")),
                      micro_batch=MICRO_BATCH, experiment=EXPERIMENT, bootstrap=BOOTSTRAP, python=sys.executable,
                      holdout_engine=engine, holdout_gpus=WORLD)
     _log(f"2/6 a ladder of {len(lad.points) - 1} runs ({lad.spent_flops:.2g} model FLOPs) and one held-out run "

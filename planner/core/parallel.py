@@ -147,6 +147,8 @@ class ParallelPlan:
         if zero is not None and fsdp is not None:
             raise PlannerError("--zero and --fsdp: choose one sharding strategy, not both")
         engine = "deepspeed" if zero is not None else "fsdp" if fsdp is not None else "ddp" if gpus > 1 else "single"
+        if engine == "fsdp" and offload == "params":
+            offload = "all"  # FSDP2 offloads parameters, gradients and optimizer states together
         plan = cls(engine=engine, world=gpus, tp=tp, dp_shard=sharding_factor, zero_stage=zero or 0,
                    fsdp_mode=fsdp or "full", offload=offload, micro_batch=micro_batch)
         return plan.validate(cli_flag)

@@ -98,8 +98,6 @@ def parallel_section(req: EstimateRequest, opts: EmitOptions, seq_len: int) -> P
         raise PlannerError(f"--batch-tokens: {opts.batch_tokens:,} is not a multiple of the sequence length {seq_len}")
     nodes = opts.nodes or max(1, math.ceil(req.gpus / req.gpus_per_node))
     plan = replace(req.layout, nodes=nodes)
-    if plan.offload != "none" and plan.engine == "fsdp":
-        plan = replace(plan, offload="all")  # FSDP2 offloads parameters, gradients and states together
     per_pass = plan.micro_batch * plan.dp * seq_len  # the flag is in tokens, the plan's batch in sequences
     if opts.batch_tokens % per_pass:
         raise PlannerError(

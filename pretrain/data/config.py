@@ -119,7 +119,7 @@ def domains_of(cfg: DataPipelineConfig) -> list[str]:
 def _validate(cfg: DataPipelineConfig) -> None:
     if not cfg.sources:
         raise ConfigError("sources: give at least one {path, domain}")
-    _validate_mix(cfg)
+    _validate_weights(cfg)
     if cfg.tokenizer.kind not in ("bpe", "unigram"):
         raise ConfigError(f"tokenizer.kind: {cfg.tokenizer.kind!r} is not one of bpe, unigram")
     if cfg.mix.on_exceed not in ("refuse", "warn"):
@@ -143,7 +143,7 @@ def _validate(cfg: DataPipelineConfig) -> None:
         checks.integer("mix.total_tokens", cfg.mix.total_tokens, 1)
 
 
-def _validate_mix(cfg: DataPipelineConfig) -> None:
+def _validate_weights(cfg: DataPipelineConfig) -> None:
     """Weights are a distribution over domains that some source has."""
     if not cfg.mix.weights:
         return
