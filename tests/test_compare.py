@@ -52,9 +52,8 @@ def test_each_row_equals_estimate_for_that_strategy_alone(llama2_7b_on_8_a100s, 
 
 def test_zero3_moves_one_and_a_half_times_what_ddp_moves():
     # Rajbhandari et al. 2019, §7.2.1: DDP 2 Psi per step, ZeRO-3 3 Psi.
-    from planner.plan.compare import comm_params_per_step
-
     from planner.core.parallel import ParallelPlan
+    from planner.plan.compare import comm_params_per_step
 
     zero3, ddp = ParallelPlan.from_flags(8, zero=3), ParallelPlan.from_flags(8)
     assert comm_params_per_step(zero3) / comm_params_per_step(ddp) == 1.5
