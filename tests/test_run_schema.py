@@ -140,3 +140,97 @@ def test_emit_refuses_a_plan_the_trainer_cannot_run_in_one_line(tmp_path, capsys
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not (tmp_path / "job").exists()
+
+
+def test_emit_refuses_a_folder_that_holds_another_job_and_keeps_its_files(tmp_path, capsys):
+    assert planner_main(["emit", "--out", str(tmp_path), *TINY, "--name", "first"]) == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    capsys.readouterr()
+    assert planner_main(["emit", "--out", str(tmp_path), *TINY, "--name", "second"]) == 2
+    assert "another job's run.yaml" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert planner_main(["emit", "--out", str(tmp_path), *TINY, "--name", "second", "--force"]) == 0
+    assert "name: second" in (tmp_path / "run.yaml").read_text()
+
+
+def test_emit_that_fails_part_way_writes_nothing(tmp_path, capsys, monkeypatch):
+    from planner.emit import run_files
+
+    calls = []
+
+    def fail_on_the_fifth(path, text):
+        calls.append(path)
+        if len(calls) == 5:
+            raise OSError(28, "No space left on device", str(path))
+        return real(path, text)
+
+    real = run_files.atomic_write_text
+    monkeypatch.setattr(run_files, "atomic_write_text", fail_on_the_fifth)
+    assert planner_main(["emit", "--out", str(tmp_path / "job"), *TINY]) == 2
+    assert len(calls) == 5 and not (tmp_path / "job").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no staging folder left behind
+
+
+def test_writes_refuse_a_device_or_fifo_as_the_target(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "law.json"
+    os.mkfifo(fifo)
+    data = tmp_path / "runs.csv"
+    data.write_text("N,D,loss\n" + "".join(f"{n},{d},{2 + 400 / n**0.3 + 400 / d**0.3}\n"
+                                           for n in (1e6, 3e6, 1e7, 3e7) for d in (1e8, 3e8, 1e9)))
+    capsys.readouterr()
+    assert planner_main(["fit", "nd", str(data), "--n-col", "N", "--d-col", "D", "--out", str(fifo)]) == 2
+    assert "is a FIFO, not a regular file to write" in capsys.readouterr().err
+    assert fifo.is_fifo()
+
+
+def test_a_fifo_given_as_a_gpu_catalog_is_refused_not_read(tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "cat.yaml"
+    os.mkfifo(fifo)
+    capsys.readouterr()
+    assert planner_main(["estimate", "--params", "7e9", "--gpu-catalog", str(fifo)]) == 2
+    assert "is a FIFO" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("entry, key", [
+    ("{memory_gib: 80, peak_tflops: {bf16: 0}, price_per_hour: 1}", "peak_tflops.bf16"),
+    ("{memory_gib: 80, peak_tflops: {bf16: .nan}, price_per_hour: 1}", "peak_tflops.bf16"),
+    ("{memory_gib: 80, peak_tflops: [989], price_per_hour: 1}", "peak_tflops"),
+    ("{memory_gib: 80, peak_tflops: {bf16: -989}, price_per_hour: 1}", "peak_tflops.bf16"),
+    ("{memory_gib: .inf, peak_tflops: {bf16: 989}, price_per_hour: 1}", "memory_gib"),
+])
+def test_a_gpu_catalog_with_a_meaningless_value_names_the_key(tmp_path, capsys, entry, key):
+    (tmp_path / "cat.yaml").write_text(f"mine: {entry}\n")
+    capsys.readouterr()
+    assert planner_main(["estimate", "--params", "7e9", "--gpu", "mine", "--gpu-catalog", str(tmp_path / "cat.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"mine.{key}" in err and len(err.splitlines()) == 1
+
+
+def test_slurm_times_in_minutes_are_read_as_the_readme_documents():
+    from planner.emit.slurm import parse_time_hours
+
+    assert [parse_time_hours(t) for t in ("2880", "90:30", "48:00:00", "2-00", "1-02:30")] == [48.0, 1.5083333333333333, 48.0, 48.0, 26.5]
+
+
+def test_shape_flags_are_held_to_the_parameter_range(capsys):
+    capsys.readouterr()
+    assert planner_main(["estimate", "--layers", "100000", "--hidden", "65536", "--heads", "64", "--vocab", "32000"]) == 2
+    assert "above the plausible 1e+14" in capsys.readouterr().err
+
+
+def test_an_hf_config_with_a_non_boolean_tie_flag_or_deep_nesting_is_refused(tmp_path, capsys):
+    import json as _json
+
+    from planner.model.hf_config import SHIPPED
+
+    cfg = _json.loads((SHIPPED / "llama3-8b.json").read_text())
+    (tmp_path / "tie.json").write_text(_json.dumps({**cfg, "tie_word_embeddings": "no"}))
+    (tmp_path / "deep.json").write_text("[" * 50_000 + "]" * 50_000)
+    for name, message in (("tie.json", "tie_word_embeddings must be true or false"), ("deep.json", "nested too deeply")):
+        capsys.readouterr()
+        assert planner_main(["estimate", "--hf-config", str(tmp_path / name)]) == 2
+        assert message in capsys.readouterr().err

@@ -28,8 +28,9 @@ from planner.core.errors import PlannerError
 @click.option("--max-time", default="48:00:00", show_default=True,
               help="The partition's limit: a longer plan becomes a chain of dependent jobs (submit.sh).")
 @click.option("--env-setup", help="Line that activates the environment in the batch script (default: this venv).")
+@click.option("--force", is_flag=True, help="Replace the files of another job already in --out.")
 def emit(out_dir, name, data_train, data_eval, tokenizer, batch_tokens, lr, checkpoint_every, eval_every, tracking_uri,
-         experiment, nodes, slurm_partition, slurm_time, max_time, env_setup, **kw):
+         experiment, nodes, slurm_partition, slurm_time, max_time, env_setup, force, **kw):
     """Write run.yaml, ds_config.json, launch scripts, plan.json and PLAN.md for a plan."""
     from planner.emit.run_files import EmitOptions
     from planner.emit.run_files import emit as run_emit
@@ -39,7 +40,7 @@ def emit(out_dir, name, data_train, data_eval, tokenizer, batch_tokens, lr, chec
     opts = EmitOptions(out_dir=out_dir, name=name, data_train=data_train, data_eval=data_eval, tokenizer=tokenizer,
                        batch_tokens=int(batch_tokens), lr=lr, checkpoint_every=checkpoint_every, eval_every=eval_every,
                        tracking_uri=tracking_uri, experiment=experiment, nodes=nodes, slurm_partition=slurm_partition,
-                       slurm_time=slurm_time, max_time=max_time, env_setup=env_setup)
+                       slurm_time=slurm_time, max_time=max_time, env_setup=env_setup, force=force)
     written = run_emit(build_request(kw), opts)
     for path in written.values():
         click.echo(f"wrote {path}")

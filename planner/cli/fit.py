@@ -40,12 +40,13 @@ def _emit_fit(result, out, as_json, name) -> None:
 
     payload = {k: v for k, v in result.to_dict().items() if not k.startswith("_") and k != "bootstrap_params"}
     payload["name"] = name
-    if out:
+    if out and result.converged:  # a law file is only ever a converged fit (`optimal --law` trusts it)
         atomic_write_json(out, payload)
     click.echo(json.dumps(payload, indent=2) if as_json else render_fit(payload))
     if not result.converged:
+        kept = f"; {out} was not written" if out else ""
         click.echo(f"planner: warning: the fit did not converge ({result.message}); the values above are the "
-                   "best found, not a converged fit", err=True)
+                   f"best found, not a converged fit{kept}", err=True)
         raise click.exceptions.Exit(1)
 
 

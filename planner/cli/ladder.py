@@ -10,6 +10,7 @@ import click
 
 from planner.cli.options import COUNT
 from planner.core.errors import PlannerError
+from planner.core.parallel import ENGINES
 
 
 @click.group()
@@ -42,7 +43,7 @@ def _floats(value: str, flag: str) -> list[float]:
 @click.option("--target-flops", type=COUNT, required=True, help="The held-out run's budget, predicted before it trains.")
 @click.option("--experiment", default="ladder", show_default=True, help="MLflow experiment (SQLite store in --out).")
 @click.option("--bootstrap", type=click.IntRange(0, 10_000), default=30, show_default=True)
-@click.option("--holdout-engine", type=click.Choice(["single", "ddp", "deepspeed", "fsdp"]), default="single",
+@click.option("--holdout-engine", type=click.Choice(ENGINES), default="single",
               show_default=True, help="The held-out run's engine (deepspeed: ZeRO-2, fsdp: full sharding).")
 @click.option("--holdout-gpus", type=click.IntRange(1, 1 << 16), default=1, show_default=True,
               help="Ranks of the held-out run (through `launch local`); the ladder's runs use one.")

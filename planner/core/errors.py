@@ -45,13 +45,33 @@ def describe(exc: BaseException) -> str | None:
     return None
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, so `finally` blocks and atomic writes unwind as on Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def guarded(prog: str, fn, *args, **kwargs) -> int:
     """Run an entry point: expected failures become one line on stderr and exit 2 (a traceback only
-    with PLANNER_DEBUG=1); the return value of `fn` (None: 0) is the exit status otherwise."""
+    with PLANNER_DEBUG=1); Ctrl-C and SIGTERM one line and exit 130 / 143 (128 + the signal, as shells
+    report them); the return value of `fn` (None: 0) is the exit status otherwise."""
     import os
+    import signal
+    import sys
+    import threading
 
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = fn(*args, **kwargs)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted (SIGINT); finished work is kept, a rerun resumes", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM); finished work is kept, a rerun resumes", file=sys.stderr)
+        return 143
     except Exception as exc:
         message = describe(exc)
         if message is None or os.environ.get(DEBUG_ENV) == "1":

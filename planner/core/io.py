@@ -8,8 +8,10 @@ and schedulers running as other users can read run.yaml, configs, reports and ch
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +44,7 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     """A file to stream into (text or binary by `mode`) that appears at `path` only complete: fsynced
     and renamed when the block ends, removed if it raises. For outputs too large to hold in memory."""
     path = Path(path)
+    refuse_special_target(path)
     with names_file(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -60,6 +63,46 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+class SpecialFileError(OSError):
+    """A path that names a device, FIFO, socket or folder where a regular file is expected."""
+
+
+def _kind(mode: int) -> str | None:
+    if stat.S_ISREG(mode):
+        return None
+    return ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "not a regular file")
+
+
+def refuse_special_target(path: Path) -> None:
+    """Writes go to regular files or to new names: renaming over /dev/null would replace the device."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError:
+        return  # unreadable parent etc.: the write itself reports it, naming the file
+    kind = _kind(mode)
+    if kind is not None:
+        raise SpecialFileError(errno.EEXIST, f"is {kind}, not a regular file to write", str(path))
+
+
+def read_input(path: str | Path, max_bytes: int = 64 << 20) -> bytes:
+    """The bytes of an input file we load: refused (never read, so never hung on) when it is a FIFO,
+    a device or a folder, and when larger than `max_bytes`."""
+    path = Path(path)
+    mode = os.stat(path).st_mode
+    kind = _kind(mode)
+    if kind is not None:
+        raise SpecialFileError(errno.EINVAL, f"is {kind}, not a regular file to read", str(path))
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise SpecialFileError(errno.EFBIG, f"is larger than {max_bytes >> 20} MiB", str(path))
+    return data
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

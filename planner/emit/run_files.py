@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from planner.core import checks
 from planner.core.errors import PlannerError
-from planner.core.io import atomic_write_text
+from planner.core.io import atomic_write_text, refuse_special_target
 from planner.core.parallel import ParallelPlan, cli_flag
 from planner.core.schema import (
     DataConfig,
@@ -63,6 +66,7 @@ class EmitOptions:
     max_time: str = "48:00:00"  # the partition's limit: longer plans become a chain of jobs
     env_setup: str | None = None  # None: activate the virtual environment emit runs from
     max_restarts: int = 3
+    force: bool = False  # replace the files of another job in out_dir
 
     def validate(self) -> EmitOptions:
         """Every value that reaches a script or run.yaml, checked once (planner.core.checks)."""
@@ -261,10 +265,29 @@ def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
         cfg = deepspeed_config(run.parallel, bf16=run.train.precision != "fp32", grad_clip=run.optim.grad_clip)
         files["ds_config.json"] = json.dumps(cfg, indent=2, sort_keys=True) + "\n"
     files.update(launch_scripts(run.parallel, opts, result.compute.wall_days * 24))
-    out = Path(opts.out_dir)
-    written = {}
-    for name, text in files.items():
-        written[name] = atomic_write_text(out / name, text)
-        if name.endswith((".sh", ".sbatch")):
-            written[name].chmod(0o755)
-    return written
+    return write_job_folder(Path(opts.out_dir), files, force=opts.force)
+
+
+def write_job_folder(out: Path, files: dict[str, str], force: bool = False) -> dict[str, Path]:
+    """All or nothing: every file is written into a folder beside `out` first, then each is renamed into
+    place, so a failure leaves `out` as it was. A folder that holds another job's run.yaml is refused
+    (one line) unless `force`; the same job again rewrites identical bytes."""
+    run_yaml = out / "run.yaml"
+    if not force and run_yaml.exists() and run_yaml.is_file() and run_yaml.read_text() != files["run.yaml"]:
+        raise PlannerError(f"--out: {out} already holds another job's run.yaml; choose a new folder, or --force "
+                           "to replace its files")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".emit", dir=out.parent))
+    try:
+        for name, text in files.items():
+            atomic_write_text(staging / name, text)
+            if name.endswith((".sh", ".sbatch")):
+                (staging / name).chmod(0o755)
+        out.mkdir(exist_ok=True)
+        for name in files:
+            refuse_special_target(out / name)
+        for name in files:
+            os.replace(staging / name, out / name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {name: out / name for name in files}

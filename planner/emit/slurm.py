@@ -43,7 +43,7 @@ def parse_time_hours(text: str) -> float:
     if days:  # D-H, D-H:M, D-H:M:S
         h, m, s = (parts + [0, 0])[:3]
     else:  # M, M:S, H:M:S
-        h, m, s = {1: (0, parts[0], 0), 2: (0, parts[0], parts[1]), 3: tuple(parts)}[len(parts)]
+        h, m, s = parts if len(parts) == 3 else (0, *parts, 0)[:3]  # M -> 0:M:0, M:S -> 0:M:S
     return int(days or 0) * 24 + h + m / 60 + s / 3600
 
 

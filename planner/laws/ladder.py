@@ -33,7 +33,7 @@ from planner.compute import flops as compute
 from planner.core import checks
 from planner.core.errors import PlannerError
 from planner.core.io import atomic_write_json, atomic_write_text
-from planner.core.parallel import ParallelPlan, cli_flag
+from planner.core.parallel import ENGINES, ParallelPlan, cli_flag
 from planner.core.schema import (
     DataConfig,
     ModelConfig,
@@ -52,7 +52,6 @@ WARMUP_FRACTION = 0.05
 HEAD_DIM = 16
 #: A law whose bootstrap band on the held-out prediction is wider than this (relative) is not used to re-plan.
 MAX_BAND = 0.05
-HOLDOUT_ENGINES = ("single", "ddp", "deepspeed", "fsdp")
 #: The shortest run a ladder point may be: fewer optimizer steps than this measure warm-up, not a law.
 MIN_STEPS = 20
 #: Token multiples (tokens = m x k x N): k is set by the budget, so only their ratios matter; past 1000 the
@@ -167,8 +166,8 @@ def design(*, widths: list[int], holdout_width: int, layers: int, vocab: int, se
 def layout(ladder: Ladder, micro_batch: int, engine: str = "single", world: int = 1) -> ParallelPlan:
     """How one point trains: `world` ranks of `engine` (single | ddp | deepspeed (ZeRO-2) | fsdp (full)),
     `micro_batch` sequences per rank, and the ladder's batch in tokens as the global batch."""
-    if engine not in HOLDOUT_ENGINES:
-        raise PlannerError(f"--holdout-engine: {engine!r} is not one of {', '.join(HOLDOUT_ENGINES)}")
+    if engine not in ENGINES:
+        raise PlannerError(f"--holdout-engine: {engine!r} is not one of {', '.join(ENGINES)}")
     if (engine == "single") != (world == 1):
         raise PlannerError(f"--holdout-gpus: {world} with engine {engine}: one rank is 'single', several need ddp, "
                            "deepspeed or fsdp")

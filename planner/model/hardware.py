@@ -21,7 +21,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from planner.core import checks
 from planner.core.errors import PlannerError
+from planner.core.io import read_input
 
 
 @dataclass(frozen=True)
@@ -87,9 +89,11 @@ def load_catalog(path: str | Path | None = None) -> dict[str, GPU]:
     import yaml  # only when a catalog file is given: keeps `planner estimate` start-up small
 
     try:
-        entries = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise PlannerError(f"--gpu-catalog: cannot read {path}: {exc}".splitlines()[0]) from None
+        entries = yaml.safe_load(read_input(path, max_bytes=1 << 20).decode("utf-8"))
+    except OSError as exc:
+        raise PlannerError(f"--gpu-catalog: cannot read {path}: {exc.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        raise PlannerError(f"--gpu-catalog: {path} is not YAML text: {exc}".splitlines()[0]) from None
     if not isinstance(entries, dict):
         raise PlannerError(f"--gpu-catalog: {path} must be a YAML mapping of GPU name -> fields")
     for name, fields in entries.items():
@@ -109,12 +113,20 @@ def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
         base = GPU(name, 0.0, {}, 0.0)
     merged = replace(base, **{k: v for k, v in fields.items() if k != "peak_tflops"})
     if "peak_tflops" in fields:
-        merged = replace(merged, peak_tflops={**base.peak_tflops, **{str(k): float(v) for k, v in fields["peak_tflops"].items()}})
-    for key in ("memory_gib", "price_per_hour"):
-        value = getattr(merged, key)
-        if not isinstance(value, (int, float)) or value <= 0:
-            raise PlannerError(f"--gpu-catalog: {name}.{key} must be a positive number, got {value!r}")
-    return merged
+        peaks = fields["peak_tflops"]
+        if not isinstance(peaks, dict) or not peaks:
+            raise PlannerError(f"--gpu-catalog: {name}.peak_tflops must map dtypes to TFLOP/s, e.g. {{bf16: 989}}; "
+                               f"got {peaks!r}")
+        merged = replace(merged, peak_tflops={**base.peak_tflops, **{str(k): v for k, v in peaks.items()}})
+    # physically meaningful ranges: today's largest GPU has 192 GiB and ~4,500 dense fp8 TFLOP/s
+    checks.number(f"--gpu-catalog: {name}.memory_gib", merged.memory_gib, 0.0, 1e5, lo_open=True)
+    checks.number(f"--gpu-catalog: {name}.price_per_hour", merged.price_per_hour, 0.0, 1e4)
+    checks.number(f"--gpu-catalog: {name}.interconnect_gbps", merged.interconnect_gbps, 0.0, 1e6)
+    for dtype, tflops in merged.peak_tflops.items():
+        checks.number(f"--gpu-catalog: {name}.peak_tflops.{dtype}", tflops, 0.0, 1e6, lo_open=True)
+    if not isinstance(merged.description, str):
+        raise PlannerError(f"--gpu-catalog: {name}.description must be text, got {merged.description!r}")
+    return replace(merged, peak_tflops={k: float(v) for k, v in merged.peak_tflops.items()})
 
 
 def get_gpu(name: str, catalog: dict[str, GPU] | None = None) -> GPU:

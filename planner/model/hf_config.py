@@ -20,6 +20,7 @@ import json
 from pathlib import Path
 
 from planner.core.errors import PlannerError
+from planner.core.io import read_input
 from planner.model.shapes import ModelShape
 
 GATED = ("llama", "mistral", "qwen2", "gemma", "gemma2", "olmo", "olmo2")
@@ -44,14 +45,23 @@ def _int(cfg: dict, path: Path, *names: str, default=None) -> int:
     return value
 
 
+def _bool(cfg: dict, path: Path, name: str, default: bool) -> bool:
+    value = cfg.get(name, default)
+    if not isinstance(value, bool):
+        raise PlannerError(f"--hf-config: {path}: {name} must be true or false, not {value!r}")
+    return value
+
+
 def shape_from_hf(path: str | Path, seq_len: int | None = None) -> ModelShape:
     path = Path(path)
     try:
-        cfg = json.loads(path.read_text())
+        cfg = json.loads(read_input(path, max_bytes=4 << 20).decode("utf-8"))
     except OSError as exc:
         raise PlannerError(f"--hf-config: cannot read {path}: {exc.strerror}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise PlannerError(f"--hf-config: {path} is not a JSON config: {exc}") from None
+    except RecursionError:
+        raise PlannerError(f"--hf-config: {path} is nested too deeply to be a model config") from None
     if not isinstance(cfg, dict):
         raise PlannerError(f"--hf-config: {path} holds a {type(cfg).__name__}, not a config object")
     kind = cfg.get("model_type")
@@ -61,7 +71,7 @@ def shape_from_hf(path: str | Path, seq_len: int | None = None) -> ModelShape:
         return ModelShape(_int(cfg, path, "n_layer", "num_hidden_layers"), hidden, _int(cfg, path, "n_head"),
                           _int(cfg, path, "vocab_size"), positions,
                           ffn_hidden=_int(cfg, path, "n_inner", default=4 * hidden), mlp="gelu", norm="layernorm",
-                          position="learned", tied_embeddings=cfg.get("tie_word_embeddings", True), bias=True)
+                          position="learned", tied_embeddings=_bool(cfg, path, "tie_word_embeddings", True), bias=True)
     if kind not in (*GATED, "gpt_neox"):
         raise PlannerError(f"--hf-config: {path}: model_type {kind!r} is not one of "
                            f"{', '.join((*GATED, 'gpt_neox', 'gpt2'))}")
@@ -69,7 +79,7 @@ def shape_from_hf(path: str | Path, seq_len: int | None = None) -> ModelShape:
     heads = _int(cfg, path, "num_attention_heads")
     common = {"kv_heads": _int(cfg, path, "num_key_value_heads", default=heads),
               "ffn_hidden": _int(cfg, path, "intermediate_size"),
-              "tied_embeddings": bool(cfg.get("tie_word_embeddings", kind in ("gemma", "gemma2")))}
+              "tied_embeddings": _bool(cfg, path, "tie_word_embeddings", kind in ("gemma", "gemma2"))}
     if cfg.get("head_dim") is not None:
         common["head_dim_override"] = _int(cfg, path, "head_dim")
     if kind == "gpt_neox":

@@ -128,7 +128,11 @@ def resolve_model(req: EstimateRequest) -> ResolvedModel:
             shape = replace(shape, seq_len=req.seq_len)
         return ResolvedModel(shape.param_count(), shape, f"preset:{req.model}", False)
     if req.shape is not None:
-        return ResolvedModel(req.shape.param_count(), req.shape, "shape", False)
+        count = req.shape.param_count()
+        if count > PARAMS_RANGE[1]:  # no lower bound: our CPU tests and ladders train shapes of a few thousand
+            raise PlannerError(f"shape: {count:.3g} parameters is above the plausible {PARAMS_RANGE[1]:.0e}; "
+                               "check --layers, --hidden and --vocab")
+        return ResolvedModel(count, req.shape, "shape", False)
     if not (req.params and math.isfinite(req.params) and PARAMS_RANGE[0] <= req.params <= PARAMS_RANGE[1]):
         raise PlannerError(f"--params: {req.params!r} is outside the plausible range {PARAMS_RANGE[0]:.0e}-"
                            f"{PARAMS_RANGE[1]:.0e} parameters, e.g. 7e9 or 7B")
