@@ -1,7 +1,7 @@
 """A decoder-only transformer: pre-norm RMSNorm, rotary positions, SwiGLU, optional GQA and tied head.
 
 Read top to bottom like nanoGPT. Sizes come from `planner.model.shapes.ModelShape` (via
-`planner.core.schema.shape_of`), so the parameter count equals the planner's formula exactly.
+`planner.model.shapes.shape_of`), so the parameter count equals the planner's formula exactly.
 """
 
 from __future__ import annotations
