@@ -211,8 +211,9 @@ def _gathered(terms, plan: ParallelPlan, shape: ModelShape | None, convention: s
         # At the start of backward (the peak): the root's parameters (embedding, head, final norm),
         # which FSDP2 does not reshard after forward, and the last block being gathered again.
         # Gradients are reduce-scattered block by block after that, when activations are freed.
+        # Under TP each rank gathers only its tensor-parallel slice (measured by `planner verify --tp`).
         root = shape.param_count() - shape.layers * shape.layer_params()
-        return {"weights": (root + shape.layer_params()) * weight_bytes, "gradients": 0.0}
+        return {"weights": (root + shape.layer_params()) * weight_bytes / plan.tp, "gradients": 0.0}
     grad16 = next((t.bytes_per_param for t in terms if t.category == "gradients"), 0)
     largest = shape.largest_layer_params()
     return {"weights": largest * weight_bytes, "gradients": largest * grad16}
