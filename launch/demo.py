@@ -130,11 +130,10 @@ def _train(out: Path, point: dict) -> None:
 
 
 def ladder_plan(folder: Path):
-    import yaml
+    """The layout a ladder point's run.yaml holds (read through the one run schema)."""
+    from planner.core.schema import load_config
 
-    from planner.core.parallel import ParallelPlan
-
-    return ParallelPlan(**yaml.safe_load((folder / "run.yaml").read_text())["parallel"])
+    return load_config(folder / "run.yaml").parallel
 
 
 def stage_train_ladder(out: Path, meta: dict, progress: bool) -> None:

@@ -53,6 +53,17 @@ def _raise_terminated(signum, frame):
     raise Terminated()
 
 
+def _default_sigterm_in_child() -> None:
+    """Forked workers (datatrove's pool, torch's) die on SIGTERM as usual: their parent's pool sends it to stop
+    them, and a worker blocked in a lock must not turn it into an exception it never reaches."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+_CHILD_HOOK: list[bool] = []
+
+
 def guarded(prog: str, fn, *args, **kwargs) -> int:
     """Run an entry point: expected failures become one line on stderr and exit 2 (a traceback only
     with PLANNER_DEBUG=1); Ctrl-C and SIGTERM one line and exit 130 / 143 (128 + the signal, as shells
@@ -64,6 +75,9 @@ def guarded(prog: str, fn, *args, **kwargs) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
+        if not _CHILD_HOOK:
+            os.register_at_fork(after_in_child=_default_sigterm_in_child)
+            _CHILD_HOOK.append(True)
     try:
         code = fn(*args, **kwargs)
     except KeyboardInterrupt:

@@ -26,11 +26,13 @@ class FSDPEngine(Engine):
         plan = self.plan = cfg.parallel
         mesh = build_mesh(plan, info.device.type)
         self.model.to(info.device)
-        parallelize(self.model, plan, mesh, bf16=cfg.train.precision == "bf16-mixed",
-                    activation_checkpointing=cfg.train.activation_checkpointing)
+        bf16 = cfg.train.precision == "bf16-mixed"
+        parallelize(self.model, plan, mesh, bf16=bf16, activation_checkpointing=cfg.train.activation_checkpointing)
         self.optimizer = make_adamw(self.model.parameters(), cfg)
+        # under bf16 the sharded fp32 parameters are the master copy of the gathered bf16 weights; in fp32
+        # there is no other copy, so they are the weights (the planner's lines, by the same names)
         self.measure_states_at_first_update(self.optimizer, lambda: parameter_state_bytes(
-            self.model, self.optimizer, params_are_master=True))
+            self.model, self.optimizer, params_are_master=bf16))
 
     def forward(self, x, y):
         with loss_context(self.plan):
