@@ -136,14 +136,30 @@ def set_up(cfg: RunConfig) -> tuple[DistInfo, PackedBatches, Engine, Checkpointe
 
 
 def check_data(cfg: RunConfig, shards: TokenShards) -> None:
-    """The training shards must fit the model: its sequence length, its vocabulary, its tokenizer."""
+    """The training (and evaluation) shards must fit the model: its sequence length, its vocabulary (every token
+    id below model.vocab: the manifest's vocab_size and max_token_id, typed and checked by `TokenShards.open`),
+    its tokenizer."""
     if shards.seq_len != cfg.model.seq_len:
         raise PlannerError(f"data.train: shards hold sequences of {shards.seq_len} tokens, "
                            f"model.seq_len is {cfg.model.seq_len}")
-    if shards.manifest["vocab_size"] > cfg.model.vocab:
-        raise PlannerError(f"model.vocab: {cfg.model.vocab} is smaller than the data's vocabulary "
-                           f"{shards.manifest['vocab_size']}")
+    check_vocab("data.train", shards, cfg.model.vocab)
+    if cfg.data.eval:
+        held_out = TokenShards.open(cfg.data.eval)
+        check_vocab("data.eval", held_out, cfg.model.vocab)
+        if held_out.seq_len > cfg.model.seq_len:
+            raise PlannerError(f"data.eval: shards hold sequences of {held_out.seq_len} tokens, longer than "
+                               f"model.seq_len {cfg.model.seq_len}")
     check_tokenizer(cfg, shards.manifest)
+
+
+def check_vocab(key: str, shards: TokenShards, vocab: int) -> None:
+    """Refuse shards whose vocabulary (or largest token id) the model has no embedding for."""
+    where = f"{key}: {shards.path / 'manifest.json'}"
+    if shards.vocab_size > vocab:
+        raise PlannerError(f"{where}: vocab_size {shards.vocab_size:,} > model.vocab {vocab:,}")
+    top = shards.typed.max_token_id
+    if top is not None and top >= vocab:  # (open already holds it below vocab_size)
+        raise PlannerError(f"{where}: max_token_id {top:,} >= model.vocab {vocab:,}")
 
 
 def check_tokenizer(cfg: RunConfig, train_manifest: dict) -> None:
@@ -166,10 +182,10 @@ def resume(cfg: RunConfig, ckpt: Checkpointer, engine: Engine, data: PackedBatch
     latest = ckpt.latest() if cfg.train.resume else None
     if latest is None:
         return Progress()
-    meta, loader_state = ckpt.load(latest, engine)
+    meta, loader_state = ckpt.load(latest, engine, max_step=cfg.train.steps)  # typed: CheckpointMeta
     data.load_state_dict(loader_state)
-    return Progress(meta["step"], meta["tokens_seen"], meta["skipped_total"], meta.get("mlflow_run_id"),
-                    [tuple(h) for h in meta["history"]], [tuple(e) for e in meta["evals"]], resumed=True)
+    return Progress(meta.step, meta.tokens_seen, meta.skipped_total, meta.run_id, list(meta.history),
+                    list(meta.evals), resumed=True)
 
 
 def log_run_start(tracker: Tracker, cfg: RunConfig, report: RunReport, world: int) -> None:

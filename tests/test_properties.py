@@ -134,3 +134,92 @@ def test_a_run_config_with_any_values_is_estimated_or_refused_in_one_line(change
 def test_the_emitted_config_round_trips_unchanged(tmp_path):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(BASE))
     assert yaml.safe_load(dump_config(load_config(tmp_path / "run.yaml"))) == BASE
+
+
+# ---- launch: any run config the launcher is handed --------------------------------------------------------
+def launch_run(argv: list[str]) -> tuple[int, str]:
+    from launch.cli import main as launch_main
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        code = launch_main(argv)
+    return code, err.getvalue()
+
+
+SHARDS = Path(tempfile.mkdtemp()) / "train"
+
+
+def _shards() -> Path:
+    from pretrain.data.synthetic import write_markov_shards
+
+    if not (SHARDS / "manifest.json").is_file():
+        write_markov_shards(SHARDS, rows=64)
+    return SHARDS
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(st.lists(st.tuples(st.sampled_from(PATHS), VALUES), min_size=1, max_size=3),
+       st.sampled_from(["1", "2", "3", "8"]))
+def test_launch_answers_any_run_config_in_one_line_and_starts_nothing_on_error(changes, nproc):
+    doc = mutated(BASE, ("data", "train"), str(_shards()))
+    for path, value in changes:
+        doc = mutated(doc, path, value)
+    root = Path(tempfile.mkdtemp())
+    try:
+        (root / "run.yaml").write_text(yaml.safe_dump(doc))
+        code, err = launch_run(["local", str(root / "run.yaml"), "--nproc", nproc, "--dry-run"])
+        assert code in (0, 2), (code, err)
+        assert "Traceback" not in err
+        if code == 2:
+            assert len([line for line in err.splitlines() if line.strip()]) == 1, err
+        assert sorted(p.name for p in root.iterdir()) == ["run.yaml"]  # a dry run writes nothing
+    finally:
+        shutil.rmtree(root)
+
+
+# ---- the data pipeline's config: any document -------------------------------------------------------------
+SAMPLE = yaml.safe_load((Path(__file__).parents[1] / "configs/data-sample.yaml").read_text())
+DATA_PATHS = sorted(key_paths(SAMPLE))
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(DATA_PATHS), VALUES), min_size=1, max_size=3))
+def test_a_data_pipeline_config_with_any_values_loads_or_is_refused_in_one_line(changes):
+    from planner.core.errors import guarded
+    from pretrain.data.config import load_pipeline_config
+
+    doc = SAMPLE
+    for path, value in changes:
+        doc = mutated(doc, path, value)
+    root = Path(tempfile.mkdtemp())
+    try:
+        (root / "data.yaml").write_text(yaml.safe_dump(doc))
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = guarded("pretrain-data", load_pipeline_config, str(root / "data.yaml"))
+        assert code in (0, 2) and "Traceback" not in err.getvalue()
+        if code == 2:
+            assert len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
+    finally:
+        shutil.rmtree(root)
+
+
+# ---- planner ladder design: any flags ----------------------------------------------------------------------
+LADDER_FLAGS = ["--widths", "--holdout-width", "--layers", "--vocab", "--seq-len", "--batch-tokens", "--micro-batch",
+                "--multiples", "--lr-ref", "--ladder-flops", "--target-flops", "--bootstrap", "--holdout-engine",
+                "--holdout-gpus"]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
+@given(flags(LADDER_FLAGS, []))
+def test_ladder_design_answers_any_flags_and_writes_nothing_on_error(extra):
+    root = Path(tempfile.mkdtemp())
+    try:
+        argv = ["ladder", "design", "--out", str(root / "ladder"), "--data", "d/train", "--eval-data", "d/eval",
+                "--vocab", "256", "--seq-len", "64", "--ladder-flops", "1e12", "--target-flops", "4e12", *extra]
+        code, err = run(argv)
+        assert_answered(code, err)
+        if code == 2:
+            assert not (root / "ladder").exists()
+    finally:
+        shutil.rmtree(root)

@@ -161,6 +161,30 @@ def _load_yaml_mapping(path: Path):
     return loaded
 
 
+def _check_sections(schema: type, doc: dict, prefix: str) -> None:
+    """Every section the schema holds as a dataclass is a mapping in the file (or null where optional):
+    OmegaConf would otherwise fail with a TypeError that names no key."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(schema)
+    for f in dataclasses.fields(schema):
+        if f.name not in doc:
+            continue
+        kind = hints[f.name]
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        section = kind if dataclasses.is_dataclass(kind) else args[0] if len(args) == 1 and \
+            dataclasses.is_dataclass(args[0]) else None
+        value, key = doc[f.name], f"{prefix}{f.name}"
+        if section is None:
+            continue
+        if value is None and section is not kind:
+            continue
+        if not isinstance(value, dict):
+            raise ConfigError(f"config: {key}: must be a mapping of keys to values, not {type(value).__name__}")
+        _check_sections(section, value, key + ".")
+
+
 def load_structured(schema: type, path: str | Path | None = None, overrides: list[str] | None = None):
     """A dataclass instance of `schema` from YAML (optional) and dotlist overrides (`train.steps=20`).
 
@@ -172,7 +196,9 @@ def load_structured(schema: type, path: str | Path | None = None, overrides: lis
     try:
         merged = OmegaConf.structured(schema)
         if path is not None:
-            merged = OmegaConf.merge(merged, _load_yaml_mapping(Path(path)))
+            loaded = _load_yaml_mapping(Path(path))
+            _check_sections(schema, OmegaConf.to_container(loaded), "")
+            merged = OmegaConf.merge(merged, loaded)
         if overrides:
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         missing = sorted(OmegaConf.missing_keys(merged))

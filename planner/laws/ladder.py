@@ -32,7 +32,7 @@ from pathlib import Path
 from planner.compute import flops as compute
 from planner.core import checks
 from planner.core.errors import PlannerError
-from planner.core.io import atomic_write_json, atomic_write_text
+from planner.core.io import atomic_write_json, atomic_write_text, read_input
 from planner.core.parallel import ENGINES, ParallelPlan, cli_flag
 from planner.core.schema import (
     DataConfig,
@@ -246,11 +246,127 @@ def train_command(python: str, folder: Path, plan: ParallelPlan) -> str:
     return f"(cd {q(str(folder))} && {q(python)} -m launch.cli local run.yaml --nproc {plan.world})"
 
 
-def _load(root) -> dict:
+#: ladder.json and prediction.json are kilobytes (one entry per point); anything this large is not ours.
+MAX_LADDER_BYTES = 16 << 20
+
+
+def _read_json(path: Path):
+    """A ladder file's JSON, read through `read_input` (no FIFO or device, size-capped)."""
+    try:
+        return json.loads(read_input(path, max_bytes=MAX_LADDER_BYTES).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlannerError(f"{path}: not valid JSON text: {str(exc).splitlines()[0][:120]}") from None
+
+
+def _mapping(data, where: str, keys: tuple[str, ...]) -> dict:
+    if not isinstance(data, dict):
+        raise PlannerError(f"{where}: holds a {type(data).__name__}, not a mapping of keys to values")
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise PlannerError(f"{where}: missing key(s) {', '.join(missing)}")
+    return data
+
+
+def _flag(where: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise PlannerError(f"{where}: {value!r} must be true or false")
+    return value
+
+
+def _text(where: str, value) -> str:
+    if not isinstance(value, str):
+        raise PlannerError(f"{where}: {value!r} must be a string")
+    return checks.no_control(where, value)
+
+
+def parse_point(data, where: str) -> LadderPoint:
+    """One point of ladder.json, typed: a run name, whole positive sizes and steps, finite positive lr/FLOPs."""
+    fields = ("name", "layers", "hidden", "heads", "params", "tokens", "steps", "lr", "warmup_steps", "flops")
+    d = _mapping(data, where, fields)
+    return LadderPoint(
+        name=checks.name(f"{where}.name", d["name"]),
+        layers=checks.integer(f"{where}.layers", d["layers"], 1, 1000),
+        hidden=checks.integer(f"{where}.hidden", d["hidden"], 4, 1 << 16),
+        heads=checks.integer(f"{where}.heads", d["heads"], 1, 1 << 16),
+        params=checks.integer(f"{where}.params", d["params"], 1, 10**15),
+        tokens=checks.integer(f"{where}.tokens", d["tokens"], 1, 10**16),
+        steps=checks.integer(f"{where}.steps", d["steps"], 1, 10**9),
+        lr=checks.number(f"{where}.lr", d["lr"], 0.0, 1.0, lo_open=True),
+        warmup_steps=checks.integer(f"{where}.warmup_steps", d["warmup_steps"], 0, 10**9),
+        flops=checks.number(f"{where}.flops", d["flops"], 0.0, compute.FLOPS_RANGE[1], lo_open=True),
+        held_out=_flag(f"{where}.held_out", d.get("held_out", False)),
+        multiple=checks.number(f"{where}.multiple", d.get("multiple", 0.0), 0.0, MAX_MULTIPLE))
+
+
+def load_ladder(root) -> dict:
+    """`root`/ladder.json, typed: every point (`parse_point`), names unique, exactly one held-out point, the
+    shapes and budgets in range, paths and the MLflow store as plain text. Returns it with the points as
+    written by `write` (plain dicts), so a hand-edited or damaged file fails here, naming the key."""
     path = Path(root) / LADDER_FILE
     if not path.is_file():
         raise PlannerError(f"LADDER_DIR: {root} has no {LADDER_FILE} (write one with `planner ladder design`)")
-    return json.loads(path.read_text())
+    where = str(path)
+    meta = _mapping(_read_json(path), where, ("points", "seq_len", "vocab", "batch_tokens", "ladder_flops",
+                                               "target_flops", "train", "eval", "tracking_uri", "experiment"))
+    if not isinstance(meta["points"], list) or not meta["points"]:
+        raise PlannerError(f"{where}: points must be a non-empty list")
+    points = [parse_point(p, f"{where}: points[{i}]") for i, p in enumerate(meta["points"])]
+    names = [p.name for p in points]
+    if len(set(names)) != len(names):
+        raise PlannerError(f"{where}: points: a name appears twice ({sorted(n for n in names if names.count(n) > 1)[0]})")
+    if sum(p.held_out for p in points) != 1:
+        raise PlannerError(f"{where}: points: {sum(p.held_out for p in points)} held-out points; a ladder has exactly one")
+    checks.integer(f"{where}: seq_len", meta["seq_len"], 2, 1 << 20)
+    checks.integer(f"{where}: vocab", meta["vocab"], 2, 1 << 24)
+    checks.integer(f"{where}: batch_tokens", meta["batch_tokens"], 1, MAX_BATCH_TOKENS)
+    for key in ("ladder_flops", "target_flops"):
+        checks.number(f"{where}: {key}", meta[key], 1.0, compute.FLOPS_RANGE[1])
+    for key in ("train", "eval", "tracking_uri"):
+        _text(f"{where}: {key}", meta[key])
+    _text(f"{where}: experiment", meta["experiment"])
+    return {**meta, "points": [asdict(p) for p in points]}
+
+
+def load_prediction(root, meta: dict) -> dict:
+    """`root`/prediction.json, typed: the law's five coefficients finite (and in range when the fit converged,
+    `scaling.parse_law`), converged a flag, the held-out run the ladder's own, the prediction finite and > 0,
+    the band two numbers (NaN without a bootstrap)."""
+    from planner.laws.scaling import parse_law
+
+    path = Path(root) / PREDICTION_FILE
+    if not path.is_file():
+        raise PlannerError(f"LADDER_DIR: no {PREDICTION_FILE}; run `planner ladder predict` before the held-out run")
+    where = str(path)
+    pred = _mapping(_read_json(path), where, ("law", "converged", "held_out", "loss_predicted", "band"))
+    law = _mapping(pred["law"], f"{where}: law", ("E", "A", "B", "alpha", "beta"))
+    for key in ("E", "A", "B", "alpha", "beta"):
+        v = law[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise PlannerError(f"{where}: law.{key} {v!r} must be a finite number")
+    if _flag(f"{where}: converged", pred["converged"]):
+        parse_law(law, f"{where}: law", need_kind=False)
+    pred["message"] = _text(f"{where}: message", pred.get("message") or "-") if pred.get("message") else ""
+    held = next(p["name"] for p in meta["points"] if p["held_out"])
+    if pred["held_out"] != held:
+        raise PlannerError(f"{where}: held_out {str(pred['held_out'])[:80]!r} is not the ladder's held-out run {held}")
+    checks.number(f"{where}: loss_predicted", pred["loss_predicted"], 0.0, 1e3, lo_open=True)
+    band = pred["band"]
+    if not (isinstance(band, list) and len(band) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in band)):
+        raise PlannerError(f"{where}: band {str(band)[:80]} must be [low, high]")
+    return pred
+
+
+def _load(root) -> dict:
+    return load_ladder(root)
+
+
+def _inside(root: Path, path: Path, what: str) -> Path:
+    """A file the ladder writes: it must resolve inside the ladder folder (a link may not lead it out)."""
+    real, home = path.resolve(), root.resolve()
+    if not real.is_relative_to(home):
+        raise PlannerError(f"{what}: {path} resolves to {real}, outside the ladder folder {home}")
+    return path
 
 
 def finished_runs(meta: dict) -> dict[str, dict]:
@@ -289,7 +405,7 @@ def predict(root, bootstrap: int = 30) -> dict:
     result = {"law": fit.params, "stderr": fit.stderr, "converged": fit.converged, "message": fit.message,
               "held_out": held["name"], "loss_predicted": predicted, "band": [low, high], "bootstrap": bootstrap,
               "fitted_on": len(have)}
-    config = root / "points" / held["name"] / "run.yaml"
+    config = _inside(root, root / "points" / held["name"] / "run.yaml", "LADDER_DIR")
     cfg = load_config(config)
     cfg.plan.update({"loss_predicted": predicted, "loss_predicted_low": low, "loss_predicted_high": high})
     atomic_write_text(config, dump_config(cfg))
@@ -302,17 +418,14 @@ def report(root) -> dict:
     or the refusal, as JSON and Markdown."""
 
     meta, root = _load(root), Path(root)
-    if not (root / PREDICTION_FILE).is_file():
-        raise PlannerError(f"LADDER_DIR: no {PREDICTION_FILE}; run `planner ladder predict` before the held-out run")
-    pred = json.loads((root / PREDICTION_FILE).read_text())
+    pred = load_prediction(root, meta)
     runs = finished_runs(meta)
     measured = runs.get(pred["held_out"])
     if measured is None:
         raise PlannerError(f"LADDER_DIR: the held-out run {pred['held_out']} has not finished")
     out = {**pred, "loss_measured": measured["eval_loss"],
            "error": relative_error(pred["loss_predicted"], measured["eval_loss"])}
-    manifest = Path(meta["train"]) / "manifest.json"
-    truth = json.loads(manifest.read_text()).get("entropy_rate_nats") if manifest.is_file() else None
+    truth = _entropy_rate(Path(meta["train"]) / "manifest.json")
     if truth:
         out["true_entropy_rate"], out["E_error"] = truth, relative_error(pred["law"]["E"], truth)
     out["monotone"] = monotone(meta["points"], runs, pred["law"])
@@ -325,6 +438,18 @@ def report(root) -> dict:
         out["replan"] = plan_optimal(law, meta["target_flops"]).to_dict()
     atomic_write_json(root / REPORT_FILE, out)
     return out
+
+
+def _entropy_rate(manifest: Path) -> float | None:
+    """The training shards' true entropy rate (nats per token) when their manifest records one (synthetic
+    sources); None otherwise. Read through `read_input`; a recorded value must be finite and > 0."""
+    if not manifest.is_file():
+        return None
+    data = _read_json(manifest)
+    rate = data.get("entropy_rate_nats") if isinstance(data, dict) else None
+    if rate is None:
+        return None
+    return checks.number(f"{manifest}: entropy_rate_nats", rate, 0.0, 1e3, lo_open=True)
 
 
 def monotone(points: list[dict], runs: dict[str, dict], law: dict) -> dict:

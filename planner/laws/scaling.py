@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from planner.core import checks
 from planner.core.errors import PlannerError
+from planner.core.io import read_input
 from planner.core.units import PF_DAY_FLOPS
 
 #: Muennighoff et al. 2023, fitted R*_D: how many repetitions before repeated data is worth little.
@@ -130,19 +133,65 @@ def get_law(name: str, tokens_per_param: float = 20.0):
     raise PlannerError(f"--law: unknown law {name!r}; use one of {', '.join(LAWS)} or a fitted law .json file")
 
 
+#: A law file is a few hundred bytes; anything this large is not one.
+MAX_LAW_BYTES = 1 << 20
+#: Exponents a law file may hold: (0, 5]. `planner fit nd` searches [0, 2.5] and refuses one on a bound;
+#: 0 divides by zero in the optimum's a = beta / (alpha + beta), and past 5 no published fit comes near.
+MAX_EXPONENT = 5.0
+#: E (nats per token) at most this: the entropy of a uniform 2^32-token vocabulary is 22.2.
+MAX_E = 100.0
+
+
+def _coefficient(where: str, key: str, value, lo: float, hi: float, *, lo_open: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not (value > lo if lo_open else value >= lo) or value > hi:
+        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
+        raise PlannerError(f"--law: {where}: {key} {value!r} must be a finite number in {interval}")
+    return float(value)
+
+
+def parse_law(data, where: str, name: str | None = None, *, need_kind: bool = True) -> ParametricLaw:
+    """An L(N, D) law from its JSON (a `planner fit nd` file, or a ladder's prediction), typed: E in [0, 100],
+    A and B finite and > 0, alpha and beta in (0, 5]; a fit recorded as not converged is refused. `where`
+    (the file) and the key start every message; `need_kind`: the file must say `"kind": "nd"` (a fit file does)."""
+    if not isinstance(data, dict):
+        raise PlannerError(f"--law: {where} holds a {type(data).__name__}, not a law (a JSON object)")
+    if data.get("kind", None if need_kind else "nd") != "nd":
+        raise PlannerError(f"--law: {where} holds a {str(data.get('kind'))[:40]!r} law; planning needs an L(N, D) "
+                           "law from `planner fit nd`")
+    missing = [k for k in ("E", "A", "B", "alpha", "beta") if k not in data]
+    if missing:
+        raise PlannerError(f"--law: {where} lacks {', '.join(missing)} (an L(N, D) law needs E, A, B, alpha, beta)")
+    if data.get("converged", True) is not True:
+        raise PlannerError(f"--law: {where}: converged {data.get('converged')!r}: the fit did not converge "
+                           f"({str(data.get('message', ''))[:120]}); refit before planning with it")
+    big = sys.float_info.max
+    values = {"E": _coefficient(where, "E", data["E"], 0.0, MAX_E, lo_open=False),
+              "A": _coefficient(where, "A", data["A"], 0.0, big, lo_open=True),
+              "B": _coefficient(where, "B", data["B"], 0.0, big, lo_open=True),
+              "alpha": _coefficient(where, "alpha", data["alpha"], 0.0, MAX_EXPONENT, lo_open=True),
+              "beta": _coefficient(where, "beta", data["beta"], 0.0, MAX_EXPONENT, lo_open=True)}
+    label = data.get("name", name or "fitted")
+    if not isinstance(label, str) or not label:
+        raise PlannerError(f"--law: {where}: name {label!r} must be a non-empty string")
+    checks.no_control(f"--law: {where}: name", label)
+    law = ParametricLaw(**values, name=label[:200], source=where)
+    try:
+        law.optimal(1e21)  # G = (alpha A / (beta B))^(1 / (alpha + beta)) must be a number, not an overflow
+    except (OverflowError, ZeroDivisionError):
+        raise PlannerError(f"--law: {where}: A {law.A:g} and B {law.B:g} with alpha {law.alpha:g} and beta "
+                           f"{law.beta:g} overflow the compute-optimal split; not a usable fit") from None
+    return law
+
+
 def load_law(path: Path) -> ParametricLaw:
+    """A law file from `planner fit nd`, read through `read_input` (no FIFO or device, at most 1 MiB) and typed
+    by `parse_law`."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
+        data = json.loads(read_input(path, max_bytes=MAX_LAW_BYTES).decode("utf-8"))
+    except (OSError, ValueError) as exc:  # missing, special, too large; not UTF-8; not JSON
         raise PlannerError(f"--law: cannot read {path}: {exc}".splitlines()[0]) from None
-    if not isinstance(data, dict) or data.get("kind") != "nd":
-        kind = data.get("kind") if isinstance(data, dict) else type(data).__name__
-        raise PlannerError(f"--law: {path} holds a {kind!r} law; planning needs an L(N, D) law from `planner fit nd`")
-    try:
-        return ParametricLaw(*(float(data[k]) for k in ("E", "A", "B", "alpha", "beta")),
-                             name=str(data.get("name", Path(path).stem)), source=str(path))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise PlannerError(f"--law: {path} lacks a numeric {exc} field (needs E, A, B, alpha, beta)") from None
+    return parse_law(data, str(path), name=Path(path).stem)
 
 
 def optimal_tokens_for_params(law, params: float) -> float:

@@ -1,9 +1,16 @@
 """Packed token shards: fixed-length rows of seq_len + 1 tokens in memory-mapped files.
 
 Layout of a shard folder:
-    manifest.json        seq_len, dtype, vocab_size, eos_id, shards [{file, rows}], per-domain tokens,
-                         tokenizer hash: written last, atomically, so a folder with a manifest is complete
+    manifest.json        seq_len, dtype, vocab_size, eos_id, max_token_id, shards [{file, rows}], per-domain
+                         tokens, tokenizer hash: written last, atomically, so a folder with a manifest is complete
     shard_00000.bin ...  raw little-endian tokens, rows x (seq_len + 1)
+
+Reading is typed (`ShardManifest.parse`, issue 22): dtype only uint16 or uint32, counts whole numbers >= 0
+that agree with each other and with the files' sizes, shard files plain names inside the folder, and
+every token id below vocab_size: from the recorded max_token_id, or, for a manifest written before it was
+recorded, from one pass over the memory-mapped shards at open. The trainer then refuses shards whose
+vocab_size exceeds model.vocab (`pretrain.train.check_data`), and each batch is checked once more (cheap)
+so a shard changed after its manifest was written stops with one line, never an IndexError.
 
 Rows hold documents joined by EOS and cut at row boundaries (the usual packing: GPT-2/3,
 LLaMA). The dtype is uint16 when every id fits (vocab <= 65,536), else uint32; a vocabulary
@@ -13,16 +20,24 @@ that does not fit the requested dtype is refused, not silently wrapped (datatrov
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from planner.core import checks
 from planner.core.errors import PlannerError
-from planner.core.io import atomic_write_bytes, atomic_write_json
+from planner.core.io import atomic_write_bytes, atomic_write_json, read_input
 
 MANIFEST = "manifest.json"
 UINT16_LIMIT = 2**16
+DTYPES = ("uint16", "uint32")
+#: Largest vocabulary a manifest may state (uint32 ids); rows and lengths are held below these too.
+MAX_VOCAB, MAX_SEQ_LEN, MAX_ROWS = 2**32, 1 << 24, 1 << 48
+#: A manifest lists shards and per-domain counts: megabytes at most, never the tokens themselves.
+MAX_MANIFEST_BYTES = 64 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def token_dtype(vocab_size: int, requested: str | None = None) -> np.dtype:
@@ -50,6 +65,7 @@ class ShardWriter:
         self.shards: list[dict] = []
         self.domain_tokens: dict[str, int] = {}
         self.documents = 0
+        self.max_token_id = -1  # recorded in the manifest: the trainer checks it against model.vocab
 
     def add(self, token_ids, domain: str = "default") -> None:
         before = len(self._buffer)
@@ -63,6 +79,7 @@ class ShardWriter:
             wide = np.asarray(self._buffer[:cut], dtype=np.int64)
             if wide.min() < 0 or wide.max() >= self.vocab_size:  # checked before narrowing: never wrap
                 raise PlannerError(f"tokens: id {int(wide.max())} is outside the vocabulary of {self.vocab_size}")
+            self.max_token_id = max(self.max_token_id, int(wide.max()))
             rows = wide.astype(self.dtype).reshape(complete, self.row_len)
             del self._buffer[:cut]
             for row in rows:
@@ -77,6 +94,7 @@ class ShardWriter:
             raise PlannerError(f"tokens: a row must be {self.row_len} ids below {self.vocab_size}")
         self.domain_tokens[domain] = self.domain_tokens.get(domain, 0) + self.row_len
         self.documents += 1
+        self.max_token_id = max(self.max_token_id, int(row.max()))
         self._rows.append(row.astype(self.dtype))
         if len(self._rows) == self.rows_per_shard:
             self._flush()
@@ -94,7 +112,7 @@ class ShardWriter:
         self._flush()
         manifest = {
             "seq_len": self.seq_len, "dtype": self.dtype.name, "vocab_size": self.vocab_size, "eos_id": self.eos_id,
-            "shards": self.shards, "rows": sum(s["rows"] for s in self.shards),
+            "max_token_id": self.max_token_id if self.shards else None, "shards": self.shards, "rows": sum(s["rows"] for s in self.shards),
             "tokens": sum(s["rows"] for s in self.shards) * self.row_len, "dropped_tail_tokens": len(self._buffer),
             "documents": self.documents, "domain_tokens": self.domain_tokens,
             "tokenizer_sha256": self.tokenizer_hash, **(extra or {}),
@@ -103,14 +121,101 @@ class ShardWriter:
         return manifest
 
 
+def _count(where: str, value, lo: int, hi: int) -> int:
+    return checks.integer(where, value, lo, hi)
+
+
+@dataclass(frozen=True)
+class ShardManifest:
+    """manifest.json, typed: what the trainer relies on, each value checked where it is read."""
+
+    seq_len: int
+    dtype: str  # uint16 | uint32
+    vocab_size: int
+    eos_id: int | None
+    shards: tuple[tuple[str, int], ...]  # (file name inside the folder, rows)
+    max_token_id: int | None  # None: a manifest from before it was recorded (the shards are scanned at open)
+    tokenizer_sha256: str | None
+
+    @property
+    def rows(self) -> int:
+        return sum(rows for _, rows in self.shards)
+
+    @classmethod
+    def parse(cls, data, where: str) -> ShardManifest:
+        """`data` (the manifest's JSON); `where` (the manifest's path) starts every message, with the key."""
+        if not isinstance(data, dict):
+            raise PlannerError(f"{where}: holds a {type(data).__name__}, not a mapping of keys to values")
+        missing = [k for k in ("seq_len", "dtype", "vocab_size", "shards") if k not in data]
+        if missing:
+            raise PlannerError(f"{where}: missing key(s) {', '.join(missing)} (not a shard manifest of ours)")
+        seq_len = _count(f"{where}: seq_len", data["seq_len"], 1, MAX_SEQ_LEN)
+        if data["dtype"] not in DTYPES:
+            raise PlannerError(f"{where}: dtype {str(data['dtype'])[:40]!r} is not one of {', '.join(DTYPES)} "
+                               "(token ids are unsigned integers)")
+        vocab = _count(f"{where}: vocab_size", data["vocab_size"], 1, MAX_VOCAB)
+        if data["dtype"] == "uint16" and vocab > UINT16_LIMIT:
+            raise PlannerError(f"{where}: vocab_size {vocab:,} does not fit dtype uint16 (max {UINT16_LIMIT:,})")
+        eos = data.get("eos_id")
+        if eos is not None:
+            eos = _count(f"{where}: eos_id", eos, 0, vocab - 1)
+        top = data.get("max_token_id")
+        if top is not None:
+            top = _count(f"{where}: max_token_id", top, 0, MAX_VOCAB)
+            if top >= vocab:
+                raise PlannerError(f"{where}: max_token_id {top:,} is not below vocab_size {vocab:,}")
+        sha = data.get("tokenizer_sha256")
+        if sha is not None and not (isinstance(sha, str) and _SHA256.fullmatch(sha)):
+            raise PlannerError(f"{where}: tokenizer_sha256 {str(sha)[:80]!r} is not a sha256 hex digest")
+        if not isinstance(data["shards"], list):
+            raise PlannerError(f"{where}: shards must be a list of {{file, rows}}, not {type(data['shards']).__name__}")
+        shards, seen = [], set()
+        for i, entry in enumerate(data["shards"]):
+            if not isinstance(entry, dict) or not {"file", "rows"} <= entry.keys():
+                raise PlannerError(f"{where}: shards[{i}] must be a mapping with file and rows")
+            name = entry["file"]
+            if not isinstance(name, str) or "/" in name or "\\" in name or name in (".", ".."):
+                raise PlannerError(f"{where}: shards[{i}].file {str(name)[:80]!r} must be a file name inside the "
+                                   "shard folder (no path)")
+            checks.name(f"{where}: shards[{i}].file", name)
+            if name in seen or name == MANIFEST:
+                raise PlannerError(f"{where}: shards[{i}].file {name!r} is listed twice or is the manifest")
+            seen.add(name)
+            shards.append((name, _count(f"{where}: shards[{i}].rows", entry["rows"], 0, MAX_ROWS)))
+        rows = sum(r for _, r in shards)
+        if "rows" in data and _count(f"{where}: rows", data["rows"], 0, MAX_ROWS) != rows:
+            raise PlannerError(f"{where}: rows {data['rows']:,} is not the sum of the shards' rows ({rows:,})")
+        if "tokens" in data and _count(f"{where}: tokens", data["tokens"], 0, MAX_ROWS * (MAX_SEQ_LEN + 1)) \
+                != rows * (seq_len + 1):
+            raise PlannerError(f"{where}: tokens {data['tokens']:,} is not rows x (seq_len + 1) "
+                               f"= {rows * (seq_len + 1):,}")
+        return cls(seq_len, data["dtype"], vocab, eos, tuple(shards), top, sha)
+
+
+def read_manifest(path: str | Path) -> ShardManifest:
+    """The typed manifest of the shard folder `path` (read through `read_input`: no FIFO, size-capped)."""
+    manifest_path = Path(path) / MANIFEST
+    if not manifest_path.is_file():
+        raise PlannerError(f"data: {path} has no {MANIFEST} (not a finished shard folder)")
+    return ShardManifest.parse(_json(manifest_path), str(manifest_path))
+
+
+def _json(path: Path):
+    try:
+        return json.loads(read_input(path, max_bytes=MAX_MANIFEST_BYTES).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PlannerError(f"{path}: not valid JSON text: {str(exc).splitlines()[0][:120]}") from None
+
+
 @dataclass
 class TokenShards:
     """Read-only, memory-mapped view of a shard folder: row i as an array of seq_len + 1 tokens."""
 
     path: Path
-    manifest: dict
+    manifest: dict  # the manifest as written (extra keys: mixture, entropy rate, ...)
     _maps: list
     _offsets: np.ndarray
+    typed: ShardManifest | None = None  # what `open` checked: the values the trainer uses
 
     @classmethod
     def open(cls, path: str | Path) -> TokenShards:
@@ -118,26 +223,42 @@ class TokenShards:
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise PlannerError(f"data: {path} has no {MANIFEST} (not a finished shard folder)")
-        manifest = json.loads(manifest_path.read_text())
-        row_len, dtype = manifest["seq_len"] + 1, np.dtype(manifest["dtype"]).newbyteorder("<")
+        raw = _json(manifest_path)
+        typed = ShardManifest.parse(raw, str(manifest_path))
+        row_len, dtype = typed.seq_len + 1, np.dtype(typed.dtype).newbyteorder("<")
+        folder = path.resolve()
         maps = []
-        for shard in manifest["shards"]:
-            file = path / shard["file"]
-            expected = shard["rows"] * row_len * dtype.itemsize
+        for name, rows in typed.shards:
+            file = path / name
+            expected = rows * row_len * dtype.itemsize
             if not file.is_file() or file.stat().st_size != expected:
                 raise PlannerError(f"data: {file} is missing or not {expected} bytes (corrupt shard folder)")
-            maps.append(np.memmap(file, dtype=dtype, mode="r", shape=(shard["rows"], row_len)))
-        offsets = np.cumsum([0] + [s["rows"] for s in manifest["shards"]])
+            if not file.resolve().is_relative_to(folder):
+                raise PlannerError(f"{manifest_path}: shard {name} resolves to {file.resolve()}, outside {folder}")
+            if rows:
+                maps.append(np.memmap(file, dtype=dtype, mode="r", shape=(rows, row_len)))
+        offsets = np.cumsum([0] + [rows for _, rows in typed.shards if rows])
         if offsets[-1] == 0:
             raise PlannerError(f"data: {path} holds no complete row of {row_len} tokens")
-        return cls(path, manifest, maps, offsets)
+        top = typed.max_token_id
+        if top is None:  # a manifest from before max_token_id was recorded: one pass over the shards, once
+            top = max(int(m.max()) for m in maps)
+            if top >= typed.vocab_size:
+                raise PlannerError(f"{manifest_path}: vocab_size {typed.vocab_size:,} but the shards hold token id "
+                                   f"{top:,} (ids must be below vocab_size)")
+            typed = replace(typed, max_token_id=top)
+        return cls(path, raw, maps, offsets, typed)
 
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
     @property
     def seq_len(self) -> int:
-        return int(self.manifest["seq_len"])
+        return self.typed.seq_len
+
+    @property
+    def vocab_size(self) -> int:
+        return self.typed.vocab_size
 
     def row(self, i: int) -> np.ndarray:
         shard = int(np.searchsorted(self._offsets, i, side="right") - 1)
@@ -176,7 +297,11 @@ class PackedBatches:
         start = self.position * self.micro_batch * self.world
         idx = self._order[start + self.rank: start + self.micro_batch * self.world: self.world]
         self.position += 1
-        rows = torch.from_numpy(np.stack([self.shards.row(int(i)).astype(np.int64) for i in idx]))
+        rows = np.stack([self.shards.row(int(i)).astype(np.int64) for i in idx])
+        if int(rows.max()) >= self.shards.vocab_size:  # one pass over a micro-batch: a shard changed after its manifest
+            raise PlannerError(f"data: {self.shards.path} holds token id {int(rows.max()):,}, not below its manifest's "
+                               f"vocab_size {self.shards.vocab_size:,} (a shard changed after the manifest was written)")
+        rows = torch.from_numpy(rows)
         return rows[:, :-1], rows[:, 1:]
 
     def state_dict(self) -> dict:
