@@ -156,10 +156,10 @@ def check_vocab(key: str, shards: TokenShards, vocab: int) -> None:
     """Refuse shards whose vocabulary (or largest token id) the model has no embedding for."""
     where = f"{key}: {shards.path / 'manifest.json'}"
     if shards.vocab_size > vocab:
-        raise PlannerError(f"{where}: vocab_size {shards.vocab_size:,} > model.vocab {vocab:,}")
+        raise PlannerError(f"{where}: vocab_size {shards.vocab_size} > model.vocab {vocab}")
     top = shards.typed.max_token_id
     if top is not None and top >= vocab:  # (open already holds it below vocab_size)
-        raise PlannerError(f"{where}: max_token_id {top:,} >= model.vocab {vocab:,}")
+        raise PlannerError(f"{where}: max_token_id {top} >= model.vocab {vocab}")
 
 
 def check_tokenizer(cfg: RunConfig, train_manifest: dict) -> None:

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from dataclasses import fields, is_dataclass
+from pathlib import Path
 
 import pytest
 
@@ -234,3 +235,26 @@ def test_an_hf_config_with_a_non_boolean_tie_flag_or_deep_nesting_is_refused(tmp
         capsys.readouterr()
         assert planner_main(["estimate", "--hf-config", str(tmp_path / name)]) == 2
         assert message in capsys.readouterr().err
+
+
+def _fit_data(tmp_path):
+    data = tmp_path / "runs.csv"
+    data.write_text("N,D,loss\n" + "".join(f"{n},{d},{2 + 400 / n**0.3 + 400 / d**0.3}\n"
+                                           for n in (1e6, 3e6, 1e7, 3e7) for d in (1e8, 3e8, 1e9)))
+    return data
+
+
+def test_a_fit_never_turns_a_device_into_a_json_file(tmp_path, capsys):
+    capsys.readouterr()
+    assert planner_main(["fit", "nd", str(_fit_data(tmp_path)), "--n-col", "N", "--d-col", "D",
+                         "--out", "/dev/full"]) == 2
+    assert "/dev/full" in capsys.readouterr().err and Path("/dev/full").is_char_device()
+
+
+def test_a_fit_that_did_not_converge_leaves_an_existing_law_file_alone(tmp_path, capsys):
+    law = tmp_path / "law.json"
+    law.write_text('{"kept": true}\n')
+    code = planner_main(["fit", "nd", str(_fit_data(tmp_path)), "--n-col", "N", "--d-col", "D", "--max-iter", "1",
+                         "--out", str(law)])
+    assert code == 1 and "was not written" in capsys.readouterr().err
+    assert law.read_text() == '{"kept": true}\n'

@@ -141,18 +141,35 @@ class RunConfig:
     plan: dict[str, Any] = field(default_factory=dict)  # the planner's predictions, written by `planner emit`
 
 
+#: A run or pipeline config is kilobytes; a larger file is refused unread (it is not one, or it is a trap).
+MAX_CONFIG_BYTES = 4 << 20
+
+
 def _load_yaml_mapping(path: Path):
     """A YAML file that must hold a mapping; one ConfigError for anything else (OmegaConf loads safely:
-    tags such as !!python/object are refused, no code runs)."""
+    tags such as !!python/object are refused, no code runs). Read through `read_input`: a FIFO, a device or
+    a file over MAX_CONFIG_BYTES is refused without being read (never hung on)."""
+    import io
+
     import yaml
     from omegaconf import DictConfig, OmegaConf
 
+    from planner.core.io import SpecialFileError, read_input
+
     if path.is_dir():
         raise ConfigError(f"config: {path} is a folder, not a YAML file")
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config: {path} does not exist")
     try:
-        loaded = OmegaConf.load(path)
+        text = read_input(path, max_bytes=MAX_CONFIG_BYTES).decode("utf-8")
+    except SpecialFileError as exc:
+        raise ConfigError(f"config: {path} {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config: {path} is not valid YAML text: not UTF-8 ({exc.reason})") from None
+    try:
+        loaded = OmegaConf.load(io.StringIO(text))
+    except OSError as exc:  # OmegaConf's "Invalid loaded object type" (a bare number): no file error, the text
+        raise ConfigError(f"config: {path} holds a bare value ({exc}), not a mapping of keys to values") from None
     except (yaml.YAMLError, UnicodeDecodeError, ValueError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"config: {path} is not valid YAML text: {first}") from None

@@ -343,13 +343,21 @@ def load_prediction(root, meta: dict) -> dict:
         v = law[key]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise PlannerError(f"{where}: law.{key} {v!r} must be a finite number")
-    if _flag(f"{where}: converged", pred["converged"]):
+    converged = _flag(f"{where}: converged", pred["converged"])
+    if converged:  # a law that may be planned with: in range (a non-converged one is only reported, refused)
         parse_law(law, f"{where}: law", need_kind=False)
-    pred["message"] = _text(f"{where}: message", pred.get("message") or "-") if pred.get("message") else ""
+    message = pred.get("message", "")
+    if not isinstance(message, str):
+        raise PlannerError(f"{where}: message {message!r} must be a string")
+    pred["message"] = " ".join(message.split())[:500]  # shown on one line
     held = next(p["name"] for p in meta["points"] if p["held_out"])
     if pred["held_out"] != held:
         raise PlannerError(f"{where}: held_out {str(pred['held_out'])[:80]!r} is not the ladder's held-out run {held}")
-    checks.number(f"{where}: loss_predicted", pred["loss_predicted"], 0.0, 1e3, lo_open=True)
+    predicted = pred["loss_predicted"]
+    if converged:
+        checks.number(f"{where}: loss_predicted", predicted, 0.0, 1e3, lo_open=True)
+    elif isinstance(predicted, bool) or not isinstance(predicted, (int, float)):
+        raise PlannerError(f"{where}: loss_predicted {predicted!r} must be a number")
     band = pred["band"]
     if not (isinstance(band, list) and len(band) == 2
             and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in band)):
@@ -363,7 +371,10 @@ def _load(root) -> dict:
 
 def _inside(root: Path, path: Path, what: str) -> Path:
     """A file the ladder writes: it must resolve inside the ladder folder (a link may not lead it out)."""
-    real, home = path.resolve(), root.resolve()
+    try:
+        real, home = path.resolve(), root.resolve()
+    except (RuntimeError, OSError) as exc:  # a symlink loop (RuntimeError before Python 3.13, ELOOP after)
+        raise PlannerError(f"{what}: {path} cannot be resolved ({exc}); a link there loops or is broken") from None
     if not real.is_relative_to(home):
         raise PlannerError(f"{what}: {path} resolves to {real}, outside the ladder folder {home}")
     return path

@@ -8,12 +8,16 @@ for loss curves, `metric_history` reads a metric's full history per run.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from planner.core.errors import PlannerError
+from planner.core.io import SpecialFileError, read_input
 
 MLFLOW_PREFIX = "mlflow:"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+#: A table of runs or a loss curve: one row per run or per logged step; 256 MiB is millions of rows.
+MAX_DATA_BYTES = 256 << 20
 
 
 def load_table(source: str, tracking_uri: str | None = None):
@@ -23,13 +27,17 @@ def load_table(source: str, tracking_uri: str | None = None):
     if source.startswith(MLFLOW_PREFIX):
         return _mlflow_runs(source[len(MLFLOW_PREFIX):], tracking_uri)
     path = Path(source)
-    if not path.is_file():
+    if not path.exists():
         raise PlannerError(f"DATA: {source} is not a file (give a .csv, a .json, or mlflow:EXPERIMENT)")
+    try:  # read_input: a FIFO, device or folder is refused unread (never hung on), and so is a huge file
+        data = io.BytesIO(read_input(path, max_bytes=MAX_DATA_BYTES))
+    except SpecialFileError as exc:
+        raise PlannerError(f"DATA: {source} {exc.strerror} (give a .csv, a .json, or mlflow:EXPERIMENT)") from None
     try:
         if path.suffix.lower() in (".json", ".jsonl"):
-            table = pd.read_json(path, lines=path.suffix.lower() == ".jsonl")
+            table = pd.read_json(data, lines=path.suffix.lower() == ".jsonl")
         else:
-            table = pd.read_csv(path)
+            table = pd.read_csv(data)
     except (ValueError, OSError, UnicodeDecodeError) as exc:
         raise PlannerError(f"DATA: cannot parse {source}: {str(exc).splitlines()[0]}") from None
     if len(table) == 0:
