@@ -73,19 +73,22 @@ def test_the_report_run_logs_the_law_the_error_and_the_decision_as_params_and_me
     (run,) = _runs(demo, "demo-report")
     m, p = run.data.metrics, run.data.params
     assert m["held_out_error"] == pytest.approx(report["error"]) and m["law_E"] == pytest.approx(report["law"]["E"])
-    assert p["usable"] == str(report["usable"]) and p["converged"] == str(report["converged"])
-    assert ("replan_params" in m) == report["usable"]
+    assert p["usable"] == "False" and p["converged"] == "False"  # the quick demo's law is refused (below)
+    assert "replan_params" not in m
     assert {a.path for a in _client(demo).list_artifacts(run.info.run_id, "report")} >= {"report/REPORT.md", "report/nd.png"}
 
 
 @pytest.mark.slow
-def test_the_re_plan_comes_only_from_a_usable_law_and_otherwise_the_report_says_why(demo):
+def test_the_quick_demos_law_does_not_converge_and_the_report_refuses_to_re_plan_from_it(demo):
+    # Measured (2026-12-03, --quick): on the templated sample corpus the ladder's loss keeps falling as a
+    # pure power law, the fit drives E to 0 and does not converge, so no re-plan is made and the report
+    # says why. A change to the ladder, the trainer or the fit that changes this outcome must show here.
     report = json.loads((demo / "report.json").read_text())
     text = (demo / "report/REPORT.md").read_text()
-    if report["usable"]:
-        assert report["converged"] and "Re-plan" in text
-    else:
-        assert "replan" not in report and "Not used to re-plan" in text and report["refusal"] in text
+    assert report["converged"] is False and report["usable"] is False and "replan" not in report
+    assert report["message"].startswith("E went to 0")
+    assert report["refusal"].startswith("the fit did not converge (E went to 0")
+    assert "Not used to re-plan: " + report["refusal"] in text and "Re-plan at" not in text
 
 
 @pytest.mark.slow

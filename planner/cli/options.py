@@ -83,6 +83,13 @@ def estimate_options(f):
                      help="Activation checkpointing (Korthikanti et al. 2022)."),
         click.option("--no-flash-attention", is_flag=True, help="Count the a*s^2 attention scores as stored."),
         click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel degree (sequence parallel on)."),
+        click.option("--pp", type=int, default=1, show_default=True, help="Pipeline-parallel degree (ranks per pipeline)."),
+        click.option("--pp-schedule", type=click.Choice(parallel.PP_SCHEDULES), default="1f1b", show_default=True,
+                     help="Pipeline schedule (torch.distributed.pipelining)."),
+        click.option("--pp-virtual", type=int, default=1, show_default=True,
+                     help="Pipeline stages per rank (interleaved schedules)."),
+        click.option("--microbatches", type=int, help="Micro-batches per optimizer step (the pipeline's m; "
+                     "default 2 x --pp with a pipeline, else 1)."),
         click.option("--tokens", type=COUNT, help="Training tokens (default: 20 per parameter, Chinchilla)."),
         click.option("--mfu", type=float, default=compute.DEFAULT_MFU, show_default=True,
                      help="Model FLOPs utilisation (0-1]."),

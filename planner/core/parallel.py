@@ -5,7 +5,9 @@ the launchers all read the same object. The planner's estimate request holds one
 reads its partitioning from it, run.yaml's `parallel:` section stores it whole, and the trainer's engine
 (`pretrain.engines.build_engine`) applies it; nothing translates between them by hand.
 
-The layout (a device mesh of `dp_replicate x dp_shard x tp` ranks):
+The layout (a device mesh of `pp x dp_replicate x dp_shard x tp` ranks, pipeline outermost):
+- `pp` ranks each hold a slice of the layers (a pipeline stage, or `pp_virtual` interleaved stages);
+  `grad_accum` micro-batches flow through the pipeline per optimizer step (the schedule's m);
 - `tp` ranks split every weight matrix (Megatron column/row-wise, sequence parallel on the norms);
 - the `world / tp` data-parallel ranks split each batch; of those, `dp_shard` ranks partition the model
   states (ZeRO stage 1-3 or an FSDP mode) and `dp_replicate` groups hold copies (FSDP hybrid shard);
@@ -25,6 +27,11 @@ from planner.core.errors import PlannerError
 
 ENGINES = ("single", "ddp", "deepspeed", "fsdp")
 FSDP_MODES = ("full", "shard-grad-op", "hybrid", "no-shard")
+#: Pipeline schedules (torch.distributed.pipelining): GPipe, 1F1B (Narayanan et al. 2021), interleaved 1F1B
+#: (several stages per rank, Megatron's virtual pipeline), and the interleaved zero-bubble schedule (Qi et al. 2023).
+PP_SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zero-bubble")
+#: The schedules that run several stages per rank (`pp_virtual` > 1).
+MULTI_STAGE_SCHEDULES = ("interleaved-1f1b", "zero-bubble")
 OFFLOAD = ("none", "optimizer", "params", "all")
 #: ZeRO stage each FSDP mode partitions like (PyTorch FSDP docs: SHARD_GRAD_OP ~ ZeRO-2, FULL_SHARD ~ ZeRO-3).
 FSDP_STAGE = {"no-shard": 0, "shard-grad-op": 2, "full": 3, "hybrid": 3}
@@ -46,9 +53,10 @@ STRATEGIES: dict[str, dict] = {
 #: The strategies of the "fewest GPUs that fit" table (no offload: it trades step time for memory).
 FEWEST_GPUS_STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp-shard-grad-op", "fsdp-full")
 #: The planner's flags for each key, so CLI errors name what the user typed.
-CLI_FLAGS = {"engine": "--zero/--fsdp", "world": "--gpus", "nodes": "--nodes", "tp": "--tp",
+CLI_FLAGS = {"engine": "--zero/--fsdp", "world": "--gpus", "nodes": "--nodes", "tp": "--tp", "pp": "--pp", "pp_schedule": "--pp-schedule",
+             "pp_virtual": "--pp-virtual", "pp_layers": "--pp-layers",
              "dp_shard": "--sharding-factor", "zero_stage": "--zero", "fsdp_mode": "--fsdp", "offload": "--offload",
-             "micro_batch": "--micro-batch", "grad_accum": "--grad-accum", "global_batch": "--batch-tokens"}
+             "micro_batch": "--micro-batch", "grad_accum": "--microbatches", "global_batch": "--batch-tokens"}
 
 
 def config_key(field: str) -> str:
@@ -67,6 +75,10 @@ class ParallelPlan:
     world: int | None = None  # ranks (GPUs); None: whatever the launcher starts
     nodes: int = 1
     tp: int = 1  # tensor-parallel degree
+    pp: int = 1  # pipeline-parallel degree (ranks in one pipeline)
+    pp_schedule: str = "1f1b"  # gpipe | 1f1b | interleaved-1f1b | zero-bubble
+    pp_virtual: int = 1  # stages per pipeline rank (interleaved schedules)
+    pp_layers: list[int] | None = None  # layers of each stage, first to last; None: an even split
     dp_shard: int | None = None  # FSDP hybrid: ranks one copy is sharded over; None: all data-parallel ranks
     zero_stage: int = 0  # DeepSpeed only
     fsdp_mode: str = "full"  # FSDP only: full | shard-grad-op | hybrid
@@ -79,7 +91,12 @@ class ParallelPlan:
     @property
     def dp(self) -> int:
         """Data-parallel ranks: each sees its own micro-batches."""
-        return self._world() // self.tp
+        return self._world() // (self.tp * self.pp)
+
+    @property
+    def pp_stages(self) -> int:
+        """Pipeline stages in all: `pp` ranks x `pp_virtual` stages each."""
+        return self.pp * self.pp_virtual
 
     @property
     def stage(self) -> int:
@@ -123,15 +140,20 @@ class ParallelPlan:
         return self.offload in ("params", "all")
 
     def mesh_dims(self) -> tuple[tuple[str, int], ...]:
-        """The device mesh, outermost first; tp innermost, so a rank's tensor-parallel peers are neighbours
-        (on one node) and rank = data-parallel index x tp + tp index."""
+        """The device mesh, outermost first: pp (when > 1), then data parallel, tp innermost, so a rank's
+        tensor-parallel peers are neighbours (on one node): rank = (pp index x dp + dp index) x tp + tp index."""
+        pipeline = (("pp", self.pp),) if self.pp > 1 else ()
         if self.engine == "fsdp":
-            return (("replicate", self.dp_replicate), ("shard", self.shard_degree), ("tp", self.tp))
-        return (("dp", self.dp), ("tp", self.tp))
+            return (*pipeline, ("replicate", self.dp_replicate), ("shard", self.shard_degree), ("tp", self.tp))
+        return (*pipeline, ("dp", self.dp), ("tp", self.tp))
 
     def dp_rank(self, rank: int) -> int:
         """Which data-parallel replica (which slice of every batch) global rank `rank` works on."""
-        return rank // self.tp
+        return (rank // self.tp) % self.dp
+
+    def pp_rank(self, rank: int) -> int:
+        """Which pipeline rank (which stages) global rank `rank` runs."""
+        return rank // (self.tp * self.dp)
 
     def _world(self) -> int:
         if self.world is None:
@@ -142,15 +164,19 @@ class ParallelPlan:
     @classmethod
     def from_flags(cls, gpus: int, *, zero: int | None = None, fsdp: str | None = None,
                    sharding_factor: int | None = None, offload: str = "none", tp: int = 1,
-                   micro_batch: int = 1) -> ParallelPlan:
+                   micro_batch: int = 1, pp: int = 1, pp_schedule: str = "1f1b", pp_virtual: int = 1,
+                   microbatches: int | None = None) -> ParallelPlan:
         """The planner's flags (`--zero`, `--fsdp`, ...) as a plan, checked with the flags' names."""
         if zero is not None and fsdp is not None:
             raise PlannerError("--zero and --fsdp: choose one sharding strategy, not both")
         engine = "deepspeed" if zero is not None else "fsdp" if fsdp is not None else "ddp" if gpus > 1 else "single"
         if engine == "fsdp" and offload == "params":
             offload = "all"  # FSDP2 offloads parameters, gradients and optimizer states together
+        if microbatches is None:  # enough micro-batches to fill the pipeline: twice its depth (torchtitan's habit)
+            microbatches = 2 * pp if pp > 1 else 1
         plan = cls(engine=engine, world=gpus, tp=tp, dp_shard=sharding_factor, zero_stage=zero or 0,
-                   fsdp_mode=fsdp or "full", offload=offload, micro_batch=micro_batch)
+                   fsdp_mode=fsdp or "full", offload=offload, micro_batch=micro_batch, grad_accum=microbatches,
+                   pp=pp, pp_schedule=pp_schedule, pp_virtual=pp_virtual)
         return plan.validate(cli_flag)
 
     @classmethod
@@ -199,7 +225,7 @@ class ParallelPlan:
         one_of = "is not one of"
         if self.engine not in ENGINES:
             yield f"{k('engine')}: {self.engine!r} {one_of} {', '.join(ENGINES)}"
-        for key in ("nodes", "tp", "micro_batch", "grad_accum"):
+        for key in ("nodes", "tp", "pp", "pp_virtual", "micro_batch", "grad_accum"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 yield f"{k(key)}: {value!r} must be a whole number >= 1"
@@ -214,6 +240,7 @@ class ParallelPlan:
         if self.offload not in OFFLOAD:
             yield f"{k('offload')}: {self.offload!r} {one_of} {', '.join(OFFLOAD)}"
         yield from self._offload_problems(k)
+        yield from self._pipeline_problems(k)
         if self.dp_shard is not None and not (self.engine == "fsdp" and self.fsdp_mode == "hybrid"):
             yield f"{k('dp_shard')}: only applies to FSDP hybrid sharding"
         if self.zero_stage and self.engine != "deepspeed":
@@ -235,10 +262,37 @@ class ParallelPlan:
         elif self.engine == "fsdp" and FSDP_STAGE[self.fsdp_mode] < 3:
             yield f"{k('offload')}: FSDP CPU offload needs {k('fsdp_mode')} full or hybrid, not {self.fsdp_mode}"
 
+    def _pipeline_problems(self, k):
+        if self.pp_schedule not in PP_SCHEDULES:
+            yield f"{k('pp_schedule')}: {self.pp_schedule!r} is not one of {', '.join(PP_SCHEDULES)}"
+            return
+        if not isinstance(self.pp_virtual, int) or not isinstance(self.grad_accum, int) or \
+                not isinstance(self.pp, int) or self.pp < 1 or self.pp_virtual < 1 or self.grad_accum < 1:
+            return  # reported above as not whole numbers
+        if self.pp_virtual > 1 and self.pp_schedule not in MULTI_STAGE_SCHEDULES:
+            yield (f"{k('pp_virtual')}: {self.pp_virtual} stages per rank need an interleaved schedule "
+                   f"({' or '.join(MULTI_STAGE_SCHEDULES)}), not {self.pp_schedule}")
+        m = self.grad_accum
+        if self.pp > 1 and self.pp_schedule != "gpipe" and m < self.pp:
+            yield (f"{k('grad_accum')}: {m} micro-batches per step cannot fill a {self.pp_schedule} pipeline of "
+                   f"{self.pp} ranks; use at least {self.pp}")
+        if self.pp > 1 and self.pp_schedule in MULTI_STAGE_SCHEDULES and m % max(1, m // self.pp):
+            rounds = max(1, m // self.pp)
+            yield (f"{k('grad_accum')}: {m} micro-batches are not a multiple of the schedule's {rounds} rounds "
+                   f"(m // pp); use {rounds * self.pp}")
+        if self.pp_layers is not None:
+            layers = list(self.pp_layers)
+            if len(layers) != self.pp_stages or any(not isinstance(n, int) or n < 1 for n in layers):
+                yield (f"{k('pp_layers')}: {layers} must list {self.pp_stages} whole numbers >= 1 "
+                       f"(pp {self.pp} x pp_virtual {self.pp_virtual} stages)")
+
     def _world_problems(self, k):
         world = self.world
         if self.tp > world or world % self.tp:
             yield f"{k('tp')}: {self.tp} does not divide {k('world')} {world}"
+            return
+        if isinstance(self.pp, int) and self.pp >= 1 and world % (self.tp * self.pp):
+            yield f"{k('pp')}: {self.pp} x {k('tp')} {self.tp} does not divide {k('world')} {world}"
             return
         if world % self.nodes:
             yield f"{k('nodes')}: {self.nodes} nodes do not split {k('world')} {world} evenly"
@@ -260,6 +314,12 @@ class ParallelPlan:
         if self.tp > 1 and self.engine != "fsdp":
             raise PlannerError(f"{label('tp')}: tensor parallelism runs composed with FSDP2 on a 2-D device mesh; "
                                f"set engine fsdp (got {self.engine})")
+        if self.pp > 1 and self.engine == "deepspeed":
+            raise PlannerError(f"{label('pp')}: DeepSpeed's pipeline engine needs its own model API "
+                               "(PipelineModule); plan pipeline parallelism with FSDP")
+        if self.pp > 1:
+            raise PlannerError(f"{label('pp')}: the trainer does not run pipeline parallelism yet; the planner "
+                               "estimates it (memory per stage, bubble), emit refuses it until then")
         if self.tp > 1 and self.offload != "none":
             raise PlannerError(f"{label('offload')}: CPU offload with tensor parallelism is not supported; use none")
         return self

@@ -303,7 +303,7 @@ def load_ladder(root) -> dict:
     shapes and budgets in range, paths and the MLflow store as plain text. Returns it with the points as
     written by `write` (plain dicts), so a hand-edited or damaged file fails here, naming the key."""
     path = Path(root) / LADDER_FILE
-    if not path.is_file():
+    if not path.exists():
         raise PlannerError(f"LADDER_DIR: {root} has no {LADDER_FILE} (write one with `planner ladder design`)")
     where = str(path)
     meta = _mapping(_read_json(path), where, ("points", "seq_len", "vocab", "batch_tokens", "ladder_flops",
@@ -334,7 +334,7 @@ def load_prediction(root, meta: dict) -> dict:
     from planner.laws.scaling import parse_law
 
     path = Path(root) / PREDICTION_FILE
-    if not path.is_file():
+    if not path.exists():
         raise PlannerError(f"LADDER_DIR: no {PREDICTION_FILE}; run `planner ladder predict` before the held-out run")
     where = str(path)
     pred = _mapping(_read_json(path), where, ("law", "converged", "held_out", "loss_predicted", "band"))
@@ -345,7 +345,7 @@ def load_prediction(root, meta: dict) -> dict:
             raise PlannerError(f"{where}: law.{key} {v!r} must be a finite number")
     converged = _flag(f"{where}: converged", pred["converged"])
     if converged:  # a law that may be planned with: in range (a non-converged one is only reported, refused)
-        parse_law(law, f"{where}: law", need_kind=False)
+        parse_law(law, f"{where}: law", need_kind=False, flag="")
     message = pred.get("message", "")
     if not isinstance(message, str):
         raise PlannerError(f"{where}: message {message!r} must be a string")
@@ -405,6 +405,7 @@ def predict(root, bootstrap: int = 30) -> dict:
     runs = finished_runs(meta)
     ladder_points = [p for p in meta["points"] if not p["held_out"]]
     held = next(p for p in meta["points"] if p["held_out"])
+    config = _inside(root, root / "points" / held["name"] / "run.yaml", "LADDER_DIR")  # before any work
     have = [runs[p["name"]] for p in ladder_points if p["name"] in runs]
     if len(have) < len(ladder_points):
         raise PlannerError(f"LADDER_DIR: {len(have)} of {len(ladder_points)} ladder runs have finished; train them first")
@@ -416,7 +417,6 @@ def predict(root, bootstrap: int = 30) -> dict:
     result = {"law": fit.params, "stderr": fit.stderr, "converged": fit.converged, "message": fit.message,
               "held_out": held["name"], "loss_predicted": predicted, "band": [low, high], "bootstrap": bootstrap,
               "fitted_on": len(have)}
-    config = _inside(root, root / "points" / held["name"] / "run.yaml", "LADDER_DIR")
     cfg = load_config(config)
     cfg.plan.update({"loss_predicted": predicted, "loss_predicted_low": low, "loss_predicted_high": high})
     atomic_write_text(config, dump_config(cfg))
@@ -454,7 +454,7 @@ def report(root) -> dict:
 def _entropy_rate(manifest: Path) -> float | None:
     """The training shards' true entropy rate (nats per token) when their manifest records one (synthetic
     sources); None otherwise. Read through `read_input`; a recorded value must be finite and > 0."""
-    if not manifest.is_file():
+    if not manifest.exists():
         return None
     data = _read_json(manifest)
     rate = data.get("entropy_rate_nats") if isinstance(data, dict) else None

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -145,41 +144,43 @@ MAX_E = 100.0
 def _coefficient(where: str, key: str, value, lo: float, hi: float, *, lo_open: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
             or not (value > lo if lo_open else value >= lo) or value > hi:
-        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]"
-        raise PlannerError(f"--law: {where}: {key} {value!r} must be a finite number in {interval}")
+        interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}]" if math.isfinite(hi) else f"> {lo:g}"
+        raise PlannerError(f"{where}: {key} {value!r} must be a finite number {'in ' * math.isfinite(hi)}{interval}")
     return float(value)
 
 
-def parse_law(data, where: str, name: str | None = None, *, need_kind: bool = True) -> ParametricLaw:
+def parse_law(data, where: str, name: str | None = None, *, need_kind: bool = True,
+              flag: str = "--law") -> ParametricLaw:
     """An L(N, D) law from its JSON (a `planner fit nd` file, or a ladder's prediction), typed: E in [0, 100],
     A and B finite and > 0, alpha and beta in (0, 5]; a fit recorded as not converged is refused. `where`
-    (the file) and the key start every message; `need_kind`: the file must say `"kind": "nd"` (a fit file does)."""
+    (the file) and the key start every message (after `flag`, the option that named the file, if any);
+    `need_kind`: the file must say `"kind": "nd"` (a fit file does)."""
+    source, where = where, f"{flag}: {where}" if flag else where
     if not isinstance(data, dict):
-        raise PlannerError(f"--law: {where} holds a {type(data).__name__}, not a law (a JSON object)")
+        raise PlannerError(f"{where} holds a {type(data).__name__}, not a law (a JSON object)")
     if data.get("kind", None if need_kind else "nd") != "nd":
-        raise PlannerError(f"--law: {where} holds a {str(data.get('kind'))[:40]!r} law; planning needs an L(N, D) "
+        raise PlannerError(f"{where} holds a {str(data.get('kind'))[:40]!r} law; planning needs an L(N, D) "
                            "law from `planner fit nd`")
     missing = [k for k in ("E", "A", "B", "alpha", "beta") if k not in data]
     if missing:
-        raise PlannerError(f"--law: {where} lacks {', '.join(missing)} (an L(N, D) law needs E, A, B, alpha, beta)")
+        raise PlannerError(f"{where} lacks {', '.join(missing)} (an L(N, D) law needs E, A, B, alpha, beta)")
     if data.get("converged", True) is not True:
-        raise PlannerError(f"--law: {where}: converged {data.get('converged')!r}: the fit did not converge "
+        raise PlannerError(f"{where}: converged {data.get('converged')!r}: the fit did not converge "
                            f"({str(data.get('message', ''))[:120]}); refit before planning with it")
-    big = sys.float_info.max
     values = {"E": _coefficient(where, "E", data["E"], 0.0, MAX_E, lo_open=False),
-              "A": _coefficient(where, "A", data["A"], 0.0, big, lo_open=True),
-              "B": _coefficient(where, "B", data["B"], 0.0, big, lo_open=True),
+              "A": _coefficient(where, "A", data["A"], 0.0, math.inf, lo_open=True),
+              "B": _coefficient(where, "B", data["B"], 0.0, math.inf, lo_open=True),
               "alpha": _coefficient(where, "alpha", data["alpha"], 0.0, MAX_EXPONENT, lo_open=True),
               "beta": _coefficient(where, "beta", data["beta"], 0.0, MAX_EXPONENT, lo_open=True)}
     label = data.get("name", name or "fitted")
     if not isinstance(label, str) or not label:
-        raise PlannerError(f"--law: {where}: name {label!r} must be a non-empty string")
-    checks.no_control(f"--law: {where}: name", label)
-    law = ParametricLaw(**values, name=label[:200], source=where)
+        raise PlannerError(f"{where}: name {label!r} must be a non-empty string")
+    checks.no_control(f"{where}: name", label)
+    law = ParametricLaw(**values, name=label[:200], source=source)
     try:
         law.optimal(1e21)  # G = (alpha A / (beta B))^(1 / (alpha + beta)) must be a number, not an overflow
     except (OverflowError, ZeroDivisionError):
-        raise PlannerError(f"--law: {where}: A {law.A:g} and B {law.B:g} with alpha {law.alpha:g} and beta "
+        raise PlannerError(f"{where}: A {law.A:g} and B {law.B:g} with alpha {law.alpha:g} and beta "
                            f"{law.beta:g} overflow the compute-optimal split; not a usable fit") from None
     return law
 
@@ -189,7 +190,9 @@ def load_law(path: Path) -> ParametricLaw:
     by `parse_law`."""
     try:
         data = json.loads(read_input(path, max_bytes=MAX_LAW_BYTES).decode("utf-8"))
-    except (OSError, ValueError) as exc:  # missing, special, too large; not UTF-8; not JSON
+    except OSError as exc:  # missing, a FIFO or device, too large
+        raise PlannerError(f"--law: cannot read {path}: {exc.strerror or exc}".splitlines()[0]) from None
+    except ValueError as exc:  # not UTF-8; not JSON
         raise PlannerError(f"--law: cannot read {path}: {exc}".splitlines()[0]) from None
     return parse_law(data, str(path), name=Path(path).stem)
 

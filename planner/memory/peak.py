@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.core.parallel import ParallelPlan
-from planner.memory import activations
+from planner.memory import activations, pipeline
 from planner.memory import model_states as memory
+from planner.memory.pipeline import StageShare
 from planner.model.shapes import ModelShape
 
 #: The moments of a step, in the order they happen.
@@ -160,30 +161,37 @@ def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str,
 
 def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, precision: str,
                      optimizer: str, convention: str, micro_batch: int, checkpointing: str,
-                     flash_attention: bool, runtime_gib: float, fragmentation: float) -> MemoryBreakdown:
+                     flash_attention: bool, runtime_gib: float, fragmentation: float,
+                     share: StageShare | None = None) -> MemoryBreakdown:
     """The bytes of every line at each moment of a training step of `plan` (tensor parallel divides
-    the weights first; the data-parallel ranks partition what the engine shards)."""
+    the weights first; the data-parallel ranks partition what the engine shards).
+
+    `share`: one pipeline rank's part (`planner.memory.pipeline`): `params` and `shape.layers` are then
+    that rank's, its saved activations are multiplied by the micro-batches its schedule keeps in flight,
+    the output layer and loss are counted on the last stage only, and the P2P buffers are added."""
     tp = plan.tp
+    in_flight, head = (1.0, True) if share is None else (share.in_flight, share.head)
     terms = memory.state_terms(precision, optimizer, convention, shape)
     states = memory.model_states(params / tp, terms, plan, shape, convention)
     regime = activations.regime_for(precision, plan.engine)
     act_kw = {"regime": regime, "checkpointing": checkpointing, "tp": tp, "sequence_parallel": tp > 1,
               "flash_attention": flash_attention}
     layers_fixed = activations.stored_bytes(shape, 0, **act_kw)
-    head_fixed = activations.head_fixed_bytes(shape, regime, tp)
+    head_fixed = activations.head_fixed_bytes(shape, regime, tp) if head else 0.0
     # Backward first holds the loss's gradients, then (once they are freed) one layer recomputed:
     # the larger of the two sits on top of the saved activations at the peak.
-    loss_grads = activations.loss_backward_bytes_per_token(shape, tp) * shape.seq_len * micro_batch
+    loss_grads = activations.loss_backward_bytes_per_token(shape, tp) * shape.seq_len * micro_batch if head else 0.0
     recompute = activations.recompute_bytes(shape, micro_batch, **act_kw)
     stored = activations.stored_bytes(shape, micro_batch, **act_kw)
+    logits = activations.head_bytes(shape, micro_batch, regime, tp) - head_fixed if head else 0.0
+    p2p = pipeline.p2p_buffer_bytes(plan, shape.hidden, shape.seq_len, micro_batch, 4 if precision == "fp32" else 2)
     return MemoryBreakdown(
         states=states,
-        activations=stored - layers_fixed
+        activations=(stored - layers_fixed) * in_flight
         + (recompute if recompute > loss_grads else 0.0),
         activations_fixed=layers_fixed + head_fixed,
-        logits=activations.head_bytes(shape, micro_batch, regime, tp) - head_fixed
-        + (loss_grads if loss_grads >= recompute else 0.0),
-        comm_buffers=memory.comm_buffer_bytes(params / tp, plan),
+        logits=logits + (loss_grads if loss_grads >= recompute else 0.0),
+        comm_buffers=memory.comm_buffer_bytes(params / tp, plan) + p2p,
         runtime=runtime_gib * 2**30,
         fragmentation_fraction=fragmentation,
         # torch engines (DDP, FSDP) free gradients with zero_grad(set_to_none=True); DeepSpeed keeps them

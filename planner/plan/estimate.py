@@ -14,7 +14,7 @@ from planner.compute import flops as compute
 from planner.core.errors import PlannerError
 from planner.core.parallel import FEWEST_GPUS_STRATEGIES, ParallelPlan
 from planner.core.units import GB
-from planner.memory import activations
+from planner.memory import activations, pipeline
 from planner.memory import finetune as finetune_mod
 from planner.memory import model_states as memory
 from planner.memory.peak import MemoryBreakdown, memory_breakdown
@@ -55,15 +55,46 @@ def finetune_breakdown(req: EstimateRequest, model: ResolvedModel, plan: Paralle
 
 def _breakdown_for(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan,
                    micro_batch: int | None = None) -> MemoryBreakdown:
-    """The step's memory for `req`'s model under `plan` (its micro-batch, unless `micro_batch` is given)."""
+    """The step's memory per GPU for `req`'s model under `plan` (its micro-batch, unless `micro_batch` is
+    given); under pipeline parallelism, the worst stage's."""
     micro_batch = plan.micro_batch if micro_batch is None else micro_batch
     if req.finetune not in (None, "full"):
         return finetune_breakdown(req, model, plan, micro_batch)
+    if plan.pp > 1:
+        return max(stage_breakdowns(req, model, plan, micro_batch).values(), key=lambda b: b.total)
     return memory_breakdown(
         model.params, model.shape, plan, precision=req.precision, optimizer=req.optimizer,
         convention=req.convention or memory.default_convention(plan), micro_batch=micro_batch,
         checkpointing=req.checkpointing, flash_attention=req.flash_attention,
         runtime_gib=req.runtime_gib, fragmentation=req.fragmentation)
+
+
+def stage_breakdowns(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan,
+                     micro_batch: int | None = None) -> dict[pipeline.StageShare, MemoryBreakdown]:
+    """Each pipeline rank's memory: its layers, embedding or head, and the activations its schedule keeps."""
+    micro_batch = plan.micro_batch if micro_batch is None else micro_batch
+    scale = model.params / model.shape.param_count()  # --params with an inferred shape: sized by the count
+    out = {}
+    for share in pipeline.shares(model.shape.layers, plan):
+        shape = replace(model.shape, layers=share.layers)
+        out[share] = memory_breakdown(
+            pipeline.stage_params(model.shape, share) * scale, shape, plan, precision=req.precision,
+            optimizer=req.optimizer, convention=req.convention or memory.default_convention(plan),
+            micro_batch=micro_batch, checkpointing=req.checkpointing, flash_attention=req.flash_attention,
+            runtime_gib=req.runtime_gib, fragmentation=req.fragmentation, share=share)
+    return out
+
+
+def _pipeline_summary(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan) -> dict | None:
+    if plan.pp == 1:
+        return None
+    stages = stage_breakdowns(req, model, plan)
+    return {"pp": plan.pp, "schedule": plan.pp_schedule, "virtual_stages_per_rank": plan.pp_virtual,
+            "microbatches": plan.grad_accum, "bubble_fraction": pipeline.bubble_fraction(plan),
+            "layers_per_stage": pipeline.stage_layers(model.shape.layers, plan),
+            "stages": [{"rank": s.rank, "stages": list(s.stages), "layers": s.layers, "embedding": s.embedding,
+                        "head": s.head, "microbatches_in_flight": s.in_flight, "peak_moment": b.moment,
+                        "memory_bytes": b.lines()} for s, b in stages.items()]}
 
 
 def sweep_memory(req: EstimateRequest, configs) -> list[tuple[float, bool]]:
@@ -208,5 +239,6 @@ def estimate(req: EstimateRequest) -> Estimate:
         peer_estimates=_peer_estimates(model, plan),
         rule_of_thumb=teaching_view(model.params),
         finetune=_finetune_summary(req, model),
+        pipeline=_pipeline_summary(req, model, plan),
         request=_request_dict(req),
     )

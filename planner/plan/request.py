@@ -64,11 +64,13 @@ class EstimateRequest:
     @classmethod
     def from_flags(cls, *, gpus: int = 8, zero: int | None = None, fsdp: str | None = None,
                    sharding_factor: int | None = None, offload: str = "none", tp: int = 1, micro_batch: int = 1,
+                   pp: int = 1, pp_schedule: str = "1f1b", pp_virtual: int = 1, microbatches: int | None = None,
                    **rest) -> EstimateRequest:
         """A request from the planner's flags (`--gpus --zero --fsdp ...`): the layout flags become one
         `ParallelPlan` (`ParallelPlan.from_flags`, checked with the flags' names); the rest are fields."""
         layout = ParallelPlan.from_flags(gpus, zero=zero, fsdp=fsdp, sharding_factor=sharding_factor,
-                                         offload=offload, tp=tp, micro_batch=micro_batch)
+                                         offload=offload, tp=tp, micro_batch=micro_batch, pp=pp,
+                                         pp_schedule=pp_schedule, pp_virtual=pp_virtual, microbatches=microbatches)
         return cls(layout=layout, **rest)
 
     # read-only views of the layout, for the arithmetic that needs them

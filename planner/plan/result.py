@@ -93,6 +93,7 @@ class Estimate:
     peer_estimates: dict[str, float]
     rule_of_thumb: dict[str, float]
     finetune: dict | None
+    pipeline: dict | None  # per pipeline rank: layers, in-flight micro-batches, memory; the bubble
     request: dict[str, Any]
 
     @property
@@ -140,5 +141,6 @@ class Estimate:
             "compute": c.to_dict(),
             "rule_of_thumb": self.rule_of_thumb,
             "finetune": self.finetune,
+            "pipeline": self.pipeline,
             "request": self.request,
         }

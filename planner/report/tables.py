@@ -45,11 +45,25 @@ def render_estimate(r: dict) -> str:
                     f"({ft['trainable_share']:.4%} of the model; {ft['source']})")
     return "\n\n".join([
         "\n".join(head),
+        *([_pipeline_table(r["pipeline"])] if r.get("pipeline") else []),
         _memory_table(r),
         _fit_table(r),
         _compute_table(c, hw),
         _teaching_table(r["rule_of_thumb"]),
     ])
+
+
+def _pipeline_table(p: dict) -> str:
+    """Every pipeline rank: its layers, the micro-batches its schedule keeps in flight, its peak."""
+    rows = [[s["rank"], ",".join(map(str, s["stages"])), s["layers"],
+             "+".join(x for x, on in (("embedding", s["embedding"]), ("head", s["head"])) if on) or "-",
+             f"{s['microbatches_in_flight']:g}", _gib(s["memory_bytes"]["total"]), s["peak_moment"]]
+            for s in p["stages"]]
+    head = (f"Pipeline   {p['pp']} ranks, {p['schedule']}, {p['virtual_stages_per_rank']} stage(s) per rank, "
+            f"{p['microbatches']} micro-batches per step; bubble {p['bubble_fraction']:.1%} of compute time "
+            "(the per-GPU figures below are the worst stage's)")
+    return head + "\n" + tabulate(rows, headers=["rank", "stages", "layers", "also holds", "in flight", "GiB",
+                                                 "peak at"], tablefmt="simple", disable_numparse=True)
 
 
 def _memory_table(r: dict) -> str:

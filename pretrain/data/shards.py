@@ -195,7 +195,7 @@ class ShardManifest:
 def read_manifest(path: str | Path) -> ShardManifest:
     """The typed manifest of the shard folder `path` (read through `read_input`: no FIFO, size-capped)."""
     manifest_path = Path(path) / MANIFEST
-    if not manifest_path.is_file():
+    if not manifest_path.exists():
         raise PlannerError(f"data: {path} has no {MANIFEST} (not a finished shard folder)")
     return ShardManifest.parse(_json(manifest_path), str(manifest_path))
 
@@ -221,9 +221,9 @@ class TokenShards:
     def open(cls, path: str | Path) -> TokenShards:
         path = Path(path)
         manifest_path = path / MANIFEST
-        if not manifest_path.is_file():
+        if not manifest_path.exists():
             raise PlannerError(f"data: {path} has no {MANIFEST} (not a finished shard folder)")
-        raw = _json(manifest_path)
+        raw = _json(manifest_path)  # read_input: a FIFO or device there is refused unread
         typed = ShardManifest.parse(raw, str(manifest_path))
         row_len, dtype = typed.seq_len + 1, np.dtype(typed.dtype).newbyteorder("<")
         folder = path.resolve()

@@ -1,0 +1,112 @@
+"""Pipeline parallelism: which layers each pipeline rank holds, how many micro-batches of activations its
+schedule keeps in flight, the P2P buffers, and the bubble.
+
+Layers split over `pp x pp_virtual` stages (`ParallelPlan.pp_layers`, or an even split whose remainder goes
+to the middle stages, since the first stage also holds the embedding and the last the head and the loss).
+Rank r runs stages r, r + pp, r + 2pp, ... (the looped placement of torch's interleaved schedules).
+
+In flight, per rank r (m micro-batches per step, p ranks, v stages per rank), counted in stage-chunks:
+- GPipe: every forward runs before any backward, so all m micro-batches of every local stage;
+- 1F1B (Narayanan et al. 2021, §2.2): min(m, p - r - 1) warm-up forwards, +1 in steady state: rank 0 holds
+  p micro-batches, the last rank 1;
+- interleaved 1F1B: torch's warm-up, (v - 1) x micro-batches-per-round + 2 (p - r - 1), capped at v·m,
+  +1; on rank 0 that is Megatron's (1 + (p - 1)/(p v)) times the 1F1B first stage (Korthikanti et al. 2022,
+  §4.2.3 / Narayanan et al. 2021, §2.2.2);
+- zero-bubble (interleaved, Qi et al. 2023): torch's warm-up advances one chunk per hop, not two; the
+  inputs it keeps for the deferred weight gradients are not modelled, and its bubble is reported as the
+  interleaved one, an upper bound (it fills part of that idle time with weight-gradient work).
+
+Bubble (idle time over ideal compute time; Narayanan et al. 2021): (p - 1)/m for GPipe and 1F1B,
+(p - 1)/(v m) interleaved. `tests/test_pipeline_plan.py` holds these against the idle slots of torch's own
+action lists (`pipeline_order`), where the idle share is bubble / (1 + bubble).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from planner.core.errors import PlannerError
+from planner.core.parallel import MULTI_STAGE_SCHEDULES, ParallelPlan
+
+
+@dataclass(frozen=True)
+class StageShare:
+    """What one pipeline rank holds."""
+
+    rank: int
+    stages: tuple[int, ...]  # virtual stage indices on this rank
+    layers: int  # transformer blocks over its stages
+    embedding: bool  # the first stage: token embedding
+    head: bool  # the last stage: final norm, output head and loss
+    in_flight: float  # micro-batches of this rank's layers whose activations are held at the peak
+
+
+def stage_layers(layers: int, plan: ParallelPlan) -> list[int]:
+    """Blocks per virtual stage, first to last."""
+    stages = plan.pp_stages
+    if plan.pp_layers is not None:
+        split = list(plan.pp_layers)
+        if sum(split) != layers:
+            raise PlannerError(f"--pp-layers: {split} holds {sum(split)} layers, the model has {layers}")
+        return split
+    if layers < stages:
+        raise PlannerError(f"--pp: {stages} pipeline stages need at least {stages} layers (the model has {layers})")
+    base, extra = divmod(layers, stages)
+    order = list(range(1, stages - 1)) + [0, stages - 1] if stages > 2 else list(range(stages))
+    split = [base] * stages
+    for i in order[:extra]:
+        split[i] += 1
+    return split
+
+
+def warmup_chunks(plan: ParallelPlan, rank: int) -> int:
+    """Forward stage-chunks rank `rank` runs before its first backward (torch's schedules)."""
+    p, v, m = plan.pp, plan.pp_virtual, plan.grad_accum
+    if plan.pp_schedule == "gpipe":
+        return m * v
+    if plan.pp_schedule in MULTI_STAGE_SCHEDULES:
+        per_round = m // max(1, m // p)
+        hops = 1 if plan.pp_schedule == "zero-bubble" else 2  # zero-bubble starts its backwards a hop sooner
+        return min(v * m, (v - 1) * per_round + hops * (p - rank - 1))
+    return min(m, p - rank - 1)
+
+
+def shares(layers: int, plan: ParallelPlan) -> list[StageShare]:
+    split = stage_layers(layers, plan)
+    out = []
+    for rank in range(plan.pp):
+        stages = tuple(rank + k * plan.pp for k in range(plan.pp_virtual))
+        held = sum(split[s] for s in stages)
+        if plan.pp_schedule == "gpipe":
+            in_flight = float(plan.grad_accum)
+        else:
+            chunk = held / plan.pp_virtual  # the mean stage of this rank
+            in_flight = min(warmup_chunks(plan, rank) + 1, plan.grad_accum * plan.pp_virtual) * chunk / held
+        out.append(StageShare(rank, stages, held, 0 in stages, plan.pp_stages - 1 in stages, in_flight))
+    return out
+
+
+def stage_params(shape, share: StageShare) -> int:
+    """Parameters on one pipeline rank: its blocks, the embedding on the first stage, the final norm and the
+    head on the last (a tied head is a second copy there: the stages hold it apart, as torchtitan does)."""
+    root_norms = shape.param_count() - shape.layers * shape.layer_params() - shape.embedding_params() \
+        - shape.head_params()
+    head = shape.vocab * shape.hidden if shape.tied_embeddings else shape.head_params()
+    return (share.layers * shape.layer_params() + (shape.embedding_params() if share.embedding else 0)
+            + (root_norms + head if share.head else 0))
+
+
+def bubble_fraction(plan: ParallelPlan) -> float:
+    """Idle time over ideal compute time per step: (p - 1)/m, or (p - 1)/(v m) interleaved."""
+    if plan.pp == 1:
+        return 0.0
+    v = plan.pp_virtual if plan.pp_schedule in MULTI_STAGE_SCHEDULES else 1
+    return (plan.pp - 1) / (v * plan.grad_accum)
+
+
+def p2p_buffer_bytes(plan: ParallelPlan, hidden: int, seq_len: int, micro_batch: int, width: int) -> float:
+    """Receive buffers per local stage: one activation from the previous stage and one gradient from the
+    next, b x s x h elements (split by TP under sequence parallelism)."""
+    if plan.pp == 1:
+        return 0.0
+    return 2 * plan.pp_virtual * micro_batch * seq_len * hidden * width / plan.tp
