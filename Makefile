@@ -37,8 +37,11 @@ test-deps:
 	    { timeout 300 apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q slurm-wlm >/dev/null 2>&1; }; }; } \
 	  || echo "slurm-wlm not installed: the real-Slurm tests will skip"
 
+# Two workers (pytest-xdist), whole files to each so module fixtures are built once; tests take
+# free ports and their own temp folders, so they do not collide.
+TEST_WORKERS ?= 2
 test: setup test-deps
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

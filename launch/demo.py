@@ -20,7 +20,6 @@ runs is refused (a lock file held with flock).
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import subprocess
 import sys
@@ -110,7 +109,7 @@ def stage_design(out: Path, data_dir: Path, engine: str, quick: bool) -> dict:
     for p in lad.points:
         print(f"  {p.name:<24} {p.params:>8,} params {p.tokens:>9,} tokens  lr {p.lr:.4g}"
               f"{'  (held out)' if p.held_out else ''}")
-    return json.loads((out / ladder.LADDER_FILE).read_text())
+    return ladder.load_ladder(out)  # typed: a hand-edited or damaged ladder.json fails here, naming the key
 
 
 def _env() -> dict:
@@ -149,7 +148,7 @@ def stage_train_ladder(out: Path, meta: dict, progress: bool) -> None:
 def stage_predict(out: Path) -> dict:
     if (out / ladder.PREDICTION_FILE).is_file():
         _log(f"4/6 the held-out prediction was made earlier ({out / ladder.PREDICTION_FILE})")
-        return json.loads((out / ladder.PREDICTION_FILE).read_text())
+        return ladder.load_prediction(out, ladder.load_ladder(out))
     _log("4/6 fitting L(N, D) on the ladder and predicting the held-out run before it trains")
     pred = ladder.predict(out, BOOTSTRAP)
     low, high = pred["band"]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from planner.core.errors import PlannerError
-from planner.core.schema import RunConfig
+from planner.core.schema import RunConfig, load_ds_config
 from planner.plan.result import Estimate
 
 
@@ -41,7 +40,10 @@ def check_batch(cfg: RunConfig, world: int) -> None:
         raise LaunchError(str(exc)) from None
     if plan.engine != "deepspeed" or not cfg.engine.ds_config:
         return
-    ds = json.loads(Path(cfg.engine.ds_config).read_text())
+    try:
+        ds = load_ds_config(cfg.engine.ds_config)
+    except PlannerError as exc:
+        raise LaunchError(str(exc)) from None
     if ds.get("train_batch_size", plan.batch) != plan.batch:
         raise LaunchError(f"engine.ds_config: train_batch_size {ds['train_batch_size']} != parallel.micro_batch "
                           f"{plan.micro_batch} x parallel.grad_accum {plan.grad_accum} x {plan.dp} data-parallel ranks "

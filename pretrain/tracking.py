@@ -23,6 +23,7 @@ import sys
 import time
 from pathlib import Path
 
+from planner.core.errors import PlannerError
 from planner.core.io import atomic_write_json
 from planner.core.schema import RunConfig, flatten
 
@@ -64,18 +65,62 @@ def experiment_id(client, name: str, tracking_uri: str) -> str:
     return exp.experiment_id if exp else client.create_experiment(name, artifact_location=artifact_location(tracking_uri))
 
 
+#: What each kind of outbox record holds (written by `Tracker`, read back by `Deliverer`).
+RECORD_FIELDS = {"metrics": {"values": dict, "step": int, "ts": int}, "params": {"values": dict},
+                 "tags": {"values": dict}, "dict": {"obj": dict, "name": str}, "artifact": {"path": str},
+                 "status": {"status": str}, "reopen": {}}
+
+
+def _record(record, where: str) -> dict:
+    """One journal line, typed: a known kind with its fields, metric values numbers."""
+    if not isinstance(record, dict) or record.get("kind") not in RECORD_FIELDS:
+        kind = record.get("kind") if isinstance(record, dict) else record
+        raise PlannerError(f"{where}: {kind!r} is not an outbox record (kinds: {', '.join(RECORD_FIELDS)})")
+    for key, type_ in RECORD_FIELDS[record["kind"]].items():
+        if not isinstance(record.get(key), type_) or isinstance(record.get(key), bool):
+            raise PlannerError(f"{where}: {record['kind']}.{key} must be a {type_.__name__}")
+    if record["kind"] == "metrics" and not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in record["values"].values()):
+        raise PlannerError(f"{where}: metrics.values must all be numbers")
+    return record
+
+
+def _state(path: Path, records: int) -> dict:
+    """state.json, typed: how many records went out (0 to the journal's length), the run's identity."""
+    try:
+        state = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PlannerError(f"{path}: not valid JSON ({str(exc)[:80]})") from None
+    if not isinstance(state, dict):
+        raise PlannerError(f"{path}: holds a {type(state).__name__}, not an object")
+    delivered = state.get("delivered", 0)
+    if isinstance(delivered, bool) or not isinstance(delivered, int) or not 0 <= delivered <= records:
+        raise PlannerError(f"{path}: delivered {delivered!r} must be a whole number from 0 to the {records} "
+                           "records in the outbox")
+    for key in ("run_id", "experiment", "run_name"):
+        if state.get(key) is not None and not isinstance(state[key], str):
+            raise PlannerError(f"{path}: {key} {state[key]!r} must be a string")
+    return state
+
+
 class Outbox:
     """An append-only journal of tracking records and the mark of how many were delivered."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self.journal, self.state_file = folder / "outbox.jsonl", folder / "state.json"
-        self.state: dict = json.loads(self.state_file.read_text()) if self.state_file.is_file() else {"delivered": 0}
+        for path in (self.journal, self.state_file):
+            if path.exists() and not path.is_file():
+                raise PlannerError(f"{path}: is not a regular file (the tracking outbox)")
         self.records: list[dict] = []
         if self.journal.is_file():
-            for line in self.journal.read_text().splitlines():
-                with contextlib.suppress(ValueError):  # a line torn by a crash mid-append
-                    self.records.append(json.loads(line))
+            for n, line in enumerate(self.journal.read_text(errors="replace").splitlines(), 1):
+                try:
+                    record = json.loads(line)
+                except ValueError:  # a line torn by a crash mid-append
+                    continue
+                self.records.append(_record(record, f"{self.journal}: line {n}"))
+        self.state = _state(self.state_file, len(self.records)) if self.state_file.is_file() else {"delivered": 0}
 
     def append(self, record: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -226,7 +226,7 @@ def test_tokenizer_and_packing_follow_the_weights(sample_config):
 def test_unigram_tokenizer_splits_digits(sample_config, tmp_path):
     from tokenizers import Tokenizer
 
-    cfg = load_pipeline_config(sample_config, ["tokenizer.kind=unigram", f"tokenizer.path={tmp_path}/uni.json"])
+    cfg = load_pipeline_config(sample_config, ["tokenizer.kind=unigram", "tokenizer.path=uni.json"])
     curate(cfg)
     tok = Tokenizer.from_file(str(train_tokenizer(cfg)))
     assert [t for t in tok.encode("revenue of 2024").tokens if t.strip("▁").isdigit()] == ["2", "0", "2", "4"]

@@ -1,7 +1,6 @@
 """Hardening: files get the umask's mode, checkpoints are pruned, emitted scripts carry no
 injected command."""
 
-import os
 import stat
 import subprocess
 from pathlib import Path
@@ -13,18 +12,13 @@ from pretrain.checkpoint import Checkpointer
 from pretrain.distributed import DistInfo
 
 
-def test_atomic_writes_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
-    old = os.umask(0o022)
-    try:
-        import importlib
+def test_atomic_writes_get_the_umask_mode_not_mkstemps_private_one(tmp_path, monkeypatch):
+    import planner.core.io
 
-        import planner.core.io
-
-        importlib.reload(planner.core.io)
-        path = planner.core.io.atomic_write_text(tmp_path / "run.yaml", "a: 1\n")
-    finally:
-        os.umask(old)
-        importlib.reload(planner.core.io)
+    # the umask is read once at import; patch what was read rather than reloading the module,
+    # which would make a second SpecialFileError class that other modules' `except` miss
+    monkeypatch.setattr(planner.core.io, "_UMASK", 0o022)
+    path = planner.core.io.atomic_write_text(tmp_path / "run.yaml", "a: 1\n")
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 

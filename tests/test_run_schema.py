@@ -11,6 +11,7 @@ import pytest
 from planner.cli import main as planner_main
 from planner.core.parallel import ParallelPlan
 from planner.core.schema import (
+    ConfigError,
     DataConfig,
     EngineConfig,
     GPUSpec,
@@ -64,8 +65,20 @@ def defaults_kept(value, default, path=""):
 
 def test_the_round_trip_config_leaves_no_field_at_its_default():
     cfg, default = every_field_changed(), RunConfig(planning=PlanningConfig(gpu_spec=GPUSpec()))
-    # an FSDP hybrid plan with offload runs without TP and has no ZeRO stage or DeepSpeed JSON
-    assert defaults_kept(cfg, default) == ["parallel.tp", "parallel.zero_stage", "engine.ds_config"]
+    # an FSDP hybrid plan with offload runs without TP or a pipeline (whose fields round-trip in the
+    # next test) and has no ZeRO stage or DeepSpeed JSON
+    assert defaults_kept(cfg, default) == ["parallel.tp", "parallel.pp", "parallel.pp_schedule",
+                                           "parallel.pp_virtual", "parallel.pp_layers", "parallel.zero_stage",
+                                           "engine.ds_config"]
+
+
+def test_a_pipeline_layout_in_run_yaml_is_refused_naming_the_key_until_the_trainer_runs_it(tmp_path):
+    plan = ParallelPlan(engine="fsdp", world=8, pp=2, micro_batch=1, grad_accum=4)
+    cfg = RunConfig(model=ModelConfig(layers=6), data=DataConfig(train="shards/t"), parallel=plan)
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(cfg))
+    with pytest.raises(ConfigError, match=r"^parallel\.pp: the trainer does not run pipeline parallelism"):
+        load_config(path)
 
 
 def test_every_field_survives_yaml_and_back(tmp_path):

@@ -600,3 +600,54 @@ def test_oversize_fit_data_is_refused_unread(capsys, tmp_path, monkeypatch):
     (tmp_path / "runs.csv").write_text("n,d,loss\n" + "1e6,2e7,4.0\n" * 200)
     refused(capsys, planner_main, ["fit", "nd", str(tmp_path / "runs.csv"), "--n-col", "n", "--d-col", "d"],
             tmp_path, "DATA", "runs.csv", "larger than")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[1, 2]", "not a JSON object"),
+    ('{"train_batch_size": -4}', "train_batch_size -4"),
+    ('{"train_micro_batch_size_per_gpu": "2"}', "train_micro_batch_size_per_gpu"),
+    ('{"zero_optimization": {"stage": 7}}', "zero_optimization.stage 7"),
+    ('{"zero_optimization": 3}', "zero_optimization must be an object"),
+    ("{" * 100_000, "not valid JSON"),
+])
+def test_a_damaged_deepspeed_json_is_refused_by_the_launch_in_one_line(tmp_path, capsys, text, expected):
+    from launch.cli import main as launch_main
+
+    shards = tmp_path / "shards"
+    write_markov_shards(shards, rows=64)
+    job = tmp_path / "job"
+    assert planner_main(["emit", "--out", str(job), "--params", "1e8", "--zero", "2", "--gpus", "2",
+                         "--micro-batch", "2", "--data", str(shards)]) == 0
+    capsys.readouterr()
+    (job / "ds_config.json").write_text(text)
+    refused(capsys, launch_main, ["local", str(job / "run.yaml"), "--nproc", "2", "--dry-run", "--force"],
+            tmp_path, "ds_config", expected)
+
+
+@pytest.mark.parametrize("journal, state, expected", [
+    ('{"kind": "metrics", "step": 1, "ts": 5, "values": {"loss": 2.0}}\n', '{"delivered": 2}', "delivered 2"),
+    ('{"kind": "metrics", "step": 1, "ts": 5, "values": {"loss": 2.0}}\n', '{"delivered": -1}', "delivered -1"),
+    ('{"kind": "metrics", "step": "x", "ts": 5, "values": {}}\n', '{"delivered": 0}', "metrics.step"),
+    ('{"kind": "metrics", "step": 1, "ts": 5, "values": {"loss": "low"}}\n', '{"delivered": 0}', "numbers"),
+    ('{"kind": "shell", "cmd": "rm -rf /"}\n', '{"delivered": 0}', "'shell' is not an outbox record"),
+    ('[1]\n', '{"delivered": 0}', "not an outbox record"),
+    ("", '{"delivered": 0, "run_id": 7}', "run_id 7"),
+    ("", "[]", "not an object"),
+])
+def test_a_damaged_tracking_outbox_is_refused_naming_the_file_and_key(tmp_path, journal, state, expected):
+    from planner.core.errors import PlannerError
+    from pretrain.tracking import Outbox
+
+    (tmp_path / "outbox.jsonl").write_text(journal)
+    (tmp_path / "state.json").write_text(state)
+    with pytest.raises(PlannerError, match=expected) as exc:
+        Outbox(tmp_path)
+    assert str(tmp_path) in str(exc.value)
+
+
+def test_a_line_torn_by_a_crash_mid_append_is_skipped_not_refused(tmp_path):
+    from pretrain.tracking import Outbox
+
+    (tmp_path / "outbox.jsonl").write_text('{"kind": "reopen"}\n{"kind": "metr')
+    (tmp_path / "state.json").write_text('{"delivered": 1}')
+    assert Outbox(tmp_path).records == [{"kind": "reopen"}]

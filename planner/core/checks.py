@@ -20,6 +20,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _PARTITION = re.compile(r"[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*")
 # Slurm's --time formats (sbatch(1)): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, or UNLIMITED / INFINITE.
 _SLURM_TIME = re.compile(r"(\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|UNLIMITED|INFINITE)")
+#: A word a shell reads as itself, unquoted: what datatrove pastes into its Slurm scripts must be one.
+_SHELL_WORD = re.compile(r"[A-Za-z0-9_./:@%+=,~-]+")
 _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?|\[?[0-9A-Fa-f:.]+\]?")
 
 
@@ -54,6 +56,24 @@ def partition(flag: str, value: str) -> str:
 def slurm_time(flag: str, value: str) -> str:
     return _matching(flag, value, _SLURM_TIME, "a SLURM time (minutes, M:S, H:M:S, D-H, D-H:M, D-H:M:S, or "
                                                "UNLIMITED), e.g. 48:00:00 or 2-00:00:00")
+
+
+def shell_word(flag: str, value: str) -> str:
+    """A path or value pasted unquoted into a script by a library we do not control (datatrove's
+    sbatch scripts): letters, digits and `_ . / : @ % + = , ~ -` only, so no space, `;`, `$` or quote."""
+    return _matching(flag, value, _SHELL_WORD, "safe to paste into a job script unquoted (letters, digits and "
+                                               "_ . / : @ % + = , ~ - only)")
+
+
+def relative_inside(flag: str, value: str) -> str:
+    """A path relative to a job's folder that stays inside it: not absolute, no `..` part."""
+    from pathlib import PurePosixPath
+
+    no_control(flag, value)
+    parts = PurePosixPath(value).parts
+    if value.startswith(("/", "~")) or ".." in parts:
+        raise PlannerError(f"{flag}: {value!r} must be a path inside the output folder (relative, no '..')")
+    return value
 
 
 def host(flag: str, value: str) -> str:

@@ -90,6 +90,13 @@ def refuse_special_target(path: Path) -> None:
         raise SpecialFileError(errno.EEXIST, f"is {kind}, not a regular file to write", str(path))
 
 
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):g} {unit}"
+    return f"{n} bytes"
+
+
 def read_input(path: str | Path, max_bytes: int = 64 << 20) -> bytes:
     """The bytes of an input file we load: refused (never read, so never hung on) when it is a FIFO,
     a device or a folder, and when larger than `max_bytes`."""
@@ -101,7 +108,7 @@ def read_input(path: str | Path, max_bytes: int = 64 << 20) -> bytes:
     with open(path, "rb") as f:
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise SpecialFileError(errno.EFBIG, f"is larger than {max_bytes >> 20} MiB", str(path))
+        raise SpecialFileError(errno.EFBIG, f"is larger than the {_size(max_bytes)} this file may be", str(path))
     return data
 
 

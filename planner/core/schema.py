@@ -69,7 +69,7 @@ class TrainConfig:
     eval_every: int = 50
     eval_batches: int = 4
     checkpoint_every: int = 50
-    checkpoint_dir: str = "checkpoints"
+    checkpoint_dir: str = "checkpoints"  # relative to out_dir, inside it
     resume: bool = True  # resume from checkpoint_dir/latest when it exists
     log_every: int = 1
     max_skipped_steps: int = 10  # stop after this many consecutive skipped (non-finite or spiking) steps
@@ -182,24 +182,42 @@ def _check_sections(schema: type, doc: dict, prefix: str) -> None:
     """Every section the schema holds as a dataclass is a mapping in the file (or null where optional):
     OmegaConf would otherwise fail with a TypeError that names no key."""
     import dataclasses
+    import types
     import typing
 
     hints = typing.get_type_hints(schema)
     for f in dataclasses.fields(schema):
         if f.name not in doc:
             continue
-        kind = hints[f.name]
+        kind, value, key = hints[f.name], doc[f.name], f"{prefix}{f.name}"
+        origin = typing.get_origin(kind)
         args = [a for a in typing.get_args(kind) if a is not type(None)]
-        section = kind if dataclasses.is_dataclass(kind) else args[0] if len(args) == 1 and \
-            dataclasses.is_dataclass(args[0]) else None
-        value, key = doc[f.name], f"{prefix}{f.name}"
-        if section is None:
-            continue
-        if value is None and section is not kind:
-            continue
-        if not isinstance(value, dict):
-            raise ConfigError(f"config: {key}: must be a mapping of keys to values, not {type(value).__name__}")
-        _check_sections(section, value, key + ".")
+        if origin in (typing.Union, types.UnionType) and len(args) == 1:
+            if value is None:
+                continue  # an optional section left out
+            kind, origin, args = args[0], typing.get_origin(args[0]), list(typing.get_args(args[0]))
+        if dataclasses.is_dataclass(kind):
+            _check_section(kind, value, key)
+        elif origin is dict:
+            if not isinstance(value, dict):
+                raise ConfigError(f"config: {key}: must be a mapping of keys to values, not {type(value).__name__}")
+            if len(args) == 2 and args[1] in (int, float, str, bool):  # OmegaConf lets a list through here
+                for name, item in value.items():
+                    if isinstance(item, dict | list):
+                        raise ConfigError(f"config: {key}.{name}: must be a {args[1].__name__}, "
+                                          f"not {type(item).__name__}")
+        elif origin is list:
+            if not isinstance(value, list):
+                raise ConfigError(f"config: {key}: must be a list, not {type(value).__name__}")
+            if len(args) == 1 and dataclasses.is_dataclass(args[0]):
+                for i, item in enumerate(value):
+                    _check_section(args[0], item, f"{key}[{i}]")
+
+
+def _check_section(section: type, value, key: str) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(f"config: {key}: must be a mapping of keys to values, not {type(value).__name__}")
+    _check_sections(section, value, key + ".")
 
 
 def load_structured(schema: type, path: str | Path | None = None, overrides: list[str] | None = None):
@@ -233,6 +251,38 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg.engine.ds_config = str(Path(path).resolve().parent / cfg.engine.ds_config)  # beside run.yaml
     validate(cfg)
     return cfg
+
+
+#: The keys of a DeepSpeed JSON the run config must agree with: each a whole number >= 1.
+DS_BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
+
+
+def load_ds_config(path: str | Path) -> dict[str, Any]:
+    """An emitted (or hand-written) DeepSpeed JSON, typed where we read it: a JSON object, the batch
+    keys whole numbers >= 1, `zero_optimization` a mapping with a stage of 0-3. Read through
+    `read_input` (regular file, bounded size); a bad value fails in one line naming the file and key."""
+    import json
+
+    from planner.core.io import SpecialFileError, read_input
+
+    where = f"engine.ds_config: {path}"
+    try:
+        doc = json.loads(read_input(path, max_bytes=MAX_CONFIG_BYTES))
+    except SpecialFileError as exc:
+        raise ConfigError(f"engine.ds_config: {exc.filename}: {exc.strerror}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ConfigError(f"{where}: not valid JSON ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: holds a {type(doc).__name__}, not a JSON object")
+    for key in DS_BATCH_KEYS:
+        if key in doc and (isinstance(doc[key], bool) or not isinstance(doc[key], int) or doc[key] < 1):
+            raise ConfigError(f"{where}: {key} {doc[key]!r} must be a whole number >= 1")
+    zero = doc.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise ConfigError(f"{where}: zero_optimization must be an object, not {type(zero).__name__}")
+    if zero.get("stage", 0) not in (0, 1, 2, 3) or isinstance(zero.get("stage"), bool):
+        raise ConfigError(f"{where}: zero_optimization.stage {zero['stage']!r} is not one of 0, 1, 2, 3")
+    return doc
 
 
 def dump_config(cfg: RunConfig, header: str | None = None) -> str:
@@ -288,7 +338,9 @@ def validate(cfg: RunConfig) -> None:
 
     check.name("name", cfg.name)
     check.no_control("out_dir", cfg.out_dir)
-    check.no_control("train.checkpoint_dir", t.checkpoint_dir)
+    # inside out_dir: checkpoints are pruned to keep_last, which must never reach another job's folder
+    check.relative_inside("train.checkpoint_dir", t.checkpoint_dir)
+    check.relative_inside("tracking.fallback_dir", cfg.tracking.fallback_dir)
     check.number("optim.lr", cfg.optim.lr, 0.0, check.MAX_LR, lo_open=True)
     check.number("optim.grad_clip", cfg.optim.grad_clip, 0.0, 1e12)
     check.number("optim.min_lr_ratio", cfg.optim.min_lr_ratio, 0.0, 1.0)

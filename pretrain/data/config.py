@@ -7,17 +7,23 @@ settings are checked hardest because they reach an sbatch script. This module is
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from planner.core import checks
 from planner.core.schema import ConfigError, load_structured
-from pretrain.data.documents import Source
+from pretrain.data.documents import Source, refuse_special_sources
+from pretrain.data.steps.c4 import C4_DOCUMENT_RULES
+from pretrain.data.steps.thresholds import check_overrides
 
 #: Where C4's two document rules ("lorem ipsum", a curly bracket) are checked (`curate.c4_document_rules`,
 #: `steps.c4.C4Rules`).
-C4_DOCUMENT_RULES = ("kept_lines", "whole_document")
+#: The smallest vocabulary a tokenizer may be trained to: the 256 bytes of byte-level BPE and the
+#: special tokens, so every text can be encoded (below it BPE silently keeps the alphabet only).
+MIN_VOCAB = 256 + 3
+_LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Za-z]{4})?")  # ISO 639 codes, as the language identifier names them
 
 
 @dataclass
@@ -103,6 +109,7 @@ class DataPipelineConfig:
 def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None) -> DataPipelineConfig:
     cfg: DataPipelineConfig = load_structured(DataPipelineConfig, path, overrides)
     _validate(cfg)
+    check_overrides(cfg.curate.overrides, domains_of(cfg))
     return cfg
 
 
@@ -119,6 +126,12 @@ def domains_of(cfg: DataPipelineConfig) -> list[str]:
 def _validate(cfg: DataPipelineConfig) -> None:
     if not cfg.sources:
         raise ConfigError("sources: give at least one {path, domain}")
+    for i, source in enumerate(cfg.sources):
+        checks.name(f"sources[{i}].domain", source.domain)  # a folder name under out_dir
+    for source in sources_of(cfg):
+        refuse_special_sources(source)
+    checks.relative_inside("tokenizer.path", cfg.tokenizer.path)
+    _validate_languages(cfg.curate)
     _validate_weights(cfg)
     if cfg.tokenizer.kind not in ("bpe", "unigram"):
         raise ConfigError(f"tokenizer.kind: {cfg.tokenizer.kind!r} is not one of bpe, unigram")
@@ -131,7 +144,7 @@ def _validate(cfg: DataPipelineConfig) -> None:
         raise ConfigError(f"curate.c4_document_rules: {c.c4_document_rules!r} is not one of "
                           f"{', '.join(C4_DOCUMENT_RULES)}")
     for key, value, lo, hi in (("curate.minhash_ngram", c.minhash_ngram, 1, 64),
-                               ("tokenizer.vocab_size", cfg.tokenizer.vocab_size, 16, 1 << 24),
+                               ("tokenizer.vocab_size", cfg.tokenizer.vocab_size, MIN_VOCAB, 1 << 24),
                                ("mix.seq_len", cfg.mix.seq_len, 2, 1 << 20)):
         checks.integer(key, value, lo, hi)
     checks.integer("curate.chunk_bytes", c.chunk_bytes, 1 << 10)
@@ -158,6 +171,17 @@ def _validate_weights(cfg: DataPipelineConfig) -> None:
         raise ConfigError(f"mix.weights: no source has domain {sorted(unknown)} (domains: {sorted(domains)})")
 
 
+def _validate_languages(c: CurateConfig) -> None:
+    if not c.language:
+        return
+    if not c.languages:
+        raise ConfigError("curate.languages: give at least one language code (e.g. [en]) or set "
+                          "curate.language: false to keep every language")
+    for i, code in enumerate(c.languages):
+        if not isinstance(code, str) or not _LANGUAGE.fullmatch(code):
+            raise ConfigError(f"curate.languages[{i}]: {code!r} is not an ISO 639 language code such as en or deu")
+
+
 def _validate_slurm(sl: SlurmCurateConfig) -> None:
     """These reach an sbatch script, so nothing in them may end a line or start another directive."""
     checks.partition("curate.slurm.partition", sl.partition)
@@ -165,8 +189,8 @@ def _validate_slurm(sl: SlurmCurateConfig) -> None:
     checks.name("curate.slurm.job_name", sl.job_name)
     checks.integer("curate.slurm.cpus_per_task", sl.cpus_per_task, 1, 4096)
     checks.integer("curate.slurm.mem_per_cpu_gb", sl.mem_per_cpu_gb, 1, 1 << 14)
-    if sl.venv_activate:
-        checks.no_control("curate.slurm.venv_activate", sl.venv_activate)
-    for key, value in (sl.sbatch_args or {}).items():
+    if sl.venv_activate:  # datatrove writes `source <venv_activate>` into every job script
+        checks.shell_word("curate.slurm.venv_activate", sl.venv_activate)
+    for key, value in (sl.sbatch_args or {}).items():  # `#SBATCH --key=value`: a space would add a directive
         checks.name("curate.slurm.sbatch_args", str(key))
-        checks.no_control(f"curate.slurm.sbatch_args.{key}", str(value))
+        checks.shell_word(f"curate.slurm.sbatch_args.{key}", str(value))

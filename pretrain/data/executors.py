@@ -16,6 +16,7 @@ import sys
 from contextlib import nullcontext, redirect_stderr
 from pathlib import Path
 
+from planner.core import checks
 from planner.core.errors import PlannerError
 from pretrain.data.config import DataPipelineConfig
 from pretrain.data.passes import passes
@@ -23,6 +24,9 @@ from pretrain.data.workdir import WorkDir, check_layout
 
 #: datatrove's executors that `curate` runs on
 EXECUTORS = ("local", "slurm", "ray")
+#: Bounds on the split: each task leaves a completion marker and a log file, and Slurm's array
+#: size (MaxArraySize) defaults to 1001; far beyond these a typo, not a plan, is the likely cause.
+MAX_TASKS, MAX_WORKERS = 100_000, 4096
 
 
 def curate(cfg: DataPipelineConfig, executor: str = "local", tasks: int = 1, workers: int = 1,
@@ -39,8 +43,10 @@ def curate(cfg: DataPipelineConfig, executor: str = "local", tasks: int = 1, wor
     datatrove's console log (pipeline, per-task progress and stats) goes to stdout, or nowhere when
     `quiet`, so that stderr holds only our one-line errors; each task's full log stays in
     `work/logs/<pass>/logs/task_NNNNN.log` either way."""
-    if tasks < 1 or workers < 1:
-        raise PlannerError(f"--tasks/--workers: {tasks}/{workers} must be at least 1")
+    checks.integer("--tasks", tasks, 1, MAX_TASKS)
+    checks.integer("--workers", workers, 1, MAX_WORKERS)
+    if executor == "slurm":  # datatrove pastes the logging folders (under out_dir) unquoted into its job scripts
+        checks.shell_word("out_dir (with --executor slurm)", str(Path(cfg.out_dir).resolve()))
     check_layout(cfg, tasks)
     wd = WorkDir.of(cfg)
     previous, chain = None, passes(cfg, tasks)

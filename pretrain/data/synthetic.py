@@ -18,11 +18,12 @@ Real text goes through `pretrain.data` curation and tokenizers.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from planner.core import checks
-from planner.core.errors import guarded, one_line_parser
+from planner.core.errors import PlannerError, guarded, one_line_parser
 from pretrain.data.shards import ShardWriter
 
 
@@ -100,9 +101,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--rows", type=int, default=2048)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--force", action="store_true", help="Write into a folder that already holds files.")
     a = p.parse_args(argv)
 
     def run() -> None:
+        out = Path(a.out_dir)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not a.force:
+            raise PlannerError(f"out_dir: {out} is not an empty folder (an earlier dataset would be replaced); "
+                               "choose a new folder or pass --force")
         checks.integer("--vocab", a.vocab, 2, 4096 if a.source == "dense" else 1 << 32)  # dense: a V x V table
         checks.integer("--seq-len", a.seq_len, 2, 1 << 20)
         checks.integer("--rows", a.rows, 1, 1 << 31)

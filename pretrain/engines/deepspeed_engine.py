@@ -7,12 +7,11 @@ optimizer is torch's AdamW (DeepSpeed's fused/cpu Adam would compile C++ ops fir
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from planner.core.schema import ConfigError
+from planner.core.schema import DS_BATCH_KEYS, ConfigError, load_ds_config
 from planner.emit.deepspeed import deepspeed_config
 from pretrain.engines.base import Engine, optimizer_state_tensors, tensor_bytes
 from pretrain.engines.checks import check_model_config, write_model_config
@@ -41,8 +40,8 @@ class DeepSpeedEngine(Engine):
         super().__init__(cfg, info)
         ds_config = ds_config_for(cfg)
         if cfg.engine.ds_config:
-            given = json.loads(Path(cfg.engine.ds_config).read_text())
-            for key in ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"):
+            given = load_ds_config(cfg.engine.ds_config)
+            for key in DS_BATCH_KEYS:
                 if key in given and given[key] != ds_config[key]:
                     raise ConfigError(f"engine.ds_config: {key} = {given[key]} disagrees with the run config "
                                       f"({ds_config[key]}: parallel.micro_batch x parallel.grad_accum x {info.world} ranks)")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-from pretrain.data.config import C4_DOCUMENT_RULES
 from pretrain.data.documents import Document
 from pretrain.data.steps.base import Step, StepStats
 from pretrain.data.steps.words import count_sentences
@@ -12,6 +11,10 @@ from pretrain.data.steps.words import count_sentences
 _C4_POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 _C4_CITATION = re.compile(r"\[\d*\]|\[edit\]|\[citation needed\]")
 _C4_END = (".", "?", "!", '"', "'")
+
+
+#: Where "lorem ipsum" and "{" drop a document: only on kept lines (the reference C4) or anywhere.
+C4_DOCUMENT_RULES = ("kept_lines", "whole_document")
 
 
 class C4Rules(Step):

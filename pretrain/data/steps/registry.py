@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from pretrain.data.config import CurateConfig
+from typing import TYPE_CHECKING
+
 from pretrain.data.steps.base import Step
 from pretrain.data.steps.c4 import C4Rules
 from pretrain.data.steps.gopher import GopherQuality, GopherRepetition
 from pretrain.data.steps.language import LanguageFilter
 from pretrain.data.steps.pii import PIIRedactor
+
+if TYPE_CHECKING:
+    from pretrain.data.config import CurateConfig
 
 #: The per-document steps, in order, by name (each can be switched off in `curate:`).
 DOCUMENT_STEPS = ("gopher_quality", "gopher_repetition", "c4", "language", "pii")
