@@ -41,7 +41,7 @@ test-deps:
 # free ports and their own temp folders, so they do not collide.
 TEST_WORKERS ?= 2
 test: setup test-deps
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .
