@@ -54,3 +54,46 @@ def test_a_signal_stops_training_in_one_line_and_the_run_resumes(tmp_path, sig, 
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     done = json.loads((out / "summary.json").read_text())
     assert [step for step, _ in done["losses"]][-3:] == [meta["step"], meta["step"] + 1, meta["step"] + 2]
+
+
+def curation_config(tmp_path: Path, out: Path) -> Path:
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    doc = yaml.safe_load((root / "configs/data-sample.yaml").read_text())
+    doc["out_dir"] = str(out)
+    for source in doc["sources"]:
+        source["path"] = str(root / source["path"])
+    path = tmp_path / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def curate(config: Path, **popen) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "pretrain.data.pipeline", str(config), "curate", "--tasks", "4",
+                             "--workers", "2", "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
+
+
+def kept(out: Path) -> dict[str, str]:
+    return {str(p.relative_to(out)): p.read_text() for p in sorted((out / "curated").rglob("*.jsonl"))}
+
+
+def test_ctrl_c_during_curation_with_workers_is_one_line_and_the_rerun_gives_the_uninterrupted_output(tmp_path):
+    out = tmp_path / "interrupted"
+    proc = curate(curation_config(tmp_path, out), start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(out.rglob("completions/*")):  # a task has finished: there is work to keep
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: the whole foreground group, workers too
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines() == ["pretrain-data: interrupted (SIGINT); finished work is kept, a rerun resumes"]
+    rerun = curate(curation_config(tmp_path, out))
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0 and err == "", err[-2000:]  # --quiet: datatrove's logs stay off stderr
+    whole = tmp_path / "whole"
+    assert curate(curation_config(tmp_path, whole)).wait(timeout=300) == 0
+    assert kept(out) == kept(whole) and kept(out)

@@ -120,10 +120,18 @@ def refuse_if_queued(cfg: DataPipelineConfig, pass_names: list[str]) -> None:
 
 
 def _run(ex, cfg: DataPipelineConfig, name: str, quiet: bool) -> None:
+    from datatrove.utils.logging import setup_default_logger
+
     with open(os.devnull, "w") if quiet else nullcontext(sys.stdout) as sink, redirect_stderr(sink):
+        # loguru keeps the stderr it was given at import: hand it the sink too, or the main process's own
+        # lines (skipped tasks, the merged stats of a rerun) reach the real stderr despite --quiet
+        setup_default_logger()
         try:
             ex.run()
         except OSError as e:  # datatrove's own writes (task logs, markers) name no file
             if e.filename:
                 raise
             raise PlannerError(f"curate: {e.strerror or e} while writing under {cfg.out_dir} (pass {name})") from None
+        finally:
+            sys.stderr.flush()
+    setup_default_logger()  # back to the real stderr
