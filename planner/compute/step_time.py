@@ -1,0 +1,118 @@
+"""Step time of a Megatron-style layout (TP x PP x DP, full recomputation), from the hardware's specs.
+
+A first slice of issue 24: the planner's own prediction of how long an iteration takes, so MFU can
+become an output instead of a guess. Torch-free and closed-form (microseconds per layout).
+
+One iteration, per GPU (derivation; Narayanan et al. 2021, SC21, §3 and §5, for the terms):
+
+- **Compute.** Model FLOPs with full recomputation (the paper's eq. 3, 4 passes of every matmul):
+  `F = 96 B s L h^2 (1 + s/(6h) + V/(16 L h))`, divided evenly over the `n` GPUs. A matmul runs at
+  `peak x eff(k)`, where `k = h / t` is the narrowest dimension of a rank's GEMM: small per-rank
+  matrices use the tensor cores less well. `eff(k) = e_max k / (k + k_half)`: two constants, the
+  same for every row.
+- **Tensor-parallel all-reduces.** Per layer and micro-batch, 2 in the forward, 2 in the backward,
+  2 in the recomputed forward (Megatron's f/g operators), each of the `b s h` activations in 2-byte
+  precision, as a ring: `2 (t - 1) / t x bytes / (link_eff x NVLink bandwidth)`; not overlapped.
+- **Pipeline.** Every micro-batch's compute and TP time is stretched by the bubble,
+  `(m + (p - 1) / v) / m` for `m` micro-batches and `v` stages per rank (1F1B / interleaved), and
+  each micro-batch sends its activations to the next stage and its gradient back (`2 b s h` bytes
+  each way per stage boundary crossed, `v` times with interleaving) over the network.
+- **Data-parallel all-reduce** of the rank's fp32 gradients (`4 x params / (t p)` bytes) as a ring
+  over the network after the backward (Megatron 2021's local DDP does not overlap it).
+- **Optimizer step**: memory-bound, 32 bytes of fp32 states and gradients moved per parameter of
+  the rank at HBM bandwidth.
+
+`link_eff` (the achieved fraction of a link's bandwidth) is the third fitted constant. The
+constants are fitted on a named calibration table and judged on others
+(`benchmarks/bench_step_time.py`); no row has its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """What the step time needs of a machine: dense peak, HBM, NVLink and network per GPU."""
+
+    peak_flops: float  # dense, in the compute dtype
+    hbm_bytes_per_s: float
+    nvlink_bytes_per_s: float  # per GPU, one direction
+    network_bytes_per_s: float  # per GPU, one direction (the node's NICs shared by its GPUs)
+    gpus_per_node: int
+
+
+#: NVIDIA A100 SXM 80GB in a DGX A100 (Selene): 312 TFLOP/s dense bf16/fp16, 2,039 GB/s HBM2e
+#: (A100 datasheet); NVLink 3: 600 GB/s total per GPU, 300 GB/s each way; eight 200 Gb/s HDR
+#: InfiniBand NICs per 8 GPUs: 25 GB/s each way per GPU (DGX A100 system architecture guide).
+A100_80GB_DGX = Hardware(312e12, 2039e9, 300e9, 25e9, 8)
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """The model's fitted constants (see the module docstring)."""
+
+    matmul_max: float = 0.8  # the fraction of peak a large GEMM reaches
+    matmul_half_k: float = 256.0  # the per-rank width at which a GEMM reaches half of matmul_max
+    link: float = 0.7  # the fraction of a link's bandwidth a collective achieves
+
+
+@dataclass(frozen=True)
+class Layout:
+    layers: int
+    hidden: int
+    seq_len: int
+    vocab: int
+    global_batch: int  # sequences per iteration
+    micro_batch: int
+    tp: int
+    pp: int
+    dp: int
+    pp_virtual: int = 1
+
+
+@dataclass(frozen=True)
+class StepTime:
+    compute_s: float
+    tp_comm_s: float
+    bubble_s: float
+    pp_comm_s: float
+    dp_comm_s: float
+    optimizer_s: float
+    model_flops: float  # per iteration, all GPUs, with recomputation (the paper's counting)
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.tp_comm_s + self.bubble_s + self.pp_comm_s + self.dp_comm_s + self.optimizer_s
+
+
+def megatron_flops(x: Layout) -> float:
+    """Narayanan et al. 2021, eq. 3: FLOPs per iteration with full activation recomputation."""
+    b, s, layers, h, v = x.global_batch, x.seq_len, x.layers, x.hidden, x.vocab
+    return 96 * b * s * layers * h * h * (1 + s / (6 * h) + v / (16 * layers * h))
+
+
+def ring_time(nbytes: float, ranks: int, bandwidth: float) -> float:
+    """A ring all-reduce of `nbytes` over `ranks`: each rank sends and receives 2 (n - 1) / n of it."""
+    return 0.0 if ranks <= 1 else 2 * (ranks - 1) / ranks * nbytes / bandwidth
+
+
+def step_time(x: Layout, hw: Hardware, eff: Efficiency = Efficiency()) -> StepTime:
+    gpus = x.tp * x.pp * x.dp
+    micro_batches = x.global_batch // (x.dp * x.micro_batch)
+    flops = megatron_flops(x)
+    k = x.hidden / x.tp
+    matmul_rate = hw.peak_flops * eff.matmul_max * k / (k + eff.matmul_half_k)
+    compute = flops / gpus / matmul_rate
+    tp_link = (hw.nvlink_bytes_per_s if x.tp <= hw.gpus_per_node else hw.network_bytes_per_s) * eff.link
+    activation_bytes = 2 * x.micro_batch * x.seq_len * x.hidden
+    tp_comm = 6 * (x.layers / x.pp) * micro_batches * ring_time(activation_bytes, x.tp, tp_link)
+    bubble = (compute + tp_comm) * (x.pp - 1) / (x.pp_virtual * micro_batches)
+    net = hw.network_bytes_per_s * eff.link
+    pp_comm = 0.0 if x.pp == 1 else micro_batches * x.pp_virtual * 2 * activation_bytes / x.tp / net
+    params = 12 * x.layers * x.hidden ** 2 + x.vocab * x.hidden
+    rank_params = params / (x.tp * x.pp)
+    dp_comm = ring_time(4 * rank_params, x.dp, net)
+    optimizer = 32 * rank_params / hw.hbm_bytes_per_s
+    return StepTime(compute, tp_comm, bubble, pp_comm, dp_comm, optimizer, flops)

@@ -1,0 +1,37 @@
+"""The step-time model's terms (planner/compute/step_time.py): each as its derivation states."""
+
+import pytest
+
+from planner.compute.step_time import A100_80GB_DGX, Efficiency, Layout, megatron_flops, ring_time, step_time
+
+GPT_175B = Layout(layers=96, hidden=12288, seq_len=2048, vocab=51200, global_batch=64, micro_batch=1, tp=8, pp=8,
+                  dp=1, pp_virtual=3)
+
+
+def test_megatron_flops_are_four_passes_of_two_flops_per_parameter_per_token_without_attention_and_logits():
+    x = Layout(layers=10, hidden=4096, seq_len=1, vocab=0, global_batch=1000, micro_batch=1, tp=1, pp=1, dp=1)
+    assert megatron_flops(x) == pytest.approx(4 * 2 * (12 * 10 * 4096**2) * 1000, rel=1e-4)  # s/6h -> 0
+
+
+def test_a_ring_all_reduce_moves_two_n_minus_one_over_n_of_the_bytes_and_nothing_on_one_rank():
+    assert ring_time(8e9, 1, 1e9) == 0.0
+    assert ring_time(8e9, 4, 1e9) == pytest.approx(2 * 3 / 4 * 8)
+
+
+def test_the_bubble_is_p_minus_one_over_v_m_of_the_pipelined_work():
+    t = step_time(GPT_175B, A100_80GB_DGX)
+    assert t.bubble_s / (t.compute_s + t.tp_comm_s) == pytest.approx((8 - 1) / (3 * 64))
+    flat = step_time(Layout(**{**GPT_175B.__dict__, "pp": 1, "pp_virtual": 1}), A100_80GB_DGX)
+    assert flat.bubble_s == 0.0 and flat.pp_comm_s == 0.0
+
+
+def test_compute_time_is_the_flops_per_gpu_at_the_matmul_rate():
+    eff = Efficiency(matmul_max=0.5, matmul_half_k=1e-9, link=1.0)  # no width dependence
+    t = step_time(GPT_175B, A100_80GB_DGX, eff)
+    assert t.compute_s == pytest.approx(megatron_flops(GPT_175B) / 64 / (0.5 * 312e12))
+
+
+def test_tensor_parallel_beyond_a_node_uses_the_network_and_costs_more():
+    inside = step_time(GPT_175B, A100_80GB_DGX)
+    across = step_time(Layout(**{**GPT_175B.__dict__, "tp": 16, "pp": 4}), A100_80GB_DGX)
+    assert across.tp_comm_s > 5 * inside.tp_comm_s
