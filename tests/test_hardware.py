@@ -38,3 +38,20 @@ def test_user_catalog_with_an_unknown_field_is_refused(tmp_path):
     path.write_text("x:\n  memory: 24\n")
     with pytest.raises(PlannerError, match="unknown fields"):
         load_catalog(path)
+
+
+@pytest.mark.parametrize("name, hbm", [("v100", 900), ("a100-40gb", 1555), ("a100-80gb", 2039), ("h100-sxm", 3350),
+                                       ("h100-pcie", 2000), ("h200", 4800), ("b200", 8000), ("mi300x", 5300),
+                                       ("l40s", 864)])
+def test_memory_bandwidth_matches_the_data_sheets(name, hbm):
+    assert BUILTIN_GPUS[name].hbm_gbps == hbm
+
+
+def test_a_user_catalog_sets_the_bandwidths_the_step_time_needs_and_refuses_negative_ones(tmp_path):
+    path = tmp_path / "cat.yaml"
+    path.write_text("h100-sxm: {hbm_gbps: 3000, network_gbps: 100}\n")
+    gpu = load_catalog(path)["h100-sxm"]
+    assert (gpu.hbm_gbps, gpu.network_gbps, gpu.memory_gib) == (3000, 100, 80)
+    path.write_text("h100-sxm: {network_gbps: -5}\n")
+    with pytest.raises(PlannerError, match="h100-sxm.network_gbps"):
+        load_catalog(path)

@@ -31,6 +31,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.core.errors import PlannerError
+from planner.model.hardware import BUILTIN_GPUS, GPU
+
 
 @dataclass(frozen=True)
 class Hardware:
@@ -43,10 +46,18 @@ class Hardware:
     gpus_per_node: int
 
 
-#: NVIDIA A100 SXM 80GB in a DGX A100 (Selene): 312 TFLOP/s dense bf16/fp16, 2,039 GB/s HBM2e
-#: (A100 datasheet); NVLink 3: 600 GB/s total per GPU, 300 GB/s each way; eight 200 Gb/s HDR
-#: InfiniBand NICs per 8 GPUs: 25 GB/s each way per GPU (DGX A100 system architecture guide).
-A100_80GB_DGX = Hardware(312e12, 2039e9, 300e9, 25e9, 8)
+def hardware_of(gpu: GPU, dtype: str, gpus_per_node: int) -> Hardware:
+    """The step time's view of a catalog GPU (`planner.model.hardware`, each figure from its data
+    sheet): NVLink one way is half the catalog's both-directions figure."""
+    if gpu.hbm_gbps <= 0:
+        raise PlannerError(f"--gpu: {gpu.name} has no hbm_gbps in the catalog; set it to predict step time")
+    return Hardware(gpu.peak_flops(dtype), gpu.hbm_gbps * 1e9, gpu.interconnect_gbps / 2 * 1e9,
+                    gpu.network_gbps * 1e9, gpus_per_node)
+
+
+#: A100 SXM 80GB in a DGX A100 (Selene, where Megatron's tables were measured): 312 TFLOP/s bf16,
+#: 2,039 GB/s HBM, 300 GB/s NVLink each way, one 200 Gb/s HDR NIC per GPU.
+A100_80GB_DGX = hardware_of(BUILTIN_GPUS["a100-80gb"], "bf16", 8)
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,8 @@ class GPUSpec:
     price_per_hour: float = 0.0
     interconnect_gbps: float = 0.0
     description: str = ""
+    hbm_gbps: float = 0.0
+    network_gbps: float = 0.0
 
 
 @dataclass
@@ -373,6 +375,8 @@ def _validate_planning(p: PlanningConfig) -> None:
         for dtype, tflops in p.gpu_spec.peak_tflops.items():
             check.number(f"planning.gpu_spec.peak_tflops.{dtype}", tflops, 0.0, 1e6, lo_open=True)
         check.number("planning.gpu_spec.price_per_hour", p.gpu_spec.price_per_hour, 0.0, 1000.0)
+        for key in ("interconnect_gbps", "hbm_gbps", "network_gbps"):
+            check.number(f"planning.gpu_spec.{key}", getattr(p.gpu_spec, key), 0.0, 1e6)
 
 
 def flatten(cfg: RunConfig) -> dict[str, Any]:

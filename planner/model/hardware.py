@@ -14,6 +14,8 @@ A user catalog is a YAML mapping of name -> fields (any subset, to override a bu
       memory_gib: 80
       peak_tflops: {bf16: 989, fp16: 989, fp32: 67}
       price_per_hour: 2.10
+      hbm_gbps: 3350          # memory bandwidth, GB/s
+      network_gbps: 50        # scale-out bandwidth per GPU, GB/s one way
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ class GPU:
     memory_gib: float
     peak_tflops: dict[str, float] = field(hash=False)  # dense, per dtype
     price_per_hour: float  # USD per GPU-hour
-    interconnect_gbps: float = 0.0  # per-GPU intra-node bandwidth, GB/s (NVLink / Infinity Fabric)
+    interconnect_gbps: float = 0.0  # per-GPU intra-node bandwidth, GB/s, both directions (NVLink / Infinity Fabric)
     description: str = ""
+    hbm_gbps: float = 0.0  # memory bandwidth, GB/s (data sheet)
+    network_gbps: float = 0.0  # per-GPU scale-out bandwidth, GB/s one way, of the reference system (see below)
 
     @property
     def memory_bytes(self) -> int:
@@ -47,30 +51,35 @@ class GPU:
         return self.peak_tflops[dtype] * 1e12
 
 
-def _gpu(name, memory_gib, price, link, description, **tflops) -> GPU:
-    return GPU(name, memory_gib, dict(tflops), price, link, description)
+def _gpu(name, memory_gib, price, link, description, hbm, net, **tflops) -> GPU:
+    return GPU(name, memory_gib, dict(tflops), price, link, description, hbm_gbps=hbm, network_gbps=net)
+
+
+# HBM bandwidth: the same data sheets. Network: one NIC per GPU in the reference system of each GPU
+# (DGX-2: 100 Gb/s EDR = 12.5 GB/s; DGX A100: 200 Gb/s HDR = 25 GB/s; DGX H100 / H200 / B200:
+# 400 Gb/s NDR = 50 GB/s; MI300X platforms: 400 Gb/s = 50 GB/s); PCIe cards: 0 (unknown, set yours).
 
 
 # fp32 here is the non-tensor-core FP32 rate (TF32 tensor-core rates are listed as tf32).
 BUILTIN_GPUS: dict[str, GPU] = {
     g.name: g
     for g in (
-        _gpu("v100", 32, 0.55, 300, "NVIDIA V100 SXM2 32GB", fp16=125, fp32=15.7),
-        _gpu("a100-40gb", 40, 1.29, 600, "NVIDIA A100 SXM 40GB",
+        _gpu("v100", 32, 0.55, 300, "NVIDIA V100 SXM2 32GB", 900, 12.5, fp16=125, fp32=15.7),
+        _gpu("a100-40gb", 40, 1.29, 600, "NVIDIA A100 SXM 40GB", 1555, 25,
              bf16=312, fp16=312, tf32=156, fp32=19.5, int8=624),
-        _gpu("a100-80gb", 80, 1.79, 600, "NVIDIA A100 SXM 80GB",
+        _gpu("a100-80gb", 80, 1.79, 600, "NVIDIA A100 SXM 80GB", 2039, 25,
              bf16=312, fp16=312, tf32=156, fp32=19.5, int8=624),
-        _gpu("h100-sxm", 80, 2.99, 900, "NVIDIA H100 SXM5 80GB",
+        _gpu("h100-sxm", 80, 2.99, 900, "NVIDIA H100 SXM5 80GB", 3350, 50,
              bf16=989, fp16=989, tf32=494.7, fp32=67, fp8=1979, int8=1979),
-        _gpu("h100-pcie", 80, 2.49, 600, "NVIDIA H100 PCIe 80GB",
+        _gpu("h100-pcie", 80, 2.49, 600, "NVIDIA H100 PCIe 80GB", 2000, 0,
              bf16=756, fp16=756, tf32=378, fp32=51, fp8=1513, int8=1513),
-        _gpu("h200", 141, 3.79, 900, "NVIDIA H200 SXM 141GB",
+        _gpu("h200", 141, 3.79, 900, "NVIDIA H200 SXM 141GB", 4800, 50,
              bf16=989, fp16=989, tf32=494.7, fp32=67, fp8=1979, int8=1979),
-        _gpu("b200", 180, 4.99, 1800, "NVIDIA B200 180GB",
+        _gpu("b200", 180, 4.99, 1800, "NVIDIA B200 180GB", 8000, 50,
              bf16=2250, fp16=2250, tf32=1100, fp32=75, fp8=4500, int8=4500),
-        _gpu("mi300x", 192, 2.49, 896, "AMD Instinct MI300X 192GB",
+        _gpu("mi300x", 192, 2.49, 896, "AMD Instinct MI300X 192GB", 5300, 50,
              bf16=1307.4, fp16=1307.4, tf32=653.7, fp32=163.4, fp8=2614.9, int8=2614.9),
-        _gpu("l40s", 48, 0.99, 64, "NVIDIA L40S 48GB (PCIe, no NVLink)",
+        _gpu("l40s", 48, 0.99, 64, "NVIDIA L40S 48GB (PCIe, no NVLink)", 864, 0,
              bf16=362.05, fp16=362.05, tf32=183, fp32=91.6, fp8=733, int8=733),
     )
 }
@@ -102,7 +111,8 @@ def load_catalog(path: str | Path | None = None) -> dict[str, GPU]:
 
 
 def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
-    allowed = {"memory_gib", "peak_tflops", "price_per_hour", "interconnect_gbps", "description"}
+    allowed = {"memory_gib", "peak_tflops", "price_per_hour", "interconnect_gbps", "hbm_gbps", "network_gbps",
+               "description"}
     if not isinstance(fields, dict) or set(fields) - allowed:
         bad = sorted(set(fields) - allowed) if isinstance(fields, dict) else fields
         raise PlannerError(f"--gpu-catalog: entry {name!r} has unknown fields {bad}; allowed: {sorted(allowed)}")
@@ -121,7 +131,8 @@ def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
     # physically meaningful ranges: today's largest GPU has 192 GiB and ~4,500 dense fp8 TFLOP/s
     checks.number(f"--gpu-catalog: {name}.memory_gib", merged.memory_gib, 0.0, 1e5, lo_open=True)
     checks.number(f"--gpu-catalog: {name}.price_per_hour", merged.price_per_hour, 0.0, 1e4)
-    checks.number(f"--gpu-catalog: {name}.interconnect_gbps", merged.interconnect_gbps, 0.0, 1e6)
+    for key in ("interconnect_gbps", "hbm_gbps", "network_gbps"):
+        checks.number(f"--gpu-catalog: {name}.{key}", getattr(merged, key), 0.0, 1e6)
     for dtype, tflops in merged.peak_tflops.items():
         checks.number(f"--gpu-catalog: {name}.peak_tflops.{dtype}", tflops, 0.0, 1e6, lo_open=True)
     if not isinstance(merged.description, str):
