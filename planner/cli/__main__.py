@@ -4,4 +4,5 @@ import sys
 
 from planner.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # importing this module (a package walk, a docs tool) must not run the CLI
+    sys.exit(main())
