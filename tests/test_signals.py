@@ -56,17 +56,12 @@ def test_a_signal_stops_training_in_one_line_and_the_run_resumes(tmp_path, sig, 
     assert [step for step, _ in done["losses"]][-3:] == [meta["step"], meta["step"] + 1, meta["step"] + 2]
 
 
-def curation_config(tmp_path: Path, out: Path) -> Path:
-    import yaml
+def sample_config_in(folder: Path) -> Path:
+    """The shipped sample config, written in `folder`, curating into `folder`/out."""
+    from tests.test_untrusted_data_config import config_with
 
-    root = Path(__file__).resolve().parents[1]
-    doc = yaml.safe_load((root / "configs/data-sample.yaml").read_text())
-    doc["out_dir"] = str(out)
-    for source in doc["sources"]:
-        source["path"] = str(root / source["path"])
-    path = tmp_path / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    folder.mkdir()
+    return config_with(folder)
 
 
 def curate(config: Path, **popen) -> subprocess.Popen:
@@ -81,8 +76,9 @@ def kept(out: Path) -> dict[str, str]:
 
 
 def test_ctrl_c_during_curation_with_workers_is_one_line_and_the_rerun_gives_the_uninterrupted_output(tmp_path):
-    out = tmp_path / "interrupted"
-    proc = curate(curation_config(tmp_path, out), start_new_session=True)
+    config = sample_config_in(tmp_path / "interrupted")
+    out = config.parent / "out"
+    proc = curate(config, start_new_session=True)
     deadline = time.monotonic() + 120
     while not list(out.rglob("completions/*")):  # a task has finished: there is work to keep
         assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-2000:]
@@ -91,9 +87,8 @@ def test_ctrl_c_during_curation_with_workers_is_one_line_and_the_rerun_gives_the
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert err.strip().splitlines() == ["pretrain-data: interrupted (SIGINT); finished work is kept, a rerun resumes"]
-    rerun = curate(curation_config(tmp_path, out))
+    rerun = curate(config)
     _, err = rerun.communicate(timeout=300)
     assert rerun.returncode == 0 and err == "", err[-2000:]  # --quiet: datatrove's logs stay off stderr
-    whole = tmp_path / "whole"
-    assert curate(curation_config(tmp_path, whole)).wait(timeout=300) == 0
-    assert kept(out) == kept(whole) and kept(out)
+    assert curate(sample_config_in(tmp_path / "whole")).wait(timeout=300) == 0
+    assert kept(out) == kept(tmp_path / "whole/out") and kept(out)

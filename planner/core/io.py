@@ -69,7 +69,8 @@ class SpecialFileError(OSError):
     """A path that names a device, FIFO, socket or folder where a regular file is expected."""
 
 
-def _kind(mode: int) -> str | None:
+def file_kind(mode: int) -> str | None:
+    """None for a regular file, else what the mode names ("a FIFO", "a device", "a folder", ...)."""
     if stat.S_ISREG(mode):
         return None
     return ("a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else
@@ -85,7 +86,7 @@ def refuse_special_target(path: Path) -> None:
         return
     except OSError:
         return  # unreadable parent etc.: the write itself reports it, naming the file
-    kind = _kind(mode)
+    kind = file_kind(mode)
     if kind is not None:
         raise SpecialFileError(errno.EEXIST, f"is {kind}, not a regular file to write", str(path))
 
@@ -102,7 +103,7 @@ def read_input(path: str | Path, max_bytes: int = 64 << 20) -> bytes:
     a device or a folder, and when larger than `max_bytes`."""
     path = Path(path)
     mode = os.stat(path).st_mode
-    kind = _kind(mode)
+    kind = file_kind(mode)
     if kind is not None:
         raise SpecialFileError(errno.EINVAL, f"is {kind}, not a regular file to read", str(path))
     with open(path, "rb") as f:

@@ -14,12 +14,10 @@ from typing import Any
 
 from planner.core import checks
 from planner.core.schema import ConfigError, load_structured
-from pretrain.data.documents import Source, refuse_special_sources
+from pretrain.data.documents import Source, refuse_special_source
 from pretrain.data.steps.c4 import C4_DOCUMENT_RULES
 from pretrain.data.steps.thresholds import check_overrides
 
-#: Where C4's two document rules ("lorem ipsum", a curly bracket) are checked (`curate.c4_document_rules`,
-#: `steps.c4.C4Rules`).
 #: The smallest vocabulary a tokenizer may be trained to: the 256 bytes of byte-level BPE and the
 #: special tokens, so every text can be encoded (below it BPE silently keeps the alphabet only).
 MIN_VOCAB = 256 + 3
@@ -128,8 +126,7 @@ def _validate(cfg: DataPipelineConfig) -> None:
         raise ConfigError("sources: give at least one {path, domain}")
     for i, source in enumerate(cfg.sources):
         checks.name(f"sources[{i}].domain", source.domain)  # a folder name under out_dir
-    for source in sources_of(cfg):
-        refuse_special_sources(source)
+        refuse_special_source(source.path)
     checks.relative_inside("tokenizer.path", cfg.tokenizer.path)
     _validate_languages(cfg.curate)
     _validate_weights(cfg)

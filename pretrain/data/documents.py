@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from planner.core.errors import PlannerError
+from planner.core.io import file_kind
 
 
 @dataclass
@@ -51,8 +52,6 @@ def read_source(source: Source, skips: Counter) -> Iterator[Document]:
     path = Path(source.path)
     if not path.exists():
         raise PlannerError(f"source {source.path}: does not exist")
-    if not (path.is_file() or path.is_dir()):
-        _refuse_special(path)
     kind = _format(source)
     reader = {"jsonl": _jsonl, "parquet": _parquet, "text": _text, "arrow": _arrow}.get(kind)
     if reader is None:
@@ -92,35 +91,17 @@ def jsonl_record(raw: bytes, source: Source, line_id: str, skips: Counter) -> tu
 
 
 def jsonl_files(source: Source) -> list[Path]:
-    """The JSON-lines files of a source (a file, or a folder's *.jsonl), each a regular file: a FIFO
-    or a device would block the reader or never end."""
-    path = Path(source.path)
-    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
-    for file in files:
-        if file.exists() and not file.is_file():
-            _refuse_special(file)
-    return files
+    return sorted(Path(source.path).glob("*.jsonl")) if Path(source.path).is_dir() else [Path(source.path)]
 
 
-def refuse_special_sources(source: Source) -> None:
-    """A source (or a file in a source folder) that is a FIFO, device or socket is refused before
-    anything is written: reading one would block or never end."""
-    path = Path(source.path)
-    if path.exists() and not (path.is_file() or path.is_dir()):
-        _refuse_special(path)
-    if path.is_dir():
-        for file in path.iterdir():
-            if not (file.is_file() or file.is_dir()):
-                _refuse_special(file)
-
-
-def _refuse_special(path: Path) -> None:
-    import stat
-
-    mode = path.stat().st_mode
-    kind = "a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else \
-        "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
-    raise PlannerError(f"source {path}: is {kind}, not a file or folder of documents")
+def refuse_special_source(path: str | Path) -> None:
+    """A source, or an entry of a source folder, that is a FIFO, device or socket is refused when
+    the config loads, before anything is written: reading one would block or never end."""
+    path = Path(path)
+    entries = [path, *(path.iterdir() if path.is_dir() else ())]
+    for entry in entries:
+        if entry.exists() and not entry.is_dir() and (kind := file_kind(entry.stat().st_mode)):
+            raise PlannerError(f"source {entry}: is {kind}, not a file or folder of documents")
 
 
 def _jsonl(source: Source, skips: Counter):
@@ -137,8 +118,6 @@ def _parquet(source: Source, skips: Counter):
 
     files = sorted(Path(source.path).glob("*.parquet")) if Path(source.path).is_dir() else [Path(source.path)]
     for file in files:
-        if not file.is_file():
-            _refuse_special(file)
         table = pq.ParquetFile(file)
         if source.text_field not in table.schema_arrow.names:
             raise PlannerError(f"source {file}: no column {source.text_field!r} (columns: {', '.join(table.schema_arrow.names)})")
