@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from planner.core.errors import PlannerError
-from planner.core.io import atomic_write_json
+from planner.core.io import SpecialFileError, atomic_write_json, read_input
 from planner.core.schema import RunConfig, flatten
 
 RETRY_EVERY = 20  # steps between delivery attempts while the store is failing
@@ -88,7 +88,9 @@ def _record(record, where: str) -> dict:
 def _state(path: Path, records: int) -> dict:
     """state.json, typed: how many records went out (0 to the journal's length), the run's identity."""
     try:
-        state = json.loads(path.read_text())
+        state = json.loads(read_input(path, max_bytes=1 << 20))  # regular file, bounded (io.read_input)
+    except SpecialFileError as exc:
+        raise PlannerError(f"{path}: {exc.strerror} (the tracking outbox)") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise PlannerError(f"{path}: not valid JSON ({str(exc)[:80]})") from None
     if not isinstance(state, dict):
@@ -109,9 +111,8 @@ class Outbox:
     def __init__(self, folder: Path):
         self.folder = folder
         self.journal, self.state_file = folder / "outbox.jsonl", folder / "state.json"
-        for path in (self.journal, self.state_file):
-            if path.exists() and not path.is_file():
-                raise PlannerError(f"{path}: is not a regular file (the tracking outbox)")
+        if self.journal.exists() and not self.journal.is_file():  # appended to: a FIFO would block
+            raise PlannerError(f"{self.journal}: is not a regular file (the tracking outbox)")
         self.records: list[dict] = []
         if self.journal.is_file():
             for n, line in enumerate(self.journal.read_text(errors="replace").splitlines(), 1):
@@ -120,7 +121,7 @@ class Outbox:
                 except ValueError:  # a line torn by a crash mid-append
                     continue
                 self.records.append(_record(record, f"{self.journal}: line {n}"))
-        self.state = _state(self.state_file, len(self.records)) if self.state_file.is_file() else {"delivered": 0}
+        self.state = _state(self.state_file, len(self.records)) if self.state_file.exists() else {"delivered": 0}
 
     def append(self, record: dict) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
