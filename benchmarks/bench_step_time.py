@@ -21,50 +21,53 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import least_squares
 
-from planner.compute.step_time import A100_80GB_DGX, Efficiency, Layout, megatron_flops, step_time
+from planner.compute.step_time import A100_80GB_DGX, Efficiency, megatron_flops, step_time
+from planner.core.parallel import ParallelPlan
+from planner.model.shapes import ModelShape
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "published"
 
 
-def calibration_rows() -> list[tuple[str, Layout, float]]:
-    """(name, layout, measured seconds per iteration) of Narayanan et al. 2021, Table 1: the time
+def _row(r: dict, heads: str, micro_batch: str, pp_virtual: int) -> tuple[ModelShape, ParallelPlan]:
+    """A table row as the planner's own types: the model's shape and the layout."""
+    shape = ModelShape(layers=int(r["num_layers"]), hidden=int(r["hidden_size"]), heads=int(r[heads]),
+                       vocab=int(r["vocab_size"]), seq_len=int(r["seq_len"]), mlp="gelu", norm="layernorm",
+                       position="learned")
+    tp, pp, gpus, mb = int(r["tp"]), int(r["pp"]), int(r["num_gpus"]), int(r[micro_batch])
+    dp = gpus // (tp * pp)
+    plan = ParallelPlan(engine="ddp", world=gpus, tp=tp, pp=pp, pp_virtual=pp_virtual, micro_batch=mb,
+                        grad_accum=int(r["global_batch_size"]) // (dp * mb))
+    return shape, plan
+
+
+def calibration_rows() -> list[tuple[str, ModelShape, ParallelPlan, float]]:
+    """(name, shape, layout, measured seconds per iteration) of Narayanan et al. 2021, Table 1: the time
     follows from the achieved teraFLOP/s per GPU and the paper's own FLOP count."""
     rows = []
     for r in csv.DictReader((DATA / "megatron_narayanan2021_table1.csv").open()):
-        virtual = int(r["num_layers_per_virtual_pipeline_stage_script"] or 0)
-        layers, pp = int(r["num_layers"]), int(r["pp"])
-        x = Layout(layers=layers, hidden=int(r["hidden_size"]), seq_len=int(r["seq_len"]),
-                   vocab=int(r["vocab_size"]), global_batch=int(r["global_batch_size"]),
-                   micro_batch=int(r["micro_batch_size_script"]), tp=int(r["tp"]), pp=pp,
-                   dp=int(r["num_gpus"]) // (int(r["tp"]) * pp),
-                   pp_virtual=layers // (pp * virtual) if virtual else 1)
-        measured = megatron_flops(x) / (int(r["num_gpus"]) * float(r["tflops_per_gpu"]) * 1e12)
-        rows.append((r["model"], x, measured))
+        layers_per_virtual = int(r["num_layers_per_virtual_pipeline_stage_script"] or 0)
+        virtual = int(r["num_layers"]) // (int(r["pp"]) * layers_per_virtual) if layers_per_virtual else 1
+        shape, plan = _row(r, "attention_heads", "micro_batch_size_script", virtual)
+        measured = megatron_flops(shape, plan.batch) / (plan.world * float(r["tflops_per_gpu"]) * 1e12)
+        rows.append((r["model"], shape, plan, measured))
     return rows
 
 
-def check_rows() -> list[tuple[str, Layout, float]]:
+def check_rows() -> list[tuple[str, ModelShape, ParallelPlan, float]]:
     """Korthikanti et al. 2022, Table 5, full recomputation (iteration times as published)."""
-    rows = []
-    for r in csv.DictReader((DATA / "other_checks.csv").open()):
-        if not (r["check_id"].startswith("korthikanti2022") and r["recompute"] == "full"):
-            continue
-        tp, pp = int(r["tp"]), int(r["pp"])
-        x = Layout(layers=int(r["num_layers"]), hidden=int(r["hidden_size"]), seq_len=int(r["seq_len"]),
-                   vocab=int(r["vocab_size"]), global_batch=int(r["global_batch_size"]),
-                   micro_batch=int(r["micro_batch_size"]), tp=tp, pp=pp, dp=int(r["num_gpus"]) // (tp * pp),
-                   pp_virtual=int(r["pp_virtual"] or 1))
-        rows.append((r["check_id"], x, float(r["iteration_time_s"])))
-    return rows
+    return [(r["check_id"], *_row(r, "attention_heads", "micro_batch_size", int(r["pp_virtual"] or 1)),
+             float(r["iteration_time_s"]))
+            for r in csv.DictReader((DATA / "other_checks.csv").open())
+            if r["check_id"].startswith("korthikanti2022") and r["recompute"] == "full"]
 
 
-def predict(x: Layout, theta) -> float:
-    return step_time(x, A100_80GB_DGX, Efficiency(*theta)).total_s
+def predict(shape: ModelShape, plan: ParallelPlan, theta) -> float:
+    return step_time(shape, plan, A100_80GB_DGX, Efficiency(*theta)).total_s
 
 
 def fit(rows) -> np.ndarray:
     def residuals(theta):
-        return [math.log(predict(x, theta) / t) for _, x, t in rows]
+        return [math.log(predict(shape, plan, theta) / t) for _, shape, plan, t in rows]
 
     start = Efficiency()
     return least_squares(residuals, [start.matmul_max, start.matmul_half_k, start.link],
@@ -75,11 +78,12 @@ def report(title: str, rows, theta, loo: dict[str, float] | None = None) -> list
     print(f"\n{title}")
     print(f"{'row':<28} {'measured s':>10} {'predicted s':>11} {'error':>8}" + ("  left out" if loo else ""))
     errors = []
-    for name, x, t in rows:
-        e = predict(x, theta) / t - 1
+    for name, shape, plan, t in rows:
+        p = predict(shape, plan, theta)
+        e = p / t - 1
         errors.append(abs(e))
         held = f"  {loo[name]:+8.1%}" if loo else ""
-        print(f"{name:<28} {t:>10.3f} {predict(x, theta):>11.3f} {e:>+8.1%}{held}")
+        print(f"{name:<28} {t:>10.3f} {p:>11.3f} {e:>+8.1%}{held}")
     print(f"mean |error| {np.mean(errors):.1%}, worst {np.max(errors):.1%}")
     return errors
 
@@ -90,8 +94,8 @@ def main() -> None:
     print(f"fitted on Narayanan et al. 2021 Table 1: matmul_max {theta[0]:.3f}, matmul_half_k {theta[1]:.1f}, "
           f"link {theta[2]:.3f}")
     loo = {}
-    for i, (name, x, t) in enumerate(cal):
-        loo[name] = predict(x, fit(cal[:i] + cal[i + 1:])) / t - 1
+    for i, (name, shape, plan, t) in enumerate(cal):
+        loo[name] = predict(shape, plan, fit(cal[:i] + cal[i + 1:])) / t - 1
     report("calibration: Narayanan et al. 2021, Table 1 (in the fit; right column: fit without that row)",
            cal, theta, loo)
     print(f"leave-one-out mean |error| {np.mean(np.abs(list(loo.values()))):.1%}, "

@@ -1,5 +1,7 @@
 """Step time of a Megatron-style layout (TP x PP x DP, full recomputation), from the hardware's specs.
 
+It reads the planner's own types: the model's `ModelShape` and the layout's `ParallelPlan`.
+
 A first slice of issue 24: the planner's own prediction of how long an iteration takes, so MFU can
 become an output instead of a guess. Torch-free and closed-form (microseconds per layout).
 
@@ -32,7 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from planner.core.errors import PlannerError
+from planner.core.parallel import ParallelPlan
 from planner.model.hardware import BUILTIN_GPUS, GPU
+from planner.model.shapes import ModelShape
 
 
 @dataclass(frozen=True)
@@ -70,20 +74,6 @@ class Efficiency:
 
 
 @dataclass(frozen=True)
-class Layout:
-    layers: int
-    hidden: int
-    seq_len: int
-    vocab: int
-    global_batch: int  # sequences per iteration
-    micro_batch: int
-    tp: int
-    pp: int
-    dp: int
-    pp_virtual: int = 1
-
-
-@dataclass(frozen=True)
 class StepTime:
     compute_s: float
     tp_comm_s: float
@@ -98,10 +88,11 @@ class StepTime:
         return self.compute_s + self.tp_comm_s + self.bubble_s + self.pp_comm_s + self.dp_comm_s + self.optimizer_s
 
 
-def megatron_flops(x: Layout) -> float:
-    """Narayanan et al. 2021, eq. 3: FLOPs per iteration with full activation recomputation."""
-    b, s, layers, h, v = x.global_batch, x.seq_len, x.layers, x.hidden, x.vocab
-    return 96 * b * s * layers * h * h * (1 + s / (6 * h) + v / (16 * layers * h))
+def megatron_flops(shape: ModelShape, batch: int) -> float:
+    """Narayanan et al. 2021, eq. 3: FLOPs of one iteration of `batch` sequences with full activation
+    recomputation (GPT blocks: 12 h^2 parameters per layer)."""
+    s, layers, h, v = shape.seq_len, shape.layers, shape.hidden, shape.vocab
+    return 96 * batch * s * layers * h * h * (1 + s / (6 * h) + v / (16 * layers * h))
 
 
 def ring_time(nbytes: float, ranks: int, bandwidth: float) -> float:
@@ -109,21 +100,21 @@ def ring_time(nbytes: float, ranks: int, bandwidth: float) -> float:
     return 0.0 if ranks <= 1 else 2 * (ranks - 1) / ranks * nbytes / bandwidth
 
 
-def step_time(x: Layout, hw: Hardware, eff: Efficiency = Efficiency()) -> StepTime:
-    gpus = x.tp * x.pp * x.dp
-    micro_batches = x.global_batch // (x.dp * x.micro_batch)
-    flops = megatron_flops(x)
-    k = x.hidden / x.tp
+def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficiency = Efficiency()) -> StepTime:
+    """One optimizer step of `plan` (its world set; `grad_accum` micro-batches per pipeline)."""
+    micro_batches = plan.grad_accum
+    flops = megatron_flops(shape, plan.batch)
+    k = shape.hidden / plan.tp
     matmul_rate = hw.peak_flops * eff.matmul_max * k / (k + eff.matmul_half_k)
-    compute = flops / gpus / matmul_rate
-    tp_link = (hw.nvlink_bytes_per_s if x.tp <= hw.gpus_per_node else hw.network_bytes_per_s) * eff.link
-    activation_bytes = 2 * x.micro_batch * x.seq_len * x.hidden
-    tp_comm = 6 * (x.layers / x.pp) * micro_batches * ring_time(activation_bytes, x.tp, tp_link)
-    bubble = (compute + tp_comm) * (x.pp - 1) / (x.pp_virtual * micro_batches)
+    compute = flops / (plan.tp * plan.pp * plan.dp) / matmul_rate
+    tp_link = (hw.nvlink_bytes_per_s if plan.tp <= hw.gpus_per_node else hw.network_bytes_per_s) * eff.link
+    activation_bytes = 2 * plan.micro_batch * shape.seq_len * shape.hidden
+    tp_comm = 6 * (shape.layers / plan.pp) * micro_batches * ring_time(activation_bytes, plan.tp, tp_link)
+    bubble = (compute + tp_comm) * (plan.pp - 1) / (plan.pp_virtual * micro_batches)
     net = hw.network_bytes_per_s * eff.link
-    pp_comm = 0.0 if x.pp == 1 else micro_batches * x.pp_virtual * 2 * activation_bytes / x.tp / net
-    params = 12 * x.layers * x.hidden ** 2 + x.vocab * x.hidden
-    rank_params = params / (x.tp * x.pp)
-    dp_comm = ring_time(4 * rank_params, x.dp, net)
+    pp_comm = 0.0 if plan.pp == 1 else micro_batches * plan.pp_virtual * 2 * activation_bytes / plan.tp / net
+    params = 12 * shape.layers * shape.hidden ** 2 + shape.vocab * shape.hidden
+    rank_params = params / (plan.tp * plan.pp)
+    dp_comm = ring_time(4 * rank_params, plan.dp, net)
     optimizer = 32 * rank_params / hw.hbm_bytes_per_s
     return StepTime(compute, tp_comm, bubble, pp_comm, dp_comm, optimizer, flops)
