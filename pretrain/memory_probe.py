@@ -45,5 +45,16 @@ class SavedTensorCounter:
 
     @contextmanager
     def count(self) -> Iterator[SavedTensorCounter]:
-        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+        self.start()
+        try:
             yield self
+        finally:
+            self.stop()
+
+    def start(self) -> None:
+        """Begin counting (`count()` is the usual way; a pipeline starts and stops in module hooks)."""
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+        self._hooks.__enter__()
+
+    def stop(self) -> None:
+        self._hooks.__exit__(None, None, None)

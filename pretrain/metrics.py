@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -42,30 +42,35 @@ class Predicted:
     mfu: Callable[[float], float] | None  # tokens/s over all ranks -> MFU; None without a peak
 
 
-def predict(cfg: RunConfig, gpu_name: str | None) -> Predicted:
+def predict(cfg: RunConfig, gpu_name: str | None, rank: int = 0) -> Predicted:
     """Every planner prediction the trainer reports, for `cfg` as launched (`cfg.parallel` holds the world
-    size). `gpu_name`: torch's name for this rank's GPU, None on a CPU."""
+    size) on global rank `rank` (its pipeline stages, under PP). `gpu_name`: torch's name for this rank's
+    GPU, None on a CPU."""
     from planner.compute import flops as compute
-    from planner.memory import activations
+    from planner.memory import activations, pipeline
     from planner.memory import model_states as memory
     from planner.model.hardware import BUILTIN_GPUS
     from planner.model.shapes import shape_of
 
-    plan, shape, b = cfg.parallel, shape_of(cfg.model), cfg.parallel.micro_batch
-    flops_per_token = compute.model_flops_per_token(shape.param_count(), shape)
+    plan, whole, b = cfg.parallel, shape_of(cfg.model), cfg.parallel.micro_batch
+    flops_per_token = compute.model_flops_per_token(whole.param_count(), whole)
+    shape, params, head = whole, whole.params_per_tp_rank(plan.tp), True
+    if plan.pp > 1:  # this rank's pipeline stages: their layers, the embedding or the output layer
+        share = pipeline.shares(whole.layers, plan)[plan.pp_rank(rank)]
+        shape, head = replace(whole, layers=share.layers), share.head
+        params = pipeline.stage_params_per_tp_rank(whole, share, plan.tp)
     # model states: torch autocast keeps fp32 weights, fp32 gradients and fp32 Adam states (the fp32 layout);
     # the trainer counts live tensors wherever they are, gathered buffers excluded
     convention = {"deepspeed": "deepspeed", "fsdp": "fsdp"}.get(plan.engine, "zero-paper")
     precision = "fp32" if plan.engine in ("single", "ddp") or cfg.train.precision == "fp32" else "bf16-mixed"
     terms = memory.state_terms(precision, "adamw", convention, shape)
-    states = memory.model_states(shape.params_per_tp_rank(plan.tp), terms, plan, shape,
-                                 convention, at_step=True)
+    states = memory.model_states(params, terms, plan, shape, convention, at_step=True)
     # activations of this engine, precision and checkpointing: what SavedTensorCounter sees on the first forward
     regime = activations.regime_for(cfg.train.precision, {"single": "ddp"}.get(plan.engine, plan.engine))
     checkpointing = "full" if cfg.train.activation_checkpointing else "none"
     activation_bytes = activations.stored_bytes(shape, b, regime=regime, checkpointing=checkpointing, tp=plan.tp,
                                                 sequence_parallel=plan.tp > 1) \
-        + activations.head_bytes(shape, b, regime, plan.tp)
+        + (activations.head_bytes(shape, b, regime, plan.tp) if head else 0.0)
     peak_bytes = peak_flops = None
     if gpu_name is not None:
         from planner.plan.estimate import estimate
@@ -81,7 +86,7 @@ def predict(cfg: RunConfig, gpu_name: str | None) -> Predicted:
             peak_flops = float(cfg.plan["peak_flops_per_gpu"])
     mfu = functools.partial(compute.mfu, flops_per_token=flops_per_token, peak_flops=peak_flops,
                             gpus=plan.world) if peak_flops else None
-    return Predicted(shape.param_count(), flops_per_token, {k: states.gpu[k] + states.cpu[k] for k in states.gpu},
+    return Predicted(whole.param_count(), flops_per_token, {k: states.gpu[k] + states.cpu[k] for k in states.gpu},
                      activation_bytes, peak_bytes, peak_flops, mfu)
 
 
@@ -102,8 +107,8 @@ class RunReport:
     """Throughput, MFU and predicted-vs-measured memory for one run (one process's view)."""
 
     def __init__(self, cfg: RunConfig, info: DistInfo):
-        self.cfg, self.device = cfg, info.device
-        self.predicted = predict(cfg, gpu_name(info.device))
+        self.cfg, self.device, self.rank = cfg, info.device, info.rank
+        self.predicted = predict(cfg, gpu_name(info.device), info.rank)
         self.tokens_per_step = cfg.parallel.batch * cfg.model.seq_len
         self.once: dict[str, float] = {}  # first-step comparisons, also written into summary.json
         self._activations: dict[str, float] = {}
@@ -115,15 +120,14 @@ class RunReport:
         return {"n_params": self.predicted.n_params, "train_tokens": self.tokens_per_step * self.cfg.train.steps,
                 "world_size": world, "tp": plan.tp, "data_parallel": plan.dp}
 
-    @contextlib.contextmanager
-    def first_forward(self, model: nn.Module, active: bool) -> Iterator[None]:
-        """Around a forward: when `active`, count what it saves for backward, against the planner's activations."""
-        if not active:
-            yield
+    def activation_counter(self, model: nn.Module) -> SavedTensorCounter:
+        """A counter for what the first micro-batch saves for backward (the engine runs it)."""
+        return SavedTensorCounter(model)
+
+    def record_activations(self, counter: SavedTensorCounter | None) -> None:
+        """The first micro-batch's saved bytes against the planner's activations (this rank's stages under PP)."""
+        if counter is None:
             return
-        counter = SavedTensorCounter(model)
-        with counter.count():
-            yield
         predicted = self.predicted.activation_bytes
         self._activations = {"activation_bytes_measured": counter.bytes, "activation_bytes_predicted": predicted,
                              "activation_bytes_ratio": predicted / max(counter.bytes, 1)}
@@ -161,6 +165,38 @@ class RunReport:
         return out
 
     def summary(self, measured_states: dict[str, float] | None) -> dict:
-        """The report's part of summary.json."""
-        return {"model_state_bytes_measured": measured_states,
-                "model_state_bytes_predicted": self.predicted.model_state_bytes, **self.once}
+        """The report's part of summary.json (collective under pipeline parallelism: every stage's figures)."""
+        out = {"model_state_bytes_measured": measured_states,
+               "model_state_bytes_predicted": self.predicted.model_state_bytes, **self.once}
+        if self.cfg.parallel.pp > 1:
+            out["stages"] = self.stage_figures(measured_states)
+        return out
+
+    def stage_figures(self, measured_states: dict[str, float] | None) -> list[dict]:
+        """Each pipeline rank's measured and predicted model states and first-micro-batch activations, first
+        stage to last (collective; from the first rank of each pipeline rank, the others hold the same)."""
+        import torch.distributed as dist
+
+        plan = self.cfg.parallel
+        mine = {"pp_rank": plan.pp_rank(self.rank), "model_state_bytes_measured": measured_states,
+                "model_state_bytes_predicted": self.predicted.model_state_bytes, **self._activations}
+        everyone: list[dict | None] = [None] * plan.world
+        dist.all_gather_object(everyone, mine)
+        stages: dict[int, dict] = {}
+        for figures in everyone:
+            stages.setdefault(figures["pp_rank"], figures)
+        return [stages[r] for r in sorted(stages)]
+
+    @staticmethod
+    def stage_metrics(stages: list[dict] | None) -> dict[str, float]:
+        """The stages' figures as flat MLflow metrics: `pp1_model_state_bytes_measured`, ..."""
+        out: dict[str, float] = {}
+        for figures in stages or []:
+            prefix = f"pp{figures['pp_rank']}_"
+            for kind in ("measured", "predicted"):
+                states = figures[f"model_state_bytes_{kind}"]
+                if states is not None:
+                    out[f"{prefix}model_state_bytes_{kind}"] = float(sum(states.values()))
+                if f"activation_bytes_{kind}" in figures:
+                    out[f"{prefix}activation_bytes_{kind}"] = float(figures[f"activation_bytes_{kind}"])
+        return out

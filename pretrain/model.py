@@ -2,9 +2,15 @@
 
 Read top to bottom like nanoGPT. Sizes come from `planner.model.shapes.ModelShape` (via
 `planner.model.shapes.shape_of`), so the parameter count equals the planner's formula exactly.
+
+A pipeline stage is the same module holding a slice of it (`Transformer.stage`): blocks keep their
+index in the whole model (`blocks.7...`), so a stage's parameter names, and its checkpoint keys, are the
+whole model's; the first stage alone has the embedding, the last alone the final norm and the head.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -77,15 +83,24 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token loss in fp32 (under tensor parallelism `logits` are vocabulary shards: `loss_parallel`)."""
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, activation_checkpointing: bool = False):
+    def __init__(self, cfg: ModelConfig, activation_checkpointing: bool = False, layers: Iterable[int] | None = None,
+                 embedding: bool = True, head: bool = True):
+        """The whole model, or (a pipeline stage) the blocks `layers` with or without the embedding and the
+        output layer (final norm and head)."""
         super().__init__()
         self.cfg, self.activation_checkpointing = cfg, activation_checkpointing
         ffn = shape_of(cfg).ffn
-        self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
-        self.blocks = nn.ModuleList(Block(cfg, ffn) for _ in range(cfg.layers))
-        self.norm = nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps)
-        self.head = None if cfg.tied_embeddings else nn.Linear(cfg.hidden, cfg.vocab, bias=False)
+        layers = range(cfg.layers) if layers is None else layers
+        self.embed = nn.Embedding(cfg.vocab, cfg.hidden) if embedding else None
+        self.blocks = nn.ModuleDict({str(i): Block(cfg, ffn) for i in layers})
+        self.norm = nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps) if head else None
+        self.head = None if cfg.tied_embeddings or not head else nn.Linear(cfg.hidden, cfg.vocab, bias=False)
         cos, sin = rope_tables(cfg.seq_len, cfg.hidden // cfg.heads, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -99,18 +114,32 @@ class Transformer(nn.Module):
                 scale = (2 * self.cfg.layers) ** -0.5 if name.endswith(("o.weight", "down.weight")) else 1.0
                 nn.init.normal_(p, mean=0.0, std=std * scale)
 
+    def stage(self, layers: range, embedding: bool, head: bool) -> Transformer:
+        """A pipeline stage cut from this model: blocks `layers` (and the embedding / the output layer when
+        asked), holding copies of this model's weights, so a pipeline starts from the very same model."""
+        if self.cfg.tied_embeddings and embedding != head:
+            raise ValueError("a tied head shares the embedding: both must be on one stage")
+        part = Transformer(self.cfg, self.activation_checkpointing, layers, embedding, head)
+        mine = self.state_dict()
+        part.load_state_dict({name: mine[name] for name in part.state_dict()})
+        return part
+
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
-        x = self.embed(tokens)
-        for block in self.blocks:
+        """Tokens (or, past the first stage, hidden states) in; the loss, the logits (no targets) or, before
+        the last stage, hidden states out."""
+        x = self.embed(tokens) if self.embed is not None else tokens
+        for block in self.blocks.values():
             if self.activation_checkpointing and self.training:
                 x = checkpoint(block, x, self.rope_cos, self.rope_sin, use_reentrant=False)
             else:
                 x = block(x, self.rope_cos, self.rope_sin)
+        if self.norm is None:
+            return x
         x = self.norm(x)
         logits = F.linear(x, self.embed.weight) if self.head is None else self.head(x)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+        return cross_entropy(logits, targets)
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -26,8 +26,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from planner.core.errors import PlannerError, guarded, one_line_parser
 from planner.core.io import atomic_write_json
 from planner.core.schema import RunConfig, load_config
@@ -87,13 +85,10 @@ def train(cfg: RunConfig) -> dict:
             step = progress.step = progress.step + 1
             start = time.perf_counter()
             engine.set_lr(lr_at(step, cfg))
-            losses, skip = [], False
-            for micro in range(cfg.parallel.grad_accum):
-                with report.first_forward(engine.model, active=step == 1 and micro == 0):
-                    loss = engine.forward(*data.next())
-                losses.append(float(loss.detach()))
-                skip = skip or guard.bad_on_any_rank(losses[-1])  # collective: every rank skips the step or none
-                engine.backward(loss, poison=skip)
+            batches = [data.next() for _ in range(cfg.parallel.grad_accum)]
+            counter = report.activation_counter(engine.model) if step == 1 else None
+            losses, skip = engine.forward_backward(batches, guard.bad_on_any_rank, counter)  # skip: agreed by all ranks
+            report.record_activations(counter)
             grad_norm = engine.step(skip=skip)
             progress.tokens_seen += report.tokens_per_step
             elapsed = time.perf_counter() - start
@@ -114,7 +109,10 @@ def train(cfg: RunConfig) -> dict:
     except TrainingStopped:
         tracker.finish("FAILED")
         raise
-    return finish(cfg, info, tracker, progress, report.summary(engine.measured_state_bytes))
+    reported = report.summary(engine.measured_state_bytes)  # collective under PP: every stage's figures
+    if reported.get("stages"):
+        tracker.log_metrics(report.stage_metrics(reported["stages"]), progress.step)
+    return finish(cfg, info, tracker, progress, reported)
 
 
 #: metrics logged on their step whatever train.log_every says (they come once, or once per evaluation)
@@ -255,10 +253,15 @@ def evaluate(engine: Engine, cfg: RunConfig, info: DistInfo) -> float | None:
     batches = PackedBatches(TokenShards.open(cfg.data.eval), plan.micro_batch, plan.dp_rank(info.rank), plan.dp,
                             seed=cfg.data.seed)
     engine.train(False)
-    with torch.no_grad():
-        losses = [float(engine.forward(*batches.next())) for _ in range(cfg.train.eval_batches)]
+    losses = engine.eval_losses([batches.next() for _ in range(eval_batch_count(cfg))])
     engine.train(True)
     return all_reduce_mean(sum(losses) / len(losses), info)
+
+
+def eval_batch_count(cfg: RunConfig) -> int:
+    """train.eval_batches, rounded up to whole pipeline steps (a schedule runs m micro-batches at once)."""
+    m = cfg.parallel.grad_accum if cfg.parallel.pp > 1 else 1
+    return -(-cfg.train.eval_batches // m) * m
 
 
 def eval_metrics(engine: Engine, cfg: RunConfig, info: DistInfo, step: int,

@@ -34,7 +34,7 @@ def run_cli(*args: str, module: str = "planner.cli") -> subprocess.CompletedProc
 #: 178, 172, 138, 103, 75, 68, 45). `make test` hands whole files to two workers in collection order
 #: (`--dist loadfile --no-loadscope-reorder`); starting with the longest keeps one worker from
 #: finishing a long file alone at the end. The rest keep pytest's order after them.
-LONGEST_FIRST = ("test_pretrain_runs.py", "test_emit_launch.py", "test_mlflow_outage.py", "test_demo.py",
+LONGEST_FIRST = ("test_pretrain_runs.py", "test_pipeline_train.py", "test_emit_launch.py", "test_mlflow_outage.py", "test_demo.py",
                  "test_ladder.py", "test_curate_executor.py", "test_slurm_real.py", "test_verify.py",
                  "test_cli_optimal_fit.py")
 

@@ -112,10 +112,12 @@ def test_the_estimate_is_the_worst_stage_and_lists_every_stage(capsys):
     assert stages[0]["memory_bytes"]["logits"] == 0 and stages[-1]["head"] and not stages[0]["head"]
 
 
-def test_emit_refuses_a_pipeline_until_the_trainer_runs_one(tmp_path, capsys):
-    capsys.readouterr()
+def test_emit_writes_the_whole_pipeline_layout_and_its_bubble(tmp_path, capsys):
+    from planner.core.schema import load_config
+
     assert planner_main(["emit", "--out", str(tmp_path / "job"), "--layers", "4", "--hidden", "64", "--heads", "4",
-                         "--vocab", "256", "--seq-len", "64", "--gpus", "4", "--fsdp", "full", "--pp", "2"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "--pp: the trainer does not run pipeline parallelism yet" in err and len(err.splitlines()) == 1
-    assert not (tmp_path / "job").exists()
+                         "--vocab", "256", "--seq-len", "64", "--gpus", "4", "--fsdp", "full", "--pp", "2",
+                         "--global-batch", "16"]) == 0
+    p = load_config(tmp_path / "job/run.yaml").parallel
+    assert (p.pp, p.pp_schedule, p.pp_virtual, p.dp, p.grad_accum) == (2, "1f1b", 1, 2, 8)
+    assert "pipeline 2 (1f1b, 1 stage(s) per rank, 8 micro-batches, bubble 12.5%)" in (tmp_path / "job/PLAN.md").read_text()

@@ -73,12 +73,21 @@ def test_the_round_trip_config_leaves_no_field_at_its_default():
                                            "engine.ds_config"]
 
 
-def test_a_pipeline_layout_in_run_yaml_is_refused_naming_the_key_until_the_trainer_runs_it(tmp_path):
-    plan = ParallelPlan(engine="fsdp", world=8, pp=2, micro_batch=1, grad_accum=4)
+def test_a_whole_pipeline_layout_survives_yaml_and_back(tmp_path):
+    plan = ParallelPlan(engine="fsdp", world=8, pp=2, pp_schedule="interleaved-1f1b", pp_virtual=2,
+                        pp_layers=[1, 2, 2, 1], micro_batch=1, grad_accum=4, global_batch=16)
     cfg = RunConfig(model=ModelConfig(layers=6), data=DataConfig(train="shards/t"), parallel=plan)
     path = tmp_path / "run.yaml"
     path.write_text(dump_config(cfg))
-    with pytest.raises(ConfigError, match=r"^parallel\.pp: the trainer does not run pipeline parallelism"):
+    assert load_config(path).parallel == plan
+
+
+def test_a_pipeline_with_tied_embeddings_is_refused_naming_the_key(tmp_path):
+    plan = ParallelPlan(engine="fsdp", world=4, pp=2, micro_batch=1, grad_accum=4)
+    cfg = RunConfig(model=ModelConfig(layers=4, tied_embeddings=True), data=DataConfig(train="t"), parallel=plan)
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(cfg))
+    with pytest.raises(ConfigError, match=r"^parallel\.pp: a pipeline holds the embedding and the head"):
         load_config(path)
 
 

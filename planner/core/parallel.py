@@ -317,9 +317,12 @@ class ParallelPlan:
         if self.pp > 1 and self.engine == "deepspeed":
             raise PlannerError(f"{label('pp')}: DeepSpeed's pipeline engine needs its own model API "
                                "(PipelineModule); plan pipeline parallelism with FSDP")
-        if self.pp > 1:
-            raise PlannerError(f"{label('pp')}: the trainer does not run pipeline parallelism yet; the planner "
-                               "estimates it (memory per stage, bubble), emit refuses it until then")
+        if self.pp > 1 and self.pp_schedule == "zero-bubble":
+            raise PlannerError(f"{label('pp_schedule')}: zero-bubble defers weight gradients past FSDP2's gradient "
+                               "reduction, and its losses leave one process's within 10 steps here; use interleaved-1f1b")
+        if self.pp > 1 and self.engine != "fsdp":
+            raise PlannerError(f"{label('pp')}: pipeline stages run FSDP2 inside (torchtitan's layout); "
+                               f"set engine fsdp (got {self.engine})")
         if self.tp > 1 and self.offload != "none":
             raise PlannerError(f"{label('offload')}: CPU offload with tensor parallelism is not supported; use none")
         return self

@@ -34,6 +34,7 @@ from planner.core.schema import (
 from planner.emit import slurm
 from planner.emit.command import ShellExpr, deepspeed_command, render, torchrun_command
 from planner.emit.deepspeed import deepspeed_config
+from planner.memory.pipeline import bubble_fraction
 from planner.plan.estimate import estimate
 from planner.plan.request import EstimateRequest, ResolvedModel, planning_of, resolve_model
 from planner.plan.result import Estimate
@@ -54,6 +55,7 @@ class EmitOptions:
     data_eval: str | None = None
     tokenizer: str | None = None
     batch_tokens: int = DEFAULT_BATCH_TOKENS
+    global_batch: int | None = None  # sequences per step; when set, it is the batch (--batch-tokens is not)
     lr: float = 3e-4
     warmup_steps: int | None = None  # None: 1% of the steps, at least 1
     checkpoint_every: int = 1000
@@ -96,11 +98,20 @@ class EmitOptions:
         return self
 
 
+def global_batch_flag(key: str) -> str:
+    """`with_global_batch`'s messages, naming --global-batch instead of --batch-tokens."""
+    return "--global-batch" if key == "global_batch" else cli_flag(key)
+
+
 def parallel_section(req: EstimateRequest, opts: EmitOptions, seq_len: int) -> ParallelPlan:
-    """The plan's layout, whole: engine, mesh, nodes and the batch rule solved for --batch-tokens."""
+    """The plan's layout, whole: engine, mesh, nodes and the batch rule solved for --batch-tokens (or
+    --global-batch, in sequences)."""
+    nodes = opts.nodes or max(1, math.ceil(req.gpus / req.gpus_per_node))
+    if opts.global_batch is not None:
+        return replace(req.layout, nodes=nodes).with_global_batch(opts.global_batch, global_batch_flag) \
+            .check_runnable(cli_flag)
     if opts.batch_tokens % seq_len:
         raise PlannerError(f"--batch-tokens: {opts.batch_tokens:,} is not a multiple of the sequence length {seq_len}")
-    nodes = opts.nodes or max(1, math.ceil(req.gpus / req.gpus_per_node))
     plan = replace(req.layout, nodes=nodes)
     per_pass = plan.micro_batch * plan.dp * seq_len  # the flag is in tokens, the plan's batch in sequences
     if opts.batch_tokens % per_pass:
@@ -139,7 +150,7 @@ def build_run_config(req: EstimateRequest, opts: EmitOptions, result: Estimate) 
     check_trainable(req, model)
     s = model.shape
     layout = parallel_section(req, opts, s.seq_len)
-    steps = max(1, math.ceil(result.compute.tokens / opts.batch_tokens))
+    steps = max(1, math.ceil(result.compute.tokens / (layout.batch * s.seq_len)))
     warmup = opts.warmup_steps if opts.warmup_steps is not None else max(1, steps // 100)
     return RunConfig(
         name=opts.name,
@@ -231,7 +242,9 @@ def plan_markdown(result: Estimate, run: RunConfig) -> str:
         f"- Model: {result.params:,.0f} parameters; {m.layers} layers x {m.hidden} hidden, "
         f"{m.heads} heads, seq {m.seq_len}, vocab {m.vocab}",
         f"- Hardware: {result.hardware.gpus} x {result.hardware.description or result.hardware.gpu}",
-        f"- Strategy: {result.training.strategy} ({p.engine}), tensor parallel {p.tp}, {result.training.precision}",
+        f"- Strategy: {result.training.strategy} ({p.engine}), tensor parallel {p.tp}, {result.training.precision}"
+        + (f"; pipeline {p.pp} ({p.pp_schedule}, {p.pp_virtual} stage(s) per rank, {p.grad_accum} micro-batches, "
+           f"bubble {bubble_fraction(p):.1%})" if p.pp > 1 else ""),
         f"- Batch: micro-batch {p.micro_batch} x accumulation {p.grad_accum} x "
         f"{p.dp} data-parallel ranks = {p.global_batch} sequences x {m.seq_len} tokens; {run.train.steps:,} steps",
         "",

@@ -96,6 +96,12 @@ def stage_params(shape, share: StageShare) -> int:
             + (root_norms + head if share.head else 0))
 
 
+def stage_params_per_tp_rank(shape, share: StageShare, tp: int) -> float:
+    """`stage_params` on one tensor-parallel rank: matrices split by TP, the norms (RMSNorm weights) whole."""
+    norms = (2 * share.layers + (1 if share.head else 0)) * shape._norm_params()
+    return (stage_params(shape, share) - norms) / tp + norms
+
+
 def bubble_fraction(plan: ParallelPlan) -> float:
     """Idle time over ideal compute time per step: (p - 1)/m, or (p - 1)/(v m) interleaved."""
     if plan.pp == 1:

@@ -2,7 +2,8 @@
 
 - `single` / `ddp`: plain PyTorch (DDP when WORLD_SIZE > 1), bf16 autocast over fp32 weights.
 - `deepspeed`: DeepSpeed ZeRO 0-3 with bf16, optional CPU offload, from an emitted ds_config.json.
-- `fsdp`: PyTorch FSDP2 `fully_shard` (full, shard-grad-op, hybrid) with a bf16 mixed-precision policy.
+- `fsdp`: PyTorch FSDP2 `fully_shard` (full, shard-grad-op, hybrid) with a bf16 mixed-precision policy;
+  with `pp > 1`, a `torch.distributed.pipelining` schedule over stages that are each FSDP2 (+ TP) inside.
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ def build_engine(cfg: RunConfig, info: DistInfo) -> Engine:
         from pretrain.engines.torch_engine import TorchEngine
 
         return TorchEngine(cfg, info)
+    if name == "fsdp" and cfg.parallel.pp > 1:
+        from pretrain.engines.pipeline import PipelineEngine
+
+        return PipelineEngine(cfg, info)
     if name == "fsdp":
         from pretrain.engines.fsdp import FSDPEngine
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 
 from planner.core.schema import RunConfig
 from pretrain.distributed import DistInfo
+from pretrain.memory_probe import SavedTensorCounter
 from pretrain.model import Transformer
 
 
@@ -35,6 +37,25 @@ class Engine(ABC):
     def backward(self, loss: torch.Tensor, poison: bool = False) -> None:
         """Backpropagate one micro-batch (scaled for accumulation). `poison`: this step is being
         skipped; the engine must make sure it does not update the weights."""
+
+    def forward_backward(self, batches: list[tuple[torch.Tensor, torch.Tensor]], bad_on_any_rank: Callable[[float], bool],
+                         counter: SavedTensorCounter | None = None) -> tuple[list[float], bool]:
+        """One step's micro-batches forward and backward; returns their losses and whether the step must be
+        skipped (`bad_on_any_rank`, collective, on each loss). `counter`: count what the first micro-batch
+        saves for backward. A pipeline engine runs them all in one schedule instead."""
+        losses, skip = [], False
+        for micro, (x, y) in enumerate(batches):
+            with counter.count() if counter is not None and micro == 0 else contextlib.nullcontext():
+                loss = self.forward(x, y)
+            losses.append(float(loss.detach()))
+            skip = skip or bad_on_any_rank(losses[-1])  # collective: every rank skips the step or none
+            self.backward(loss, poison=skip)
+        return losses, skip
+
+    def eval_losses(self, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+        """Forward only (no gradients): each held-out micro-batch's loss."""
+        with torch.no_grad():
+            return [float(self.forward(x, y)) for x, y in batches]
 
     @abstractmethod
     def step(self, skip: bool) -> float | None:
@@ -84,15 +105,17 @@ def tensor_bytes(tensors) -> int:
     return total
 
 
-def parameter_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer, *,
+def parameter_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer], *,
                           params_are_master: bool) -> dict[str, float]:
-    """Live model-state bytes of a torch optimizer over `model`'s parameters. Under FSDP the (sharded, fp32)
-    parameters are the master copy and the bf16 weights exist only while gathered, so they count there."""
+    """Live model-state bytes of a torch optimizer (or one per pipeline stage) over `model`'s parameters. Under
+    FSDP the (sharded, fp32) parameters are the master copy and the bf16 weights exist only while gathered, so
+    they count there."""
+    optimizers = optimizer if isinstance(optimizer, list) else [optimizer]
     params = list(model.parameters())
     held = tensor_bytes(params)
     return {"weights": 0 if params_are_master else held, "master_weights": held if params_are_master else 0,
             "gradients": tensor_bytes(p.grad for p in params),
-            "optimizer": tensor_bytes(optimizer_state_tensors(optimizer))}
+            "optimizer": tensor_bytes(t for o in optimizers for t in optimizer_state_tensors(o))}
 
 
 def optimizer_state_tensors(optimizer: torch.optim.Optimizer):

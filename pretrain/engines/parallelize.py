@@ -36,6 +36,7 @@ class Mesh:
     world: DeviceMesh
     dp: DeviceMesh  # FSDP's: the 1-D shard mesh, or hybrid sharding's (replicate, shard)
     tp: DeviceMesh | None  # None without tensor parallelism
+    pp: DeviceMesh | None = None  # None without pipeline parallelism: this rank's pipeline (its pp peers)
 
 
 def build_mesh(plan: ParallelPlan, device_type: str) -> Mesh:
@@ -43,7 +44,8 @@ def build_mesh(plan: ParallelPlan, device_type: str) -> Mesh:
     dims = [(name, size) for name, size in plan.mesh_dims() if size > 1 or name == "shard"]
     world = init_device_mesh(device_type, tuple(s for _, s in dims), mesh_dim_names=tuple(n for n, _ in dims))
     dp = [n for n, _ in dims if n in ("replicate", "shard")]
-    return Mesh(world, world[tuple(dp)] if len(dp) > 1 else world[dp[0]], world["tp"] if plan.tp > 1 else None)
+    return Mesh(world, world[tuple(dp)] if len(dp) > 1 else world[dp[0]], world["tp"] if plan.tp > 1 else None,
+                world["pp"] if plan.pp > 1 else None)
 
 
 def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
@@ -58,12 +60,13 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
         parallelize_module,
     )
 
-    parallelize_module(model, tp_mesh, {
+    root = {
         "embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
         "norm": SequenceParallel(),
         "head": ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False),
-    })
-    for block in model.blocks:
+    }  # a pipeline stage holds some of these (the first the embedding, the last the norm and the head)
+    parallelize_module(model, tp_mesh, {name: style for name, style in root.items() if getattr(model, name) is not None})
+    for block in model.blocks.values():
         parallelize_module(block, tp_mesh, {
             "attn_norm": SequenceParallel(),
             "attn": PrepareModuleInput(input_layouts=(Shard(1), None, None),
@@ -87,7 +90,7 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, bf16: bool, reshard_aft
     kw = {"mesh": dp_mesh, "mp_policy": mp, "reshard_after_forward": reshard_after_forward}
     if offload:
         kw["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
-    for block in model.blocks:  # one FSDP unit per block, then the root (embedding, final norm, head)
+    for block in model.blocks.values():  # one FSDP unit per block, then the root (embedding, final norm, head)
         fully_shard(block, **kw)
     fully_shard(model, **kw)
 

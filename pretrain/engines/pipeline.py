@@ -1,0 +1,222 @@
+"""Pipeline parallelism: `torch.distributed.pipelining` stages and schedules, each stage FSDP2 (+ TP) inside.
+
+Stages are cut from the one model by layer index (`Transformer.stage`, the split the planner prices:
+`planner.memory.pipeline.stage_layers`); rank r of a pipeline runs stages r, r + pp, ... (the looped
+placement of torch's interleaved schedules). Each stage is parallelized by the same `parallelize` as a
+whole model under FSDP, over the data-parallel and tensor-parallel parts of the mesh; the mesh's `pp`
+dimension is the group the stages send activations and gradients over.
+
+One optimizer step is one `schedule.step` over the step's `grad_accum` micro-batches (the schedule's m).
+The loss is computed on the last stage; its m values are shared with the pipeline's other ranks, so
+every rank logs, skips and stops on the same numbers. The schedule scales gradients by 1/m, which is
+the plain engines' `loss / grad_accum`. The gradient norm is over the whole model: each rank's norm
+over its stages, summed in squares over the pipeline. Checkpoints are torch.distributed.checkpoint,
+keyed by the whole model's parameter names (a stage's are the model's), so each stage writes and reads
+only its own part, and the checkpoint also loads into another layout.
+
+Where this differs from torchtitan: the model is built whole on every rank and then cut (torchtitan builds
+each stage on the meta device, which is what a 405B model needs; here the same seed must give the same
+model as one process, which the equivalence tests hold); and FSDP keeps the plan's reshard-after-forward
+(torchtitan turns it off under PP to save re-gathering per micro-batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from planner.memory.pipeline import stage_layers
+from pretrain.engines.base import Engine, parameter_state_bytes
+from pretrain.engines.checks import check_model_config, write_model_config
+from pretrain.engines.parallelize import build_mesh, loss_context, parallelize
+from pretrain.engines.torch_engine import make_adamw
+from pretrain.memory_probe import SavedTensorCounter
+from pretrain.model import cross_entropy
+
+
+def stage_ranges(layers: int, plan) -> list[range]:
+    """Each virtual stage's blocks, first to last (the planner's split)."""
+    bounds, start = [], 0
+    for n in stage_layers(layers, plan):
+        bounds.append(range(start, start + n))
+        start += n
+    return bounds
+
+
+def schedule_for(plan, stages: list, loss_fn: Callable):
+    """The plan's torch schedule over this rank's stages."""
+    from torch.distributed.pipelining import (
+        Schedule1F1B,
+        ScheduleGPipe,
+        ScheduleInterleaved1F1B,
+        ScheduleInterleavedZeroBubble,
+    )
+
+    single = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
+    multi = {"interleaved-1f1b": ScheduleInterleaved1F1B, "zero-bubble": ScheduleInterleavedZeroBubble}
+    if plan.pp_schedule in single:
+        return single[plan.pp_schedule](stages[0], plan.grad_accum, loss_fn=loss_fn)
+    return multi[plan.pp_schedule](stages, plan.grad_accum, loss_fn=loss_fn)
+
+
+class PipelineEngine(Engine):
+    def __init__(self, cfg, info):
+        super().__init__(cfg, info)  # the whole model, seeded as on one process
+        from torch.distributed.pipelining import PipelineStage
+
+        plan = self.plan = cfg.parallel
+        mesh = build_mesh(plan, info.device.type)
+        self.pp_group = mesh.pp.get_group()
+        self.pp_rank = plan.pp_rank(info.rank)
+        ranges = stage_ranges(cfg.model.layers, plan)
+        self.stage_ids = [self.pp_rank + k * plan.pp for k in range(plan.pp_virtual)]
+        bf16 = cfg.train.precision == "bf16-mixed"
+        parts = []
+        for sid in self.stage_ids:
+            part = self.model.stage(ranges[sid], embedding=sid == 0, head=sid == plan.pp_stages - 1).to(info.device)
+            parallelize(part, plan, mesh, bf16=bf16, activation_checkpointing=cfg.train.activation_checkpointing)
+            parts.append(part)
+        self.model = nn.ModuleList(parts)  # this rank's stages: what it trains, measures and checkpoints
+        self.is_last = plan.pp_stages - 1 in self.stage_ids
+        self.is_first = 0 in self.stage_ids
+        self.stages = [PipelineStage(part, sid, plan.pp_stages, info.device, group=self.pp_group)
+                       for part, sid in zip(parts, self.stage_ids, strict=True)]
+        self.schedule = schedule_for(plan, self.stages, self._loss)
+        # one optimizer per stage (torchtitan's too): a stage's optimizer states are keyed by its own names
+        self.optimizers = [make_adamw(part.parameters(), cfg) for part in parts]
+        self.measure_states_at_first_update(self.optimizers[-1], lambda: parameter_state_bytes(
+            self.model, self.optimizers, params_are_master=bf16))
+        self._counter: SavedTensorCounter | None = None
+
+    # ---- one step: all micro-batches through the schedule -----------------------------------------
+    def forward_backward(self, batches, bad_on_any_rank, counter=None):
+        if counter is not None:
+            self._count_first_microbatch(counter)
+        x, y = (torch.cat(parts).to(self.info.device) for parts in zip(*batches, strict=True))
+        losses: list[torch.Tensor] = []
+        with loss_context(self.plan):
+            self.schedule.step(*([x] if self.is_first else []), target=y if self.is_last else None,
+                               losses=losses if self.is_last else None, return_outputs=False)
+        values = self._shared_losses(losses)
+        skip = False
+        for value in values:  # the same calls on every rank: the guard is collective
+            skip = bad_on_any_rank(value) or skip
+        return values, skip
+
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = cross_entropy(logits, targets)
+        if self._counter is not None:  # the first micro-batch's output layer is counted up to its loss
+            self._counter.stop()
+            self._counter = None
+        return loss
+
+    def _shared_losses(self, losses: list[torch.Tensor]) -> list[float]:
+        """The last stage's m micro-batch losses, on every rank of the pipeline."""
+        values = torch.zeros(self.plan.grad_accum, dtype=torch.float64)
+        if self.is_last:
+            local = [loss.detach().full_tensor() if hasattr(loss, "full_tensor") else loss.detach() for loss in losses]
+            values = torch.stack([loss.float().cpu() for loss in local]).to(torch.float64)  # (TP: a DTensor)
+        dist.all_reduce(values, group=self.pp_group)  # only the last stage contributes
+        return values.tolist()
+
+    def _count_first_microbatch(self, counter: SavedTensorCounter) -> None:
+        """Count what each local stage saves for backward in its first forward (on the last stage, up to the
+        loss): one micro-batch's activations on this rank, the planner's per-stage figure."""
+        for part in self.model:
+            until_loss = self.is_last and part is self.model[-1]
+            handles = []
+
+            def start(_module, _args):
+                counter.start()
+
+            def stop(_module, _args, _output, until_loss=until_loss, handles=handles):
+                if until_loss:
+                    self._counter = counter  # stopped in `_loss`, once the loss is computed
+                else:
+                    counter.stop()
+                for handle in handles:  # once: the first micro-batch only
+                    handle.remove()
+
+            handles += [part.register_forward_pre_hook(start), part.register_forward_hook(stop)]
+
+    def forward(self, x, y):  # the plain engines' per-micro-batch forward: not a pipeline's unit of work
+        raise NotImplementedError("a pipeline runs whole steps: forward_backward / eval_losses")
+
+    def backward(self, loss, poison=False):
+        raise NotImplementedError("a pipeline runs whole steps: forward_backward")
+
+    def eval_losses(self, batches) -> list[float]:
+        """Forward only, m micro-batches at a time; the loss on the last stage, shared with the pipeline."""
+        out: list[float] = []
+        m = self.plan.grad_accum
+        for i in range(0, len(batches), m):
+            group = batches[i:i + m]
+            x, y = (torch.cat(parts).to(self.info.device) for parts in zip(*group, strict=True))
+            losses: list[torch.Tensor] = []
+            with torch.no_grad(), loss_context(self.plan):
+                self.schedule.eval(*([x] if self.is_first else []), target=y if self.is_last else None,
+                                   losses=losses if self.is_last else None, return_outputs=False)
+            out.extend(self._shared_losses(losses))
+        return out
+
+    def step(self, skip):
+        norm = None
+        if not skip:
+            norm = self._clip_gradients()
+            for optimizer in self.optimizers:
+                optimizer.step()
+        for optimizer in self.optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        return norm
+
+    def set_lr(self, lr: float) -> None:
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+    def _clip_gradients(self) -> float:
+        """Clip to optim.grad_clip by the whole model's norm: this rank's stages, summed over the pipeline."""
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        local = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=False)
+        local = local.full_tensor() if hasattr(local, "full_tensor") else local
+        squares = (local.detach().float() ** 2).reshape(1).cpu()
+        dist.all_reduce(squares, group=self.pp_group)
+        total = squares.sqrt()[0]
+        torch.nn.utils.clip_grads_with_norm_(params, self.cfg.optim.grad_clip, total.to(local.device), foreach=False)
+        return float(total)
+
+    # ---- checkpoints: one DCP checkpoint, each stage its own keys ---------------------------------
+    def _state(self) -> dict:
+        """This rank's model and optimizer states keyed by the whole model's names (flattened optimizer
+        states: `state.blocks.3.attn.q.weight.exp_avg`), so the stages' keys never collide."""
+        options = StateDictOptions(flatten_optimizer_state_dict=True)
+        model, optim = {}, {}
+        for part, optimizer in zip(self.model, self.optimizers, strict=True):
+            model.update(get_model_state_dict(part, options=options))
+            optim.update(get_optimizer_state_dict(part, optimizer, options=options))
+        return {"model": model, "optimizer": optim}
+
+    def save(self, path: Path) -> None:
+        dcp.save(self._state(), checkpoint_id=str(path))
+        write_model_config(path, self.cfg.model, self.info.is_main)
+
+    def load(self, path: Path) -> None:
+        check_model_config(path, self.cfg.model)
+        state = self._state()
+        dcp.load(state, checkpoint_id=str(path))
+        options = StateDictOptions(flatten_optimizer_state_dict=True, strict=False)
+        for part, optimizer in zip(self.model, self.optimizers, strict=True):
+            set_model_state_dict(part, state["model"], options=options)
+            set_optimizer_state_dict(part, optimizer, state["optimizer"], options=options)
