@@ -20,6 +20,12 @@ What it covers, and why not more:
   `deepspeed.initialize` moves the module with `module.to(...)`, and under FakeTensorMode
   `nn.Module._apply` cannot swap the parameters ("Couldn't swap Embedding.weight"), with or
   without bf16 and for stages 1-3 (checked on torch 2.13 / deepspeed 0.19).
+- Pipeline parallelism: each pipeline rank's stages (`Transformer.stage`, the split the trainer cuts)
+  laid out by the same `parallelize` over the plan's mesh (pp outermost), measured one pipeline rank
+  at a time: as many micro-batches forward as its schedule keeps in flight
+  (`planner.memory.pipeline.warmup_chunks` + 1, torch's warm-up), then their backwards, then the step.
+  The stages' P2P exchange is not run (its receive buffers are an input tensor per forward here).
+  One stage per rank: interleaved stages are one FSDP root each, and FSDPMemTracker follows one root.
 - Layouts the trainer does not run are refused by the rule the trainer applies
   (`ParallelPlan.check_runnable`: TP only with FSDP, no offload with TP, FSDP no-shard is DDP).
 
@@ -148,24 +154,30 @@ def checked_layout(req) -> ParallelPlan:
         raise PlannerError("verify: the trainer has full activation checkpointing or none, not selective")
     if req.precision not in ("bf16-mixed", "fp32"):
         raise PlannerError(f"verify: the trainer runs bf16-mixed or fp32, not {req.precision}")
+    if plan.pp > 1 and plan.pp_virtual > 1:
+        raise PlannerError("verify: interleaved stages are one FSDP root each, and FSDPMemTracker follows one root "
+                           "per rank; verify --pp-virtual 1 (the trainer runs both)")
     return plan.check_runnable(cli_flag)  # the trainer's own rule: TP only composed with FSDP
 
 
-def build_model(cfg: ModelConfig, plan: ParallelPlan, req, fake_mode) -> nn.Module:
-    """The trainer's model under `fake_mode`, laid out by the FSDP engine's own functions when the plan is FSDP."""
+def build_model(cfg: ModelConfig, plan: ParallelPlan, req, fake_mode, part: dict | None = None,
+                mesh=None) -> nn.Module:
+    """The trainer's model under `fake_mode` (or, `part`, one pipeline stage: `Transformer`'s layers /
+    embedding / head arguments), laid out by the FSDP engine's own functions when the plan is FSDP."""
     from pretrain.engines.parallelize import build_mesh, parallelize
     from pretrain.model import Transformer
 
     checkpointing = req.checkpointing == "full"
+    part = part or {}
     if plan.engine != "fsdp":
         with fake_mode:
             return Transformer(cfg, activation_checkpointing=checkpointing)
     # Device meshes cannot be built inside the fake mode (their rank tables are real tensors), and FSDP2
     # builds one of its own over TP's DTensors, so the layout is applied outside it: to parameters that
     # are fake already, so nothing is allocated.
-    mesh = build_mesh(plan, "cpu")
+    mesh = mesh or build_mesh(plan, "cpu")
     with fake_mode, torch.device("meta"):
-        model = Transformer(cfg)
+        model = Transformer(cfg, **part)
     parallelize(model, plan, mesh, bf16=req.precision == "bf16-mixed", activation_checkpointing=checkpointing)
     with fake_mode:
         model.to_empty(device="cpu")
@@ -183,6 +195,8 @@ def measure(req, steps: int = 2) -> dict:
 
     plan = checked_layout(req)
     cfg = model_config(resolve_model(req).shape, plan.tp)
+    if plan.pp > 1:
+        return measure_stages(req, plan, cfg, steps)
     world = plan.world
     start = time.perf_counter()
     fsdp = plan.engine == "fsdp"
@@ -215,9 +229,82 @@ def measure(req, steps: int = 2) -> dict:
     finally:
         if created:
             dist.destroy_process_group()
+    return {**_peak_figures(peak, tracker), "world_size": world,
+            "engine": plan.strategy if fsdp else ("ddp" if world > 1 else "single"), "seconds": time.perf_counter() - start}
+
+
+def _peak_figures(peak: dict, tracker) -> dict:
     snapshot = next(iter(peak.values()))
-    at_peak = _category_totals(snapshot)
-    maxima = _category_totals(getattr(tracker, "category_max", {}))
-    return {"peak_bytes": float(snapshot["Total"]), "at_peak": at_peak, "category_max": maxima,
-            "world_size": world, "engine": plan.strategy if fsdp else ("ddp" if world > 1 else "single"),
-            "seconds": time.perf_counter() - start}
+    return {"peak_bytes": float(snapshot["Total"]), "at_peak": _category_totals(snapshot),
+            "category_max": _category_totals(getattr(tracker, "category_max", {}))}
+
+
+def measure_stages(req, plan: ParallelPlan, cfg: ModelConfig, steps: int = 2) -> dict:
+    """Per pipeline rank, the peak memory of its stages run as its schedule runs them (module docstring)."""
+    import torch.distributed as dist
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    from planner.memory.pipeline import shares, warmup_chunks
+    from pretrain.engines.parallelize import build_mesh
+    from pretrain.engines.pipeline import stage_ranges
+
+    start = time.perf_counter()
+    created = not dist.is_initialized()
+    if created:
+        dist.init_process_group("fake", rank=0, world_size=plan.world, store=FakeStore())
+    try:
+        mesh = build_mesh(plan, "cpu")  # rank 0's; every pipeline rank's groups have the same sizes
+        ranges = stage_ranges(cfg.layers, plan)
+        stages = []
+        for share in shares(cfg.layers, plan):
+            fake_mode = FakeTensorMode()
+            parts = nn.ModuleList(build_model(cfg, plan, req, fake_mode, mesh=mesh, part={
+                "layers": ranges[sid], "embedding": sid == 0, "head": sid == plan.pp_stages - 1}) for sid in share.stages)
+            chunks = min(warmup_chunks(plan, share.rank) + 1, plan.grad_accum * plan.pp_virtual)
+            figures = _run_stages(parts, plan, cfg, fake_mode, chunks, steps)
+            stages.append({"pp_rank": share.rank, "stages": list(share.stages), "microbatches_in_flight": chunks,
+                           **figures})
+    finally:
+        if created:
+            dist.destroy_process_group()
+    return {"stages": stages, "world_size": plan.world, "engine": plan.strategy, "seconds": time.perf_counter() - start}
+
+
+def _run_stages(parts: nn.ModuleList, plan: ParallelPlan, cfg: ModelConfig, fake_mode, chunks: int, steps: int) -> dict:
+    """`chunks` stage-forwards held at once (spread over the local stages as the interleaved warm-up spreads
+    them), then their backwards, then AdamW, under FSDPMemTracker; `steps` times, the first one not counted."""
+    from pretrain.engines.parallelize import loss_context
+    from pretrain.model import cross_entropy
+
+    b, seq = plan.micro_batch, cfg.seq_len
+    per_round = plan.grad_accum // max(1, plan.grad_accum // plan.pp)
+    with fake_mode:
+        optimizer = torch.optim.AdamW(parts.parameters(), lr=1e-4, foreach=False)
+        tracker = _tracker_class(True)(parts[0], optimizer)  # one stage per rank (checked_layout)
+        with tracker:
+            for step in range(steps):
+                held = []
+                for i in range(chunks):
+                    tracker.reset_mod_stats()  # per-module stats follow one call; the peak is global
+                    part = parts[(i // per_round) % len(parts)]
+                    if part.embed is not None:
+                        x = torch.randint(0, cfg.vocab, (b, seq))
+                    else:  # the previous stage's output: this rank's sequence shard under TP
+                        x = torch.randn(b, seq // plan.tp, cfg.hidden, dtype=torch.bfloat16, requires_grad=True)
+                    with loss_context(plan):
+                        out = part(x)
+                        held.append(cross_entropy(out, torch.randint(0, cfg.vocab, (b, seq)))
+                                    if part.norm is not None else out)
+                for out in reversed(held):
+                    with loss_context(plan):
+                        if out.dim() == 0:
+                            out.backward()
+                        else:
+                            out.backward(torch.ones_like(out))
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                if step == 0:
+                    tracker.reset_mod_stats()
+            peak = tracker.get_tracker_snapshot("peak")
+    return _peak_figures(peak, tracker)

@@ -84,6 +84,74 @@ def test_the_bubble_is_p_minus_one_over_m_and_interleaving_divides_it_by_v():
     assert pipeline.bubble_fraction(ParallelPlan.from_flags(8, fsdp="full")) == 0
 
 
+class _StandInStage:
+    """What torch's schedule constructors read of a PipelineStage to build their action lists."""
+
+    def __init__(self, index: int, stages: int, ranks: int):
+        self.stage_index, self.num_stages, self.group_size, self.group_rank = index, stages, ranks, 0
+        self.submod, self.is_first, self.is_last = None, index == 0, index == stages - 1
+
+
+def torch_action_lists(schedule: str, p: int, v: int, m: int, monkeypatch) -> dict:
+    """Every rank's compute actions in torch's order for `schedule` (no process group needed)."""
+    import torch.distributed.pipelining.schedules as S
+
+    if schedule in ("gpipe", "1f1b"):  # their lists pass through _add_reduce_grad, which drops the padding
+        monkeypatch.setattr(S, "_add_reduce_grad", lambda actions, n: actions)
+        cls = S.ScheduleGPipe if schedule == "gpipe" else S.Schedule1F1B
+        order = cls(_StandInStage(0, p, p), m).pipeline_order
+    else:
+        cls = S.ScheduleInterleaved1F1B if schedule == "interleaved-1f1b" else S.ScheduleInterleavedZeroBubble
+        order = cls([_StandInStage(k * p, v * p, p) for k in range(v)], m).pipeline_order
+    lists = {r: [a for a in order[r] if a is not None and a.is_compute_op] for r in range(p)}
+    if schedule == "1f1b":  # torch 2.13 labels the last rank's forwards 1..m (its backwards 0..m-1): relabel
+        lists[p - 1] = [a._replace(microbatch_index=a.microbatch_index - 1) if a.computation_type == S.F else a
+                        for a in lists[p - 1]]
+    return lists
+
+
+def replayed_idle_share(lists: dict, stages: int) -> float:
+    """Each rank runs its actions in torch's order as soon as their inputs exist (forward 1, full backward 2,
+    input-gradient 1, weight-gradient 1); the mean idle share of the step."""
+    import torch.distributed.pipelining.schedules as S
+
+    cost = {S.F: 1, S.B: 2, S.I: 1, S.W: 1}
+    done, clock, busy, queues = {}, dict.fromkeys(lists, 0.0), dict.fromkeys(lists, 0.0), {r: list(a) for r, a in lists.items()}
+
+    def needs(a):
+        s, kind, mb = a.stage_index, a.computation_type, a.microbatch_index
+        if kind == S.F:
+            return None if s == 0 else (s - 1, "F", mb)
+        if kind == S.W:
+            return (s, "dx", mb)
+        return (s, "F", mb) if s == stages - 1 else (s + 1, "dx", mb)
+
+    while any(queues.values()):
+        moved = False
+        for r, queue in queues.items():
+            while queue and (needs(queue[0]) is None or needs(queue[0]) in done):
+                a = queue.pop(0)
+                dep = needs(a)
+                clock[r] = max(clock[r], done[dep] if dep else 0.0) + cost[a.computation_type]
+                busy[r] += cost[a.computation_type]
+                done[(a.stage_index, "F" if a.computation_type == S.F else "dx" if a.computation_type != S.W else "W",
+                      a.microbatch_index)] = clock[r]
+                moved = True
+        assert moved, "torch's action list deadlocks"
+    step = max(clock.values())
+    return sum(1 - b / step for b in busy.values()) / len(busy)
+
+
+@pytest.mark.parametrize("schedule, p, v, m", [
+    ("gpipe", 4, 1, 8), ("1f1b", 4, 1, 8), ("1f1b", 8, 1, 32), ("interleaved-1f1b", 4, 2, 8),
+    ("interleaved-1f1b", 8, 4, 16), ("zero-bubble", 4, 2, 8), ("zero-bubble", 8, 4, 16), ("zero-bubble", 8, 1, 8),
+])
+def test_the_bubble_is_the_idle_share_of_torchs_own_action_list(schedule, p, v, m, monkeypatch):
+    bubble = pipeline.bubble_fraction(plan(pp=p, pp_schedule=schedule, pp_virtual=v, microbatches=m))
+    share = replayed_idle_share(torch_action_lists(schedule, p, v, m, monkeypatch), p * v)
+    assert share == pytest.approx(bubble / (1 + bubble), abs=1e-9)
+
+
 def test_the_stages_hold_every_parameter_once_and_the_head_and_embedding_where_they_belong():
     shape = get_preset("llama2-7b").shape
     shares = pipeline.shares(shape.layers, plan())
@@ -121,3 +189,20 @@ def test_emit_writes_the_whole_pipeline_layout_and_its_bubble(tmp_path, capsys):
     p = load_config(tmp_path / "job/run.yaml").parallel
     assert (p.pp, p.pp_schedule, p.pp_virtual, p.dp, p.grad_accum) == (2, "1f1b", 1, 2, 8)
     assert "pipeline 2 (1f1b, 1 stage(s) per rank, 8 micro-batches, bubble 12.5%)" in (tmp_path / "job/PLAN.md").read_text()
+
+
+def test_compare_prices_every_strategy_with_the_pipeline_it_was_given():
+    from planner.plan.compare import compare
+    from planner.plan.request import EstimateRequest
+
+    req = EstimateRequest.from_flags(model="llama2-70b", gpu="h100-sxm", gpus=64, tp=8, pp=4)
+    flat = EstimateRequest.from_flags(model="llama2-70b", gpu="h100-sxm", gpus=64, tp=8)
+    piped, alone = compare(req), compare(flat)
+    assert piped["pipeline"] == {"pp": 4, "schedule": "1f1b", "virtual_stages_per_rank": 1, "microbatches": 8}
+    by_name = {(r["strategy"], r["checkpointing"]): r for r in alone["rows"]}
+    for row in piped["rows"]:
+        other = by_name[row["strategy"], row["checkpointing"]]
+        assert row["request"]["layout"]["pp"] == 4 and other["request"]["layout"]["pp"] == 1
+        if row["strategy"] == "ddp":  # replicas of a quarter of the layers: a quarter of the model states
+            assert row["memory_per_gpu_bytes"]["optimizer"] == pytest.approx(
+                other["memory_per_gpu_bytes"]["optimizer"] / 4, rel=0.03)

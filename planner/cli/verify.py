@@ -15,6 +15,7 @@ from tabulate import tabulate
 from planner.core.units import GiB
 from planner.plan.estimate import estimate
 from planner.plan.request import EstimateRequest
+from planner.plan.result import tracked
 
 COMPARED = ("weights", "master_weights", "gradients", "optimizer", "activations", "overhead")
 #: The issue's bar: the planner within 10% of the tracker, in total and per line.
@@ -26,7 +27,25 @@ def verify_request(req: EstimateRequest, steps: int = 2) -> dict:
 
     planned = estimate(req)
     measured = measure(req, steps)
-    predicted = planned.tracked_lines()
+    head = {"engine": measured["engine"], "world_size": measured["world_size"], "seconds": measured["seconds"],
+            "strategy": planned.training.strategy, "peak_moment": planned.memory.peak_moment,
+            "model": planned.to_dict()["model"], "micro_batch": req.micro_batch}
+    if "stages" not in measured:
+        return {**head, **compare(planned.tracked_lines(), measured),
+                "not_tracked": {"runtime": planned.memory.lines["overhead"] - planned.tracked_lines()["overhead"],
+                                "fragmentation": planned.memory.lines["fragmentation"]}}
+    runtime = req.runtime_gib * 2**30
+    planned_stages = planned.to_dict()["pipeline"]["stages"]
+    stages = [{"pp_rank": got["pp_rank"], "stages": got["stages"], "peak_moment": want["peak_moment"],
+               "microbatches_in_flight": got["microbatches_in_flight"],
+               **compare(tracked(want["memory_bytes"], runtime), got)}
+              for want, got in zip(planned_stages, measured["stages"], strict=True)]
+    return {**head, "stages": stages, "within_tolerance": all(s["within_tolerance"] for s in stages),
+            "not_tracked": {"runtime": runtime, "fragmentation": planned.memory.lines["fragmentation"]}}
+
+
+def compare(predicted: dict[str, float], measured: dict) -> dict:
+    """The planner's tracked lines against the tracker's at its peak (and each line's own maximum)."""
     if predicted["master_weights"] == 0:  # no separate master copy: the sharded parameters are the weights
         for view in ("at_peak", "category_max"):
             measured[view]["weights"] += measured[view].pop("master_weights")
@@ -38,15 +57,10 @@ def verify_request(req: EstimateRequest, steps: int = 2) -> dict:
         rows[line] = {"planner": want, "tracker_at_peak": got,
                       "tracker_max": measured["peak_bytes"] if line == "allocated" else measured["category_max"][line],
                       "ratio": want / got if got else None}
-    return {"engine": measured["engine"], "world_size": measured["world_size"], "seconds": measured["seconds"],
-            "strategy": planned.training.strategy, "peak_moment": planned.memory.peak_moment,
-            "model": planned.to_dict()["model"],
-            "micro_batch": req.micro_batch, "lines": rows,
+    return {"lines": rows,
             "within_tolerance": all(r["ratio"] is not None and abs(r["ratio"] - 1) <= TOLERANCE
                                     for r in rows.values() if max(r["tracker_at_peak"], r["planner"])
-                                    > 0.01 * measured["peak_bytes"]),
-            "not_tracked": {"runtime": planned.memory.lines["overhead"] - predicted["overhead"],
-                            "fragmentation": planned.memory.lines["fragmentation"]}}
+                                    > 0.01 * measured["peak_bytes"])}
 
 
 def render_verify(r: dict) -> str:
@@ -54,17 +68,25 @@ def render_verify(r: dict) -> str:
     head = (f"verify: {m['layers']} x {m['hidden']} ({m['heads']} heads, {m['kv_heads']} kv), seq {m['seq_len']}, "
             f"micro-batch {r['micro_batch']}, {r['engine']} at world size {r['world_size']}: real model and engine, "
             f"fake tensors, PyTorch memory tracker ({r['seconds']:.1f} s)")
-    rows = []
-    for line, v in r["lines"].items():
-        ratio = "-" if v["ratio"] is None else f"{v['ratio']:.3f}"
-        rows.append([line.replace("_", " "), f"{v['planner'] / GiB:,.3f}", f"{v['tracker_at_peak'] / GiB:,.3f}",
-                     ratio, f"{v['tracker_max'] / GiB:,.3f}"])
-    table = tabulate(rows, headers=["at the peak, per rank", "planner GiB", "tracker GiB", "planner/tracker",
-                                    "(line's own max GiB)"],
-                     tablefmt="simple", disable_numparse=True)
     nt = r["not_tracked"]
     verdict = "within" if r["within_tolerance"] else "NOT within"
-    return "\n".join([head, table,
+    parts = [head]
+    for stage in r.get("stages") or [r]:
+        if "pp_rank" in stage:
+            parts.append(f"pipeline rank {stage['pp_rank']} (stages {stage['stages']}, "
+                         f"{stage['microbatches_in_flight']} stage-forwards in flight):")
+        parts.append(_table(stage["lines"]))
+    return "\n".join([*parts,
                       f"Not seen by the tracker (planner only): CUDA runtime {nt['runtime'] / GiB:.2f} GiB, "
                       f"fragmentation {nt['fragmentation'] / GiB:.2f} GiB.",
                       f"Every line that is over 1% of the peak is {verdict} {TOLERANCE:.0%} of the tracker."])
+
+
+def _table(lines: dict) -> str:
+    rows = []
+    for line, v in lines.items():
+        ratio = "-" if v["ratio"] is None else f"{v['ratio']:.3f}"
+        rows.append([line.replace("_", " "), f"{v['planner'] / GiB:,.3f}", f"{v['tracker_at_peak'] / GiB:,.3f}",
+                     ratio, f"{v['tracker_max'] / GiB:,.3f}"])
+    return tabulate(rows, headers=["at the peak, per rank", "planner GiB", "tracker GiB", "planner/tracker",
+                                   "(line's own max GiB)"], tablefmt="simple", disable_numparse=True)

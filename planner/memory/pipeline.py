@@ -13,12 +13,13 @@ In flight, per rank r (m micro-batches per step, p ranks, v stages per rank), co
   +1; on rank 0 that is Megatron's (1 + (p - 1)/(p v)) times the 1F1B first stage (Korthikanti et al. 2022,
   §4.2.3 / Narayanan et al. 2021, §2.2.2);
 - zero-bubble (interleaved, Qi et al. 2023): torch's warm-up advances one chunk per hop, not two; the
-  inputs it keeps for the deferred weight gradients are not modelled, and its bubble is reported as the
-  interleaved one, an upper bound (it fills part of that idle time with weight-gradient work).
+  inputs it keeps for the deferred weight gradients are not modelled.
 
 Bubble (idle time over ideal compute time; Narayanan et al. 2021): (p - 1)/m for GPipe and 1F1B,
-(p - 1)/(v m) interleaved. `tests/test_pipeline_plan.py` holds these against the idle slots of torch's own
-action lists (`pipeline_order`), where the idle share is bubble / (1 + bubble).
+(p - 1)/(v m) interleaved, (p - 1)/(3 v m) zero-bubble. `tests/test_pipeline_plan.py` holds each against
+torch's own action lists (`pipeline_order`) replayed in dependency order with backward = 2 x forward (the
+zero-bubble's input and weight halves one forward each), where the idle share is bubble / (1 + bubble).
+(The lists' own `None` slots are padding that torch skips at run time, not idle time.)
 """
 
 from __future__ import annotations
@@ -103,11 +104,15 @@ def stage_params_per_tp_rank(shape, share: StageShare, tp: int) -> float:
 
 
 def bubble_fraction(plan: ParallelPlan) -> float:
-    """Idle time over ideal compute time per step: (p - 1)/m, or (p - 1)/(v m) interleaved."""
+    """Idle time over ideal compute time per step: (p - 1)/m, (p - 1)/(v m) interleaved, and (p - 1)/(3 v m)
+    zero-bubble (its backward splits into input and weight gradients, which fill all but one forward's worth
+    of each idle slot; backward = 2 x forward). Each equals the idle share of torch's own action list
+    replayed in dependency order (`tests/test_pipeline_plan.py`), as bubble / (1 + bubble)."""
     if plan.pp == 1:
         return 0.0
     v = plan.pp_virtual if plan.pp_schedule in MULTI_STAGE_SCHEDULES else 1
-    return (plan.pp - 1) / (v * plan.grad_accum)
+    work = 3 if plan.pp_schedule == "zero-bubble" else 1  # the idle slots zero-bubble leaves are F-sized, of F + I + W
+    return (plan.pp - 1) / (work * v * plan.grad_accum)
 
 
 def p2p_buffer_bytes(plan: ParallelPlan, hidden: int, seq_len: int, micro_batch: int, width: int) -> float:

@@ -21,6 +21,7 @@ from dataclasses import replace
 
 from planner.core.errors import PlannerError
 from planner.core.parallel import STRATEGIES, ParallelPlan
+from planner.plan import estimate as planned
 from planner.plan.estimate import estimate
 from planner.plan.request import EstimateRequest
 
@@ -43,7 +44,7 @@ def pcie_params_per_step(plan: ParallelPlan) -> float:
 def _request(req: EstimateRequest, name: str, checkpointing: str, gpus: int | None = None) -> EstimateRequest:
     """`req` with its layout replaced by strategy `name` (same world, tp and micro-batch, unless `gpus`)."""
     plan = ParallelPlan.for_strategy(name, gpus or req.gpus, tp=req.tp, micro_batch=req.micro_batch,
-                                     gpus_per_node=req.gpus_per_node)
+                                     gpus_per_node=req.gpus_per_node, pipeline=req.layout)
     return replace(req, layout=plan, checkpointing=checkpointing)
 
 
@@ -51,7 +52,7 @@ def fewest_nodes(req: EstimateRequest, name: str, checkpointing: str) -> int | N
     """The fewest whole nodes on which this strategy fits (memory per GPU never grows with more GPUs)."""
     def fits(nodes: int) -> bool:
         try:
-            return estimate(_request(req, name, checkpointing, nodes * req.gpus_per_node)).fit.fits
+            return planned.fits(_request(req, name, checkpointing, nodes * req.gpus_per_node))
         except PlannerError:  # e.g. the GPU count is not a multiple of --tp
             return False
 
@@ -67,7 +68,7 @@ def fewest_nodes(req: EstimateRequest, name: str, checkpointing: str) -> int | N
 def _row(req: EstimateRequest, name: str, checkpointing: str) -> dict:
     try:
         request = _request(req, name, checkpointing)
-        r = estimate(request)
+        r = estimate(request, fewest_gpus=False)
     except PlannerError as exc:
         return {"strategy": name, "checkpointing": checkpointing, "error": str(exc)}
     nodes = fewest_nodes(req, name, checkpointing)
@@ -91,7 +92,11 @@ def compare(req: EstimateRequest) -> dict:
     for i, row in enumerate(rows):
         row["best"] = i == best
     base = estimate(_request(req, "ddp", "none"))
-    return {"gpu": base.hardware.gpu, "gpus": req.gpus, "gpus_per_node": req.gpus_per_node,
+    layout = req.layout
+    return {"gpu": base.hardware.gpu, "gpus": req.gpus, "gpus_per_node": req.gpus_per_node, "tp": layout.tp,
+            "pipeline": None if layout.pp == 1 else {"pp": layout.pp, "schedule": layout.pp_schedule,
+                                                     "virtual_stages_per_rank": layout.pp_virtual,
+                                                     "microbatches": layout.grad_accum},
             "nodes": math.ceil(req.gpus / req.gpus_per_node), "params": base.params,
             "capacity_bytes": base.fit.gpu_memory_bytes, "model": base.to_dict()["model"], "rows": rows,
             "best": None if best is None else f"{rows[best]['strategy']} (checkpointing {rows[best]['checkpointing']})"}
@@ -110,7 +115,10 @@ def render_compare(r: dict) -> str:
 
     m, cap = r["model"], r["capacity_bytes"]
     head = (f"{human_count(r['params'])} parameters ({m['layers']} x {m['hidden']}, seq {m['seq_len']}) on "
-            f"{r['gpus']} x {r['gpu']} ({cap / GiB:.0f} GiB), {r['gpus_per_node']} per node")
+            f"{r['gpus']} x {r['gpu']} ({cap / GiB:.0f} GiB), {r['gpus_per_node']} per node"
+            + (f", tensor parallel {r['tp']}" if r["tp"] > 1 else "")
+            + (f", pipeline {pp['pp']} ({pp['schedule']}, {pp['virtual_stages_per_rank']} stage(s) per rank, "
+               f"{pp['microbatches']} micro-batches)" if (pp := r["pipeline"]) else ""))
     rows = []
     for row in r["rows"]:
         if "error" in row:

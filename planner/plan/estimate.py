@@ -135,7 +135,8 @@ def min_gpus_that_fit(req: EstimateRequest, model: ResolvedModel, capacity: floa
             continue
 
         def fits(dp: int, name=name) -> bool:
-            plan = ParallelPlan.for_strategy(name, dp * req.tp, tp=req.tp, micro_batch=req.micro_batch)
+            plan = ParallelPlan.for_strategy(name, dp * req.tp * req.layout.pp, tp=req.tp, micro_batch=req.micro_batch,
+                                             pipeline=req.layout)
             return _breakdown_for(req, model, plan).total <= capacity
         if not fits(MAX_GPUS_SEARCHED):
             result[name] = None
@@ -144,7 +145,7 @@ def min_gpus_that_fit(req: EstimateRequest, model: ResolvedModel, capacity: floa
         while lo < hi:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
-        result[name] = lo * req.tp
+        result[name] = lo * req.tp * req.layout.pp
     return result
 
 
@@ -200,8 +201,15 @@ def _compute_dtype(req: EstimateRequest, gpu) -> str:
     return dtype
 
 
-def estimate(req: EstimateRequest) -> Estimate:
-    """The full estimate of one request (`planner estimate`; `.to_dict()` is its `--json`)."""
+def fits(req: EstimateRequest) -> bool:
+    """Whether the request's step fits its GPU's memory (the estimate's memory part only: fast)."""
+    req.validate()
+    return _breakdown_for(req, resolve_model(req), req.layout.validate()).total <= gpu_of(req).memory_bytes
+
+
+def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
+    """The full estimate of one request (`planner estimate`; `.to_dict()` is its `--json`). `fewest_gpus`:
+    also search the fewest GPUs each strategy fits on (compare, which asks per row, leaves it out)."""
     req.validate()
     plan = req.layout.validate()
     model, gpu = resolve_model(req), gpu_of(req)
@@ -215,7 +223,7 @@ def estimate(req: EstimateRequest) -> Estimate:
     comp = compute.estimate_compute(model.params, tokens, model.shape, peak_flops=gpu.peak_flops(dtype),
                                     gpus=req.gpus, mfu=req.mfu, price_per_gpu_hour=price,
                                     checkpointing=req.checkpointing)
-    fewest = min_gpus_that_fit(req, model, capacity)
+    fewest = min_gpus_that_fit(req, model, capacity) if fewest_gpus else {}
     return Estimate(
         model=ModelSummary(model.params, model.source, model.shape_inferred, model.shape.to_dict(),
                            model.shape.param_count()),

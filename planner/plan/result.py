@@ -104,13 +104,7 @@ class Estimate:
         """The peak's lines as a tensor tracker sees them (`planner verify`, the trainer's measurement):
         tensors only, logits counted as activations, the CUDA runtime and fragmentation left out.
         The names are the measured lines' names."""
-        mem = self.memory.lines
-        runtime = self.request["runtime_gib"] * 2**30
-        lines = {k: mem.get(k, 0.0) for k in ("weights", "master_weights", "gradients", "optimizer")}
-        lines["activations"] = mem.get("activations", 0.0) + mem["logits"]
-        lines["overhead"] = mem["overhead"] - runtime
-        lines["allocated"] = mem["total"] - mem["fragmentation"] - runtime
-        return lines
+        return tracked(self.memory.lines, self.request["runtime_gib"] * 2**30)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON of `planner estimate --json` and plan.json."""
@@ -144,3 +138,13 @@ class Estimate:
             "pipeline": self.pipeline,
             "request": self.request,
         }
+
+
+def tracked(mem: dict[str, float], runtime: float) -> dict[str, float]:
+    """A peak's memory lines (a whole plan's, or one pipeline stage's) as a tensor tracker sees them:
+    logits counted as activations, the CUDA runtime (`runtime` bytes) and fragmentation left out."""
+    lines = {k: mem.get(k, 0.0) for k in ("weights", "master_weights", "gradients", "optimizer")}
+    lines["activations"] = mem.get("activations", 0.0) + mem["logits"]
+    lines["overhead"] = mem["overhead"] - runtime
+    lines["allocated"] = mem["total"] - mem["fragmentation"] - runtime
+    return lines
