@@ -35,7 +35,8 @@ def _row(r: dict, heads: str, micro_batch: str, pp_virtual: int) -> tuple[ModelS
                        position="learned")
     tp, pp, gpus, mb = int(r["tp"]), int(r["pp"]), int(r["num_gpus"]), int(r[micro_batch])
     dp = gpus // (tp * pp)
-    plan = ParallelPlan(engine="ddp", world=gpus, tp=tp, pp=pp, pp_virtual=pp_virtual, micro_batch=mb,
+    schedule = "interleaved-1f1b" if pp_virtual > 1 else "1f1b"
+    plan = ParallelPlan(engine="ddp", world=gpus, tp=tp, pp=pp, pp_virtual=pp_virtual, pp_schedule=schedule, micro_batch=mb,
                         grad_accum=int(r["global_batch_size"]) // (dp * mb))
     return shape, plan
 
@@ -59,6 +60,33 @@ def check_rows() -> list[tuple[str, ModelShape, ParallelPlan, float]]:
              float(r["iteration_time_s"]))
             for r in csv.DictReader((DATA / "other_checks.csv").open())
             if r["check_id"].startswith("korthikanti2022") and r["recompute"] == "full"]
+
+
+def torchtitan_fsdp_check(theta) -> list[float]:
+    """torchtitan's Llama 3.1 8B FSDP rows on H100 without torch.compile or Float8 (Tables 1 and 3), as
+    the estimate predicts them (selective checkpointing, data-parallel traffic overlapped): tokens/s/GPU."""
+    from dataclasses import replace
+
+    from planner.compute.step_time import hardware_of
+    from planner.model.hardware import BUILTIN_GPUS
+    from planner.model.presets import get_preset
+
+    shape = replace(get_preset("llama3-8b").shape, seq_len=8192)  # torchtitan's default sequence length
+    hw = hardware_of(BUILTIN_GPUS["h100-sxm"], "bf16", 8)
+    print("\ncheck, never fitted: torchtitan Llama 3.1 8B, FSDP on H100, bf16 without compile or Float8 (tokens/s/GPU)")
+    errors = []
+    for r in csv.DictReader((DATA / "torchtitan_llama3_h100.csv").open()):
+        if r["model"] != "Llama 3.1 8B" or r["torch_compile"] == "true" or r["float8"] == "true":
+            continue
+        gpus, mb = int(r["num_gpus"]), int(r["local_batch_size"])
+        plan = ParallelPlan(engine="fsdp", world=gpus, fsdp_mode="full", micro_batch=mb, grad_accum=1)
+        t = step_time(shape, plan, hw, Efficiency(*theta), checkpointing="selective", overlap_dp=True)
+        predicted = plan.batch * shape.seq_len / t.total_s / gpus
+        measured = float(r["tps_per_gpu"])
+        errors.append(abs(predicted / measured - 1))
+        print(f"table {r['table']}, {gpus:>4} GPUs   measured {measured:>7,.0f}  predicted {predicted:>7,.0f}  "
+              f"{predicted / measured - 1:+.1%}")
+    return errors
 
 
 def predict(shape: ModelShape, plan: ParallelPlan, theta) -> float:
@@ -101,6 +129,7 @@ def main() -> None:
     print(f"leave-one-out mean |error| {np.mean(np.abs(list(loo.values()))):.1%}, "
           f"worst {np.max(np.abs(list(loo.values()))):.1%}")
     report("check, never fitted: Korthikanti et al. 2022, Table 5 (full recomputation)", checks, theta)
+    torchtitan_fsdp_check(theta)
 
 
 if __name__ == "__main__":

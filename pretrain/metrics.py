@@ -138,15 +138,17 @@ class RunReport:
         p = self.predicted
         tokens_per_s = self.tokens_per_step / elapsed
         metrics = {"tokens_seen": tokens_seen, "flops_seen": tokens_seen * p.flops_per_token,
-                   "tokens_per_s": tokens_per_s, "memory_bytes": memory_in_use(self.device),
+                   "tokens_per_s": tokens_per_s, "step_time_s": elapsed, "memory_bytes": memory_in_use(self.device),
                    "mfu": p.mfu(tokens_per_s) if p.mfu else None}
         if measured_states is not None and not self._states_reported:
             self._states_reported = True
             measured, predicted = sum(measured_states.values()), sum(p.model_state_bytes.values())
             metrics.update({"model_state_bytes_measured": measured, "model_state_bytes_predicted": predicted,
                             "model_state_bytes_ratio": measured / predicted})
-            if self.cfg.plan.get("tokens_per_s") and p.peak_flops:
+            if self.cfg.plan.get("tokens_per_s") and p.peak_flops:  # on the planned GPU: the plan's figures
                 metrics["tokens_per_s_predicted"] = float(self.cfg.plan["tokens_per_s"])
+                if self.cfg.plan.get("step_time_s"):
+                    metrics["step_time_s_predicted"] = float(self.cfg.plan["step_time_s"])
         if step == 1:
             self.once.update(self._activations)
             self.once.update(self._peak())

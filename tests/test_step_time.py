@@ -10,7 +10,8 @@ from planner.model.shapes import ModelShape
 
 GPT_175B = ModelShape(layers=96, hidden=12288, heads=96, vocab=51200, seq_len=2048, mlp="gelu", norm="layernorm",
                       position="learned")
-TP8_PP8_V3 = ParallelPlan(engine="ddp", world=64, tp=8, pp=8, pp_virtual=3, micro_batch=1, grad_accum=64)
+TP8_PP8_V3 = ParallelPlan(engine="ddp", world=64, tp=8, pp=8, pp_virtual=3, pp_schedule="interleaved-1f1b", micro_batch=1,
+                          grad_accum=64)
 
 
 def test_megatron_flops_are_four_passes_of_two_flops_per_parameter_per_token_without_attention_and_logits():
@@ -40,3 +41,79 @@ def test_tensor_parallel_beyond_a_node_uses_the_network_and_costs_more():
     inside = step_time(GPT_175B, TP8_PP8_V3, A100_80GB_DGX)
     across = step_time(GPT_175B, replace(TP8_PP8_V3, tp=16, pp=4), A100_80GB_DGX)
     assert across.tp_comm_s > 5 * inside.tp_comm_s
+
+
+def test_the_calibrated_constants_are_the_fit_on_the_named_table_and_nothing_else():
+    import importlib.util
+    from pathlib import Path
+
+    from planner.compute.step_time import CALIBRATED
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_step_time.py"
+    spec = importlib.util.spec_from_file_location("bench_step_time", bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    fitted = module.fit(module.calibration_rows())
+    assert fitted == pytest.approx([CALIBRATED.matmul_max, CALIBRATED.matmul_half_k, CALIBRATED.link], abs=1e-3)
+
+
+def test_layer_flops_equal_megatrons_count_for_gpt_blocks_with_full_recomputation():
+    from planner.compute.step_time import layer_flops
+
+    assert layer_flops(GPT_175B, 8, passes=4) == pytest.approx(megatron_flops(GPT_175B, 8), rel=2e-3)
+
+
+def test_overlapped_data_parallel_traffic_is_only_what_outlasts_the_backward():
+    from planner.compute.step_time import CALIBRATED
+
+    plan = ParallelPlan(engine="fsdp", world=64, fsdp_mode="full", micro_batch=1, grad_accum=1)
+    shape = ModelShape(layers=32, hidden=4096, heads=32, vocab=32000, seq_len=4096)
+    serial = step_time(shape, plan, A100_80GB_DGX, CALIBRATED, checkpointing="none")
+    overlapped = step_time(shape, plan, A100_80GB_DGX, CALIBRATED, checkpointing="none", overlap_dp=True)
+    assert overlapped.dp_comm_s == pytest.approx(max(0.0, serial.dp_comm_s - serial.compute_s * 2 / 3))
+
+
+def _estimate_json(capsys, *flags: str) -> dict:
+    import json
+
+    from planner.cli import main as planner_main
+
+    capsys.readouterr()
+    assert planner_main(["estimate", "--model", "llama2-7b", "--gpu", "h100-sxm", "--gpus", "64", "--fsdp", "full",
+                         "--micro-batch", "2", "--json", *flags]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_the_estimate_json_gives_the_predicted_step_time_tokens_per_second_and_mfu(capsys):
+    r = _estimate_json(capsys)
+    t = r["time"]
+    assert r["step_time_s"] == t["step_time_s"] == pytest.approx(sum(t["breakdown_s"].values()))
+    assert r["tokens_per_s_per_gpu"] == pytest.approx(t["tokens_per_step"] / t["step_time_s"] / 64)
+    peak = 989e12  # h100-sxm, dense bf16
+    flops_per_token = r["flops"] / r["compute"]["tokens"]
+    assert r["mfu_predicted"] == pytest.approx(flops_per_token * r["tokens_per_s_per_gpu"] / peak)
+
+
+def test_without_mfu_the_predicted_mfu_prices_the_run_and_is_named(capsys):
+    r = _estimate_json(capsys)
+    assert r["mfu_source"] == "predicted" and r["mfu_used"] == r["mfu_predicted"] == r["compute"]["mfu"]
+    gpu_hours = r["flops"] / (989e12 * r["mfu_predicted"]) / 3600
+    assert r["gpu_hours"] == pytest.approx(gpu_hours)
+
+
+def test_a_given_mfu_is_the_one_used_and_is_named(capsys):
+    r = _estimate_json(capsys, "--mfu", "0.35")
+    assert r["mfu_source"] == "--mfu" and r["mfu_used"] == 0.35 and r["mfu_predicted"] != 0.35
+    assert r["gpu_hours"] == pytest.approx(r["flops"] / (989e12 * 0.35) / 3600)
+
+
+def test_the_table_says_which_mfu_the_days_and_dollars_use(capsys):
+    from planner.cli import main as planner_main
+
+    base = ["estimate", "--model", "llama2-7b", "--gpu", "h100-sxm", "--gpus", "64", "--fsdp", "full"]
+    capsys.readouterr()
+    assert planner_main([*base, "--mfu", "0.35"]) == 0
+    assert "MFU used: 35.0%, given by --mfu" in capsys.readouterr().out
+    assert planner_main(base) == 0
+    out = capsys.readouterr().out
+    assert "predicted by the step-time model" in out and "step time (predicted)" in out

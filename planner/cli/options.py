@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import click
 
-from planner.compute import flops as compute
 from planner.core import parallel
 from planner.core.errors import PlannerError
 from planner.core.units import parse_count
@@ -91,8 +90,8 @@ def estimate_options(f):
         click.option("--microbatches", type=int, help="Micro-batches per optimizer step (the pipeline's m; "
                      "default 2 x --pp with a pipeline, else 1)."),
         click.option("--tokens", type=COUNT, help="Training tokens (default: 20 per parameter, Chinchilla)."),
-        click.option("--mfu", type=float, default=compute.DEFAULT_MFU, show_default=True,
-                     help="Model FLOPs utilisation (0-1]."),
+        click.option("--mfu", type=float, help="Model FLOPs utilisation (0-1] you measured (default: the "
+                     "step-time model's prediction for this layout and GPU)."),
         click.option("--price", type=float, help="USD per GPU-hour (default: the catalog's)."),
         click.option("--runtime-gib", type=float, default=memory.DEFAULT_RUNTIME_GIB, show_default=True,
                      help="CUDA context and library workspaces per GPU."),

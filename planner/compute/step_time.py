@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 from planner.core.errors import PlannerError
 from planner.core.parallel import ParallelPlan
+from planner.memory.pipeline import bubble_fraction
 from planner.model.hardware import BUILTIN_GPUS, GPU
 from planner.model.shapes import ModelShape
 
@@ -100,21 +101,65 @@ def ring_time(nbytes: float, ranks: int, bandwidth: float) -> float:
     return 0.0 if ranks <= 1 else 2 * (ranks - 1) / ranks * nbytes / bandwidth
 
 
-def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficiency = Efficiency()) -> StepTime:
-    """One optimizer step of `plan` (its world set; `grad_accum` micro-batches per pipeline)."""
+#: Fitted by `benchmarks/bench_step_time.py` on Narayanan et al. 2021, Table 1 (and nothing else); the
+#: estimate uses these (`tests/test_step_time.py` re-fits and holds them equal).
+CALIBRATED = Efficiency(matmul_max=0.599, matmul_half_k=1.0, link=0.852)
+#: Forward-equivalent passes of every layer matmul per step: forward + backward (2x), plus the recomputed
+#: forward under full checkpointing. Selective recomputes only attention's softmax-side ops (memory-bound).
+PASSES = {"none": 3, "selective": 3, "full": 4}
+
+
+def layer_flops(shape: ModelShape, batch: int, passes: int) -> float:
+    """FLOPs of `batch` sequences: every layer's matmuls (2 per parameter per token per pass, plus the
+    4 s h of attention's scores and values, as Megatron counts it) `passes` times, and the output layer
+    forward and backward. Equals `megatron_flops` for GPT blocks with full recomputation."""
+    s, h = shape.seq_len, shape.hidden
+    matmul_params = shape.attention_params() + shape.mlp_params()
+    per_token_layer = 2 * matmul_params + 4 * s * h
+    return batch * s * (shape.layers * per_token_layer * passes + 6 * shape.vocab * h)
+
+
+def data_parallel_bytes(plan: ParallelPlan, rank_params: float, grad_bytes: int) -> float:
+    """Bytes each data-parallel rank sends per step (all-reduce as a ring counts 2 (n-1)/n of its input):
+    DDP all-reduces the gradients; ZeRO 1-2 / FSDP shard-grad-op reduce-scatter them and all-gather the
+    updated 16-bit parameters; ZeRO-3 / FSDP full also all-gather the parameters again for backward."""
+    n = plan.shard_degree if plan.stage else plan.dp
+    if n <= 1:
+        return 0.0
+    half = (n - 1) / n * rank_params  # one reduce-scatter or all-gather of the rank's parameters, in elements
+    if plan.stage == 0:
+        return 2 * half * grad_bytes
+    gathers = 2 if plan.stage == 3 else 1
+    return half * grad_bytes + gathers * half * 2
+
+
+def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficiency = Efficiency(), *,
+              checkpointing: str = "full", overlap_dp: bool = False, grad_bytes: int = 4) -> StepTime:
+    """One optimizer step of `plan` (its world set; `grad_accum` micro-batches per pipeline).
+
+    The defaults are Megatron-LM 2021's runs (full recomputation, a data-parallel all-reduce of fp32
+    gradients after the backward); the planner's estimate passes the plan's checkpointing, overlaps the
+    data-parallel traffic with the backward as torch DDP, FSDP2 and DeepSpeed do (only what outlasts it
+    is exposed) and the engine's gradient width."""
     micro_batches = plan.grad_accum
-    flops = megatron_flops(shape, plan.batch)
+    passes = PASSES[checkpointing]
+    flops = layer_flops(shape, plan.batch, passes)
     k = shape.hidden / plan.tp
     matmul_rate = hw.peak_flops * eff.matmul_max * k / (k + eff.matmul_half_k)
     compute = flops / (plan.tp * plan.pp * plan.dp) / matmul_rate
     tp_link = (hw.nvlink_bytes_per_s if plan.tp <= hw.gpus_per_node else hw.network_bytes_per_s) * eff.link
     activation_bytes = 2 * plan.micro_batch * shape.seq_len * shape.hidden
-    tp_comm = 6 * (shape.layers / plan.pp) * micro_batches * ring_time(activation_bytes, plan.tp, tp_link)
-    bubble = (compute + tp_comm) * (plan.pp - 1) / (plan.pp_virtual * micro_batches)
+    tp_comm = 2 * passes * (shape.layers / plan.pp) * micro_batches * ring_time(activation_bytes, plan.tp, tp_link)
+    bubble = (compute + tp_comm) * bubble_fraction(plan)
     net = hw.network_bytes_per_s * eff.link
     pp_comm = 0.0 if plan.pp == 1 else micro_batches * plan.pp_virtual * 2 * activation_bytes / plan.tp / net
-    params = 12 * shape.layers * shape.hidden ** 2 + shape.vocab * shape.hidden
+    params = shape.layers * (shape.attention_params() + shape.mlp_params()) + shape.vocab * shape.hidden
     rank_params = params / (plan.tp * plan.pp)
-    dp_comm = ring_time(4 * rank_params, plan.dp, net)
+    dp_ranks = plan.shard_degree if plan.stage else plan.dp
+    dp_link = hw.nvlink_bytes_per_s * eff.link if dp_ranks * plan.tp <= hw.gpus_per_node else net
+    dp_comm = data_parallel_bytes(plan, rank_params, grad_bytes) / dp_link
+    if overlap_dp:  # hidden behind the last micro-batch's backward (the whole step's under ZeRO-3 / FSDP full)
+        hidden_behind = compute * ((passes - 1) / passes if plan.stage == 3 else (2 / passes) / micro_batches)
+        dp_comm = max(0.0, dp_comm - hidden_behind)
     optimizer = 32 * rank_params / hw.hbm_bytes_per_s
     return StepTime(compute, tp_comm, bubble, pp_comm, dp_comm, optimizer, flops)

@@ -151,6 +151,25 @@ class ParallelPlan:
         """Which data-parallel replica (which slice of every batch) global rank `rank` works on."""
         return (rank // self.tp) % self.dp
 
+    def stage_layers(self, layers: int) -> list[int]:
+        """Blocks per virtual pipeline stage, first to last: `pp_layers`, or an even split whose remainder
+        goes to the middle stages (the first also holds the embedding, the last the head and the loss).
+        The planner prices this split and the trainer cuts it."""
+        stages = self.pp_stages
+        if self.pp_layers is not None:
+            split = list(self.pp_layers)
+            if sum(split) != layers:
+                raise PlannerError(f"--pp-layers: {split} holds {sum(split)} layers, the model has {layers}")
+            return split
+        if layers < stages:
+            raise PlannerError(f"--pp: {stages} pipeline stages need at least {stages} layers (the model has {layers})")
+        base, extra = divmod(layers, stages)
+        order = list(range(1, stages - 1)) + [0, stages - 1] if stages > 2 else list(range(stages))
+        split = [base] * stages
+        for i in order[:extra]:
+            split[i] += 1
+        return split
+
     def pp_rank(self, rank: int) -> int:
         """Which pipeline rank (which stages) global rank `rank` runs."""
         return rank // (self.tp * self.dp)

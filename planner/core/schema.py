@@ -121,7 +121,7 @@ class PlanningConfig:
     tokens: float | None = None  # the plan's training tokens; None: 20 per parameter
     convention: str | None = None  # model-state accounting; None: the engine's own
     flash_attention: bool = True
-    mfu: float = 0.40
+    mfu: float | None = None  # the user's measured MFU; None: the step-time model's prediction
     price: float | None = None  # USD per GPU-hour; None: the catalog's
     runtime_gib: float = 0.75
     fragmentation: float = 0.15
@@ -363,7 +363,8 @@ def _validate_planning(p: PlanningConfig) -> None:
 
     check.name("planning.gpu", p.gpu)
     check.integer("planning.gpus_per_node", p.gpus_per_node, 1, 1 << 10)
-    check.number("planning.mfu", p.mfu, 0.0, 1.0, lo_open=True)
+    if p.mfu is not None:
+        check.number("planning.mfu", p.mfu, 0.0, 1.0, lo_open=True)
     check.number("planning.runtime_gib", p.runtime_gib, 0.0, 64.0)
     check.number("planning.fragmentation", p.fragmentation, 0.0, 0.5)
     if p.params is not None:

@@ -186,6 +186,8 @@ def plan_summary(result: Estimate) -> dict:
         "flops": c.flops,
         "tokens_per_s": c.tokens_per_second,
         "gpu_hours": c.gpu_hours,
+        "mfu_source": result.to_dict()["mfu_source"],
+        **({"step_time_s": result.time["step_time_s"]} if result.time else {}),
     }
 
 
@@ -268,7 +270,9 @@ def plan_markdown(result: Estimate, run: RunConfig) -> str:
 def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
     """Write every file; returns name -> path. Refuses a plan that does not fit (the user sees why)."""
     opts.validate()
-    result = estimate(req)
+    # the estimate of the layout as emitted (its micro-batches per step set by the batch): its step time
+    # and MFU, and so its days and dollars, are the run's
+    result = estimate(replace(req, layout=parallel_section(req, opts, resolve_model(req).shape.seq_len)))
     run = build_run_config(req, opts, result)
     files: dict[str, str] = {
         "run.yaml": dump_config(run, header="Emitted by `planner emit`: the run config `pretrain.train` reads."),

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from planner.core.errors import PlannerError
 from planner.core.parallel import MULTI_STAGE_SCHEDULES, ParallelPlan
 
 
@@ -43,21 +42,8 @@ class StageShare:
 
 
 def stage_layers(layers: int, plan: ParallelPlan) -> list[int]:
-    """Blocks per virtual stage, first to last."""
-    stages = plan.pp_stages
-    if plan.pp_layers is not None:
-        split = list(plan.pp_layers)
-        if sum(split) != layers:
-            raise PlannerError(f"--pp-layers: {split} holds {sum(split)} layers, the model has {layers}")
-        return split
-    if layers < stages:
-        raise PlannerError(f"--pp: {stages} pipeline stages need at least {stages} layers (the model has {layers})")
-    base, extra = divmod(layers, stages)
-    order = list(range(1, stages - 1)) + [0, stages - 1] if stages > 2 else list(range(stages))
-    split = [base] * stages
-    for i in order[:extra]:
-        split[i] += 1
-    return split
+    """Blocks per virtual stage, first to last (the layout's own rule: `ParallelPlan.stage_layers`)."""
+    return plan.stage_layers(layers)
 
 
 def warmup_chunks(plan: ParallelPlan, rank: int) -> int:

@@ -220,8 +220,12 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
     terms = memory.state_terms(req.precision, req.optimizer, convention, model.shape)
     tokens = req.tokens if req.tokens is not None else compute.TOKENS_PER_PARAM * model.params
     price = gpu.price_per_hour if req.price is None else req.price
+    time = predicted_time(req, model, plan, gpu, dtype)
+    mfu = req.mfu if req.mfu is not None else (time["mfu_predicted"] if time else compute.DEFAULT_MFU)
+    if time is not None:
+        time["mfu_source"] = "--mfu" if req.mfu is not None else "predicted"
     comp = compute.estimate_compute(model.params, tokens, model.shape, peak_flops=gpu.peak_flops(dtype),
-                                    gpus=req.gpus, mfu=req.mfu, price_per_gpu_hour=price,
+                                    gpus=req.gpus, mfu=mfu, price_per_gpu_hour=price,
                                     checkpointing=req.checkpointing)
     fewest = min_gpus_that_fit(req, model, capacity) if fewest_gpus else {}
     return Estimate(
@@ -249,4 +253,35 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
         finetune=_finetune_summary(req, model),
         pipeline=_pipeline_summary(req, model, plan),
         request=_request_dict(req),
+        time=time,
     )
+
+
+#: The engines' gradient width on the data-parallel wire: our torch DDP (autocast over fp32 weights) and
+#: FSDP2 (fp32 reduce dtype) reduce fp32 gradients; DeepSpeed bf16 reduces 16-bit ones.
+GRAD_BYTES = {"single": 4, "ddp": 4, "fsdp": 4, "deepspeed": 2}
+
+
+def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan, gpu, dtype: str) -> dict | None:
+    """The step-time model's view of one optimizer step of `plan` (`planner.compute.step_time`, constants
+    `CALIBRATED`), or None when the GPU's catalog entry lacks what it needs (HBM or network bandwidth)."""
+    from planner.compute.step_time import CALIBRATED, hardware_of, step_time
+
+    try:
+        hw = hardware_of(gpu, dtype, req.gpus_per_node)
+    except PlannerError:
+        return None
+    if hw.network_bytes_per_s <= 0:
+        return None
+    grad_bytes = 4 if req.precision == "fp32" else GRAD_BYTES[plan.engine]
+    t = step_time(model.shape, plan, hw, CALIBRATED, checkpointing=req.checkpointing, overlap_dp=True,
+                  grad_bytes=grad_bytes)
+    tokens = plan.batch * model.shape.seq_len
+    busy = t.total_s * hw.peak_flops * req.gpus  # FLOPs the GPUs could have done in the step
+    return {"step_time_s": t.total_s, "tokens_per_step": tokens, "tokens_per_s_per_gpu": tokens / t.total_s / req.gpus,
+            "mfu_predicted": compute.model_flops_per_token(model.params, model.shape) * tokens / busy,
+            "hfu_predicted": compute.hardware_flops_per_token(model.params, model.shape, req.checkpointing) * tokens / busy,
+            "breakdown_s": {"compute": t.compute_s, "tensor_parallel": t.tp_comm_s, "bubble": t.bubble_s,
+                            "pipeline_p2p": t.pp_comm_s, "data_parallel_exposed": t.dp_comm_s,
+                            "optimizer": t.optimizer_s},
+            "model": "planner.compute.step_time, CALIBRATED on Narayanan et al. 2021 Table 1"}

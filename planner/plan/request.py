@@ -52,7 +52,7 @@ class EstimateRequest:
     # planning assumptions
     convention: str | None = None  # None: the engine's own (memory.default_convention)
     flash_attention: bool = True
-    mfu: float = compute.DEFAULT_MFU
+    mfu: float | None = None  # None: the step-time model's predicted MFU (planner.compute.step_time)
     price: float | None = None  # USD per GPU-hour; None: the catalog's
     runtime_gib: float = memory.DEFAULT_RUNTIME_GIB
     fragmentation: float = memory.DEFAULT_FRAGMENTATION
@@ -100,7 +100,8 @@ class EstimateRequest:
     def validate(self) -> EstimateRequest:
         checks.integer("--gpus-per-node", self.gpus_per_node, 1, 1 << 10)
         checks.integer("--gpus", self.gpus, 1, 1 << 24)
-        compute.validate_mfu(self.mfu)
+        if self.mfu is not None:
+            compute.validate_mfu(self.mfu)
         checks.number("--fragmentation", self.fragmentation, 0.0, 0.5)
         checks.number("--runtime-gib", self.runtime_gib, 0.0, 64.0)
         if self.price is not None:

@@ -95,6 +95,7 @@ class Estimate:
     finetune: dict | None
     pipeline: dict | None  # per pipeline rank: layers, in-flight micro-batches, memory; the bubble
     request: dict[str, Any]
+    time: dict | None = None  # the step-time model's step, its breakdown, tokens/s per GPU, MFU and HFU
 
     @property
     def params(self) -> float:
@@ -136,6 +137,10 @@ class Estimate:
             "rule_of_thumb": self.rule_of_thumb,
             "finetune": self.finetune,
             "pipeline": self.pipeline,
+            "time": self.time,
+            **{k: (self.time or {}).get(k) for k in ("step_time_s", "tokens_per_s_per_gpu", "mfu_predicted")},
+            "mfu_used": c.mfu,
+            "mfu_source": (self.time or {}).get("mfu_source", "--mfu"),
             "request": self.request,
         }
 

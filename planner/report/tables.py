@@ -48,7 +48,7 @@ def render_estimate(r: dict) -> str:
         *([_pipeline_table(r["pipeline"])] if r.get("pipeline") else []),
         _memory_table(r),
         _fit_table(r),
-        _compute_table(c, hw),
+        _compute_table(c, hw, r),
         _teaching_table(r["rule_of_thumb"]),
     ])
 
@@ -117,8 +117,22 @@ def _fit_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _compute_table(c: dict, hw: dict) -> str:
-    rows = [
+def _time_rows(r: dict) -> list[list[str]]:
+    """The step-time model's step and MFU, and which MFU the days and dollars use."""
+    t, c = r.get("time"), r["compute"]
+    used = (f"MFU used: {c['mfu']:.1%}, " + ("given by --mfu" if r.get("mfu_source") == "--mfu" else
+            "predicted by the step-time model" if t else "the default (no step-time model for this GPU)"), "")
+    if not t:
+        return [list(used)]
+    b = t["breakdown_s"]
+    parts = ", ".join(f"{name.replace('_', ' ')} {seconds:.3g}" for name, seconds in b.items() if seconds > 0)
+    return [["step time (predicted)", f"{t['step_time_s']:.3g} s ({parts})"],
+            ["tokens/s per GPU (predicted)", f"{t['tokens_per_s_per_gpu']:,.0f}"],
+            ["MFU / HFU (predicted)", f"{t['mfu_predicted']:.1%} / {t['hfu_predicted']:.1%}"], list(used)]
+
+
+def _compute_table(c: dict, hw: dict, r: dict | None = None) -> str:
+    rows = [*_time_rows(r or {"compute": c}),
         ["tokens", human_count(c["tokens"])],
         ["FLOPs, 6ND", _sci(c["flops_6nd"])],
         ["FLOPs, 6ND + attention (model FLOPs)", _sci(c["flops"])],

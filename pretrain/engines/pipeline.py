@@ -1,7 +1,7 @@
 """Pipeline parallelism: `torch.distributed.pipelining` stages and schedules, each stage FSDP2 (+ TP) inside.
 
 Stages are cut from the one model by layer index (`Transformer.stage`, the split the planner prices:
-`planner.memory.pipeline.stage_layers`); rank r of a pipeline runs stages r, r + pp, ... (the looped
+`ParallelPlan.stage_layers`); rank r of a pipeline runs stages r, r + pp, ... (the looped
 placement of torch's interleaved schedules). Each stage is parallelized by the same `parallelize` as a
 whole model under FSDP, over the data-parallel and tensor-parallel parts of the mesh; the mesh's `pp`
 dimension is the group the stages send activations and gradients over.
@@ -37,7 +37,6 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from planner.memory.pipeline import stage_layers
 from pretrain.engines.base import Engine, parameter_state_bytes
 from pretrain.engines.checks import check_model_config, write_model_config
 from pretrain.engines.parallelize import build_mesh, loss_context, parallelize
@@ -49,7 +48,7 @@ from pretrain.model import cross_entropy
 def stage_ranges(layers: int, plan) -> list[range]:
     """Each virtual stage's blocks, first to last (the planner's split)."""
     bounds, start = [], 0
-    for n in stage_layers(layers, plan):
+    for n in plan.stage_layers(layers):
         bounds.append(range(start, start + n))
         start += n
     return bounds
