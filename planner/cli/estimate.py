@@ -29,13 +29,24 @@ def estimate(as_json, **kw):
 @click.command()
 @estimate_options
 @click.option("--plot", type=click.Path(), help="Write a stacked-bar PNG of memory per GPU by strategy here.")
+@click.option("--search", is_flag=True, help="Explore every runnable layout (strategy, TP, PP, micro-batch, "
+              "checkpointing) on --gpus and print the fastest that fit.")
+@click.option("--top", type=click.IntRange(1, 100), default=10, show_default=True, help="Layouts --search prints.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def compare(plot, as_json, **kw):
-    """Every strategy side by side (memory per GPU, headroom, largest micro-batch, communication, whole
-    nodes), with the one to run marked."""
+def compare(plot, search, top, as_json, **kw):
+    """Every strategy side by side, fastest predicted step per token first (step time, tokens/s per GPU,
+    MFU, memory per GPU, headroom, largest micro-batch, communication, whole nodes), the one to run marked;
+    or, with --search, the fastest layouts of the whole space."""
     from planner.plan.compare import compare as run_compare
     from planner.plan.compare import render_compare
 
+    if search:
+        from planner.plan.search import render_search
+        from planner.plan.search import search as run_search
+
+        found = run_search(build_request(kw), top)
+        click.echo(json.dumps(found, indent=2) if as_json else render_search(found))
+        return
     result = run_compare(build_request(kw))
     if plot:
         from planner.report.plots import plot_strategies

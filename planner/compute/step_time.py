@@ -158,6 +158,8 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     dp_ranks = plan.shard_degree if plan.stage else plan.dp
     dp_link = hw.nvlink_bytes_per_s * eff.link if dp_ranks * plan.tp <= hw.gpus_per_node else net
     dp_comm = data_parallel_bytes(plan, rank_params, grad_bytes) / dp_link
+    if plan.engine == "fsdp" and plan.stage and plan.dp_replicate > 1:  # hybrid sharding: the shards' gradients all-reduced across copies
+        dp_comm += ring_time(grad_bytes * rank_params / plan.shard_degree, plan.dp_replicate, net)
     if overlap_dp:  # hidden behind the last micro-batch's backward (the whole step's under ZeRO-3 / FSDP full)
         hidden_behind = compute * ((passes - 1) / passes if plan.stage == 3 else (2 / passes) / micro_batches)
         dp_comm = max(0.0, dp_comm - hidden_behind)

@@ -10,8 +10,9 @@ changed), plus:
   all-gather the parameters again in backward, 3Ψ (1.5x). Offload adds PCIe traffic per step
   (gradients down, parameters up), shown as its own column, not as network volume.
 
-The best row fits, then moves the least data, then avoids offload and recomputation (both cost
-step time), then keeps the most headroom.
+Rows are ordered by predicted time per token (`planner.compute.step_time` through the estimate, plus
+offload's PCIe traffic at `PCIE_BYTES_PER_S`), the layouts that fit first; the best row is the fastest
+that fits (ties: the most headroom). `search` explores the whole layout space for a GPU count.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from planner.plan.request import EstimateRequest
 
 CHECKPOINTING = ("none", "full")
 MAX_NODES = 1 << 16
+#: Host-device bandwidth per GPU for offload traffic: PCIe 4.0 x16 is 32 GB/s each way (PCI-SIG); ~25 GB/s
+#: is what a pinned copy achieves. Offload's traffic is counted as exposed (not overlapped), and the
+#: optimizer step it moves to the CPU is not modelled.
+PCIE_BYTES_PER_S = 25e9
 
 
 def comm_params_per_step(plan: ParallelPlan) -> float:
@@ -73,22 +78,40 @@ def _row(req: EstimateRequest, name: str, checkpointing: str) -> dict:
         return {"strategy": name, "checkpointing": checkpointing, "error": str(exc)}
     nodes = fewest_nodes(req, name, checkpointing)
     plan = request.layout
+    pcie = 2 * pcie_params_per_step(plan) * r.params / plan.dp
     return {
         "strategy": name, "checkpointing": checkpointing, "request": r.request,
         "memory_per_gpu_bytes": r.memory.lines, "peak_moment": r.memory.peak_moment, "fits": r.fit.fits,
         "headroom_bytes": r.fit.headroom_bytes, "max_micro_batch": r.fit.max_micro_batch,
         "comm_params_per_step": comm_params_per_step(plan),
         "comm_bytes_per_step": 2 * comm_params_per_step(plan) * r.params / plan.tp,
-        "pcie_bytes_per_step": 2 * pcie_params_per_step(plan) * r.params / plan.dp,
+        "pcie_bytes_per_step": pcie,
         "fewest_nodes": nodes, "fewest_gpus": None if nodes is None else nodes * req.gpus_per_node,
+        **timing(r.time, pcie),
     }
 
 
+def timing(time: dict | None, pcie_bytes: float = 0.0) -> dict:
+    """A row's predicted step (with offload's PCIe time), tokens/s per GPU, MFU and time per token."""
+    if not time:
+        return {"step_time_s": None, "tokens_per_s_per_gpu": None, "mfu_predicted": None, "seconds_per_token": None}
+    step = time["step_time_s"] + pcie_bytes / PCIE_BYTES_PER_S
+    scale = time["step_time_s"] / step
+    return {"step_time_s": step, "tokens_per_s_per_gpu": time["tokens_per_s_per_gpu"] * scale,
+            "mfu_predicted": time["mfu_predicted"] * scale, "seconds_per_token": step / time["tokens_per_step"],
+            "time_breakdown_s": {**time["breakdown_s"], "offload_pcie": pcie_bytes / PCIE_BYTES_PER_S}}
+
+
+def _speed_key(row: dict) -> tuple:
+    """Fitting rows first, fastest first (rows without a time after), then the most headroom."""
+    per_token = row.get("seconds_per_token")
+    return (not row.get("fits"), per_token is None, per_token or 0.0, -row.get("headroom_bytes", 0.0))
+
+
 def compare(req: EstimateRequest) -> dict:
-    rows = [_row(req, name, checkpointing) for name in STRATEGIES for checkpointing in CHECKPOINTING]
-    ok = [i for i, row in enumerate(rows) if row.get("fits")]
-    best = min(ok, key=lambda i: (rows[i]["comm_params_per_step"], rows[i]["pcie_bytes_per_step"] > 0,
-                                  rows[i]["checkpointing"] != "none", -rows[i]["headroom_bytes"]), default=None)
+    rows = sorted((_row(req, name, checkpointing) for name in STRATEGIES for checkpointing in CHECKPOINTING),
+                  key=_speed_key)
+    best = 0 if rows and rows[0].get("fits") else None
     for i, row in enumerate(rows):
         row["best"] = i == best
     base = estimate(_request(req, "ddp", "none"))
@@ -122,16 +145,20 @@ def render_compare(r: dict) -> str:
     rows = []
     for row in r["rows"]:
         if "error" in row:
-            rows.append(["", row["strategy"], row["checkpointing"], "-", "", "-", "-", "-", "-", row["error"][:40]])
+            rows.append(["", row["strategy"], row["checkpointing"], "-", "-", "-", "-", "", "-", "-", "-", "-",
+                         row["error"][:40]])
             continue
         total = row["memory_per_gpu_bytes"]["total"]
         nodes = "-" if row["fewest_nodes"] is None else f"{row['fewest_nodes']} ({row['fewest_gpus']} GPUs)"
-        rows.append(["*" if row["best"] else "", row["strategy"], row["checkpointing"], f"{total / GiB:,.1f}",
+        speed = ["-", "-", "-"] if row["step_time_s"] is None else [
+            f"{row['step_time_s']:.3g}", f"{row['tokens_per_s_per_gpu']:,.0f}", f"{row['mfu_predicted']:.1%}"]
+        rows.append(["*" if row["best"] else "", row["strategy"], row["checkpointing"], *speed, f"{total / GiB:,.1f}",
                      bar(total, cap), f"{row['headroom_bytes'] / GiB:,.1f}", row["max_micro_batch"],
                      f"{row['comm_params_per_step']:g}x params", f"{row['pcie_bytes_per_step'] / GiB:,.1f}", nodes])
-    table = tabulate(rows, headers=["", "strategy", "ckpt", "GiB/GPU", "memory", "headroom", "max micro-batch",
-                                    "comm/step", "PCIe GiB/step", "fewest nodes that fit"],
+    table = tabulate(rows, headers=["", "strategy", "ckpt", "step s", "tok/s/GPU", "MFU", "GiB/GPU", "memory",
+                                    "headroom", "max micro-batch", "comm/step", "PCIe GiB/step",
+                                    "fewest nodes that fit"],
                      tablefmt="simple", disable_numparse=True)
-    verdict = f"Best: {r['best']}: fits, least communication, no offload or recomputation where possible, most " \
-              "headroom." if r["best"] else "No strategy fits on this cluster: see the fewest nodes column."
+    verdict = f"Best: {r['best']}: the fastest predicted step per token that fits (planner.compute.step_time)." \
+        if r["best"] else "No strategy fits on this cluster: see the fewest nodes column."
     return "\n".join([head, table, verdict])

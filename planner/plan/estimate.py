@@ -53,7 +53,7 @@ def finetune_breakdown(req: EstimateRequest, model: ResolvedModel, plan: Paralle
         gradients_kept_through_forward=False)
 
 
-def _breakdown_for(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan,
+def breakdown_for(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan,
                    micro_batch: int | None = None) -> MemoryBreakdown:
     """The step's memory per GPU for `req`'s model under `plan` (its micro-batch, unless `micro_batch` is
     given); under pipeline parallelism, the worst stage's."""
@@ -105,17 +105,17 @@ def sweep_memory(req: EstimateRequest, configs) -> list[tuple[float, bool]]:
     model, gpu = resolve_model(req), gpu_of(req)
     capacity, out = gpu.memory_bytes, []
     for plan, checkpointing in configs:
-        total = _breakdown_for(replace(req, checkpointing=checkpointing), model, plan).total
+        total = breakdown_for(replace(req, checkpointing=checkpointing), model, plan).total
         out.append((total, total <= capacity))
     return out
 
 
 def max_micro_batch_for(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan, capacity: float) -> int:
-    one = _breakdown_for(req, model, plan, micro_batch=1)
+    one = breakdown_for(req, model, plan, micro_batch=1)
     if one.step_bytes / (1 - req.fragmentation) > capacity:
         return 0  # the optimizer step alone does not fit
     b = memory.max_micro_batch(one.fixed, one.per_batch, capacity, req.fragmentation)  # backward-start moment
-    while b > 0 and _breakdown_for(req, model, plan, micro_batch=b).total > capacity:
+    while b > 0 and breakdown_for(req, model, plan, micro_batch=b).total > capacity:
         b -= 1  # another moment (FSDP2's layer backward) is the peak at this size
     return b
 
@@ -137,7 +137,7 @@ def min_gpus_that_fit(req: EstimateRequest, model: ResolvedModel, capacity: floa
         def fits(dp: int, name=name) -> bool:
             plan = ParallelPlan.for_strategy(name, dp * req.tp * req.layout.pp, tp=req.tp, micro_batch=req.micro_batch,
                                              pipeline=req.layout)
-            return _breakdown_for(req, model, plan).total <= capacity
+            return breakdown_for(req, model, plan).total <= capacity
         if not fits(MAX_GPUS_SEARCHED):
             result[name] = None
             continue
@@ -191,7 +191,7 @@ def _request_dict(req: EstimateRequest) -> dict:
     return {**out, "layout": req.layout.to_dict(), "lora_modules": list(req.lora_modules)}
 
 
-def _compute_dtype(req: EstimateRequest, gpu) -> str:
+def compute_dtype(req: EstimateRequest, gpu) -> str:
     dtype = _COMPUTE_DTYPE.get(req.precision)
     if dtype is None:
         raise PlannerError(f"--precision: {req.precision!r} is not one of {', '.join(memory.PRECISIONS)}")
@@ -204,7 +204,7 @@ def _compute_dtype(req: EstimateRequest, gpu) -> str:
 def fits(req: EstimateRequest) -> bool:
     """Whether the request's step fits its GPU's memory (the estimate's memory part only: fast)."""
     req.validate()
-    return _breakdown_for(req, resolve_model(req), req.layout.validate()).total <= gpu_of(req).memory_bytes
+    return breakdown_for(req, resolve_model(req), req.layout.validate()).total <= gpu_of(req).memory_bytes
 
 
 def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
@@ -213,9 +213,9 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
     req.validate()
     plan = req.layout.validate()
     model, gpu = resolve_model(req), gpu_of(req)
-    dtype = _compute_dtype(req, gpu)
+    dtype = compute_dtype(req, gpu)
     convention = req.convention or memory.default_convention(plan)
-    breakdown = _breakdown_for(req, model, plan)
+    breakdown = breakdown_for(req, model, plan)
     capacity = gpu.memory_bytes
     terms = memory.state_terms(req.precision, req.optimizer, convention, model.shape)
     tokens = req.tokens if req.tokens is not None else compute.TOKENS_PER_PARAM * model.params
