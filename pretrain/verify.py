@@ -22,8 +22,9 @@ What it covers, and why not more:
   without bf16 and for stages 1-3 (checked on torch 2.13 / deepspeed 0.19).
 - Pipeline parallelism: each pipeline rank's stages (`Transformer.stage`, the split the trainer cuts)
   laid out by the same `parallelize` over the plan's mesh (pp outermost), measured one pipeline rank
-  at a time: as many micro-batches forward as its schedule keeps in flight
-  (`planner.memory.pipeline.warmup_chunks` + 1, torch's warm-up), then their backwards, then the step.
+  at a time in torch's 1F1B order (`planner.memory.pipeline.warmup_chunks` warm-up forwards, then one
+  forward and one backward at a time, then the cool-down), every backward but the last without FSDP's
+  gradient reduction and resharding, as `PipelineStage` runs them, then the step.
   The stages' P2P exchange is not run (its receive buffers are an input tensor per forward here).
   One stage per rank: interleaved stages are one FSDP root each, and FSDPMemTracker follows one root.
 - Layouts the trainer does not run are refused by the rule the trainer applies
@@ -272,36 +273,53 @@ def measure_stages(req, plan: ParallelPlan, cfg: ModelConfig, steps: int = 2) ->
 
 
 def _run_stages(parts: nn.ModuleList, plan: ParallelPlan, cfg: ModelConfig, fake_mode, chunks: int, steps: int) -> dict:
-    """`chunks` stage-forwards held at once (spread over the local stages as the interleaved warm-up spreads
-    them), then their backwards, then AdamW, under FSDPMemTracker; `steps` times, the first one not counted."""
+    """One pipeline rank's step as torch's 1F1B runs it: `chunks - 1` warm-up forwards, then one forward and
+    one backward at a time, then the cool-down backwards; every backward but the last without FSDP's
+    gradient reduction and resharding (what `PipelineStage` sets: gradients accumulate unsharded), then
+    AdamW, under FSDPMemTracker; `steps` times, the first one not counted (and run on one micro-batch)."""
     from pretrain.engines.parallelize import loss_context
     from pretrain.model import cross_entropy
 
+    part = parts[0]  # one stage per rank (checked_layout)
     b, seq = plan.micro_batch, cfg.seq_len
-    per_round = plan.grad_accum // max(1, plan.grad_accum // plan.pp)
+    warm = chunks - 1
+    # The steady state repeats itself: once one micro-batch has gone backward (its gradients accumulated)
+    # and the next forward is in, memory no longer grows, so the warm-up, two 1F1B pairs and the cool-down
+    # reach the step's peak; the earlier steps (optimizer states appear in the first) run one micro-batch.
+    steady = min(plan.grad_accum, warm + 2)
+
+    def forward():
+        tracker.reset_mod_stats()  # per-module stats follow one call; the peak is global
+        if part.embed is not None:
+            x = torch.randint(0, cfg.vocab, (b, seq))
+        else:  # the previous stage's output: this rank's sequence shard under TP
+            x = torch.randn(b, seq // plan.tp, cfg.hidden, dtype=torch.bfloat16, requires_grad=True)
+        with loss_context(plan):
+            out = part(x)
+            return cross_entropy(out, torch.randint(0, cfg.vocab, (b, seq))) if part.norm is not None else out
+
+    def backward(out, last: bool):
+        part.set_is_last_backward(last)
+        part.set_reshard_after_backward(last)
+        part.set_requires_gradient_sync(last)
+        with loss_context(plan):
+            out.backward() if out.dim() == 0 else out.backward(torch.ones_like(out))
+
     with fake_mode:
         optimizer = torch.optim.AdamW(parts.parameters(), lr=1e-4, foreach=False)
-        tracker = _tracker_class(True)(parts[0], optimizer)  # one stage per rank (checked_layout)
+        tracker = _tracker_class(True)(part, optimizer)
         with tracker:
             for step in range(steps):
-                held = []
-                for i in range(chunks):
-                    tracker.reset_mod_stats()  # per-module stats follow one call; the peak is global
-                    part = parts[(i // per_round) % len(parts)]
-                    if part.embed is not None:
-                        x = torch.randint(0, cfg.vocab, (b, seq))
-                    else:  # the previous stage's output: this rank's sequence shard under TP
-                        x = torch.randn(b, seq // plan.tp, cfg.hidden, dtype=torch.bfloat16, requires_grad=True)
-                    with loss_context(plan):
-                        out = part(x)
-                        held.append(cross_entropy(out, torch.randint(0, cfg.vocab, (b, seq)))
-                                    if part.norm is not None else out)
-                for out in reversed(held):
-                    with loss_context(plan):
-                        if out.dim() == 0:
-                            out.backward()
-                        else:
-                            out.backward(torch.ones_like(out))
+                m = steady if step == steps - 1 else 1
+                held = [forward() for _ in range(min(warm, m - 1))]
+                done = 0
+                for _ in range(m - len(held)):
+                    held.append(forward())
+                    done += 1
+                    backward(held.pop(0), last=done == m)
+                while held:
+                    done += 1
+                    backward(held.pop(0), last=done == m)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 if step == 0:

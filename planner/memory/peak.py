@@ -196,5 +196,30 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
         fragmentation_fraction=fragmentation,
         # torch engines (DDP, FSDP) free gradients with zero_grad(set_to_none=True); DeepSpeed keeps them
         gradients_kept_through_forward=plan.engine == "deepspeed",
-        layer_backward=fsdp_layer_backward(shape, plan, precision, stored),
+        layer_backward=fsdp_layer_backward(shape, plan, precision, stored) if share is None else
+        pipeline_fsdp_backward(params, shape, plan, precision, checkpointing,
+                               (stored - layers_fixed) * in_flight + layers_fixed
+                               + head_fixed + logits + max(recompute, loss_grads)),
     )
+
+
+def pipeline_fsdp_backward(params: float, shape: ModelShape, plan: ParallelPlan, precision: str,
+                           checkpointing: str, activations_in_flight: float) -> dict[str, float] | None:
+    """One pipeline rank under FSDP2 once its first micro-batch has gone backward (the steady state of 1F1B):
+    torch's `PipelineStage` runs every backward but the step's last with gradient reduction off, so the
+    stage's gradients accumulate unsharded in FSDP's fp32 reduce dtype until the last backward
+    reduce-scatters them, while the schedule's in-flight micro-batches hold their activations; the
+    parameters gathered are the stage's root (embedding or head) and two blocks (the one running and the
+    one prefetched), as in `fsdp_layer_backward`, or, under activation checkpointing, the whole stage
+    (measured: its blocks, gathered again for the recomputation, stay gathered with resharding off).
+    Checked by `planner verify --pp`, which runs the stage in that order under FSDPMemTracker (which files
+    the accumulated gradients under activations)."""
+    if plan.engine != "fsdp" or plan.stage < 2:
+        return None
+    tp, w = plan.tp, 4 if precision == "fp32" else 2
+    block = shape.layer_params() / tp
+    root = max(0.0, params / tp - shape.layers * block)
+    gathered = shape.layers if checkpointing != "none" else min(2, shape.layers)
+    return {"weights": (root + gathered * block) * w,
+            "gradients": 4 * params / tp,
+            "activations": activations_in_flight}
