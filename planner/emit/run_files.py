@@ -149,7 +149,7 @@ def build_run_config(req: EstimateRequest, opts: EmitOptions, result: Estimate) 
     model = resolve_model(req)
     check_trainable(req, model)
     s = model.shape
-    layout = parallel_section(req, opts, s.seq_len)
+    layout = req.layout  # solved for the batch by `parallel_section` (emit)
     steps = max(1, math.ceil(result.compute.tokens / (layout.batch * s.seq_len)))
     warmup = opts.warmup_steps if opts.warmup_steps is not None else max(1, steps // 100)
     return RunConfig(
@@ -186,7 +186,7 @@ def plan_summary(result: Estimate) -> dict:
         "flops": c.flops,
         "tokens_per_s": c.tokens_per_second,
         "gpu_hours": c.gpu_hours,
-        "mfu_source": result.to_dict()["mfu_source"],
+        "mfu_source": result.mfu_source,
         **({"step_time_s": result.time["step_time_s"]} if result.time else {}),
     }
 
@@ -272,7 +272,8 @@ def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
     opts.validate()
     # the estimate of the layout as emitted (its micro-batches per step set by the batch): its step time
     # and MFU, and so its days and dollars, are the run's
-    result = estimate(replace(req, layout=parallel_section(req, opts, resolve_model(req).shape.seq_len)))
+    req = replace(req, layout=parallel_section(req, opts, resolve_model(req).shape.seq_len))
+    result = estimate(req)
     run = build_run_config(req, opts, result)
     files: dict[str, str] = {
         "run.yaml": dump_config(run, header="Emitted by `planner emit`: the run config `pretrain.train` reads."),

@@ -40,6 +40,11 @@ def comm_params_per_step(plan: ParallelPlan) -> float:
     return 3.0 if plan.stage == 3 else 2.0
 
 
+def pcie_bytes_per_step(plan: ParallelPlan, params: float) -> float:
+    """Offload's host traffic per GPU per step in bytes (16-bit elements, partitioned over data parallel)."""
+    return 2 * pcie_params_per_step(plan) * params / plan.dp
+
+
 def pcie_params_per_step(plan: ParallelPlan) -> float:
     """Offload's host traffic per step, in parameters' worth of 16-bit elements: gradients to the host
     and updated parameters back (2Ψ/GPUs each way); parameter offload re-streams weights (+2Ψ)."""
@@ -78,7 +83,7 @@ def _row(req: EstimateRequest, name: str, checkpointing: str) -> dict:
         return {"strategy": name, "checkpointing": checkpointing, "error": str(exc)}
     nodes = fewest_nodes(req, name, checkpointing)
     plan = request.layout
-    pcie = 2 * pcie_params_per_step(plan) * r.params / plan.dp
+    pcie = pcie_bytes_per_step(plan, r.params)
     return {
         "strategy": name, "checkpointing": checkpointing, "request": r.request,
         "memory_per_gpu_bytes": r.memory.lines, "peak_moment": r.memory.peak_moment, "fits": r.fit.fits,

@@ -221,9 +221,8 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
     tokens = req.tokens if req.tokens is not None else compute.TOKENS_PER_PARAM * model.params
     price = gpu.price_per_hour if req.price is None else req.price
     time = predicted_time(req, model, plan, gpu, dtype)
-    mfu = req.mfu if req.mfu is not None else (time["mfu_predicted"] if time else compute.DEFAULT_MFU)
-    if time is not None:
-        time["mfu_source"] = "--mfu" if req.mfu is not None else "predicted"
+    source = "--mfu" if req.mfu is not None else "predicted" if time else "default"
+    mfu = {"--mfu": req.mfu, "predicted": time and time["mfu_predicted"], "default": compute.DEFAULT_MFU}[source]
     comp = compute.estimate_compute(model.params, tokens, model.shape, peak_flops=gpu.peak_flops(dtype),
                                     gpus=req.gpus, mfu=mfu, price_per_gpu_hour=price,
                                     checkpointing=req.checkpointing)
@@ -254,6 +253,7 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
         pipeline=_pipeline_summary(req, model, plan),
         request=_request_dict(req),
         time=time,
+        mfu_source=source,
     )
 
 

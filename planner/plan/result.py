@@ -96,6 +96,7 @@ class Estimate:
     pipeline: dict | None  # per pipeline rank: layers, in-flight micro-batches, memory; the bubble
     request: dict[str, Any]
     time: dict | None = None  # the step-time model's step, its breakdown, tokens/s per GPU, MFU and HFU
+    mfu_source: str = "--mfu"  # which MFU prices the days: --mfu (given), predicted, or default (no model)
 
     @property
     def params(self) -> float:
@@ -140,7 +141,7 @@ class Estimate:
             "time": self.time,
             **{k: (self.time or {}).get(k) for k in ("step_time_s", "tokens_per_s_per_gpu", "mfu_predicted")},
             "mfu_used": c.mfu,
-            "mfu_source": (self.time or {}).get("mfu_source", "--mfu"),
+            "mfu_source": self.mfu_source,
             "request": self.request,
         }
 

@@ -19,7 +19,7 @@ from dataclasses import replace
 from planner.core.errors import PlannerError
 from planner.core.parallel import STRATEGIES, ParallelPlan
 from planner.plan import estimate as planned
-from planner.plan.compare import CHECKPOINTING, PCIE_BYTES_PER_S, pcie_params_per_step
+from planner.plan.compare import CHECKPOINTING, pcie_bytes_per_step, timing
 from planner.plan.request import EstimateRequest, gpu_of, resolve_model
 
 MAX_PP = 32
@@ -63,34 +63,33 @@ def search(req: EstimateRequest, top: int = 10) -> dict:
             t = planned.predicted_time(replace(req, checkpointing=checkpointing), model, plan, gpu, dtype)
             if t is None:
                 raise PlannerError(f"--gpu: {gpu.name} lacks the bandwidths the step-time model needs")
-            pcie = 2 * pcie_params_per_step(plan) * model.params / plan.dp
-            step = t["step_time_s"] + pcie / PCIE_BYTES_PER_S
-            timed.append((step / t["tokens_per_step"], checkpointing, plan, t, step))
-    timed.sort(key=lambda row: row[0])
+            timed.append((checkpointing, plan, timing(t, pcie_bytes_per_step(plan, model.params))))
+    timed.sort(key=lambda row: row[2]["seconds_per_token"])
     best, checked = [], 0
-    for _, checkpointing, plan, t, step in timed:
+    for checkpointing, plan, t in timed:
         checked += 1
         request = replace(req, layout=plan, checkpointing=checkpointing)
         breakdown = planned.breakdown_for(request, model, plan)
         if breakdown.total > gpu.memory_bytes:
             continue
-        best.append(_row(plan, checkpointing, t, step, breakdown.total, gpu.memory_bytes))
+        best.append(_row(plan, checkpointing, t, breakdown.total, gpu.memory_bytes))
         if len(best) == top:
             break
     return {"gpus": req.gpus, "gpu": gpu.name, "explored": len(timed), "memory_checked": checked,
             "seconds": clock.perf_counter() - start, "top": best}
 
 
-def _row(plan: ParallelPlan, checkpointing: str, t: dict, step: float, memory: float, capacity: float) -> dict:
-    b = t["breakdown_s"]
-    share = {k: v / step for k, v in b.items() if v > 0}
+def _row(plan: ParallelPlan, checkpointing: str, t: dict, memory: float, capacity: float) -> dict:
+    """One layout of the ranking: `t` is its `compare.timing` (offload's PCIe time included)."""
+    step = t["step_time_s"]
+    share = {k: v / step for k, v in t["time_breakdown_s"].items() if v > 0}
     name = plan.strategy + (f"/{plan.shard_degree}" if plan.fsdp_mode == "hybrid" and plan.engine == "fsdp" else "")
     return {"strategy": name + ("+offload" if plan.offload != "none" else ""), "tp": plan.tp, "pp": plan.pp,
             "pp_schedule": plan.pp_schedule if plan.pp > 1 else None, "pp_virtual": plan.pp_virtual,
             "microbatches": plan.grad_accum, "micro_batch": plan.micro_batch, "checkpointing": checkpointing,
-            "step_time_s": step, "tokens_per_s_per_gpu": t["tokens_per_step"] / step / plan.world,
-            "mfu_predicted": t["mfu_predicted"] * t["step_time_s"] / step, "memory_per_gpu_bytes": memory,
-            "headroom_bytes": capacity - memory, "time_shares": share, "why": _why(share), "layout": plan.to_dict()}
+            "step_time_s": step, "tokens_per_s_per_gpu": t["tokens_per_s_per_gpu"], "mfu_predicted": t["mfu_predicted"],
+            "memory_per_gpu_bytes": memory, "headroom_bytes": capacity - memory, "time_shares": share,
+            "why": _why(share), "layout": plan.to_dict()}
 
 
 def _why(share: dict[str, float]) -> str:

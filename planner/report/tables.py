@@ -120,8 +120,9 @@ def _fit_table(r: dict) -> str:
 def _time_rows(r: dict) -> list[list[str]]:
     """The step-time model's step and MFU, and which MFU the days and dollars use."""
     t, c = r.get("time"), r["compute"]
-    used = (f"MFU used: {c['mfu']:.1%}, " + ("given by --mfu" if r.get("mfu_source") == "--mfu" else
-            "predicted by the step-time model" if t else "the default (no step-time model for this GPU)"), "")
+    how = {"--mfu": "given by --mfu", "predicted": "predicted by the step-time model",
+           "default": "the default (no step-time model for this GPU)"}[r.get("mfu_source", "--mfu")]
+    used = (f"MFU used: {c['mfu']:.1%}, {how}", "")
     if not t:
         return [list(used)]
     b = t["breakdown_s"]

@@ -56,18 +56,13 @@ def stage_ranges(layers: int, plan) -> list[range]:
 
 def schedule_for(plan, stages: list, loss_fn: Callable):
     """The plan's torch schedule over this rank's stages."""
-    from torch.distributed.pipelining import (
-        Schedule1F1B,
-        ScheduleGPipe,
-        ScheduleInterleaved1F1B,
-        ScheduleInterleavedZeroBubble,
-    )
+    from torch.distributed.pipelining import Schedule1F1B, ScheduleGPipe, ScheduleInterleaved1F1B
 
+    # zero-bubble is refused by `ParallelPlan.check_runnable` (its gradients miss FSDP2's reduction)
     single = {"gpipe": ScheduleGPipe, "1f1b": Schedule1F1B}
-    multi = {"interleaved-1f1b": ScheduleInterleaved1F1B, "zero-bubble": ScheduleInterleavedZeroBubble}
     if plan.pp_schedule in single:
         return single[plan.pp_schedule](stages[0], plan.grad_accum, loss_fn=loss_fn)
-    return multi[plan.pp_schedule](stages, plan.grad_accum, loss_fn=loss_fn)
+    return ScheduleInterleaved1F1B(stages, plan.grad_accum, loss_fn=loss_fn)
 
 
 class PipelineEngine(Engine):
@@ -103,12 +98,7 @@ class PipelineEngine(Engine):
     def forward_backward(self, batches, bad_on_any_rank, counter=None):
         if counter is not None:
             self._count_first_microbatch(counter)
-        x, y = (torch.cat(parts).to(self.info.device) for parts in zip(*batches, strict=True))
-        losses: list[torch.Tensor] = []
-        with loss_context(self.plan):
-            self.schedule.step(*([x] if self.is_first else []), target=y if self.is_last else None,
-                               losses=losses if self.is_last else None, return_outputs=False)
-        values = self._shared_losses(losses)
+        values = self._through_schedule(self.schedule.step, batches)
         skip = False
         for value in values:  # the same calls on every rank: the guard is collective
             skip = bad_on_any_rank(value) or skip
@@ -120,6 +110,16 @@ class PipelineEngine(Engine):
             self._counter.stop()
             self._counter = None
         return loss
+
+    def _through_schedule(self, run: Callable, batches) -> list[float]:
+        """`run` (the schedule's `step` or `eval`) over `batches` as one batch: the first stage feeds the
+        inputs, the last the targets; returns the micro-batch losses, on every rank of the pipeline."""
+        x, y = (torch.cat(parts).to(self.info.device) for parts in zip(*batches, strict=True))
+        losses: list[torch.Tensor] = []
+        with loss_context(self.plan):
+            run(*([x] if self.is_first else []), target=y if self.is_last else None,
+                losses=losses if self.is_last else None, return_outputs=False)
+        return self._shared_losses(losses)
 
     def _shared_losses(self, losses: list[torch.Tensor]) -> list[float]:
         """The last stage's m micro-batch losses, on every rank of the pipeline."""
@@ -158,16 +158,10 @@ class PipelineEngine(Engine):
 
     def eval_losses(self, batches) -> list[float]:
         """Forward only, m micro-batches at a time; the loss on the last stage, shared with the pipeline."""
-        out: list[float] = []
-        m = self.plan.grad_accum
-        for i in range(0, len(batches), m):
-            group = batches[i:i + m]
-            x, y = (torch.cat(parts).to(self.info.device) for parts in zip(*group, strict=True))
-            losses: list[torch.Tensor] = []
-            with torch.no_grad(), loss_context(self.plan):
-                self.schedule.eval(*([x] if self.is_first else []), target=y if self.is_last else None,
-                                   losses=losses if self.is_last else None, return_outputs=False)
-            out.extend(self._shared_losses(losses))
+        m, out = self.plan.grad_accum, []
+        with torch.no_grad():
+            for i in range(0, len(batches), m):
+                out.extend(self._through_schedule(self.schedule.eval, batches[i:i + m]))
         return out
 
     def step(self, skip):
