@@ -3,18 +3,23 @@
 Read top to bottom like nanoGPT. Sizes come from `planner.model.shapes.ModelShape` (via
 `planner.model.shapes.shape_of`), so the parameter count equals the planner's formula exactly.
 
-A pipeline stage is the same module holding a slice of it (`Transformer.stage`): blocks keep their
-index in the whole model (`blocks.7...`), so a stage's parameter names, and its checkpoint keys, are the
-whole model's; the first stage alone has the embedding, the last alone the final norm and the head.
+A pipeline stage is the same module holding a slice of it (`Transformer(..., layers=...)`): blocks keep
+their index in the whole model (`blocks.7...`), so a stage's parameter names, and its checkpoint keys, are
+the whole model's; the first stage alone has the embedding, the last alone the final norm and the head.
+Each weight is drawn from its own name and the seed (`Transformer.init_weights`), so a stage, or a
+shard, built on the meta device and materialised where it runs holds what the whole model holds: no
+rank ever builds more than its own part (as torchtitan builds its models).
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.utils.checkpoint import checkpoint
 
 from planner.core.schema import ModelConfig
@@ -83,6 +88,11 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+def _generator(seed: int, name: str, device: torch.device) -> torch.Generator:
+    """A generator for one weight: `seed` and a stable hash of its name (crc32; Python's hash() is salted)."""
+    return torch.Generator(device=device).manual_seed(seed * 1_000_003 + zlib.crc32(name.encode()))
+
+
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token loss in fp32 (under tensor parallelism `logits` are vocabulary shards: `loss_parallel`)."""
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
@@ -90,9 +100,10 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 class Transformer(nn.Module):
     def __init__(self, cfg: ModelConfig, activation_checkpointing: bool = False, layers: Iterable[int] | None = None,
-                 embedding: bool = True, head: bool = True):
+                 embedding: bool = True, head: bool = True, seed: int = 0):
         """The whole model, or (a pipeline stage) the blocks `layers` with or without the embedding and the
-        output layer (final norm and head)."""
+        output layer (final norm and head), its weights drawn from `seed` (`init_weights`); built under
+        `torch.device("meta")` it holds none until materialised (`to_empty`, then `init_weights`)."""
         super().__init__()
         self.cfg, self.activation_checkpointing = cfg, activation_checkpointing
         ffn = shape_of(cfg).ffn
@@ -104,25 +115,31 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(cfg.seq_len, cfg.hidden // cfg.heads, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-        self.reset_parameters()
+        if not cos.is_meta:
+            self.init_weights(seed)
 
-    def reset_parameters(self) -> None:
+    def init_weights(self, seed: int) -> None:
+        """Every weight drawn from a generator of its own, seeded by `seed` and the weight's name in the whole
+        model (a pipeline stage keeps those names): so any part of the model, built on the meta device and
+        materialised where it runs, sharded or not, holds exactly the weights the whole model holds. Matrices
+        are normal(0, init_std) (GPT-2's 1/sqrt(2 L) scale on the projections into the residual stream), norm
+        weights one; the rotary tables are computed again (a meta model has none)."""
         std = self.cfg.init_std
-        for name, p in self.named_parameters():
-            if p.dim() == 2:
-                # GPT-2's scaled init for the projections that write into the residual stream
-                scale = (2 * self.cfg.layers) ** -0.5 if name.endswith(("o.weight", "down.weight")) else 1.0
-                nn.init.normal_(p, mean=0.0, std=std * scale)
-
-    def stage(self, layers: range, embedding: bool, head: bool) -> Transformer:
-        """A pipeline stage cut from this model: blocks `layers` (and the embedding / the output layer when
-        asked), holding copies of this model's weights, so a pipeline starts from the very same model."""
-        if self.cfg.tied_embeddings and embedding != head:
-            raise ValueError("a tied head shares the embedding: both must be on one stage")
-        part = Transformer(self.cfg, self.activation_checkpointing, layers, embedding, head)
-        mine = self.state_dict()
-        part.load_state_dict({name: mine[name] for name in part.state_dict()})
-        return part
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                local = p.to_local() if isinstance(p.data, DTensor) else p.data
+                if p.dim() == 2:
+                    scale = (2 * self.cfg.layers) ** -0.5 if name.endswith(("o.weight", "down.weight")) else 1.0
+                    full = torch.empty(p.shape, device=local.device).normal_(
+                        0.0, std * scale, generator=_generator(seed, name, local.device))
+                else:
+                    full = torch.ones(p.shape, device=local.device)
+                if isinstance(p.data, DTensor):  # this rank's shard of the whole tensor, cut where FSDP / TP cut it
+                    full = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
+                local.copy_(full)
+            cos, sin = rope_tables(self.cfg.seq_len, self.cfg.hidden // self.cfg.heads, self.cfg.rope_theta)
+            self.rope_cos.copy_(cos)
+            self.rope_sin.copy_(sin)
 
     def forward(self, tokens: torch.Tensor, targets: torch.Tensor | None = None):
         """Tokens (or, past the first stage, hidden states) in; the loss, the logits (no targets) or, before

@@ -38,7 +38,7 @@ lines. The per-category maxima over the step are reported too: the planner's lin
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -67,6 +67,28 @@ def _category_totals(snapshot: dict) -> dict[str, float]:
             if name in names:
                 out[line] += value
     return out
+
+
+@contextmanager
+def sharding_propagation_untracked():
+    """DTensor's sharding propagation off the tracker's books.
+
+    To learn an op's output shape, DTensor runs the op once more on global-shape fake tensors, under the
+    ambient fake mode when there is one (`_sharding_prop.detect_fake_mode`). Those are metadata, never memory
+    on any device, and the trackers mean to skip them: they count only ops under the fake mode they were
+    entered in. Under verify the ambient mode *is* that mode, so a vocabulary-parallel head's propagation
+    (a 32,000 x 8,192 fp32 gradient for Llama-2-70B: 1,000 MiB) was counted as a temporary. Here the
+    propagation gets a fake mode of its own, which the tracker then skips as torch intends."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed.tensor import _sharding_prop
+
+    own = FakeTensorMode()
+    saved = _sharding_prop.detect_fake_mode
+    _sharding_prop.detect_fake_mode = lambda *args: own
+    try:
+        yield
+    finally:
+        _sharding_prop.detect_fake_mode = saved
 
 
 def _tracker_class(fsdp: bool):
@@ -185,8 +207,9 @@ def build_model(cfg: ModelConfig, plan: ParallelPlan, req, fake_mode, part: dict
     return model
 
 
-def measure(req, steps: int = 2) -> dict:
-    """Per-rank peak memory of the plan's job, by the planner's categories (bytes)."""
+def measure(req, steps: int = 2, jobs: int = 1) -> dict:
+    """Per-rank peak memory of the plan's job, by the planner's categories (bytes); a pipeline's ranks are
+    measured in `jobs` processes."""
     import torch.distributed as dist
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.testing._internal.distributed.fake_pg import FakeStore
@@ -195,9 +218,9 @@ def measure(req, steps: int = 2) -> dict:
     from pretrain.engines.parallelize import loss_context
 
     plan = checked_layout(req)
-    cfg = model_config(resolve_model(req).shape, plan.tp)
     if plan.pp > 1:
-        return measure_stages(req, plan, cfg, steps)
+        return measure_stages(req, plan, steps, jobs)
+    cfg = model_config(resolve_model(req).shape, plan.tp)
     world = plan.world
     start = time.perf_counter()
     fsdp = plan.engine == "fsdp"
@@ -215,7 +238,7 @@ def measure(req, steps: int = 2) -> dict:
             tracker = _tracker_class(fsdp)(model, optimizer) if fsdp else _tracker_class(False)()
             if not fsdp:
                 tracker.track_external(model, optimizer)
-            with tracker:
+            with tracker, sharding_propagation_untracked():
                 for step in range(steps):
                     tokens = torch.randint(0, cfg.vocab, (plan.micro_batch, cfg.seq_len))
                     with loss_context(plan):  # as the engine runs them: on vocabulary shards under TP
@@ -240,17 +263,50 @@ def _peak_figures(peak: dict, tracker) -> dict:
             "category_max": _category_totals(getattr(tracker, "category_max", {}))}
 
 
-def measure_stages(req, plan: ParallelPlan, cfg: ModelConfig, steps: int = 2) -> dict:
-    """Per pipeline rank, the peak memory of its stages run as its schedule runs them (module docstring)."""
+def measure_stages(req, plan: ParallelPlan, steps: int = 2, jobs: int = 1) -> dict:
+    """Per pipeline rank, the peak memory of its stages run as its schedule runs them (module docstring).
+    Ranks are independent measurements, so `jobs` processes (spawned: each its own fake process group) share
+    them out; one process runs them in turn."""
+    start = time.perf_counter()
+    groups = rank_groups(plan, jobs)
+    if len(groups) == 1:
+        stages = _measure_ranks(req, groups[0], steps)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(len(groups), mp_context=multiprocessing.get_context("spawn")) as pool:
+            done = pool.map(_measure_ranks, [req] * len(groups), groups, [steps] * len(groups))
+            stages = sorted((stage for group in done for stage in group), key=lambda stage: stage["pp_rank"])
+    return {"stages": stages, "world_size": plan.world, "engine": plan.strategy, "seconds": time.perf_counter() - start}
+
+
+def rank_groups(plan: ParallelPlan, jobs: int) -> list[list[int]]:
+    """The pipeline ranks dealt to at most `jobs` processes, costliest first to the least loaded. A rank runs
+    its warm-up's forwards and two steady pairs, then one backward; a backward (with its recomputation)
+    costs about three forwards."""
+    from planner.memory.pipeline import warmup_chunks
+
+    cost = {r: warmup_chunks(plan, r) + 1 + 3 * 3 for r in range(plan.pp)}
+    groups: list[list[int]] = [[] for _ in range(max(1, min(jobs, plan.pp)))]
+    for rank in sorted(cost, key=cost.get, reverse=True):
+        min(groups, key=lambda g: sum(cost[r] for r in g)).append(rank)
+    return [sorted(g) for g in groups if g]
+
+
+def _measure_ranks(req, ranks: list[int], steps: int) -> list[dict]:
+    """The stages of pipeline ranks `ranks`, one after the other, in this process."""
     import torch.distributed as dist
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     from planner.memory.pipeline import shares, warmup_chunks
+    from planner.plan.request import resolve_model
     from pretrain.engines.parallelize import build_mesh
     from pretrain.engines.pipeline import stage_ranges
 
-    start = time.perf_counter()
+    plan = checked_layout(req)
+    cfg = model_config(resolve_model(req).shape, plan.tp)
     created = not dist.is_initialized()
     if created:
         dist.init_process_group("fake", rank=0, world_size=plan.world, store=FakeStore())
@@ -259,6 +315,8 @@ def measure_stages(req, plan: ParallelPlan, cfg: ModelConfig, steps: int = 2) ->
         ranges = stage_ranges(cfg.layers, plan)
         stages = []
         for share in shares(cfg.layers, plan):
+            if share.rank not in ranks:
+                continue
             fake_mode = FakeTensorMode()
             parts = nn.ModuleList(build_model(cfg, plan, req, fake_mode, mesh=mesh, part={
                 "layers": ranges[sid], "embedding": sid == 0, "head": sid == plan.pp_stages - 1}) for sid in share.stages)
@@ -269,24 +327,33 @@ def measure_stages(req, plan: ParallelPlan, cfg: ModelConfig, steps: int = 2) ->
     finally:
         if created:
             dist.destroy_process_group()
-    return {"stages": stages, "world_size": plan.world, "engine": plan.strategy, "seconds": time.perf_counter() - start}
+    return stages
 
 
 def _run_stages(parts: nn.ModuleList, plan: ParallelPlan, cfg: ModelConfig, fake_mode, chunks: int, steps: int) -> dict:
     """One pipeline rank's step as torch's 1F1B runs it: `chunks - 1` warm-up forwards, then one forward and
-    one backward at a time, then the cool-down backwards; every backward but the last without FSDP's
-    gradient reduction and resharding (what `PipelineStage` sets: gradients accumulate unsharded), then
-    AdamW, under FSDPMemTracker; `steps` times, the first one not counted (and run on one micro-batch)."""
+    one backward at a time, then the cool-down; every backward but the last without FSDP's gradient
+    reduction and resharding (what `PipelineStage` sets: gradients accumulate unsharded), then AdamW, under
+    FSDPMemTracker. The `steps - 1` steps before it run on zero gradients: they create the optimizer states,
+    which is all an earlier step leaves behind.
+
+    What is run is what reaches the step's peak, and no more. The steady state repeats itself: once one
+    micro-batch has gone backward (its gradients accumulated) and the next forward is in, memory no longer
+    grows, so the second 1F1B pair after the warm-up reaches the steady peak, if its backward is not the
+    step's last (whose reduce-scatter frees the accumulated gradients as it goes). The cool-down only frees: each of its
+    backwards holds one micro-batch fewer than the one before, so all but the last are dropped unrun (their
+    graphs freed, as their backwards would free them) and the last runs as the schedule's last backward,
+    with the reduce-scatter, one micro-batch in flight, as in the full schedule."""
     from pretrain.engines.parallelize import loss_context
     from pretrain.model import cross_entropy
 
     part = parts[0]  # one stage per rank (checked_layout)
     b, seq = plan.micro_batch, cfg.seq_len
     warm = chunks - 1
-    # The steady state repeats itself: once one micro-batch has gone backward (its gradients accumulated)
-    # and the next forward is in, memory no longer grows, so the warm-up, two 1F1B pairs and the cool-down
-    # reach the step's peak; the earlier steps (optimizer states appear in the first) run one micro-batch.
-    steady = min(plan.grad_accum, warm + 2)
+    # forwards run: the warm-up and two steady pairs whose backwards are not the step's last (the last rank
+    # warms up with none, so its third pair holds the last backward)
+    m = min(plan.grad_accum, warm + 2 + (warm == 0))
+    warm = min(warm, m - 1)
 
     def forward():
         tracker.reset_mod_stats()  # per-module stats follow one call; the peak is global
@@ -308,21 +375,21 @@ def _run_stages(parts: nn.ModuleList, plan: ParallelPlan, cfg: ModelConfig, fake
     with fake_mode:
         optimizer = torch.optim.AdamW(parts.parameters(), lr=1e-4, foreach=False)
         tracker = _tracker_class(True)(part, optimizer)
-        with tracker:
-            for step in range(steps):
-                m = steady if step == steps - 1 else 1
-                held = [forward() for _ in range(min(warm, m - 1))]
-                done = 0
-                for _ in range(m - len(held)):
-                    held.append(forward())
-                    done += 1
-                    backward(held.pop(0), last=done == m)
-                while held:
-                    done += 1
-                    backward(held.pop(0), last=done == m)
+        with tracker, sharding_propagation_untracked():
+            for _ in range(steps - 1):
+                for p in parts.parameters():
+                    p.grad = torch.zeros_like(p)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-                if step == 0:
-                    tracker.reset_mod_stats()
+            tracker.reset_mod_stats()
+            held = [forward() for _ in range(warm)]
+            for pair in range(m - warm):
+                held.append(forward())
+                backward(held.pop(0), last=not held and pair == m - warm - 1)
+            if held:  # the cool-down: the last backward, the others' graphs freed unrun
+                del held[:-1]
+                backward(held.pop(), last=True)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
             peak = tracker.get_tracker_snapshot("peak")
     return _peak_figures(peak, tracker)

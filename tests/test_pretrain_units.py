@@ -28,6 +28,20 @@ def test_model_returns_logits_and_a_finite_loss():
     assert torch.isfinite(loss) and abs(float(loss) - np.log(cfg.vocab)) < 0.5  # ~uniform at init
 
 
+def test_a_stage_built_on_the_meta_device_holds_the_whole_models_weights():
+    # each weight is drawn from its own name and the seed, so a pipeline rank (or an FSDP shard) that builds
+    # only its part, on the meta device, materialises exactly what one process holds for those names
+    cfg = ModelConfig(layers=4)
+    whole = Transformer(cfg, seed=7).state_dict()
+    with torch.device("meta"):
+        stage = Transformer(cfg, layers=range(2, 4), embedding=False, head=True)
+    stage.to_empty(device="cpu")
+    stage.init_weights(7)
+    for name, tensor in stage.state_dict().items():
+        assert torch.equal(tensor, whole[name]), name
+    assert not torch.equal(Transformer(cfg, seed=8).state_dict()["blocks.2.mlp.up.weight"], whole["blocks.2.mlp.up.weight"])
+
+
 def test_model_is_causal():
     cfg = ModelConfig()
     model = Transformer(cfg).eval()

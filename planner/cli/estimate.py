@@ -58,11 +58,15 @@ def compare(plot, search, top, as_json, **kw):
 @click.command()
 @estimate_options
 @click.option("--steps", type=click.IntRange(2, 5), default=2, show_default=True, help="Optimizer steps to run.")
+@click.option("--jobs", type=click.IntRange(0, 256), default=0, show_default=True,
+              help="Processes that measure a pipeline's ranks side by side (0: one per CPU core).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def verify(steps, as_json, **kw):
+def verify(steps, jobs, as_json, **kw):
     """Dry-run the real model and engine at the planned world size (fake tensors, no GPU) and compare
     PyTorch's memory tracker with the planner, line by line."""
+    import os
+
     from planner.cli.verify import render_verify, verify_request
 
-    result = verify_request(build_request(kw), steps)
+    result = verify_request(build_request(kw), steps, jobs or os.cpu_count() or 1)
     click.echo(json.dumps(result, indent=2) if as_json else render_verify(result))

@@ -22,11 +22,12 @@ COMPARED = ("weights", "master_weights", "gradients", "optimizer", "activations"
 TOLERANCE = 0.10
 
 
-def verify_request(req: EstimateRequest, steps: int = 2) -> dict:
+def verify_request(req: EstimateRequest, steps: int = 2, jobs: int = 1) -> dict:
+    """The planner's lines next to the tracker's; a pipeline's ranks are measured in `jobs` processes."""
     from pretrain.verify import measure  # torch: only when verifying
 
     planned = estimate(req)
-    measured = measure(req, steps)
+    measured = measure(req, steps, jobs)
     head = {"engine": measured["engine"], "world_size": measured["world_size"], "seconds": measured["seconds"],
             "strategy": planned.training.strategy, "peak_moment": planned.memory.peak_moment,
             "model": planned.to_dict()["model"], "micro_batch": req.micro_batch}

@@ -183,8 +183,10 @@ def head_bytes_per_token(shape: ModelShape, regime: str = "16bit", tp: int = 1) 
 def loss_backward_bytes_per_token(shape: ModelShape, tp: int = 1) -> float:
     """At the start of backward (the memory peak), the fp32 gradient of the log-probabilities and the
     fp32 gradient of the logits are both alive: 2 x 4·V per token (measured by FSDPMemTracker as
-    "Temp" at the peak, `planner verify`)."""
-    return 2 * FP32 * shape.vocab / tp
+    "Temp" at the peak, `planner verify`). Under TP the loss runs on vocabulary shards (`loss_parallel`),
+    whose fused backward (torch/distributed/tensor/parallel/loss.py, `_nll_loss_and_log_softmax_backward`)
+    returns `(grad_input + exp(x)) * grad_output`: three 4·V/tp tensors alive at once (measured the same way)."""
+    return (3 if tp > 1 else 2) * FP32 * shape.vocab / tp
 
 
 def head_fixed_bytes(shape: ModelShape, regime: str = "16bit", tp: int = 1) -> float:

@@ -199,12 +199,13 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
         layer_backward=fsdp_layer_backward(shape, plan, precision, stored) if share is None else
         pipeline_fsdp_backward(params, shape, plan, precision, checkpointing,
                                (stored - layers_fixed) * in_flight + layers_fixed
-                               + head_fixed + logits + max(recompute, loss_grads)),
+                               + head_fixed + logits + max(recompute, loss_grads), embedding=share.embedding),
     )
 
 
 def pipeline_fsdp_backward(params: float, shape: ModelShape, plan: ParallelPlan, precision: str,
-                           checkpointing: str, activations_in_flight: float) -> dict[str, float] | None:
+                           checkpointing: str, activations_in_flight: float,
+                           embedding: bool = False) -> dict[str, float] | None:
     """One pipeline rank under FSDP2 once its first micro-batch has gone backward (the steady state of 1F1B):
     torch's `PipelineStage` runs every backward but the step's last with gradient reduction off, so the
     stage's gradients accumulate unsharded in FSDP's fp32 reduce dtype until the last backward
@@ -213,13 +214,20 @@ def pipeline_fsdp_backward(params: float, shape: ModelShape, plan: ParallelPlan,
     one prefetched), as in `fsdp_layer_backward`, or, under activation checkpointing, the whole stage
     (measured: its blocks, gathered again for the recomputation, stay gathered with resharding off).
     Checked by `planner verify --pp`, which runs the stage in that order under FSDPMemTracker (which files
-    the accumulated gradients under activations)."""
+    the accumulated gradients under activations).
+
+    Under TP the first stage's embedding gradient is not split by vocabulary: DTensor has no vocabulary-sharded
+    strategy for `embedding_dense_backward` (torch/distributed/tensor/_ops/_embedding_ops.py: column-, batch-
+    or partial-sharded only), so it computes the whole vocab x hidden gradient as a Partial on every TP rank,
+    and FSDP accumulates that whole tensor in fp32 until the last backward reduce-scatters it (measured on
+    Llama-2-70B, TP 8: 1,000 MiB against the 125 MiB of its shard)."""
     if plan.engine != "fsdp" or plan.stage < 2:
         return None
     tp, w = plan.tp, 4 if precision == "fp32" else 2
     block = shape.layer_params() / tp
     root = max(0.0, params / tp - shape.layers * block)
     gathered = shape.layers if checkpointing != "none" else min(2, shape.layers)
+    whole_embedding_grad = shape.embedding_params() * (1 - 1 / tp) if embedding else 0.0
     return {"weights": (root + gathered * block) * w,
-            "gradients": 4 * params / tp,
+            "gradients": 4 * (params / tp + whole_embedding_grad),
             "activations": activations_in_flight}

@@ -20,9 +20,21 @@ class Engine(ABC):
 
     def __init__(self, cfg: RunConfig, info: DistInfo):
         self.cfg, self.info = cfg, info
-        torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
-        self.model = Transformer(cfg.model, cfg.train.activation_checkpointing)
+        torch.manual_seed(cfg.train.seed)  # the same random streams (dropout-free, but data order) on every rank
+        self.model = self.build_model()
         self.measured_state_bytes: dict[str, float] | None = None
+
+    def build_model(self) -> torch.nn.Module:
+        """The whole model, with the seed's weights, on every rank (one process, DDP and DeepSpeed start from
+        it; the FSDP and pipeline engines build only their part, on the meta device: `materialize`)."""
+        return Transformer(self.cfg.model, self.cfg.train.activation_checkpointing, seed=self.cfg.train.seed)
+
+    def materialize(self, model: Transformer) -> Transformer:
+        """A model (or stage) built on the meta device and laid out: its own shards allocated on this rank's
+        device and filled with the seed's weights, the same numbers one process draws for the whole model."""
+        model.to_empty(device=self.info.device)
+        model.init_weights(self.cfg.train.seed)
+        return model
 
     @property
     def autocast(self):

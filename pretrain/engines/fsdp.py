@@ -18,16 +18,21 @@ from pretrain.engines.base import Engine, parameter_state_bytes
 from pretrain.engines.checks import check_model_config, write_model_config
 from pretrain.engines.parallelize import build_mesh, loss_context, parallelize
 from pretrain.engines.torch_engine import make_adamw
+from pretrain.model import Transformer
 
 
 class FSDPEngine(Engine):
+    def build_model(self):
+        with torch.device("meta"):  # laid out before any weight exists (torchtitan's order)
+            return Transformer(self.cfg.model, self.cfg.train.activation_checkpointing)
+
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         plan = self.plan = cfg.parallel
         mesh = build_mesh(plan, info.device.type)
-        self.model.to(info.device)
         bf16 = cfg.train.precision == "bf16-mixed"
         parallelize(self.model, plan, mesh, bf16=bf16, activation_checkpointing=cfg.train.activation_checkpointing)
+        self.materialize(self.model)  # each rank allocates and fills its own shards only
         self.optimizer = make_adamw(self.model.parameters(), cfg)
         # under bf16 the sharded fp32 parameters are the master copy of the gathered bf16 weights; in fp32
         # there is no other copy, so they are the weights (the planner's lines, by the same names)

@@ -14,10 +14,11 @@ over its stages, summed in squares over the pipeline. Checkpoints are torch.dist
 keyed by the whole model's parameter names (a stage's are the model's), so each stage writes and reads
 only its own part, and the checkpoint also loads into another layout.
 
-Where this differs from torchtitan: the model is built whole on every rank and then cut (torchtitan builds
-each stage on the meta device, which is what a 405B model needs; here the same seed must give the same
-model as one process, which the equivalence tests hold); and FSDP keeps the plan's reshard-after-forward
-(torchtitan turns it off under PP to save re-gathering per micro-batch).
+Each rank builds only its stages, on the meta device, lays them out and then materialises its own shards
+(as torchtitan does); every weight is drawn from its name and the seed (`Transformer.init_weights`), so
+the stages hold exactly the weights one process would, which the equivalence tests hold. Where this differs
+from torchtitan: FSDP keeps the plan's reshard-after-forward (torchtitan turns it off under PP to save
+re-gathering per micro-batch).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from pretrain.engines.checks import check_model_config, write_model_config
 from pretrain.engines.parallelize import build_mesh, loss_context, parallelize
 from pretrain.engines.torch_engine import make_adamw
 from pretrain.memory_probe import SavedTensorCounter
-from pretrain.model import cross_entropy
+from pretrain.model import Transformer, cross_entropy
 
 
 def stage_ranges(layers: int, plan) -> list[range]:
@@ -66,8 +67,11 @@ def schedule_for(plan, stages: list, loss_fn: Callable):
 
 
 class PipelineEngine(Engine):
+    def build_model(self):
+        return None  # this rank builds only its stages (below)
+
     def __init__(self, cfg, info):
-        super().__init__(cfg, info)  # the whole model, seeded as on one process
+        super().__init__(cfg, info)
         from torch.distributed.pipelining import PipelineStage
 
         plan = self.plan = cfg.parallel
@@ -79,9 +83,11 @@ class PipelineEngine(Engine):
         bf16 = cfg.train.precision == "bf16-mixed"
         parts = []
         for sid in self.stage_ids:
-            part = self.model.stage(ranges[sid], embedding=sid == 0, head=sid == plan.pp_stages - 1).to(info.device)
+            with torch.device("meta"):  # the stage alone: no rank ever holds the whole model
+                part = Transformer(cfg.model, cfg.train.activation_checkpointing, ranges[sid],
+                                   embedding=sid == 0, head=sid == plan.pp_stages - 1)
             parallelize(part, plan, mesh, bf16=bf16, activation_checkpointing=cfg.train.activation_checkpointing)
-            parts.append(part)
+            parts.append(self.materialize(part))  # the whole model's weights for these names (init_weights)
         self.model = nn.ModuleList(parts)  # this rank's stages: what it trains, measures and checkpoints
         self.is_last = plan.pp_stages - 1 in self.stage_ids
         self.is_first = 0 in self.stage_ids
