@@ -1,13 +1,18 @@
-"""The step-time model (planner/compute/step_time.py) against published iteration times.
+"""The step-time model (planner/compute/step_time.py) against published step times.
 
-Fitted on one named table only: Narayanan et al. 2021, Table 1 (Megatron-LM weak scaling, 1.7B to
-1T on A100 80GB, data/published/megatron_narayanan2021_table1.csv). Its three constants (matmul
-efficiency at large width, the width at half of it, achieved link fraction) are least squares on
-log time, shared by every row. Reported:
+Fitted on two named tables only (the README names them):
+- Narayanan et al. 2021, Table 1: Megatron-LM weak scaling, 1.7B to 1T on A100 80GB, TP x PP x DP, fused
+  kernels, no flash attention (data/published/megatron_narayanan2021_table1.csv);
+- llm-foundry's MPT benchmarks on H100 80GB, BF16: FSDP full shard, 760M to 70B, sequence 512 to 65,536,
+  with and without activation checkpointing, flash attention, autocast (data/published/llmfoundry_mpt_h100.csv).
+Five constants shared by every row and both GPUs (matmul efficiency at large width and the width at half of
+it, achieved link fraction, flash attention's fraction of peak, achieved HBM fraction), least squares on log
+time. Reported:
 
-- every row's error with all ten rows in the fit, and with that row left out (leave-one-out);
-- checks never fitted: Korthikanti et al. 2022, Table 5, full-recompute column (the same software
-  family and GPU, other layouts and batches), from data/published/other_checks.csv.
+- every row's error with both tables in the fit, each table's errors, and each table's errors when it is held
+  out (fitted on the other table alone);
+- checks never fitted: Korthikanti et al. 2022, Table 5 (full recompute), and torchtitan's Llama 3.1 8B FSDP
+  rows on H100 without torch.compile or Float8 (Tables 1 and 3), as our eager kernels run.
 
     .venv/bin/python benchmarks/bench_step_time.py
 """
@@ -16,20 +21,39 @@ from __future__ import annotations
 
 import csv
 import math
+from dataclasses import astuple, replace
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import least_squares
 
-from planner.compute.step_time import A100_80GB_DGX, Efficiency, megatron_flops, step_time
+from planner.compute.step_time import (
+    A100_80GB_DGX,
+    EAGER_TORCH,
+    LLM_FOUNDRY,
+    MEGATRON_2021,
+    Efficiency,
+    hardware_of,
+    megatron_flops,
+    step_time,
+)
 from planner.core.parallel import ParallelPlan
+from planner.model.hardware import BUILTIN_GPUS
 from planner.model.shapes import ModelShape
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "published"
+H100_DGX = hardware_of(BUILTIN_GPUS["h100-sxm"], "bf16", 8)
+#: MPT architectures (layers, d_model, heads) of llm-foundry's scripts/train/yamls/pretrain/mpt-*.yaml; vocabulary
+#: 50,368, GeLU MLP 4h, LayerNorm, tied embeddings, learned positions in these benchmarks (the table's parameter
+#: count grows with the sequence by s x h). Each gives the table's num_params within 0.1% (tests/test_step_time.py).
+MPT_SHAPES = {"350m": (24, 1024, 16), "760m": (24, 1536, 12), "1b": (24, 2048, 16), "3b": (32, 2560, 20), "7b": (32, 4096, 32),
+              "13b": (40, 5120, 40), "30b": (48, 7168, 64), "70b": (80, 8192, 64)}
+
+Row = tuple  # (name, shape, plan, hardware, step_time keyword arguments, measured seconds)
 
 
-def _row(r: dict, heads: str, micro_batch: str, pp_virtual: int) -> tuple[ModelShape, ParallelPlan]:
-    """A table row as the planner's own types: the model's shape and the layout."""
+def _megatron_row(r: dict, heads: str, micro_batch: str, pp_virtual: int) -> tuple[ModelShape, ParallelPlan]:
+    """A Megatron table row as the planner's own types: the model's shape and the layout."""
     shape = ModelShape(layers=int(r["num_layers"]), hidden=int(r["hidden_size"]), heads=int(r[heads]),
                        vocab=int(r["vocab_size"]), seq_len=int(r["seq_len"]), mlp="gelu", norm="layernorm",
                        position="learned")
@@ -41,95 +65,119 @@ def _row(r: dict, heads: str, micro_batch: str, pp_virtual: int) -> tuple[ModelS
     return shape, plan
 
 
-def calibration_rows() -> list[tuple[str, ModelShape, ParallelPlan, float]]:
-    """(name, shape, layout, measured seconds per iteration) of Narayanan et al. 2021, Table 1: the time
-    follows from the achieved teraFLOP/s per GPU and the paper's own FLOP count."""
+MEGATRON = {"checkpointing": "full", "kernels": MEGATRON_2021}
+
+
+def megatron_rows() -> list[Row]:
+    """Narayanan et al. 2021, Table 1: the time follows from the achieved teraFLOP/s per GPU and the paper's own
+    FLOP count."""
     rows = []
     for r in csv.DictReader((DATA / "megatron_narayanan2021_table1.csv").open()):
         layers_per_virtual = int(r["num_layers_per_virtual_pipeline_stage_script"] or 0)
         virtual = int(r["num_layers"]) // (int(r["pp"]) * layers_per_virtual) if layers_per_virtual else 1
-        shape, plan = _row(r, "attention_heads", "micro_batch_size_script", virtual)
+        shape, plan = _megatron_row(r, "attention_heads", "micro_batch_size_script", virtual)
         measured = megatron_flops(shape, plan.batch) / (plan.world * float(r["tflops_per_gpu"]) * 1e12)
-        rows.append((r["model"], shape, plan, measured))
+        rows.append((f"Megatron {r['model']}", shape, plan, A100_80GB_DGX, MEGATRON, measured))
     return rows
 
 
-def check_rows() -> list[tuple[str, ModelShape, ParallelPlan, float]]:
+def mpt_shape(model: str, seq_len: int) -> ModelShape:
+    layers, hidden, heads = MPT_SHAPES[model]
+    return ModelShape(layers, hidden, heads, 50368, seq_len, mlp="gelu", norm="layernorm", position="learned",
+                      tied_embeddings=True)
+
+
+def llm_foundry_rows() -> list[Row]:
+    """llm-foundry's MPT on H100, BF16 (each distinct row once): step time = global-batch tokens / tokens per s."""
+    rows, seen = [], set()
+    for r in csv.DictReader((DATA / "llmfoundry_mpt_h100.csv").open()):
+        key = tuple(r[c] for c in ("model", "seq_len", "num_gpus", "micro_batch_size", "grad_accum", "precision"))
+        if r["precision"] != "amp_bf16" or key in seen:
+            continue  # the source's table repeats its first rows
+        seen.add(key)
+        checkpointing = "full" if r["activation_checkpointing"] == "True" else "none"
+        plan = ParallelPlan(engine="fsdp", world=int(r["num_gpus"]), fsdp_mode="full",
+                            micro_batch=int(r["micro_batch_size"]), grad_accum=int(r["grad_accum"]))
+        measured = int(r["global_batch_tokens"]) / int(r["throughput_tokens_per_s"])
+        kw = {"checkpointing": checkpointing, "kernels": LLM_FOUNDRY, "overlap_dp": True}
+        name = f"MPT {r['model']} s{r['seq_len']} {r['num_gpus']} GPUs{' ckpt' if checkpointing == 'full' else ''}"
+        rows.append((name, mpt_shape(r["model"], int(r["seq_len"])), plan, H100_DGX, kw, measured))
+    return rows
+
+
+def calibration_rows() -> list[Row]:
+    return megatron_rows() + llm_foundry_rows()
+
+
+def korthikanti_rows() -> list[Row]:
     """Korthikanti et al. 2022, Table 5, full recomputation (iteration times as published)."""
-    return [(r["check_id"], *_row(r, "attention_heads", "micro_batch_size", int(r["pp_virtual"] or 1)),
-             float(r["iteration_time_s"]))
+    return [(r["check_id"], *_megatron_row(r, "attention_heads", "micro_batch_size", int(r["pp_virtual"] or 1)),
+             A100_80GB_DGX, MEGATRON, float(r["iteration_time_s"]))
             for r in csv.DictReader((DATA / "other_checks.csv").open())
             if r["check_id"].startswith("korthikanti2022") and r["recompute"] == "full"]
 
 
-def torchtitan_fsdp_check(theta) -> list[float]:
-    """torchtitan's Llama 3.1 8B FSDP rows on H100 without torch.compile or Float8 (Tables 1 and 3), as
-    the estimate predicts them (selective checkpointing, data-parallel traffic overlapped): tokens/s/GPU."""
-    from dataclasses import replace
-
-    from planner.compute.step_time import hardware_of
-    from planner.model.hardware import BUILTIN_GPUS
+def torchtitan_rows() -> list[Row]:
+    """torchtitan's Llama 3.1 8B FSDP rows on H100 without torch.compile or Float8 (Tables 1 and 3): eager
+    kernels, selective (op-level) checkpointing, sequence 8,192 (its default)."""
     from planner.model.presets import get_preset
 
-    shape = replace(get_preset("llama3-8b").shape, seq_len=8192)  # torchtitan's default sequence length
-    hw = hardware_of(BUILTIN_GPUS["h100-sxm"], "bf16", 8)
-    print("\ncheck, never fitted: torchtitan Llama 3.1 8B, FSDP on H100, bf16 without compile or Float8 (tokens/s/GPU)")
-    errors = []
+    shape = replace(get_preset("llama3-8b").shape, seq_len=8192)
+    rows = []
     for r in csv.DictReader((DATA / "torchtitan_llama3_h100.csv").open()):
         if r["model"] != "Llama 3.1 8B" or r["torch_compile"] == "true" or r["float8"] == "true":
             continue
         gpus, mb = int(r["num_gpus"]), int(r["local_batch_size"])
         plan = ParallelPlan(engine="fsdp", world=gpus, fsdp_mode="full", micro_batch=mb, grad_accum=1)
-        t = step_time(shape, plan, hw, Efficiency(*theta), checkpointing="selective", overlap_dp=True)
-        predicted = plan.batch * shape.seq_len / t.total_s / gpus
-        measured = float(r["tps_per_gpu"])
-        errors.append(abs(predicted / measured - 1))
-        print(f"table {r['table']}, {gpus:>4} GPUs   measured {measured:>7,.0f}  predicted {predicted:>7,.0f}  "
-              f"{predicted / measured - 1:+.1%}")
-    return errors
+        measured = plan.batch * shape.seq_len / (float(r["tps_per_gpu"]) * gpus)
+        kw = {"checkpointing": "selective", "kernels": EAGER_TORCH, "overlap_dp": True}
+        rows.append((f"torchtitan table {r['table']}, {gpus} GPUs", shape, plan, H100_DGX, kw, measured))
+    return rows
 
 
-def predict(shape: ModelShape, plan: ParallelPlan, theta) -> float:
-    return step_time(shape, plan, A100_80GB_DGX, Efficiency(*theta)).total_s
+def predict(row: Row, theta) -> float:
+    _, shape, plan, hw, kw, _ = row
+    return step_time(shape, plan, hw, Efficiency(*theta), **kw).total_s
 
 
-def fit(rows) -> np.ndarray:
+def fit(rows: list[Row]) -> np.ndarray:
     def residuals(theta):
-        return [math.log(predict(shape, plan, theta) / t) for _, shape, plan, t in rows]
+        return [math.log(predict(row, theta) / row[-1]) for row in rows]
 
-    start = Efficiency()
-    return least_squares(residuals, [start.matmul_max, start.matmul_half_k, start.link],
-                         bounds=([0.1, 1.0, 0.05], [1.0, 1e5, 1.0])).x
+    return least_squares(residuals, astuple(Efficiency()), bounds=([0.1, 1.0, 0.05, 0.05, 0.05], [1.0, 1e5, 1.0, 1.0, 1.0])).x
 
 
-def report(title: str, rows, theta, loo: dict[str, float] | None = None) -> list[float]:
+def errors(rows: list[Row], theta) -> list[float]:
+    return [predict(row, theta) / row[-1] - 1 for row in rows]
+
+
+def summary(errs) -> str:
+    a = np.abs(errs)
+    return f"mean |error| {a.mean():.1%}, worst {a.max():.1%}"
+
+
+def report(title: str, rows: list[Row], theta, held: list[float] | None = None) -> None:
     print(f"\n{title}")
-    print(f"{'row':<28} {'measured s':>10} {'predicted s':>11} {'error':>8}" + ("  left out" if loo else ""))
-    errors = []
-    for name, shape, plan, t in rows:
-        p = predict(shape, plan, theta)
-        e = p / t - 1
-        errors.append(abs(e))
-        held = f"  {loo[name]:+8.1%}" if loo else ""
-        print(f"{name:<28} {t:>10.3f} {p:>11.3f} {e:>+8.1%}{held}")
-    print(f"mean |error| {np.mean(errors):.1%}, worst {np.max(errors):.1%}")
-    return errors
+    print(f"{'row':<34} {'measured s':>10} {'predicted s':>11} {'error':>8}" + ("  held out" if held else ""))
+    for i, (row, e) in enumerate(zip(rows, errors(rows, theta), strict=True)):
+        print(f"{row[0]:<34} {row[-1]:>10.3f} {predict(row, theta):>11.3f} {e:>+8.1%}"
+              + (f"  {held[i]:+8.1%}" if held else ""))
+    print(summary(errors(rows, theta)) + (f"; held out: {summary(held)}" if held else ""))
 
 
 def main() -> None:
-    cal, checks = calibration_rows(), check_rows()
-    theta = fit(cal)
-    print(f"fitted on Narayanan et al. 2021 Table 1: matmul_max {theta[0]:.3f}, matmul_half_k {theta[1]:.1f}, "
-          f"link {theta[2]:.3f}")
-    loo = {}
-    for i, (name, shape, plan, t) in enumerate(cal):
-        loo[name] = predict(shape, plan, fit(cal[:i] + cal[i + 1:])) / t - 1
-    report("calibration: Narayanan et al. 2021, Table 1 (in the fit; right column: fit without that row)",
-           cal, theta, loo)
-    print(f"leave-one-out mean |error| {np.mean(np.abs(list(loo.values()))):.1%}, "
-          f"worst {np.max(np.abs(list(loo.values()))):.1%}")
-    report("check, never fitted: Korthikanti et al. 2022, Table 5 (full recomputation)", checks, theta)
-    torchtitan_fsdp_check(theta)
+    megatron, foundry = megatron_rows(), llm_foundry_rows()
+    theta = fit(megatron + foundry)
+    print("fitted on Narayanan et al. 2021 Table 1 + llm-foundry MPT H100 BF16: " + ", ".join(
+        f"{name} {value:.3f}" for name, value in zip(Efficiency.__dataclass_fields__, theta, strict=True)))
+    held_megatron = errors(megatron, fit(foundry))
+    held_foundry = errors(foundry, fit(megatron))
+    report("calibration: Narayanan et al. 2021, Table 1 (right: fitted on llm-foundry alone)", megatron, theta,
+           held_megatron)
+    report("calibration: llm-foundry MPT on H100, BF16 (right: fitted on Narayanan alone)", foundry, theta, held_foundry)
+    report("check, never fitted: Korthikanti et al. 2022, Table 5 (full recomputation)", korthikanti_rows(), theta)
+    report("check, never fitted: torchtitan Llama 3.1 8B, FSDP on H100, eager (no compile, no Float8)",
+           torchtitan_rows(), theta)
 
 
 if __name__ == "__main__":

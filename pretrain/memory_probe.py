@@ -6,6 +6,9 @@ transposed weight a linear keeps) and buffers: what is left is the activation me
 planner's `planner.memory.activations` predicts. Works on real tensors and under `FakeTensorMode`
 (fake storages have sizes and identities, no data), so a LLaMA-7B layer is counted in
 milliseconds.
+
+`MemoryTrafficCounter` adds up the bytes each memory-bound aten op reads and writes: what the step-time
+model prices at HBM bandwidth for our eager block.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 def _storage_key(t: torch.Tensor) -> int:
@@ -58,3 +63,36 @@ class SavedTensorCounter:
 
     def stop(self) -> None:
         self._hooks.__exit__(None, None, None)
+
+
+#: aten ops that move no bytes of their own (views and metadata) or that are matmuls (timed by their FLOPs).
+_NOT_MEMORY_BOUND = {"mm", "addmm", "bmm", "matmul", "linear", "t", "transpose", "view", "_unsafe_view", "unsqueeze",
+                     "squeeze", "expand", "detach", "unbind", "select", "slice", "split", "permute", "alias",
+                     "reshape", "flatten", "unflatten", "as_strided", "_reshape_alias"}
+
+
+class MemoryTrafficCounter(TorchDispatchMode):
+    """Bytes the memory-bound aten ops inside it read and write (each distinct input and output tensor once
+    per op), by op name: what `planner.compute.step_time.memory_bound_bytes` prices at HBM bandwidth. Matmuls,
+    attention kernels and views are left out."""
+
+    def __init__(self):
+        super().__init__()
+        self.by_op: dict[str, int] = {}
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.by_op.values())
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.__name__.split(".")[0]
+        if name in _NOT_MEMORY_BOUND or "attention" in name:
+            return out
+        seen, moved = set(), 0
+        for t in tree_flatten((args, kwargs, out))[0]:
+            if isinstance(t, torch.Tensor) and id(t) not in seen:
+                seen.add(id(t))
+                moved += t.numel() * t.element_size()
+        self.by_op[name] = self.by_op.get(name, 0) + moved
+        return out

@@ -1,32 +1,35 @@
-"""Step time of a Megatron-style layout (TP x PP x DP, full recomputation), from the hardware's specs.
+"""Step time of a layout (TP x PP x DP, ZeRO / FSDP, checkpointing), from the hardware's specs.
 
-It reads the planner's own types: the model's `ModelShape` and the layout's `ParallelPlan`.
+It reads the planner's own types: the model's `ModelShape` and the layout's `ParallelPlan`. Torch-free and
+closed-form (microseconds per layout), so `compare --search` can rank thousands of layouts.
 
-A first slice of issue 24: the planner's own prediction of how long an iteration takes, so MFU can
-become an output instead of a guess. Torch-free and closed-form (microseconds per layout).
+One optimizer step, per GPU (Narayanan et al. 2021, SC21, §3 and §5, for the Megatron terms):
 
-One iteration, per GPU (derivation; Narayanan et al. 2021, SC21, §3 and §5, for the terms):
+- **Matmuls.** Every layer matmul, 2 FLOPs per parameter per token per pass (forward, backward twice, plus the
+  recomputed forward under full checkpointing), and the output layer; at `peak x eff(k)`, where `k = h / t` is
+  the narrowest dimension of a rank's GEMM: `eff(k) = e_max k / (k + k_half)`.
+- **Attention.** Scores and values, 4 s h FLOPs per token per layer per pass. As one flash kernel (Dao et al.
+  2022) the causal half is skipped and the head dimension padded to the kernel's next multiple of 32
+  (FlashAttention-2 builds kernels for 32, 64, ..., 256), at its own fitted fraction of peak; without it the
+  scores are ordinary matmuls over the whole (masked) square, and the softmax and dropout read and write
+  every score (`memory_bound_bytes`).
+- **Memory-bound work** (norms, residual adds, activation functions, RoPE, the unfused softmax, the loss) from
+  the bytes it moves, at a fitted fraction of HBM bandwidth (`memory_bound_bytes`: one read and one write per
+  fused op, or, run as eager PyTorch composes them, our own block's bytes as counted op by op).
+- **Tensor-parallel all-reduces.** Per layer and micro-batch, 2 per pass (Megatron's f/g operators), each of
+  the `b s h` activations in 2-byte precision, as a ring over NVLink; not overlapped.
+- **Pipeline.** Every micro-batch's compute and TP time stretched by the schedule's bubble
+  (`planner.memory.pipeline.bubble_fraction`), and each micro-batch's activations and gradients sent over
+  the network (`v` times with interleaving).
+- **Data parallelism.** Each engine's traffic (`data_parallel_bytes`) as a ring: over NVLink inside a node;
+  across nodes the ring crosses each node once per channel, one NIC per channel, so a group with `g` members
+  per node moves its bytes at `min(NVLink, g x NIC)` (NCCL's rings over a DGX's 8 NICs); overlapped with
+  the backward where the engine overlaps it (only what outlasts it is exposed).
+- **Optimizer step**: memory-bound, 32 bytes of fp32 states and gradients per parameter of the rank.
 
-- **Compute.** Model FLOPs with full recomputation (the paper's eq. 3, 4 passes of every matmul):
-  `F = 96 B s L h^2 (1 + s/(6h) + V/(16 L h))`, divided evenly over the `n` GPUs. A matmul runs at
-  `peak x eff(k)`, where `k = h / t` is the narrowest dimension of a rank's GEMM: small per-rank
-  matrices use the tensor cores less well. `eff(k) = e_max k / (k + k_half)`: two constants, the
-  same for every row.
-- **Tensor-parallel all-reduces.** Per layer and micro-batch, 2 in the forward, 2 in the backward,
-  2 in the recomputed forward (Megatron's f/g operators), each of the `b s h` activations in 2-byte
-  precision, as a ring: `2 (t - 1) / t x bytes / (link_eff x NVLink bandwidth)`; not overlapped.
-- **Pipeline.** Every micro-batch's compute and TP time is stretched by the bubble,
-  `(m + (p - 1) / v) / m` for `m` micro-batches and `v` stages per rank (1F1B / interleaved), and
-  each micro-batch sends its activations to the next stage and its gradient back (`2 b s h` bytes
-  each way per stage boundary crossed, `v` times with interleaving) over the network.
-- **Data-parallel all-reduce** of the rank's fp32 gradients (`4 x params / (t p)` bytes) as a ring
-  over the network after the backward (Megatron 2021's local DDP does not overlap it).
-- **Optimizer step**: memory-bound, 32 bytes of fp32 states and gradients moved per parameter of
-  the rank at HBM bandwidth.
-
-`link_eff` (the achieved fraction of a link's bandwidth) is the third fitted constant. The
-constants are fitted on a named calibration table and judged on others
-(`benchmarks/bench_step_time.py`); no row has its own.
+Five constants (matmul `e_max`, `k_half`, achieved link fraction, flash attention's fraction of peak,
+achieved HBM fraction) are shared by every row and every GPU; they are fitted on the calibration tables the
+README names and judged on others (`benchmarks/bench_step_time.py`); no row has its own.
 """
 
 from __future__ import annotations
@@ -72,17 +75,44 @@ class Efficiency:
     matmul_max: float = 0.8  # the fraction of peak a large GEMM reaches
     matmul_half_k: float = 256.0  # the per-rank width at which a GEMM reaches half of matmul_max
     link: float = 0.7  # the fraction of a link's bandwidth a collective achieves
+    attention: float = 0.4  # the fraction of peak a flash-attention kernel reaches (its executed FLOPs)
+    memory: float = 0.8  # the fraction of HBM bandwidth memory-bound kernels reach
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """How a run executes what is not a matmul: attention as one flash kernel or not; element-wise ops fused
+    (one read and one write each) or as eager PyTorch composes them; the residual stream's width in bytes
+    (fp32 under autocast over fp32 weights, else 16-bit)."""
+
+    flash_attention: bool = False
+    fused: bool = True
+    residual_bytes: int = 2
+
+
+#: Megatron-LM 2021: fused softmax, bias-GeLU and bias-dropout-add kernels, no flash attention, fp16 stream.
+MEGATRON_2021 = Kernels(flash_attention=False, fused=True, residual_bytes=2)
+#: llm-foundry's MPT (amp_bf16: autocast over fp32 weights, so an fp32 stream), flash attention.
+LLM_FOUNDRY = Kernels(flash_attention=True, fused=True, residual_bytes=4)
+#: Our trainer under FSDP2 (and torchtitan without torch.compile): eager PyTorch ops, bf16 stream, SDPA flash.
+EAGER_TORCH = Kernels(flash_attention=True, fused=False, residual_bytes=2)
 
 
 @dataclass(frozen=True)
 class StepTime:
-    compute_s: float
+    matmul_s: float
+    attention_s: float
+    memory_s: float  # memory-bound kernels
     tp_comm_s: float
     bubble_s: float
     pp_comm_s: float
     dp_comm_s: float
     optimizer_s: float
     model_flops: float  # per iteration, all GPUs, with recomputation (the paper's counting)
+
+    @property
+    def compute_s(self) -> float:
+        return self.matmul_s + self.attention_s + self.memory_s
 
     @property
     def total_s(self) -> float:
@@ -101,12 +131,15 @@ def ring_time(nbytes: float, ranks: int, bandwidth: float) -> float:
     return 0.0 if ranks <= 1 else 2 * (ranks - 1) / ranks * nbytes / bandwidth
 
 
-#: Fitted by `benchmarks/bench_step_time.py` on Narayanan et al. 2021, Table 1 (and nothing else); the
-#: estimate uses these (`tests/test_step_time.py` re-fits and holds them equal).
-CALIBRATED = Efficiency(matmul_max=0.599, matmul_half_k=1.0, link=0.852)
+#: Fitted by `benchmarks/bench_step_time.py` on the two calibration tables the README names (Narayanan et al.
+#: 2021, Table 1; llm-foundry's MPT on H100, BF16) and nothing else; the estimate uses these
+#: (`tests/test_step_time.py` re-fits and holds them equal).
+CALIBRATED = Efficiency(matmul_max=0.6249, matmul_half_k=81.27, link=1.0, attention=0.1605, memory=0.6200)
 #: Forward-equivalent passes of every layer matmul per step: forward + backward (2x), plus the recomputed
 #: forward under full checkpointing. Selective recomputes only attention's softmax-side ops (memory-bound).
 PASSES = {"none": 3, "selective": 3, "full": 4}
+#: Forward-equivalent passes of the memory-bound ops: selective checkpointing recomputes them too.
+MEMORY_PASSES = {"none": 1, "selective": 2, "full": 2}
 
 
 def layer_flops(shape: ModelShape, batch: int, passes: int) -> float:
@@ -117,6 +150,44 @@ def layer_flops(shape: ModelShape, batch: int, passes: int) -> float:
     matmul_params = shape.attention_params() + shape.mlp_params()
     per_token_layer = 2 * matmul_params + 4 * s * h
     return batch * s * (shape.layers * per_token_layer * passes + 6 * shape.vocab * h)
+
+
+#: Our block (RMSNorm, RoPE, SwiGLU, GQA) as eager PyTorch runs it, bytes per token per layer, forward and
+#: backward, as a x h + b x (kv heads x head dim) + c x ffn: least squares over the bytes every non-matmul
+#: aten op of `pretrain.model.Block` reads and writes in bf16, counted op by op at six shapes (max residual
+#: 0.9%; `tests/test_step_time.py` counts them again). The norms alone move ~36 bytes per element (fp32
+#: upcast, square, mean, scale, cast back, weight), RoPE ~56 per element of q and k (fp32 halves rotated
+#: and stacked), where one fused kernel moves 4.
+EAGER_BLOCK_FORWARD = (154.5, 38.7, 11.2)
+EAGER_BLOCK_BACKWARD = (312.5, 50.5, 19.8)
+
+
+def memory_bound_bytes(shape: ModelShape, kernels: Kernels, checkpointing: str = "none", w: int = 2) -> float:
+    """Bytes the memory-bound work of one layer moves per token over a step (forward, backward, and the
+    recomputed forward where checkpointing recomputes it). Fused: a norm reads the stream and writes 16-bit
+    (under autocast it runs in fp32 and is cast), a residual add reads the stream and the branch and writes
+    the stream, the MLP's activation reads its inputs and writes its output, RoPE reads and writes q and k,
+    and without flash attention the softmax and the dropout read and write every score; a backward moves
+    twice its forward. Eager PyTorch, for our block's shape: `EAGER_BLOCK_*`, counted."""
+    h, f, kv = shape.hidden, shape.ffn, shape.n_kv_heads * shape.head_dim
+    llama = shape.norm == "rmsnorm" and shape.mlp == "swiglu" and shape.position == "rope"
+    recomputed = MEMORY_PASSES[checkpointing]
+    if not kernels.fused and llama:
+        fwd, bwd = (a * h + b * kv + c * f for a, b, c in (EAGER_BLOCK_FORWARD, EAGER_BLOCK_BACKWARD))
+        return recomputed * fwd + bwd
+    r = kernels.residual_bytes
+    norm = (r + 4 + 4 + w) if r == 4 else (r + w)
+    fwd = 2 * norm * h + 2 * (2 * r + w) * h + (3 if shape.mlp == "swiglu" else 2) * w * f
+    if shape.position == "rope":
+        fwd += 2 * w * (shape.q_dim + kv)
+    if not kernels.flash_attention:
+        fwd += 4 * w * shape.heads * shape.seq_len
+    return recomputed * fwd + 2 * fwd
+
+
+def flash_padded_head_dim(head_dim: int) -> int:
+    """FlashAttention-2 runs a head dimension in the next kernel it has: a multiple of 32 (112 runs as 128)."""
+    return -(-head_dim // 32) * 32
 
 
 def data_parallel_bytes(plan: ParallelPlan, rank_params: float, grad_bytes: int) -> float:
@@ -133,35 +204,58 @@ def data_parallel_bytes(plan: ParallelPlan, rank_params: float, grad_bytes: int)
     return half * grad_bytes + gathers * half * 2
 
 
+def data_parallel_bandwidth(plan: ParallelPlan, hw: Hardware, link: float) -> float:
+    """A data-parallel group's ring bandwidth per GPU: NVLink inside a node; across nodes, the ring crosses each
+    node once per channel with one NIC per channel, so the group's members on a node (`per node / tp`) share
+    their NICs: `min(NVLink, members x NIC)`."""
+    ranks = plan.shard_degree if plan.stage else plan.dp
+    if ranks * plan.tp <= hw.gpus_per_node:
+        return hw.nvlink_bytes_per_s * link
+    members = max(1, hw.gpus_per_node // plan.tp)
+    return min(hw.nvlink_bytes_per_s, members * hw.network_bytes_per_s) * link
+
+
 def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficiency = Efficiency(), *,
-              checkpointing: str = "full", overlap_dp: bool = False, grad_bytes: int = 4) -> StepTime:
+              checkpointing: str = "full", overlap_dp: bool = False, grad_bytes: int = 4,
+              kernels: Kernels = MEGATRON_2021) -> StepTime:
     """One optimizer step of `plan` (its world set; `grad_accum` micro-batches per pipeline).
 
-    The defaults are Megatron-LM 2021's runs (full recomputation, a data-parallel all-reduce of fp32
-    gradients after the backward); the planner's estimate passes the plan's checkpointing, overlaps the
-    data-parallel traffic with the backward as torch DDP, FSDP2 and DeepSpeed do (only what outlasts it
-    is exposed) and the engine's gradient width."""
-    micro_batches = plan.grad_accum
-    passes = PASSES[checkpointing]
-    flops = layer_flops(shape, plan.batch, passes)
-    k = shape.hidden / plan.tp
+    The defaults are Megatron-LM 2021's runs (full recomputation, its fused kernels, a data-parallel
+    all-reduce of fp32 gradients after the backward); the planner's estimate passes the plan's
+    checkpointing, our trainer's kernels (`EAGER_TORCH`), overlaps the data-parallel traffic with the
+    backward as torch DDP, FSDP2 and DeepSpeed do and the engine's gradient width."""
+    micro_batches, passes = plan.grad_accum, PASSES[checkpointing]
+    gpus = plan.tp * plan.pp * plan.dp
+    tokens = plan.batch * shape.seq_len
+    s, h = shape.seq_len, shape.hidden
+    k = h / plan.tp
     matmul_rate = hw.peak_flops * eff.matmul_max * k / (k + eff.matmul_half_k)
-    compute = flops / (plan.tp * plan.pp * plan.dp) / matmul_rate
+    matmul_params = shape.attention_params() + shape.mlp_params()
+    matmul = tokens * (shape.layers * 2 * matmul_params * passes + 6 * shape.vocab * h) / gpus / matmul_rate
+    attention_flops = tokens * shape.layers * 4 * s * shape.heads * shape.head_dim * passes / gpus
+    if kernels.flash_attention:  # causal half skipped, head dimension padded, at flash's own rate
+        pad = flash_padded_head_dim(shape.head_dim) / shape.head_dim
+        attention = attention_flops / 2 * pad / (hw.peak_flops * eff.attention)
+    else:
+        attention = attention_flops / matmul_rate
+    loss_bytes = 16 * shape.vocab / plan.tp  # fp32 log-softmax and its gradient over the (TP-split) vocabulary
+    moved = tokens * (shape.layers * memory_bound_bytes(shape, kernels, checkpointing) / plan.tp + loss_bytes)
+    memory = moved / gpus / (hw.hbm_bytes_per_s * eff.memory)
+    compute = matmul + attention + memory
     tp_link = (hw.nvlink_bytes_per_s if plan.tp <= hw.gpus_per_node else hw.network_bytes_per_s) * eff.link
-    activation_bytes = 2 * plan.micro_batch * shape.seq_len * shape.hidden
+    activation_bytes = 2 * plan.micro_batch * s * h
     tp_comm = 2 * passes * (shape.layers / plan.pp) * micro_batches * ring_time(activation_bytes, plan.tp, tp_link)
     bubble = (compute + tp_comm) * bubble_fraction(plan)
     net = hw.network_bytes_per_s * eff.link
     pp_comm = 0.0 if plan.pp == 1 else micro_batches * plan.pp_virtual * 2 * activation_bytes / plan.tp / net
-    params = shape.layers * (shape.attention_params() + shape.mlp_params()) + shape.vocab * shape.hidden
+    params = shape.layers * matmul_params + shape.vocab * h
     rank_params = params / (plan.tp * plan.pp)
-    dp_ranks = plan.shard_degree if plan.stage else plan.dp
-    dp_link = hw.nvlink_bytes_per_s * eff.link if dp_ranks * plan.tp <= hw.gpus_per_node else net
-    dp_comm = data_parallel_bytes(plan, rank_params, grad_bytes) / dp_link
+    dp_comm = data_parallel_bytes(plan, rank_params, grad_bytes) / data_parallel_bandwidth(plan, hw, eff.link)
     if plan.engine == "fsdp" and plan.stage and plan.dp_replicate > 1:  # hybrid sharding: the shards' gradients all-reduced across copies
         dp_comm += ring_time(grad_bytes * rank_params / plan.shard_degree, plan.dp_replicate, net)
     if overlap_dp:  # hidden behind the last micro-batch's backward (the whole step's under ZeRO-3 / FSDP full)
         hidden_behind = compute * ((passes - 1) / passes if plan.stage == 3 else (2 / passes) / micro_batches)
         dp_comm = max(0.0, dp_comm - hidden_behind)
     optimizer = 32 * rank_params / hw.hbm_bytes_per_s
-    return StepTime(compute, tp_comm, bubble, pp_comm, dp_comm, optimizer, flops)
+    return StepTime(matmul, attention, memory, tp_comm, bubble, pp_comm, dp_comm, optimizer,
+                    layer_flops(shape, plan.batch, passes))
