@@ -12,7 +12,7 @@ time. Reported:
 - every row's error with both tables in the fit, each table's errors, and each table's errors when it is held
   out (fitted on the other table alone);
 - checks never fitted: Korthikanti et al. 2022, Table 5 (full recompute), and torchtitan's Llama 3.1 8B FSDP
-  rows on H100 without torch.compile or Float8 (Tables 1 and 3), as our eager kernels run.
+  rows on H100 (Tables 1 and 3): eager as our trainer runs, with torch.compile, and with compile + Float8.
 
     .venv/bin/python benchmarks/bench_step_time.py
 """
@@ -29,6 +29,7 @@ from scipy.optimize import least_squares
 
 from planner.compute.step_time import (
     A100_80GB_DGX,
+    COMPILED_TORCH,
     EAGER_TORCH,
     LLM_FOUNDRY,
     MEGATRON_2021,
@@ -118,20 +119,24 @@ def korthikanti_rows() -> list[Row]:
 
 
 def torchtitan_rows() -> list[Row]:
-    """torchtitan's Llama 3.1 8B FSDP rows on H100 without torch.compile or Float8 (Tables 1 and 3): eager
-    kernels, selective (op-level) checkpointing, sequence 8,192 (its default)."""
+    """torchtitan's Llama 3.1 8B FSDP rows on H100 (Tables 1 and 3), sequence 8,192 (its default), selective
+    (op-level) checkpointing: eager, with torch.compile (fused element-wise kernels), and with torch.compile and
+    Float8 (torchao: the blocks' large linears in fp8)."""
     from planner.model.presets import get_preset
 
     shape = replace(get_preset("llama3-8b").shape, seq_len=8192)
     rows = []
     for r in csv.DictReader((DATA / "torchtitan_llama3_h100.csv").open()):
-        if r["model"] != "Llama 3.1 8B" or r["torch_compile"] == "true" or r["float8"] == "true":
+        if r["model"] != "Llama 3.1 8B" or r["table"] not in ("1", "3"):
             continue
         gpus, mb = int(r["num_gpus"]), int(r["local_batch_size"])
         plan = ParallelPlan(engine="fsdp", world=gpus, fsdp_mode="full", micro_batch=mb, grad_accum=1)
         measured = plan.batch * shape.seq_len / (float(r["tps_per_gpu"]) * gpus)
-        kw = {"checkpointing": "selective", "kernels": EAGER_TORCH, "overlap_dp": True}
-        rows.append((f"torchtitan table {r['table']}, {gpus} GPUs", shape, plan, H100_DGX, kw, measured))
+        kernels = COMPILED_TORCH if r["torch_compile"] == "true" else EAGER_TORCH
+        kernels = replace(kernels, fp8_linears=r["float8"] == "true")
+        kw = {"checkpointing": "selective", "kernels": kernels, "overlap_dp": True}
+        how = r["row_label"].removeprefix("FSDP").strip(" +") or "eager"
+        rows.append((f"torchtitan {gpus} GPUs, {how}", shape, plan, H100_DGX, kw, measured))
     return rows
 
 
@@ -158,9 +163,9 @@ def summary(errs) -> str:
 
 def report(title: str, rows: list[Row], theta, held: list[float] | None = None) -> None:
     print(f"\n{title}")
-    print(f"{'row':<34} {'measured s':>10} {'predicted s':>11} {'error':>8}" + ("  held out" if held else ""))
+    print(f"{'row':<44} {'measured s':>10} {'predicted s':>11} {'error':>8}" + ("  held out" if held else ""))
     for i, (row, e) in enumerate(zip(rows, errors(rows, theta), strict=True)):
-        print(f"{row[0]:<34} {row[-1]:>10.3f} {predict(row, theta):>11.3f} {e:>+8.1%}"
+        print(f"{row[0]:<44} {row[-1]:>10.3f} {predict(row, theta):>11.3f} {e:>+8.1%}"
               + (f"  {held[i]:+8.1%}" if held else ""))
     print(summary(errors(rows, theta)) + (f"; held out: {summary(held)}" if held else ""))
 
@@ -176,7 +181,7 @@ def main() -> None:
            held_megatron)
     report("calibration: llm-foundry MPT on H100, BF16 (right: fitted on Narayanan alone)", foundry, theta, held_foundry)
     report("check, never fitted: Korthikanti et al. 2022, Table 5 (full recomputation)", korthikanti_rows(), theta)
-    report("check, never fitted: torchtitan Llama 3.1 8B, FSDP on H100, eager (no compile, no Float8)",
+    report("check, never fitted: torchtitan Llama 3.1 8B, FSDP on H100 (eager; torch.compile; compile + Float8)",
            torchtitan_rows(), theta)
 
 

@@ -7,6 +7,7 @@ import pytest
 from planner.compute.step_time import A100_80GB_DGX, Efficiency, megatron_flops, ring_time, step_time
 from planner.core.parallel import ParallelPlan
 from planner.model.shapes import ModelShape
+from tests.conftest import run_cli
 
 GPT_175B = ModelShape(layers=96, hidden=12288, heads=96, vocab=51200, seq_len=2048, mlp="gelu", norm="layernorm",
                       position="learned")
@@ -187,3 +188,24 @@ def test_the_table_says_which_mfu_the_days_and_dollars_use(capsys):
     assert planner_main(base) == 0
     out = capsys.readouterr().out
     assert "predicted by the step-time model" in out and "step time (predicted)" in out
+
+
+def test_float8_runs_the_large_block_linears_in_fp8_and_keeps_small_ones_in_bf16():
+    from planner.compute.step_time import block_linears, fp8_linear
+    from planner.model.presets import get_preset
+
+    assert all(fp8_linear(i, o) for i, o in block_linears(get_preset("llama3-8b").shape))
+    assert not any(fp8_linear(i, o) for i, o in block_linears(ModelShape(4, 256, 4, 32000, 1024)))  # ffn 768
+    assert not fp8_linear(4096, 1000)  # not a multiple of 16: the tensor cores' rule
+
+
+def test_fp8_is_planned_faster_than_bf16_with_the_same_memory_and_emit_refuses_it(capsys, tmp_path):
+    bf16 = _estimate_json(capsys)
+    fp8 = _estimate_json(capsys, "--precision", "fp8")
+    # faster, by less than fp8's 2x peak: attention, the output layer, memory-bound work and the casts stay
+    assert 0.5 * bf16["step_time_s"] < fp8["step_time_s"] < 0.9 * bf16["step_time_s"]
+    assert fp8["memory_per_gpu_bytes"] == bf16["memory_per_gpu_bytes"]
+    out = run_cli("emit", "--out", str(tmp_path / "job"), "--model", "llama2-7b", "--gpu", "h100-sxm", "--gpus", "8",
+                  "--fsdp", "full", "--precision", "fp8")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--precision fp8: planned" in out.stderr
+    assert not (tmp_path / "job").exists()

@@ -52,6 +52,7 @@ class Hardware:
     nvlink_bytes_per_s: float  # per GPU, one direction
     network_bytes_per_s: float  # per GPU, one direction (the node's NICs shared by its GPUs)
     gpus_per_node: int
+    fp8_peak_flops: float = 0.0  # dense fp8 (0: no fp8 tensor cores)
 
 
 def hardware_of(gpu: GPU, dtype: str, gpus_per_node: int) -> Hardware:
@@ -60,7 +61,7 @@ def hardware_of(gpu: GPU, dtype: str, gpus_per_node: int) -> Hardware:
     if gpu.hbm_gbps <= 0:
         raise PlannerError(f"--gpu: {gpu.name} has no hbm_gbps in the catalog; set it to predict step time")
     return Hardware(gpu.peak_flops(dtype), gpu.hbm_gbps * 1e9, gpu.interconnect_gbps / 2 * 1e9,
-                    gpu.network_gbps * 1e9, gpus_per_node)
+                    gpu.network_gbps * 1e9, gpus_per_node, gpu.peak_tflops.get("fp8", 0.0) * 1e12)
 
 
 #: A100 SXM 80GB in a DGX A100 (Selene, where Megatron's tables were measured): 312 TFLOP/s bf16,
@@ -88,6 +89,7 @@ class Kernels:
     flash_attention: bool = False
     fused: bool = True
     residual_bytes: int = 2
+    fp8_linears: bool = False  # torchao Float8 training: the blocks' linears that pass `fp8_linear` in fp8
 
 
 #: Megatron-LM 2021: fused softmax, bias-GeLU and bias-dropout-add kernels, no flash attention, fp16 stream.
@@ -96,6 +98,8 @@ MEGATRON_2021 = Kernels(flash_attention=False, fused=True, residual_bytes=2)
 LLM_FOUNDRY = Kernels(flash_attention=True, fused=True, residual_bytes=4)
 #: Our trainer under FSDP2 (and torchtitan without torch.compile): eager PyTorch ops, bf16 stream, SDPA flash.
 EAGER_TORCH = Kernels(flash_attention=True, fused=False, residual_bytes=2)
+#: torchtitan with torch.compile: element-wise chains fused, bf16 stream, SDPA flash.
+COMPILED_TORCH = Kernels(flash_attention=True, fused=True, residual_bytes=2)
 
 
 @dataclass(frozen=True)
@@ -185,6 +189,29 @@ def memory_bound_bytes(shape: ModelShape, kernels: Kernels, checkpointing: str =
     return recomputed * fwd + 2 * fwd
 
 
+def fp8_linear(in_features: int, out_features: int) -> bool:
+    """Whether torchao's Float8 training runs a linear in fp8 (torchao/float8/float8_linear_utils.py,
+    `_auto_filter_for_tensorwise`, the filter torchtitan applies): both dimensions multiples of 16 (the
+    tensor cores' rule), and not a small one, out <= 4096 with in <= 1024, where the casts cost more than
+    fp8 gains. torchtitan also keeps the output layer in bf16 (`filter_fqns = ["output"]`)."""
+    return in_features % 16 == 0 and out_features % 16 == 0 and not (out_features <= 4096 and in_features <= 1024)
+
+
+def block_linears(shape: ModelShape, tp: int = 1) -> list[tuple[int, int]]:
+    """(in, out) of each linear of one block on a TP rank (column-parallel split out, row-parallel in)."""
+    h, f, q, kv = shape.hidden, shape.ffn, shape.q_dim, shape.n_kv_heads * shape.head_dim
+    mlp = [(h, f // tp), (h, f // tp), (f // tp, h)] if shape.mlp == "swiglu" else [(h, f // tp), (f // tp, h)]
+    return [(h, q // tp), (h, kv // tp), (h, kv // tp), (q // tp, h), *mlp]
+
+
+def fp8_cast_bytes(shape: ModelShape, tp: int = 1) -> float:
+    """Bytes per token per layer over a step that Float8 training adds: each fp8 linear casts its input
+    (read bf16, write fp8, and the amax read: 5 bytes an element) forward, its output gradient the same way
+    backward, and both again transposed for the weight gradient (1 read, 1 write): 7 (in + out)."""
+    converted = [fp8_linear(i, o) for i, o in block_linears(shape)]  # torchao converts before TP splits
+    return sum(7 * (i + o) for (i, o), fp8 in zip(block_linears(shape, tp), converted, strict=True) if fp8)
+
+
 def flash_padded_head_dim(head_dim: int) -> int:
     """FlashAttention-2 runs a head dimension in the next kernel it has: a multiple of 32 (112 runs as 128)."""
     return -(-head_dim // 32) * 32
@@ -231,7 +258,12 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     k = h / plan.tp
     matmul_rate = hw.peak_flops * eff.matmul_max * k / (k + eff.matmul_half_k)
     matmul_params = shape.attention_params() + shape.mlp_params()
-    matmul = tokens * (shape.layers * 2 * matmul_params * passes + 6 * shape.vocab * h) / gpus / matmul_rate
+    fp8_params = sum(i * o for i, o in block_linears(shape) if fp8_linear(i, o)) if kernels.fp8_linears else 0
+    if fp8_params and hw.fp8_peak_flops <= 0:
+        raise PlannerError("--precision fp8: this GPU has no fp8 peak in the catalog")
+    fp8_rate = matmul_rate * hw.fp8_peak_flops / hw.peak_flops if fp8_params else matmul_rate
+    layer_seconds = 2 * passes * ((matmul_params - fp8_params) / matmul_rate + fp8_params / fp8_rate)  # per token
+    matmul = tokens * (shape.layers * layer_seconds + 6 * shape.vocab * h / matmul_rate) / gpus
     attention_flops = tokens * shape.layers * 4 * s * shape.heads * shape.head_dim * passes / gpus
     if kernels.flash_attention:  # causal half skipped, head dimension padded, at flash's own rate
         pad = flash_padded_head_dim(shape.head_dim) / shape.head_dim
@@ -239,7 +271,10 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     else:
         attention = attention_flops / matmul_rate
     loss_bytes = 16 * shape.vocab / plan.tp  # fp32 log-softmax and its gradient over the (TP-split) vocabulary
-    moved = tokens * (shape.layers * memory_bound_bytes(shape, kernels, checkpointing) / plan.tp + loss_bytes)
+    per_layer = memory_bound_bytes(shape, kernels, checkpointing) / plan.tp
+    if kernels.fp8_linears:
+        per_layer += fp8_cast_bytes(shape, plan.tp)
+    moved = tokens * (shape.layers * per_layer + loss_bytes)
     memory = moved / gpus / (hw.hbm_bytes_per_s * eff.memory)
     compute = matmul + attention + memory
     tp_link = (hw.nvlink_bytes_per_s if plan.tp <= hw.gpus_per_node else hw.network_bytes_per_s) * eff.link

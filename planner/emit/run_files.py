@@ -133,6 +133,9 @@ def check_trainable(req: EstimateRequest, model: ResolvedModel) -> None:
             or s.head_dim_override is not None:
         raise PlannerError(f"--model: the trainer builds LLaMA-style blocks (SwiGLU, RMSNorm, RoPE, no bias); "
                            f"{model.source} is {s.mlp}/{s.norm}/{s.position}: give a shape or --params instead")
+    if req.precision == "fp8":
+        raise PlannerError("--precision fp8: planned (memory and step time), but the trainer does not run Float8 "
+                           "yet (it needs torchao and an H100-class GPU); emit bf16-mixed")
     if req.precision not in TRAINED_PRECISIONS:
         raise PlannerError(f"--precision: the trainer runs {' or '.join(TRAINED_PRECISIONS)}, not {req.precision}")
     if req.optimizer not in ("adamw", "adam"):

@@ -41,12 +41,16 @@ from planner.core.parallel import ParallelPlan
 from planner.memory.activations import CHECKPOINTING  # noqa: F401 (re-exported for the CLI)
 from planner.model.shapes import ModelShape
 
-PRECISIONS = ("fp32", "fp16-mixed", "bf16-mixed", "bf16", "int8", "int4")
+#: fp8: torchao's Float8 training as torchtitan runs it: bf16 mixed precision (fp32 master, bf16 weights and
+#: gradients), with the blocks' large linears computed in fp8 (`planner.compute.step_time.fp8_linear`); it
+#: saves the same bf16 tensors for backward (its casts are recomputed) and gathers bf16 weights (FSDP's float8
+#: all-gather off, torchtitan's default), so its memory is bf16-mixed's.
+PRECISIONS = ("fp32", "fp16-mixed", "bf16-mixed", "bf16", "fp8", "int8", "int4")
 OPTIMIZERS = ("adamw", "adam", "sgd", "adafactor", "adam8bit")
 CONVENTIONS = ("deepspeed", "fsdp", "torch-amp", "zero-paper")
 
 #: Bytes of the 16-bit weights each precision keeps on the GPU for compute.
-_WEIGHT_BYTES = {"fp32": 4, "fp16-mixed": 2, "bf16-mixed": 2, "bf16": 2, "int8": 1, "int4": 0.5}
+_WEIGHT_BYTES = {"fp32": 4, "fp16-mixed": 2, "bf16-mixed": 2, "bf16": 2, "fp8": 2, "int8": 1, "int4": 0.5}
 
 #: CUDA context, kernels and library workspaces (cuBLAS, NCCL) before any tensor: PyTorch reports
 #: 0.3-0.6 GiB of context on Ampere/Hopper; 0.5 GiB plus NCCL's default channel buffers.

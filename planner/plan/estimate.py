@@ -28,7 +28,9 @@ from planner.plan.result import (
     TrainingSummary,
 )
 
-_COMPUTE_DTYPE = {"fp32": "fp32", "fp16-mixed": "fp16", "bf16-mixed": "bf16", "bf16": "bf16",
+#: The dtype whose peak MFU is measured against: fp8 runs are reported against the bf16 peak, as torchtitan does
+#: (the step-time model runs their fp8 linears at the fp8 peak).
+_COMPUTE_DTYPE = {"fp32": "fp32", "fp16-mixed": "fp16", "bf16-mixed": "bf16", "bf16": "bf16", "fp8": "bf16",
                   "int8": "bf16", "int4": "bf16"}
 
 
@@ -277,7 +279,8 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
     # our trainer's kernels: eager PyTorch, SDPA's flash attention where the plan has it; the residual stream
     # is fp32 under autocast over fp32 weights (one process, DDP), else 16-bit
     autocast = plan.engine in ("single", "ddp") and req.precision != "fp32"
-    kernels = Kernels(flash_attention=req.flash_attention, fused=False, residual_bytes=4 if autocast else 2)
+    kernels = Kernels(flash_attention=req.flash_attention, fused=False, residual_bytes=4 if autocast else 2,
+                      fp8_linears=req.precision == "fp8")
     t = step_time(model.shape, plan, hw, CALIBRATED, checkpointing=req.checkpointing, overlap_dp=True,
                   grad_bytes=grad_bytes, kernels=kernels)
     tokens = plan.batch * model.shape.seq_len
