@@ -38,7 +38,7 @@ class Predicted:
     model_state_bytes: dict[str, float]  # per rank at the optimizer step, GPU and offloaded CPU share together
     activation_bytes: float  # saved for backward by one micro-batch (layers and output layer)
     peak_bytes: float | None  # per-rank peak of tensors (no CUDA runtime, no fragmentation); GPU runs only
-    peak_flops: float | None  # dense bf16 peak of this device; None on a CPU (the catalog has no CPU peak)
+    peak_flops: float | None  # dense bf16 peak of this device; on a CPU, the probed peak when planned for it
     mfu: Callable[[float], float] | None  # tokens/s over all ranks -> MFU; None without a peak
 
 
@@ -84,10 +84,19 @@ def predict(cfg: RunConfig, gpu_name: str | None, rank: int = 0) -> Predicted:
             peak_flops = gpu.peak_flops("bf16" if "bf16" in gpu.peak_tflops else "fp16")
         elif cfg.plan.get("peak_flops_per_gpu"):
             peak_flops = float(cfg.plan["peak_flops_per_gpu"])
+    elif planned_on_this_cpu(cfg):  # a machine `planner probe` measured: its peak for the run's precision
+        spec = cfg.planning.gpu_spec
+        peak_flops = spec.peak_tflops.get("fp32" if cfg.train.precision == "fp32" else "bf16", 0.0) * 1e12 or None
     mfu = functools.partial(compute.mfu, flops_per_token=flops_per_token, peak_flops=peak_flops,
                             gpus=plan.world) if peak_flops else None
     return Predicted(whole.param_count(), flops_per_token, {k: states.gpu[k] + states.cpu[k] for k in states.gpu},
                      activation_bytes, peak_bytes, peak_flops, mfu)
+
+
+def planned_on_this_cpu(cfg) -> bool:
+    """The plan's "GPU" is a CPU entry `planner probe` measured: a CPU run is then on the planned hardware."""
+    spec = cfg.planning.gpu_spec if cfg.planning is not None else None
+    return spec is not None and spec.device == "cpu"
 
 
 def gpu_name(device: torch.device) -> str | None:

@@ -51,7 +51,7 @@ def every_field_changed() -> RunConfig:
                                 finetune="full",
                                 gpu_spec=GPUSpec(memory_gib=48.0, peak_tflops={"bf16": 400.0, "fp32": 50.0},
                                                  price_per_hour=3.0, interconnect_gbps=100.0, description="mine",
-                                                 hbm_gbps=900.0, network_gbps=12.5)),
+                                                 hbm_gbps=900.0, network_gbps=12.5, device="cpu")),
         plan={"gpu_hours": 12.5},
     )
 

@@ -2,14 +2,15 @@
 
 Human tables by default, `--json` for machines. Every bad input is one line on stderr naming
 the flag, the value and what is valid, with exit status 2 (never a traceback). This package is the
-planner's only floor that may import `pretrain` (`verify`, lazily, to run the real model).
+planner's only floor that may import `pretrain` (`verify`, lazily, to run the real model; `probe`, to
+measure this machine).
 """
 
 from __future__ import annotations
 
 import click
 
-from planner.cli import emit, estimate, fit, gpus, ladder, optimal
+from planner.cli import emit, estimate, fit, gpus, ladder, optimal, probe
 from planner.core.errors import guarded, print_error
 
 
@@ -20,7 +21,7 @@ def cli() -> None:
 
 
 for command in (estimate.estimate, estimate.compare, estimate.verify, emit.emit, optimal.optimal, fit.fit, gpus.gpus,
-                ladder.ladder):
+                ladder.ladder, probe.probe):
     cli.add_command(command)
 
 

@@ -90,6 +90,7 @@ class Kernels:
     fused: bool = True
     residual_bytes: int = 2
     fp8_linears: bool = False  # torchao Float8 training: the blocks' linears that pass `fp8_linear` in fp8
+    activation_bytes: int = 2  # 4 when the whole model runs in fp32
 
 
 #: Megatron-LM 2021: fused softmax, bias-GeLU and bias-dropout-add kernels, no flash attention, fp16 stream.
@@ -139,6 +140,9 @@ def ring_time(nbytes: float, ranks: int, bandwidth: float) -> float:
 #: 2021, Table 1; llm-foundry's MPT on H100, BF16) and nothing else; the estimate uses these
 #: (`tests/test_step_time.py` re-fits and holds them equal).
 CALIBRATED = Efficiency(matmul_max=0.6249, matmul_half_k=81.27, link=1.0, attention=0.1605, memory=0.6200)
+#: A machine measured by `planner probe` (a catalog entry with `device: cpu`): its figures are achieved rates (a
+#: GEMM, a copy, a gloo all-reduce), so every fraction is one and the width term is off.
+PROBED = Efficiency(matmul_max=1.0, matmul_half_k=0.0, link=1.0, attention=1.0, memory=1.0)
 #: Forward-equivalent passes of every layer matmul per step: forward + backward (2x), plus the recomputed
 #: forward under full checkpointing. Selective recomputes only attention's softmax-side ops (memory-bound).
 PASSES = {"none": 3, "selective": 3, "full": 4}
@@ -156,28 +160,30 @@ def layer_flops(shape: ModelShape, batch: int, passes: int) -> float:
     return batch * s * (shape.layers * per_token_layer * passes + 6 * shape.vocab * h)
 
 
-#: Our block (RMSNorm, RoPE, SwiGLU, GQA) as eager PyTorch runs it, bytes per token per layer, forward and
-#: backward, as a x h + b x (kv heads x head dim) + c x ffn: least squares over the bytes every non-matmul
-#: aten op of `pretrain.model.Block` reads and writes in bf16, counted op by op at six shapes (max residual
-#: 0.9%; `tests/test_step_time.py` counts them again). The norms alone move ~36 bytes per element (fp32
-#: upcast, square, mean, scale, cast back, weight), RoPE ~56 per element of q and k (fp32 halves rotated
+#: Our block (RMSNorm, RoPE, SwiGLU, GQA) as eager PyTorch runs it, bytes per token per layer, (forward,
+#: backward), each a x h + b x (kv heads x head dim) + c x ffn, by activation width (2: bf16, 4: fp32): least
+#: squares over the bytes every non-matmul aten op of `pretrain.model.Block` reads and writes, counted op by op
+#: (`pretrain.memory_probe.MemoryTrafficCounter`) at seven shapes (max residual 1.1% in bf16, 1.8% in fp32;
+#: `tests/test_step_time.py` counts them again). In bf16 the norms alone move ~36 bytes per element (fp32
+#: upcast, square, mean, scale, cast back, weight) and RoPE ~56 per element of q and k (fp32 halves rotated
 #: and stacked), where one fused kernel moves 4.
-EAGER_BLOCK_FORWARD = (154.5, 38.7, 11.2)
-EAGER_BLOCK_BACKWARD = (312.5, 50.5, 19.8)
+EAGER_BLOCK = {2: ((153.4, 39.8, 11.3), (311.5, 51.4, 19.8)),
+               4: ((141.6, 18.5, 22.4), (317.5, 37.7, 39.5))}
 
 
-def memory_bound_bytes(shape: ModelShape, kernels: Kernels, checkpointing: str = "none", w: int = 2) -> float:
+def memory_bound_bytes(shape: ModelShape, kernels: Kernels, checkpointing: str = "none") -> float:
     """Bytes the memory-bound work of one layer moves per token over a step (forward, backward, and the
     recomputed forward where checkpointing recomputes it). Fused: a norm reads the stream and writes 16-bit
     (under autocast it runs in fp32 and is cast), a residual add reads the stream and the branch and writes
     the stream, the MLP's activation reads its inputs and writes its output, RoPE reads and writes q and k,
     and without flash attention the softmax and the dropout read and write every score; a backward moves
-    twice its forward. Eager PyTorch, for our block's shape: `EAGER_BLOCK_*`, counted."""
+    twice its forward. Eager PyTorch, for our block's shape: `EAGER_BLOCK`, counted."""
+    w = kernels.activation_bytes
     h, f, kv = shape.hidden, shape.ffn, shape.n_kv_heads * shape.head_dim
     llama = shape.norm == "rmsnorm" and shape.mlp == "swiglu" and shape.position == "rope"
     recomputed = MEMORY_PASSES[checkpointing]
     if not kernels.fused and llama:
-        fwd, bwd = (a * h + b * kv + c * f for a, b, c in (EAGER_BLOCK_FORWARD, EAGER_BLOCK_BACKWARD))
+        fwd, bwd = (a * h + b * kv + c * f for a, b, c in EAGER_BLOCK[kernels.activation_bytes])
         return recomputed * fwd + bwd
     r = kernels.residual_bytes
     norm = (r + 4 + 4 + w) if r == 4 else (r + w)
@@ -278,7 +284,7 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     memory = moved / gpus / (hw.hbm_bytes_per_s * eff.memory)
     compute = matmul + attention + memory
     tp_link = (hw.nvlink_bytes_per_s if plan.tp <= hw.gpus_per_node else hw.network_bytes_per_s) * eff.link
-    activation_bytes = 2 * plan.micro_batch * s * h
+    activation_bytes = kernels.activation_bytes * plan.micro_batch * s * h
     tp_comm = 2 * passes * (shape.layers / plan.pp) * micro_batches * ring_time(activation_bytes, plan.tp, tp_link)
     bubble = (compute + tp_comm) * bubble_fraction(plan)
     net = hw.network_bytes_per_s * eff.link

@@ -16,6 +16,7 @@ A user catalog is a YAML mapping of name -> fields (any subset, to override a bu
       price_per_hour: 2.10
       hbm_gbps: 3350          # memory bandwidth, GB/s
       network_gbps: 50        # scale-out bandwidth per GPU, GB/s one way
+      device: gpu             # or cpu: an entry `planner probe` measured (one trainer process per "GPU")
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from pathlib import Path
 from planner.core import checks
 from planner.core.errors import PlannerError
 from planner.core.io import read_input
+
+#: What a catalog entry describes: a GPU (data-sheet figures), or a CPU measured by `planner probe`.
+DEVICES = ("gpu", "cpu")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class GPU:
     description: str = ""
     hbm_gbps: float = 0.0  # memory bandwidth, GB/s (data sheet)
     network_gbps: float = 0.0  # per-GPU scale-out bandwidth, GB/s one way, of the reference system (see below)
+    device: str = "gpu"  # "cpu": a machine measured by `planner probe` (one trainer process per "GPU")
 
     @property
     def memory_bytes(self) -> int:
@@ -112,7 +117,7 @@ def load_catalog(path: str | Path | None = None) -> dict[str, GPU]:
 
 def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
     allowed = {"memory_gib", "peak_tflops", "price_per_hour", "interconnect_gbps", "hbm_gbps", "network_gbps",
-               "description"}
+               "description", "device"}
     if not isinstance(fields, dict) or set(fields) - allowed:
         bad = sorted(set(fields) - allowed) if isinstance(fields, dict) else fields
         raise PlannerError(f"--gpu-catalog: entry {name!r} has unknown fields {bad}; allowed: {sorted(allowed)}")
@@ -135,6 +140,8 @@ def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
         checks.number(f"--gpu-catalog: {name}.{key}", getattr(merged, key), 0.0, 1e6)
     for dtype, tflops in merged.peak_tflops.items():
         checks.number(f"--gpu-catalog: {name}.peak_tflops.{dtype}", tflops, 0.0, 1e6, lo_open=True)
+    if merged.device not in DEVICES:
+        raise PlannerError(f"--gpu-catalog: {name}.device must be one of {', '.join(DEVICES)}, got {merged.device!r}")
     if not isinstance(merged.description, str):
         raise PlannerError(f"--gpu-catalog: {name}.description must be text, got {merged.description!r}")
     return replace(merged, peak_tflops={k: float(v) for k, v in merged.peak_tflops.items()})

@@ -267,7 +267,7 @@ GRAD_BYTES = {"single": 4, "ddp": 4, "fsdp": 4, "deepspeed": 2}
 def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan, gpu, dtype: str) -> dict | None:
     """The step-time model's view of one optimizer step of `plan` (`planner.compute.step_time`, constants
     `CALIBRATED`), or None when the GPU's catalog entry lacks what it needs (HBM or network bandwidth)."""
-    from planner.compute.step_time import CALIBRATED, Kernels, hardware_of, step_time
+    from planner.compute.step_time import CALIBRATED, PROBED, Kernels, hardware_of, step_time
 
     try:
         hw = hardware_of(gpu, dtype, req.gpus_per_node)
@@ -278,11 +278,13 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
     grad_bytes = 4 if req.precision == "fp32" else GRAD_BYTES[plan.engine]
     # our trainer's kernels: eager PyTorch, SDPA's flash attention where the plan has it; the residual stream
     # is fp32 under autocast over fp32 weights (one process, DDP), else 16-bit
-    autocast = plan.engine in ("single", "ddp") and req.precision != "fp32"
-    kernels = Kernels(flash_attention=req.flash_attention, fused=False, residual_bytes=4 if autocast else 2,
-                      fp8_linears=req.precision == "fp8")
-    t = step_time(model.shape, plan, hw, CALIBRATED, checkpointing=req.checkpointing, overlap_dp=True,
-                  grad_bytes=grad_bytes, kernels=kernels)
+    fp32 = req.precision == "fp32"
+    autocast = plan.engine in ("single", "ddp") and not fp32
+    kernels = Kernels(flash_attention=req.flash_attention, fused=False, residual_bytes=4 if autocast or fp32 else 2,
+                      fp8_linears=req.precision == "fp8", activation_bytes=4 if fp32 else 2)
+    probed = gpu.device == "cpu"  # a machine `planner probe` measured: its figures are achieved rates
+    t = step_time(model.shape, plan, hw, PROBED if probed else CALIBRATED, checkpointing=req.checkpointing,
+                  overlap_dp=True, grad_bytes=grad_bytes, kernels=kernels)
     tokens = plan.batch * model.shape.seq_len
     busy = t.total_s * hw.peak_flops * req.gpus  # FLOPs the GPUs could have done in the step
     return {"step_time_s": t.total_s, "tokens_per_step": tokens, "tokens_per_s_per_gpu": tokens / t.total_s / req.gpus,
@@ -292,5 +294,6 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
                             "tensor_parallel": t.tp_comm_s, "bubble": t.bubble_s,
                             "pipeline_p2p": t.pp_comm_s, "data_parallel_exposed": t.dp_comm_s,
                             "optimizer": t.optimizer_s},
-            "model": "planner.compute.step_time, CALIBRATED on Narayanan et al. 2021 Table 1 and llm-foundry's MPT "
+            "model": "planner.compute.step_time at the rates `planner probe` measured" if probed else
+                     "planner.compute.step_time, CALIBRATED on Narayanan et al. 2021 Table 1 and llm-foundry's MPT "
                      "on H100 (BF16)"}

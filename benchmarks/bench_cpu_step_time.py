@@ -1,0 +1,84 @@
+"""This machine's step time, predicted by the step-time model from `planner probe`'s figures and measured by the
+trainer (issue 24: the CPU is hardware too).
+
+`planner probe` measures this machine (matmul FLOP/s, copy bandwidth, a gloo all-reduce between two processes)
+as a catalog entry (`device: cpu`); `planner emit` plans each layout on it, writing the predicted step time into
+run.yaml; `launch local` trains it (one thread per process, as launch sets), and the run logs `step_time_s` every
+step and `step_time_s_predicted` beside it in MLflow. Reported: the median measured step (steps 3 onward: the
+first steps build caches and the optimizer states) against the prediction, for one process and for 2-process
+DDP, FSDP and ZeRO-2, fp32 (this CPU has no bf16 matmul instructions: the probe measures bf16 GEMMs ~100x
+slower than fp32, and the model would price them so).
+
+    .venv/bin/python benchmarks/bench_cpu_step_time.py [--layers 4 --hidden 512 --seq-len 256 --micro-batch 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CASES = [("1 process", 1, []), ("DDP, 2 processes", 2, []), ("FSDP full, 2 processes", 2, ["--fsdp", "full"]),
+         ("ZeRO-2, 2 processes", 2, ["--zero", "2"])]
+
+
+def sh(*cmd: str, cwd: Path) -> str:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    out = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{' '.join(cmd[:4])} ...: exit {out.returncode}\n{out.stderr[-3000:]}")
+    return out.stdout
+
+
+def measured(db: Path) -> tuple[float, float]:
+    """(median measured step from step 3, the logged prediction) of the store's one run."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
+    steps = [m.value for m in client.get_metric_history(run.info.run_id, "step_time_s") if m.step >= 3]
+    predicted = client.get_metric_history(run.info.run_id, "step_time_s_predicted")
+    return statistics.median(steps), predicted[0].value if predicted else float("nan")
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--layers", default="4")
+    ap.add_argument("--hidden", default="512")
+    ap.add_argument("--heads", default="8")
+    ap.add_argument("--vocab", default="4096")
+    ap.add_argument("--seq-len", default="256")
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=8)
+    a = ap.parse_args(argv)
+    py = sys.executable
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        catalog = root / "this-cpu.yaml"
+        sh(py, "-m", "planner.cli", "probe", "--out", str(catalog), cwd=root)
+        print(catalog.read_text())
+        sh(py, "-m", "pretrain.data.synthetic", str(root / "shards"), "--vocab", a.vocab, "--rows", "2048",
+           "--seq-len", a.seq_len, cwd=root)
+        print("| layout | measured s (median, steps 3+) | predicted s | predicted / measured |")
+        print("|---|---|---|---|")
+        for name, n, flags in CASES:
+            job = root / name.split(",")[0].replace(" ", "-")
+            tokens = a.micro_batch * n * int(a.seq_len)
+            sh(py, "-m", "planner.cli", "emit", "--out", str(job), "--gpu-catalog", str(catalog), "--gpu", "this-cpu",
+               "--gpus", str(n), "--gpus-per-node", "2", "--precision", "fp32", "--layers", a.layers,
+               "--hidden", a.hidden, "--heads", a.heads, "--vocab", a.vocab, "--seq-len", a.seq_len,
+               "--micro-batch", str(a.micro_batch), "--batch-tokens", str(tokens), "--tokens", str(tokens * a.steps),
+               "--data", str(root / "shards"), "--tracking-uri", f"sqlite:///{job}/mlflow.db",
+               "--checkpoint-every", "1000", "--eval-every", "1000", *flags, cwd=root)
+            sh(py, "-m", "launch.cli", "local", str(job / "run.yaml"), "--nproc", str(n), cwd=job)
+            got, want = measured(job / "mlflow.db")
+            print(f"| {name} | {got:.3f} | {want:.3f} | {want / got:.3f} |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

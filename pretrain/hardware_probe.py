@@ -1,0 +1,94 @@
+"""Measure this machine as the step-time model sees a GPU: matmul FLOP/s per dtype, memory bandwidth, and the
+bandwidth of a gloo all-reduce between two local processes (`planner probe`).
+
+The step-time model (`planner.compute.step_time`) takes a catalog entry's peak FLOP/s, HBM bandwidth and link
+bandwidths. A GPU's come from its data sheet; a CPU has none that the trainer reaches, so they are measured
+here, with the thread count the trainer's processes run with, and written as a catalog entry
+(`planner/model/hardware.py`'s YAML) that `--gpu-catalog` reads. Each figure is the best of a few repeats
+(the machine's capability, not its noise):
+
+- matmul: `n x n @ n x n` (2 n^3 FLOPs) in fp32 and bf16;
+- memory: a 256 MiB copy (it reads and writes every byte: 2 x size moved);
+- link: a ring all-reduce of 64 MiB over gloo between two processes on this machine; the bus bandwidth
+  `2 (n - 1) / n x size / time` is what the model's ring formula divides by.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import torch
+
+MATMUL_N = 1024
+BF16_MATMUL_N = 512  # bf16 GEMMs on CPUs without bf16 instructions run ~100x slower: a smaller one
+COPY_BYTES = 256 * 2**20
+ALLREDUCE_BYTES = 64 * 2**20
+
+
+def best_seconds(fn, repeats: int = 5) -> float:
+    fn()  # warm-up: first-call allocations and kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def matmul_flops(dtype: torch.dtype, n: int = MATMUL_N) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / best_seconds(lambda: a @ b)
+
+
+def copy_bytes_per_s(nbytes: int = COPY_BYTES) -> float:
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / best_seconds(lambda: dst.copy_(src))
+
+
+def _allreduce_worker(rank: int, port: int, nbytes: int, out) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    x = torch.ones(nbytes // 4)
+    seconds = best_seconds(lambda: dist.all_reduce(x), repeats=3)
+    if rank == 0:
+        out.put(seconds)
+    dist.destroy_process_group()
+
+
+def allreduce_bus_bytes_per_s(nbytes: int = ALLREDUCE_BYTES) -> float:
+    """Two processes on this machine, gloo over loopback: the ring's bus bandwidth."""
+    import multiprocessing
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_allreduce_worker, args=(r, port, nbytes, out)) for r in range(2)]
+    for p in procs:
+        p.start()
+    seconds = out.get(timeout=120)
+    for p in procs:
+        p.join(timeout=60)
+    return 2 * (2 - 1) / 2 * nbytes / seconds
+
+
+def memory_gib() -> float:
+    with open("/proc/meminfo") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
+    return kib / 2**20
+
+
+def probe(threads: int = 1) -> dict:
+    """This machine's figures for one trainer process running `threads` threads (the trainer's processes run
+    one thread each when several share the cores: `OMP_NUM_THREADS`)."""
+    torch.set_num_threads(threads)
+    bus = allreduce_bus_bytes_per_s()
+    return {"threads": threads, "cpus": os.cpu_count(), "memory_gib": memory_gib(),
+            "fp32_flops": matmul_flops(torch.float32), "bf16_flops": matmul_flops(torch.bfloat16, BF16_MATMUL_N),
+            "copy_bytes_per_s": copy_bytes_per_s(), "allreduce_bus_bytes_per_s": bus}

@@ -1,0 +1,80 @@
+"""`planner probe`: this machine measured as a catalog entry, priced by the step-time model, logged by the run."""
+
+import json
+
+import pytest
+import torch
+
+from planner.cli.probe import catalog_entry
+from planner.model.hardware import load_catalog
+from tests.conftest import run_cli
+
+#: What a probe of a small CPU might return (the real probe's figures vary with the machine).
+MEASURED = {"threads": 1, "cpus": 2, "memory_gib": 16.0, "fp32_flops": 80e9, "bf16_flops": 0.8e9,
+            "copy_bytes_per_s": 8e9, "allreduce_bus_bytes_per_s": 0.5e9}
+
+
+@pytest.fixture
+def catalog(tmp_path):
+    path = tmp_path / "cpu.yaml"
+    path.write_text(catalog_entry("this-cpu", MEASURED))
+    return path
+
+
+def test_the_probe_writes_a_cpu_entry_the_catalog_reads_with_its_figures(catalog):
+    cpu = load_catalog(catalog)["this-cpu"]
+    assert cpu.device == "cpu" and cpu.peak_flops("fp32") == pytest.approx(80e9)
+    assert cpu.hbm_gbps == pytest.approx(8.0) and cpu.network_gbps == pytest.approx(0.5)
+    assert cpu.interconnect_gbps == pytest.approx(1.0)  # both directions, as NVLink is counted
+
+
+def test_a_probed_machine_is_priced_at_its_measured_rates(catalog):
+    from planner.compute.step_time import PROBED
+    from planner.model.shapes import ModelShape
+    from planner.plan.estimate import estimate
+    from planner.plan.request import EstimateRequest
+
+    shape = ModelShape(4, 512, 8, 4096, 256)
+    req = EstimateRequest.from_flags(shape=shape, gpus=1, micro_batch=8, gpu="this-cpu", catalog=load_catalog(catalog),
+                                     precision="fp32")
+    t = estimate(req).time
+    assert "planner probe" in t["model"] and PROBED.matmul_max == 1.0
+    # the matmuls at the probed fp32 rate: 2 FLOPs per parameter per token, three passes, plus the head
+    tokens = 8 * 256
+    matmul = tokens * (3 * 2 * 4 * (shape.attention_params() + shape.mlp_params()) + 6 * 4096 * 512) / 80e9
+    assert t["breakdown_s"]["matmul"] == pytest.approx(matmul, rel=1e-6)
+
+
+def test_probe_refuses_a_name_that_is_not_a_plain_word():
+    out = run_cli("probe", "--name", "my cpu; rm")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--name" in out.stderr
+
+
+def test_the_probes_measurements_are_this_machines_rates():
+    from pretrain.hardware_probe import allreduce_bus_bytes_per_s, copy_bytes_per_s, matmul_flops
+
+    torch.set_num_threads(1)
+    assert 1e8 < matmul_flops(torch.float32, 256) < 1e13  # a core does 0.1-10,000 GFLOP/s
+    assert 1e8 < copy_bytes_per_s(16 * 2**20) < 1e12
+    assert 1e6 < allreduce_bus_bytes_per_s(4 * 2**20) < 1e12
+
+
+def test_a_run_planned_on_this_cpu_logs_the_predicted_step_time_beside_the_measured(tmp_path, catalog):
+    from mlflow.tracking import MlflowClient
+
+    from pretrain.data.synthetic import write_markov_shards
+
+    write_markov_shards(tmp_path / "shards", vocab=256, seq_len=64, rows=256)
+    job = tmp_path / "job"
+    assert run_cli("emit", "--out", str(job), "--gpu-catalog", str(catalog), "--gpu", "this-cpu", "--gpus", "1",
+                   "--precision", "fp32", "--layers", "2", "--hidden", "64", "--heads", "4", "--vocab", "256",
+                   "--seq-len", "64", "--micro-batch", "8", "--batch-tokens", "512", "--tokens", "1536",
+                   "--data", str(tmp_path / "shards"), "--tracking-uri", f"sqlite:///{job}/mlflow.db").returncode == 0
+    planned = json.loads((job / "plan.json").read_text())
+    out = run_cli("local", str(job / "run.yaml"), "--nproc", "1", module="launch.cli")
+    assert out.returncode == 0, out.stderr[-2000:]
+    client = MlflowClient(f"sqlite:///{job}/mlflow.db")
+    run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
+    predicted = client.get_metric_history(run.info.run_id, "step_time_s_predicted")
+    assert predicted and predicted[0].value == pytest.approx(planned["step_time_s"])
+    assert len(client.get_metric_history(run.info.run_id, "step_time_s")) == 3
