@@ -18,6 +18,7 @@ utilisation on the 6ND basis (what "LLaMA-7B ran at 43%" means) is shown beside 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from planner.core import checks
@@ -87,9 +88,12 @@ def estimate_compute(params: float, tokens: float, shape: ModelShape | None, *, 
     """Compute, time and cost of training `params` parameters on `tokens` tokens.
 
     GPU-hours use model FLOPs at the stated MFU (MFU is defined on model FLOPs, so
-    recomputation's extra work shows up as a lower achievable MFU, not as more model FLOPs).
+    recomputation's extra work shows up as a lower achievable MFU, not as more model FLOPs). A user's --mfu
+    is checked to lie in (0, 1] where it is read; a predicted one may pass 1 on a small model, whose 6N counts
+    the embedding lookups as FLOPs, on a machine priced at its measured rates (`planner probe`).
     """
-    validate_mfu(mfu)
+    if not (mfu > 0 and math.isfinite(mfu)):
+        raise PlannerError(f"MFU: {mfu!r} must be a positive number")
     if gpus < 1:
         raise PlannerError(f"--gpus: {gpus!r} must be a positive integer")
     flops = model_flops_per_token(params, shape) * tokens

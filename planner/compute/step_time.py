@@ -223,10 +223,11 @@ def flash_padded_head_dim(head_dim: int) -> int:
     return -(-head_dim // 32) * 32
 
 
-def data_parallel_bytes(plan: ParallelPlan, rank_params: float, grad_bytes: int) -> float:
+def data_parallel_bytes(plan: ParallelPlan, rank_params: float, grad_bytes: int, param_bytes: int = 2) -> float:
     """Bytes each data-parallel rank sends per step (all-reduce as a ring counts 2 (n-1)/n of its input):
     DDP all-reduces the gradients; ZeRO 1-2 / FSDP shard-grad-op reduce-scatter them and all-gather the
-    updated 16-bit parameters; ZeRO-3 / FSDP full also all-gather the parameters again for backward."""
+    updated parameters (16-bit, or fp32 in an fp32 run); ZeRO-3 / FSDP full also all-gather the parameters
+    again for backward."""
     n = plan.shard_degree if plan.stage else plan.dp
     if n <= 1:
         return 0.0
@@ -234,7 +235,7 @@ def data_parallel_bytes(plan: ParallelPlan, rank_params: float, grad_bytes: int)
     if plan.stage == 0:
         return 2 * half * grad_bytes
     gathers = 2 if plan.stage == 3 else 1
-    return half * grad_bytes + gathers * half * 2
+    return half * grad_bytes + gathers * half * param_bytes
 
 
 def data_parallel_bandwidth(plan: ParallelPlan, hw: Hardware, link: float) -> float:
@@ -291,7 +292,8 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     pp_comm = 0.0 if plan.pp == 1 else micro_batches * plan.pp_virtual * 2 * activation_bytes / plan.tp / net
     params = shape.layers * matmul_params + shape.vocab * h
     rank_params = params / (plan.tp * plan.pp)
-    dp_comm = data_parallel_bytes(plan, rank_params, grad_bytes) / data_parallel_bandwidth(plan, hw, eff.link)
+    dp_comm = data_parallel_bytes(plan, rank_params, grad_bytes, kernels.activation_bytes) \
+        / data_parallel_bandwidth(plan, hw, eff.link)
     if plan.engine == "fsdp" and plan.stage and plan.dp_replicate > 1:  # hybrid sharding: the shards' gradients all-reduced across copies
         dp_comm += ring_time(grad_bytes * rank_params / plan.shard_degree, plan.dp_replicate, net)
     if overlap_dp:  # hidden behind the last micro-batch's backward (the whole step's under ZeRO-3 / FSDP full)

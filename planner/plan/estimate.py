@@ -282,9 +282,11 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
     autocast = plan.engine in ("single", "ddp") and not fp32
     kernels = Kernels(flash_attention=req.flash_attention, fused=False, residual_bytes=4 if autocast or fp32 else 2,
                       fp8_linears=req.precision == "fp8", activation_bytes=4 if fp32 else 2)
-    probed = gpu.device == "cpu"  # a machine `planner probe` measured: its figures are achieved rates
+    # A machine `planner probe` measured: its figures are achieved rates; and with one thread per process on
+    # every core, gloo's collectives take the cores the compute runs on, so nothing overlaps.
+    probed = gpu.device == "cpu"
     t = step_time(model.shape, plan, hw, PROBED if probed else CALIBRATED, checkpointing=req.checkpointing,
-                  overlap_dp=True, grad_bytes=grad_bytes, kernels=kernels)
+                  overlap_dp=not probed, grad_bytes=grad_bytes, kernels=kernels)
     tokens = plan.batch * model.shape.seq_len
     busy = t.total_s * hw.peak_flops * req.gpus  # FLOPs the GPUs could have done in the step
     return {"step_time_s": t.total_s, "tokens_per_step": tokens, "tokens_per_s_per_gpu": tokens / t.total_s / req.gpus,
