@@ -148,6 +148,26 @@ def test_pii_redaction_replaces_and_counts_emails_phones_and_public_ips():
     assert f.stats["general"].changed == {"emails": 1, "phone numbers": 1, "ip addresses": 1}
 
 
+@pytest.mark.parametrize("line", [
+    # Debian's /usr/share/doc/dbus-daemon/copyright, line 264 (a DFARS clause number, not a phone number)
+    "the Government shall have only \"Restricted Rights\" as defined in Clause 252.227-7013 (c) (1) of DFARs.",
+    # valgrind's /usr/share/doc/valgrind/html/cg-manual.html, line 310 (a symbol version, not an address)
+    "149,518    0    0   149,516     0     0         1      0      0  ???:fgetc@@GLIBC_2.0",
+])
+def test_pii_redaction_leaves_real_text_that_only_looks_like_pii(line):
+    f = PIIRedactor()
+    d = doc(line)
+    f.apply(d)
+    assert d.text == line and not any(f.stats["general"].changed.values())
+
+
+def test_pii_redaction_finds_phone_numbers_in_their_usual_forms():
+    f = PIIRedactor()
+    d = doc("Call 212-555-0199, 212.555.0199, 212 555 0199, (212) 555-0199 or +1 212-555-0199 today.")
+    f.apply(d)
+    assert d.text == "Call <PHONE>, <PHONE>, <PHONE>, <PHONE> or <PHONE> today."
+
+
 def readme_documents():
     """Real documents: the long descriptions of every installed package (README prose, lists, code)."""
     import glob
