@@ -1,6 +1,9 @@
 """`planner probe`: this machine measured as a catalog entry, priced by the step-time model, logged by the run."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -71,7 +74,9 @@ def test_a_run_planned_on_this_cpu_logs_the_predicted_step_time_beside_the_measu
                    "--seq-len", "64", "--micro-batch", "8", "--batch-tokens", "512", "--tokens", "1536",
                    "--data", str(tmp_path / "shards"), "--tracking-uri", f"sqlite:///{job}/mlflow.db").returncode == 0
     planned = json.loads((job / "plan.json").read_text())
-    out = run_cli("local", str(job / "run.yaml"), "--nproc", "1", module="launch.cli")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}  # the run's folder is relative: under this test's tmp_path
+    out = subprocess.run([sys.executable, "-m", "launch.cli", "local", str(job / "run.yaml"), "--nproc", "1"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     client = MlflowClient(f"sqlite:///{job}/mlflow.db")
     run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]

@@ -20,7 +20,7 @@ class Engine(ABC):
 
     def __init__(self, cfg: RunConfig, info: DistInfo):
         self.cfg, self.info = cfg, info
-        torch.manual_seed(cfg.train.seed)  # the same random streams (dropout-free, but data order) on every rank
+        torch.manual_seed(cfg.train.seed)  # other random streams alike on every rank (weights: init_weights)
         self.model = self.build_model()
         self.measured_state_bytes: dict[str, float] | None = None
 
