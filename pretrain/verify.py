@@ -283,11 +283,11 @@ def measure_stages(req, plan: ParallelPlan, steps: int = 2, jobs: int = 1) -> di
 
 def rank_groups(plan: ParallelPlan, jobs: int) -> list[list[int]]:
     """The pipeline ranks dealt to at most `jobs` processes, costliest first to the least loaded. A rank runs
-    its warm-up's forwards and two steady pairs, then one backward; a backward (with its recomputation)
-    costs about three forwards."""
+    its warm-up's forwards, two steady pairs and the last backward (`_run_stages`), in forward-equivalents:
+    warm-up + 2 forwards and 3 backwards of about three forwards each (with the recomputation)."""
     from planner.memory.pipeline import warmup_chunks
 
-    cost = {r: warmup_chunks(plan, r) + 1 + 3 * 3 for r in range(plan.pp)}
+    cost = {r: warmup_chunks(plan, r) + 2 + 3 * 3 for r in range(plan.pp)}
     groups: list[list[int]] = [[] for _ in range(max(1, min(jobs, plan.pp)))]
     for rank in sorted(cost, key=cost.get, reverse=True):
         min(groups, key=lambda g: sum(cost[r] for r in g)).append(rank)
@@ -340,10 +340,10 @@ def _run_stages(parts: nn.ModuleList, plan: ParallelPlan, cfg: ModelConfig, fake
     What is run is what reaches the step's peak, and no more. The steady state repeats itself: once one
     micro-batch has gone backward (its gradients accumulated) and the next forward is in, memory no longer
     grows, so the second 1F1B pair after the warm-up reaches the steady peak, if its backward is not the
-    step's last (whose reduce-scatter frees the accumulated gradients as it goes). The cool-down only frees: each of its
-    backwards holds one micro-batch fewer than the one before, so all but the last are dropped unrun (their
-    graphs freed, as their backwards would free them) and the last runs as the schedule's last backward,
-    with the reduce-scatter, one micro-batch in flight, as in the full schedule."""
+    step's last (whose reduce-scatter frees the accumulated gradients as it goes). The cool-down only frees:
+    each of its backwards holds one micro-batch fewer than the one before, so all but the last are dropped
+    unrun (their graphs freed, as their backwards would free them) and the last runs as the schedule's last
+    backward, with the reduce-scatter, one micro-batch in flight, as in the full schedule."""
     from pretrain.engines.parallelize import loss_context
     from pretrain.model import cross_entropy
 

@@ -186,7 +186,8 @@ def memory_bound_bytes(shape: ModelShape, kernels: Kernels, checkpointing: str =
         fwd, bwd = (a * h + b * kv + c * f for a, b, c in EAGER_BLOCK[kernels.activation_bytes])
         return recomputed * fwd + bwd
     r = kernels.residual_bytes
-    norm = (r + 4 + 4 + w) if r == 4 else (r + w)
+    autocast = r > w  # an fp32 stream under 16-bit compute: the norm runs in fp32, then a cast
+    norm = (r + 4 + 4 + w) if autocast else (r + w)
     fwd = 2 * norm * h + 2 * (2 * r + w) * h + (3 if shape.mlp == "swiglu" else 2) * w * f
     if shape.position == "rope":
         fwd += 2 * w * (shape.q_dim + kv)

@@ -97,6 +97,10 @@ class TrackingConfig:
     fallback_dir: str = "mlflow-offline"  # metrics kept here when the server is down
 
 
+#: What a catalog entry describes: a GPU (data-sheet figures), or a CPU measured by `planner probe`.
+DEVICES = ("gpu", "cpu")
+
+
 @dataclass
 class GPUSpec:
     """A GPU that is not in the built-in catalog (a user's `--gpu-catalog` entry), written in whole."""
@@ -108,7 +112,7 @@ class GPUSpec:
     description: str = ""
     hbm_gbps: float = 0.0
     network_gbps: float = 0.0
-    device: str = "gpu"  # or cpu (`planner probe`)
+    device: str = "gpu"  # one of DEVICES
 
 
 @dataclass
@@ -383,8 +387,8 @@ def _validate_planning(p: PlanningConfig) -> None:
         check.number("planning.gpu_spec.price_per_hour", p.gpu_spec.price_per_hour, 0.0, 1000.0)
         for key in ("interconnect_gbps", "hbm_gbps", "network_gbps"):
             check.number(f"planning.gpu_spec.{key}", getattr(p.gpu_spec, key), 0.0, 1e6)
-        if p.gpu_spec.device not in ("gpu", "cpu"):
-            raise ConfigError(f"planning.gpu_spec.device: {p.gpu_spec.device!r} is not one of gpu, cpu")
+        if p.gpu_spec.device not in DEVICES:
+            raise ConfigError(f"planning.gpu_spec.device: {p.gpu_spec.device!r} is not one of {', '.join(DEVICES)}")
 
 
 def flatten(cfg: RunConfig) -> dict[str, Any]:

@@ -27,9 +27,7 @@ from pathlib import Path
 from planner.core import checks
 from planner.core.errors import PlannerError
 from planner.core.io import read_input
-
-#: What a catalog entry describes: a GPU (data-sheet figures), or a CPU measured by `planner probe`.
-DEVICES = ("gpu", "cpu")
+from planner.core.schema import DEVICES
 
 
 @dataclass(frozen=True)
