@@ -9,6 +9,9 @@ here, with the thread count the trainer's processes run with, and written as a c
 
 - matmul: `n x n @ n x n` (2 n^3 FLOPs) in fp32 and bf16;
 - memory: a 256 MiB copy (it reads and writes every byte: 2 x size moved);
+- attention: a causal SDPA forward and backward at a small LLaMA shape (64-wide heads, 256 positions),
+  priced as the step-time model counts attention (3 passes of 4 s^2 heads head_dim FLOPs per sequence, the
+  causal half skipped): CPU SDPA runs far below the GEMM rate (about a quarter here);
 - link: a ring all-reduce of 64 MiB over gloo between two processes on this machine; the bus bandwidth
   `2 (n - 1) / n x size / time` is what the model's ring formula divides by.
 """
@@ -39,6 +42,16 @@ def best_seconds(fn, repeats: int = 5) -> float:
 def matmul_flops(dtype: torch.dtype, n: int = MATMUL_N) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     return 2 * n**3 / best_seconds(lambda: a @ b)
+
+
+def attention_flops(dtype: torch.dtype, batch: int = 4, heads: int = 8, seq: int = 256, head_dim: int = 64) -> float:
+    q, k, v = (torch.randn(batch, heads, seq, head_dim, dtype=dtype, requires_grad=True) for _ in range(3))
+    grad = torch.ones(batch, heads, seq, head_dim, dtype=dtype)
+
+    def step():
+        torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True).backward(grad)
+
+    return 3 * 4 * batch * seq**2 * heads * head_dim / 2 / best_seconds(step, repeats=3)
 
 
 def copy_bytes_per_s(nbytes: int = COPY_BYTES) -> float:
@@ -91,4 +104,6 @@ def probe(threads: int = 1) -> dict:
     bus = allreduce_bus_bytes_per_s()
     return {"threads": threads, "cpus": os.cpu_count(), "memory_gib": memory_gib(),
             "fp32_flops": matmul_flops(torch.float32), "bf16_flops": matmul_flops(torch.bfloat16, BF16_MATMUL_N),
+            "fp32_attention_flops": attention_flops(torch.float32),
+            "bf16_attention_flops": attention_flops(torch.bfloat16, batch=1),
             "copy_bytes_per_s": copy_bytes_per_s(), "allreduce_bus_bytes_per_s": bus}

@@ -7,12 +7,17 @@ planner's `planner.memory.activations` predicts. Works on real tensors and under
 (fake storages have sizes and identities, no data), so a LLaMA-7B layer is counted in
 milliseconds.
 
+`LiveTensorCounter` counts the storages created inside it that are still alive when read: after a
+forward whose loss (and so graph) is held, what is kept for backward by anything, autograd's saved
+tensors and selective checkpointing's cache alike (the latter never passes the hooks).
+
 `MemoryTrafficCounter` adds up the bytes each memory-bound aten op reads and writes: what the step-time
 model prices at HBM bandwidth for our eager block.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -63,6 +68,53 @@ class SavedTensorCounter:
 
     def stop(self) -> None:
         self._hooks.__exit__(None, None, None)
+
+
+class LiveTensorCounter(TorchDispatchMode):
+    """Bytes of the distinct storages the ops inside it create that are alive when `bytes` is read.
+    Storages are held by weak reference (torch keeps one Python object per live storage), so the count is
+    of what something else still holds; works on real and fake tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self._storages: dict[int, weakref.ref] = {}
+        self._frozen: int | None = None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {_storage_key(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and _storage_key(t) not in inputs:  # views and in-place ops make none
+                storage = t.untyped_storage()
+                known = self._storages.get(storage._cdata)
+                if known is None or known() is not storage:  # new, or a freed storage's address reused
+                    self._storages[storage._cdata] = weakref.ref(storage)
+        return out
+
+    def _alive(self) -> int:
+        # read now: FSDP and ZeRO-3 free a gathered parameter by resizing its storage to zero bytes
+        return sum(s.nbytes() for s in (ref() for ref in self._storages.values()) if s is not None)
+
+    @property
+    def bytes(self) -> int:
+        """Alive now, or, once `stop()` ran, when it ran (the end of the forward the trainer counts)."""
+        return self._alive() if self._frozen is None else self._frozen
+
+    def start(self) -> None:
+        self._frozen = None
+        self.__enter__()
+
+    def stop(self) -> None:
+        self.__exit__(None, None, None)
+        self._frozen = self._alive()
+
+    @contextmanager
+    def count(self) -> Iterator[LiveTensorCounter]:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
 
 
 #: aten ops that move no bytes of their own (views and metadata) or that are matmuls (timed by their FLOPs).

@@ -26,7 +26,7 @@ from torch import nn
 from planner.core.errors import PlannerError
 from planner.core.schema import RunConfig
 from pretrain.distributed import DistInfo
-from pretrain.memory_probe import SavedTensorCounter
+from pretrain.memory_probe import LiveTensorCounter, SavedTensorCounter
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,8 @@ def predict(cfg: RunConfig, gpu_name: str | None, rank: int = 0) -> Predicted:
     states = memory.model_states(params, terms, plan, shape, convention, at_step=True)
     # activations of this engine, precision and checkpointing: what SavedTensorCounter sees on the first forward
     regime = activations.regime_for(cfg.train.precision, {"single": "ddp"}.get(plan.engine, plan.engine))
-    checkpointing = "full" if cfg.train.activation_checkpointing else "none"
-    activation_bytes = activations.stored_bytes(shape, b, regime=regime, checkpointing=checkpointing, tp=plan.tp,
+    activation_bytes = activations.stored_bytes(shape, b, regime=regime, checkpointing=cfg.train.activation_checkpointing,
+                                                every=cfg.train.activation_checkpointing_every, tp=plan.tp,
                                                 sequence_parallel=plan.tp > 1) \
         + (activations.head_bytes(shape, b, regime, plan.tp) if head else 0.0)
     peak_bytes = peak_flops = None
@@ -129,11 +129,14 @@ class RunReport:
         return {"n_params": self.predicted.n_params, "train_tokens": self.tokens_per_step * self.cfg.train.steps,
                 "world_size": world, "tp": plan.tp, "data_parallel": plan.dp}
 
-    def activation_counter(self, model: nn.Module) -> SavedTensorCounter:
-        """A counter for what the first micro-batch saves for backward (the engine runs it)."""
+    def activation_counter(self, model: nn.Module) -> SavedTensorCounter | LiveTensorCounter:
+        """A counter for what the first micro-batch keeps for backward (the engine runs it): autograd's saved
+        tensors, or, under the op-level policy, whose cache the hooks never see, what its forward leaves alive."""
+        if self.cfg.train.activation_checkpointing == "op":
+            return LiveTensorCounter()
         return SavedTensorCounter(model)
 
-    def record_activations(self, counter: SavedTensorCounter | None) -> None:
+    def record_activations(self, counter: SavedTensorCounter | LiveTensorCounter | None) -> None:
         """The first micro-batch's saved bytes against the planner's activations (this rank's stages under PP)."""
         if counter is None:
             return

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
-from torch.utils.checkpoint import checkpoint
 
 from planner.core.schema import ModelConfig
 from planner.model.shapes import shape_of
+from pretrain.activation_checkpointing import POLICIES, checkpointed, run_block
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,6 +39,60 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     cos, sin = cos[: x.shape[-2]], sin[: x.shape[-2]]
     rotated = torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
     return rotated.type_as(x)
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+class RMSNormFunction(torch.autograd.Function):
+    """RMSNorm (Zhang & Sennrich 2019) as nn.RMSNorm computes it (fp32 statistics and product, cast back to the
+    input's dtype), keeping for backward only its input, in the input's own dtype, and the fp32 reciprocal RMS:
+    a·h + 4 bytes per token, as fused kernels keep (Apex's and Megatron's fused RMSNorm). nn.RMSNorm's composite
+    path, what the CPU build runs, keeps the fp32 input and the fp32 normalised tensor instead: 8·h + 4.
+    Backward is the textbook one: with x̂ = x·r and g = dy·w, dx = r·(g - x̂·mean(g·x̂)), dw = Σ dy·x̂."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        xf = _at_least_fp32(x)
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return (xf * rstd * weight).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight, rstd = ctx.saved_tensors
+        x_hat, dy = _at_least_fp32(x) * rstd, _at_least_fp32(grad)
+        g = dy * weight
+        dx = rstd * (g - x_hat * (g * x_hat).mean(-1, keepdim=True))
+        dw = (dy * x_hat).flatten(0, -2).sum(0) if ctx.needs_input_grad[1] else None
+        return dx.to(x.dtype), None if dw is None else dw.to(weight.dtype), None
+
+
+class RMSNorm(nn.RMSNorm):
+    """nn.RMSNorm's parameters and state-dict keys, `RMSNormFunction`'s lean backward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return RMSNormFunction.apply(x, self.weight, self.eps)
+
+
+class SwiGLUProduct(torch.autograd.Function):
+    """silu(gate)·up keeping only gate and up for backward (SiLU is recomputed from gate): 2·a·f bytes per
+    token, not autograd's 3·a·f (gate, SiLU output, up), as fused SwiGLU kernels do (Megatron's bias_swiglu).
+    Backward runs the ops autograd would (the product's two products, aten's own SiLU derivative, in the
+    inputs' dtype) plus the recomputed SiLU."""
+
+    @staticmethod
+    def forward(ctx, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        gate, up = ctx.saved_tensors
+        d_up = grad * F.silu(gate) if ctx.needs_input_grad[1] else None
+        d_gate = torch.ops.aten.silu_backward(grad * up, gate) if ctx.needs_input_grad[0] else None
+        return d_gate, d_up
 
 
 class Attention(nn.Module):
@@ -57,10 +111,8 @@ class Attention(nn.Module):
         k = self.k(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         v = self.v(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.kv_heads != self.heads:  # grouped-query attention: share each kv head across a group
-            repeat = self.heads // self.kv_heads
-            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        # grouped-query attention: SDPA shares each kv head across its group itself (no expanded copies kept)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=self.kv_heads != self.heads)
         return self.o(y.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -72,15 +124,15 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(ffn, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(SwiGLUProduct.apply(self.gate(x), self.up(x)))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig, ffn: int):
         super().__init__()
-        self.attn_norm = nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.hidden, eps=cfg.norm_eps)
         self.attn = Attention(cfg.hidden, cfg.heads, cfg.kv_heads or cfg.heads)
-        self.mlp_norm = nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps)
+        self.mlp_norm = RMSNorm(cfg.hidden, eps=cfg.norm_eps)
         self.mlp = SwiGLU(cfg.hidden, ffn)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -99,18 +151,21 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 class Transformer(nn.Module):
-    def __init__(self, cfg: ModelConfig, activation_checkpointing: bool = False, layers: Iterable[int] | None = None,
-                 embedding: bool = True, head: bool = True, seed: int = 0):
+    def __init__(self, cfg: ModelConfig, activation_checkpointing: str = "none", layers: Iterable[int] | None = None,
+                 embedding: bool = True, head: bool = True, seed: int = 0, checkpoint_every: int = 1):
         """The whole model, or (a pipeline stage) the blocks `layers` with or without the embedding and the
         output layer (final norm and head), its weights drawn from `seed` (`init_weights`); built under
-        `torch.device("meta")` it holds none until materialised (`to_empty`, then `init_weights`)."""
+        `torch.device("meta")` it holds none until materialised (`to_empty`, then `init_weights`). Training
+        checkpoints every `checkpoint_every`-th block under `activation_checkpointing` (one of
+        `pretrain.activation_checkpointing.POLICIES`)."""
         super().__init__()
-        self.cfg, self.activation_checkpointing = cfg, activation_checkpointing
+        assert activation_checkpointing in POLICIES, activation_checkpointing
+        self.cfg, self.activation_checkpointing, self.checkpoint_every = cfg, activation_checkpointing, checkpoint_every
         ffn = shape_of(cfg).ffn
         layers = range(cfg.layers) if layers is None else layers
         self.embed = nn.Embedding(cfg.vocab, cfg.hidden) if embedding else None
         self.blocks = nn.ModuleDict({str(i): Block(cfg, ffn) for i in layers})
-        self.norm = nn.RMSNorm(cfg.hidden, eps=cfg.norm_eps) if head else None
+        self.norm = RMSNorm(cfg.hidden, eps=cfg.norm_eps) if head else None
         self.head = None if cfg.tied_embeddings or not head else nn.Linear(cfg.hidden, cfg.vocab, bias=False)
         cos, sin = rope_tables(cfg.seq_len, cfg.hidden // cfg.heads, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -145,11 +200,10 @@ class Transformer(nn.Module):
         """Tokens (or, past the first stage, hidden states) in; the loss, the logits (no targets) or, before
         the last stage, hidden states out."""
         x = self.embed(tokens) if self.embed is not None else tokens
-        for block in self.blocks.values():
-            if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, self.rope_cos, self.rope_sin, use_reentrant=False)
-            else:
-                x = block(x, self.rope_cos, self.rope_sin)
+        for index, block in self.blocks.items():
+            policy = checkpointed(self.activation_checkpointing, self.checkpoint_every, int(index)) \
+                if self.training else "none"
+            x = run_block(block, policy, x, self.rope_cos, self.rope_sin)
         if self.norm is None:
             return x
         x = self.norm(x)

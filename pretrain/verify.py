@@ -174,7 +174,7 @@ def checked_layout(req) -> ParallelPlan:
     if plan.offload != "none":
         raise PlannerError("verify: CPU offload moves states off the device the tracker measures; use --offload none")
     if req.checkpointing == "selective":
-        raise PlannerError("verify: the trainer has full activation checkpointing or none, not selective")
+        raise PlannerError("verify: the trainer runs full or op activation checkpointing or none, not selective")
     if req.precision not in ("bf16-mixed", "fp32"):
         raise PlannerError(f"verify: the trainer runs bf16-mixed or fp32, not {req.precision}")
     if plan.pp > 1 and plan.pp_virtual > 1:
@@ -190,18 +190,19 @@ def build_model(cfg: ModelConfig, plan: ParallelPlan, req, fake_mode, part: dict
     from pretrain.engines.parallelize import build_mesh, parallelize
     from pretrain.model import Transformer
 
-    checkpointing = req.checkpointing == "full"
+    checkpointing = req.checkpointing if req.checkpointing in ("full", "op") else "none"  # what the trainer runs
     part = part or {}
     if plan.engine != "fsdp":
         with fake_mode:
-            return Transformer(cfg, activation_checkpointing=checkpointing)
+            return Transformer(cfg, activation_checkpointing=checkpointing, checkpoint_every=req.checkpointing_every)
     # Device meshes cannot be built inside the fake mode (their rank tables are real tensors), and FSDP2
     # builds one of its own over TP's DTensors, so the layout is applied outside it: to parameters that
     # are fake already, so nothing is allocated.
     mesh = mesh or build_mesh(plan, "cpu")
     with fake_mode, torch.device("meta"):
         model = Transformer(cfg, **part)
-    parallelize(model, plan, mesh, bf16=req.precision == "bf16-mixed", activation_checkpointing=checkpointing)
+    parallelize(model, plan, mesh, bf16=req.precision == "bf16-mixed", activation_checkpointing=checkpointing,
+                checkpoint_every=req.checkpointing_every)
     with fake_mode:
         model.to_empty(device="cpu")
     return model

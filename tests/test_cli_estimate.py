@@ -31,7 +31,7 @@ def test_params_accepts_scientific_and_suffixed_counts(capsys, text, value):
 def test_params_alone_infers_a_shape_and_says_so(capsys):
     result = estimate_json(capsys, "--params", "7e9")
     assert result["model"]["shape_inferred"] is True
-    assert result["memory_per_gpu_bytes"]["activations"] > 0
+    assert result["memory_per_moment_bytes"]["backward-start"]["activations"] > 0
 
 
 def test_preset_uses_its_exact_shape(capsys):

@@ -96,7 +96,7 @@ def test_emitted_run_config_loads_and_matches_the_plan(tmp_path):
     p = cfg.parallel
     assert (p.engine, p.fsdp_mode, p.dp_shard, p.world, p.nodes) == ("fsdp", "hybrid", 8, 64, 8)
     assert cfg.parallel.micro_batch * cfg.parallel.grad_accum * 64 * 4096 == 2**22
-    assert cfg.train.activation_checkpointing and cfg.plan["predicted_memory_per_gpu_bytes"] > 0
+    assert cfg.train.activation_checkpointing == "full" and cfg.plan["predicted_memory_per_gpu_bytes"] > 0
 
 
 @pytest.mark.parametrize("stage, offload", [(1, "none"), (2, "optimizer"), (3, "all")])

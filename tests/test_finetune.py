@@ -18,7 +18,7 @@ from pretrain.model import Transformer
 peft = pytest.importorskip("peft")
 
 
-def adapted_model(modules, rank=8, layers=3, kv_heads=None, checkpointing=False):
+def adapted_model(modules, rank=8, layers=3, kv_heads=None, checkpointing="none"):
     """Our model in bf16, frozen, with PEFT LoRA adapters cast to fp32 (get_peft_model's default)."""
     cfg = ModelConfig(layers=layers, hidden=256, heads=4, kv_heads=kv_heads, vocab=1000, seq_len=128)
     torch.set_default_dtype(torch.bfloat16)
@@ -61,7 +61,7 @@ def test_lora_activation_bytes_equal_the_saved_tensors(modules, rank, kv):
 
 @pytest.mark.parametrize("modules", [("q", "v"), ("q", "k", "v", "o", "gate", "up", "down")])
 def test_lora_with_full_checkpointing_keeps_each_layers_input(modules):
-    model, shape = adapted_model(modules, 8, checkpointing=True)
+    model, shape = adapted_model(modules, 8, checkpointing="full")
     counter = SavedTensorCounter(model)
     tokens = torch.randint(0, 1000, (2, 128))
     with counter.count():

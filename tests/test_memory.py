@@ -96,17 +96,18 @@ def test_activations_scale_linearly_with_micro_batch():
 LLAMA7B = ModelShape(32, 4096, 32, 32000, 2048, ffn_hidden=11008)
 
 
-def test_llama_block_saves_30h_plus_8f_bytes_per_token_in_16_bit():
-    # planner/memory/activations.py: 2 norms x (8h + 4), 6 x 2h around attention, 4 x 2f in SwiGLU,
-    # lse 4/head.
+def test_llama_block_saves_18h_plus_6f_bytes_per_token_in_16_bit():
+    # planner/memory/activations.py: 2 norms x (2h + 4), 2h input, 3 x 2h q/k/v (MHA), 2h output and lse 4/head,
+    # 2h projection input, 2h MLP input, 3 x 2f in SwiGLU (gate, up, product).
     h, f, a = 4096, 11008, 32
-    assert activations.per_layer_bytes(LLAMA7B, 1) == 2048 * (30 * h + 8 * f + 8 + 4 * a)
+    assert activations.per_layer_bytes(LLAMA7B, 1) == 2048 * (18 * h + 6 * f + 8 + 4 * a)
 
 
-def test_gqa_does_not_shrink_our_models_activations():
-    # pretrain.model expands k and v to all heads before SDPA, which keeps the expanded copies.
+def test_gqa_shrinks_our_models_k_and_v():
+    # pretrain.model lets SDPA share the kv heads (enable_gqa): k and v keep 8 of 32 heads, 2 x 2 x 3/4 h fewer bytes
     gqa = ModelShape(32, 4096, 32, 32000, 2048, ffn_hidden=11008, kv_heads=8)
-    assert activations.per_layer_bytes(gqa, 1) == activations.per_layer_bytes(LLAMA7B, 1)
+    saved = activations.per_layer_bytes(LLAMA7B, 1) - activations.per_layer_bytes(gqa, 1)
+    assert saved == 2048 * 2 * 2 * 4096 * 3 / 4
 
 
 def test_autocast_keeps_a_16_bit_copy_of_every_matrix_per_micro_batch():

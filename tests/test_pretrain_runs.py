@@ -52,7 +52,10 @@ ENGINES = {
     "zero3-offload": ["parallel.engine=deepspeed", "parallel.zero_stage=3", "parallel.offload=all"],
     "fsdp-shard-grad-op": ["parallel.engine=fsdp", "parallel.fsdp_mode=shard-grad-op"],
     "fsdp-hybrid-ckpt": ["parallel.engine=fsdp", "parallel.fsdp_mode=hybrid", "parallel.dp_shard=2",
-                         "train.activation_checkpointing=true"],
+                         "train.activation_checkpointing=full"],
+    "fsdp-full-op": ["parallel.engine=fsdp", "parallel.fsdp_mode=full", "train.activation_checkpointing=op"],
+    "ddp-op-every-2nd": ["parallel.engine=ddp", "train.activation_checkpointing=op",
+                         "train.activation_checkpointing_every=2"],
 }
 
 

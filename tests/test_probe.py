@@ -14,7 +14,8 @@ from tests.conftest import run_cli
 
 #: What a probe of a small CPU might return (the real probe's figures vary with the machine).
 MEASURED = {"threads": 1, "cpus": 2, "memory_gib": 16.0, "fp32_flops": 80e9, "bf16_flops": 0.8e9,
-            "copy_bytes_per_s": 8e9, "allreduce_bus_bytes_per_s": 0.5e9}
+            "copy_bytes_per_s": 8e9, "allreduce_bus_bytes_per_s": 0.5e9, "fp32_attention_flops": 20e9,
+            "bf16_attention_flops": 4e9}
 
 
 @pytest.fixture
@@ -29,6 +30,7 @@ def test_the_probe_writes_a_cpu_entry_the_catalog_reads_with_its_figures(catalog
     assert cpu.device == "cpu" and cpu.peak_flops("fp32") == pytest.approx(80e9)
     assert cpu.hbm_gbps == pytest.approx(8.0) and cpu.network_gbps == pytest.approx(0.5)
     assert cpu.interconnect_gbps == pytest.approx(1.0)  # both directions, as NVLink is counted
+    assert cpu.attention_tflops == {"fp32": pytest.approx(0.02), "bf16": pytest.approx(0.004)}
 
 
 def test_a_probed_machine_is_priced_at_its_measured_rates(catalog):
@@ -46,6 +48,9 @@ def test_a_probed_machine_is_priced_at_its_measured_rates(catalog):
     tokens = 8 * 256
     matmul = tokens * (3 * 2 * 4 * (shape.attention_params() + shape.mlp_params()) + 6 * 4096 * 512) / 80e9
     assert t["breakdown_s"]["matmul"] == pytest.approx(matmul, rel=1e-6)
+    # attention at the probed SDPA rate: 4 s^2 heads head_dim FLOPs a sequence per pass, three passes, causal half
+    attention = 8 * 4 * 4 * 256**2 * 8 * 64 * 3 / 2 / 20e9
+    assert t["breakdown_s"]["attention"] == pytest.approx(attention, rel=1e-6)
 
 
 def test_probe_refuses_a_name_that_is_not_a_plain_word():
@@ -54,11 +59,17 @@ def test_probe_refuses_a_name_that_is_not_a_plain_word():
 
 
 def test_the_probes_measurements_are_this_machines_rates():
-    from pretrain.hardware_probe import allreduce_bus_bytes_per_s, copy_bytes_per_s, matmul_flops
+    from pretrain.hardware_probe import (
+        allreduce_bus_bytes_per_s,
+        attention_flops,
+        copy_bytes_per_s,
+        matmul_flops,
+    )
 
     torch.set_num_threads(1)
     assert 1e8 < matmul_flops(torch.float32, 256) < 1e13  # a core does 0.1-10,000 GFLOP/s
     assert 1e8 < copy_bytes_per_s(16 * 2**20) < 1e12
+    assert 1e7 < attention_flops(torch.float32, batch=1, seq=64) < matmul_flops(torch.float32, 256) * 2
     assert 1e6 < allreduce_bus_bytes_per_s(4 * 2**20) < 1e12
 
 

@@ -79,7 +79,10 @@ def estimate_options(f):
                      help="Model-state accounting (default: the engine's own; zero-paper: 16 B/param)."),
         click.option("--micro-batch", type=int, default=1, show_default=True, help="Sequences per GPU per step."),
         click.option("--checkpointing", type=click.Choice(memory.CHECKPOINTING), default="none", show_default=True,
-                     help="Activation checkpointing (Korthikanti et al. 2022)."),
+                     help="Activation checkpointing: selective and full as Korthikanti et al. 2022; op: "
+                          "torchtitan's op-level policy (keeps every other matmul's output and attention's)."),
+        click.option("--checkpointing-every", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Checkpoint every k-th layer only (torchtitan's layer SAC)."),
         click.option("--no-flash-attention", is_flag=True, help="Count the a*s^2 attention scores as stored."),
         click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel degree (sequence parallel on)."),
         click.option("--pp", type=int, default=1, show_default=True, help="Pipeline-parallel degree (ranks per pipeline)."),

@@ -27,6 +27,8 @@ def catalog_entry(name: str, m: dict) -> str:
         f"{m['cpus']} CPUs\"",
         f"  memory_gib: {m['memory_gib']:.1f}",
         f"  peak_tflops: {{fp32: {m['fp32_flops'] / 1e12:.6g}, bf16: {m['bf16_flops'] / 1e12:.6g}}}",
+        f"  attention_tflops: {{fp32: {m['fp32_attention_flops'] / 1e12:.6g}, "
+        f"bf16: {m['bf16_attention_flops'] / 1e12:.6g}}}  # causal SDPA forward + backward",
         f"  hbm_gbps: {m['copy_bytes_per_s'] / 1e9:.4g}  # a copy: bytes read + written per second",
         f"  interconnect_gbps: {2 * bus_gbps:.4g}  # both directions, as the catalog counts NVLink (gloo, loopback)",
         f"  network_gbps: {bus_gbps:.4g}",

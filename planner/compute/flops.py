@@ -46,12 +46,30 @@ def model_flops_per_token(params: float, shape: ModelShape | None) -> float:
     return 6 * params + (attention_flops_per_token(shape) if shape else 0.0)
 
 
-def hardware_flops_per_token(params: float, shape: ModelShape | None, checkpointing: str) -> float:
+def recomputed_matmul_params(shape: ModelShape, checkpointing: str) -> float:
+    """Per checkpointed layer, the matmul weights whose forward runs again in backward: all of them under
+    full; under op (`pretrain.activation_checkpointing`, which keeps the 1st, 3rd, ... matmul's output:
+    q, v, gate, down) the others, k, o and up; none under selective or none."""
+    if checkpointing == "full":
+        return shape.attention_params() + shape.mlp_params()
+    if checkpointing == "op":
+        kv = shape.n_kv_heads * shape.head_dim
+        return shape.hidden * kv + shape.q_dim * shape.hidden + shape.hidden * shape.ffn
+    return 0.0
+
+
+def hardware_flops_per_token(params: float, shape: ModelShape | None, checkpointing: str,
+                             checkpointed_fraction: float = 1.0) -> float:
+    """What the GPUs execute per token: the model FLOPs and what checkpointing recomputes, on the fraction
+    of the layers it checkpoints (full: the whole forward, 2N + attention; op: its recomputed matmuls;
+    selective: attention's scores)."""
     attn = attention_flops_per_token(shape) / 12 if shape else 0.0  # one forward pass of attention / 4
     if checkpointing == "full":
-        return 8 * params + 16 * attn
+        return 6 * params + 12 * attn + checkpointed_fraction * (2 * params + 4 * attn)
     if checkpointing == "selective":
-        return 6 * params + 16 * attn
+        return 6 * params + 12 * attn + checkpointed_fraction * 4 * attn
+    if checkpointing == "op" and shape is not None:
+        return 6 * params + 12 * attn + checkpointed_fraction * 2 * shape.layers * recomputed_matmul_params(shape, "op")
     return 6 * params + 12 * attn
 
 
@@ -84,7 +102,7 @@ def validate_mfu(mfu: float) -> float:
 
 def estimate_compute(params: float, tokens: float, shape: ModelShape | None, *, peak_flops: float,
                      gpus: int, mfu: float = DEFAULT_MFU, price_per_gpu_hour: float = 0.0,
-                     checkpointing: str = "none") -> ComputeEstimate:
+                     checkpointing: str = "none", checkpointed_fraction: float = 1.0) -> ComputeEstimate:
     """Compute, time and cost of training `params` parameters on `tokens` tokens.
 
     GPU-hours use model FLOPs at the stated MFU (MFU is defined on model FLOPs, so
@@ -104,7 +122,7 @@ def estimate_compute(params: float, tokens: float, shape: ModelShape | None, *, 
         tokens=tokens,
         flops_6nd=6 * params * tokens,
         flops=flops,
-        hardware_flops=hardware_flops_per_token(params, shape, checkpointing) * tokens,
+        hardware_flops=hardware_flops_per_token(params, shape, checkpointing, checkpointed_fraction) * tokens,
         pf_days=flops / PF_DAY_FLOPS,
         gpu_hours=gpu_hours,
         wall_days=gpu_hours / gpus / 24,

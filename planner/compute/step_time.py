@@ -36,6 +36,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from planner.compute.flops import recomputed_matmul_params
 from planner.core.errors import PlannerError
 from planner.core.parallel import ParallelPlan
 from planner.memory.pipeline import bubble_fraction
@@ -53,6 +54,7 @@ class Hardware:
     network_bytes_per_s: float  # per GPU, one direction (the node's NICs shared by its GPUs)
     gpus_per_node: int
     fp8_peak_flops: float = 0.0  # dense fp8 (0: no fp8 tensor cores)
+    attention_flops: float = 0.0  # achieved attention FLOP/s where measured (`planner probe`); 0: a fraction of peak
 
 
 def hardware_of(gpu: GPU, dtype: str, gpus_per_node: int) -> Hardware:
@@ -61,7 +63,8 @@ def hardware_of(gpu: GPU, dtype: str, gpus_per_node: int) -> Hardware:
     if gpu.hbm_gbps <= 0:
         raise PlannerError(f"--gpu: {gpu.name} has no hbm_gbps in the catalog; set it to predict step time")
     return Hardware(gpu.peak_flops(dtype), gpu.hbm_gbps * 1e9, gpu.interconnect_gbps / 2 * 1e9,
-                    gpu.network_gbps * 1e9, gpus_per_node, gpu.peak_tflops.get("fp8", 0.0) * 1e12)
+                    gpu.network_gbps * 1e9, gpus_per_node, gpu.peak_tflops.get("fp8", 0.0) * 1e12,
+                    gpu.attention_tflops.get(dtype, 0.0) * 1e12)
 
 
 #: A100 SXM 80GB in a DGX A100 (Selene, where Megatron's tables were measured): 312 TFLOP/s bf16,
@@ -144,13 +147,22 @@ CALIBRATED = Efficiency(matmul_max=0.6249, matmul_half_k=81.27, link=1.0, attent
 #: GEMM, a copy, a gloo all-reduce), so every fraction is one and the width term is off.
 PROBED = Efficiency(matmul_max=1.0, matmul_half_k=0.0, link=1.0, attention=1.0, memory=1.0)
 #: Forward-equivalent passes of every layer matmul per step: forward + backward (2x), plus the recomputed
-#: forward under full checkpointing. Selective recomputes only attention's softmax-side ops (memory-bound).
-PASSES = {"none": 3, "selective": 3, "full": 4}
-#: Forward-equivalent passes of the memory-bound ops: selective checkpointing recomputes them too.
-MEMORY_PASSES = {"none": 1, "selective": 2, "full": 2}
+#: forward under full checkpointing. Selective recomputes only attention's softmax-side ops (memory-bound);
+#: op recomputes some matmuls (`matmul_passes`), not attention.
+PASSES = {"none": 3, "selective": 3, "op": 3, "full": 4}
+#: Forward-equivalent passes of the memory-bound ops: every checkpointing recomputes them.
+MEMORY_PASSES = {"none": 1, "selective": 2, "op": 2, "full": 2}
 
 
-def layer_flops(shape: ModelShape, batch: int, passes: int) -> float:
+def matmul_passes(shape: ModelShape, checkpointing: str, checkpointed_fraction: float = 1.0) -> float:
+    """Forward-equivalent passes of the layer matmuls, averaged over the weights and the layers: 3, plus the
+    recomputed forward of the weights checkpointing recomputes (`recomputed_matmul_params`) on the fraction of
+    the layers it checkpoints."""
+    recomputed = recomputed_matmul_params(shape, checkpointing) / (shape.attention_params() + shape.mlp_params())
+    return 3 + checkpointed_fraction * recomputed
+
+
+def layer_flops(shape: ModelShape, batch: int, passes: float) -> float:
     """FLOPs of `batch` sequences: every layer's matmuls (2 per parameter per token per pass, plus the
     4 s h of attention's scores and values, as Megatron counts it) `passes` times, and the output layer
     forward and backward. Equals `megatron_flops` for GPT blocks with full recomputation."""
@@ -163,15 +175,16 @@ def layer_flops(shape: ModelShape, batch: int, passes: int) -> float:
 #: Our block (RMSNorm, RoPE, SwiGLU, GQA) as eager PyTorch runs it, bytes per token per layer, (forward,
 #: backward), each a x h + b x (kv heads x head dim) + c x ffn, by activation width (2: bf16, 4: fp32): least
 #: squares over the bytes every non-matmul aten op of `pretrain.model.Block` reads and writes, counted op by op
-#: (`pretrain.memory_probe.MemoryTrafficCounter`) at seven shapes (max residual 1.1% in bf16, 1.8% in fp32;
-#: `tests/test_step_time.py` counts them again). In bf16 the norms alone move ~36 bytes per element (fp32
-#: upcast, square, mean, scale, cast back, weight) and RoPE ~56 per element of q and k (fp32 halves rotated
-#: and stacked), where one fused kernel moves 4.
-EAGER_BLOCK = {2: ((153.4, 39.8, 11.3), (311.5, 51.4, 19.8)),
-               4: ((141.6, 18.5, 22.4), (317.5, 37.7, 39.5))}
+#: (`pretrain.memory_probe.MemoryTrafficCounter`) at seven shapes (`benchmarks/count_eager_block.py`: worst
+#: residual 0.7%; `tests/test_step_time.py` counts them again). In bf16 the norms alone move ~30 bytes per
+#: element (fp32 upcast, square, mean, scale, cast back, weight) and RoPE ~56 per element of q and k (fp32
+#: halves rotated and stacked), where one fused kernel moves 4.
+EAGER_BLOCK = {2: ((145.7, 47.8, 9.7), (279.8, 55.8, 21.7)),
+               4: ((125.7, 35.8, 19.7), (269.8, 47.8, 43.7))}
 
 
-def memory_bound_bytes(shape: ModelShape, kernels: Kernels, checkpointing: str = "none") -> float:
+def memory_bound_bytes(shape: ModelShape, kernels: Kernels, checkpointing: str = "none",
+                       checkpointed_fraction: float = 1.0) -> float:
     """Bytes the memory-bound work of one layer moves per token over a step (forward, backward, and the
     recomputed forward where checkpointing recomputes it). Fused: a norm reads the stream and writes 16-bit
     (under autocast it runs in fp32 and is cast), a residual add reads the stream and the branch and writes
@@ -181,7 +194,7 @@ def memory_bound_bytes(shape: ModelShape, kernels: Kernels, checkpointing: str =
     w = kernels.activation_bytes
     h, f, kv = shape.hidden, shape.ffn, shape.n_kv_heads * shape.head_dim
     llama = shape.norm == "rmsnorm" and shape.mlp == "swiglu" and shape.position == "rope"
-    recomputed = MEMORY_PASSES[checkpointing]
+    recomputed = 1 + checkpointed_fraction * (MEMORY_PASSES[checkpointing] - 1)
     if not kernels.fused and llama:
         fwd, bwd = (a * h + b * kv + c * f for a, b, c in EAGER_BLOCK[kernels.activation_bytes])
         return recomputed * fwd + bwd
@@ -252,14 +265,17 @@ def data_parallel_bandwidth(plan: ParallelPlan, hw: Hardware, link: float) -> fl
 
 def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficiency = Efficiency(), *,
               checkpointing: str = "full", overlap_dp: bool = False, grad_bytes: int = 4,
-              kernels: Kernels = MEGATRON_2021) -> StepTime:
+              kernels: Kernels = MEGATRON_2021, checkpointed_fraction: float = 1.0) -> StepTime:
     """One optimizer step of `plan` (its world set; `grad_accum` micro-batches per pipeline).
 
     The defaults are Megatron-LM 2021's runs (full recomputation, its fused kernels, a data-parallel
     all-reduce of fp32 gradients after the backward); the planner's estimate passes the plan's
     checkpointing, our trainer's kernels (`EAGER_TORCH`), overlaps the data-parallel traffic with the
-    backward as torch DDP, FSDP2 and DeepSpeed do and the engine's gradient width."""
-    micro_batches, passes = plan.grad_accum, PASSES[checkpointing]
+    backward as torch DDP, FSDP2 and DeepSpeed do and the engine's gradient width. `checkpointed_fraction`:
+    the share of the layers checkpointing applies to (torchtitan's layer SAC checkpoints every k-th one)."""
+    micro_batches = plan.grad_accum
+    passes = matmul_passes(shape, checkpointing, checkpointed_fraction)
+    attention_passes = 3 + checkpointed_fraction * (PASSES[checkpointing] - 3)
     gpus = plan.tp * plan.pp * plan.dp
     tokens = plan.batch * shape.seq_len
     s, h = shape.seq_len, shape.hidden
@@ -272,14 +288,14 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     fp8_rate = matmul_rate * hw.fp8_peak_flops / hw.peak_flops if fp8_params else matmul_rate
     layer_seconds = 2 * passes * ((matmul_params - fp8_params) / matmul_rate + fp8_params / fp8_rate)  # per token
     matmul = tokens * (shape.layers * layer_seconds + 6 * shape.vocab * h / matmul_rate) / gpus
-    attention_flops = tokens * shape.layers * 4 * s * shape.heads * shape.head_dim * passes / gpus
+    attention_flops = tokens * shape.layers * 4 * s * shape.heads * shape.head_dim * attention_passes / gpus
     if kernels.flash_attention:  # causal half skipped, head dimension padded, at flash's own rate
         pad = flash_padded_head_dim(shape.head_dim) / shape.head_dim
-        attention = attention_flops / 2 * pad / (hw.peak_flops * eff.attention)
+        attention = attention_flops / 2 * pad / (hw.attention_flops or hw.peak_flops * eff.attention)
     else:
         attention = attention_flops / matmul_rate
     loss_bytes = 16 * shape.vocab / plan.tp  # fp32 log-softmax and its gradient over the (TP-split) vocabulary
-    per_layer = memory_bound_bytes(shape, kernels, checkpointing) / plan.tp
+    per_layer = memory_bound_bytes(shape, kernels, checkpointing, checkpointed_fraction) / plan.tp
     if kernels.fp8_linears:
         per_layer += fp8_cast_bytes(shape, plan.tp)
     moved = tokens * (shape.layers * per_layer + loss_bytes)

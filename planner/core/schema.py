@@ -75,7 +75,8 @@ class TrainConfig:
     max_skipped_steps: int = 10  # stop after this many consecutive skipped (non-finite or spiking) steps
     spike_factor: float = 0.0  # skip a step whose loss exceeds factor x rolling mean; 0 turns it off
     spike_window: int = 20
-    activation_checkpointing: bool = False
+    activation_checkpointing: str = "none"  # one of ACTIVATION_CHECKPOINTING
+    activation_checkpointing_every: int = 1  # the policy applies to every k-th block (torchtitan's layer SAC)
     keep_last_checkpoints: int = 3  # older complete checkpoints are deleted; `latest` and the one being written never
 
 
@@ -97,6 +98,16 @@ class TrackingConfig:
     fallback_dir: str = "mlflow-offline"  # metrics kept here when the server is down
 
 
+#: What the trainer recomputes in backward (`pretrain.activation_checkpointing`): nothing, whole blocks, or
+#: torchtitan's op-level selective policy.
+ACTIVATION_CHECKPOINTING = ("none", "full", "op")
+
+
+def trainer_runs_checkpointing(policy: str, plan: ParallelPlan) -> bool:
+    """Whether the trainer runs `policy` on `plan`: the op-level policy is measured without tensor and pipeline
+    parallelism only (sequence parallelism's reduce-scatter and a stage's sent output are not counted yet)."""
+    return policy in ACTIVATION_CHECKPOINTING and (policy != "op" or (plan.tp == 1 and plan.pp == 1))
+
 #: What a catalog entry describes: a GPU (data-sheet figures), or a CPU measured by `planner probe`.
 DEVICES = ("gpu", "cpu")
 
@@ -113,6 +124,7 @@ class GPUSpec:
     hbm_gbps: float = 0.0
     network_gbps: float = 0.0
     device: str = "gpu"  # one of DEVICES
+    attention_tflops: dict[str, float] = field(default_factory=dict)  # measured by `planner probe`; {} on a GPU
 
 
 @dataclass
@@ -328,6 +340,13 @@ def validate(cfg: RunConfig) -> None:
         (min(m.layers, m.hidden, m.heads, m.vocab, m.seq_len) > 0, "model: layers, hidden, heads, vocab, seq_len must be positive"),
         (t.steps > 0, f"train.steps: {t.steps} must be positive"),
         (t.precision in ("bf16-mixed", "fp32"), f"train.precision: {t.precision!r} is not one of bf16-mixed, fp32"),
+        (t.activation_checkpointing in ACTIVATION_CHECKPOINTING, f"train.activation_checkpointing: "
+         f"{t.activation_checkpointing!r} is not one of {', '.join(ACTIVATION_CHECKPOINTING)}"),
+        (t.activation_checkpointing not in ACTIVATION_CHECKPOINTING
+         or trainer_runs_checkpointing(t.activation_checkpointing, cfg.parallel),
+         "train.activation_checkpointing: op is not run with tensor or pipeline parallelism yet; use full"),
+        (t.activation_checkpointing_every > 0,
+         f"train.activation_checkpointing_every: {t.activation_checkpointing_every} must be positive"),
         (t.checkpoint_every > 0 and t.eval_every > 0 and t.log_every > 0,
          "train.checkpoint_every, train.eval_every and train.log_every must be positive"),
         (cfg.model.heads % cfg.parallel.tp == 0 and (m.kv_heads or m.heads) % cfg.parallel.tp == 0,
@@ -387,6 +406,8 @@ def _validate_planning(p: PlanningConfig) -> None:
         check.number("planning.gpu_spec.price_per_hour", p.gpu_spec.price_per_hour, 0.0, 1000.0)
         for key in ("interconnect_gbps", "hbm_gbps", "network_gbps"):
             check.number(f"planning.gpu_spec.{key}", getattr(p.gpu_spec, key), 0.0, 1e6)
+        for dtype, tflops in p.gpu_spec.attention_tflops.items():
+            check.number(f"planning.gpu_spec.attention_tflops.{dtype}", tflops, 0.0, 1e6, lo_open=True)
         if p.gpu_spec.device not in DEVICES:
             raise ConfigError(f"planning.gpu_spec.device: {p.gpu_spec.device!r} is not one of {', '.join(DEVICES)}")
 

@@ -30,6 +30,7 @@ from planner.core.schema import (
     TrackingConfig,
     TrainConfig,
     dump_config,
+    trainer_runs_checkpointing,
 )
 from planner.emit import slurm
 from planner.emit.command import ShellExpr, deepspeed_command, render, torchrun_command
@@ -141,7 +142,10 @@ def check_trainable(req: EstimateRequest, model: ResolvedModel) -> None:
     if req.optimizer not in ("adamw", "adam"):
         raise PlannerError(f"--optimizer: the trainer steps with AdamW, not {req.optimizer}")
     if req.checkpointing == "selective":
-        raise PlannerError("--checkpointing: the trainer recomputes whole blocks; use full or none, not selective")
+        raise PlannerError("--checkpointing: the trainer recomputes whole blocks or runs the op policy; "
+                           "use full, op or none, not selective")
+    if not trainer_runs_checkpointing(req.checkpointing, req.layout):
+        raise PlannerError("--checkpointing op: not run with tensor or pipeline parallelism yet; use full")
     if req.finetune not in (None, "full"):
         raise PlannerError(f"--finetune {req.finetune}: the trainer does not train adapters yet; "
                            "estimate it, or emit --finetune full")
@@ -163,7 +167,8 @@ def build_run_config(req: EstimateRequest, opts: EmitOptions, result: Estimate) 
         data=DataConfig(train=opts.data_train, eval=opts.data_eval, tokenizer=opts.tokenizer),
         optim=OptimConfig(lr=opts.lr, warmup_steps=warmup),
         train=TrainConfig(steps=steps, precision=req.precision, checkpoint_every=opts.checkpoint_every,
-                          eval_every=opts.eval_every, activation_checkpointing=req.checkpointing != "none"),
+                          eval_every=opts.eval_every, activation_checkpointing=req.checkpointing,
+                          activation_checkpointing_every=req.checkpointing_every),
         parallel=layout,
         engine=EngineConfig(ds_config="ds_config.json" if layout.engine == "deepspeed" else None),
         tracking=TrackingConfig(tracking_uri=opts.tracking_uri, experiment=opts.experiment, run_name=opts.name),

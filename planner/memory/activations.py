@@ -9,18 +9,21 @@ Two architectures:
 
 - **llama** (RMSNorm, SwiGLU with an f = 8h/3 FFN, RoPE, optional GQA, SDPA): our own
   `pretrain.model.Transformer`. Its terms, per layer and token, with a = activation width (2 for
-  16-bit, 4 for fp32):
-  - each RMSNorm (two per layer) upcasts its input to fp32 and keeps it (4h), keeps the fp32
-    normalised tensor (4h) and the fp32 reciprocal RMS (4): 8h + 4 per norm, whatever a is;
-  - the attention input a·h (q, k and v share it); q, k, v after RoPE, 3·a·q (q = heads x
-    head_dim, h unless a config sets the head size apart): k and v are expanded to all heads
-    (`repeat_interleave`) before SDPA, so GQA does not shrink them;
-  - SDPA's flash kernel keeps its output a·h and the fp32 log-sum-exp, 4 per head; without flash
+  16-bit, 4 for fp32) and a_s the residual stream's width (4 under autocast, whose stream is fp32):
+  - each RMSNorm (two per layer) keeps its input in its own dtype and the fp32 reciprocal RMS:
+    a_s·h + 4 per norm (`pretrain.model.RMSNormFunction`, as fused kernels keep);
+  - the attention input a·h (q, k and v share it); q after RoPE a·q (q = heads x head_dim, h
+    unless a config sets the head size apart) and k, v a·kv each (kv = kv_heads x head_dim: SDPA
+    shares the kv heads itself, `enable_gqa`, so GQA shrinks them);
+  - SDPA's flash kernel keeps its output a·q and the fp32 log-sum-exp, 4 per head; without flash
     (the math backend) it keeps the probabilities instead, a per head per key position;
-  - the output projection's input a·h (a copy: SDPA's output is transposed before it);
-  - the MLP input a·h; gate output, SiLU output, up output and their product: 4·a·f.
-  In 16-bit this is 30h + 8f + 8 + 4·heads bytes per token: 52-54·h with the 8h/3 FFN, which is
-  what the hooks measure. Korthikanti's 34·h describes GPT-3 blocks, not this one.
+  - the output projection's input a·q (a copy: SDPA's output is transposed before it);
+  - the MLP input a·h; gate and up outputs and their product: 3·a·f (`pretrain.model.SwiGLUProduct`
+    recomputes SiLU in backward instead of keeping its output).
+  In 16-bit with MHA this is 18h + 6f + 8 + 4·heads bytes per token: 34·h with the 8h/3 FFN, what
+  Korthikanti et al. 2022 count for a GPT-3 block, and what the hooks measure. The block before it
+  (nn.RMSNorm's composite fp32 copies, SiLU's output kept, k and v expanded to every head before
+  SDPA) kept 30h + 8f + 8 + 4·heads: 52-54·h (`benchmarks/RESULTS.md`, "The leaner block").
 - **gpt** (LayerNorm, a 4h GeLU MLP, dropout): Korthikanti et al. 2022, eq. 1, term by term
   (§4.1): attention 11·h + 5·heads·s (QKV input 2h, Q and K 4h, softmax 2·heads·s, its dropout
   mask heads·s, dropout output 2·heads·s, V 2h, projection input 2h, dropout mask h); MLP 19·h
@@ -35,10 +38,15 @@ Precision regimes (how our engines run the model):
   fp32): 2 bytes per attention and MLP parameter, and 2·V·h for the head, per micro-batch,
   independent of the token count.
 
-Checkpointing (Korthikanti §5): `full` keeps only each layer's input (a·h; fp32 under autocast,
-whose residual stream is fp32) and, during backward, one layer's activations while it is
-recomputed; `selective` recomputes the attention core, dropping the per-head score terms (with
-flash attention there are none, so it saves nothing more for llama).
+Checkpointing (Korthikanti §5): `full` keeps only each layer's input (a_s·h) and, during backward,
+one layer's activations while it is recomputed; `selective` recomputes the attention core, dropping
+the per-head score terms (with flash attention there are none, so it saves nothing more for llama);
+`op` is torchtitan's op-level policy (`pretrain.activation_checkpointing`): the layer's input a_s·h,
+the outputs of every other matmul (q a·q, v a·kv, gate a·f, down a·h) and SDPA's output and
+log-sum-exp (a·q + 4·heads); everything else is recomputed (planned for our block without tensor
+parallelism: under sequence parallelism the policy also keeps a reduce-scatter, not measured yet).
+With `every` = k > 1 (torchtitan's layer SAC) only every k-th layer is checkpointed, floor(L / k) of
+them; the others keep everything.
 
 Tensor parallelism t with sequence parallelism (Korthikanti §4.2.2): heads and the FFN split t
 ways, and the norms run on s/t of the sequence. Under PyTorch's DTensor (`parallelize_module` with
@@ -46,7 +54,7 @@ ways, and the norms run on s/t of the sequence. Under PyTorch's DTensor (`parall
 input, so the attention and MLP inputs stay whole (Megatron re-gathers them in backward and divides
 them by t too: `megatron_sp=True`). Without sequence parallelism the norms and inputs are whole.
 
-The output layer (`head_bytes_per_token`): the token ids (int64, 8), the final norm (8h + 4), the
+The output layer (`head_bytes_per_token`): the token ids (int64, 8), the final norm (a_s·h + 4), the
 head's input a·h and the fp32 log-softmax of the logits, 4·V (the 16-bit logits themselves are not
 kept; the loss upcasts them). Under TP the vocabulary splits t ways (the loss runs on vocabulary
 shards, `loss_parallel`) and the final norm runs sequence-parallel on s/t positions; the head's
@@ -63,7 +71,7 @@ from planner.core.errors import PlannerError
 from planner.model.shapes import ModelShape
 
 REGIMES = ("16bit", "fp32", "autocast")
-CHECKPOINTING = ("none", "selective", "full")
+CHECKPOINTING = ("none", "selective", "op", "full")
 #: fp32 bytes: norms compute in fp32, the log-sum-exp and the loss's log-softmax are fp32.
 FP32 = 4
 #: int64 token ids saved by the embedding lookup.
@@ -90,16 +98,27 @@ def _width(regime: str) -> int:
     return FP32 if regime == "fp32" else 2
 
 
+def _stream_width(regime: str) -> int:
+    """Bytes per element of the residual stream: fp32 under autocast (its weights and sums are fp32)."""
+    return FP32 if regime in ("fp32", "autocast") else 2
+
+
+def _norm_bytes(h: int, regime: str) -> float:
+    """An RMSNorm keeps its input (the stream's width) and the fp32 reciprocal RMS."""
+    return _stream_width(regime) * h + FP32
+
+
 def _llama_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool, megatron_sp: bool) -> list[Term]:
     h, f, heads, s, q = shape.hidden, shape.ffn, shape.heads, shape.seq_len, shape.q_dim
+    kv = shape.n_kv_heads * shape.head_dim
     a = _width(regime)
     norm_split = tp if sp else 1
     input_split = tp if (sp and megatron_sp) else 1
     casts_attn, casts_mlp = (3, 2) if regime == "autocast" else (1, 1)
     terms = [
-        Term("attn_norm", (2 * FP32 * h + FP32) / norm_split),
+        Term("attn_norm", _norm_bytes(h, regime) / norm_split),
         Term("attn_input", casts_attn * a * h / input_split),
-        Term("q_k_v_after_rope", 3 * a * q / tp),
+        Term("q_k_v_after_rope", a * (q + 2 * kv) / tp),
     ]
     if flash:
         terms.append(Term("sdpa_output_and_lse", (a * q + FP32 * heads) / tp))
@@ -107,9 +126,9 @@ def _llama_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool,
         terms.append(Term("attention_probabilities", a * heads * s / tp))
     terms += [
         Term("out_proj_input", a * q / tp),
-        Term("mlp_norm", (2 * FP32 * h + FP32) / norm_split),
+        Term("mlp_norm", _norm_bytes(h, regime) / norm_split),
         Term("mlp_input", casts_mlp * a * h / input_split),
-        Term("gate_silu_up_product", 4 * a * f / tp),
+        Term("gate_up_product", 3 * a * f / tp),
     ]
     if regime == "autocast":
         weights = shape.attention_params() + shape.mlp_params()  # the norms' scales run in fp32, uncast
@@ -132,6 +151,16 @@ def _gpt_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool) -
     ]
 
 
+def _op_terms(shape: ModelShape, regime: str, tp: int) -> list[Term]:
+    if architecture(shape) != "llama" or tp > 1:
+        raise PlannerError("--checkpointing op: planned for our LLaMA block without tensor parallelism "
+                           "(use full or none here)")
+    h, f, q, kv, a = shape.hidden, shape.ffn, shape.q_dim, shape.n_kv_heads * shape.head_dim, _width(regime)
+    return [Term("layer_input", _stream_width(regime) * h), Term("q_and_v_outputs", a * (q + kv)),
+            Term("sdpa_output_and_lse", a * q + FP32 * shape.heads), Term("gate_output", a * f),
+            Term("down_output", a * h)]
+
+
 def layer_terms(shape: ModelShape, *, regime: str = "16bit", checkpointing: str = "none", tp: int = 1,
                 sequence_parallel: bool = False, flash_attention: bool = True,
                 megatron_sp: bool = False) -> list[Term]:
@@ -139,8 +168,9 @@ def layer_terms(shape: ModelShape, *, regime: str = "16bit", checkpointing: str 
     if checkpointing not in CHECKPOINTING:
         raise PlannerError(f"--checkpointing: {checkpointing!r} is not one of {', '.join(CHECKPOINTING)}")
     if checkpointing == "full":
-        width = FP32 if regime in ("fp32", "autocast") else 2
-        return [Term("layer_input", width * shape.hidden / (tp if sequence_parallel else 1))]
+        return [Term("layer_input", _stream_width(regime) * shape.hidden / (tp if sequence_parallel else 1))]
+    if checkpointing == "op":
+        return _op_terms(shape, regime, tp)
     flash = flash_attention or checkpointing == "selective"
     if architecture(shape) == "gpt":
         return _gpt_terms(shape, regime, tp, sequence_parallel, flash)
@@ -156,18 +186,31 @@ def per_layer_bytes(shape: ModelShape, micro_batch: int, **kw) -> float:
     return _sum(layer_terms(shape, **kw), shape.seq_len * micro_batch)
 
 
-def stored_bytes(shape: ModelShape, micro_batch: int, **kw) -> float:
-    """All layers' saved activations (the output layer is `head_bytes`)."""
-    return shape.layers * per_layer_bytes(shape, micro_batch, **kw)
+def checkpointed_layers(layers: int, checkpointing: str, every: int = 1) -> int:
+    """Layers that run under the policy: every `every`-th one (all with every = 1), none without one."""
+    return 0 if checkpointing == "none" else layers // every
 
 
-def recompute_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "none", **kw) -> float:
-    """While one layer is recomputed in backward, it holds its full activations again."""
-    if checkpointing == "none":
+def checkpointed_fraction(layers: int, checkpointing: str, every: int = 1) -> float:
+    """The share of the layers that recompute in backward (what the step time pays for)."""
+    return checkpointed_layers(layers, checkpointing, every) / layers
+
+
+def stored_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "none", every: int = 1, **kw) -> float:
+    """All layers' saved activations (the output layer is `head_bytes`): the checkpointed layers' and the others'."""
+    n = checkpointed_layers(shape.layers, checkpointing, every)
+    return n * per_layer_bytes(shape, micro_batch, checkpointing=checkpointing, **kw) \
+        + (shape.layers - n) * per_layer_bytes(shape, micro_batch, **kw)
+
+
+def recompute_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "none", every: int = 1,
+                    **kw) -> float:
+    """While a checkpointed layer is recomputed in backward, it holds again what it did not keep."""
+    if checkpointed_layers(shape.layers, checkpointing, every) == 0:
         return 0.0
     full = per_layer_bytes(shape, micro_batch, checkpointing="none", **kw)
-    if checkpointing == "selective":
-        return full - per_layer_bytes(shape, micro_batch, checkpointing="selective", **kw)
+    if checkpointing in ("selective", "op"):
+        return max(0.0, full - per_layer_bytes(shape, micro_batch, checkpointing=checkpointing, **kw))
     return full
 
 
@@ -177,7 +220,7 @@ def head_bytes_per_token(shape: ModelShape, regime: str = "16bit", tp: int = 1) 
     a = _width(regime)
     if architecture(shape) == "gpt":  # LayerNorm input and the head input, then the fp32 softmax
         return TOKEN_ID_BYTES + (2 * a * shape.hidden) + FP32 * shape.vocab / tp
-    return TOKEN_ID_BYTES + (2 * FP32 * shape.hidden + FP32) / tp + a * shape.hidden + FP32 * shape.vocab / tp
+    return TOKEN_ID_BYTES + _norm_bytes(shape.hidden, regime) / tp + a * shape.hidden + FP32 * shape.vocab / tp
 
 
 def loss_backward_bytes_per_token(shape: ModelShape, tp: int = 1) -> float:

@@ -17,11 +17,11 @@ their fp32 gradients (4 B) and AdamW's two fp32 states (8 B); frozen 16-bit base
 Activations, per layer and token (measured on our model with PEFT adapters, 16-bit base, by the
 saved-tensor hooks of `tests/test_finetune.py`): a frozen linear keeps no input (it needs no weight
 gradient); each adapted module keeps its own fp32 copy of its input (PEFT casts it to the adapter's
-dtype: 4·d_in) and the fp32 r-wide A output (4r). RMSNorms keep the fp32 upcast and 1/rms
-(4h + 4: with a frozen scale the normalised tensor is not kept); SDPA keeps q, k, v, its output
-and log-sum-exp; SwiGLU keeps gate, SiLU and up outputs (3·2f). In the first layer nothing before
-the first adapted module is kept (its input needs no gradient). The output layer keeps the final
-norm (4h + 4) and the fp32 log-softmax (4V); the frozen embedding keeps no token ids. Prompt
+dtype: 4·d_in) and the fp32 r-wide A output (4r). RMSNorms keep their 16-bit input and the fp32
+1/rms (2h + 4, `pretrain.model.RMSNormFunction`); SDPA keeps q, k and v (k and v at the kv heads'
+width: SDPA shares them itself), its output and log-sum-exp; SwiGLU keeps gate and up outputs
+(2·2f; SiLU is recomputed). In the first layer nothing before the first adapted module is kept (its
+input needs no gradient). The output layer keeps the final norm (2h + 4) and the fp32 log-softmax (4V); the frozen embedding keeps no token ids. Prompt
 tuning is the no-adapter case with a gradient flowing into layer 0, over s + k tokens (derived from
 the same rules; our model takes no soft prompt, so it is not measured).
 """
@@ -117,22 +117,22 @@ def _layer_terms(shape: ModelShape, ft: FineTune, first_layer: bool) -> float:
     """Bytes per token one layer keeps (module docstring). A gradient flows through every layer from its
     input, except the first layer of an adapter method, where it starts at the first adapted module."""
     h, q, f, heads, a = shape.hidden, shape.q_dim, shape.ffn, shape.heads, 2
+    kv = shape.n_kv_heads * shape.head_dim
     dims = linear_dims(shape)
     adapted = set(ft.modules) if ft.adapters else set()
     start = min(_POSITION[m] for m in adapted) if (first_layer and adapted) else 0
-    norm = FP32 * h + FP32
+    norm = a * h + FP32
     total = sum(FP32 * dims[m][0] + FP32 * ft.rank for m in adapted)  # each adapter's fp32 input and A output
     if start == 0:
         total += norm  # attention norm
     if start <= 1:
-        total += 4 * a * q + FP32 * heads  # SDPA: q, k, v, output, log-sum-exp
+        total += a * (2 * q + 2 * kv) + FP32 * heads  # SDPA: q, k, v, output, log-sum-exp
     if start <= 2:
         total += norm  # MLP norm
     if start <= 2:
-        total += 3 * a * f  # SwiGLU: gate, SiLU and up outputs
-    elif start == 4:  # SwiGLU is where the gradient starts: SiLU keeps gate's output only if gate is trained,
-        # the product keeps up's output for SiLU's gradient and SiLU's output for up's
-        total += a * f * (2 * ("gate" in adapted) + ("up" in adapted))
+        total += 2 * a * f  # SwiGLU: gate and up outputs
+    elif start == 4:  # SwiGLU is where the gradient starts: it keeps gate and up as soon as either is trained
+        total += 2 * a * f
     return total
 
 
@@ -146,7 +146,7 @@ def activation_bytes(shape: ModelShape, ft: FineTune, micro_batch: int, checkpoi
         layers = shape.layers * 2 * shape.hidden
     else:
         layers = _layer_terms(shape, ft, True) + (shape.layers - 1) * _layer_terms(shape, ft, False)
-    head = FP32 * shape.hidden + FP32 + FP32 * shape.vocab
+    head = 2 * shape.hidden + FP32 + FP32 * shape.vocab
     return (layers + head) * tokens
 
 

@@ -41,6 +41,9 @@ class GPU:
     hbm_gbps: float = 0.0  # memory bandwidth, GB/s (data sheet)
     network_gbps: float = 0.0  # per-GPU scale-out bandwidth, GB/s one way, of the reference system (see below)
     device: str = "gpu"  # "cpu": a machine measured by `planner probe` (one trainer process per "GPU")
+    # achieved causal-attention FLOP/s per dtype, as the step-time model counts them (`planner probe` measures
+    # SDPA; empty for a GPU, whose flash attention runs at the calibrated fraction of peak)
+    attention_tflops: dict[str, float] = field(default_factory=dict, hash=False)
 
     @property
     def memory_bytes(self) -> int:
@@ -115,7 +118,7 @@ def load_catalog(path: str | Path | None = None) -> dict[str, GPU]:
 
 def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
     allowed = {"memory_gib", "peak_tflops", "price_per_hour", "interconnect_gbps", "hbm_gbps", "network_gbps",
-               "description", "device"}
+               "description", "device", "attention_tflops"}
     if not isinstance(fields, dict) or set(fields) - allowed:
         bad = sorted(set(fields) - allowed) if isinstance(fields, dict) else fields
         raise PlannerError(f"--gpu-catalog: entry {name!r} has unknown fields {bad}; allowed: {sorted(allowed)}")
@@ -124,7 +127,14 @@ def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
         if missing:
             raise PlannerError(f"--gpu-catalog: new entry {name!r} needs {sorted(missing)}")
         base = GPU(name, 0.0, {}, 0.0)
-    merged = replace(base, **{k: v for k, v in fields.items() if k != "peak_tflops"})
+    merged = replace(base, **{k: v for k, v in fields.items() if k not in ("peak_tflops", "attention_tflops")})
+    if "attention_tflops" in fields:
+        rates = fields["attention_tflops"]
+        if not isinstance(rates, dict):
+            raise PlannerError(f"--gpu-catalog: {name}.attention_tflops must map dtypes to TFLOP/s; got {rates!r}")
+        for dtype, tflops in rates.items():
+            checks.number(f"--gpu-catalog: {name}.attention_tflops.{dtype}", tflops, 0.0, 1e6, lo_open=True)
+        merged = replace(merged, attention_tflops={str(k): float(v) for k, v in rates.items()})
     if "peak_tflops" in fields:
         peaks = fields["peak_tflops"]
         if not isinstance(peaks, dict) or not peaks:

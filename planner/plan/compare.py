@@ -22,11 +22,13 @@ from dataclasses import replace
 
 from planner.core.errors import PlannerError
 from planner.core.parallel import STRATEGIES, ParallelPlan
+from planner.core.schema import trainer_runs_checkpointing
 from planner.plan import estimate as planned
 from planner.plan.estimate import estimate
 from planner.plan.request import EstimateRequest
 
-CHECKPOINTING = ("none", "full")
+#: What the trainer recomputes (`planner.core.schema.ACTIVATION_CHECKPOINTING`), cheapest memory last.
+CHECKPOINTING = ("none", "op", "full")
 MAX_NODES = 1 << 16
 #: Host-device bandwidth per GPU for offload traffic: PCIe 4.0 x16 is 32 GB/s each way (PCI-SIG); ~25 GB/s
 #: is what a pinned copy achieves. Offload's traffic is counted as exposed (not overlapped), and the
@@ -114,7 +116,8 @@ def _speed_key(row: dict) -> tuple:
 
 
 def compare(req: EstimateRequest) -> dict:
-    rows = sorted((_row(req, name, checkpointing) for name in STRATEGIES for checkpointing in CHECKPOINTING),
+    rows = sorted((_row(req, name, checkpointing) for name in STRATEGIES for checkpointing in CHECKPOINTING
+                   if trainer_runs_checkpointing(checkpointing, req.layout)),
                   key=_speed_key)
     best = 0 if rows and rows[0].get("fits") else None
     for i, row in enumerate(rows):

@@ -41,7 +41,7 @@ def finetune_breakdown(req: EstimateRequest, model: ResolvedModel, plan: Paralle
     if plan.engine not in ("single", "ddp") or plan.tp != 1:
         raise PlannerError(f"--finetune {ft.method}: adapters are planned on one GPU or DDP replicas; "
                            "drop --zero/--fsdp/--tp (the frozen base is small enough to replicate)")
-    if req.checkpointing == "selective":
+    if req.checkpointing in ("selective", "op"):
         raise PlannerError(f"--finetune {ft.method}: use --checkpointing none or full with adapters")
     lines = finetune_mod.state_lines(model.shape, ft)
     states = memory.ModelStates(lines, dict.fromkeys(lines, 0.0), {})
@@ -67,8 +67,8 @@ def breakdown_for(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan
     return memory_breakdown(
         model.params, model.shape, plan, precision=req.precision, optimizer=req.optimizer,
         convention=req.convention or memory.default_convention(plan), micro_batch=micro_batch,
-        checkpointing=req.checkpointing, flash_attention=req.flash_attention,
-        runtime_gib=req.runtime_gib, fragmentation=req.fragmentation)
+        checkpointing=req.checkpointing, checkpoint_every=req.checkpointing_every,
+        flash_attention=req.flash_attention, runtime_gib=req.runtime_gib, fragmentation=req.fragmentation)
 
 
 def stage_breakdowns(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan,
@@ -82,8 +82,9 @@ def stage_breakdowns(req: EstimateRequest, model: ResolvedModel, plan: ParallelP
         out[share] = memory_breakdown(
             pipeline.stage_params(model.shape, share) * scale, shape, plan, precision=req.precision,
             optimizer=req.optimizer, convention=req.convention or memory.default_convention(plan),
-            micro_batch=micro_batch, checkpointing=req.checkpointing, flash_attention=req.flash_attention,
-            runtime_gib=req.runtime_gib, fragmentation=req.fragmentation, share=share)
+            micro_batch=micro_batch, checkpointing=req.checkpointing, checkpoint_every=req.checkpointing_every,
+            flash_attention=req.flash_attention, runtime_gib=req.runtime_gib, fragmentation=req.fragmentation,
+            share=share)
     return out
 
 
@@ -227,7 +228,7 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
     mfu = {"--mfu": req.mfu, "predicted": time and time["mfu_predicted"], "default": compute.DEFAULT_MFU}[source]
     comp = compute.estimate_compute(model.params, tokens, model.shape, peak_flops=gpu.peak_flops(dtype),
                                     gpus=req.gpus, mfu=mfu, price_per_gpu_hour=price,
-                                    checkpointing=req.checkpointing)
+                                    checkpointing=req.checkpointing, checkpointed_fraction=_checkpointed(req, model))
     fewest = min_gpus_that_fit(req, model, capacity) if fewest_gpus else {}
     return Estimate(
         model=ModelSummary(model.params, model.source, model.shape_inferred, model.shape.to_dict(),
@@ -259,6 +260,10 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
     )
 
 
+def _checkpointed(req: EstimateRequest, model: ResolvedModel) -> float:
+    return activations.checkpointed_fraction(model.shape.layers, req.checkpointing, req.checkpointing_every)
+
+
 #: The engines' gradient width on the data-parallel wire: our torch DDP (autocast over fp32 weights) and
 #: FSDP2 (fp32 reduce dtype) reduce fp32 gradients; DeepSpeed bf16 reduces 16-bit ones.
 GRAD_BYTES = {"single": 4, "ddp": 4, "fsdp": 4, "deepspeed": 2}
@@ -285,13 +290,15 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
     # A machine `planner probe` measured: its figures are achieved rates; and with one thread per process on
     # every core, gloo's collectives take the cores the compute runs on, so nothing overlaps.
     probed = gpu.device == "cpu"
+    fraction = _checkpointed(req, model)
     t = step_time(model.shape, plan, hw, PROBED if probed else CALIBRATED, checkpointing=req.checkpointing,
-                  overlap_dp=not probed, grad_bytes=grad_bytes, kernels=kernels)
+                  overlap_dp=not probed, grad_bytes=grad_bytes, kernels=kernels, checkpointed_fraction=fraction)
     tokens = plan.batch * model.shape.seq_len
     busy = t.total_s * hw.peak_flops * req.gpus  # FLOPs the GPUs could have done in the step
     return {"step_time_s": t.total_s, "tokens_per_step": tokens, "tokens_per_s_per_gpu": tokens / t.total_s / req.gpus,
             "mfu_predicted": compute.model_flops_per_token(model.params, model.shape) * tokens / busy,
-            "hfu_predicted": compute.hardware_flops_per_token(model.params, model.shape, req.checkpointing) * tokens / busy,
+            "hfu_predicted": compute.hardware_flops_per_token(model.params, model.shape, req.checkpointing, fraction)
+            * tokens / busy,
             "breakdown_s": {"matmul": t.matmul_s, "attention": t.attention_s, "memory_bound": t.memory_s,
                             "tensor_parallel": t.tp_comm_s, "bubble": t.bubble_s,
                             "pipeline_p2p": t.pp_comm_s, "data_parallel_exposed": t.dp_comm_s,

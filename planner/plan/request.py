@@ -48,6 +48,7 @@ class EstimateRequest:
     precision: str = "bf16-mixed"
     optimizer: str = "adamw"
     checkpointing: str = "none"
+    checkpointing_every: int = 1  # the checkpointing applies to every k-th layer (torchtitan's layer SAC)
     tokens: float | None = None  # None: Chinchilla's 20 tokens per parameter
     # planning assumptions
     convention: str | None = None  # None: the engine's own (memory.default_convention)
@@ -163,7 +164,7 @@ def planning_of(req: EstimateRequest, model: ResolvedModel) -> PlanningConfig:
     spec = None if BUILTIN_GPUS.get(gpu.name) == gpu else GPUSpec(
         memory_gib=gpu.memory_gib, peak_tflops=dict(gpu.peak_tflops), price_per_hour=gpu.price_per_hour,
         interconnect_gbps=gpu.interconnect_gbps, description=gpu.description, hbm_gbps=gpu.hbm_gbps,
-        network_gbps=gpu.network_gbps, device=gpu.device)
+        network_gbps=gpu.network_gbps, device=gpu.device, attention_tflops=dict(gpu.attention_tflops))
     return PlanningConfig(
         params=model.params if req.params is not None else None, gpu=gpu.name, gpu_spec=spec,
         gpus_per_node=req.gpus_per_node, tokens=req.tokens, convention=req.convention,
@@ -180,12 +181,14 @@ def request_from_run(cfg: RunConfig) -> EstimateRequest:
     if p.gpu_spec is not None:
         g = p.gpu_spec
         catalog = {p.gpu: GPU(p.gpu, g.memory_gib, dict(g.peak_tflops), g.price_per_hour, g.interconnect_gbps,
-                              g.description, hbm_gbps=g.hbm_gbps, network_gbps=g.network_gbps, device=g.device)}
+                              g.description, hbm_gbps=g.hbm_gbps, network_gbps=g.network_gbps, device=g.device,
+                              attention_tflops=dict(g.attention_tflops))}
     shape = shape_of(cfg.model)
     return EstimateRequest(
         params=p.params, shape=None if p.params is not None else shape, seq_len=cfg.model.seq_len,
         layout=layout, gpu=p.gpu, gpus_per_node=p.gpus_per_node, catalog=catalog,
         precision=cfg.train.precision, optimizer="adamw",  # the trainer's optimizer
-        checkpointing="full" if cfg.train.activation_checkpointing else "none", tokens=p.tokens,
+        checkpointing=cfg.train.activation_checkpointing,
+        checkpointing_every=cfg.train.activation_checkpointing_every, tokens=p.tokens,
         convention=p.convention, flash_attention=p.flash_attention, mfu=p.mfu, price=p.price,
         runtime_gib=p.runtime_gib, fragmentation=p.fragmentation, finetune=p.finetune)

@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from planner.core.errors import PlannerError
 from planner.core.parallel import STRATEGIES, ParallelPlan
+from planner.core.schema import trainer_runs_checkpointing
 from planner.plan import estimate as planned
 from planner.plan.compare import CHECKPOINTING, pcie_bytes_per_step, timing
 from planner.plan.request import EstimateRequest, gpu_of, resolve_model
@@ -60,6 +61,8 @@ def search(req: EstimateRequest, top: int = 10) -> dict:
     timed = []
     for plan in candidates(req, model.shape.layers):
         for checkpointing in CHECKPOINTING:
+            if not trainer_runs_checkpointing(checkpointing, plan):
+                continue
             t = planned.predicted_time(replace(req, checkpointing=checkpointing), model, plan, gpu, dtype)
             if t is None:
                 raise PlannerError(f"--gpu: {gpu.name} lacks the bandwidths the step-time model needs")

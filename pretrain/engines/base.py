@@ -27,7 +27,8 @@ class Engine(ABC):
     def build_model(self) -> torch.nn.Module:
         """The whole model, with the seed's weights, on every rank (one process, DDP and DeepSpeed start from
         it; the FSDP and pipeline engines build only their part, on the meta device: `materialize`)."""
-        return Transformer(self.cfg.model, self.cfg.train.activation_checkpointing, seed=self.cfg.train.seed)
+        return Transformer(self.cfg.model, self.cfg.train.activation_checkpointing, seed=self.cfg.train.seed,
+                           checkpoint_every=self.cfg.train.activation_checkpointing_every)
 
     def materialize(self, model: Transformer) -> Transformer:
         """A model (or stage) built on the meta device and laid out: its own shards allocated on this rank's

@@ -24,14 +24,15 @@ from pretrain.model import Transformer
 class FSDPEngine(Engine):
     def build_model(self):
         with torch.device("meta"):  # laid out before any weight exists (torchtitan's order)
-            return Transformer(self.cfg.model, self.cfg.train.activation_checkpointing)
+            return Transformer(self.cfg.model)
 
     def __init__(self, cfg, info):
         super().__init__(cfg, info)
         plan = self.plan = cfg.parallel
         mesh = build_mesh(plan, info.device.type)
         bf16 = cfg.train.precision == "bf16-mixed"
-        parallelize(self.model, plan, mesh, bf16=bf16, activation_checkpointing=cfg.train.activation_checkpointing)
+        parallelize(self.model, plan, mesh, bf16=bf16, activation_checkpointing=cfg.train.activation_checkpointing,
+                    checkpoint_every=cfg.train.activation_checkpointing_every)
         self.materialize(self.model)  # each rank allocates and fills its own shards only
         self.optimizer = make_adamw(self.model.parameters(), cfg)
         # under bf16 the sharded fp32 parameters are the master copy of the gathered bf16 weights; in fp32

@@ -95,20 +95,20 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, bf16: bool, reshard_aft
     fully_shard(model, **kw)
 
 
-def apply_activation_checkpointing(model: nn.Module, enabled: bool) -> None:
-    """Recompute each block in backward. The model checkpoints its blocks itself (non-reentrant
-    `torch.utils.checkpoint` around each call), so the flag is all there is to set; it is set here so the
-    order of the layout reads in one place."""
-    model.activation_checkpointing = enabled
+def apply_activation_checkpointing(model: nn.Module, policy: str, every: int) -> None:
+    """Recompute in backward what `policy` says, in every `every`-th block (`pretrain.activation_checkpointing`).
+    The model checkpoints its blocks itself (non-reentrant `torch.utils.checkpoint` around each call), so
+    the policy is all there is to set; it is set here so the order of the layout reads in one place."""
+    model.activation_checkpointing, model.checkpoint_every = policy, every
 
 
 def parallelize(model: nn.Module, plan: ParallelPlan, mesh: Mesh, *, bf16: bool,
-                activation_checkpointing: bool) -> None:
+                activation_checkpointing: str, checkpoint_every: int = 1) -> None:
     """Apply the plan to `model` in place (torchtitan's `parallelize_llama`): TP over the mesh's `tp`
     dimension, then activation checkpointing, then FSDP2 over its data-parallel dimensions."""
     if mesh.tp is not None:
         apply_tensor_parallel(model, mesh.tp)
-    apply_activation_checkpointing(model, activation_checkpointing)
+    apply_activation_checkpointing(model, activation_checkpointing, checkpoint_every)
     apply_fsdp(model, mesh.dp, bf16=bf16, reshard_after_forward=plan.fsdp_mode != "shard-grad-op",
                offload=plan.offload != "none")
 

@@ -84,9 +84,10 @@ class PipelineEngine(Engine):
         parts = []
         for sid in self.stage_ids:
             with torch.device("meta"):  # the stage alone: no rank ever holds the whole model
-                part = Transformer(cfg.model, cfg.train.activation_checkpointing, ranges[sid],
+                part = Transformer(cfg.model, layers=ranges[sid],
                                    embedding=sid == 0, head=sid == plan.pp_stages - 1)
-            parallelize(part, plan, mesh, bf16=bf16, activation_checkpointing=cfg.train.activation_checkpointing)
+            parallelize(part, plan, mesh, bf16=bf16, activation_checkpointing=cfg.train.activation_checkpointing,
+                        checkpoint_every=cfg.train.activation_checkpointing_every)
             parts.append(self.materialize(part))  # the whole model's weights for these names (init_weights)
         self.model = nn.ModuleList(parts)  # this rank's stages: what it trains, measures and checkpoints
         self.is_last = plan.pp_stages - 1 in self.stage_ids
