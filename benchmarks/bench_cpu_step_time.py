@@ -1,8 +1,8 @@
 """This machine's step time, predicted by the step-time model from `planner probe`'s figures and measured by the
 trainer (issue 24: the CPU is hardware too).
 
-`planner probe` measures this machine (matmul FLOP/s, copy bandwidth, a gloo all-reduce between two processes)
-as a catalog entry (`device: cpu`); `planner emit` plans each layout on it, writing the predicted step time into
+`planner probe` measures this machine (matmul FLOP/s, SDPA's rate, copy bandwidth, a gloo all-reduce between two
+processes) as a catalog entry (`device: cpu`), again before each layout (the shared VM drifts); `planner emit` plans each layout on it, writing the predicted step time into
 run.yaml; `launch local` trains it (one thread per process, as launch sets), and the run logs `step_time_s` every
 step and `step_time_s_predicted` beside it in MLflow. Reported: the median measured step (steps 3 onward: the
 first steps build caches and the optimizer states) against the prediction, for one process and for 2-process
@@ -53,21 +53,23 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--vocab", default="4096")
     ap.add_argument("--seq-len", default="256")
     ap.add_argument("--micro-batch", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=12)
     a = ap.parse_args(argv)
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         catalog = root / "this-cpu.yaml"
-        sh(py, "-m", "planner.cli", "probe", "--out", str(catalog), cwd=root)
-        print(catalog.read_text())
         sh(py, "-m", "pretrain.data.synthetic", str(root / "shards"), "--vocab", a.vocab, "--rows", "2048",
            "--seq-len", a.seq_len, cwd=root)
+        probed = []
         print("| layout | measured s (median, steps 3+) | predicted s | predicted / measured |")
         print("|---|---|---|---|")
         for name, n, flags in CASES:
             job = root / name.split(",")[0].replace(" ", "-")
             tokens = a.micro_batch * n * int(a.seq_len)
+            # probed again before each layout: this shared VM's rates drift by 20-40% over minutes
+            sh(py, "-m", "planner.cli", "probe", "--out", str(catalog), cwd=root)
+            probed.append(catalog.read_text())
             sh(py, "-m", "planner.cli", "emit", "--out", str(job), "--gpu-catalog", str(catalog), "--gpu", "this-cpu",
                "--gpus", str(n), "--gpus-per-node", "2", "--precision", "fp32", "--layers", a.layers,
                "--hidden", a.hidden, "--heads", a.heads, "--vocab", a.vocab, "--seq-len", a.seq_len,
@@ -77,6 +79,7 @@ def main(argv: list[str]) -> int:
             sh(py, "-m", "launch.cli", "local", str(job / "run.yaml"), "--nproc", str(n), cwd=job)
             got, want = measured(job / "mlflow.db")
             print(f"| {name} | {got:.3f} | {want:.3f} | {want / got:.3f} |", flush=True)
+    print("\nThe probes, one before each layout:\n" + "\n".join(probed))
     return 0
 
 

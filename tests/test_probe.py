@@ -14,7 +14,7 @@ from tests.conftest import run_cli
 
 #: What a probe of a small CPU might return (the real probe's figures vary with the machine).
 MEASURED = {"threads": 1, "cpus": 2, "memory_gib": 16.0, "fp32_flops": 80e9, "bf16_flops": 0.8e9,
-            "copy_bytes_per_s": 8e9, "allreduce_bus_bytes_per_s": 0.5e9, "fp32_attention_flops": 20e9,
+            "copy_bytes_per_s": 8e9, "allreduce_bus_bytes_per_s": 0.5e9, "shard_bus_bytes_per_s": 0.2e9, "fp32_attention_flops": 20e9,
             "bf16_attention_flops": 4e9}
 
 
@@ -53,6 +53,21 @@ def test_a_probed_machine_is_priced_at_its_measured_rates(catalog):
     assert t["breakdown_s"]["attention"] == pytest.approx(attention, rel=1e-6)
 
 
+def test_sharded_data_parallel_traffic_moves_at_the_probed_gather_and_scatter_rate(catalog):
+    # gloo's all-gather and reduce-scatter run at a fraction of its all-reduce: FSDP's traffic is priced at theirs
+    from planner.model.shapes import ModelShape
+    from planner.plan.estimate import estimate
+    from planner.plan.request import EstimateRequest
+
+    shape, cpu = ModelShape(4, 512, 8, 4096, 256), load_catalog(catalog)
+    assert cpu["this-cpu"].shard_collectives_gbps == pytest.approx(0.2)
+    fsdp = estimate(EstimateRequest.from_flags(shape=shape, gpus=2, gpus_per_node=2, micro_batch=8, fsdp="full",
+                                               gpu="this-cpu", catalog=cpu, precision="fp32")).time
+    # fp32: reduce-scatter the gradients, all-gather the parameters twice; each moves half the rank's bytes
+    moved = 3 * 0.5 * 4 * shape.param_count()
+    assert fsdp["breakdown_s"]["data_parallel_exposed"] == pytest.approx(moved / 0.2e9, rel=1e-3)
+
+
 def test_probe_refuses_a_name_that_is_not_a_plain_word():
     out = run_cli("probe", "--name", "my cpu; rm")
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--name" in out.stderr
@@ -60,8 +75,8 @@ def test_probe_refuses_a_name_that_is_not_a_plain_word():
 
 def test_the_probes_measurements_are_this_machines_rates():
     from pretrain.hardware_probe import (
-        allreduce_bus_bytes_per_s,
         attention_flops,
+        collective_bus_bytes_per_s,
         copy_bytes_per_s,
         matmul_flops,
     )
@@ -70,7 +85,7 @@ def test_the_probes_measurements_are_this_machines_rates():
     assert 1e8 < matmul_flops(torch.float32, 256) < 1e13  # a core does 0.1-10,000 GFLOP/s
     assert 1e8 < copy_bytes_per_s(16 * 2**20) < 1e12
     assert 1e7 < attention_flops(torch.float32, batch=1, seq=64) < matmul_flops(torch.float32, 256) * 2
-    assert 1e6 < allreduce_bus_bytes_per_s(4 * 2**20) < 1e12
+    assert all(1e6 < bus < 1e12 for bus in collective_bus_bytes_per_s(4 * 2**20))
 
 
 def test_a_run_planned_on_this_cpu_logs_the_predicted_step_time_beside_the_measured(tmp_path, catalog):

@@ -52,7 +52,8 @@ def every_field_changed() -> RunConfig:
                                 finetune="full",
                                 gpu_spec=GPUSpec(memory_gib=48.0, peak_tflops={"bf16": 400.0, "fp32": 50.0},
                                                  price_per_hour=3.0, interconnect_gbps=100.0, description="mine",
-                                                 hbm_gbps=900.0, network_gbps=12.5, device="cpu")),
+                                                 hbm_gbps=900.0, network_gbps=12.5, device="cpu",
+                                                 attention_tflops={"fp32": 0.02}, shard_collectives_gbps=0.2)),
         plan={"gpu_hours": 12.5},
     )
 

@@ -32,6 +32,7 @@ def catalog_entry(name: str, m: dict) -> str:
         f"  hbm_gbps: {m['copy_bytes_per_s'] / 1e9:.4g}  # a copy: bytes read + written per second",
         f"  interconnect_gbps: {2 * bus_gbps:.4g}  # both directions, as the catalog counts NVLink (gloo, loopback)",
         f"  network_gbps: {bus_gbps:.4g}",
+        f"  shard_collectives_gbps: {m['shard_bus_bytes_per_s'] / 1e9:.4g}  # all-gather + reduce-scatter (gloo)",
         "  price_per_hour: 0",
         ""])
 

@@ -55,6 +55,9 @@ class Hardware:
     gpus_per_node: int
     fp8_peak_flops: float = 0.0  # dense fp8 (0: no fp8 tensor cores)
     attention_flops: float = 0.0  # achieved attention FLOP/s where measured (`planner probe`); 0: a fraction of peak
+    # all-gather and reduce-scatter bus bandwidth as a fraction of the all-reduce's: 1 for NCCL; gloo's run at a
+    # quarter to a third of its all-reduce (`planner probe` measures it)
+    shard_collective_fraction: float = 1.0
 
 
 def hardware_of(gpu: GPU, dtype: str, gpus_per_node: int) -> Hardware:
@@ -62,9 +65,10 @@ def hardware_of(gpu: GPU, dtype: str, gpus_per_node: int) -> Hardware:
     sheet): NVLink one way is half the catalog's both-directions figure."""
     if gpu.hbm_gbps <= 0:
         raise PlannerError(f"--gpu: {gpu.name} has no hbm_gbps in the catalog; set it to predict step time")
+    shard = gpu.shard_collectives_gbps / gpu.network_gbps if gpu.shard_collectives_gbps and gpu.network_gbps else 1.0
     return Hardware(gpu.peak_flops(dtype), gpu.hbm_gbps * 1e9, gpu.interconnect_gbps / 2 * 1e9,
                     gpu.network_gbps * 1e9, gpus_per_node, gpu.peak_tflops.get("fp8", 0.0) * 1e12,
-                    gpu.attention_tflops.get(dtype, 0.0) * 1e12)
+                    gpu.attention_tflops.get(dtype, 0.0) * 1e12, shard)
 
 
 #: A100 SXM 80GB in a DGX A100 (Selene, where Megatron's tables were measured): 312 TFLOP/s bf16,
@@ -142,7 +146,7 @@ def ring_time(nbytes: float, ranks: int, bandwidth: float) -> float:
 #: Fitted by `benchmarks/bench_step_time.py` on the two calibration tables the README names (Narayanan et al.
 #: 2021, Table 1; llm-foundry's MPT on H100, BF16) and nothing else; the estimate uses these
 #: (`tests/test_step_time.py` re-fits and holds them equal).
-CALIBRATED = Efficiency(matmul_max=0.6249, matmul_half_k=81.27, link=1.0, attention=0.1605, memory=0.6200)
+CALIBRATED = Efficiency(matmul_max=0.6247, matmul_half_k=79.54, link=1.0, attention=0.1605, memory=0.6196)
 #: A machine measured by `planner probe` (a catalog entry with `device: cpu`): its figures are achieved rates (a
 #: GEMM, a copy, a gloo all-reduce), so every fraction is one and the width term is off.
 PROBED = Efficiency(matmul_max=1.0, matmul_half_k=0.0, link=1.0, attention=1.0, memory=1.0)
@@ -307,10 +311,10 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     bubble = (compute + tp_comm) * bubble_fraction(plan)
     net = hw.network_bytes_per_s * eff.link
     pp_comm = 0.0 if plan.pp == 1 else micro_batches * plan.pp_virtual * 2 * activation_bytes / plan.tp / net
-    params = shape.layers * matmul_params + shape.vocab * h
+    params = shape.param_count()  # every weight is reduced and gathered: the embedding and an untied head both
     rank_params = params / (plan.tp * plan.pp)
     dp_comm = data_parallel_bytes(plan, rank_params, grad_bytes, kernels.activation_bytes) \
-        / data_parallel_bandwidth(plan, hw, eff.link)
+        / data_parallel_bandwidth(plan, hw, eff.link) / (hw.shard_collective_fraction if plan.stage else 1.0)
     if plan.engine == "fsdp" and plan.stage and plan.dp_replicate > 1:  # hybrid sharding: the shards' gradients all-reduced across copies
         dp_comm += ring_time(grad_bytes * rank_params / plan.shard_degree, plan.dp_replicate, net)
     if overlap_dp:  # hidden behind the last micro-batch's backward (the whole step's under ZeRO-3 / FSDP full)

@@ -44,6 +44,9 @@ class GPU:
     # achieved causal-attention FLOP/s per dtype, as the step-time model counts them (`planner probe` measures
     # SDPA; empty for a GPU, whose flash attention runs at the calibrated fraction of peak)
     attention_tflops: dict[str, float] = field(default_factory=dict, hash=False)
+    # the bus bandwidth of all-gather and reduce-scatter between the machine's processes, GB/s, where it is not
+    # the all-reduce's (`planner probe` measures gloo's; 0: as network_gbps)
+    shard_collectives_gbps: float = 0.0
 
     @property
     def memory_bytes(self) -> int:
@@ -118,7 +121,7 @@ def load_catalog(path: str | Path | None = None) -> dict[str, GPU]:
 
 def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
     allowed = {"memory_gib", "peak_tflops", "price_per_hour", "interconnect_gbps", "hbm_gbps", "network_gbps",
-               "description", "device", "attention_tflops"}
+               "description", "device", "attention_tflops", "shard_collectives_gbps"}
     if not isinstance(fields, dict) or set(fields) - allowed:
         bad = sorted(set(fields) - allowed) if isinstance(fields, dict) else fields
         raise PlannerError(f"--gpu-catalog: entry {name!r} has unknown fields {bad}; allowed: {sorted(allowed)}")
@@ -144,7 +147,7 @@ def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
     # physically meaningful ranges: today's largest GPU has 192 GiB and ~4,500 dense fp8 TFLOP/s
     checks.number(f"--gpu-catalog: {name}.memory_gib", merged.memory_gib, 0.0, 1e5, lo_open=True)
     checks.number(f"--gpu-catalog: {name}.price_per_hour", merged.price_per_hour, 0.0, 1e4)
-    for key in ("interconnect_gbps", "hbm_gbps", "network_gbps"):
+    for key in ("interconnect_gbps", "hbm_gbps", "network_gbps", "shard_collectives_gbps"):
         checks.number(f"--gpu-catalog: {name}.{key}", getattr(merged, key), 0.0, 1e6)
     for dtype, tflops in merged.peak_tflops.items():
         checks.number(f"--gpu-catalog: {name}.peak_tflops.{dtype}", tflops, 0.0, 1e6, lo_open=True)
