@@ -83,6 +83,21 @@ def test_the_exclusion_file_lists_every_dropped_document_with_its_reason_and_wha
     assert all(r["jaccard"] >= 0.8 for r in dups)
 
 
+def test_datatrove_logs_each_filter_step_by_name_with_its_counts_and_time(one_task):
+    # datatrove's stats.json for the first pass names our steps, counts what each forwarded and dropped (by
+    # reason), and times them; the drops agree with our own exclusion file
+    stats = json.loads((one_task / "work/logs/signatures/stats.json").read_text())
+    filters = {s["name"].split(": ", 1)[1]: s for s in stats if "FILTER" in s["name"]}
+    assert list(filters) == ["gopher_quality", "gopher_repetition", "c4", "language", "pii", "no_text"]
+    rows = [json.loads(line) for line in (one_task / "exclusions.jsonl").read_text().splitlines()]
+    for name, s in filters.items():
+        counts = s["stats"]
+        assert counts["total"] == counts["forwarded"] + counts.get("dropped", 0) and s["time_stats"]["total"] > 0
+        assert counts.get("dropped", 0) == sum(r["step"] == name for r in rows), name
+        assert sum(v for k, v in counts.items() if k.startswith("dropped_")) == counts.get("dropped", 0)
+    assert filters["gopher_quality"]["stats"]["dropped"] > 0
+
+
 @pytest.mark.parametrize("tasks, override, says", [(3, "curate.c4=true", "tasks 1 -> 3"),
                                                    (1, "curate.jaccard_threshold=0.7", "curate.jaccard_threshold 0.8 -> 0.7")])
 def test_a_work_folder_made_with_other_tasks_or_settings_is_refused_in_one_line(one_task, tasks, override, says):

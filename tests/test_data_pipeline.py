@@ -315,3 +315,60 @@ def test_curation_report_is_logged_to_mlflow_when_tracking_is_on(sample_config, 
     run = client.search_runs([client.get_experiment_by_name("data-pipeline").experiment_id])[0]
     assert run.data.metrics["finance.docs_in"] == 150
     assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"curation_report.json", "curation_report.md"}
+
+
+#: documents with no letters: a row of constants, two timestamps, an ASCII table, a hex dump, a clause number
+NO_LETTERS = ["3.14159 2.71828 1.41421 1.73205", "2024-01-01 12:00:00 +0000 -- 2024-01-02 12:00:00 +0000",
+              "+---+---+\n| 1 | 2 |\n+---+---+", "0123 4567 89", "§ 252.227-7013"]
+
+
+def test_documents_with_no_words_after_normalisation_are_dropped_by_their_own_rule(tmp_path):
+    # before this rule every no-letter document normalised to "" and dedup listed them as one another's exact
+    # duplicates (Jaccard 1.0); now they leave by `no_text` with their own reason, and dedup never sees them
+    prose = [body for (_, body), _ in zip(readme_documents(), range(20), strict=False)]
+    rows = [{"id": f"p{i}", "text": t} for i, t in enumerate(prose)] + \
+        [{"id": f"n{i}", "text": t} for i, t in enumerate(NO_LETTERS)]
+    (tmp_path / "raw.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "data.yaml").write_text(f"""out_dir: {tmp_path}/out
+sources: [{{path: {tmp_path}/raw.jsonl, domain: general}}]
+curate: {{gopher_quality: false, gopher_repetition: false, c4: false, language: false, pii: false}}
+tokenizer: {{kind: bpe, vocab_size: 300}}
+mix: {{weights: {{general: 1.0}}, seq_len: 64}}
+""")
+    report = curate(load_pipeline_config(tmp_path / "data.yaml"))
+    excluded = [json.loads(line) for line in (tmp_path / "out/exclusions.jsonl").read_text().splitlines()]
+    by_step = Counter(r["step"] for r in excluded if r["id"].startswith("n"))
+    assert by_step == {"no_text": len(NO_LETTERS)}
+    assert {r["reason"] for r in excluded if r["step"] == "no_text"} == {"no words after normalisation"}
+    assert report["steps"]["no_text"]["general"]["dropped"] == {"no words after normalisation": len(NO_LETTERS)}
+
+
+#: datatrove's Gopher quality reasons, named as ours
+DATATROVE_REASONS = {"gopher_short_doc": "too few words", "gopher_long_doc": "too many words",
+                     "gopher_below_avg_threshold": "mean word length", "gopher_above_avg_threshold": "mean word length",
+                     "gopher_too_many_hashes": "hash symbols", "gopher_too_many_ellipsis": "ellipses",
+                     "gopher_too_many_bullets": "bullet lines", "gopher_too_many_end_ellipsis": "lines ending in ellipsis",
+                     "gopher_below_alpha_threshold": "few alphabetic words", "gopher_enough_stop_words": "few stop words"}
+
+
+def test_gopher_quality_gives_datatroves_reason_on_japanese_pages():
+    # CJK punctuation ("。", "、", "「") is punctuation (Unicode P*), so it neither counts as a word nor shortens the
+    # mean word length: on the installed Japanese man pages (sections 1 and 5; Korean ones agree too) every reason
+    # is datatrove's
+    import glob
+    import gzip
+
+    from datatrove.data import Document as DTDocument
+    from datatrove.pipeline.filters import GopherQualityFilter
+
+    from pretrain.data.steps.gopher import gopher_quality_reason
+
+    paths = sorted(glob.glob("/usr/share/man/ja/man[15]/*.gz"))
+    if not paths:
+        pytest.skip("no Japanese man pages installed")
+    theirs_filter, ours = GopherQualityFilter(), GopherQuality()
+    for path in paths:
+        text = gzip.decompress(Path(path).read_bytes()).decode("utf-8", "replace")
+        verdict = theirs_filter.filter(DTDocument(text=text, id=path))
+        theirs = None if verdict is True else DATATROVE_REASONS[verdict[1]]
+        assert gopher_quality_reason(text, ours) == theirs, path
