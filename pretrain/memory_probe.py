@@ -31,7 +31,25 @@ def _storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
 
 
-class SavedTensorCounter:
+class _Counting:
+    """`with counter.count():` counts inside the block (`start` / `stop` for counting across hooks)."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    @contextmanager
+    def count(self) -> Iterator[_Counting]:
+        self.start()
+        try:
+            yield self
+        finally:
+            self.stop()
+
+
+class SavedTensorCounter(_Counting):
     """Bytes of the distinct non-parameter storages saved for backward inside `count()`."""
 
     def __init__(self, model: nn.Module):
@@ -53,14 +71,6 @@ class SavedTensorCounter:
             self.bytes += local.untyped_storage().nbytes()
         return t  # autograd gets back what it saved (a DTensor stays one)
 
-    @contextmanager
-    def count(self) -> Iterator[SavedTensorCounter]:
-        self.start()
-        try:
-            yield self
-        finally:
-            self.stop()
-
     def start(self) -> None:
         """Begin counting (`count()` is the usual way; a pipeline starts and stops in module hooks)."""
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
@@ -70,7 +80,7 @@ class SavedTensorCounter:
         self._hooks.__exit__(None, None, None)
 
 
-class LiveTensorCounter(TorchDispatchMode):
+class LiveTensorCounter(_Counting, TorchDispatchMode):
     """Bytes of the distinct storages the ops inside it create that are alive when `bytes` is read.
     Storages are held by weak reference (torch keeps one Python object per live storage), so the count is
     of what something else still holds; works on real and fake tensors."""
@@ -107,14 +117,6 @@ class LiveTensorCounter(TorchDispatchMode):
     def stop(self) -> None:
         self.__exit__(None, None, None)
         self._frozen = self._alive()
-
-    @contextmanager
-    def count(self) -> Iterator[LiveTensorCounter]:
-        self.start()
-        try:
-            yield self
-        finally:
-            self.stop()
 
 
 #: aten ops that move no bytes of their own (views and metadata) or that are matmuls (timed by their FLOPs).
