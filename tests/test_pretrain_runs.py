@@ -53,9 +53,9 @@ ENGINES = {
     "fsdp-shard-grad-op": ["parallel.engine=fsdp", "parallel.fsdp_mode=shard-grad-op"],
     "fsdp-hybrid-ckpt": ["parallel.engine=fsdp", "parallel.fsdp_mode=hybrid", "parallel.dp_shard=2",
                          "train.activation_checkpointing=full"],
-    "fsdp-full-op": ["parallel.engine=fsdp", "parallel.fsdp_mode=full", "train.activation_checkpointing=op"],
-    "ddp-op-every-2nd": ["parallel.engine=ddp", "train.activation_checkpointing=op",
-                         "train.activation_checkpointing_every=2"],
+    # torchtitan's op-level policy on the 2nd block only (layer SAC): the first block keeps everything
+    "fsdp-full-op-every-2nd": ["parallel.engine=fsdp", "parallel.fsdp_mode=full", "train.activation_checkpointing=op",
+                               "train.activation_checkpointing_every=2"],
 }
 
 
