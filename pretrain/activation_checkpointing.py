@@ -21,10 +21,6 @@ from collections.abc import Callable
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-from planner.core.schema import ACTIVATION_CHECKPOINTING
-
-POLICIES = ACTIVATION_CHECKPOINTING
-
 aten = torch.ops.aten
 #: Ops whose outputs `op` keeps (besides every other matmul): the attention kernels (CUDA flash, efficient,
 #: cuDNN, and the CPU flash kernel our tests run) and the sequence-parallel reduce-scatter.

@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from planner.core.schema import ModelConfig
+from planner.core.schema import ACTIVATION_CHECKPOINTING, ModelConfig
 from planner.model.shapes import shape_of
-from pretrain.activation_checkpointing import POLICIES, checkpointed, run_block
+from pretrain.activation_checkpointing import checkpointed, run_block
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,9 +157,9 @@ class Transformer(nn.Module):
         output layer (final norm and head), its weights drawn from `seed` (`init_weights`); built under
         `torch.device("meta")` it holds none until materialised (`to_empty`, then `init_weights`). Training
         checkpoints every `checkpoint_every`-th block under `activation_checkpointing` (one of
-        `pretrain.activation_checkpointing.POLICIES`)."""
+        `planner.core.schema.ACTIVATION_CHECKPOINTING`)."""
         super().__init__()
-        assert activation_checkpointing in POLICIES, activation_checkpointing
+        assert activation_checkpointing in ACTIVATION_CHECKPOINTING, activation_checkpointing
         self.cfg, self.activation_checkpointing, self.checkpoint_every = cfg, activation_checkpointing, checkpoint_every
         ffn = shape_of(cfg).ffn
         layers = range(cfg.layers) if layers is None else layers

@@ -150,10 +150,10 @@ CALIBRATED = Efficiency(matmul_max=0.6247, matmul_half_k=79.54, link=1.0, attent
 #: A machine measured by `planner probe` (a catalog entry with `device: cpu`): its figures are achieved rates (a
 #: GEMM, a copy, a gloo all-reduce), so every fraction is one and the width term is off.
 PROBED = Efficiency(matmul_max=1.0, matmul_half_k=0.0, link=1.0, attention=1.0, memory=1.0)
-#: Forward-equivalent passes of every layer matmul per step: forward + backward (2x), plus the recomputed
-#: forward under full checkpointing. Selective recomputes only attention's softmax-side ops (memory-bound);
-#: op recomputes some matmuls (`matmul_passes`), not attention.
-PASSES = {"none": 3, "selective": 3, "op": 3, "full": 4}
+#: Forward-equivalent passes of attention per step on a checkpointed layer: forward + backward (2x), plus the
+#: recomputed forward under full checkpointing (selective recomputes only the softmax side, memory-bound; op
+#: keeps SDPA's output). The layer matmuls' passes are `matmul_passes`.
+ATTENTION_PASSES = {"none": 3, "selective": 3, "op": 3, "full": 4}
 #: Forward-equivalent passes of the memory-bound ops: every checkpointing recomputes them.
 MEMORY_PASSES = {"none": 1, "selective": 2, "op": 2, "full": 2}
 
@@ -279,7 +279,7 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     the share of the layers checkpointing applies to (torchtitan's layer SAC checkpoints every k-th one)."""
     micro_batches = plan.grad_accum
     passes = matmul_passes(shape, checkpointing, checkpointed_fraction)
-    attention_passes = 3 + checkpointed_fraction * (PASSES[checkpointing] - 3)
+    attention_passes = 3 + checkpointed_fraction * (ATTENTION_PASSES[checkpointing] - 3)
     gpus = plan.tp * plan.pp * plan.dp
     tokens = plan.batch * shape.seq_len
     s, h = shape.seq_len, shape.hidden

@@ -197,14 +197,14 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
         # torch engines (DDP, FSDP) free gradients with zero_grad(set_to_none=True); DeepSpeed keeps them
         gradients_kept_through_forward=plan.engine == "deepspeed",
         layer_backward=fsdp_layer_backward(shape, plan, precision, stored) if share is None else
-        pipeline_fsdp_backward(params, shape, plan, precision, checkpointing,
+        pipeline_fsdp_backward(params, shape, plan, precision,
                                (stored - layers_fixed) * in_flight + layers_fixed + head_fixed + recompute,
                                embedding=share.embedding),
     )
 
 
 def pipeline_fsdp_backward(params: float, shape: ModelShape, plan: ParallelPlan, precision: str,
-                           checkpointing: str, activations_in_flight: float,
+                           activations_in_flight: float,
                            embedding: bool = False) -> dict[str, float] | None:
     """One pipeline rank under FSDP2 once its first micro-batch has gone backward (the steady state of 1F1B):
     torch's `PipelineStage` runs every backward but the step's last with gradient reduction off, so the
@@ -229,8 +229,7 @@ def pipeline_fsdp_backward(params: float, shape: ModelShape, plan: ParallelPlan,
     tp, w = plan.tp, 4 if precision == "fp32" else 2
     block = shape.layer_params() / tp
     root = max(0.0, params / tp - shape.layers * block)
-    gathered = shape.layers
     whole_embedding_grad = shape.embedding_params() * (1 - 1 / tp) if embedding else 0.0
-    return {"weights": (root + gathered * block) * w,
+    return {"weights": (root + shape.layers * block) * w,  # the whole stage
             "gradients": 4 * (params / tp + whole_embedding_grad),
             "activations": activations_in_flight}

@@ -130,32 +130,31 @@ def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
         if missing:
             raise PlannerError(f"--gpu-catalog: new entry {name!r} needs {sorted(missing)}")
         base = GPU(name, 0.0, {}, 0.0)
-    merged = replace(base, **{k: v for k, v in fields.items() if k not in ("peak_tflops", "attention_tflops")})
-    if "attention_tflops" in fields:
-        rates = fields["attention_tflops"]
-        if not isinstance(rates, dict):
-            raise PlannerError(f"--gpu-catalog: {name}.attention_tflops must map dtypes to TFLOP/s; got {rates!r}")
-        for dtype, tflops in rates.items():
-            checks.number(f"--gpu-catalog: {name}.attention_tflops.{dtype}", tflops, 0.0, 1e6, lo_open=True)
-        merged = replace(merged, attention_tflops={str(k): float(v) for k, v in rates.items()})
-    if "peak_tflops" in fields:
-        peaks = fields["peak_tflops"]
-        if not isinstance(peaks, dict) or not peaks:
-            raise PlannerError(f"--gpu-catalog: {name}.peak_tflops must map dtypes to TFLOP/s, e.g. {{bf16: 989}}; "
-                               f"got {peaks!r}")
-        merged = replace(merged, peak_tflops={**base.peak_tflops, **{str(k): v for k, v in peaks.items()}})
+    rates = ("peak_tflops", "attention_tflops")  # per dtype: merged into the base entry's
+    merged = replace(base, **{k: v for k, v in fields.items() if k not in rates})
+    for key in rates:
+        if key in fields:
+            merged = replace(merged, **{key: {**getattr(base, key), **_per_dtype(name, key, fields[key])}})
     # physically meaningful ranges: today's largest GPU has 192 GiB and ~4,500 dense fp8 TFLOP/s
     checks.number(f"--gpu-catalog: {name}.memory_gib", merged.memory_gib, 0.0, 1e5, lo_open=True)
     checks.number(f"--gpu-catalog: {name}.price_per_hour", merged.price_per_hour, 0.0, 1e4)
     for key in ("interconnect_gbps", "hbm_gbps", "network_gbps", "shard_collectives_gbps"):
         checks.number(f"--gpu-catalog: {name}.{key}", getattr(merged, key), 0.0, 1e6)
-    for dtype, tflops in merged.peak_tflops.items():
-        checks.number(f"--gpu-catalog: {name}.peak_tflops.{dtype}", tflops, 0.0, 1e6, lo_open=True)
+    for key in rates:
+        for dtype, tflops in getattr(merged, key).items():
+            checks.number(f"--gpu-catalog: {name}.{key}.{dtype}", tflops, 0.0, 1e6, lo_open=True)
     if merged.device not in DEVICES:
         raise PlannerError(f"--gpu-catalog: {name}.device must be one of {', '.join(DEVICES)}, got {merged.device!r}")
     if not isinstance(merged.description, str):
         raise PlannerError(f"--gpu-catalog: {name}.description must be text, got {merged.description!r}")
-    return replace(merged, peak_tflops={k: float(v) for k, v in merged.peak_tflops.items()})
+    return replace(merged, **{key: {k: float(v) for k, v in getattr(merged, key).items()} for key in rates})
+
+
+def _per_dtype(name: str, key: str, value: object) -> dict[str, object]:
+    """A catalog field that maps dtypes to TFLOP/s (peak_tflops, attention_tflops), keys as text."""
+    if not isinstance(value, dict) or not value:
+        raise PlannerError(f"--gpu-catalog: {name}.{key} must map dtypes to TFLOP/s, e.g. {{bf16: 989}}; got {value!r}")
+    return {str(k): v for k, v in value.items()}
 
 
 def get_gpu(name: str, catalog: dict[str, GPU] | None = None) -> GPU:
