@@ -18,17 +18,18 @@ each, shingles ranked rarest first) and measured on the shingle strings. Target:
 from __future__ import annotations
 
 import argparse
-import ast
-import glob
+import itertools
 import json
 import math
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from pretrain.data import installed_text
 from pretrain.data.dedup.signatures import normalise
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,21 +37,8 @@ THRESHOLD, NGRAM = 0.8, 5
 
 
 def docstrings(limit: int | None) -> list[tuple[str, str]]:
-    site = Path(sys.executable).parents[1] / "lib"
-    docs = []
-    for path in sorted(glob.glob(str(site / "python*/site-packages/**/*.py"), recursive=True)):
-        try:
-            tree = ast.parse(Path(path).read_bytes())
-        except (SyntaxError, ValueError):
-            continue
-        for node in [tree, *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef,
-                                                                         ast.ClassDef)))]:
-            text = ast.get_docstring(node, clean=True)
-            if text and len(text.split()) >= 50:
-                docs.append((f"{Path(path).relative_to(site)}:{getattr(node, 'lineno', 0)}", text))
-        if limit and len(docs) >= limit:
-            break
-    return docs[:limit] if limit else docs
+    """The installed packages' docstrings of 50 words or more (`installed_text`), the first `limit`."""
+    return list(itertools.islice(installed_text.docstrings((Path(sysconfig.get_paths()["purelib"]),)), limit))
 
 
 def shingles(text: str) -> frozenset[str]:

@@ -201,3 +201,17 @@ def test_the_ray_executor_says_what_is_missing_when_ray_is_not_installed(tmp_pat
 def test_slurm_settings_that_reach_a_script_are_validated_at_load(override, key, tmp_path):
     r = curate(tmp_path, 2, 1, override)
     assert r.returncode == 2 and key in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_the_default_task_count_is_one_per_input_chunk_at_most_64(tmp_path):
+    from pretrain.data.chunks import MAX_DEFAULT_TASKS, default_tasks
+    from pretrain.data.documents import Source
+
+    big, small = tmp_path / "big.jsonl", tmp_path / "small.jsonl"
+    big.write_text("".join(json.dumps({"id": i, "text": "word " * 40}) + "\n" for i in range(100)))
+    small.write_text(json.dumps({"id": 0, "text": "one line"}) + "\n")
+    sources = [Source(str(big), "general"), Source(str(small), "finance")]
+    assert big.stat().st_size == 22_290
+    assert default_tasks(sources, 4096) == 6 + 1  # ceil(22,290 / 4,096) chunks, and the small file's one
+    assert default_tasks(sources, 64) == MAX_DEFAULT_TASKS
+    assert default_tasks(sources, 1 << 30) == 2

@@ -87,17 +87,98 @@ def test_c4_drops_lorem_ipsum_and_strips_boilerplate_lines():
     assert C4Rules().reject(d) is None and "cookies" not in d.text and "Click here" not in d.text
 
 
-def test_the_word_steps_tokenise_each_document_once(monkeypatch):
+def test_the_word_steps_split_each_distinct_chunk_once(monkeypatch):
     from pretrain.data.steps import words
 
     nlp, calls = words._spacy(), []
     real = nlp.tokenizer
     monkeypatch.setattr(nlp, "tokenizer", lambda text: calls.append(text) or real(text))
-    monkeypatch.setattr(words, "_LAST_WORDS", ("", ()))
+    monkeypatch.setattr(words, "_CHUNKS", {})
+    monkeypatch.setattr(words, "_LAST", ("", None))
     for text in (PROSE, PROSE + " Again."):
         d = doc(text)
         assert GopherQuality().apply(d) is not None and GopherRepetition().apply(d) is not None
-    assert calls == [PROSE, PROSE + " Again."]
+    # one spaCy call per document over the chunks it has not seen, each distinct chunk once
+    assert calls == [" ".join(dict.fromkeys(PROSE.split())), "Again."]
+
+
+def _installed_docstrings(count: int) -> list[str]:
+    """Real documents every Python has: the standard library's longer docstrings, in a fixed order."""
+    import itertools
+    import sysconfig
+
+    from pretrain.data.installed_text import docstrings
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    return [text for _, text in itertools.islice(docstrings((stdlib,)), count)]
+
+
+def test_words_equal_spacys_tokenisation_of_the_whole_text_on_real_documents():
+    from pretrain.data.steps.words import _spacy, words_of
+
+    nlp = _spacy()
+    for text in _installed_docstrings(400):
+        assert words_of(text).words == tuple(t.text for t in nlp.tokenizer(text) if not t.is_space)
+
+
+def test_sentence_count_equals_spacys_sentencizer_on_real_lines():
+    from pretrain.data.steps.words import _spacy, count_sentences
+
+    nlp = _spacy()
+    lines = [line for text in _installed_docstrings(400) for line in text.splitlines() if line.strip()]
+    lines += ["a.  . b", "Done.\tNext one. ", "Wait... what?! Yes.", "(see x.) and y"]
+    assert len(lines) > 5000
+    for line in lines:
+        assert count_sentences(line) == sum(1 for s in nlp(line.strip()).sents if s.text.strip()), line
+
+
+def test_a_man_pages_roff_becomes_its_readable_text():
+    from pretrain.data.installed_text import roff_to_text
+
+    roff = ('.\\" a comment\n.TH LS 1 "2024" "GNU"\n.de XX\n.ft B\n..\n.SH NAME\nls \\- list directory contents\n'
+            '.SH DESCRIPTION\n.B ls\nlists \\fIfiles\\fR in the \\(lqcurrent\\(rq directory.\n.IP "\\(bu" 4\nOne.\n')
+    assert roff_to_text(roff) == ("NAME\nls - list directory contents\n\nDESCRIPTION\nls\n"
+                                  "lists files in the “current” directory.\n\n•\nOne.")
+
+
+def test_repetition_counts_equal_the_rules_read_word_by_word():
+    # the rules as Rae et al. state them, one n-gram at a time: the spec WordNGrams' array passes must equal
+    import random
+
+    from pretrain.data.steps.gopher import WordNGrams
+    from pretrain.data.steps.words import words_of
+
+    def top(words, n):
+        counts = Counter(tuple(words[i: i + n]) for i in range(len(words) - n + 1))
+        if not counts:
+            return 0
+        gram, k = counts.most_common(1)[0]
+        return (sum(map(len, gram)) + n - 1) * k
+
+    def duplicated(words, n, counting):
+        seen, covered, chars, i = set(), [False] * len(words), 0, 0
+        if counting == "sequential":
+            while i <= len(words) - n:
+                gram = tuple(words[i: i + n])
+                chars, i = (chars + sum(map(len, gram)), i + n) if gram in seen else (chars, i + 1)
+                seen.add(gram)
+            return chars
+        for i in range(len(words) - n + 1):
+            gram = tuple(words[i: i + n])
+            if gram in seen:
+                covered[i: i + n] = [True] * n
+            seen.add(gram)
+        return sum(len(w) for w, c in zip(words, covered, strict=True) if c)
+
+    rng = random.Random(0)
+    texts = [tuple(rng.choice(["a", "bb", "ccc", "a", "dd", "e"]) for _ in range(rng.randint(0, 40))) for _ in range(300)]
+    texts += [words_of(t).words for t in _installed_docstrings(100)]
+    for words in texts:
+        grams = WordNGrams(words)
+        for n in range(1, 11):
+            assert grams.top_chars(n) == top(words, n)
+            assert grams.duplicated_chars(n, "sequential") == duplicated(words, n, "sequential")
+            assert grams.duplicated_chars(n, "union") == duplicated(words, n, "union")
 
 
 def test_c4_checks_brackets_only_on_kept_lines_by_default_and_anywhere_when_asked():

@@ -60,8 +60,9 @@ class CurateConfig:
     exact_dedup: bool = True
     minhash_dedup: bool = True
     minhash_ngram: int = 5  # word n-gram shingles (FineWeb's 5); banding follows from jaccard_threshold
-    #: JSON-lines input is cut into chunks of this many bytes; tasks take contiguous runs of chunks
-    chunk_bytes: int = 64 << 20
+    #: JSON-lines input is cut into chunks of this many bytes; tasks take contiguous runs of chunks (by
+    #: default one each: `chunks.default_tasks`); 2 MiB: ~25 tasks for 50 MB, balanced on 2 workers
+    chunk_bytes: int = 2 << 20
     #: a candidate pair is a near duplicate only when its shingles' Jaccard similarity reaches this
     jaccard_threshold: float = 0.8
     slurm: SlurmCurateConfig = field(default_factory=SlurmCurateConfig)

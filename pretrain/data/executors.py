@@ -18,7 +18,8 @@ from pathlib import Path
 
 from planner.core import checks
 from planner.core.errors import PlannerError
-from pretrain.data.config import DataPipelineConfig
+from pretrain.data.chunks import default_tasks
+from pretrain.data.config import DataPipelineConfig, sources_of
 from pretrain.data.passes import passes
 from pretrain.data.workdir import WorkDir, check_layout
 
@@ -29,7 +30,7 @@ EXECUTORS = ("local", "slurm", "ray")
 MAX_TASKS, MAX_WORKERS = 100_000, 4096
 
 
-def curate(cfg: DataPipelineConfig, executor: str = "local", tasks: int = 1, workers: int = 1,
+def curate(cfg: DataPipelineConfig, executor: str = "local", tasks: int | None = None, workers: int = 1,
            quiet: bool = False) -> dict:
     """Run the five passes (each skips its finished tasks); returns the merged funnel report (also
     written beside the output), or {"submitted": ...} and where the report will appear once Slurm has
@@ -42,7 +43,10 @@ def curate(cfg: DataPipelineConfig, executor: str = "local", tasks: int = 1, wor
 
     datatrove's console log (pipeline, per-task progress and stats) goes to stdout, or nowhere when
     `quiet`, so that stderr holds only our one-line errors; each task's full log stays in
-    `work/logs/<pass>/logs/task_NNNNN.log` either way."""
+    `work/logs/<pass>/logs/task_NNNNN.log` either way. `tasks`: by default one per input chunk
+    (`chunks.default_tasks`)."""
+    if tasks is None:
+        tasks = default_tasks(sources_of(cfg), cfg.curate.chunk_bytes)
     checks.integer("--tasks", tasks, 1, MAX_TASKS)
     checks.integer("--workers", workers, 1, MAX_WORKERS)
     if executor == "slurm":  # datatrove pastes the logging folders (under out_dir) unquoted into its job scripts

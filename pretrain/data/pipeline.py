@@ -46,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="No progress bars.")
     parser.add_argument("--executor", choices=EXECUTORS, default="local",
                         help="datatrove executor the curation passes run on (default: local, this machine).")
-    parser.add_argument("--tasks", type=int, default=1, help="Tasks the input is split into (output does not depend on it).")
+    parser.add_argument("--tasks", type=int, default=None,
+                        help="Tasks the input is split into (default: one per input chunk, at most 64; "
+                             "the output does not depend on it).")
     parser.add_argument("--workers", type=int, default=1, help="Tasks run at once.")
     return parser
 

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import re
-import string
-import sys
-import unicodedata
-from collections import Counter
+from itertools import count
+
+import numpy as np
 
 from pretrain.data.documents import Document
 from pretrain.data.steps.base import Step
 from pretrain.data.steps.words import words_of
 
-#: What makes a token "not a word" (Gopher counts words without it): ASCII punctuation and symbols and every
-#: Unicode punctuation character (categories P*: CJK full stops and brackets, guillemets, dashes...), 828 in
-#: all. datatrove's hand-made set has 281, 71 of them symbols outside P* (´ ━ ► and full-width forms such
-#: as ～ and １); neither changes a decision on our real-text tests, and the rule says which characters count.
-PUNCTUATION = frozenset(string.punctuation) | frozenset(
-    ch for ch in map(chr, range(sys.maxunicode + 1)) if unicodedata.category(ch).startswith("P"))
 #: Gopher's stop words (Rae et al. 2021, §A.1.1): a document must contain at least two.
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 
@@ -36,27 +29,26 @@ class GopherQuality(Step):
 
 
 def gopher_quality_reason(text: str, p) -> str | None:
-    words = words_of(text)
-    real = [w for w in words if any(ch not in PUNCTUATION for ch in w)]
-    if len(real) < p.min_words:
+    counted = words_of(text)
+    n_words, real = len(counted.words), counted.non_symbol_words
+    if real < p.min_words:
         return "too few words"
-    if len(real) > p.max_words:
+    if real > p.max_words:
         return "too many words"
-    mean_len = sum(map(len, real)) / len(real)
-    if not p.min_mean_word_len <= mean_len <= p.max_mean_word_len:
+    if not p.min_mean_word_len <= counted.non_symbol_chars / real <= p.max_mean_word_len:
         return "mean word length"
-    if text.count("#") / len(words) > p.max_symbol_ratio:
+    if text.count("#") / n_words > p.max_symbol_ratio:
         return "hash symbols"
-    if (text.count("...") + text.count("…")) / len(words) > p.max_symbol_ratio:
+    if (text.count("...") + text.count("…")) / n_words > p.max_symbol_ratio:
         return "ellipses"
     lines = text.splitlines() or [text]
     if sum(line.lstrip().startswith(("•", "-")) for line in lines) / len(lines) > p.max_bullet_lines:
         return "bullet lines"
     if sum(line.rstrip().endswith(("...", "…")) for line in lines) / len(lines) > p.max_ellipsis_lines:
         return "lines ending in ellipsis"
-    if sum(any(c.isalpha() for c in w) for w in words) / len(words) < p.min_alpha_words:
+    if counted.alphabetic_words / n_words < p.min_alpha_words:
         return "few alphabetic words"
-    if len(STOP_WORDS.intersection(words)) < p.min_stop_words:
+    if len(STOP_WORDS.intersection(counted.words)) < p.min_stop_words:
         return "few stop words"
     return None
 
@@ -73,42 +65,74 @@ def _duplicate_fraction(parts: list[str], total_chars: int) -> tuple[float, floa
     return dup_parts / max(1, len(parts)), dup_chars / max(1, total_chars)
 
 
-def _top_ngram_chars(words: list[str], n: int) -> int:
-    """Characters (with the spaces inside it) of the most frequent n-gram, times its occurrences."""
-    counts = Counter(tuple(words[i: i + n]) for i in range(len(words) - n + 1))
-    if not counts:
-        return 0
-    gram, count = counts.most_common(1)[0]
-    return (sum(map(len, gram)) + n - 1) * count
+class WordNGrams:
+    """A document's word n-grams as exact integer ids (equal ids, equal n-grams; no hashing), built
+    n from n - 1 with numpy, so the repetition rules cost a few array passes, not a Python loop per word."""
 
+    def __init__(self, words: tuple[str, ...]):
+        first_seen: dict[str, int] = {}  # a word's id: where it first occurs
+        ids = np.fromiter(map(first_seen.setdefault, words, count()), dtype=np.int64, count=len(words))
+        self.size = len(words)
+        self.chars = np.concatenate(([0], np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)))))
+        self._grams = {1: (ids, np.arange(len(words)))}
 
-def _duplicated_ngram_chars(words: list[str], n: int, counting: str = "sequential") -> int:
-    """Characters in n-grams that repeat an earlier n-gram, no character counted twice.
+    def grams(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(id of the n-gram at each start position, first start position of each id)."""
+        if n not in self._grams:
+            shorter, _ = self.grams(n - 1)
+            words = self._grams[1][0]
+            key = shorter[:-1] * self.size + words[n - 1:]  # both ids < size: distinct pairs, distinct keys
+            _, first, ids = np.unique(key, return_index=True, return_inverse=True)
+            self._grams[n] = (ids.reshape(-1), first)
+        return self._grams[n]
 
-    `sequential` (datatrove's and Dolma's reading): scan left to right and, after a repeated
-    n-gram, continue after it. `union`: every word inside any repeated n-gram window, which
-    covers a repeated span of more than n words in full (a stricter reading of Rae et al.).
-    """
-    if counting == "sequential":
-        seen, chars, i = set(), 0, 0
-        while i <= len(words) - n:
-            gram = tuple(words[i: i + n])
-            if gram in seen:
-                chars += sum(map(len, gram))
-                i += n
+    def gram_chars(self, n: int) -> np.ndarray:
+        """Characters of the words of the n-gram at each start position (spaces not counted)."""
+        return self.chars[n:] - self.chars[:-n]
+
+    def top_chars(self, n: int) -> int:
+        """Characters (with the spaces inside it) of the most frequent n-gram, times its occurrences; of
+        equally frequent n-grams, the first to occur (what `Counter.most_common` picks)."""
+        if self.size < n:
+            return 0
+        ids, first = self.grams(n)
+        counts = np.bincount(ids, minlength=len(first))
+        top = counts.max()
+        start = int(first[counts == top].min())
+        return int(self.gram_chars(n)[start] + n - 1) * int(top)
+
+    def duplicated_chars(self, n: int, counting: str = "sequential", stop_above: float = np.inf) -> int:
+        """Characters in n-grams that repeat an earlier n-gram, no character counted twice.
+
+        `sequential` (datatrove's and Dolma's reading): scan left to right and, after a repeated
+        n-gram, continue after it. `union`: every word inside any repeated n-gram window, which
+        covers a repeated span of more than n words in full (a stricter reading of Rae et al.).
+        The sequential count stops once it passes `stop_above` (it only grows)."""
+        if self.size < n:
+            return 0
+        ids, first = self.grams(n)
+        repeats = np.flatnonzero(first[ids] != np.arange(len(ids)))  # an equal n-gram starts earlier
+        if counting == "union":
+            covered = np.zeros(self.size + 1, dtype=np.int64)
+            np.add.at(covered, repeats, 1)
+            np.add.at(covered, repeats + n, -1)
+            lengths = np.diff(self.chars)
+            return int(lengths[np.cumsum(covered)[:-1] > 0].sum())
+        gram_chars, seen = self.gram_chars(n), np.zeros(len(first), dtype=bool)
+        chars, i = 0, 0
+        for j in repeats.tolist():  # between repeats every position is a first occurrence: visited, remembered
+            if j < i:
+                continue
+            seen[ids[i:j]] = True
+            if seen[ids[j]]:
+                chars += int(gram_chars[j])
+                if chars > stop_above:
+                    return chars
+                i = j + n
             else:
-                seen.add(gram)
-                i += 1
+                seen[ids[j]] = True
+                i = j + 1
         return chars
-    seen, covered = set(), [False] * len(words)
-    for i in range(len(words) - n + 1):
-        gram = tuple(words[i: i + n])
-        if gram in seen:
-            for j in range(i, i + n):
-                covered[j] = True
-        else:
-            seen.add(gram)
-    return sum(len(w) for w, c in zip(words, covered, strict=True) if c)
 
 
 class GopherRepetition(Step):
@@ -140,14 +164,15 @@ class GopherRepetition(Step):
             return "duplicate lines"
         if chars > self.max_dup_line_chars:
             return "characters in duplicate lines"
-        return self._ngram_reason(words_of(text), len(text))
+        return self._ngram_reason(words_of(text).words, len(text))
 
     def _ngram_reason(self, words: tuple[str, ...], total: int) -> str | None:
         """`total`: the document's characters ("fraction of characters", Rae et al. 2021, Table A1)."""
+        grams = WordNGrams(words)
         for n, limit in self.top_ngram:
-            if _top_ngram_chars(words, n) / total > limit:
+            if grams.top_chars(n) / total > limit:
                 return f"top {n}-gram"
         for n, limit in self.dup_ngram:
-            if _duplicated_ngram_chars(words, n, self.dup_ngram_counting) / total > limit:
+            if grams.duplicated_chars(n, self.dup_ngram_counting, stop_above=limit * total) / total > limit:
                 return f"duplicated {n}-grams"
         return None
