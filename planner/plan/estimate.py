@@ -232,7 +232,7 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
     fewest = min_gpus_that_fit(req, model, capacity) if fewest_gpus else {}
     return Estimate(
         model=ModelSummary(model.params, model.source, model.shape_inferred, model.shape.to_dict(),
-                           model.shape.param_count()),
+                           model.shape.param_count(), model.active_params),
         hardware=HardwareSummary(gpu.name, gpu.description, req.gpus, req.gpus_per_node,
                                  math.ceil(req.gpus / req.gpus_per_node), gpu.memory_gib, gpu.peak_tflops[dtype],
                                  dtype, price),

@@ -61,6 +61,7 @@ class EstimateRequest:
     lora_rank: int = 8
     lora_modules: tuple[str, ...] = finetune_mod.DEFAULT_LORA_MODULES
     soft_tokens: int = 20
+    capacity_factor: float | None = None  # MoE routing: None dropless, else each expert's buffer (planner.model.shapes.MoE)
 
     @classmethod
     def from_flags(cls, *, gpus: int = 8, zero: int | None = None, fsdp: str | None = None,
@@ -119,8 +120,25 @@ class ResolvedModel:
     source: str  # 'params' (shape inferred) | 'preset:<name>' | 'shape'
     shape_inferred: bool
 
+    @property
+    def active_params(self) -> float:
+        """Parameters one token passes through (`params` less the routed experts it skips; all for dense)."""
+        return self.params - (self.shape.param_count() - self.shape.active_param_count())
+
 
 def resolve_model(req: EstimateRequest) -> ResolvedModel:
+    """The model of `req` (preset, shape or count), with the request's MoE routing applied."""
+    model = _resolve(req)
+    if req.capacity_factor is None:
+        return model
+    if model.shape.moe is None:
+        raise PlannerError(f"--capacity-factor: {req.capacity_factor} applies to a mixture-of-experts model; "
+                           f"{model.source} is dense")
+    shape = replace(model.shape, moe=replace(model.shape.moe, capacity_factor=req.capacity_factor))
+    return replace(model, shape=shape)
+
+
+def _resolve(req: EstimateRequest) -> ResolvedModel:
     given = [x is not None for x in (req.params, req.model, req.shape)]
     if sum(given) != 1:
         raise PlannerError("model: give exactly one of --params, --model or a shape (--layers --hidden --heads --vocab)")

@@ -21,6 +21,7 @@ class ModelSummary:
     shape_inferred: bool
     shape: dict[str, Any]
     shape_params: float
+    active_params: float  # what one token passes through: `params` for a dense model, the top-k experts' for MoE
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class Estimate:
         return {
             "params": self.model.params,
             "model": {"source": self.model.source, "shape_inferred": self.model.shape_inferred, **self.model.shape,
-                      "shape_params": self.model.shape_params},
+                      "shape_params": self.model.shape_params, "active_params": self.model.active_params},
             "hardware": asdict(self.hardware),
             "training": asdict(self.training),
             "layout": self.layout,

@@ -26,6 +26,14 @@ def render_estimate(r: dict) -> str:
         else "LLaMA-style, hidden/layers ~ 128"
     inferred = f" [shape inferred from --params: {how}; used for activations and attention FLOPs only]" \
         if m["shape_inferred"] else ""
+    moe = m.get("moe")
+    if moe:
+        shared = f" + {moe['shared_experts']} shared ({moe['shared_ffn'] or moe['expert_ffn']})" \
+            if moe["shared_experts"] else ""
+        dense = f", first {moe['dense_layers']} layers dense" if moe["dense_layers"] else ""
+        routing = f"capacity factor {moe['capacity_factor']:g}" if moe["capacity_factor"] else "dropless"
+        shape += (f"; MoE: {moe['experts']} experts (ffn {moe['expert_ffn']}), top-{moe['top_k']}{shared}{dense}, "
+                  f"{routing}")
     head = [
         f"Model      {human_count(params)} parameters ({params:,.0f}); {shape}{inferred}",
         f"Hardware   {hw['gpus']} x {hw['description']} ({hw['memory_gib']:g} GiB, "
@@ -36,6 +44,10 @@ def render_estimate(r: dict) -> str:
         f"{'flash attention' if tr['flash_attention'] else 'no flash attention'}, "
         f"accounting: {tr['convention']}",
     ]
+    if moe:
+        active = m["active_params"]
+        head.insert(1, f"Active     {human_count(active)} parameters per token ({active:,.0f}, "
+                       f"{active / params:.1%} of the total): FLOPs and MFU count these")
     ft = r.get("finetune")
     if ft:
         detail = {"lora": f", rank {ft['rank']} on {','.join(ft['modules'] or [])}",

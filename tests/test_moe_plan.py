@@ -1,0 +1,146 @@
+"""Mixture of experts, planner side (issue 25): total and active parameter counts of published MoE models
+against the figures their authors publish, the shape flags, and the configs the planner refuses."""
+
+import json
+
+import pytest
+
+from planner.cli import main
+from planner.core.errors import PlannerError
+from planner.model.hf_config import SHIPPED, shape_from_hf
+from planner.model.presets import get_preset
+from planner.model.shapes import ModelShape, MoE
+
+#: preset: (total, active, the unit the figures are given in, where they are published). Every published figure
+#: is rounded (to 0.1B or 1B), so each count is checked to that precision: |count - figure| <= unit / 2, except
+#: where the publisher truncates (`TRUNCATED`): figure <= count < figure + unit.
+PUBLISHED_MOE = {
+    # Mistral AI, "Mixtral of experts" (blog, 11 Dec 2023): "46.7B total parameters but only uses 12.9B
+    # parameters per token" (the paper, Jiang et al. 2024, rounds them to 47B and 13B).
+    "mixtral-8x7b": (46.7e9, 12.9e9, 0.1e9),
+    # Mistral AI, "Cheaper, Better, Faster, Stronger" (blog, 17 Apr 2024): "39B active parameters out of 141B".
+    "mixtral-8x22b": (141e9, 39e9, 1e9),
+    # Qwen3-30B-A3B model card: "Number of Parameters: 30.5B in total and 3.3B activated" (truncated: the
+    # active count is 3.35B, 8 of 128 experts of 768 in 48 layers + 2 x 151,936 x 2048 embedding and head).
+    "qwen3-30b-a3b": (30.5e9, 3.3e9, 0.1e9),
+    # Muennighoff et al. 2024, "OLMoE: Open Mixture-of-Experts Language Models", Table 1: 6.9B total, 1.3B active.
+    "olmoe-1b-7b": (6.9e9, 1.3e9, 0.1e9),
+    # Qwen1.5-MoE-A2.7B model card / Qwen blog (28 Mar 2024): "14.3B parameters in total and 2.7B activated
+    # parameters during runtime".
+    "qwen1.5-moe-a2.7b": (14.3e9, 2.7e9, 0.1e9),
+}
+
+TRUNCATED = {"qwen3-30b-a3b"}
+
+#: Our counts to the parameter, worked by hand from the configs (Mixtral-8x7B: 32 layers x (attention
+#: 2 x 4096^2 + 2 x 4096 x 1024 + router 4096 x 8 + 8 experts x 3 x 4096 x 14336 + 2 norms x 4096) + embedding
+#: and head 2 x 32000 x 4096 + final norm 4096 = 46,702,792,704, which is also the count of the published
+#: safetensors; active: the same with 2 experts per layer instead of 8).
+EXACT = {"mixtral-8x7b": (46_702_792_704, 12_879_925_248),
+         "qwen3-30b-a3b": (30_532_110_336, 3_353_020_416),
+         "olmoe-1b-7b": (6_919_096_320, 1_281_951_744)}
+
+
+@pytest.mark.parametrize("name", PUBLISHED_MOE)
+def test_moe_total_and_active_counts_match_the_published_figures_to_their_precision(name):
+    total, active, unit = PUBLISHED_MOE[name]
+    shape = get_preset(name).shape
+    for ours, published in ((shape.param_count(), total), (shape.active_param_count(), active)):
+        if name in TRUNCATED:
+            assert published <= ours < published + unit, ours
+        else:
+            assert abs(ours - published) <= unit / 2, ours
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_moe_counts_to_the_parameter(name):
+    shape = get_preset(name).shape
+    assert (shape.param_count(), shape.active_param_count()) == EXACT[name]
+
+
+def test_qwen3_moe_non_embedding_count_matches_its_model_card():
+    # Qwen3-30B-A3B model card: "Number of Parameters (Non-Embedding): 29.9B" (rounded to 0.1B).
+    assert abs(get_preset("qwen3-30b-a3b").shape.non_embedding_params() - 29.9e9) <= 0.05e9
+
+
+def test_qwen2_moe_counts_its_shared_expert_and_gate():
+    shape = get_preset("qwen1.5-moe-a2.7b").shape
+    h = 2048
+    assert shape.moe == MoE(60, 4, 1408, shared_experts=1, shared_ffn=5632, shared_gate=True)
+    # router h x 60 + 60 experts x 3 h 1408 + shared 3 h 5632 + shared gate h x 1
+    assert shape.moe_mlp_params() == h * 60 + 60 * 3 * h * 1408 + 3 * h * 5632 + h
+    assert shape.moe_mlp_params(4) == h * 60 + 4 * 3 * h * 1408 + 3 * h * 5632 + h
+
+
+@pytest.mark.parametrize("name, published", [
+    ("phi3-mini", 3.8e9),  # Phi-3-mini model card: 3.8B (Abdin et al. 2024); fused qkv / gate_up: same count
+    ("qwen3-8b", 8.2e9),  # Qwen3-8B model card: "Number of Parameters: 8.2B"
+])
+def test_llama_shaped_dense_families_under_other_model_types(name, published):
+    shape = get_preset(name).shape
+    assert shape.moe is None and shape.active_param_count() == shape.param_count()
+    assert abs(shape.param_count() - published) <= 0.05e9
+
+
+def test_dense_leading_layers_keep_the_dense_mlp():
+    # DeepSeek's first_k_dense_replace: the first k layers have the dense MLP (--ffn), the rest are MoE.
+    moe = ModelShape(4, 512, 8, 1000, 128, ffn_hidden=2048, moe=MoE(8, 2, 256, dense_layers=1))
+    dense = ModelShape(4, 512, 8, 1000, 128, ffn_hidden=2048)
+    assert moe.moe_layers == 3 and moe.dense_layers == 1
+    expert_layer = moe.attention_params() + 512 * 8 + 8 * 3 * 512 * 256 + 2 * 512
+    assert moe.param_count() == dense.param_count() + 3 * (expert_layer - dense.layer_params())
+    assert moe.param_count() - moe.active_param_count() == 3 * 6 * 3 * 512 * 256
+
+
+def test_expert_parallel_ranks_hold_a_share_of_the_routed_experts():
+    shape = get_preset("mixtral-8x7b").shape
+    assert shape.layer_params() - shape.layer_params(ep=8) == 7 * shape.expert_params()
+    assert shape.routed_expert_params() == 32 * 8 * 3 * 4096 * 14336
+
+
+def test_moe_shape_flags_give_the_preset_count(capsys):
+    flags = ["--layers", "32", "--hidden", "4096", "--heads", "32", "--kv-heads", "8", "--vocab", "32000",
+             "--experts", "8", "--top-k", "2", "--expert-ffn", "14336", "--tokens", "1e12", "--json"]
+    assert main(["estimate", *flags]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["params"] == EXACT["mixtral-8x7b"][0] and r["model"]["active_params"] == EXACT["mixtral-8x7b"][1]
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"experts": 8, "top_k": 9, "expert_ffn": 64}, "--top-k: 9 is more than the 8 experts"),
+    ({"experts": 0, "top_k": 1, "expert_ffn": 64}, "--experts: 0 must be a positive integer"),
+    ({"experts": 8, "top_k": 2, "expert_ffn": 64, "capacity_factor": 0.5}, "--capacity-factor: 0.5"),
+])
+def test_bad_moe_shapes_are_one_line(kw, message):
+    with pytest.raises(PlannerError, match=message):
+        MoE(**kw)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--params", "7e9", "--top-k", "2"], "--top-k: a mixture-of-experts flag needs --experts"),
+    (["--layers", "2", "--hidden", "64", "--heads", "4", "--vocab", "256", "--experts", "4"],
+     "--experts: also give --expert-ffn"),
+    (["--model", "llama2-7b", "--capacity-factor", "1.25"], "--capacity-factor: 1.25 applies to a mixture-of-experts"),
+])
+def test_bad_moe_flags_exit_2_with_one_line(capsys, argv, message):
+    assert main(["estimate", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_deepseek_v3_is_refused_naming_multi_head_latent_attention(capsys, tmp_path):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "deepseek_v3", "hidden_size": 7168, "num_hidden_layers": 61}))
+    assert main(["estimate", "--hf-config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "deepseek_v3" in err and "multi-head latent attention" in err and err.count("\n") == 1
+
+
+def test_interleaved_dense_and_moe_layers_are_refused(tmp_path):
+    cfg = json.loads((SHIPPED / "qwen3-30b-a3b.json").read_text())
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**cfg, "decoder_sparse_step": 2}))
+    with pytest.raises(PlannerError, match="decoder_sparse_step 2"):
+        shape_from_hf(path)
+    path.write_text(json.dumps({**cfg, "mlp_only_layers": [0, 1]}))
+    assert shape_from_hf(path).moe.dense_layers == 2
