@@ -144,3 +144,64 @@ def test_interleaved_dense_and_moe_layers_are_refused(tmp_path):
         shape_from_hf(path)
     path.write_text(json.dumps({**cfg, "mlp_only_layers": [0, 1]}))
     assert shape_from_hf(path).moe.dense_layers == 2
+
+
+# ---- compute -----------------------------------------------------------------------------------------------
+MIXTRAL_64_H100 = ["--model", "mixtral-8x7b", "--gpu", "h100-sxm", "--gpus", "64", "--fsdp", "full", "--ep", "8",
+                   "--tokens", "1e12"]
+
+
+def estimate_json(capsys, argv):
+    assert main(["estimate", *argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_moe_flops_follow_the_active_parameters(capsys):
+    r = estimate_json(capsys, MIXTRAL_64_H100)
+    active = EXACT["mixtral-8x7b"][1]
+    assert r["model"]["active_params"] == active and r["params"] == EXACT["mixtral-8x7b"][0]
+    # 6 N_active D (the router's h x E matmul is in N_active) + PaLM's attention 12 L H Q T per token
+    assert r["flops_6nd"] == 6 * active * 1e12
+    assert r["flops"] == pytest.approx((6 * active + 12 * 32 * 32 * 128 * 4096) * 1e12, rel=1e-12)
+    # MFU on that basis: model FLOPs per step over what the GPUs could do in the predicted step
+    t = r["time"]
+    assert t["mfu_predicted"] == pytest.approx(
+        r["flops"] / 1e12 * t["tokens_per_step"] / (t["step_time_s"] * 989e12 * 64), rel=1e-9)
+
+
+def test_expert_parallel_all_to_all_within_a_node_by_hand(capsys):
+    # Per MoE layer and micro-batch: dispatch + combine, forward and backward = 4 all-to-alls, each of
+    # s b x top_k x h x 2 bytes x the dropless load factor 1.25, of which (ep - 1)/ep leaves the rank: 4096 x 2 x
+    # 4096 x 2 x 1.25 x 7/8 = 73,400,320 bytes; x 4 x 32 layers = 9.395e9 bytes over NVLink (H100: 900 GB/s both
+    # ways, 450e9 one way, at the calibrated link fraction 1.0) = 20.9 ms.
+    r = estimate_json(capsys, MIXTRAL_64_H100)
+    assert r["time"]["breakdown_s"]["expert_parallel"] == pytest.approx(4 * 32 * 73_400_320 / 450e9, rel=1e-9)
+
+
+def test_expert_parallel_across_nodes_runs_over_the_network(capsys):
+    within = estimate_json(capsys, MIXTRAL_64_H100)["time"]["breakdown_s"]["expert_parallel"]
+    args = ["--hf-config", str(SHIPPED / "qwen3-30b-a3b.json"), "--gpu", "h100-sxm", "--gpus", "64", "--fsdp", "full",
+            "--tokens", "1e12", "--seq-len", "4096"]
+    node = estimate_json(capsys, [*args, "--ep", "8"])["time"]["breakdown_s"]["expert_parallel"]
+    across = estimate_json(capsys, [*args, "--ep", "16"])["time"]["breakdown_s"]["expert_parallel"]
+    assert within > 0 and across > 4 * node  # 50 GB/s per NIC (400 Gb/s) against 450 GB/s NVLink
+
+
+def test_capacity_factor_sets_the_busiest_experts_load(capsys):
+    dropless = estimate_json(capsys, MIXTRAL_64_H100)["time"]["breakdown_s"]["expert_parallel"]
+    capped = estimate_json(capsys, [*MIXTRAL_64_H100, "--capacity-factor", "1.0"])["time"]["breakdown_s"]
+    assert capped["expert_parallel"] == pytest.approx(dropless / 1.25)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "mixtral-8x7b", "--gpus", "64", "--fsdp", "full"], "--tokens: needed for a mixture-of-experts"),
+    (["--model", "llama2-7b", "--gpus", "64", "--fsdp", "full", "--ep", "8"], "--ep: 8 expert-parallel ranks need"),
+    (["--model", "mixtral-8x7b", "--gpus", "64", "--fsdp", "full", "--ep", "16", "--tokens", "1e12"],
+     "--ep: 16 does not divide the model's 8 experts"),
+    (["--model", "mixtral-8x7b", "--gpus", "64", "--fsdp", "full", "--ep", "3", "--tokens", "1e12"],
+     "--ep: 3 does not divide the 64 data-parallel ranks"),
+])
+def test_moe_layouts_the_planner_refuses_are_one_line(capsys, argv, message):
+    assert main(["estimate", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1

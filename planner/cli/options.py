@@ -115,6 +115,8 @@ def estimate_options(f):
                      help="Checkpoint every k-th layer only (torchtitan's layer SAC)."),
         click.option("--no-flash-attention", is_flag=True, help="Count the a*s^2 attention scores as stored."),
         click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel degree (sequence parallel on)."),
+        click.option("--ep", type=int, default=1, show_default=True, help="Expert-parallel degree (MoE): ranks each "
+                     "layer's routed experts are split over, taken from the data-parallel ranks (torchtitan)."),
         click.option("--pp", type=int, default=1, show_default=True, help="Pipeline-parallel degree (ranks per pipeline)."),
         click.option("--pp-schedule", type=click.Choice(parallel.PP_SCHEDULES), default="1f1b", show_default=True,
                      help="Pipeline schedule (torch.distributed.pipelining)."),

@@ -31,6 +31,15 @@ NORM_KINDS = ("rmsnorm", "layernorm")
 POSITION_KINDS = ("rope", "learned", "alibi")
 
 
+#: The busiest expert's load over the mean planned for under dropless routing. Dropless routing (Mixtral, OLMoE,
+#: Qwen-MoE, DeepSeek-V3) sends an expert every token that picks it, so an EP rank's dispatched tokens, their
+#: activations and its expert matmuls are set by the busiest expert, not the mean. 1.25 is Switch Transformer's
+#: training capacity factor (Fedus et al. 2022, Table 1 compares 1.0 and 1.25 with an auxiliary balancing loss):
+#: the headroom that balanced routing was found to need. An assumption, not a measurement: a run with a capacity
+#: factor (`--capacity-factor`) is bounded exactly by it instead.
+DROPLESS_LOAD_FACTOR = 1.25
+
+
 @dataclass(frozen=True)
 class MoE:
     """The mixture-of-experts part of a shape: every layer after the first `dense_layers` is an MoE layer.
@@ -69,6 +78,12 @@ class MoE:
     @property
     def shared_width(self) -> int:
         return self.shared_ffn or self.expert_ffn
+
+    @property
+    def load_factor(self) -> float:
+        """Tokens the busiest expert processes over its mean share: the capacity factor (buffers padded to it), or
+        `DROPLESS_LOAD_FACTOR` when dropless."""
+        return self.capacity_factor or DROPLESS_LOAD_FACTOR
 
 
 @dataclass(frozen=True)
@@ -184,6 +199,15 @@ class ModelShape:
         """Every block's parameters: the dense leading layers and the MoE layers."""
         dense = self.attention_params() + self.mlp_params() + 2 * self._norm_params()
         return self.dense_layers * dense + self.moe_layers * self.layer_params()
+
+    def active_ffn(self) -> float:
+        """MLP width one token passes through, averaged over the layers: the dense MLP's, or in an MoE layer its
+        top-k experts' and the shared experts' together (what the MLP's element-wise work runs over)."""
+        if self.moe is None:
+            return self.ffn
+        m = self.moe
+        moe_width = m.top_k * m.expert_ffn + m.shared_experts * m.shared_width
+        return (self.dense_layers * self.ffn + self.moe_layers * moe_width) / self.layers
 
     def active_matmul_params(self) -> int | float:
         """Matmul weights one token passes through in one layer, averaged over the layers: attention and the

@@ -221,7 +221,7 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
     breakdown = breakdown_for(req, model, plan)
     capacity = gpu.memory_bytes
     terms = memory.state_terms(req.precision, req.optimizer, convention, model.shape)
-    tokens = req.tokens if req.tokens is not None else compute.TOKENS_PER_PARAM * model.params
+    tokens = req.tokens if req.tokens is not None else default_tokens(model)
     price = gpu.price_per_hour if req.price is None else req.price
     time = predicted_time(req, model, plan, gpu, dtype)
     source = "--mfu" if req.mfu is not None else "predicted" if time else "default"
@@ -258,6 +258,14 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
         time=time,
         mfu_source=source,
     )
+
+
+def default_tokens(model: ResolvedModel) -> float:
+    """Training tokens when none are given: Chinchilla's 20 per parameter, a law fitted on dense models only."""
+    if model.shape.moe is not None:
+        raise PlannerError("--tokens: needed for a mixture-of-experts model; the default (Chinchilla's 20 tokens per "
+                           "parameter) was fitted on dense models and says nothing about total vs active parameters")
+    return compute.TOKENS_PER_PARAM * model.params
 
 
 def _checkpointed(req: EstimateRequest, model: ResolvedModel) -> float:
@@ -300,7 +308,7 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
             "hfu_predicted": compute.hardware_flops_per_token(model.params, model.shape, req.checkpointing, fraction)
             * tokens / busy,
             "breakdown_s": {"matmul": t.matmul_s, "attention": t.attention_s, "memory_bound": t.memory_s,
-                            "tensor_parallel": t.tp_comm_s, "bubble": t.bubble_s,
+                            "tensor_parallel": t.tp_comm_s, "expert_parallel": t.ep_comm_s, "bubble": t.bubble_s,
                             "pipeline_p2p": t.pp_comm_s, "data_parallel_exposed": t.dp_comm_s,
                             "optimizer": t.optimizer_s},
             "model": "planner.compute.step_time at the rates `planner probe` measured" if probed else

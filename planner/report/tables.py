@@ -39,6 +39,7 @@ def render_estimate(r: dict) -> str:
         f"Hardware   {hw['gpus']} x {hw['description']} ({hw['memory_gib']:g} GiB, "
         f"{hw['peak_tflops']:g} dense {hw['compute_dtype']} TFLOP/s), {hw['nodes']} node(s)",
         f"Training   {tr['precision']}, {tr['optimizer']}, {tr['strategy']} (shard degree {tr['shard_degree']}"
+        f"{', expert parallel ' + str(r['layout']['ep']) if r['layout'].get('ep', 1) > 1 else ''}"
         f"{', offload ' + tr['offload'] if tr['offload'] != 'none' else ''}), micro-batch {tr['micro_batch']}"
         f" x {tr['seq_len']} tokens, checkpointing {tr['checkpointing']}, "
         f"{'flash attention' if tr['flash_attention'] else 'no flash attention'}, "
@@ -147,7 +148,7 @@ def _time_rows(r: dict) -> list[list[str]]:
 def _compute_table(c: dict, hw: dict, r: dict | None = None) -> str:
     rows = [*_time_rows(r or {"compute": c}),
         ["tokens", human_count(c["tokens"])],
-        ["FLOPs, 6ND", _sci(c["flops_6nd"])],
+        ["FLOPs, 6ND" + (" (N active)" if (r or {}).get("model", {}).get("moe") else ""), _sci(c["flops_6nd"])],
         ["FLOPs, 6ND + attention (model FLOPs)", _sci(c["flops"])],
         ["FLOPs incl. recomputation (hardware)", _sci(c["hardware_flops"])],
         ["petaFLOP/s-days", f"{c['pf_days']:,.1f}"],
