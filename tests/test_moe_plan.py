@@ -205,3 +205,110 @@ def test_moe_layouts_the_planner_refuses_are_one_line(capsys, argv, message):
     assert main(["estimate", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+# ---- memory ------------------------------------------------------------------------------------------------
+SMALL_MOE = ["--layers", "4", "--hidden", "512", "--heads", "8", "--vocab", "1000", "--seq-len", "256",
+             "--experts", "8", "--top-k", "2", "--expert-ffn", "256", "--tokens", "1e9"]
+
+
+def small_shape(**moe) -> ModelShape:
+    return ModelShape(4, 512, 8, 1000, 256, moe=MoE(8, 2, 256, **moe))
+
+
+def test_ddp_replicates_the_dense_states_and_splits_the_experts_over_ep(capsys):
+    # torch-amp (DDP under autocast): fp32 weights 4 + fp32 gradients 4 + AdamW 8 = 16 B/param, nothing
+    # partitioned; the routed experts live on one EP rank in ep: 16 x routed / 8 per GPU.
+    r = estimate_json(capsys, [*SMALL_MOE, "--gpus", "8", "--ep", "8"])
+    shape = small_shape()
+    routed = 4 * 8 * 3 * 512 * 256
+    assert shape.routed_expert_params() == routed
+    assert r["moe"]["expert_states_per_gpu_bytes"] == 16 * routed / 8
+    assert r["moe"]["other_states_per_gpu_bytes"] == 16 * (shape.param_count() - routed)
+
+
+def test_fsdp_shards_the_experts_within_the_expert_group(capsys):
+    # FSDP2 (fp32 sharded parameters 4 + fp32 gradients 4 + AdamW 8 = 16 B/param): the experts over ep x
+    # dp_shard / ep = all 16 ranks, like every other weight; what EP changes is the block FSDP gathers: its own
+    # 8 / ep experts, not all 8 (torchtitan's dp_shard_mod_ep).
+    shape = small_shape()
+    for ep in (1, 4):
+        r = estimate_json(capsys, [*SMALL_MOE, "--gpus", "16", "--fsdp", "full", "--ep", str(ep)])
+        assert r["moe"]["expert_states_per_gpu_bytes"] == pytest.approx(16 * shape.routed_expert_params() / 16)
+        gathered = (shape.root_params() + shape.layer_params(ep)) * 2  # at backward-start: root + one block, bf16
+        assert r["memory_per_moment_bytes"]["backward-start"]["weights"] == pytest.approx(gathered)
+    assert shape.layer_params(1) - shape.layer_params(4) == 6 * 3 * 512 * 256
+
+
+def test_moe_layer_activations_term_by_term():
+    from planner.memory.activations import layer_terms
+
+    h, a = 512, 2
+    terms = {t.name: t.bytes for t in layer_terms(small_shape())}
+    # dropless: the busiest EP rank gets 1.25 x its mean share of the top-2 dispatched copies
+    assert terms["router_probabilities"] == 4 * 8  # fp32 softmax output over E
+    assert terms["topk_indices_and_weights"] == (8 + 4) * 2  # int64 indices, fp32 weights
+    assert terms["dispatched_tokens"] == 2 * 1.25 * a * h
+    assert terms["expert_intermediates"] == 2 * 1.25 * 3 * a * 256  # gate, up, product per dispatched copy
+    assert terms["expert_outputs_for_combine"] == 2 * 1.25 * a * h
+    assert "gate_up_product" not in terms
+    capped = {t.name: t.bytes for t in layer_terms(small_shape(capacity_factor=1.0))}
+    assert capped["dispatched_tokens"] == 2 * 1.0 * a * h  # the buffers padded to the capacity, no more
+
+
+def test_leading_dense_layers_keep_the_dense_blocks_activations():
+    from dataclasses import replace
+
+    from planner.memory.activations import per_layer_bytes, stored_bytes
+
+    shape = small_shape(dense_layers=1)
+    dense = replace(shape, moe=None)
+    assert stored_bytes(shape, 1) == pytest.approx(3 * per_layer_bytes(shape, 1) + per_layer_bytes(dense, 1))
+
+
+def test_all_to_all_buffers_send_and_receive_one_layers_dispatch(capsys):
+    # 2 buffers x s b x top_k x load factor x h x 2 bytes = 2 x 256 x 2 x 1.25 x 512 x 2
+    r = estimate_json(capsys, [*SMALL_MOE, "--gpus", "16", "--fsdp", "full", "--ep", "4"])
+    assert r["moe"]["all_to_all_buffer_bytes"] == 2 * 256 * 2 * 1.25 * 512 * 2
+    assert estimate_json(capsys, [*SMALL_MOE, "--gpus", "16", "--fsdp", "full"])["moe"]["all_to_all_buffer_bytes"] == 0
+
+
+def test_ep_is_taken_from_the_shard_group_under_hybrid_fsdp(capsys):
+    argv = [*SMALL_MOE, "--gpus", "16", "--fsdp", "hybrid", "--sharding-factor", "4", "--ep", "8"]
+    assert main(["estimate", *argv]) == 2
+    assert "--ep: 8 does not divide the 4 data-parallel ranks it is taken from (the shard group)" in capsys.readouterr().err
+
+
+def test_op_checkpointing_is_refused_for_an_moe_layer(capsys):
+    assert main(["estimate", *SMALL_MOE, "--gpus", "1", "--checkpointing", "op"]) == 2
+    assert "--checkpointing op: planned for our dense LLaMA block, not an MoE layer" in capsys.readouterr().err
+
+
+# ---- the estimate as printed, and what emit and verify refuse ----------------------------------------------
+def test_estimate_prints_total_and_active_parameters_and_the_ep_figures(capsys):
+    assert main(["estimate", *MIXTRAL_64_H100]) == 0
+    out = capsys.readouterr().out
+    assert "Model      46.7B parameters (46,702,792,704)" in out
+    assert "MoE: 8 experts (ffn 14336), top-2, dropless" in out
+    assert "Active     12.9B parameters per token (12,879,925,248, 27.6% of the total)" in out
+    assert "fsdp-full (shard degree 64, expert parallel 8)" in out
+    assert "MoE        1 of 8 experts per GPU (ep 8)" in out
+    assert "FLOPs, 6ND (N active)                                   7.728e+22" in out  # 6 x 12.88e9 x 1e12
+    assert "expert parallel 0.0209" in out
+
+
+@pytest.mark.parametrize("extra", [[], ["--ep", "1"]])
+def test_emit_refuses_an_moe_model_in_one_line(capsys, tmp_path, extra):
+    out = tmp_path / "job"
+    argv = ["emit", "--out", str(out), "--model", "mixtral-8x7b", "--gpus", "64", "--fsdp", "full", *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "mixture-of-experts model and the trainer has no MoE layer yet" in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_a_layout_with_ep_is_not_runnable_by_the_trainer():
+    from planner.core.parallel import ParallelPlan
+
+    with pytest.raises(PlannerError, match="parallel.ep: 8: the trainer has no MoE layer yet"):
+        ParallelPlan.from_flags(64, fsdp="full", ep=8).check_runnable()

@@ -129,26 +129,29 @@ MAX_GPUS_SEARCHED = 1 << 20
 def min_gpus_that_fit(req: EstimateRequest, model: ResolvedModel, capacity: float) -> dict[str, int | None]:
     """Smallest data-parallel GPU count (x tensor parallel) whose per-GPU total fits, per strategy.
 
-    Per-GPU memory never grows with the GPU count, so a binary search finds the smallest one.
+    Per-GPU memory never grows with the GPU count, so a binary search finds the smallest one; with expert
+    parallelism the data-parallel ranks come in multiples of `ep` (the EP group is taken from them).
     None: no count fits (the unsharded part alone is too big).
     """
     result: dict[str, int | None] = {}
+    ep = req.layout.ep
     for name in FEWEST_GPUS_STRATEGIES:
         if req.finetune not in (None, "full") and name != "ddp":  # adapters are planned on DDP replicas only
             continue
 
-        def fits(dp: int, name=name) -> bool:
-            plan = ParallelPlan.for_strategy(name, dp * req.tp * req.layout.pp, tp=req.tp, micro_batch=req.micro_batch,
-                                             pipeline=req.layout)
+        def fits(groups: int, name=name) -> bool:
+            plan = ParallelPlan.for_strategy(name, groups * ep * req.tp * req.layout.pp, tp=req.tp,
+                                             micro_batch=req.micro_batch, pipeline=req.layout, ep=ep)
             return breakdown_for(req, model, plan).total <= capacity
-        if not fits(MAX_GPUS_SEARCHED):
+        most = MAX_GPUS_SEARCHED // ep
+        if not fits(most):
             result[name] = None
             continue
-        lo, hi = 1, MAX_GPUS_SEARCHED
+        lo, hi = 1, most
         while lo < hi:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
-        result[name] = lo * req.tp * req.layout.pp
+        result[name] = lo * ep * req.tp * req.layout.pp
     return result
 
 
@@ -159,6 +162,29 @@ def _peer_estimates(model: ResolvedModel, plan: ParallelPlan) -> dict[str, float
     ds = memory.deepspeed_estimator_gpu_bytes(model.params, model.shape.largest_layer_params(), plan.stage,
                                               plan.shard_degree, plan.offload)
     return {} if ds is None else {"deepspeed_estimator_model_states_gpu_bytes": ds}
+
+
+def _moe_summary(req: EstimateRequest, model: ResolvedModel, breakdown: MemoryBreakdown,
+                 time: dict | None) -> dict | None:
+    """A mixture-of-experts model's own figures: active parameters, the routing's load factor, the expert and
+    other model states per GPU, the all-to-all buffers and the all-to-alls' time."""
+    m, plan = model.shape.moe, req.layout
+    if m is None:
+        return None
+    from planner.model.shapes import DROPLESS_LOAD_FACTOR
+
+    width = 4 if req.precision == "fp32" else 2
+    states = breakdown.states
+    return {"experts": m.experts, "top_k": m.top_k, "ep": plan.ep, "experts_per_rank": m.experts // plan.ep,
+            "active_params": model.active_params, "total_params": model.params,
+            "routing": f"capacity factor {m.capacity_factor:g}" if m.capacity_factor else "dropless",
+            "load_factor": m.load_factor,
+            "load_factor_source": "--capacity-factor" if m.capacity_factor else
+            f"dropless margin {DROPLESS_LOAD_FACTOR:g}, Switch's capacity factor: planner.model.shapes",
+            "expert_states_per_gpu_bytes": states.experts_gpu,
+            "other_states_per_gpu_bytes": sum(states.gpu.values()) - states.experts_gpu,
+            "all_to_all_buffer_bytes": memory.all_to_all_buffer_bytes(model.shape, plan, plan.micro_batch, width),
+            "expert_parallel_s": (time or {}).get("breakdown_s", {}).get("expert_parallel")}
 
 
 def _finetune_summary(req: EstimateRequest, model: ResolvedModel) -> dict | None:
@@ -257,6 +283,7 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
         request=_request_dict(req),
         time=time,
         mfu_source=source,
+        moe=_moe_summary(req, model, breakdown, time),
     )
 
 

@@ -98,6 +98,7 @@ class Estimate:
     request: dict[str, Any]
     time: dict | None = None  # the step-time model's step, its breakdown, tokens/s per GPU, MFU and HFU
     mfu_source: str = "--mfu"  # which MFU prices the days: --mfu (given), predicted, or default (no model)
+    moe: dict | None = None  # a mixture-of-experts model's figures (planner.plan.estimate._moe_summary)
 
     @property
     def params(self) -> float:
@@ -139,6 +140,7 @@ class Estimate:
             "rule_of_thumb": self.rule_of_thumb,
             "finetune": self.finetune,
             "pipeline": self.pipeline,
+            "moe": self.moe,
             "time": self.time,
             **{k: (self.time or {}).get(k) for k in ("step_time_s", "tokens_per_s_per_gpu", "mfu_predicted")},
             "mfu_used": c.mfu,

@@ -49,6 +49,13 @@ def render_estimate(r: dict) -> str:
         active = m["active_params"]
         head.insert(1, f"Active     {human_count(active)} parameters per token ({active:,.0f}, "
                        f"{active / params:.1%} of the total): FLOPs and MFU count these")
+    x = r.get("moe")
+    if x:
+        head.append(f"MoE        {x['experts_per_rank']} of {x['experts']} experts per GPU (ep {x['ep']}); model states "
+                    f"per GPU: experts {_gib(x['expert_states_per_gpu_bytes'])} GiB, the rest "
+                    f"{_gib(x['other_states_per_gpu_bytes'])} GiB; all-to-all buffers "
+                    f"{_gib(x['all_to_all_buffer_bytes'])} GiB; {x['routing']}, busiest expert at "
+                    f"{x['load_factor']:g}x its mean load ({x['load_factor_source']})")
     ft = r.get("finetune")
     if ft:
         detail = {"lora": f", rank {ft['rank']} on {','.join(ft['modules'] or [])}",
