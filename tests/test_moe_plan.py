@@ -312,3 +312,32 @@ def test_a_layout_with_ep_is_not_runnable_by_the_trainer():
 
     with pytest.raises(PlannerError, match="parallel.ep: 8: the trainer has no MoE layer yet"):
         ParallelPlan.from_flags(64, fsdp="full", ep=8).check_runnable()
+
+
+def test_pipeline_stages_hold_the_dense_layers_where_they_sit():
+    from planner.core.parallel import ParallelPlan
+    from planner.memory import pipeline
+
+    shape = ModelShape(8, 512, 8, 1000, 256, ffn_hidden=2048, moe=MoE(8, 2, 256, dense_layers=3))
+    plan = ParallelPlan(engine="fsdp", world=4, pp=4, micro_batch=1, grad_accum=4)
+    shares = pipeline.shares(shape.layers, plan, shape.dense_layers)
+    assert [s.layers for s in shares] == [2, 2, 2, 2] and [s.dense_layers for s in shares] == [2, 1, 0, 0]
+    assert sum(pipeline.stage_params(shape, s) for s in shares) == shape.param_count()  # untied: nothing twice
+    assert pipeline.stage_shape(shape, shares[0]).routed_expert_params() == 0  # two dense layers, no experts
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compare", "--search", *MIXTRAL_64_H100], "--search: lists the layouts the trainer runs, and it has no MoE"),
+    (["estimate", *SMALL_MOE, "--gpus", "1", "--finetune", "lora"], "--finetune lora: adapters are planned on dense"),
+])
+def test_what_is_planned_for_dense_models_only_refuses_moe_in_one_line(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_compare_ranks_the_strategies_of_an_moe_model_at_its_ep(capsys):
+    assert main(["compare", *MIXTRAL_64_H100, "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    best = next(r for r in rows if r.get("best"))
+    assert best["strategy"] == "fsdp-full" and best["fits"]

@@ -191,7 +191,7 @@ class ModelShape:
     def layer_params(self, ep: int = 1) -> int:
         """One block's parameters: the MoE block where the model has one (its largest), with its routed experts
         split over `ep` expert-parallel ranks (what one rank holds and FSDP gathers)."""
-        if self.moe is None:
+        if self.moe_layers == 0:  # dense (or a pipeline stage of an MoE model's dense layers only)
             return self.attention_params() + self.mlp_params() + 2 * self._norm_params()
         return self.attention_params() + self.moe_mlp_params(self.moe.experts // ep) + 2 * self._norm_params()
 

@@ -38,6 +38,9 @@ def finetune_breakdown(req: EstimateRequest, model: ResolvedModel, plan: Paralle
                        micro_batch: int) -> MemoryBreakdown:
     """LoRA, QLoRA or prompt tuning on each data-parallel replica (planner.memory.finetune)."""
     ft = req.finetune_spec
+    if model.shape.moe is not None:
+        raise PlannerError(f"--finetune {ft.method}: adapters are planned on dense blocks; a mixture-of-experts "
+                           "model's experts are not (use --finetune full)")
     if plan.engine not in ("single", "ddp") or plan.tp != 1:
         raise PlannerError(f"--finetune {ft.method}: adapters are planned on one GPU or DDP replicas; "
                            "drop --zero/--fsdp/--tp (the frozen base is small enough to replicate)")
@@ -77,8 +80,8 @@ def stage_breakdowns(req: EstimateRequest, model: ResolvedModel, plan: ParallelP
     micro_batch = plan.micro_batch if micro_batch is None else micro_batch
     scale = model.params / model.shape.param_count()  # --params with an inferred shape: sized by the count
     out = {}
-    for share in pipeline.shares(model.shape.layers, plan):
-        shape = replace(model.shape, layers=share.layers)
+    for share in pipeline.shares(model.shape.layers, plan, model.shape.dense_layers):
+        shape = pipeline.stage_shape(model.shape, share)
         out[share] = memory_breakdown(
             pipeline.stage_params(model.shape, share) * scale, shape, plan, precision=req.precision,
             optimizer=req.optimizer, convention=req.convention or memory.default_convention(plan),
