@@ -341,3 +341,20 @@ def test_compare_ranks_the_strategies_of_an_moe_model_at_its_ep(capsys):
     rows = json.loads(capsys.readouterr().out)["rows"]
     best = next(r for r in rows if r.get("best"))
     assert best["strategy"] == "fsdp-full" and best["fits"]
+
+
+def test_a_capacity_factors_padding_is_hardware_not_model_flops():
+    from planner.compute.flops import hardware_flops_per_token, model_flops_per_token
+
+    dropless, capped = small_shape(), small_shape(capacity_factor=1.5)
+    n = dropless.param_count()
+    assert model_flops_per_token(n, capped) == model_flops_per_token(n, dropless)
+    # 6 x (c - 1) x top_k x one expert x MoE layers = 6 x 0.5 x 2 x 3 x 512 x 256 x 4
+    padding = hardware_flops_per_token(n, capped, "none") - hardware_flops_per_token(n, dropless, "none")
+    assert padding == 6 * 0.5 * 2 * 3 * 512 * 256 * 4
+
+
+def test_verify_refuses_an_moe_model_before_it_builds_anything(capsys):
+    assert main(["verify", "--model", "mixtral-8x7b", "--gpus", "8", "--fsdp", "full"]) == 2
+    err = capsys.readouterr().err
+    assert "the trainer has no MoE layer yet" in err and err.count("\n") == 1

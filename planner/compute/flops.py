@@ -54,6 +54,16 @@ def active_params(params: float, shape: ModelShape | None) -> float:
     return params - (shape.param_count() - shape.active_param_count())
 
 
+def capacity_padding_params(shape: ModelShape | None) -> float:
+    """Expert weights per token that run on padding: with a capacity factor c, dispatch pads every expert's
+    buffer to c x its mean share (GShard, Switch), so the experts' matmuls run c x top-k slots per token; the
+    (c - 1) x top-k are hardware FLOPs, not model FLOPs. None dropless (an imbalance idles ranks, adds no work)."""
+    m = shape.moe if shape is not None else None
+    if m is None or m.capacity_factor is None:
+        return 0.0
+    return (m.capacity_factor - 1) * m.top_k * shape.expert_params() * shape.moe_layers
+
+
 def model_flops_per_token(params: float, shape: ModelShape | None) -> float:
     return 6 * active_params(params, shape) + (attention_flops_per_token(shape) if shape else 0.0)
 
@@ -77,7 +87,7 @@ def hardware_flops_per_token(params: float, shape: ModelShape | None, checkpoint
     of the layers it checkpoints (full: the whole forward, 2N + attention; op: its recomputed matmuls;
     selective: attention's scores)."""
     attn = attention_flops_per_token(shape) / 12 if shape else 0.0  # one forward pass of attention / 4
-    params = active_params(params, shape)
+    params = active_params(params, shape) + capacity_padding_params(shape)
     if checkpointing == "full":
         return 6 * params + 12 * attn + checkpointed_fraction * (2 * params + 4 * attn)
     if checkpointing == "selective":

@@ -350,7 +350,7 @@ class ParallelPlan:
         """What our trainer runs, beyond what the planner can estimate (Megatron + ZeRO, FSDP no-shard, EP)."""
         if self.ep > 1:
             raise PlannerError(f"{label('ep')}: {self.ep}: the trainer has no MoE layer yet, so no expert parallelism; "
-                               "plan it (planner estimate), emit it once pretrain runs MoE (issue 25)")
+                               "plan it with `planner estimate`; emit it once pretrain runs MoE")
         if self.engine == "fsdp" and self.fsdp_mode == "no-shard":
             raise PlannerError(f"{label('fsdp_mode')}: no-shard is plain data parallelism; use engine ddp")
         if self.tp > 1 and self.engine == "deepspeed":

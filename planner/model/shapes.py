@@ -33,10 +33,11 @@ POSITION_KINDS = ("rope", "learned", "alibi")
 
 #: The busiest expert's load over the mean planned for under dropless routing. Dropless routing (Mixtral, OLMoE,
 #: Qwen-MoE, DeepSeek-V3) sends an expert every token that picks it, so an EP rank's dispatched tokens, their
-#: activations and its expert matmuls are set by the busiest expert, not the mean. 1.25 is Switch Transformer's
-#: training capacity factor (Fedus et al. 2022, Table 1 compares 1.0 and 1.25 with an auxiliary balancing loss):
-#: the headroom that balanced routing was found to need. An assumption, not a measurement: a run with a capacity
-#: factor (`--capacity-factor`) is bounded exactly by it instead.
+#: activations and its expert matmuls are set by the busiest expert, not the mean. 1.25 is the middle of the
+#: capacity factors Switch Transformer trains with (Fedus et al. 2022, Table 1: 1.0, 1.25 and 2.0, with its
+#: auxiliary balancing loss): the headroom over the mean that balanced routing is given. An assumption, not a
+#: measurement of a dropless router's imbalance: a run with a capacity factor (`--capacity-factor`) is bounded
+#: exactly by it instead.
 DROPLESS_LOAD_FACTOR = 1.25
 
 
