@@ -52,6 +52,26 @@ def test_moe_total_and_active_counts_match_the_published_figures_to_their_precis
             assert abs(ours - published) <= unit / 2, ours
 
 
+#: The published checkpoints' own parameter counts (the tensors in their safetensors, as the Hugging Face hub
+#: totals them; the same figures appear as KerasHub's preset sizes and llama.cpp's GGUF general.parameter_count),
+#: and the terms the planner leaves out on purpose (planner.model.hf_config: < 0.01% each).
+CHECKPOINT = {
+    "mixtral-8x7b": (46_702_792_704, 0),
+    "mixtral-8x22b": (140_630_071_296, 0),
+    "qwen3-30b-a3b": (30_532_122_624, 48 * 2 * 128),  # q_norm and k_norm over head_dim 128, 48 layers
+    "olmoe-1b-7b": (6_919_161_856, 16 * 2 * 2048),  # q_norm and k_norm over the whole width, 16 layers
+    "qwen1.5-moe-a2.7b": (14_315_784_192, 24 * 3 * 2048),  # q, k and v biases, 24 layers
+}
+
+
+@pytest.mark.parametrize("name", CHECKPOINT)
+def test_moe_totals_are_the_checkpoints_less_only_the_terms_left_out(name):
+    count, left_out = CHECKPOINT[name]
+    ours = get_preset(name).shape.param_count()
+    assert ours + left_out == count
+    assert abs(ours / count - 1) < 1e-4  # within 0.01%
+
+
 @pytest.mark.parametrize("name", EXACT)
 def test_moe_counts_to_the_parameter(name):
     shape = get_preset(name).shape
