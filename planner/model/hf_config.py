@@ -13,7 +13,8 @@ Field names by family (the `model_type` key):
 - mixture of experts (`MOE_FIELDS`), Llama-shaped attention otherwise: mixtral (`num_local_experts`,
   `num_experts_per_tok`, `intermediate_size` is one expert's width), olmoe (`num_experts`,
   `intermediate_size` per expert), qwen2_moe (`moe_intermediate_size` per expert, one shared expert of
-  `shared_expert_intermediate_size` with its sigmoid gate), qwen3_moe (`moe_intermediate_size`, `head_dim`).
+  `shared_expert_intermediate_size` with its sigmoid gate: the Qwen blog's "4 shared experts" of 1408 are this one
+  of 5632, the same count), qwen3_moe (`moe_intermediate_size`, `head_dim`).
   Qwen's `mlp_only_layers` are dense layers (at the front only) and `decoder_sparse_step` must be 1.
   deepseek_v2 / deepseek_v3 are refused: their multi-head latent attention (low-rank q and kv) is not a
   shape the planner has yet.
