@@ -40,26 +40,56 @@ def model_options(f):
     f = click.option("--mlp", type=click.Choice(["swiglu", "gelu"]), default="swiglu", show_default=True,
                      help="Shape: MLP kind.")(f)
     f = click.option("--tied-embeddings", is_flag=True, help="Shape: LM head shares the embedding matrix.")(f)
+    f = click.option("--experts", type=int, help="Shape, mixture of experts: routed experts per MoE layer.")(f)
+    f = click.option("--top-k", type=int, help="Shape, MoE: routed experts per token (default 2 with --experts).")(f)
+    f = click.option("--expert-ffn", type=int, help="Shape, MoE: one expert's MLP width (default: --ffn's).")(f)
+    f = click.option("--shared-experts", type=int, help="Shape, MoE: shared experts every token passes through.")(f)
+    f = click.option("--shared-ffn", type=int, help="Shape, MoE: one shared expert's width (default --expert-ffn).")(f)
+    f = click.option("--dense-layers", type=int, help="Shape, MoE: leading layers with a dense MLP "
+                     "(DeepSeek's first_k_dense_replace).")(f)
+    f = click.option("--capacity-factor", type=float, help="MoE routing: each expert's buffer as a multiple of "
+                     "its mean share of tokens, overflow dropped (Switch's 1.25); default dropless.")(f)
     f = click.option("--seq-len", type=int, help="Sequence length (default: preset's, else 2048).")(f)
     f = click.option("--hf-config", type=click.Path(), help="A Hugging Face config.json on disk (Llama, Mistral, "
-                     "Qwen2, Gemma, OLMo, GPT-NeoX, GPT-2 field names).")(f)
+                     "Qwen2/3, Phi-3, Gemma, OLMo, GPT-NeoX, GPT-2; MoE: Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE).")(f)
     f = click.option("--config", "run_config", type=click.Path(),
                      help="Estimate the job a run config (run.yaml from `planner emit`) describes.")(f)
     return f
 
 
-def build_shape(layers, hidden, heads, kv_heads, ffn, vocab, seq_len, mlp, tied_embeddings):
+MOE_FLAGS = ("experts", "top_k", "expert_ffn", "shared_experts", "shared_ffn", "dense_layers")
+
+
+def build_moe(experts, top_k, expert_ffn, shared_experts, shared_ffn, dense_layers, ffn):
+    """The MoE part of a shape from its flags, or None when --experts is not given."""
+    from planner.model.shapes import MoE
+
+    if experts is None:
+        rest = (top_k, expert_ffn, shared_experts, shared_ffn, dense_layers)
+        given = [f"--{k.replace('_', '-')}" for k, v in zip(MOE_FLAGS[1:], rest, strict=True) if v is not None]
+        if given:
+            raise PlannerError(f"{given[0]}: a mixture-of-experts flag needs --experts (routed experts per layer)")
+        return None
+    width = expert_ffn or ffn
+    if width is None:
+        raise PlannerError("--experts: also give --expert-ffn (one expert's MLP width) or --ffn")
+    return MoE(experts, 2 if top_k is None else top_k, width, shared_experts=shared_experts or 0,
+               shared_ffn=shared_ffn, dense_layers=dense_layers or 0)
+
+
+def build_shape(layers, hidden, heads, kv_heads, ffn, vocab, seq_len, mlp, tied_embeddings, moe=None):
     """A ModelShape from shape flags, or None when no shape flag is given."""
     from planner.model.shapes import ModelShape
 
     flags = {"--layers": layers, "--hidden": hidden, "--heads": heads, "--vocab": vocab}
-    if all(v is None for v in (*flags.values(), kv_heads, ffn)):
+    if all(v is None for v in (*flags.values(), kv_heads, ffn)) and moe is None:
         return None
     missing = [k for k, v in flags.items() if v is None]
     if missing:
         raise PlannerError(f"shape: also give {' '.join(missing)} (a shape needs --layers --hidden --heads --vocab)")
     return ModelShape(layers, hidden, heads, vocab, seq_len or 2048, kv_heads=kv_heads, ffn_hidden=ffn,
-                      mlp=mlp, norm="layernorm" if mlp == "gelu" else "rmsnorm", tied_embeddings=tied_embeddings)
+                      mlp=mlp, norm="layernorm" if mlp == "gelu" else "rmsnorm", tied_embeddings=tied_embeddings,
+                      moe=moe)
 
 
 def estimate_options(f):
@@ -85,6 +115,8 @@ def estimate_options(f):
                      help="Checkpoint every k-th layer only (torchtitan's layer SAC)."),
         click.option("--no-flash-attention", is_flag=True, help="Count the a*s^2 attention scores as stored."),
         click.option("--tp", type=int, default=1, show_default=True, help="Tensor-parallel degree (sequence parallel on)."),
+        click.option("--ep", type=int, default=1, show_default=True, help="Expert-parallel degree (MoE): ranks each "
+                     "layer's routed experts are split over, taken from the data-parallel ranks (torchtitan)."),
         click.option("--pp", type=int, default=1, show_default=True, help="Pipeline-parallel degree (ranks per pipeline)."),
         click.option("--pp-schedule", type=click.Choice(parallel.PP_SCHEDULES), default="1f1b", show_default=True,
                      help="Pipeline schedule (torch.distributed.pipelining)."),
@@ -118,8 +150,9 @@ def build_request(kw: dict):
     from planner.plan.request import EstimateRequest
 
     run_config, hf_config = kw.pop("run_config"), kw.pop("hf_config")
+    moe = build_moe(*(kw.pop(k) for k in MOE_FLAGS), kw["ffn"])
     shape = build_shape(*(kw.pop(k) for k in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")),
-                        kw["seq_len"], kw.pop("mlp"), kw.pop("tied_embeddings"))
+                        kw["seq_len"], kw.pop("mlp"), kw.pop("tied_embeddings"), moe)
     if run_config is not None:
         if shape is not None or hf_config or kw["params"] or kw["model"]:
             raise PlannerError("--config: the run config names the model; drop --params/--model/--hf-config/shape flags")

@@ -14,7 +14,7 @@ from tabulate import tabulate
 
 from planner.core.units import GiB
 from planner.plan.estimate import estimate
-from planner.plan.request import EstimateRequest
+from planner.plan.request import EstimateRequest, resolve_model
 from planner.plan.result import tracked
 
 COMPARED = ("weights", "master_weights", "gradients", "optimizer", "activations", "overhead")
@@ -24,6 +24,9 @@ TOLERANCE = 0.10
 
 def verify_request(req: EstimateRequest, steps: int = 2, jobs: int = 1) -> dict:
     """The planner's lines next to the tracker's; a pipeline's ranks are measured in `jobs` processes."""
+    from planner.emit.run_files import check_dense
+
+    check_dense(resolve_model(req))  # the real model is ours, dense: an MoE plan has nothing to measure yet
     from pretrain.verify import measure  # torch: only when verifying
 
     planned = estimate(req)

@@ -9,6 +9,10 @@ Sources
   second forward, 8N + 16·L·H·Q·T per token; selective recomputation re-runs only the attention
   scores, 6N + 16·L·H·Q·T.
 - 1 petaFLOP/s-day = 1e15 FLOP/s x 86,400 s = 8.64e19 FLOPs (Brown et al. 2020, App. D).
+- Mixture of experts: N is the active parameters (`active_params`: each token's top-k routed experts, the
+  shared experts and the router's h x E matmul, not the E - k experts it skips): Switch (Fedus et al. 2022)
+  compares models at equal FLOPs per token counting only the experts a token is routed to, and Mixtral's
+  "12.9B active" is this count; MFU is on that basis too. The attention term is the dense one (MoE replaces only the MLP).
 
 One MFU basis everywhere (`MFU_BASIS`): model FLOPs with the attention term, as PaLM defines MFU
 and as the trainer logs it. GPU-hours = model FLOPs / (peak x MFU), and `implied_mfu` inverts
@@ -29,7 +33,7 @@ from planner.model.shapes import ModelShape
 #: Chinchilla's compute-optimal rule of thumb (Hoffmann et al. 2022): about 20 tokens per parameter.
 TOKENS_PER_PARAM = 20.0
 #: What MFU divides by, in every input and output of the planner.
-MFU_BASIS = "model FLOPs (6N + 12*L*H*Q*T per token, PaLM App. B)"
+MFU_BASIS = "model FLOPs (6N + 12*L*H*Q*T per token, PaLM App. B; N active for MoE)"
 #: Default MFU on that basis. Reported: PaLM 540B 46.2% (Chowdhery et al. 2022, Table 3); LLaMA-7B
 #: 47% on this basis (43% on 6ND) implied by 82,432 A100-hours for 1T tokens at seq 2048 (Touvron et
 #: al. 2023, Table 15); BloombergGPT ~24% of model FLOPs (Wu et al. 2023). 0.40 is a well-tuned
@@ -42,16 +46,35 @@ def attention_flops_per_token(shape: ModelShape) -> float:
     return 12 * shape.layers * shape.heads * shape.head_dim * shape.seq_len
 
 
+def active_params(params: float, shape: ModelShape | None) -> float:
+    """The N of 6N: `params`, less the routed experts each token skips in an MoE model (its shape's total
+    less active count)."""
+    if shape is None or shape.moe is None:
+        return params
+    return params - (shape.param_count() - shape.active_param_count())
+
+
+def capacity_padding_params(shape: ModelShape | None) -> float:
+    """Expert weights per token that run on padding: with a capacity factor c, dispatch pads every expert's
+    buffer to c x its mean share (GShard, Switch), so the experts' matmuls run c x top-k slots per token; the
+    (c - 1) x top-k are hardware FLOPs, not model FLOPs. None dropless (an imbalance idles ranks, adds no work)."""
+    m = shape.moe if shape is not None else None
+    if m is None or m.capacity_factor is None:
+        return 0.0
+    return (m.capacity_factor - 1) * m.top_k * shape.expert_params() * shape.moe_layers
+
+
 def model_flops_per_token(params: float, shape: ModelShape | None) -> float:
-    return 6 * params + (attention_flops_per_token(shape) if shape else 0.0)
+    return 6 * active_params(params, shape) + (attention_flops_per_token(shape) if shape else 0.0)
 
 
 def recomputed_matmul_params(shape: ModelShape, checkpointing: str) -> float:
     """Per checkpointed layer, the matmul weights whose forward runs again in backward: all of them under
-    full; under op (`pretrain.activation_checkpointing`, which keeps the 1st, 3rd, ... matmul's output:
-    q, v, gate, down) the others, k, o and up; none under selective or none."""
+    full (those a token passes through, in an MoE layer its top-k experts); under op
+    (`pretrain.activation_checkpointing`, which keeps the 1st, 3rd, ... matmul's output: q, v, gate, down) the
+    others, k, o and up; none under selective or none."""
     if checkpointing == "full":
-        return shape.attention_params() + shape.mlp_params()
+        return shape.active_matmul_params()
     if checkpointing == "op":
         kv = shape.n_kv_heads * shape.head_dim
         return shape.hidden * kv + shape.q_dim * shape.hidden + shape.hidden * shape.ffn
@@ -64,6 +87,7 @@ def hardware_flops_per_token(params: float, shape: ModelShape | None, checkpoint
     of the layers it checkpoints (full: the whole forward, 2N + attention; op: its recomputed matmuls;
     selective: attention's scores)."""
     attn = attention_flops_per_token(shape) / 12 if shape else 0.0  # one forward pass of attention / 4
+    params = active_params(params, shape) + capacity_padding_params(shape)
     if checkpointing == "full":
         return 6 * params + 12 * attn + checkpointed_fraction * (2 * params + 4 * attn)
     if checkpointing == "selective":
@@ -115,12 +139,13 @@ def estimate_compute(params: float, tokens: float, shape: ModelShape | None, *, 
     if gpus < 1:
         raise PlannerError(f"--gpus: {gpus!r} must be a positive integer")
     flops = model_flops_per_token(params, shape) * tokens
+    n = active_params(params, shape)
     achieved = peak_flops * mfu
     gpu_seconds = flops / achieved
     gpu_hours = gpu_seconds / 3600
     return ComputeEstimate(
         tokens=tokens,
-        flops_6nd=6 * params * tokens,
+        flops_6nd=6 * n * tokens,
         flops=flops,
         hardware_flops=hardware_flops_per_token(params, shape, checkpointing, checkpointed_fraction) * tokens,
         pf_days=flops / PF_DAY_FLOPS,
@@ -128,7 +153,7 @@ def estimate_compute(params: float, tokens: float, shape: ModelShape | None, *, 
         wall_days=gpu_hours / gpus / 24,
         cost_usd=gpu_hours * price_per_gpu_hour,
         mfu=mfu,
-        mfu_6nd=mfu * 6 * params / model_flops_per_token(params, shape),
+        mfu_6nd=mfu * 6 * n / model_flops_per_token(params, shape),
         peak_flops_per_gpu=peak_flops,
         gpus=gpus,
         tokens_per_second=tokens / (gpu_seconds / gpus),

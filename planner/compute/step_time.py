@@ -26,6 +26,16 @@ One optimizer step, per GPU (Narayanan et al. 2021, SC21, §3 and §5, for the M
   per node moves its bytes at `min(NVLink, g x NIC)` (NCCL's rings over a DGX's 8 NICs); overlapped with
   the backward where the engine overlaps it (only what outlasts it is exposed).
 - **Optimizer step**: memory-bound, 32 bytes of fp32 states and gradients per parameter of the rank.
+- **Mixture of experts.** Each token's matmuls are its active ones (router, top-k routed experts, shared
+  experts); the routed experts' run at the busiest expert's load (`MoE.load_factor`: the capacity factor's
+  padded buffers, or the dropless margin), since every rank waits for the slowest at the next all-to-all. The
+  MLP's element-wise work runs over the active width, plus the permutation (dispatch copies each token's h to
+  its k slots, the combine reads them back). Expert parallelism adds, per MoE layer and micro-batch, an
+  all-to-all dispatch and combine forward and again backward (and once more for a recomputed forward under
+  full checkpointing), each moving tokens x top_k x h x bytes x load of which (ep - 1)/ep leaves the rank:
+  over NVLink while the EP group (ep x tp ranks) sits in one node, else over each GPU's own NIC; not
+  overlapped (the next layer needs the combined tokens). The routed experts' gradients are reduced over the
+  `dp_shard / ep` ranks that hold the same experts, everything else's over all of them.
 
 Five constants (matmul `e_max`, `k_half`, achieved link fraction, flash attention's fraction of peak,
 achieved HBM fraction) are shared by every row and every GPU; they are fitted on the calibration tables the
@@ -121,6 +131,7 @@ class StepTime:
     dp_comm_s: float
     optimizer_s: float
     model_flops: float  # per iteration, all GPUs, with recomputation (the paper's counting)
+    ep_comm_s: float = 0.0  # expert-parallel all-to-alls (MoE)
 
     @property
     def compute_s(self) -> float:
@@ -128,7 +139,8 @@ class StepTime:
 
     @property
     def total_s(self) -> float:
-        return self.compute_s + self.tp_comm_s + self.bubble_s + self.pp_comm_s + self.dp_comm_s + self.optimizer_s
+        return (self.compute_s + self.tp_comm_s + self.ep_comm_s + self.bubble_s + self.pp_comm_s + self.dp_comm_s
+                + self.optimizer_s)
 
 
 def megatron_flops(shape: ModelShape, batch: int) -> float:
@@ -162,7 +174,7 @@ def matmul_passes(shape: ModelShape, checkpointing: str, checkpointed_fraction: 
     """Forward-equivalent passes of the layer matmuls, averaged over the weights and the layers: 3, plus the
     recomputed forward of the weights checkpointing recomputes (`recomputed_matmul_params`) on the fraction of
     the layers it checkpoints."""
-    recomputed = recomputed_matmul_params(shape, checkpointing) / (shape.attention_params() + shape.mlp_params())
+    recomputed = recomputed_matmul_params(shape, checkpointing) / shape.active_matmul_params()
     return 3 + checkpointed_fraction * recomputed
 
 
@@ -171,8 +183,7 @@ def layer_flops(shape: ModelShape, batch: int, passes: float) -> float:
     4 s h of attention's scores and values, as Megatron counts it) `passes` times, and the output layer
     forward and backward. Equals `megatron_flops` for GPT blocks with full recomputation."""
     s, h = shape.seq_len, shape.hidden
-    matmul_params = shape.attention_params() + shape.mlp_params()
-    per_token_layer = 2 * matmul_params + 4 * s * h
+    per_token_layer = 2 * shape.active_matmul_params() + 4 * s * h
     return batch * s * (shape.layers * per_token_layer * passes + 6 * shape.vocab * h)
 
 
@@ -196,7 +207,7 @@ def memory_bound_bytes(shape: ModelShape, kernels: Kernels, checkpointing: str =
     and without flash attention the softmax and the dropout read and write every score; a backward moves
     twice its forward. Eager PyTorch, for our block's shape: `EAGER_BLOCK`, counted."""
     w = kernels.activation_bytes
-    h, f, kv = shape.hidden, shape.ffn, shape.n_kv_heads * shape.head_dim
+    h, f, kv = shape.hidden, shape.active_ffn(), shape.n_kv_heads * shape.head_dim
     llama = shape.norm == "rmsnorm" and shape.mlp == "swiglu" and shape.position == "rope"
     recomputed = 1 + checkpointed_fraction * (MEMORY_PASSES[checkpointing] - 1)
     if not kernels.fused and llama:
@@ -210,7 +221,19 @@ def memory_bound_bytes(shape: ModelShape, kernels: Kernels, checkpointing: str =
         fwd += 2 * w * (shape.q_dim + kv)
     if not kernels.flash_attention:
         fwd += 4 * w * shape.heads * shape.seq_len
+    fwd += moe_routing_bytes(shape, w)
     return recomputed * fwd + 2 * fwd
+
+
+def moe_routing_bytes(shape: ModelShape, width: int) -> float:
+    """Per token per layer (averaged over the layers), the forward's memory-bound routing work of an MoE layer:
+    the router's fp32 softmax and top-k over E (read and write, 8 E), the dispatch's permutation (read h, write
+    k h at the load factor) and the combine's (read k h, write h)."""
+    m = shape.moe
+    if m is None:
+        return 0.0
+    per_layer = 8 * m.experts + 2 * width * shape.hidden * (1 + m.top_k * m.load_factor)
+    return per_layer * shape.moe_layers / shape.layers
 
 
 def fp8_linear(in_features: int, out_features: int) -> bool:
@@ -241,12 +264,13 @@ def flash_padded_head_dim(head_dim: int) -> int:
     return -(-head_dim // 32) * 32
 
 
-def data_parallel_bytes(plan: ParallelPlan, rank_params: float, grad_bytes: int, param_bytes: int = 2) -> float:
+def data_parallel_bytes(plan: ParallelPlan, rank_params: float, grad_bytes: int, param_bytes: int = 2,
+                        ranks: int | None = None) -> float:
     """Bytes each data-parallel rank sends per step (all-reduce as a ring counts 2 (n-1)/n of its input):
     DDP all-reduces the gradients; ZeRO 1-2 / FSDP shard-grad-op reduce-scatter them and all-gather the
     updated parameters (16-bit, or fp32 in an fp32 run); ZeRO-3 / FSDP full also all-gather the parameters
-    again for backward."""
-    n = plan.shard_degree if plan.stage else plan.dp
+    again for backward. `ranks`: the group, where not the plan's (the routed experts' is smaller by ep)."""
+    n = ranks or (plan.shard_degree if plan.stage else plan.dp)
     if n <= 1:
         return 0.0
     half = (n - 1) / n * rank_params  # one reduce-scatter or all-gather of the rank's parameters, in elements
@@ -267,6 +291,21 @@ def data_parallel_bandwidth(plan: ParallelPlan, hw: Hardware, link: float) -> fl
     return min(hw.nvlink_bytes_per_s, members * hw.network_bytes_per_s) * link
 
 
+def expert_parallel_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, link: float, width: int,
+                         checkpointing: str, checkpointed_fraction: float) -> float:
+    """Seconds per step of the MoE layers' all-to-alls on one rank (see the module docstring): dispatch and
+    combine, forward and backward, and the recomputed forward's under full checkpointing."""
+    m = shape.moe
+    if m is None or plan.ep <= 1:
+        return 0.0
+    per_a2a = plan.micro_batch * shape.seq_len * m.top_k * shape.hidden * width * m.load_factor \
+        * (plan.ep - 1) / plan.ep
+    in_node = plan.ep * plan.tp <= hw.gpus_per_node
+    bandwidth = (hw.nvlink_bytes_per_s if in_node else hw.network_bytes_per_s) * link
+    passes = 4 + (2 * checkpointed_fraction if checkpointing == "full" else 0)
+    return passes * (shape.moe_layers / plan.pp) * plan.grad_accum * per_a2a / bandwidth
+
+
 def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficiency = Efficiency(), *,
               checkpointing: str = "full", overlap_dp: bool = False, grad_bytes: int = 4,
               kernels: Kernels = MEGATRON_2021, checkpointed_fraction: float = 1.0) -> StepTime:
@@ -285,7 +324,12 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     s, h = shape.seq_len, shape.hidden
     k = h / plan.tp
     matmul_rate = hw.peak_flops * eff.matmul_max * k / (k + eff.matmul_half_k)
-    matmul_params = shape.attention_params() + shape.mlp_params()
+    matmul_params = shape.active_matmul_params()
+    if shape.moe is not None:  # the busiest expert's tokens set the pace (its capacity, or the dropless margin)
+        m = shape.moe
+        matmul_params += (m.load_factor - 1) * m.top_k * shape.expert_params() * shape.moe_layers / shape.layers
+        if kernels.fp8_linears:
+            raise PlannerError("--precision fp8: planned for dense blocks; Float8 MoE experts are not modelled")
     fp8_params = sum(i * o for i, o in block_linears(shape) if fp8_linear(i, o)) if kernels.fp8_linears else 0
     if fp8_params and hw.fp8_peak_flops <= 0:
         raise PlannerError("--precision fp8: this GPU has no fp8 peak in the catalog")
@@ -313,13 +357,20 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     pp_comm = 0.0 if plan.pp == 1 else micro_batches * plan.pp_virtual * 2 * activation_bytes / plan.tp / net
     params = shape.param_count()  # every weight is reduced and gathered: the embedding and an untied head both
     rank_params = params / (plan.tp * plan.pp)
-    dp_comm = data_parallel_bytes(plan, rank_params, grad_bytes, kernels.activation_bytes) \
-        / data_parallel_bandwidth(plan, hw, eff.link) / (hw.shard_collective_fraction if plan.stage else 1.0)
+    expert_params = shape.routed_expert_params() / (plan.tp * plan.pp)  # reduced within the ranks holding them
+    dp_bytes = data_parallel_bytes(plan, rank_params - expert_params, grad_bytes, kernels.activation_bytes)
+    if expert_params:
+        group = plan.expert_shard_degree if plan.stage else plan.dp // plan.ep
+        dp_bytes += data_parallel_bytes(plan, expert_params / plan.ep, grad_bytes, kernels.activation_bytes, group)
+    dp_comm = dp_bytes / data_parallel_bandwidth(plan, hw, eff.link) \
+        / (hw.shard_collective_fraction if plan.stage else 1.0)
     if plan.engine == "fsdp" and plan.stage and plan.dp_replicate > 1:  # hybrid sharding: the shards' gradients all-reduced across copies
         dp_comm += ring_time(grad_bytes * rank_params / plan.shard_degree, plan.dp_replicate, net)
     if overlap_dp:  # hidden behind the last micro-batch's backward (the whole step's under ZeRO-3 / FSDP full)
         hidden_behind = compute * ((passes - 1) / passes if plan.stage == 3 else (2 / passes) / micro_batches)
         dp_comm = max(0.0, dp_comm - hidden_behind)
     optimizer = 32 * rank_params / hw.hbm_bytes_per_s
+    ep_comm = expert_parallel_time(shape, plan, hw, eff.link, kernels.activation_bytes, checkpointing,
+                                   checkpointed_fraction)
     return StepTime(matmul, attention, memory, tp_comm, bubble, pp_comm, dp_comm, optimizer,
-                    layer_flops(shape, plan.batch, passes))
+                    layer_flops(shape, plan.batch, passes), ep_comm)

@@ -9,6 +9,11 @@ The layout (a device mesh of `pp x dp_replicate x dp_shard x tp` ranks, pipeline
 - `pp` ranks each hold a slice of the layers (a pipeline stage, or `pp_virtual` interleaved stages);
   `grad_accum` micro-batches flow through the pipeline per optimizer step (the schedule's m);
 - `tp` ranks split every weight matrix (Megatron column/row-wise, sequence parallel on the norms);
+- `ep` ranks (expert parallelism, a mixture-of-experts model only) split each MoE layer's routed experts, E / ep
+  each, and trade tokens with two all-to-alls per layer and pass (dispatch, combine). As torchtitan lays it
+  out, the EP group is taken from the data-parallel ranks (from the sharded ones under FSDP hybrid): `ep`
+  divides them, and the expert weights are sharded (FSDP / ZeRO) over the `dp_shard / ep` ranks that hold
+  the same experts, while every other weight is sharded over all `dp_shard`;
 - the `world / tp` data-parallel ranks split each batch; of those, `dp_shard` ranks partition the model
   states (ZeRO stage 1-3 or an FSDP mode) and `dp_replicate` groups hold copies (FSDP hybrid shard);
 - the batch rule, written only here: global_batch = micro_batch x grad_accum x data-parallel ranks
@@ -53,7 +58,8 @@ STRATEGIES: dict[str, dict] = {
 #: The strategies of the "fewest GPUs that fit" table (no offload: it trades step time for memory).
 FEWEST_GPUS_STRATEGIES = ("ddp", "zero1", "zero2", "zero3", "fsdp-shard-grad-op", "fsdp-full")
 #: The planner's flags for each key, so CLI errors name what the user typed.
-CLI_FLAGS = {"engine": "--zero/--fsdp", "world": "--gpus", "nodes": "--nodes", "tp": "--tp", "pp": "--pp", "pp_schedule": "--pp-schedule",
+CLI_FLAGS = {"engine": "--zero/--fsdp", "world": "--gpus", "nodes": "--nodes", "tp": "--tp", "ep": "--ep", "pp": "--pp",
+             "pp_schedule": "--pp-schedule",
              "pp_virtual": "--pp-virtual", "pp_layers": "--pp-layers",
              "dp_shard": "--sharding-factor", "zero_stage": "--zero", "fsdp_mode": "--fsdp", "offload": "--offload",
              "micro_batch": "--micro-batch", "grad_accum": "--microbatches", "global_batch": "--batch-tokens"}
@@ -86,6 +92,7 @@ class ParallelPlan:
     micro_batch: int = 4  # sequences per rank per forward
     grad_accum: int = 1
     global_batch: int | None = None  # sequences per optimizer step; None: micro x accum x dp at launch
+    ep: int = 1  # expert-parallel degree (MoE): ranks the routed experts of a layer are split over
 
     # ---- derived layout -------------------------------------------------------------------------
     @property
@@ -113,6 +120,12 @@ class ParallelPlan:
         if self.engine == "fsdp" and self.fsdp_mode == "hybrid":
             return min(self.dp_shard or self.dp, self.dp)
         return self.dp
+
+    @property
+    def expert_shard_degree(self) -> int:
+        """Ranks the routed experts' partitioned states are split over: the shard group less the EP split
+        (torchtitan's dp_shard_mod_ep); 1 when nothing is partitioned."""
+        return max(1, self.shard_degree // self.ep) if self.stage else 1
 
     @property
     def dp_replicate(self) -> int:
@@ -184,7 +197,7 @@ class ParallelPlan:
     def from_flags(cls, gpus: int, *, zero: int | None = None, fsdp: str | None = None,
                    sharding_factor: int | None = None, offload: str = "none", tp: int = 1,
                    micro_batch: int = 1, pp: int = 1, pp_schedule: str = "1f1b", pp_virtual: int = 1,
-                   microbatches: int | None = None) -> ParallelPlan:
+                   microbatches: int | None = None, ep: int = 1) -> ParallelPlan:
         """The planner's flags (`--zero`, `--fsdp`, ...) as a plan, checked with the flags' names."""
         if zero is not None and fsdp is not None:
             raise PlannerError("--zero and --fsdp: choose one sharding strategy, not both")
@@ -195,14 +208,15 @@ class ParallelPlan:
             microbatches = 2 * pp if pp > 1 else 1
         plan = cls(engine=engine, world=gpus, tp=tp, dp_shard=sharding_factor, zero_stage=zero or 0,
                    fsdp_mode=fsdp or "full", offload=offload, micro_batch=micro_batch, grad_accum=microbatches,
-                   pp=pp, pp_schedule=pp_schedule, pp_virtual=pp_virtual)
+                   pp=pp, pp_schedule=pp_schedule, pp_virtual=pp_virtual, ep=ep)
         return plan.validate(cli_flag)
 
     @classmethod
     def for_strategy(cls, name: str, world: int, *, tp: int = 1, micro_batch: int = 1,
-                     gpus_per_node: int = 8, pipeline: ParallelPlan | None = None) -> ParallelPlan:
+                     gpus_per_node: int = 8, pipeline: ParallelPlan | None = None, ep: int = 1) -> ParallelPlan:
         """The plan for one of `STRATEGIES` on `world` ranks (hybrid shards within a node), with
-        `pipeline`'s pipeline layout (pp, schedule, stages per rank, split, micro-batches) when given."""
+        `pipeline`'s pipeline layout (pp, schedule, stages per rank, split, micro-batches) when given, and `ep`
+        expert-parallel ranks."""
         kw = dict(STRATEGIES[name])
         if kw.get("dp_shard") == "node":
             kw["dp_shard"] = min(gpus_per_node, world)
@@ -211,7 +225,7 @@ class ParallelPlan:
         if pipeline is not None and pipeline.pp > 1:
             kw.update(pp=pipeline.pp, pp_schedule=pipeline.pp_schedule, pp_virtual=pipeline.pp_virtual,
                       pp_layers=pipeline.pp_layers, grad_accum=pipeline.grad_accum)
-        return cls(world=world, tp=tp, micro_batch=micro_batch, **kw).validate(cli_flag)
+        return cls(world=world, tp=tp, micro_batch=micro_batch, ep=ep, **kw).validate(cli_flag)
 
     def with_world(self, world: int, label: Callable[[str], str] = config_key) -> ParallelPlan:
         """The plan on `world` ranks as launched; a stored global batch must still hold (the batch rule)."""
@@ -248,7 +262,7 @@ class ParallelPlan:
         one_of = "is not one of"
         if self.engine not in ENGINES:
             yield f"{k('engine')}: {self.engine!r} {one_of} {', '.join(ENGINES)}"
-        for key in ("nodes", "tp", "pp", "pp_virtual", "micro_batch", "grad_accum"):
+        for key in ("nodes", "tp", "ep", "pp", "pp_virtual", "micro_batch", "grad_accum"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 yield f"{k(key)}: {value!r} must be a whole number >= 1"
@@ -323,12 +337,20 @@ class ParallelPlan:
             yield f"{k('engine')}: single runs one process; {world} ranks need ddp, deepspeed or fsdp"
         if self.dp_shard is not None and self.dp % min(self.dp_shard, self.dp):
             yield f"{k('dp_shard')}: {self.dp_shard} does not divide the {self.dp} data-parallel ranks"
+        elif isinstance(self.ep, int) and self.ep > 1:
+            group = self.shard_degree if self.engine == "fsdp" and self.stage else self.dp
+            if group % self.ep:
+                yield (f"{k('ep')}: {self.ep} does not divide the {group} data-parallel ranks it is taken from "
+                       f"({'the shard group' if group != self.dp else 'world / tp / pp'})")
         if self.global_batch is not None and self.global_batch != self.batch:
             yield (f"{k('global_batch')}: {self.global_batch} sequences != {k('micro_batch')} {self.micro_batch} x "
                    f"{k('grad_accum')} {self.grad_accum} x {self.dp} data-parallel ranks = {self.batch}")
 
     def check_runnable(self, label: Callable[[str], str] = config_key) -> ParallelPlan:
-        """What our trainer runs, beyond what the planner can estimate (Megatron + ZeRO, FSDP no-shard)."""
+        """What our trainer runs, beyond what the planner can estimate (Megatron + ZeRO, FSDP no-shard, EP)."""
+        if self.ep > 1:
+            raise PlannerError(f"{label('ep')}: {self.ep}: the trainer has no MoE layer yet, so no expert parallelism; "
+                               "plan it with `planner estimate`; emit it once pretrain runs MoE")
         if self.engine == "fsdp" and self.fsdp_mode == "no-shard":
             raise PlannerError(f"{label('fsdp_mode')}: no-shard is plain data parallelism; use engine ddp")
         if self.tp > 1 and self.engine == "deepspeed":

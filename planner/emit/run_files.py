@@ -127,8 +127,16 @@ def parallel_section(req: EstimateRequest, opts: EmitOptions, seq_len: int) -> P
 TRAINED_PRECISIONS = ("bf16-mixed", "fp32")
 
 
+def check_dense(model: ResolvedModel) -> None:
+    """The trainer builds dense blocks only: an MoE model is planned (estimate, compare) but not emitted."""
+    if model.shape.moe is not None:
+        raise PlannerError(f"model: {model.source} is a mixture-of-experts model and the trainer has no MoE layer "
+                           "yet (pretrain builds dense blocks); plan it with `planner estimate`, emit a dense model")
+
+
 def check_trainable(req: EstimateRequest, model: ResolvedModel) -> None:
     """A plan emit writes is one the trainer can train: refuse what it cannot, naming the flag."""
+    check_dense(model)
     s = model.shape
     if s.mlp != "swiglu" or s.norm != "rmsnorm" or s.bias or s.position != "rope" or s.embedding_norm \
             or s.head_dim_override is not None:
@@ -278,6 +286,7 @@ def plan_markdown(result: Estimate, run: RunConfig) -> str:
 def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
     """Write every file; returns name -> path. Refuses a plan that does not fit (the user sees why)."""
     opts.validate()
+    check_dense(resolve_model(req))  # before the layout's checks: an MoE model's ep is refused for this reason
     # the estimate of the layout as emitted (its micro-batches per step set by the batch): its step time
     # and MFU, and so its days and dollars, are the run's
     req = replace(req, layout=parallel_section(req, opts, resolve_model(req).shape.seq_len))

@@ -29,6 +29,16 @@ Two architectures:
   mask heads·s, dropout output 2·heads·s, V 2h, projection input 2h, dropout mask h); MLP 19·h
   (input 2h, first linear 8h, GeLU 8h, dropout mask h); two LayerNorm inputs 4h: 34·h + 5·heads·s.
 
+Mixture of experts (planned; the trainer has no MoE layer yet, so these terms are derived from what an MoE
+layer must keep, not yet counted by the hooks): an MoE layer keeps the dense block's terms but for the MLP's
+gate/up product, and instead, per token, the router's fp32 probabilities (4·E: the softmax keeps its output),
+the top-k indices (int64) and weights (fp32), (8 + 4)·k; the dispatched copies of the token, one per routed
+expert, a·h each (the experts' input); each routed expert's gate, up and product, 3·a·f_e; each expert's output
+a·h, which the combine keeps for the routing weights' gradient; and the shared experts' 3·a·f_s each. The
+dispatched terms are for the busiest expert's load (`MoE.load_factor`: the capacity factor, to which dispatch
+pads the buffers, or the dropless margin), so the per-GPU figure is the busiest EP rank's. The leading dense
+layers keep the dense block's terms.
+
 Precision regimes (how our engines run the model):
 - `16bit`: the model's parameters are 16-bit (FSDP2's bf16 param_dtype, DeepSpeed bf16/fp16);
 - `fp32`: everything in fp32 (a = 4);
@@ -65,7 +75,7 @@ head agree to the byte, except FSDP2's bf16 cast of the rotary tables each block
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.core.errors import PlannerError
 from planner.model.shapes import ModelShape
@@ -128,12 +138,27 @@ def _llama_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool,
         Term("out_proj_input", a * q / tp),
         Term("mlp_norm", _norm_bytes(h, regime) / norm_split),
         Term("mlp_input", casts_mlp * a * h / input_split),
-        Term("gate_up_product", 3 * a * f / tp),
+        *(_moe_terms(shape, a, tp) if shape.moe else [Term("gate_up_product", 3 * a * f / tp)]),
     ]
     if regime == "autocast":
-        weights = shape.attention_params() + shape.mlp_params()  # the norms' scales run in fp32, uncast
+        # the norms' scales run in fp32, uncast; an MoE layer casts every expert it holds
+        weights = shape.attention_params() + shape.moe_mlp_params()
         terms.append(Term("autocast_weight_copies", 2 * weights / tp, per_layer_fixed=True))
     return terms
+
+
+def _moe_terms(shape: ModelShape, a: int, tp: int) -> list[Term]:
+    """An MoE layer's MLP terms (module docstring), in place of the dense gate/up product; TP splits the experts'
+    widths (torchtitan's expert TP = TP)."""
+    m, h = shape.moe, shape.hidden
+    routed = m.top_k * m.load_factor  # dispatched copies per token on the busiest EP rank
+    per_expert = 3 if shape.mlp == "swiglu" else 2  # gate, up, product (or the GeLU MLP's input and output)
+    return [Term("router_probabilities", FP32 * m.experts),
+            Term("topk_indices_and_weights", (TOKEN_ID_BYTES + FP32) * m.top_k),
+            Term("dispatched_tokens", routed * a * h),
+            Term("expert_intermediates", routed * per_expert * a * m.expert_ffn / tp),
+            Term("expert_outputs_for_combine", routed * a * h),
+            Term("shared_expert_intermediates", m.shared_experts * per_expert * a * m.shared_width / tp)]
 
 
 def _gpt_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool) -> list[Term]:
@@ -152,6 +177,9 @@ def _gpt_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool) -
 
 
 def _op_terms(shape: ModelShape, regime: str, tp: int) -> list[Term]:
+    if shape.moe is not None:
+        raise PlannerError("--checkpointing op: planned for our dense LLaMA block, not an MoE layer "
+                           "(use full or none here)")
     if architecture(shape) != "llama" or tp > 1:
         raise PlannerError("--checkpointing op: planned for our LLaMA block without tensor parallelism "
                            "(use full or none here)")
@@ -196,11 +224,20 @@ def checkpointed_fraction(layers: int, checkpointing: str, every: int = 1) -> fl
     return checkpointed_layers(layers, checkpointing, every) / layers
 
 
+def mean_layer_bytes(shape: ModelShape, micro_batch: int, **kw) -> float:
+    """`per_layer_bytes` averaged over the layers: an MoE model's leading dense layers keep the dense block's."""
+    if shape.moe is None or shape.dense_layers == 0:
+        return per_layer_bytes(shape, micro_batch, **kw)
+    dense = replace(shape, moe=None)
+    return (shape.moe_layers * per_layer_bytes(shape, micro_batch, **kw)
+            + shape.dense_layers * per_layer_bytes(dense, micro_batch, **kw)) / shape.layers
+
+
 def stored_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "none", every: int = 1, **kw) -> float:
     """All layers' saved activations (the output layer is `head_bytes`): the checkpointed layers' and the others'."""
     n = checkpointed_layers(shape.layers, checkpointing, every)
-    return n * per_layer_bytes(shape, micro_batch, checkpointing=checkpointing, **kw) \
-        + (shape.layers - n) * per_layer_bytes(shape, micro_batch, **kw)
+    return n * mean_layer_bytes(shape, micro_batch, checkpointing=checkpointing, **kw) \
+        + (shape.layers - n) * mean_layer_bytes(shape, micro_batch, **kw)
 
 
 def recompute_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "none", every: int = 1,

@@ -14,6 +14,11 @@ Sources
   compute copy exists only for the layers being gathered.
 - Activations: `planner.memory.activations`, term by term per architecture, checked against what our
   model saves for backward.
+- Mixture of experts: the routed experts' states are split over the `ep` expert-parallel ranks, and where a
+  state is partitioned, over the `dp_shard / ep` ranks holding the same experts (torchtitan: FSDP within the
+  expert group), so a partitioned state is total / shard degree either way, an unpartitioned one expert / ep;
+  every other parameter is partitioned as a dense model's. FSDP gathers one block with only its EP rank's
+  experts. Each EP rank also holds the all-to-all's send and receive buffers (`all_to_all_buffer_bytes`).
 - Fragmentation: PyTorch's caching allocator holds memory it cannot hand out. GMLake (Guo et al.,
   ASPLOS 2024, §6) measured 15% of reserved memory on average (up to 33%) over eight LLM training
   setups on A100-80GB with the default allocator; `DEFAULT_FRAGMENTATION` is that average, as a
@@ -165,6 +170,7 @@ class ModelStates:
     gpu: dict[str, float]  # category -> bytes per GPU
     cpu: dict[str, float]  # category -> bytes per GPU's share of host memory
     gathered: dict[str, float]  # transient gathered weights/gradients (ZeRO-3, FSDP), per GPU
+    experts_gpu: float = 0.0  # of `gpu`, the routed experts' states (MoE), per GPU
 
     @property
     def gpu_total(self) -> float:
@@ -185,20 +191,24 @@ def model_states(params: float, terms: tuple[StateTerm, ...], plan: ParallelPlan
     """
     gpu = dict.fromkeys(("weights", "gradients", "master_weights", "optimizer"), 0.0)
     cpu = dict(gpu)
+    experts = min(params, shape.routed_expert_params() / plan.tp) if shape is not None else 0.0
+    experts_gpu = 0.0
     for term in terms:
         sharded = plan.stage >= term.sharded_from
         # sharded engines free these before the step; DeepSpeed's unsharded (stage 0) wrapper does not
         freed = at_step and term.freed_before_step and plan.stage >= 1
         if (sharded and term.transient_when_sharded) or freed or plan.stage < term.min_stage:
             continue
-        per_gpu = term.bytes_per_param * params / (plan.shard_degree if sharded else 1)
+        dense = term.bytes_per_param * (params - experts) / (plan.shard_degree if sharded else 1)
+        expert = term.bytes_per_param * experts / plan.ep / (plan.expert_shard_degree if sharded else 1)
         moved = sharded and (plan.offload_params if term.offload == "params" else plan.offload_optimizer)
         if moved:
             cpu_bytes = term.bytes_per_param if term.cpu_bytes is None else term.cpu_bytes
-            cpu[term.category] += per_gpu * cpu_bytes / term.bytes_per_param
+            cpu[term.category] += (dense + expert) * cpu_bytes / term.bytes_per_param
         else:
-            gpu[term.category] += per_gpu
-    return ModelStates(gpu, cpu, _gathered(terms, plan, shape, convention))
+            gpu[term.category] += dense + expert
+            experts_gpu += expert
+    return ModelStates(gpu, cpu, _gathered(terms, plan, shape, convention), experts_gpu)
 
 
 def _gathered(terms, plan: ParallelPlan, shape: ModelShape | None, convention: str) -> dict[str, float]:
@@ -216,8 +226,9 @@ def _gathered(terms, plan: ParallelPlan, shape: ModelShape | None, convention: s
         # which FSDP2 does not reshard after forward, and the last block being gathered again.
         # Gradients are reduce-scattered block by block after that, when activations are freed.
         # Under TP each rank gathers only its tensor-parallel slice (measured by `planner verify --tp`).
-        root = shape.param_count() - shape.layers * shape.layer_params()
-        return {"weights": (root + shape.layer_params()) * weight_bytes / plan.tp, "gradients": 0.0}
+        # An MoE block is gathered with its EP rank's experts only (FSDP shards them within the expert group).
+        return {"weights": (shape.root_params() + shape.layer_params(plan.ep)) * weight_bytes / plan.tp,
+                "gradients": 0.0}
     grad16 = next((t.bytes_per_param for t in terms if t.category == "gradients"), 0)
     largest = shape.largest_layer_params()
     return {"weights": largest * weight_bytes, "gradients": largest * grad16}
@@ -236,6 +247,16 @@ def comm_buffer_bytes(params: float, plan: ParallelPlan) -> float:
         if plan.stage == 3:
             return 2 * min(params, DS_PREFETCH_ELEMENTS)
     return 0.0
+
+
+def all_to_all_buffer_bytes(shape: ModelShape, plan: ParallelPlan, micro_batch: int, width: int) -> float:
+    """An EP rank's all-to-all buffers for one MoE layer: the permuted tokens it sends and those it receives,
+    s b x top_k x h each at the busiest expert's load (`MoE.load_factor`), in the activations' width. None
+    without expert parallelism (the permutation is then a local copy, counted as an activation)."""
+    m = shape.moe
+    if m is None or plan.ep <= 1:
+        return 0.0
+    return 2 * micro_batch * shape.seq_len * m.top_k * m.load_factor * shape.hidden * width
 
 
 def fragmentation_bytes(allocated_bytes: float, fragmentation: float) -> float:

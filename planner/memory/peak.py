@@ -152,8 +152,8 @@ def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str,
         return None
     tp = plan.tp
     w = 4 if precision == "fp32" else 2
-    block = shape.layer_params() / tp
-    root = (shape.param_count() - shape.layers * shape.layer_params()) / tp
+    block = shape.layer_params(plan.ep) / tp  # an MoE block with its EP rank's experts
+    root = shape.root_params() / tp
     return {"weights": (root + 2 * block) * w,
             "gradients": 4 * block * (1 + 1 / plan.shard_degree),
             "activations": stored_activations + shape.vocab * shape.hidden * w / tp}
@@ -185,6 +185,7 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
     stored = activations.stored_bytes(shape, micro_batch, **act_kw)
     logits = activations.head_bytes(shape, micro_batch, regime, tp) - head_fixed if head else 0.0
     p2p = pipeline.p2p_buffer_bytes(plan, shape.hidden, shape.seq_len, micro_batch, 4 if precision == "fp32" else 2)
+    p2p += memory.all_to_all_buffer_bytes(shape, plan, micro_batch, 4 if precision == "fp32" else 2)
     return MemoryBreakdown(
         states=states,
         activations=(stored - layers_fixed) * in_flight
@@ -227,9 +228,10 @@ def pipeline_fsdp_backward(params: float, shape: ModelShape, plan: ParallelPlan,
     if plan.engine != "fsdp" or plan.stage < 2:
         return None
     tp, w = plan.tp, 4 if precision == "fp32" else 2
-    block = shape.layer_params() / tp
-    root = max(0.0, params / tp - shape.layers * block)
+    other_experts = shape.routed_expert_params() * (1 - 1 / plan.ep)  # held by the other EP ranks
+    block = shape.layer_params(plan.ep) / tp
+    root = max(0.0, (params - other_experts) / tp - shape.layers * block)
     whole_embedding_grad = shape.embedding_params() * (1 - 1 / tp) if embedding else 0.0
     return {"weights": (root + shape.layers * block) * w,  # the whole stage
-            "gradients": 4 * (params / tp + whole_embedding_grad),
+            "gradients": 4 * ((params - other_experts) / tp + whole_embedding_grad),
             "activations": activations_in_flight}

@@ -24,7 +24,7 @@ zero-bubble's input and weight halves one forward each), where the idle share is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.core.parallel import MULTI_STAGE_SCHEDULES, ParallelPlan
 
@@ -39,6 +39,7 @@ class StageShare:
     embedding: bool  # the first stage: token embedding
     head: bool  # the last stage: final norm, output head and loss
     in_flight: float  # micro-batches of this rank's layers whose activations are held at the peak
+    dense_layers: int = 0  # of `layers`, an MoE model's leading dense ones (they sit on the first stages)
 
 
 def stage_layers(layers: int, plan: ParallelPlan) -> list[int]:
@@ -58,8 +59,11 @@ def warmup_chunks(plan: ParallelPlan, rank: int) -> int:
     return min(m, p - rank - 1)
 
 
-def shares(layers: int, plan: ParallelPlan) -> list[StageShare]:
+def shares(layers: int, plan: ParallelPlan, dense_layers: int = 0) -> list[StageShare]:
+    """Each pipeline rank's share; `dense_layers`: an MoE model's leading dense layers, counted on the stages
+    that hold them."""
     split = stage_layers(layers, plan)
+    starts = [sum(split[:i]) for i in range(len(split))]
     out = []
     for rank in range(plan.pp):
         stages = tuple(rank + k * plan.pp for k in range(plan.pp_virtual))
@@ -69,17 +73,24 @@ def shares(layers: int, plan: ParallelPlan) -> list[StageShare]:
         else:
             chunk = held / plan.pp_virtual  # the mean stage of this rank
             in_flight = min(warmup_chunks(plan, rank) + 1, plan.grad_accum * plan.pp_virtual) * chunk / held
-        out.append(StageShare(rank, stages, held, 0 in stages, plan.pp_stages - 1 in stages, in_flight))
+        dense = sum(max(0, min(dense_layers, starts[s] + split[s]) - starts[s]) for s in stages)
+        out.append(StageShare(rank, stages, held, 0 in stages, plan.pp_stages - 1 in stages, in_flight, dense))
     return out
+
+
+def stage_shape(shape, share: StageShare):
+    """The model's shape cut to one pipeline rank's layers (an MoE model's dense ones among them)."""
+    if shape.moe is None:
+        return replace(shape, layers=share.layers)
+    return replace(shape, layers=share.layers, moe=replace(shape.moe, dense_layers=share.dense_layers))
 
 
 def stage_params(shape, share: StageShare) -> int:
     """Parameters on one pipeline rank: its blocks, the embedding on the first stage, the final norm and the
     head on the last (a tied head is a second copy there: the stages hold it apart, as torchtitan does)."""
-    root_norms = shape.param_count() - shape.layers * shape.layer_params() - shape.embedding_params() \
-        - shape.head_params()
+    root_norms = shape.root_params() - shape.embedding_params() - shape.head_params()
     head = shape.vocab * shape.hidden if shape.tied_embeddings else shape.head_params()
-    return (share.layers * shape.layer_params() + (shape.embedding_params() if share.embedding else 0)
+    return (stage_shape(shape, share).blocks_params() + (shape.embedding_params() if share.embedding else 0)
             + (root_norms + head if share.head else 0))
 
 

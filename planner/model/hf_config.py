@@ -1,16 +1,26 @@
 """A model as people hold it: a Hugging Face `config.json` on disk -> ModelShape (no hub, no transformers).
 
 Field names by family (the `model_type` key):
-- llama, mistral, qwen2, gemma, gemma2, olmo, olmo2: `num_hidden_layers`, `hidden_size`,
+- llama, mistral, qwen2, qwen3, phi3, gemma, gemma2, olmo, olmo2: `num_hidden_layers`, `hidden_size`,
   `num_attention_heads`, `num_key_value_heads` (GQA), `intermediate_size` (a gated MLP: SwiGLU, or
   GeGLU for Gemma: three matrices either way), `head_dim` (Gemma), `tie_word_embeddings`, RMSNorm,
   rotary positions, no biases;
 - gpt_neox (Pythia): the same names, a 4h GeLU MLP, LayerNorm and biases everywhere, rotary positions;
 - gpt2: `n_layer`, `n_embd`, `n_head`, `n_inner` (None: 4h), `n_positions` learned positions, LayerNorm,
-  biases, tied head.
+  biases, tied head;
+- phi3 fuses q, k, v into one `qkv_proj` and gate and up into one `gate_up_proj`: the same matrices side by
+  side, so the same count as Llama's names;
+- mixture of experts (`MOE_FIELDS`), Llama-shaped attention otherwise: mixtral (`num_local_experts`,
+  `num_experts_per_tok`, `intermediate_size` is one expert's width), olmoe (`num_experts`,
+  `intermediate_size` per expert), qwen2_moe (`moe_intermediate_size` per expert, one shared expert of
+  `shared_expert_intermediate_size` with its sigmoid gate: the Qwen blog's "4 shared experts" of 1408 are this one
+  of 5632, the same count), qwen3_moe (`moe_intermediate_size`, `head_dim`).
+  Qwen's `mlp_only_layers` are dense layers (at the front only) and `decoder_sparse_step` must be 1.
+  deepseek_v2 / deepseek_v3 are refused: their multi-head latent attention (low-rank q and kv) is not a
+  shape the planner has yet.
 
-Left out on purpose (each < 0.01% of the count in the shipped configs): Qwen2's q/k/v biases, OLMo 2's
-q/k norms, Gemma 2's extra post-norms. `planner/model/hf_configs/` ships the published configs of current
+Left out on purpose (each < 0.01% of the count in the shipped configs): Qwen2's (and Qwen2-MoE's) q/k/v
+biases, the q/k norms of OLMo 2, OLMoE and Qwen3, Gemma 2's extra post-norms. `planner/model/hf_configs/` ships the published configs of current
 families; they are also the presets (`--model llama3-8b`).
 """
 
@@ -21,9 +31,16 @@ from pathlib import Path
 
 from planner.core.errors import PlannerError
 from planner.core.io import read_input
-from planner.model.shapes import ModelShape
+from planner.model.shapes import ModelShape, MoE
 
-GATED = ("llama", "mistral", "qwen2", "gemma", "gemma2", "olmo", "olmo2")
+GATED = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2", "olmo", "olmo2")
+#: Mixture-of-experts families: (routed experts, one expert's width, shared expert's width or None) field names.
+MOE_FIELDS = {"mixtral": ("num_local_experts", "intermediate_size", None),
+              "olmoe": ("num_experts", "intermediate_size", None),
+              "qwen2_moe": ("num_experts", "moe_intermediate_size", "shared_expert_intermediate_size"),
+              "qwen3_moe": ("num_experts", "moe_intermediate_size", None)}
+#: Families named so the refusal says why.
+REFUSED = {"deepseek_v2": "multi-head latent attention", "deepseek_v3": "multi-head latent attention"}
 SHIPPED = Path(__file__).parent / "hf_configs"
 #: Sequence length planned when none is given: the model's context, capped at this.
 MAX_DEFAULT_SEQ = 4096
@@ -72,9 +89,12 @@ def shape_from_hf(path: str | Path, seq_len: int | None = None) -> ModelShape:
                           _int(cfg, path, "vocab_size"), positions,
                           ffn_hidden=_int(cfg, path, "n_inner", default=4 * hidden), mlp="gelu", norm="layernorm",
                           position="learned", tied_embeddings=_bool(cfg, path, "tie_word_embeddings", True), bias=True)
-    if kind not in (*GATED, "gpt_neox"):
+    if kind in REFUSED:
+        raise PlannerError(f"--hf-config: {path}: model_type {kind!r} uses {REFUSED[kind]} (low-rank q and kv), "
+                           f"which the planner does not model yet; planned MoE families: {', '.join(MOE_FIELDS)}")
+    if kind not in (*GATED, *MOE_FIELDS, "gpt_neox"):
         raise PlannerError(f"--hf-config: {path}: model_type {kind!r} is not one of "
-                           f"{', '.join((*GATED, 'gpt_neox', 'gpt2'))}")
+                           f"{', '.join((*GATED, *MOE_FIELDS, 'gpt_neox', 'gpt2'))}")
     context = _int(cfg, path, "max_position_embeddings", default=2048)
     heads = _int(cfg, path, "num_attention_heads")
     common = {"kv_heads": _int(cfg, path, "num_key_value_heads", default=heads),
@@ -84,8 +104,26 @@ def shape_from_hf(path: str | Path, seq_len: int | None = None) -> ModelShape:
         common["head_dim_override"] = _int(cfg, path, "head_dim")
     if kind == "gpt_neox":
         common.update(mlp="gelu", norm="layernorm", bias=True, kv_heads=None)
+    if kind in MOE_FIELDS:
+        common["moe"] = _moe_from_hf(cfg, path, kind, _int(cfg, path, "num_hidden_layers"))
     return ModelShape(_int(cfg, path, "num_hidden_layers"), _int(cfg, path, "hidden_size"), heads,
                       _int(cfg, path, "vocab_size"), seq_len or min(context, MAX_DEFAULT_SEQ), **common)
+
+
+def _moe_from_hf(cfg: dict, path: Path, kind: str, layers: int) -> MoE:
+    experts, width, shared = MOE_FIELDS[kind]
+    step = cfg.get("decoder_sparse_step", 1)
+    if step != 1:
+        raise PlannerError(f"--hf-config: {path}: decoder_sparse_step {step!r} interleaves dense and MoE layers; "
+                           "the planner models dense layers at the front only (decoder_sparse_step 1)")
+    dense = cfg.get("mlp_only_layers") or []
+    if not isinstance(dense, list) or dense != list(range(len(dense))) or len(dense) >= layers:
+        raise PlannerError(f"--hf-config: {path}: mlp_only_layers {dense!r} must be the first layers "
+                           f"(0, 1, ...), fewer than {layers}")
+    shared_ffn = _int(cfg, path, shared) if shared else None
+    return MoE(_int(cfg, path, experts), _int(cfg, path, "num_experts_per_tok"), _int(cfg, path, width),
+               shared_experts=1 if shared_ffn else 0, shared_ffn=shared_ffn, dense_layers=len(dense),
+               shared_gate=kind == "qwen2_moe")
 
 
 def shipped_presets() -> dict[str, Path]:

@@ -10,7 +10,13 @@ The count follows the architecture term by term (no 12·L·h² shortcut), so tha
   Ainslie et al. 2023); biases add h + 2·kv·d + h;
 - MLP: GELU is two h×f matrices (Vaswani et al. 2017), SwiGLU three (Shazeer 2020);
 - norms: RMSNorm has a scale (h), LayerNorm a scale and a bias (2h); two per layer, one final,
-  and one after the embedding where the model has it (BloombergGPT, BLOOM).
+  and one after the embedding where the model has it (BloombergGPT, BLOOM);
+- mixture of experts (`MoE`; Shazeer et al. 2017, GShard, Switch, Mixtral): an MoE layer's MLP is a router
+  (h x E, no bias), E routed experts of the MLP's kind at their own width, and any shared experts (DeepSeekMoE,
+  Qwen-MoE; Qwen2-MoE also gates its shared expert with an h x 1 sigmoid); the first `dense_layers` layers
+  keep a dense MLP (DeepSeek's first_k_dense_replace). `param_count()` is the total; `active_param_count()`
+  what one token passes through (the top-k routed experts instead of all E; the router and shared experts
+  always).
 """
 
 from __future__ import annotations
@@ -23,6 +29,62 @@ from planner.core.errors import PlannerError
 MLP_KINDS = ("swiglu", "gelu")
 NORM_KINDS = ("rmsnorm", "layernorm")
 POSITION_KINDS = ("rope", "learned", "alibi")
+
+
+#: The busiest expert's load over the mean planned for under dropless routing. Dropless routing (Mixtral, OLMoE,
+#: Qwen-MoE, DeepSeek-V3) sends an expert every token that picks it, so an EP rank's dispatched tokens, their
+#: activations and its expert matmuls are set by the busiest expert, not the mean. 1.25 is the middle of the
+#: capacity factors Switch Transformer trains with (Fedus et al. 2022, Table 1: 1.0, 1.25 and 2.0, with its
+#: auxiliary balancing loss): the headroom over the mean that balanced routing is given. An assumption, not a
+#: measurement of a dropless router's imbalance: a run with a capacity factor (`--capacity-factor`) is bounded
+#: exactly by it instead.
+DROPLESS_LOAD_FACTOR = 1.25
+
+
+@dataclass(frozen=True)
+class MoE:
+    """The mixture-of-experts part of a shape: every layer after the first `dense_layers` is an MoE layer.
+
+    `capacity_factor`: None routes dropless (every token reaches its top-k experts, as Mixtral, OLMoE, Qwen-MoE
+    and DeepSeek-V3 train); a number c gives each expert a buffer of c x its mean share of the tokens (GShard,
+    Lepikhin et al. 2020; Switch, Fedus et al. 2022), padded, the overflow dropped."""
+
+    experts: int  # routed experts per MoE layer (E)
+    top_k: int  # routed experts per token
+    expert_ffn: int  # one routed expert's MLP width
+    shared_experts: int = 0  # experts every token passes through (DeepSeekMoE, Qwen-MoE)
+    shared_ffn: int | None = None  # one shared expert's MLP width; None: expert_ffn
+    dense_layers: int = 0  # leading layers with a dense MLP (DeepSeek's first_k_dense_replace)
+    shared_gate: bool = False  # Qwen2-MoE's h x 1 sigmoid gate on the shared expert's output
+    capacity_factor: float | None = None  # None: dropless
+
+    def __post_init__(self) -> None:
+        for name in ("experts", "top_k", "expert_ffn"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise PlannerError(f"--{name.replace('_', '-')}: {value!r} must be a positive integer")
+        if self.top_k > self.experts:
+            raise PlannerError(f"--top-k: {self.top_k} is more than the {self.experts} experts (--experts)")
+        for name in ("shared_experts", "dense_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise PlannerError(f"--{name.replace('_', '-')}: {value!r} must be a whole number >= 0")
+        if self.shared_ffn is not None and (not isinstance(self.shared_ffn, int) or self.shared_ffn <= 0):
+            raise PlannerError(f"--shared-ffn: {self.shared_ffn!r} must be a positive integer")
+        c = self.capacity_factor
+        if c is not None and not (isinstance(c, int | float) and 1.0 <= c <= 64.0):
+            raise PlannerError(f"--capacity-factor: {c!r} must be between 1 and 64 (e.g. 1.25, Switch's), "
+                               "or left out for dropless routing")
+
+    @property
+    def shared_width(self) -> int:
+        return self.shared_ffn or self.expert_ffn
+
+    @property
+    def load_factor(self) -> float:
+        """Tokens the busiest expert processes over its mean share: the capacity factor (buffers padded to it), or
+        `DROPLESS_LOAD_FACTOR` when dropless."""
+        return self.capacity_factor or DROPLESS_LOAD_FACTOR
 
 
 @dataclass(frozen=True)
@@ -41,6 +103,7 @@ class ModelShape:
     bias: bool = False
     embedding_norm: bool = False
     head_dim_override: int | None = None  # None: hidden / heads (Gemma sets 256 with hidden 3072 or 3584)
+    moe: MoE | None = None  # None: a dense model
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "vocab", "seq_len"):
@@ -91,14 +154,69 @@ class ModelShape:
         h, q, kv = self.hidden, self.q_dim, self.n_kv_heads * self.head_dim
         return 2 * h * q + 2 * h * kv + ((q + h + 2 * kv) if self.bias else 0)
 
-    def mlp_params(self) -> int:
-        h, f = self.hidden, self.ffn
+    def mlp_params(self, ffn: int | None = None) -> int:
+        """A dense MLP's parameters (the dense layers'), or one expert's at width `ffn`."""
+        h, f = self.hidden, ffn or self.ffn
         if self.mlp == "gelu":
             return 2 * h * f + ((f + h) if self.bias else 0)
         return 3 * h * f + ((2 * f + h) if self.bias else 0)
 
-    def layer_params(self) -> int:
-        return self.attention_params() + self.mlp_params() + 2 * self._norm_params()
+    # ---- mixture of experts ---------------------------------------------------------------------
+    @property
+    def moe_layers(self) -> int:
+        """Layers whose MLP is a mixture of experts (0 for a dense model)."""
+        return 0 if self.moe is None else max(0, self.layers - self.moe.dense_layers)
+
+    @property
+    def dense_layers(self) -> int:
+        return self.layers - self.moe_layers
+
+    def expert_params(self) -> int:
+        """One routed expert (0 for a dense model)."""
+        return 0 if self.moe is None else self.mlp_params(self.moe.expert_ffn)
+
+    def moe_mlp_params(self, experts: int | None = None) -> int:
+        """An MoE layer's MLP with `experts` routed experts (default all E): router h x E, the routed experts,
+        the shared experts and Qwen2-MoE's shared gate."""
+        m = self.moe
+        if m is None:
+            return self.mlp_params()
+        routed = m.experts if experts is None else experts
+        shared = m.shared_experts * self.mlp_params(m.shared_width) + (self.hidden if m.shared_gate else 0)
+        return self.hidden * m.experts + routed * self.expert_params() + shared
+
+    def routed_expert_params(self) -> int:
+        """Every routed expert of every MoE layer: what expert parallelism splits."""
+        return 0 if self.moe is None else self.moe_layers * self.moe.experts * self.expert_params()
+
+    def layer_params(self, ep: int = 1) -> int:
+        """One block's parameters: the MoE block where the model has one (its largest), with its routed experts
+        split over `ep` expert-parallel ranks (what one rank holds and FSDP gathers)."""
+        if self.moe_layers == 0:  # dense (or a pipeline stage of an MoE model's dense layers only)
+            return self.attention_params() + self.mlp_params() + 2 * self._norm_params()
+        return self.attention_params() + self.moe_mlp_params(self.moe.experts // ep) + 2 * self._norm_params()
+
+    def blocks_params(self) -> int:
+        """Every block's parameters: the dense leading layers and the MoE layers."""
+        dense = self.attention_params() + self.mlp_params() + 2 * self._norm_params()
+        return self.dense_layers * dense + self.moe_layers * self.layer_params()
+
+    def active_ffn(self) -> float:
+        """MLP width one token passes through, averaged over the layers: the dense MLP's, or in an MoE layer its
+        top-k experts' and the shared experts' together (what the MLP's element-wise work runs over)."""
+        if self.moe is None:
+            return self.ffn
+        m = self.moe
+        moe_width = m.top_k * m.expert_ffn + m.shared_experts * m.shared_width
+        return (self.dense_layers * self.ffn + self.moe_layers * moe_width) / self.layers
+
+    def active_matmul_params(self) -> int | float:
+        """Matmul weights one token passes through in one layer, averaged over the layers: attention and the
+        MLP, in an MoE layer the router, its top-k routed experts and the shared experts."""
+        if self.moe is None:
+            return self.attention_params() + self.mlp_params()
+        mlp = self.dense_layers * self.mlp_params() + self.moe_layers * self.moe_mlp_params(self.moe.top_k)
+        return self.attention_params() + mlp / self.layers
 
     def embedding_params(self) -> int:
         positions = self.seq_len * self.hidden if self.position == "learned" else 0
@@ -108,11 +226,23 @@ class ModelShape:
         return 0 if self.tied_embeddings else self.vocab * self.hidden
 
     def param_count(self) -> int:
+        """Every parameter (for an MoE model, every expert: the total)."""
         extra_norm = self._norm_params() if self.embedding_norm else 0
         return (
-            self.embedding_params() + extra_norm + self.layers * self.layer_params()
+            self.embedding_params() + extra_norm + self.blocks_params()
             + self._norm_params() + self.head_params()
         )
+
+    def active_param_count(self) -> int:
+        """Parameters one token passes through: all of a dense model; an MoE model's top-k routed experts
+        instead of all E (the embedding, attention, router and shared experts always)."""
+        if self.moe is None:
+            return self.param_count()
+        return self.param_count() - self.moe_layers * (self.moe.experts - self.moe.top_k) * self.expert_params()
+
+    def root_params(self) -> int:
+        """Parameters outside the blocks: embedding, final norm, head (FSDP2's root module)."""
+        return self.param_count() - self.blocks_params()
 
     def norm_params(self) -> int:
         """Parameters of every norm: what tensor parallelism replicates rather than splits."""
@@ -134,10 +264,13 @@ class ModelShape:
         (or untied head) matrix in most LLMs, else the biggest MLP projection.
         """
         h = self.hidden
-        return max(self.vocab * h, self.ffn * h, h * self.q_dim)
+        return max(self.vocab * h, self.ffn * h, h * self.q_dim, h * (self.moe.expert_ffn if self.moe else 0))
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "ffn_hidden": self.ffn, "kv_heads": self.n_kv_heads}
+        out = {**asdict(self), "ffn_hidden": self.ffn, "kv_heads": self.n_kv_heads}
+        if self.moe is None:
+            del out["moe"]  # a dense shape's dict is what it was before MoE
+        return out
 
 
 def _divisor_hint(n: int) -> str:

@@ -56,7 +56,7 @@ def pcie_params_per_step(plan: ParallelPlan) -> float:
 def _request(req: EstimateRequest, name: str, checkpointing: str, gpus: int | None = None) -> EstimateRequest:
     """`req` with its layout replaced by strategy `name` (same world, tp and micro-batch, unless `gpus`)."""
     plan = ParallelPlan.for_strategy(name, gpus or req.gpus, tp=req.tp, micro_batch=req.micro_batch,
-                                     gpus_per_node=req.gpus_per_node, pipeline=req.layout)
+                                     gpus_per_node=req.gpus_per_node, pipeline=req.layout, ep=req.layout.ep)
     return replace(req, layout=plan, checkpointing=checkpointing)
 
 

@@ -38,6 +38,9 @@ def finetune_breakdown(req: EstimateRequest, model: ResolvedModel, plan: Paralle
                        micro_batch: int) -> MemoryBreakdown:
     """LoRA, QLoRA or prompt tuning on each data-parallel replica (planner.memory.finetune)."""
     ft = req.finetune_spec
+    if model.shape.moe is not None:
+        raise PlannerError(f"--finetune {ft.method}: adapters are planned on dense blocks; a mixture-of-experts "
+                           "model's experts are not (use --finetune full)")
     if plan.engine not in ("single", "ddp") or plan.tp != 1:
         raise PlannerError(f"--finetune {ft.method}: adapters are planned on one GPU or DDP replicas; "
                            "drop --zero/--fsdp/--tp (the frozen base is small enough to replicate)")
@@ -77,8 +80,8 @@ def stage_breakdowns(req: EstimateRequest, model: ResolvedModel, plan: ParallelP
     micro_batch = plan.micro_batch if micro_batch is None else micro_batch
     scale = model.params / model.shape.param_count()  # --params with an inferred shape: sized by the count
     out = {}
-    for share in pipeline.shares(model.shape.layers, plan):
-        shape = replace(model.shape, layers=share.layers)
+    for share in pipeline.shares(model.shape.layers, plan, model.shape.dense_layers):
+        shape = pipeline.stage_shape(model.shape, share)
         out[share] = memory_breakdown(
             pipeline.stage_params(model.shape, share) * scale, shape, plan, precision=req.precision,
             optimizer=req.optimizer, convention=req.convention or memory.default_convention(plan),
@@ -129,26 +132,29 @@ MAX_GPUS_SEARCHED = 1 << 20
 def min_gpus_that_fit(req: EstimateRequest, model: ResolvedModel, capacity: float) -> dict[str, int | None]:
     """Smallest data-parallel GPU count (x tensor parallel) whose per-GPU total fits, per strategy.
 
-    Per-GPU memory never grows with the GPU count, so a binary search finds the smallest one.
+    Per-GPU memory never grows with the GPU count, so a binary search finds the smallest one; with expert
+    parallelism the data-parallel ranks come in multiples of `ep` (the EP group is taken from them).
     None: no count fits (the unsharded part alone is too big).
     """
     result: dict[str, int | None] = {}
+    ep = req.layout.ep
     for name in FEWEST_GPUS_STRATEGIES:
         if req.finetune not in (None, "full") and name != "ddp":  # adapters are planned on DDP replicas only
             continue
 
-        def fits(dp: int, name=name) -> bool:
-            plan = ParallelPlan.for_strategy(name, dp * req.tp * req.layout.pp, tp=req.tp, micro_batch=req.micro_batch,
-                                             pipeline=req.layout)
+        def fits(groups: int, name=name) -> bool:
+            plan = ParallelPlan.for_strategy(name, groups * ep * req.tp * req.layout.pp, tp=req.tp,
+                                             micro_batch=req.micro_batch, pipeline=req.layout, ep=ep)
             return breakdown_for(req, model, plan).total <= capacity
-        if not fits(MAX_GPUS_SEARCHED):
+        most = MAX_GPUS_SEARCHED // ep
+        if not fits(most):
             result[name] = None
             continue
-        lo, hi = 1, MAX_GPUS_SEARCHED
+        lo, hi = 1, most
         while lo < hi:
             mid = (lo + hi) // 2
             lo, hi = (lo, mid) if fits(mid) else (mid + 1, hi)
-        result[name] = lo * req.tp * req.layout.pp
+        result[name] = lo * ep * req.tp * req.layout.pp
     return result
 
 
@@ -159,6 +165,29 @@ def _peer_estimates(model: ResolvedModel, plan: ParallelPlan) -> dict[str, float
     ds = memory.deepspeed_estimator_gpu_bytes(model.params, model.shape.largest_layer_params(), plan.stage,
                                               plan.shard_degree, plan.offload)
     return {} if ds is None else {"deepspeed_estimator_model_states_gpu_bytes": ds}
+
+
+def _moe_summary(req: EstimateRequest, model: ResolvedModel, breakdown: MemoryBreakdown,
+                 time: dict | None) -> dict | None:
+    """A mixture-of-experts model's own figures: active parameters, the routing's load factor, the expert and
+    other model states per GPU, the all-to-all buffers and the all-to-alls' time."""
+    m, plan = model.shape.moe, req.layout
+    if m is None:
+        return None
+    from planner.model.shapes import DROPLESS_LOAD_FACTOR
+
+    width = 4 if req.precision == "fp32" else 2
+    states = breakdown.states
+    return {"experts": m.experts, "top_k": m.top_k, "ep": plan.ep, "experts_per_rank": m.experts // plan.ep,
+            "active_params": model.active_params, "total_params": model.params,
+            "routing": f"capacity factor {m.capacity_factor:g}" if m.capacity_factor else "dropless",
+            "load_factor": m.load_factor,
+            "load_factor_source": "--capacity-factor" if m.capacity_factor else
+            f"dropless margin {DROPLESS_LOAD_FACTOR:g}, Switch's capacity factor: planner.model.shapes",
+            "expert_states_per_gpu_bytes": states.experts_gpu,
+            "other_states_per_gpu_bytes": sum(states.gpu.values()) - states.experts_gpu,
+            "all_to_all_buffer_bytes": memory.all_to_all_buffer_bytes(model.shape, plan, plan.micro_batch, width),
+            "expert_parallel_s": (time or {}).get("breakdown_s", {}).get("expert_parallel")}
 
 
 def _finetune_summary(req: EstimateRequest, model: ResolvedModel) -> dict | None:
@@ -221,7 +250,7 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
     breakdown = breakdown_for(req, model, plan)
     capacity = gpu.memory_bytes
     terms = memory.state_terms(req.precision, req.optimizer, convention, model.shape)
-    tokens = req.tokens if req.tokens is not None else compute.TOKENS_PER_PARAM * model.params
+    tokens = req.tokens if req.tokens is not None else default_tokens(model)
     price = gpu.price_per_hour if req.price is None else req.price
     time = predicted_time(req, model, plan, gpu, dtype)
     source = "--mfu" if req.mfu is not None else "predicted" if time else "default"
@@ -232,7 +261,7 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
     fewest = min_gpus_that_fit(req, model, capacity) if fewest_gpus else {}
     return Estimate(
         model=ModelSummary(model.params, model.source, model.shape_inferred, model.shape.to_dict(),
-                           model.shape.param_count()),
+                           model.shape.param_count(), model.active_params),
         hardware=HardwareSummary(gpu.name, gpu.description, req.gpus, req.gpus_per_node,
                                  math.ceil(req.gpus / req.gpus_per_node), gpu.memory_gib, gpu.peak_tflops[dtype],
                                  dtype, price),
@@ -257,7 +286,16 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
         request=_request_dict(req),
         time=time,
         mfu_source=source,
+        moe=_moe_summary(req, model, breakdown, time),
     )
+
+
+def default_tokens(model: ResolvedModel) -> float:
+    """Training tokens when none are given: Chinchilla's 20 per parameter, a law fitted on dense models only."""
+    if model.shape.moe is not None:
+        raise PlannerError("--tokens: needed for a mixture-of-experts model; the default (Chinchilla's 20 tokens per "
+                           "parameter) was fitted on dense models and says nothing about total vs active parameters")
+    return compute.TOKENS_PER_PARAM * model.params
 
 
 def _checkpointed(req: EstimateRequest, model: ResolvedModel) -> float:
@@ -300,7 +338,7 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
             "hfu_predicted": compute.hardware_flops_per_token(model.params, model.shape, req.checkpointing, fraction)
             * tokens / busy,
             "breakdown_s": {"matmul": t.matmul_s, "attention": t.attention_s, "memory_bound": t.memory_s,
-                            "tensor_parallel": t.tp_comm_s, "bubble": t.bubble_s,
+                            "tensor_parallel": t.tp_comm_s, "expert_parallel": t.ep_comm_s, "bubble": t.bubble_s,
                             "pipeline_p2p": t.pp_comm_s, "data_parallel_exposed": t.dp_comm_s,
                             "optimizer": t.optimizer_s},
             "model": "planner.compute.step_time at the rates `planner probe` measured" if probed else

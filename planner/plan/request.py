@@ -61,17 +61,19 @@ class EstimateRequest:
     lora_rank: int = 8
     lora_modules: tuple[str, ...] = finetune_mod.DEFAULT_LORA_MODULES
     soft_tokens: int = 20
+    capacity_factor: float | None = None  # MoE routing: None dropless, else each expert's buffer (planner.model.shapes.MoE)
 
     @classmethod
     def from_flags(cls, *, gpus: int = 8, zero: int | None = None, fsdp: str | None = None,
                    sharding_factor: int | None = None, offload: str = "none", tp: int = 1, micro_batch: int = 1,
                    pp: int = 1, pp_schedule: str = "1f1b", pp_virtual: int = 1, microbatches: int | None = None,
-                   **rest) -> EstimateRequest:
+                   ep: int = 1, **rest) -> EstimateRequest:
         """A request from the planner's flags (`--gpus --zero --fsdp ...`): the layout flags become one
         `ParallelPlan` (`ParallelPlan.from_flags`, checked with the flags' names); the rest are fields."""
         layout = ParallelPlan.from_flags(gpus, zero=zero, fsdp=fsdp, sharding_factor=sharding_factor,
                                          offload=offload, tp=tp, micro_batch=micro_batch, pp=pp,
-                                         pp_schedule=pp_schedule, pp_virtual=pp_virtual, microbatches=microbatches)
+                                         pp_schedule=pp_schedule, pp_virtual=pp_virtual, microbatches=microbatches,
+                                         ep=ep)
         return cls(layout=layout, **rest)
 
     # read-only views of the layout, for the arithmetic that needs them
@@ -119,8 +121,31 @@ class ResolvedModel:
     source: str  # 'params' (shape inferred) | 'preset:<name>' | 'shape'
     shape_inferred: bool
 
+    @property
+    def active_params(self) -> float:
+        """Parameters one token passes through (`params` less the routed experts it skips; all for dense)."""
+        return self.params - (self.shape.param_count() - self.shape.active_param_count())
+
 
 def resolve_model(req: EstimateRequest) -> ResolvedModel:
+    """The model of `req` (preset, shape or count), with the request's MoE routing applied."""
+    model = _resolve(req)
+    moe, ep = model.shape.moe, req.layout.ep
+    if ep > 1 and moe is None:
+        raise PlannerError(f"--ep: {ep} expert-parallel ranks need a mixture-of-experts model (--experts, or an "
+                           f"MoE preset or config); {model.source} is dense")
+    if moe is not None and moe.experts % ep:
+        raise PlannerError(f"--ep: {ep} does not divide the model's {moe.experts} experts")
+    if req.capacity_factor is None:
+        return model
+    if model.shape.moe is None:
+        raise PlannerError(f"--capacity-factor: {req.capacity_factor} applies to a mixture-of-experts model; "
+                           f"{model.source} is dense")
+    shape = replace(model.shape, moe=replace(model.shape.moe, capacity_factor=req.capacity_factor))
+    return replace(model, shape=shape)
+
+
+def _resolve(req: EstimateRequest) -> ResolvedModel:
     given = [x is not None for x in (req.params, req.model, req.shape)]
     if sum(given) != 1:
         raise PlannerError("model: give exactly one of --params, --model or a shape (--layers --hidden --heads --vocab)")

@@ -21,6 +21,7 @@ class ModelSummary:
     shape_inferred: bool
     shape: dict[str, Any]
     shape_params: float
+    active_params: float  # what one token passes through: `params` for a dense model, the top-k experts' for MoE
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Estimate:
     request: dict[str, Any]
     time: dict | None = None  # the step-time model's step, its breakdown, tokens/s per GPU, MFU and HFU
     mfu_source: str = "--mfu"  # which MFU prices the days: --mfu (given), predicted, or default (no model)
+    moe: dict | None = None  # a mixture-of-experts model's figures (planner.plan.estimate._moe_summary)
 
     @property
     def params(self) -> float:
@@ -115,7 +117,7 @@ class Estimate:
         return {
             "params": self.model.params,
             "model": {"source": self.model.source, "shape_inferred": self.model.shape_inferred, **self.model.shape,
-                      "shape_params": self.model.shape_params},
+                      "shape_params": self.model.shape_params, "active_params": self.model.active_params},
             "hardware": asdict(self.hardware),
             "training": asdict(self.training),
             "layout": self.layout,
@@ -138,6 +140,7 @@ class Estimate:
             "rule_of_thumb": self.rule_of_thumb,
             "finetune": self.finetune,
             "pipeline": self.pipeline,
+            "moe": self.moe,
             "time": self.time,
             **{k: (self.time or {}).get(k) for k in ("step_time_s", "tokens_per_s_per_gpu", "mfu_predicted")},
             "mfu_used": c.mfu,

@@ -57,6 +57,9 @@ def search(req: EstimateRequest, top: int = 10) -> dict:
     """The `top` fastest layouts (predicted time per token) that fit, and how many were explored."""
     start = clock.perf_counter()
     model, gpu = resolve_model(req), gpu_of(req)
+    if model.shape.moe is not None:
+        raise PlannerError("--search: lists the layouts the trainer runs, and it has no MoE layer yet; compare "
+                           "a mixture-of-experts model's strategies without --search (at your --ep)")
     dtype = planned.compute_dtype(req, gpu)
     timed = []
     for plan in candidates(req, model.shape.layers):

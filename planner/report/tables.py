@@ -26,16 +26,36 @@ def render_estimate(r: dict) -> str:
         else "LLaMA-style, hidden/layers ~ 128"
     inferred = f" [shape inferred from --params: {how}; used for activations and attention FLOPs only]" \
         if m["shape_inferred"] else ""
+    moe = m.get("moe")
+    if moe:
+        shared = f" + {moe['shared_experts']} shared ({moe['shared_ffn'] or moe['expert_ffn']})" \
+            if moe["shared_experts"] else ""
+        dense = f", first {moe['dense_layers']} layers dense" if moe["dense_layers"] else ""
+        routing = f"capacity factor {moe['capacity_factor']:g}" if moe["capacity_factor"] else "dropless"
+        shape += (f"; MoE: {moe['experts']} experts (ffn {moe['expert_ffn']}), top-{moe['top_k']}{shared}{dense}, "
+                  f"{routing}")
     head = [
         f"Model      {human_count(params)} parameters ({params:,.0f}); {shape}{inferred}",
         f"Hardware   {hw['gpus']} x {hw['description']} ({hw['memory_gib']:g} GiB, "
         f"{hw['peak_tflops']:g} dense {hw['compute_dtype']} TFLOP/s), {hw['nodes']} node(s)",
         f"Training   {tr['precision']}, {tr['optimizer']}, {tr['strategy']} (shard degree {tr['shard_degree']}"
+        f"{', expert parallel ' + str(r['layout']['ep']) if r['layout'].get('ep', 1) > 1 else ''}"
         f"{', offload ' + tr['offload'] if tr['offload'] != 'none' else ''}), micro-batch {tr['micro_batch']}"
         f" x {tr['seq_len']} tokens, checkpointing {tr['checkpointing']}, "
         f"{'flash attention' if tr['flash_attention'] else 'no flash attention'}, "
         f"accounting: {tr['convention']}",
     ]
+    if moe:
+        active = m["active_params"]
+        head.insert(1, f"Active     {human_count(active)} parameters per token ({active:,.0f}, "
+                       f"{active / params:.1%} of the total): FLOPs and MFU count these")
+    x = r.get("moe")
+    if x:
+        head.append(f"MoE        {x['experts_per_rank']} of {x['experts']} experts per GPU (ep {x['ep']}); model states "
+                    f"per GPU: experts {_gib(x['expert_states_per_gpu_bytes'])} GiB, the rest "
+                    f"{_gib(x['other_states_per_gpu_bytes'])} GiB; all-to-all buffers "
+                    f"{_gib(x['all_to_all_buffer_bytes'])} GiB; {x['routing']}, busiest expert at "
+                    f"{x['load_factor']:g}x its mean load ({x['load_factor_source']})")
     ft = r.get("finetune")
     if ft:
         detail = {"lora": f", rank {ft['rank']} on {','.join(ft['modules'] or [])}",
@@ -135,7 +155,7 @@ def _time_rows(r: dict) -> list[list[str]]:
 def _compute_table(c: dict, hw: dict, r: dict | None = None) -> str:
     rows = [*_time_rows(r or {"compute": c}),
         ["tokens", human_count(c["tokens"])],
-        ["FLOPs, 6ND", _sci(c["flops_6nd"])],
+        ["FLOPs, 6ND" + (" (N active)" if (r or {}).get("model", {}).get("moe") else ""), _sci(c["flops_6nd"])],
         ["FLOPs, 6ND + attention (model FLOPs)", _sci(c["flops"])],
         ["FLOPs incl. recomputation (hardware)", _sci(c["hardware_flops"])],
         ["petaFLOP/s-days", f"{c['pf_days']:,.1f}"],
