@@ -1,4 +1,4 @@
-"""Shared test helpers: paths, ../shared/data (beside the checkout), and running the CLI as a user would."""
+"""Shared test helpers: paths, the published data the repository ships, and running the CLI as a user would."""
 
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ import pytest
 from launch.cli import free_port  # noqa: F401 (one definition: tests pick ports as launch does)
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
+PUBLISHED_DATA = REPO / "data" / "published"
 
 
 @pytest.fixture
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data folder not found at {SHARED_DATA} (it lies beside the checkout)")
-    return SHARED_DATA
+def published_data() -> Path:
+    """Measurements read off published papers, shipped with their provenance (`data/published/README.md`)."""
+    return PUBLISHED_DATA
 
 
 def run_cli(*args: str, module: str = "planner.cli") -> subprocess.CompletedProcess:

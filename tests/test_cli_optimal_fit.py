@@ -63,9 +63,9 @@ def test_optimal_budget_in_days_buys_model_flops_and_the_law_spends_6nd(capsys):
     assert r["flops"] == pytest.approx(6 * r["params"] * r["tokens"]) and r["flops"] < bought
 
 
-def test_fitted_law_file_drives_optimal(capsys, tmp_path, shared_data):
+def test_fitted_law_file_drives_optimal(capsys, tmp_path, published_data):
     law = tmp_path / "law.json"
-    fitted = cli_json(capsys, "fit", "nd", str(shared_data / "chinchilla_fig4_epoch.csv"), *CHINCHILLA_COLS,
+    fitted = cli_json(capsys, "fit", "nd", str(published_data / "chinchilla_fig4_epoch.csv"), *CHINCHILLA_COLS,
                       "--drop-worst", "5", "--out", str(law), "--plot", str(tmp_path / "nd.png"))
     assert {"E", "A", "B", "alpha", "beta", "stderr"} <= fitted.keys()
     assert (tmp_path / "nd.png").stat().st_size > 10_000
@@ -123,8 +123,8 @@ def test_misnamed_column_lists_the_columns(tmp_path):
     assert out.returncode == 2 and "no column 'params'" in out.stderr and "N, D, loss" in out.stderr
 
 
-def test_a_fit_that_does_not_converge_says_so_and_exits_non_zero(tmp_path, shared_data):
-    out = run_cli("fit", "nd", str(shared_data / "chinchilla_fig4_epoch.csv"), *CHINCHILLA_COLS,
+def test_a_fit_that_does_not_converge_says_so_and_exits_non_zero(tmp_path, published_data):
+    out = run_cli("fit", "nd", str(published_data / "chinchilla_fig4_epoch.csv"), *CHINCHILLA_COLS,
                   "--max-iter", "2", "--json")
     assert out.returncode == 1
     assert json.loads(out.stdout)["converged"] is False

@@ -7,13 +7,13 @@ from planner.core.errors import PlannerError
 from planner.laws import fit
 
 
-def test_reproduces_epoch_ai_huber_fit_on_chinchilla_figure4(shared_data):
+def test_reproduces_epoch_ai_huber_fit_on_chinchilla_figure4(published_data):
     # Besiroglu et al. 2024 ("Chinchilla Scaling: A replication attempt") Huber fit on their Figure 4 data
     # (epoch-research/analyzing-chinchilla, data/svg_extracted_data.csv), 5 highest-loss runs excluded:
     # A 477.8, B 2143.9, E 1.817, alpha 0.3473, beta 0.3672.
     import pandas as pd
 
-    df = pd.read_csv(shared_data / "chinchilla_fig4_epoch.csv")
+    df = pd.read_csv(published_data / "chinchilla_fig4_epoch.csv")
     n, c, loss = df["Model Size"].to_numpy(), df["Training FLOP"].to_numpy(), df["loss"].to_numpy()
     r = fit.fit_nd(n, c / (6 * n), loss, drop_worst=5)
     p = r.params
@@ -23,11 +23,11 @@ def test_reproduces_epoch_ai_huber_fit_on_chinchilla_figure4(shared_data):
     assert p["A"] == pytest.approx(477.8, rel=0.10) and p["B"] == pytest.approx(2143.9, rel=0.10)
 
 
-def test_isoflop_on_chinchilla_figure4_gives_equal_scaling(shared_data):
+def test_isoflop_on_chinchilla_figure4_gives_equal_scaling(published_data):
     # Hoffmann et al. 2022, approach 2: a = 0.49, b = 0.51 (Table 2).
     import pandas as pd
 
-    df = pd.read_csv(shared_data / "chinchilla_fig4_epoch.csv")
+    df = pd.read_csv(published_data / "chinchilla_fig4_epoch.csv")
     r = fit.fit_isoflop(df["Model Size"].to_numpy(), df["Training FLOP"].to_numpy(), df["loss"].to_numpy())
     assert r.params["a"] == pytest.approx(0.49, abs=0.03) and r.params["b"] == pytest.approx(0.51, abs=0.03)
     assert r.params["a"] + r.params["b"] == pytest.approx(1.0)

@@ -443,11 +443,11 @@ def test_a_good_law_file_still_plans(capsys, tmp_path):
     assert r["law"] == "fit-nd:runs.csv" and r["params"] > 1e10
 
 
-def test_a_fit_that_does_not_converge_leaves_an_existing_law_file_as_it_was(capsys, tmp_path, shared_data):
+def test_a_fit_that_does_not_converge_leaves_an_existing_law_file_as_it_was(capsys, tmp_path, published_data):
     law = tmp_path / "law.json"
     law.write_text(json.dumps(GOOD_LAW))
     before = law.read_bytes()
-    code = planner_main(["fit", "nd", str(shared_data / "chinchilla_fig4_epoch.csv"), "--n-col", "Model Size",
+    code = planner_main(["fit", "nd", str(published_data / "chinchilla_fig4_epoch.csv"), "--n-col", "Model Size",
                          "--flops-col", "Training FLOP", "--loss-col", "loss", "--max-iter", "2", "--out", str(law)])
     err = capsys.readouterr().err
     assert code == 1 and "was not written" in err and law.read_bytes() == before
