@@ -149,7 +149,12 @@ def fit(rows: list[Row]) -> np.ndarray:
     def residuals(theta):
         return [math.log(predict(row, theta) / row[-1]) for row in rows]
 
-    return least_squares(residuals, astuple(Efficiency()), bounds=([0.1, 1.0, 0.05, 0.05, 0.05], [1.0, 1e5, 1.0, 1.0, 1.0])).x
+    bounds = ([0.1, 1.0, 0.05, 0.05, 0.05], [1.0, 1e5, 1.0, 1.0, 1.0])
+    # a few starts, the best kept: from one start the fit can settle in a basin another start leaves
+    starts = [astuple(Efficiency()), *((m, k, link, 0.3, 0.6) for m in (0.6, 0.9) for k in (30.0, 300.0)
+                                       for link in (0.5, 1.0))]
+    fits = [least_squares(residuals, x0, bounds=bounds) for x0 in starts]
+    return min(fits, key=lambda f: f.cost).x
 
 
 def errors(rows: list[Row], theta) -> list[float]:
