@@ -183,10 +183,14 @@ def stage_report(out: Path, meta: dict) -> tuple[Path, dict]:
 def _runs(out: Path) -> list[dict]:
     from mlflow.tracking import MlflowClient
 
+    from pretrain.tracking import PARENT_TAG
+
     client = MlflowClient(tracking_uri(out))
     exp = client.get_experiment_by_name(EXPERIMENT)
     runs = []
     for run in client.search_runs([exp.experiment_id]):
+        if run.data.tags.get(PARENT_TAG):
+            continue  # the ladder's parent run: its children are the runs
         m, p = run.data.metrics, run.data.params
         history = client.get_metric_history(run.info.run_id, "loss")
         runs.append({"name": run.info.run_name, "n_params": int(p["n_params"]), "tokens": int(p["train_tokens"]),

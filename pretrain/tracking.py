@@ -25,7 +25,7 @@ from pathlib import Path
 
 from planner.core.errors import PlannerError
 from planner.core.io import SpecialFileError, atomic_write_json, read_input
-from planner.core.schema import RunConfig, flatten
+from planner.core.schema import PARENT_RUN_TAG, RunConfig, flatten
 
 RETRY_EVERY = 20  # steps between delivery attempts while the store is failing
 METRICS_PER_CALL = 1000  # MLflow's log_batch limit
@@ -68,7 +68,8 @@ def experiment_id(client, name: str, tracking_uri: str) -> str:
 #: What each kind of outbox record holds (written by `Tracker`, read back by `Deliverer`).
 RECORD_FIELDS = {"metrics": {"values": dict, "step": int, "ts": int}, "params": {"values": dict},
                  "tags": {"values": dict}, "dict": {"obj": dict, "name": str}, "artifact": {"path": str},
-                 "status": {"status": str}, "reopen": {}}
+                 "inputs": {"datasets": list}, "status": {"status": str}, "reopen": {}}
+PARENT_TAG = PARENT_RUN_TAG  # marks a parent run (`tracking.parent_run`), so a child finds it by name
 
 
 def _record(record, where: str) -> dict:
@@ -99,7 +100,7 @@ def _state(path: Path, records: int) -> dict:
     if isinstance(delivered, bool) or not isinstance(delivered, int) or not 0 <= delivered <= records:
         raise PlannerError(f"{path}: delivered {delivered!r} must be a whole number from 0 to the {records} "
                            "records in the outbox")
-    for key in ("run_id", "experiment", "run_name"):
+    for key in ("run_id", "experiment", "run_name", "parent_run"):
         if state.get(key) is not None and not isinstance(state[key], str):
             raise PlannerError(f"{path}: {key} {state[key]!r} must be a string")
     return state
@@ -156,7 +157,8 @@ class Deliverer:
             return state["run_id"]
         client = self._client()
         exp_id = experiment_id(client, state["experiment"], self.tracking_uri)
-        run = client.create_run(exp_id, run_name=state["run_name"])
+        tags = {"mlflow.parentRunId": parent_run(client, exp_id, state["parent_run"])} if state.get("parent_run") else {}
+        run = client.create_run(exp_id, run_name=state["run_name"], tags=tags)
         self.outbox.save_state(run_id=run.info.run_id)
         return run.info.run_id
 
@@ -194,6 +196,8 @@ class Deliverer:
                 elif kind == "artifact":
                     if Path(rec["path"]).is_file():
                         client.log_artifact(run_id, rec["path"])
+                elif kind == "inputs":
+                    client.log_inputs(run_id, datasets=[_dataset_input(d) for d in rec["datasets"]])
                 elif kind == "status":
                     client.set_terminated(run_id, rec["status"])
                 elif kind == "reopen":
@@ -203,12 +207,46 @@ class Deliverer:
             i = j
 
 
+def parent_run(client, exp_id: str, name: str) -> str:
+    """The id of the experiment's parent run `name` (tagged PARENT_TAG), created the first time a child asks."""
+    for run in client.search_runs([exp_id], filter_string=f"tags.`{PARENT_TAG}` = 'true'"):
+        if run.info.run_name == name:
+            return run.info.run_id
+    parent = client.create_run(exp_id, run_name=name, tags={PARENT_TAG: "true"}).info.run_id
+    client.set_terminated(parent)  # a grouping run: nothing runs in it
+    return parent
+
+
+def dataset_record(context: str, folder: str) -> dict | None:
+    """A packed shard folder as an MLflow dataset: named by its folder, its digest the SHA-256 of its manifest
+    (which names every shard with its rows and the tokenizer's hash), its source the folder."""
+    import hashlib
+
+    from pretrain.data.shards import MANIFEST
+
+    manifest = Path(folder) / MANIFEST
+    if not manifest.is_file():
+        return None
+    digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+    info = json.loads(manifest.read_text())
+    profile = {k: info.get(k) for k in ("seq_len", "vocab_size", "tokenizer_sha256", "tokens") if k in info}
+    return {"name": Path(folder).resolve().name, "digest": digest[:16], "source": Path(folder).resolve().as_uri(),
+            "context": context, "profile": json.dumps(profile)}
+
+
+def _dataset_input(d: dict):
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    dataset = Dataset(d["name"], d["digest"], "local", json.dumps({"uri": d["source"]}), profile=d.get("profile"))
+    return DatasetInput(dataset, tags=[InputTag("mlflow.data.context", d["context"])])
+
+
 class Tracker:
     """No-op on ranks other than 0 and when tracking is off."""
 
     def __init__(self, cfg: RunConfig, is_main: bool, run_id: str | None = None):
         self.cfg, self.active = cfg, is_main and cfg.tracking.enabled
-        self.failing, self.warned, self.run_id = False, False, run_id
+        self.failing, self.warned, self.run_id, self.monitor = False, False, run_id, None
         if not self.active:
             return
         # a down server must cost seconds, not MLflow's default minutes of retries
@@ -216,17 +254,41 @@ class Tracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
         self.outbox = Outbox(Path(cfg.out_dir) / cfg.tracking.fallback_dir)
         self.deliverer = Deliverer(self.outbox, cfg.tracking.tracking_uri)
-        if not self.outbox.records:  # a new job: the run's identity and what it is
+        resumed = bool(self.outbox.records)
+        if not resumed:  # a new job: the run's identity and what it is
             self.outbox.save_state(delivered=0, run_id=run_id, experiment=cfg.tracking.experiment,
                                    run_name=cfg.tracking.run_name or cfg.name,
-                                   tracking_uri=cfg.tracking.tracking_uri)
+                                   tracking_uri=cfg.tracking.tracking_uri, parent_run=cfg.tracking.parent_run)
             if run_id is None:
                 self.outbox.append({"kind": "tags", "values": {"git_commit": _git_commit(), "engine": cfg.parallel.engine,
                                                                **{f"version.{k}": v for k, v in _versions().items()}}})
                 self.outbox.append({"kind": "params", "values": {k: str(v) for k, v in flatten(cfg).items()}})
+                datasets = [d for d in (dataset_record("training", cfg.data.train),
+                                        dataset_record("evaluation", cfg.data.eval) if cfg.data.eval else None) if d]
+                if datasets:
+                    self.outbox.append({"kind": "inputs", "datasets": datasets})
         else:
             self.outbox.append({"kind": "reopen"})
         self.flush()
+        self.monitor = self._system_metrics(resumed)
+
+    def _system_metrics(self, resumed: bool):
+        """MLflow's system-metrics monitor on the run (CPU, memory, disk, network; GPUs where there are):
+        sampled in a thread straight to the store, so it needs the run to exist there (not while the store is
+        down: the training's own records wait in the outbox, these are not kept)."""
+        t = self.cfg.tracking
+        if not t.system_metrics or not self.run_id:
+            return None
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(self.run_id, sampling_interval=t.system_metrics_every_s,
+                                           tracking_uri=t.tracking_uri, resume_logging=resumed)
+            monitor.start()
+            return monitor
+        except Exception as exc:  # a missing psutil or a store that went away: training goes on
+            print(f"pretrain: warning: no system metrics ({type(exc).__name__}: {str(exc)[:120]})", file=sys.stderr)
+            return None
 
     def flush(self) -> bool:
         if not self.active:
@@ -269,6 +331,9 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         if not self.active:
             return
+        if self.monitor is not None:
+            with contextlib.suppress(Exception):
+                self.monitor.finish()
         self._record({"kind": "status", "status": status})
         atomic_write_json(Path(self.cfg.out_dir) / "mlflow_run.json",
                           {"run_id": self.run_id, "tracking_uri": self.cfg.tracking.tracking_uri,

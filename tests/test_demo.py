@@ -2,6 +2,7 @@
 before it trains, a truthful report, everything under the demo folder, resume, and the lock."""
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -34,9 +35,13 @@ def _client(demo: Path):
     return MlflowClient(f"sqlite:///{demo}/mlflow.db")
 
 
-def _runs(demo: Path, experiment: str):
+def _runs(demo: Path, experiment: str, parents: bool = False):
+    """The experiment's runs: the training runs, or with `parents` the ladder's parent run too."""
+    from pretrain.tracking import PARENT_TAG
+
     client = _client(demo)
-    return client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return [r for r in runs if parents or not r.data.tags.get(PARENT_TAG)]
 
 
 @pytest.mark.slow
@@ -47,6 +52,23 @@ def test_every_ladder_run_is_in_mlflow_with_measured_against_predicted_memory(de
         assert {"loss", "eval_loss", "tokens_per_s", "flops_seen", "model_state_bytes_measured",
                 "model_state_bytes_predicted"} <= run.data.metrics.keys()
         assert run.data.metrics["model_state_bytes_ratio"] == pytest.approx(1.0, rel=0.05)
+
+
+@pytest.mark.slow
+def test_every_training_run_is_nested_under_the_ladder_run_with_its_datasets_and_system_metrics(demo):
+    runs = _runs(demo, "demo-ladder")
+    trained = {r.info.run_id for r in runs}
+    parents = [r for r in _runs(demo, "demo-ladder", parents=True) if r.info.run_id not in trained]
+    assert [p.info.run_name for p in parents] == ["ladder"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parents[0].info.run_id}  # the held-out run too
+    manifest = {split: demo / "data" / "shards" / split / "manifest.json" for split in ("train", "eval")}
+    for run in runs:
+        inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+        assert set(inputs) == {"training", "evaluation"}
+        for context, split in (("training", "train"), ("evaluation", "eval")):
+            assert inputs[context].name == split and json.loads(inputs[context].source)["uri"].endswith(split)
+            assert inputs[context].digest == hashlib.sha256(manifest[split].read_bytes()).hexdigest()[:16]
+        assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= run.data.metrics.keys()
 
 
 @pytest.mark.slow

@@ -96,7 +96,16 @@ class TrackingConfig:
     experiment: str = "pretrain"
     run_name: str | None = None
     fallback_dir: str = "mlflow-offline"  # metrics kept here when the server is down
+    #: a run of this name in the same experiment holds this one as a nested child (a ladder's runs); the
+    #: parent is a grouping run tagged PARENT_RUN_TAG, which readers of runs leave out
+    parent_run: str | None = None
+    #: CPU, memory (and GPU where there is one) sampled into the run by MLflow's system-metrics monitor
+    system_metrics: bool = True
+    system_metrics_every_s: float = 5.0
 
+
+#: The MLflow tag that marks a grouping (parent) run: it holds nested runs, no measurements of its own
+PARENT_RUN_TAG = "pretrain.parent_run"
 
 #: What the trainer recomputes in backward (`pretrain.activation_checkpointing`): nothing, whole blocks, or
 #: torchtitan's op-level selective policy.
@@ -372,6 +381,9 @@ def validate(cfg: RunConfig) -> None:
     # inside out_dir: checkpoints are pruned to keep_last, which must never reach another job's folder
     check.relative_inside("train.checkpoint_dir", t.checkpoint_dir)
     check.relative_inside("tracking.fallback_dir", cfg.tracking.fallback_dir)
+    if cfg.tracking.parent_run is not None:
+        check.name("tracking.parent_run", cfg.tracking.parent_run)
+    check.number("tracking.system_metrics_every_s", cfg.tracking.system_metrics_every_s, 0.5, 3600.0)
     check.number("optim.lr", cfg.optim.lr, 0.0, check.MAX_LR, lo_open=True)
     check.number("optim.grad_clip", cfg.optim.grad_clip, 0.0, 1e12)
     check.number("optim.min_lr_ratio", cfg.optim.min_lr_ratio, 0.0, 1.0)

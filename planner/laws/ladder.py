@@ -177,6 +177,10 @@ def layout(ladder: Ladder, micro_batch: int, engine: str = "single", world: int 
     return plan.with_global_batch(ladder.batch_tokens // ladder.seq_len, cli_flag)
 
 
+#: The MLflow run every point's run is nested under (the held-out run too), as teams group a sweep
+PARENT_RUN = "ladder"
+
+
 def run_config(point: LadderPoint, ladder: Ladder, plan: ParallelPlan, *, train: str, eval_data: str, out_dir: str,
                tracking_uri: str, experiment: str) -> RunConfig:
     """The run config of one point, fp32."""
@@ -189,7 +193,8 @@ def run_config(point: LadderPoint, ladder: Ladder, plan: ParallelPlan, *, train:
         train=TrainConfig(steps=point.steps, precision="fp32", eval_every=point.steps, eval_batches=16,
                           checkpoint_every=point.steps, log_every=max(1, point.steps // 20)),
         parallel=plan,
-        tracking=TrackingConfig(tracking_uri=tracking_uri, experiment=experiment, run_name=point.name),
+        tracking=TrackingConfig(tracking_uri=tracking_uri, experiment=experiment, run_name=point.name,
+                                parent_run=PARENT_RUN, system_metrics_every_s=1.0),  # CPU runs of seconds
         plan={"ladder_point": asdict(point)},
     )
 

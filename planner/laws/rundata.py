@@ -13,6 +13,7 @@ from pathlib import Path
 
 from planner.core.errors import PlannerError
 from planner.core.io import SpecialFileError, read_input
+from planner.core.schema import PARENT_RUN_TAG
 
 MLFLOW_PREFIX = "mlflow:"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -82,6 +83,9 @@ def _mlflow_runs(experiment: str, tracking_uri: str | None):
     mlflow, client = _client(tracking_uri)
     frame = mlflow.search_runs(experiment_ids=[_experiment_id(client, experiment)], filter_string="",
                                output_format="pandas")
+    tag = f"tags.{PARENT_RUN_TAG}"
+    if tag in frame.columns:  # a ladder's parent run groups the runs and measured nothing itself
+        frame = frame[frame[tag] != "true"]
     if frame.empty:
         raise PlannerError(f"DATA: MLflow experiment {experiment!r} has no runs")
     return frame.reset_index(drop=True)
