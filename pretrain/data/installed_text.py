@@ -90,7 +90,7 @@ def _read(path: Path) -> str | None:
 
 def man_pages(root: Path = Path("/usr/share/man")) -> Iterator[tuple[str, str]]:
     english = sorted(root.glob("man*/*.gz"))  # English first, then the translations by language
-    for path in english + sorted(p for p in root.glob("*/man*/*.gz") if p not in set(english)):
+    for path in english + sorted(root.glob("[!m]*/man*/*.gz")):
         source = _read(path)
         if source is None or source.lstrip().startswith(".so "):  # a page that only includes another
             continue
