@@ -23,6 +23,8 @@ class Engine(ABC):
         torch.manual_seed(cfg.train.seed)  # other random streams alike on every rank (weights: init_weights)
         self.model = self.build_model()
         self.measured_state_bytes: dict[str, float] | None = None
+        self.measured_expert_state_bytes: dict[str, float] | None = None  # of those, the routed experts' (MoE)
+        self.aux_losses: list[float] = []  # the last step's MoE load-balancing loss per micro-batch (MoE only)
 
     def build_model(self) -> torch.nn.Module:
         """The whole model, with the seed's weights, on every rank (one process, DDP and DeepSpeed start from
@@ -57,10 +59,14 @@ class Engine(ABC):
         skipped (`bad_on_any_rank`, collective, on each loss). `counter`: count what the first micro-batch
         saves for backward. A pipeline engine runs them all in one schedule instead."""
         losses, skip = [], False
+        self.aux_losses = []
         for micro, (x, y) in enumerate(batches):
             with counter.count() if counter is not None and micro == 0 else contextlib.nullcontext():
                 loss = self.forward(x, y)
             losses.append(float(loss.detach()))
+            aux = self.model.aux_loss() if isinstance(self.model, Transformer) else None
+            if aux is not None:
+                self.aux_losses.append(float(aux.detach()))
             skip = skip or bad_on_any_rank(losses[-1])  # collective: every rank skips the step or none
             self.backward(loss, poison=skip)
         return losses, skip
@@ -119,20 +125,31 @@ def tensor_bytes(tensors) -> int:
 
 
 def parameter_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer], *,
-                          params_are_master: bool) -> dict[str, float]:
-    """Live model-state bytes of a torch optimizer (or one per pipeline stage) over `model`'s parameters. Under
-    FSDP the (sharded, fp32) parameters are the master copy and the bf16 weights exist only while gathered, so
-    they count there."""
+                          params_are_master: bool, params: list[torch.nn.Parameter] | None = None) -> dict[str, float]:
+    """Live model-state bytes of a torch optimizer (or one per pipeline stage) over `model`'s parameters (or only
+    `params` of them: an MoE model's experts). Under FSDP the (sharded, fp32) parameters are the master copy and
+    the bf16 weights exist only while gathered, so they count there."""
     optimizers = optimizer if isinstance(optimizer, list) else [optimizer]
-    params = list(model.parameters())
+    params = list(model.parameters()) if params is None else params
     held = tensor_bytes(params)
     return {"weights": 0 if params_are_master else held, "master_weights": held if params_are_master else 0,
             "gradients": tensor_bytes(p.grad for p in params),
-            "optimizer": tensor_bytes(t for o in optimizers for t in optimizer_state_tensors(o))}
+            "optimizer": tensor_bytes(t for o in optimizers for t in optimizer_state_tensors(o, params))}
 
 
-def optimizer_state_tensors(optimizer: torch.optim.Optimizer):
-    for state in optimizer.state.values():
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter] | None = None):
+    """The optimizer's state tensors (of `params` only, when given), scalars (Adam's step) left out."""
+    wanted = None if params is None else {id(p) for p in params}
+    for param, state in optimizer.state.items():
+        if wanted is not None and id(param) not in wanted:
+            continue
         for value in state.values():
             if isinstance(value, torch.Tensor) and value.numel() > 1:
                 yield value
+
+
+def expert_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The routed experts' weights of every MoE layer (what expert parallelism splits); none for a dense model."""
+    from pretrain.model import Experts
+
+    return [p for m in model.modules() if isinstance(m, Experts) for p in m.parameters(recurse=False)]
