@@ -151,6 +151,13 @@ def _all_to_all(x: torch.Tensor, out_splits: list[int], in_splits: list[int], gr
     return out.to(x.dtype)
 
 
+def inverse(order: torch.Tensor) -> torch.Tensor:
+    """The permutation that undoes `order` (rows put back with an index, whose backward keeps only the index)."""
+    out = torch.empty_like(order)
+    out[order] = torch.arange(order.numel(), device=order.device)
+    return out
+
+
 class Experts(nn.Module):
     """E routed SwiGLU experts, their weights stacked (E, out, in) like E `nn.Linear`s (torchtitan's GroupedExperts).
     Under expert parallelism (`pretrain.engines.parallelize`) the stacks are DTensors split by expert over the
@@ -182,8 +189,7 @@ class Experts(nn.Module):
         owner = torch.arange(local, device=x.device).repeat(ranks).repeat_interleave(received.flatten())
         order = torch.argsort(owner, stable=True)  # grouped by local expert
         y = self._compute(y[order], received.sum(0).tolist(), gate, up, down)
-        y = torch.empty_like(y).index_copy(0, order, y)  # back in arrival order
-        return AllToAll.apply(y, in_splits, out_splits, self.group)
+        return AllToAll.apply(y[inverse(order)], in_splits, out_splits, self.group)  # back in arrival order
 
     @staticmethod
     def _compute(x, counts: list[int], gate, up, down) -> torch.Tensor:
@@ -221,8 +227,7 @@ class MoE(nn.Module):
         counts = torch.bincount(chosen.flatten(), minlength=experts)
         self.aux_loss = experts * (counts.float() / chosen.numel() * probs.mean(0)).sum()
         order = torch.argsort(chosen.flatten(), stable=True)  # token copies grouped by expert
-        routed = self.experts(x[order // self.top_k], counts)
-        routed = torch.empty_like(routed).index_copy(0, order, routed).view(-1, self.top_k, h)
+        routed = self.experts(x[order // self.top_k], counts)[inverse(order)].view(-1, self.top_k, h)
         y = (routed * weights.unsqueeze(-1).to(routed.dtype)).sum(1)
         if self.shared is not None:
             y = y + self.shared(x)

@@ -327,11 +327,15 @@ def test_emit_refuses_an_moe_model_in_one_line(capsys, tmp_path, extra):
     assert not out.exists()
 
 
-def test_a_layout_with_ep_is_not_runnable_by_the_trainer():
+def test_a_layout_with_ep_runs_under_fsdp2_alone():
     from planner.core.parallel import ParallelPlan
 
-    with pytest.raises(PlannerError, match="parallel.ep: 8: the trainer has no MoE layer yet"):
-        ParallelPlan.from_flags(64, fsdp="full", ep=8).check_runnable()
+    ParallelPlan.from_flags(64, fsdp="full", ep=8).check_runnable()  # the trainer runs it (tests/test_moe_train.py)
+    for kw, message in [({"zero": 3}, "parallel.ep: 8: expert parallelism runs composed with FSDP2"),
+                        ({"fsdp": "full", "tp": 2}, "parallel.ep: 8 with parallel.tp 2: expert and tensor"),
+                        ({"fsdp": "full", "pp": 2}, "parallel.ep: 8 with parallel.pp 2: expert parallelism inside")]:
+        with pytest.raises(PlannerError, match=message):
+            ParallelPlan.from_flags(64, ep=8, **kw).check_runnable()
 
 
 def test_pipeline_stages_hold_the_dense_layers_where_they_sit():
