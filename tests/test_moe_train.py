@@ -112,6 +112,25 @@ def test_each_ranks_expert_states_are_the_planners_to_the_byte(ep):
     assert s["model_state_bytes_measured"] == s["model_state_bytes_predicted"]
 
 
+def test_one_process_holds_the_planners_expert_states(one):
+    _, s = one  # fp32 weights, gradients and AdamW states of all 2 x 4 experts (autocast over fp32 weights)
+    assert sum(s["expert_state_bytes_measured"].values()) == s["expert_state_bytes_predicted"] == 2 * 4 * 3 * 64 * 256 * 16
+
+
+@pytest.mark.slow
+def test_hybrid_sharding_with_ep_trains_like_one_process_and_holds_the_planners_states(one, shards, tmp_path):  # noqa: F811
+    # replicate 2 x shard 2, the EP group the whole shard group: each rank all of its 2 experts (FSDP over 1 rank)
+    _, single = one
+    r = run_train(tmp_path, [f"data.train={shards / 'train'}", f"out_dir={tmp_path / 'run'}", "tracking.enabled=false",
+                             *COMMON, *EP2_FSDP2, "parallel.fsdp_mode=hybrid", "parallel.dp_shard=2"], nproc=4)
+    assert r.returncode == 0, r.stderr[-3000:]
+    s = summary(tmp_path / "run")
+    for (_, loss), (_, one_loss) in zip(s["losses"], single["losses"], strict=True):
+        assert loss == pytest.approx(one_loss, rel=3e-3)  # measured within 1.4e-3
+    assert sum(s["expert_state_bytes_measured"].values()) == s["expert_state_bytes_predicted"] == 2 * 4 * 3 * 64 * 256 / 2 * 16
+    assert s["model_state_bytes_measured"] == s["model_state_bytes_predicted"]
+
+
 @pytest.mark.parametrize("regime, shared, dense", [("16bit", 0, 0), ("16bit", 1, 1), ("fp32", 2, 0),
                                                    ("autocast", 0, 0), ("autocast", 1, 0)])
 def test_moe_block_activations_are_the_planners(regime, shared, dense):
@@ -152,6 +171,18 @@ def test_evaluation_is_cross_entropy_alone_and_training_adds_the_balancing_loss(
         ce = model(tokens, tokens)
         model.train()
         assert float(model(tokens, tokens)) == pytest.approx(float(ce) + 0.5 * float(model.aux_loss()))
+
+
+def test_full_checkpointing_leaves_the_moe_gradients_unchanged():
+    cfg = ModelConfig(layers=2, experts=4, shared_experts=1)
+    tokens = torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for policy in ("none", "full"):
+        model = Transformer(cfg, activation_checkpointing=policy, seed=3)
+        model(tokens, tokens).backward()  # the balancing loss included: its graph is recomputed too
+        grads.append([w.grad for w in model.parameters()])
+    for reference, checkpointed in zip(*grads, strict=True):
+        torch.testing.assert_close(checkpointed, reference, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("overrides, message", [

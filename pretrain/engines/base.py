@@ -96,14 +96,24 @@ class Engine(ABC):
         self.model.train(mode)
 
     def measure_states_at_first_update(self, optimizer: torch.optim.Optimizer,
-                                       measure: Callable[[], dict[str, float]]) -> None:
+                                       measure: Callable[[], dict[str, float]],
+                                       params_are_master: Callable[[], bool] = lambda: False) -> None:
         """Set `measured_state_bytes` to `measure()` once, just before the first real update: the moment the
-        planner's model states describe (optimizer states exist, every gradient is still held)."""
+        planner's model states describe (optimizer states exist, every gradient is still held); for an MoE model
+        also `measured_expert_state_bytes`, the routed experts' share (`params_are_master` as `measure` counts)."""
         def hook(*_) -> None:
             if self.measured_state_bytes is None and optimizer.state:
                 self.measured_state_bytes = measure()
 
         optimizer.register_step_pre_hook(hook)
+        experts = expert_parameters(self.model) if isinstance(self.model, torch.nn.Module) else []
+        if experts:  # an MoE model: the routed experts' share of those states, which EP and FSDP split their own way
+            def experts_hook(*_) -> None:
+                if self.measured_expert_state_bytes is None and optimizer.state:
+                    self.measured_expert_state_bytes = parameter_state_bytes(
+                        self.model, optimizer, params_are_master=params_are_master(), params=experts)
+
+            optimizer.register_step_pre_hook(experts_hook)
 
 
 def tensor_bytes(tensors) -> int:

@@ -14,7 +14,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from pretrain.engines.base import Engine, expert_parameters, parameter_state_bytes
+from pretrain.engines.base import Engine, parameter_state_bytes
 from pretrain.engines.checks import check_model_config, write_model_config
 from pretrain.engines.parallelize import build_mesh, loss_context, parallelize
 from pretrain.engines.torch_engine import make_adamw
@@ -38,15 +38,7 @@ class FSDPEngine(Engine):
         # under bf16 the sharded fp32 parameters are the master copy of the gathered bf16 weights; in fp32
         # there is no other copy, so they are the weights (the planner's lines, by the same names)
         self.measure_states_at_first_update(self.optimizer, lambda: parameter_state_bytes(
-            self.model, self.optimizer, params_are_master=bf16))
-        experts = expert_parameters(self.model)
-        if experts:  # an MoE model: the routed experts' share of those states, which EP and FSDP split their own way
-            def measure_experts(*_) -> None:
-                if self.measured_expert_state_bytes is None and self.optimizer.state:
-                    self.measured_expert_state_bytes = parameter_state_bytes(
-                        self.model, self.optimizer, params_are_master=bf16, params=experts)
-
-            self.optimizer.register_step_pre_hook(measure_experts)
+            self.model, self.optimizer, params_are_master=bf16), lambda: bf16)
 
     def forward(self, x, y):
         with loss_context(self.plan):
