@@ -188,9 +188,20 @@ class RunReport:
         if measured_expert_states is not None:
             out["expert_state_bytes_measured"] = measured_expert_states
             out["expert_state_bytes_predicted"] = self.predicted.expert_state_bytes
+            out["expert_state_bytes_per_rank"] = self.every_rank(float(sum(measured_expert_states.values())))
         if self.cfg.parallel.pp > 1:
             out["stages"] = self.stage_figures(measured_states)
         return out
+
+    def every_rank(self, value: float) -> list[float]:
+        """`value` from every rank, rank 0 first (collective when there are several)."""
+        import torch.distributed as dist
+
+        if not dist.is_initialized() or self.cfg.parallel.world == 1:
+            return [value]
+        everyone: list[float | None] = [None] * self.cfg.parallel.world
+        dist.all_gather_object(everyone, value)
+        return everyone
 
     def stage_figures(self, measured_states: dict[str, float] | None) -> list[dict]:
         """Each pipeline rank's measured and predicted model states and first-micro-batch activations, first

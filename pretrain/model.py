@@ -129,7 +129,7 @@ class SwiGLU(nn.Module):
 
 class AllToAll(torch.autograd.Function):
     """`all_to_all_single` with autograd: rows `in_splits` to each rank out, `out_splits` from each rank in; the
-    gradient goes back the same way reversed. gloo has no bf16 all-to-all, so on a CPU the rows travel in fp32."""
+    gradient goes back the same way reversed."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:
@@ -145,10 +145,9 @@ class AllToAll(torch.autograd.Function):
 def _all_to_all(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:
     import torch.distributed as dist
 
-    wire = torch.float32 if x.device.type == "cpu" and x.dtype == torch.bfloat16 else x.dtype
-    out = x.new_empty((sum(out_splits), *x.shape[1:]), dtype=wire)
-    dist.all_to_all_single(out, x.to(wire).contiguous(), out_splits, in_splits, group=group)
-    return out.to(x.dtype)
+    out = x.new_empty((sum(out_splits), *x.shape[1:]))
+    dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
+    return out
 
 
 def inverse(order: torch.Tensor) -> torch.Tensor:
@@ -181,7 +180,7 @@ class Experts(nn.Module):
         import torch.distributed as dist
 
         ranks = self.experts // local
-        received = torch.empty_like(counts)  # counts[r, e]: copies from rank r for my local expert e
+        received = torch.empty_like(counts)  # received[r, e]: copies from EP rank r for my local expert e
         dist.all_to_all_single(received, counts, group=self.group)
         received = received.view(ranks, local)
         in_splits, out_splits = counts.view(ranks, local).sum(1).tolist(), received.sum(1).tolist()

@@ -108,6 +108,7 @@ def test_each_ranks_expert_states_are_the_planners_to_the_byte(ep):
     measured = s["expert_state_bytes_measured"]
     assert measured == {"weights": 0, "master_weights": 393_216, "gradients": 393_216, "optimizer": 786_432}
     assert sum(measured.values()) == planned == s["expert_state_bytes_predicted"]
+    assert s["expert_state_bytes_per_rank"] == [planned] * 4  # each of the 4 ranks its own experts' share
     # and every model state the rank holds (experts and the rest, the latter sharded over all 4 ranks)
     assert s["model_state_bytes_measured"] == s["model_state_bytes_predicted"]
 
