@@ -186,6 +186,28 @@ def test_full_checkpointing_leaves_the_moe_gradients_unchanged():
         torch.testing.assert_close(checkpointed, reference, rtol=1e-5, atol=1e-6)
 
 
+def test_the_balancing_loss_moves_probability_off_an_overloaded_expert():
+    from pretrain.model import MoE
+
+    torch.manual_seed(0)
+    moe = MoE(hidden=16, experts=4, top_k=1, expert_ffn=8, shared_ffn=0)
+    for p in moe.experts.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    common = torch.ones(16)
+    x = common + 0.1 * torch.randn(1, 256, 16)
+    with torch.no_grad():  # every token prefers expert 0 (logit ~1.6 against 0), with probability ~0.6
+        moe.router.weight.zero_()
+        moe.router.weight[0] = 0.1 * common
+    moe(x)
+    before, share = moe.aux_loss.detach(), moe.router(x).softmax(-1).mean((0, 1))[0]
+    assert before > 2  # E x f_0 P_0 with f_0 = 1: well above the balanced 1
+    moe.aux_loss.backward()  # the balancing loss alone, one plain gradient step on the router
+    with torch.no_grad():
+        moe.router.weight -= 1.0 * moe.router.weight.grad
+    moe(x)
+    assert moe.router(x).softmax(-1).mean((0, 1))[0] < share and moe.aux_loss < before
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["parallel.engine=ddp", "parallel.ep=2"], "parallel.ep: 2: expert parallelism runs composed with FSDP2"),
     (["parallel.engine=fsdp", "parallel.ep=3"], "parallel.ep: 3 does not divide model.experts 4"),
