@@ -80,6 +80,7 @@ class CheckpointMeta:
     run_id: str | None = None  # the MLflow run to keep logging into
     history: tuple[tuple[int, float], ...] = ()  # (step, train loss), skipped steps left out
     evals: tuple[tuple[int, float], ...] = ()  # (step, eval loss)
+    aux_losses: tuple[tuple[int, float], ...] = ()  # (step, MoE load-balancing loss); none for a dense model
 
     @classmethod
     def parse(cls, data, where: str, max_step: int) -> CheckpointMeta:
@@ -101,7 +102,8 @@ class CheckpointMeta:
         if len(history) + skipped > step:
             raise ConfigError(f"{where}: history has {len(history)} steps and skipped_total is {skipped}, more than "
                               f"the {step} steps run")
-        return cls(step, world, tokens, skipped, run_id, history, _pairs(f"{where}: evals", data["evals"], step))
+        return cls(step, world, tokens, skipped, run_id, history, _pairs(f"{where}: evals", data["evals"], step),
+                   _pairs(f"{where}: aux_losses", data.get("aux_losses", []), step))
 
 
 def loader_state(state, where: str) -> dict:

@@ -40,6 +40,7 @@ class Predicted:
     peak_bytes: float | None  # per-rank peak of tensors (no CUDA runtime, no fragmentation); GPU runs only
     peak_flops: float | None  # dense bf16 peak of this device; on a CPU, the probed peak when planned for it
     mfu: Callable[[float], float] | None  # tokens/s over all ranks -> MFU; None without a peak
+    expert_state_bytes: float = 0.0  # of `model_state_bytes`, the routed experts' (an MoE model's), per rank
 
 
 def predict(cfg: RunConfig, gpu_name: str | None, rank: int = 0) -> Predicted:
@@ -90,7 +91,7 @@ def predict(cfg: RunConfig, gpu_name: str | None, rank: int = 0) -> Predicted:
     mfu = functools.partial(compute.mfu, flops_per_token=flops_per_token, peak_flops=peak_flops,
                             gpus=plan.world) if peak_flops else None
     return Predicted(whole.param_count(), flops_per_token, {k: states.gpu[k] + states.cpu[k] for k in states.gpu},
-                     activation_bytes, peak_bytes, peak_flops, mfu)
+                     activation_bytes, peak_bytes, peak_flops, mfu, states.experts_gpu)
 
 
 def planned_on_this_cpu(cfg) -> bool:
@@ -178,13 +179,29 @@ class RunReport:
             out["peak_bytes_ratio"] = self.predicted.peak_bytes / out["peak_bytes_measured"]
         return out
 
-    def summary(self, measured_states: dict[str, float] | None) -> dict:
-        """The report's part of summary.json (collective under pipeline parallelism: every stage's figures)."""
+    def summary(self, measured_states: dict[str, float] | None,
+                measured_expert_states: dict[str, float] | None = None) -> dict:
+        """The report's part of summary.json (collective under pipeline parallelism: every stage's figures); an
+        MoE model's routed experts' states besides (`measured_expert_states`, when the engine counts them)."""
         out = {"model_state_bytes_measured": measured_states,
                "model_state_bytes_predicted": self.predicted.model_state_bytes, **self.once}
+        if measured_expert_states is not None:
+            out["expert_state_bytes_measured"] = measured_expert_states
+            out["expert_state_bytes_predicted"] = self.predicted.expert_state_bytes
+            out["expert_state_bytes_per_rank"] = self.every_rank(float(sum(measured_expert_states.values())))
         if self.cfg.parallel.pp > 1:
             out["stages"] = self.stage_figures(measured_states)
         return out
+
+    def every_rank(self, value: float) -> list[float]:
+        """`value` from every rank, rank 0 first (collective when there are several)."""
+        import torch.distributed as dist
+
+        if not dist.is_initialized() or self.cfg.parallel.world == 1:
+            return [value]
+        everyone: list[float | None] = [None] * self.cfg.parallel.world
+        dist.all_gather_object(everyone, value)
+        return everyone
 
     def stage_figures(self, measured_states: dict[str, float] | None) -> list[dict]:
         """Each pipeline rank's measured and predicted model states and first-micro-batch activations, first

@@ -127,13 +127,123 @@ class SwiGLU(nn.Module):
         return self.down(SwiGLUProduct.apply(self.gate(x), self.up(x)))
 
 
+class AllToAll(torch.autograd.Function):
+    """`all_to_all_single` with autograd: rows `in_splits` to each rank out, `out_splits` from each rank in; the
+    gradient goes back the same way reversed."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:
+        ctx.splits, ctx.group = (out_splits, in_splits), group
+        return _all_to_all(x, out_splits, in_splits, group)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        out_splits, in_splits = ctx.splits
+        return _all_to_all(grad.contiguous(), in_splits, out_splits, ctx.group), None, None, None
+
+
+def _all_to_all(x: torch.Tensor, out_splits: list[int], in_splits: list[int], group) -> torch.Tensor:
+    import torch.distributed as dist
+
+    out = x.new_empty((sum(out_splits), *x.shape[1:]))
+    dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
+    return out
+
+
+def inverse(order: torch.Tensor) -> torch.Tensor:
+    """The permutation that undoes `order` (rows put back with an index, whose backward keeps only the index)."""
+    out = torch.empty_like(order)
+    out[order] = torch.arange(order.numel(), device=order.device)
+    return out
+
+
+class Experts(nn.Module):
+    """E routed SwiGLU experts, their weights stacked (E, out, in) like E `nn.Linear`s (torchtitan's GroupedExperts).
+    Under expert parallelism (`pretrain.engines.parallelize`) the stacks are DTensors split by expert over the
+    `ep` ranks and `group` is their process group: tokens travel to the rank holding their expert and back
+    (`AllToAll`: the counts first, then the rows). Each local expert runs on its own tokens, one after another."""
+
+    def __init__(self, hidden: int, ffn: int, experts: int):
+        super().__init__()
+        self.experts, self.group = experts, None  # group: the EP process group, None on one rank
+        self.gate = nn.Parameter(torch.empty(experts, ffn, hidden))
+        self.up = nn.Parameter(torch.empty(experts, ffn, hidden))
+        self.down = nn.Parameter(torch.empty(experts, hidden, ffn))
+
+    def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """`x`: token copies sorted by expert, `counts[e]` of them for expert e (all E); the experts' outputs in
+        the same order."""
+        gate, up, down = (w.to_local() if isinstance(w, DTensor) else w for w in (self.gate, self.up, self.down))
+        local = gate.shape[0]
+        if self.group is None:
+            return self._compute(x, counts.tolist(), gate, up, down)
+        import torch.distributed as dist
+
+        ranks = self.experts // local
+        received = torch.empty_like(counts)  # received[r, e]: copies from EP rank r for my local expert e
+        dist.all_to_all_single(received, counts, group=self.group)
+        received = received.view(ranks, local)
+        in_splits, out_splits = counts.view(ranks, local).sum(1).tolist(), received.sum(1).tolist()
+        y = AllToAll.apply(x, out_splits, in_splits, self.group)  # ordered by source rank, then local expert
+        owner = torch.arange(local, device=x.device).repeat(ranks).repeat_interleave(received.flatten())
+        order = torch.argsort(owner, stable=True)  # grouped by local expert
+        y = self._compute(y[order], received.sum(0).tolist(), gate, up, down)
+        return AllToAll.apply(y[inverse(order)], in_splits, out_splits, self.group)  # back in arrival order
+
+    @staticmethod
+    def _compute(x, counts: list[int], gate, up, down) -> torch.Tensor:
+        # every local expert runs, even on no tokens: each weight then gets a (zero) gradient, as DDP requires
+        outs = [F.linear(SwiGLUProduct.apply(F.linear(t, g), F.linear(t, u)), d)
+                for t, g, u, d in zip(x.split(counts), gate, up, down, strict=True)]
+        return torch.cat(outs)
+
+
+class MoE(nn.Module):
+    """A mixture-of-experts MLP (Shazeer et al. 2017; GShard; Switch; Mixtral): a softmax router (h x E, no bias)
+    picks each token's top-k experts; the token goes to each of them and comes back weighted by the router's
+    probabilities (renormalised over its k, as Mixtral); shared experts, if any, see every token (one SwiGLU as
+    wide as all of them: the same parameters). Routing is dropless: every token reaches its experts.
+
+    `aux_loss` holds the last forward's load-balancing loss (Switch, Fedus et al. 2022, eq. 4, over top-k
+    assignments): E x sum_e f_e P_e, f_e the share of token copies sent to expert e, P_e its mean router
+    probability; 1 when balanced."""
+
+    def __init__(self, hidden: int, experts: int, top_k: int, expert_ffn: int, shared_ffn: int):
+        super().__init__()
+        self.top_k = top_k
+        self.router = nn.Linear(hidden, experts, bias=False)
+        self.experts = Experts(hidden, expert_ffn, experts)
+        self.shared = SwiGLU(hidden, shared_ffn) if shared_ffn else None
+        self.aux_loss: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, h = x.shape
+        x = x.reshape(-1, h)
+        probs = self.router(x).float().softmax(-1)  # (tokens, E), fp32
+        weights, chosen = probs.topk(self.top_k, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        experts = probs.shape[-1]
+        counts = torch.bincount(chosen.flatten(), minlength=experts)
+        self.aux_loss = experts * (counts.float() / chosen.numel() * probs.mean(0)).sum()
+        order = torch.argsort(chosen.flatten(), stable=True)  # token copies grouped by expert
+        routed = self.experts(x[order // self.top_k], counts)[inverse(order)].view(-1, self.top_k, h)
+        y = (routed * weights.unsqueeze(-1).to(routed.dtype)).sum(1)
+        if self.shared is not None:
+            y = y + self.shared(x)
+        return y.view(b, s, h)
+
+
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, ffn: int):
+    def __init__(self, cfg: ModelConfig, ffn: int, moe: bool = False):
         super().__init__()
         self.attn_norm = RMSNorm(cfg.hidden, eps=cfg.norm_eps)
         self.attn = Attention(cfg.hidden, cfg.heads, cfg.kv_heads or cfg.heads)
         self.mlp_norm = RMSNorm(cfg.hidden, eps=cfg.norm_eps)
-        self.mlp = SwiGLU(cfg.hidden, ffn)
+        if moe:
+            m = shape_of(cfg).moe
+            self.mlp = MoE(cfg.hidden, m.experts, m.top_k, m.expert_ffn, m.shared_experts * m.shared_width)
+        else:
+            self.mlp = SwiGLU(cfg.hidden, ffn)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin)
@@ -161,10 +271,12 @@ class Transformer(nn.Module):
         super().__init__()
         assert activation_checkpointing in ACTIVATION_CHECKPOINTING, activation_checkpointing
         self.cfg, self.activation_checkpointing, self.checkpoint_every = cfg, activation_checkpointing, checkpoint_every
-        ffn = shape_of(cfg).ffn
+        shape = shape_of(cfg)
         layers = range(cfg.layers) if layers is None else layers
         self.embed = nn.Embedding(cfg.vocab, cfg.hidden) if embedding else None
-        self.blocks = nn.ModuleDict({str(i): Block(cfg, ffn) for i in layers})
+        # an MoE model's layers after its leading dense ones hold a mixture of experts
+        self.blocks = nn.ModuleDict({str(i): Block(cfg, shape.ffn, moe=shape.moe is not None and i >= shape.dense_layers)
+                                     for i in layers})
         self.norm = RMSNorm(cfg.hidden, eps=cfg.norm_eps) if head else None
         self.head = None if cfg.tied_embeddings or not head else nn.Linear(cfg.hidden, cfg.vocab, bias=False)
         cos, sin = rope_tables(cfg.seq_len, cfg.hidden // cfg.heads, cfg.rope_theta)
@@ -183,8 +295,9 @@ class Transformer(nn.Module):
         with torch.no_grad():
             for name, p in self.named_parameters():
                 local = p.to_local() if isinstance(p.data, DTensor) else p.data
-                if p.dim() == 2:
-                    scale = (2 * self.cfg.layers) ** -0.5 if name.endswith(("o.weight", "down.weight")) else 1.0
+                if p.dim() >= 2:  # matrices, and the experts' stacks of them
+                    scale = (2 * self.cfg.layers) ** -0.5 \
+                        if name.endswith(("o.weight", "down.weight", "experts.down")) else 1.0
                     full = torch.empty(p.shape, device=local.device).normal_(
                         0.0, std * scale, generator=_generator(seed, name, local.device))
                 else:
@@ -210,7 +323,16 @@ class Transformer(nn.Module):
         logits = F.linear(x, self.embed.weight) if self.head is None else self.head(x)
         if targets is None:
             return logits
-        return cross_entropy(logits, targets)
+        loss = cross_entropy(logits, targets)
+        if self.training and self.cfg.experts:  # the load-balancing loss trains the routers; evaluation is CE alone
+            loss = loss + self.cfg.router_aux_loss_coef * self.aux_loss()
+        return loss
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """The MoE layers' load-balancing losses of the last forward, averaged over the layers (so the coefficient
+        means the same at any depth; 1 when every layer is balanced); None for a dense model."""
+        losses = [b.mlp.aux_loss for b in self.blocks.values() if isinstance(b.mlp, MoE) and b.mlp.aux_loss is not None]
+        return torch.stack(losses).mean() if losses else None
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -63,11 +63,12 @@ class Progress:
     run_id: str | None = None  # the MLflow run to keep logging into
     history: list[tuple[int, float]] = field(default_factory=list)  # (step, train loss), skipped steps left out
     evals: list[tuple[int, float]] = field(default_factory=list)  # (step, eval loss)
+    aux_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, MoE load-balancing loss)
     resumed: bool = False
 
     def meta(self, run_id: str | None) -> dict:
         return {"tokens_seen": self.tokens_seen, "skipped_total": self.skipped_total, "mlflow_run_id": run_id,
-                "history": self.history, "evals": self.evals}
+                "history": self.history, "evals": self.evals, "aux_losses": self.aux_losses}
 
 
 def train(cfg: RunConfig) -> dict:
@@ -99,6 +100,9 @@ def train(cfg: RunConfig) -> dict:
             metrics = {"loss": step_loss, "lr": lr_at(step, cfg), "grad_norm": grad_norm,
                        "skipped_steps": progress.skipped_total,
                        **report.step_metrics(step, progress.tokens_seen, elapsed, engine.measured_state_bytes)}
+            if engine.aux_losses and not skip:  # an MoE model: its routers' balancing loss (inside `loss`, x coef)
+                metrics["aux_loss"] = all_reduce_mean(sum(engine.aux_losses) / len(engine.aux_losses), info)
+                progress.aux_losses.append((step, metrics["aux_loss"]))
             if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
                 metrics.update(eval_metrics(engine, cfg, info, step, progress.evals))
             if step % cfg.train.log_every == 0 or step == 1 or LOG_ALWAYS & metrics.keys():
@@ -109,7 +113,8 @@ def train(cfg: RunConfig) -> dict:
     except TrainingStopped:
         tracker.finish("FAILED")
         raise
-    reported = report.summary(engine.measured_state_bytes)  # collective under PP: every stage's figures
+    reported = report.summary(engine.measured_state_bytes,  # collective under PP: every stage's figures
+                              engine.measured_expert_state_bytes)
     if reported.get("stages"):
         tracker.log_metrics(report.stage_metrics(reported["stages"]), progress.step)
     return finish(cfg, info, tracker, progress, reported)
@@ -183,7 +188,7 @@ def resume(cfg: RunConfig, ckpt: Checkpointer, engine: Engine, data: PackedBatch
     meta, loader_state = ckpt.load(latest, engine, max_step=cfg.train.steps)  # typed: CheckpointMeta
     data.load_state_dict(loader_state)
     return Progress(meta.step, meta.tokens_seen, meta.skipped_total, meta.run_id, list(meta.history),
-                    list(meta.evals), resumed=True)
+                    list(meta.evals), list(meta.aux_losses), resumed=True)
 
 
 def log_run_start(tracker: Tracker, cfg: RunConfig, report: RunReport, world: int) -> None:
@@ -283,6 +288,8 @@ def finish(cfg: RunConfig, info: DistInfo, tracker: Tracker, progress: Progress,
     summary = {"steps": progress.step, "tokens_seen": progress.tokens_seen, "skipped_steps": progress.skipped_total,
                "final_loss": history[-1][1] if history else None, "eval_loss": evals[-1][1] if evals else None,
                "losses": history, "mlflow_run_id": tracker.run_id, **reported}
+    if progress.aux_losses:
+        summary["aux_losses"] = progress.aux_losses
     if info.is_main:
         out_dir = Path(cfg.out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ from planner.cli import main
 from planner.core.errors import PlannerError
 from planner.model.hf_config import SHIPPED, shape_from_hf
 from planner.model.presets import get_preset
-from planner.model.shapes import ModelShape, MoE
+from planner.model.shapes import ModelShape, MoE, shape_of
 
 #: preset: (total, active, the unit the figures are given in, where they are published). Every published figure
 #: is rounded (to 0.1B or 1B), so each count is checked to that precision: |count - figure| <= unit / 2, except
@@ -317,21 +317,41 @@ def test_estimate_prints_total_and_active_parameters_and_the_ep_figures(capsys):
     assert "expert parallel 0.0209" in out
 
 
-@pytest.mark.parametrize("extra", [[], ["--ep", "1"]])
-def test_emit_refuses_an_moe_model_in_one_line(capsys, tmp_path, extra):
+def test_emit_writes_an_moe_model_and_its_expert_parallel_layout(tmp_path):
+    from planner.core.schema import load_config
+
     out = tmp_path / "job"
-    argv = ["emit", "--out", str(out), "--model", "mixtral-8x7b", "--gpus", "64", "--fsdp", "full", *extra]
-    assert main(argv) == 2
+    assert main(["emit", "--out", str(out), *MIXTRAL_64_H100]) == 0
+    cfg = load_config(out / "run.yaml")
+    m, p = cfg.model, cfg.parallel
+    assert (m.experts, m.top_k, m.expert_ffn, m.shared_experts, m.dense_layers) == (8, 2, 14336, 0, 0)
+    assert (p.engine, p.fsdp_mode, p.ep, p.world) == ("fsdp", "full", 8, 64)
+    assert shape_of(m).param_count() == get_preset("mixtral-8x7b").shape.param_count()  # the trainer builds the plan's
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model", "mixtral-8x7b", "--gpus", "64", "--zero", "3"], "--zero: the trainer runs an MoE model under FSDP2"),
+    (["--model", "mixtral-8x7b", "--gpus", "64", "--fsdp", "full", "--tp", "2"], "--tp: 2: tensor parallelism of an"),
+    ([*SMALL_MOE, "--gpus", "4", "--fsdp", "full", "--capacity-factor", "1.25"], "--capacity-factor: 1.25: the "
+     "trainer routes dropless"),
+])
+def test_emit_refuses_what_the_trainer_does_not_run_for_moe_in_one_line(capsys, tmp_path, argv, message):
+    out = tmp_path / "job"
+    assert main(["emit", "--out", str(out), *argv]) == 2
     err = capsys.readouterr().err
-    assert "mixture-of-experts model and the trainer has no MoE layer yet" in err and err.count("\n") == 1
+    assert message in err and err.count("\n") == 1
     assert not out.exists()
 
 
-def test_a_layout_with_ep_is_not_runnable_by_the_trainer():
+def test_a_layout_with_ep_runs_under_fsdp2_alone():
     from planner.core.parallel import ParallelPlan
 
-    with pytest.raises(PlannerError, match="parallel.ep: 8: the trainer has no MoE layer yet"):
-        ParallelPlan.from_flags(64, fsdp="full", ep=8).check_runnable()
+    ParallelPlan.from_flags(64, fsdp="full", ep=8).check_runnable()  # the trainer runs it (tests/test_moe_train.py)
+    for kw, message in [({"zero": 3}, "parallel.ep: 8: expert parallelism runs composed with FSDP2"),
+                        ({"fsdp": "full", "tp": 2}, "parallel.ep: 8 with parallel.tp 2: expert and tensor"),
+                        ({"fsdp": "full", "pp": 2}, "parallel.ep: 8 with parallel.pp 2: expert parallelism inside")]:
+        with pytest.raises(PlannerError, match=message):
+            ParallelPlan.from_flags(64, ep=8, **kw).check_runnable()
 
 
 def test_pipeline_stages_hold_the_dense_layers_where_they_sit():
@@ -347,7 +367,7 @@ def test_pipeline_stages_hold_the_dense_layers_where_they_sit():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["compare", "--search", *MIXTRAL_64_H100], "--search: lists the layouts the trainer runs, and it has no MoE"),
+    (["compare", "--search", *MIXTRAL_64_H100], "--search: explores dense layouts (tp, pp, sharding), not expert"),
     (["estimate", *SMALL_MOE, "--gpus", "1", "--finetune", "lora"], "--finetune lora: adapters are planned on dense"),
 ])
 def test_what_is_planned_for_dense_models_only_refuses_moe_in_one_line(capsys, argv, message):
@@ -377,4 +397,4 @@ def test_a_capacity_factors_padding_is_hardware_not_model_flops():
 def test_verify_refuses_an_moe_model_before_it_builds_anything(capsys):
     assert main(["verify", "--model", "mixtral-8x7b", "--gpus", "8", "--fsdp", "full"]) == 2
     err = capsys.readouterr().err
-    assert "the trainer has no MoE layer yet" in err and err.count("\n") == 1
+    assert "verify measures dense blocks under fake tensors" in err and err.count("\n") == 1

@@ -70,11 +70,24 @@ def defaults_kept(value, default, path=""):
 def test_the_round_trip_config_leaves_no_field_at_its_default():
     cfg, default = every_field_changed(), RunConfig(planning=PlanningConfig(gpu_spec=GPUSpec()))
     # an FSDP hybrid plan with offload runs without TP or a pipeline (whose fields round-trip in the
-    # next test) and has no ZeRO stage or DeepSpeed JSON; no run has expert parallelism until the trainer
-    # has an MoE layer (`ParallelPlan.check_runnable` refuses ep > 1)
-    assert defaults_kept(cfg, default) == ["parallel.tp", "parallel.pp", "parallel.pp_schedule",
-                                           "parallel.pp_virtual", "parallel.pp_layers", "parallel.zero_stage",
-                                           "parallel.ep", "engine.ds_config"]
+    # next test) and has no ZeRO stage or DeepSpeed JSON; its model is dense (the op policy is refused for an MoE
+    # layer), so the MoE fields and expert parallelism round-trip in the test after
+    assert defaults_kept(cfg, default) == ["model.experts", "model.top_k", "model.expert_ffn", "model.shared_experts",
+                                           "model.shared_ffn", "model.dense_layers", "model.capacity_factor",
+                                           "model.router_aux_loss_coef", "parallel.tp", "parallel.pp",
+                                           "parallel.pp_schedule", "parallel.pp_virtual", "parallel.pp_layers",
+                                           "parallel.zero_stage", "parallel.ep", "engine.ds_config"]
+
+
+def test_an_moe_model_with_expert_parallelism_survives_yaml_and_back(tmp_path):
+    model = ModelConfig(layers=3, experts=8, top_k=1, expert_ffn=96, shared_experts=2, shared_ffn=64, dense_layers=1,
+                        router_aux_loss_coef=0.02)
+    plan = ParallelPlan(engine="fsdp", world=8, fsdp_mode="hybrid", dp_shard=4, ep=2)
+    cfg = RunConfig(model=model, data=DataConfig(train="shards/t"), parallel=plan)
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(cfg))
+    loaded = load_config(path)
+    assert (loaded.model, loaded.parallel) == (model, plan)
 
 
 def test_a_whole_pipeline_layout_survives_yaml_and_back(tmp_path):

@@ -347,10 +347,17 @@ class ParallelPlan:
                    f"{k('grad_accum')} {self.grad_accum} x {self.dp} data-parallel ranks = {self.batch}")
 
     def check_runnable(self, label: Callable[[str], str] = config_key) -> ParallelPlan:
-        """What our trainer runs, beyond what the planner can estimate (Megatron + ZeRO, FSDP no-shard, EP)."""
-        if self.ep > 1:
-            raise PlannerError(f"{label('ep')}: {self.ep}: the trainer has no MoE layer yet, so no expert parallelism; "
-                               "plan it with `planner estimate`; emit it once pretrain runs MoE")
+        """What our trainer runs, beyond what the planner can estimate (Megatron + ZeRO, FSDP no-shard, EP beside
+        anything but FSDP2 alone)."""
+        if self.ep > 1 and self.engine != "fsdp":
+            raise PlannerError(f"{label('ep')}: {self.ep}: expert parallelism runs composed with FSDP2 (torchtitan's "
+                               f"layout); set engine fsdp (got {self.engine})")
+        if self.ep > 1 and self.tp > 1:
+            raise PlannerError(f"{label('ep')}: {self.ep} with {label('tp')} {self.tp}: expert and tensor parallelism "
+                               "together are not run yet; use one of them")
+        if self.ep > 1 and self.pp > 1:
+            raise PlannerError(f"{label('ep')}: {self.ep} with {label('pp')} {self.pp}: expert parallelism inside "
+                               "pipeline stages is not run yet; use one of them")
         if self.engine == "fsdp" and self.fsdp_mode == "no-shard":
             raise PlannerError(f"{label('fsdp_mode')}: no-shard is plain data parallelism; use engine ddp")
         if self.tp > 1 and self.engine == "deepspeed":

@@ -39,6 +39,15 @@ class ModelConfig:
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
     init_std: float = 0.02
+    # mixture of experts (`planner.model.shapes.MoE`, `pretrain.model.MoE`): experts 0 is a dense model
+    experts: int = 0  # routed experts per MoE layer (E)
+    top_k: int = 2  # routed experts per token
+    expert_ffn: int | None = None  # one routed expert's width; None: the dense MLP's (ffn_hidden or 8h/3)
+    shared_experts: int = 0  # experts every token passes through
+    shared_ffn: int | None = None  # one shared expert's width; None: expert_ffn
+    dense_layers: int = 0  # leading layers that keep a dense MLP
+    capacity_factor: float | None = None  # None: dropless routing (the only one the trainer runs)
+    router_aux_loss_coef: float = 0.01  # Switch / GShard load-balancing loss, added to the training loss
 
 
 @dataclass
@@ -374,6 +383,7 @@ def validate(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _validate_moe(m, cfg.parallel, t)
     from planner.core import checks as check
 
     check.name("name", cfg.name)
@@ -393,6 +403,39 @@ def validate(cfg: RunConfig) -> None:
     check.integer("engine.timeout_s", e.timeout_s, 1)
     if cfg.planning is not None:
         _validate_planning(cfg.planning)
+
+
+def _validate_moe(m: ModelConfig, plan: ParallelPlan, t: TrainConfig) -> None:
+    """A mixture-of-experts model: its shape (`planner.model.shapes.MoE`'s rules) and what the trainer runs it
+    with (FSDP2 or one process / DDP, experts split over `parallel.ep`; no TP, PP or DeepSpeed yet)."""
+    if m.experts == 0:
+        if plan.ep > 1:
+            raise ConfigError(f"parallel.ep: {plan.ep} expert-parallel ranks need a mixture-of-experts model "
+                              "(model.experts > 0)")
+        return
+    from planner.core import checks as check
+
+    check.integer("model.experts", m.experts, 1)
+    check.integer("model.top_k", m.top_k, 1, m.experts)
+    check.integer("model.shared_experts", m.shared_experts, 0)
+    check.integer("model.dense_layers", m.dense_layers, 0, m.layers - 1)
+    for key in ("expert_ffn", "shared_ffn"):
+        if getattr(m, key) is not None:
+            check.integer(f"model.{key}", getattr(m, key), 1)
+    check.number("model.router_aux_loss_coef", m.router_aux_loss_coef, 0.0, 10.0)
+    refusals = [
+        (m.capacity_factor is not None, f"model.capacity_factor: {m.capacity_factor}: the trainer routes dropless "
+         "(no token dropping); leave it out"),
+        (m.experts % plan.ep != 0, f"parallel.ep: {plan.ep} does not divide model.experts {m.experts}"),
+        (plan.engine == "deepspeed", "parallel.engine: deepspeed does not run the MoE layer here; use fsdp"),
+        (plan.tp > 1, "parallel.tp: tensor parallelism of the experts is not run yet; use ep (with fsdp)"),
+        (plan.pp > 1, "parallel.pp: pipeline stages of an MoE model are not run yet (the router's loss is per stage)"),
+        (t.activation_checkpointing == "op", "train.activation_checkpointing: op is planned for the dense block, "
+         "not an MoE layer; use full or none"),
+    ]
+    for refused, message in refusals:
+        if refused:
+            raise ConfigError(message)
 
 
 def _validate_planning(p: PlanningConfig) -> None:

@@ -128,15 +128,36 @@ TRAINED_PRECISIONS = ("bf16-mixed", "fp32")
 
 
 def check_dense(model: ResolvedModel) -> None:
-    """The trainer builds dense blocks only: an MoE model is planned (estimate, compare) but not emitted."""
+    """`planner verify` measures dense blocks only: an MoE model's memory is checked by the trainer's own runs
+    (`tests/test_moe_train.py`), not under fake tensors (its routing depends on the data)."""
     if model.shape.moe is not None:
-        raise PlannerError(f"model: {model.source} is a mixture-of-experts model and the trainer has no MoE layer "
-                           "yet (pretrain builds dense blocks); plan it with `planner estimate`, emit a dense model")
+        raise PlannerError(f"model: {model.source} is a mixture-of-experts model; verify measures dense blocks under "
+                           "fake tensors, and an MoE layer's routing needs real data; train it (emit, launch) instead")
+
+
+def check_moe_trainable(model: ResolvedModel, plan: ParallelPlan) -> None:
+    """What the trainer's MoE layer (`pretrain.model.MoE`) runs: dropless top-k routing, routed and shared SwiGLU
+    experts, expert parallelism under FSDP2 alone; the rest is refused in one line, naming the flag."""
+    m = model.shape.moe
+    if m is None:
+        return
+    if m.shared_gate:
+        raise PlannerError(f"--model: {model.source} gates its shared expert (Qwen2-MoE's sigmoid gate), which the "
+                           "trainer's MoE layer does not build; give the shape with --experts instead")
+    if m.capacity_factor is not None:
+        raise PlannerError(f"--capacity-factor: {m.capacity_factor}: the trainer routes dropless (no token dropping); "
+                           "leave it out to emit")
+    if plan.engine == "deepspeed":
+        raise PlannerError("--zero: the trainer runs an MoE model under FSDP2 (--fsdp), not DeepSpeed")
+    if plan.tp > 1:
+        raise PlannerError(f"--tp: {plan.tp}: tensor parallelism of an MoE model is not run yet; use --ep")
+    if plan.pp > 1:
+        raise PlannerError(f"--pp: {plan.pp}: pipeline stages of an MoE model are not run yet; use --ep")
 
 
 def check_trainable(req: EstimateRequest, model: ResolvedModel) -> None:
     """A plan emit writes is one the trainer can train: refuse what it cannot, naming the flag."""
-    check_dense(model)
+    check_moe_trainable(model, req.layout)
     s = model.shape
     if s.mlp != "swiglu" or s.norm != "rmsnorm" or s.bias or s.position != "rope" or s.embedding_norm \
             or s.head_dim_override is not None:
@@ -159,6 +180,16 @@ def check_trainable(req: EstimateRequest, model: ResolvedModel) -> None:
                            "estimate it, or emit --finetune full")
 
 
+def model_section(s) -> ModelConfig:
+    """run.yaml's `model:` for a shape the trainer builds (`planner.model.shapes.shape_of` reads it back)."""
+    m = s.moe
+    moe = {} if m is None else {"experts": m.experts, "top_k": m.top_k, "expert_ffn": m.expert_ffn,
+                                "shared_experts": m.shared_experts, "shared_ffn": m.shared_ffn,
+                                "dense_layers": m.dense_layers}
+    return ModelConfig(layers=s.layers, hidden=s.hidden, heads=s.heads, kv_heads=s.kv_heads, ffn_hidden=s.ffn,
+                       vocab=s.vocab, seq_len=s.seq_len, tied_embeddings=s.tied_embeddings, **moe)
+
+
 def build_run_config(req: EstimateRequest, opts: EmitOptions, result: Estimate) -> RunConfig:
     """The run schema for this plan: the model, the layout, the schedule and every planning assumption."""
     model = resolve_model(req)
@@ -170,8 +201,7 @@ def build_run_config(req: EstimateRequest, opts: EmitOptions, result: Estimate) 
     return RunConfig(
         name=opts.name,
         out_dir=f"runs/{opts.name}",
-        model=ModelConfig(layers=s.layers, hidden=s.hidden, heads=s.heads, kv_heads=s.kv_heads, ffn_hidden=s.ffn,
-                          vocab=s.vocab, seq_len=s.seq_len, tied_embeddings=s.tied_embeddings),
+        model=model_section(s),
         data=DataConfig(train=opts.data_train, eval=opts.data_eval, tokenizer=opts.tokenizer),
         optim=OptimConfig(lr=opts.lr, warmup_steps=warmup),
         train=TrainConfig(steps=steps, precision=req.precision, checkpoint_every=opts.checkpoint_every,
@@ -286,7 +316,7 @@ def plan_markdown(result: Estimate, run: RunConfig) -> str:
 def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
     """Write every file; returns name -> path. Refuses a plan that does not fit (the user sees why)."""
     opts.validate()
-    check_dense(resolve_model(req))  # before the layout's checks: an MoE model's ep is refused for this reason
+    check_moe_trainable(resolve_model(req), req.layout)  # before the layout's checks: the reason named first
     # the estimate of the layout as emitted (its micro-batches per step set by the batch): its step time
     # and MFU, and so its days and dollars, are the run's
     req = replace(req, layout=parallel_section(req, opts, resolve_model(req).shape.seq_len))

@@ -29,12 +29,16 @@ Two architectures:
   mask heads·s, dropout output 2·heads·s, V 2h, projection input 2h, dropout mask h); MLP 19·h
   (input 2h, first linear 8h, GeLU 8h, dropout mask h); two LayerNorm inputs 4h: 34·h + 5·heads·s.
 
-Mixture of experts (planned; the trainer has no MoE layer yet, so these terms are derived from what an MoE
-layer must keep, not yet counted by the hooks): an MoE layer keeps the dense block's terms but for the MLP's
-gate/up product, and instead, per token, the router's fp32 probabilities (4·E: the softmax keeps its output),
-the top-k indices (int64) and weights (fp32), (8 + 4)·k; the dispatched copies of the token, one per routed
-expert, a·h each (the experts' input); each routed expert's gate, up and product, 3·a·f_e; each expert's output
-a·h, which the combine keeps for the routing weights' gradient; and the shared experts' 3·a·f_s each. The
+Mixture of experts (`pretrain.model.MoE`, counted by the hooks in `tests/test_moe_train.py`): an MoE layer keeps
+the dense block's terms but for the MLP's gate/up product (its input is the router's; under autocast the router's
+cast, and the shared experts' two casts of their own), and instead, per token, the router's fp32 probabilities
+(4·E: the softmax keeps its output), the top-k indices (int64) and weights (fp32), (8 + 4)·k; the permutation's
+int64 indices, 2·8·k (the gather to the experts and the way back); the renormalised weights in the activations'
+width and their fp32 normaliser, a·k + 4; the dispatched copies of the token, one per routed expert, a·h each
+(the experts' input; under autocast two casts, gate's and up's); each routed expert's gate, up and product,
+3·a·f_e; each expert's output a·h, which the combine keeps for the routing weights' gradient; and the shared
+experts' 3·a·f_s each. Under expert parallelism the receiving rank's own permutation indices (2·8 per received
+copy) are not counted (under 0.1% of a layer at h >= 1024). The
 dispatched terms are for the busiest expert's load (`MoE.load_factor`: the capacity factor, to which dispatch
 pads the buffers, or the dropless margin), so the per-GPU figure is the busiest EP rank's. The leading dense
 layers keep the dense block's terms.
@@ -137,8 +141,8 @@ def _llama_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool,
     terms += [
         Term("out_proj_input", a * q / tp),
         Term("mlp_norm", _norm_bytes(h, regime) / norm_split),
-        Term("mlp_input", casts_mlp * a * h / input_split),
-        *(_moe_terms(shape, a, tp) if shape.moe else [Term("gate_up_product", 3 * a * f / tp)]),
+        Term("mlp_input", _mlp_input_casts(shape, casts_mlp) * a * h / input_split),
+        *(_moe_terms(shape, a, tp, casts_mlp) if shape.moe else [Term("gate_up_product", 3 * a * f / tp)]),
     ]
     if regime == "autocast":
         # the norms' scales run in fp32, uncast; an MoE layer casts every expert it holds
@@ -147,15 +151,26 @@ def _llama_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool,
     return terms
 
 
-def _moe_terms(shape: ModelShape, a: int, tp: int) -> list[Term]:
+def _mlp_input_casts(shape: ModelShape, casts_mlp: int) -> int:
+    """Copies of the MLP's input kept: the dense MLP's (one, or under autocast gate's and up's casts); an MoE
+    layer's router keeps one (its cast, under autocast), and under autocast its shared experts cast their own."""
+    if shape.moe is None:
+        return casts_mlp
+    return 1 + (casts_mlp if casts_mlp > 1 and shape.moe.shared_experts else 0)
+
+
+def _moe_terms(shape: ModelShape, a: int, tp: int, casts: int = 1) -> list[Term]:
     """An MoE layer's MLP terms (module docstring), in place of the dense gate/up product; TP splits the experts'
-    widths (torchtitan's expert TP = TP)."""
+    widths (torchtitan's expert TP = TP). `casts`: copies of each dispatched token the experts keep (autocast
+    casts it for gate and for up)."""
     m, h = shape.moe, shape.hidden
     routed = m.top_k * m.load_factor  # dispatched copies per token on the busiest EP rank
     per_expert = 3 if shape.mlp == "swiglu" else 2  # gate, up, product (or the GeLU MLP's input and output)
     return [Term("router_probabilities", FP32 * m.experts),
             Term("topk_indices_and_weights", (TOKEN_ID_BYTES + FP32) * m.top_k),
-            Term("dispatched_tokens", routed * a * h),
+            Term("dispatch_indices", 2 * TOKEN_ID_BYTES * m.top_k),
+            Term("combine_weights", a * m.top_k + FP32),
+            Term("dispatched_tokens", casts * routed * a * h),
             Term("expert_intermediates", routed * per_expert * a * m.expert_ffn / tp),
             Term("expert_outputs_for_combine", routed * a * h),
             Term("shared_expert_intermediates", m.shared_experts * per_expert * a * m.shared_width / tp)]

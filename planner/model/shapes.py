@@ -22,7 +22,7 @@ The count follows the architecture term by term (no 12·L·h² shortcut), so tha
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from planner.core.errors import PlannerError
 
@@ -344,5 +344,10 @@ def infer_shape(params: float, seq_len: int = 2048, vocab: int = INFERRED_VOCAB,
 def shape_of(m) -> ModelShape:
     """The shape of a run config's `model:` section (`planner.core.schema.ModelConfig`): the block our
     trainer builds, so its parameter count equals `pretrain.model.Transformer`'s (checked by a test)."""
-    return ModelShape(m.layers, m.hidden, m.heads, m.vocab, m.seq_len, kv_heads=m.kv_heads, ffn_hidden=m.ffn_hidden,
-                      tied_embeddings=m.tied_embeddings)
+    dense = ModelShape(m.layers, m.hidden, m.heads, m.vocab, m.seq_len, kv_heads=m.kv_heads, ffn_hidden=m.ffn_hidden,
+                       tied_embeddings=m.tied_embeddings)
+    if not getattr(m, "experts", 0):
+        return dense
+    moe = MoE(m.experts, m.top_k, m.expert_ffn or dense.ffn, shared_experts=m.shared_experts, shared_ffn=m.shared_ffn,
+              dense_layers=m.dense_layers, capacity_factor=m.capacity_factor)
+    return replace(dense, moe=moe)

@@ -58,7 +58,7 @@ def search(req: EstimateRequest, top: int = 10) -> dict:
     start = clock.perf_counter()
     model, gpu = resolve_model(req), gpu_of(req)
     if model.shape.moe is not None:
-        raise PlannerError("--search: lists the layouts the trainer runs, and it has no MoE layer yet; compare "
+        raise PlannerError("--search: explores dense layouts (tp, pp, sharding), not expert parallelism yet; compare "
                            "a mixture-of-experts model's strategies without --search (at your --ep)")
     dtype = planned.compute_dtype(req, gpu)
     timed = []

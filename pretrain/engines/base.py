@@ -23,6 +23,8 @@ class Engine(ABC):
         torch.manual_seed(cfg.train.seed)  # other random streams alike on every rank (weights: init_weights)
         self.model = self.build_model()
         self.measured_state_bytes: dict[str, float] | None = None
+        self.measured_expert_state_bytes: dict[str, float] | None = None  # of those, the routed experts' (MoE)
+        self.aux_losses: list[float] = []  # the last step's MoE load-balancing loss per micro-batch (MoE only)
 
     def build_model(self) -> torch.nn.Module:
         """The whole model, with the seed's weights, on every rank (one process, DDP and DeepSpeed start from
@@ -57,10 +59,14 @@ class Engine(ABC):
         skipped (`bad_on_any_rank`, collective, on each loss). `counter`: count what the first micro-batch
         saves for backward. A pipeline engine runs them all in one schedule instead."""
         losses, skip = [], False
+        self.aux_losses = []
         for micro, (x, y) in enumerate(batches):
             with counter.count() if counter is not None and micro == 0 else contextlib.nullcontext():
                 loss = self.forward(x, y)
             losses.append(float(loss.detach()))
+            aux = self.model.aux_loss() if isinstance(self.model, Transformer) else None
+            if aux is not None:
+                self.aux_losses.append(float(aux.detach()))
             skip = skip or bad_on_any_rank(losses[-1])  # collective: every rank skips the step or none
             self.backward(loss, poison=skip)
         return losses, skip
@@ -90,14 +96,24 @@ class Engine(ABC):
         self.model.train(mode)
 
     def measure_states_at_first_update(self, optimizer: torch.optim.Optimizer,
-                                       measure: Callable[[], dict[str, float]]) -> None:
+                                       measure: Callable[[], dict[str, float]],
+                                       params_are_master: Callable[[], bool] = lambda: False) -> None:
         """Set `measured_state_bytes` to `measure()` once, just before the first real update: the moment the
-        planner's model states describe (optimizer states exist, every gradient is still held)."""
+        planner's model states describe (optimizer states exist, every gradient is still held); for an MoE model
+        also `measured_expert_state_bytes`, the routed experts' share (`params_are_master` as `measure` counts)."""
         def hook(*_) -> None:
             if self.measured_state_bytes is None and optimizer.state:
                 self.measured_state_bytes = measure()
 
         optimizer.register_step_pre_hook(hook)
+        experts = expert_parameters(self.model) if isinstance(self.model, torch.nn.Module) else []
+        if experts:  # an MoE model: the routed experts' share of those states, which EP and FSDP split their own way
+            def experts_hook(*_) -> None:
+                if self.measured_expert_state_bytes is None and optimizer.state:
+                    self.measured_expert_state_bytes = parameter_state_bytes(
+                        self.model, optimizer, params_are_master=params_are_master(), params=experts)
+
+            optimizer.register_step_pre_hook(experts_hook)
 
 
 def tensor_bytes(tensors) -> int:
@@ -119,20 +135,31 @@ def tensor_bytes(tensors) -> int:
 
 
 def parameter_state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer], *,
-                          params_are_master: bool) -> dict[str, float]:
-    """Live model-state bytes of a torch optimizer (or one per pipeline stage) over `model`'s parameters. Under
-    FSDP the (sharded, fp32) parameters are the master copy and the bf16 weights exist only while gathered, so
-    they count there."""
+                          params_are_master: bool, params: list[torch.nn.Parameter] | None = None) -> dict[str, float]:
+    """Live model-state bytes of a torch optimizer (or one per pipeline stage) over `model`'s parameters (or only
+    `params` of them: an MoE model's experts). Under FSDP the (sharded, fp32) parameters are the master copy and
+    the bf16 weights exist only while gathered, so they count there."""
     optimizers = optimizer if isinstance(optimizer, list) else [optimizer]
-    params = list(model.parameters())
+    params = list(model.parameters()) if params is None else params
     held = tensor_bytes(params)
     return {"weights": 0 if params_are_master else held, "master_weights": held if params_are_master else 0,
             "gradients": tensor_bytes(p.grad for p in params),
-            "optimizer": tensor_bytes(t for o in optimizers for t in optimizer_state_tensors(o))}
+            "optimizer": tensor_bytes(t for o in optimizers for t in optimizer_state_tensors(o, params))}
 
 
-def optimizer_state_tensors(optimizer: torch.optim.Optimizer):
-    for state in optimizer.state.values():
+def optimizer_state_tensors(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter] | None = None):
+    """The optimizer's state tensors (of `params` only, when given), scalars (Adam's step) left out."""
+    wanted = None if params is None else {id(p) for p in params}
+    for param, state in optimizer.state.items():
+        if wanted is not None and id(param) not in wanted:
+            continue
         for value in state.values():
             if isinstance(value, torch.Tensor) and value.numel() > 1:
                 yield value
+
+
+def expert_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The routed experts' weights of every MoE layer (what expert parallelism splits); none for a dense model."""
+    from pretrain.model import Experts
+
+    return [p for m in model.modules() if isinstance(m, Experts) for p in m.parameters(recurse=False)]

@@ -20,7 +20,8 @@ def check_model_state(saved: dict | None, current: ModelConfig, path: Path) -> N
         return
     now = vars(current)
     diff = [f"model.{k}: checkpoint {saved[k]!r} vs config {now[k]!r}"
-            for k in ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "tied_embeddings")
+            for k in ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "tied_embeddings", "experts",
+                      "top_k", "expert_ffn", "shared_experts", "shared_ffn", "dense_layers")
             if k in saved and saved[k] != now.get(k)]
     if diff:
         raise ConfigError(f"checkpoint {path} is for another model shape ({'; '.join(diff)})")

@@ -38,7 +38,7 @@ class FSDPEngine(Engine):
         # under bf16 the sharded fp32 parameters are the master copy of the gathered bf16 weights; in fp32
         # there is no other copy, so they are the weights (the planner's lines, by the same names)
         self.measure_states_at_first_update(self.optimizer, lambda: parameter_state_bytes(
-            self.model, self.optimizer, params_are_master=bf16))
+            self.model, self.optimizer, params_are_master=bf16), lambda: bf16)
 
     def forward(self, x, y):
         with loss_context(self.plan):
@@ -53,8 +53,7 @@ class FSDPEngine(Engine):
     def step(self, skip):
         norm = None
         if not skip:
-            total = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
-            norm = float(total.full_tensor() if hasattr(total, "full_tensor") else total)
+            norm = clip_grad_norm(list(self.model.parameters()), self.cfg.optim.grad_clip)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return norm
@@ -70,3 +69,30 @@ class FSDPEngine(Engine):
         state = {"model": model_sd, "optimizer": optim_sd}
         dcp.load(state, checkpoint_id=str(path))
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
+    """`torch.nn.utils.clip_grad_norm_` over DTensor gradients that may live on different meshes (under expert
+    parallelism the experts' on (shard_mod_ep, ep), the rest on the shard mesh): each mesh's norm is completed
+    over its ranks, the total is their root sum of squares, and every gradient is scaled by the same factor.
+    Returns the total norm before clipping."""
+    from torch.nn.utils import get_total_norm
+
+    groups: dict[object, list[torch.nn.Parameter]] = {}
+    for p in params:
+        if p.grad is not None:
+            groups.setdefault(getattr(p.grad, "device_mesh", None), []).append(p)
+    if len(groups) <= 1:  # one mesh (a dense model): torch's own
+        total = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return float(total.full_tensor() if hasattr(total, "full_tensor") else total)
+    norms = []
+    for group in groups.values():
+        norm = get_total_norm([p.grad for p in group])
+        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # as clip_grads_with_norm_ computes it
+    with torch.no_grad():
+        for group in groups.values():
+            for p in group:
+                p.grad.mul_(float(coef))
+    return float(total)

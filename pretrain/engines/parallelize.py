@@ -1,8 +1,9 @@
 """The parallel plan applied to the model, in one place (torchtitan's `parallelize_llama`).
 
-`build_mesh` turns the plan's `mesh_dims` into a device mesh (and the two views of it the layout
-uses); `parallelize(model, plan, mesh)` applies the plan in torchtitan's order: tensor parallelism (DTensor `parallelize_module`) -> activation
-checkpointing -> FSDP2 `fully_shard` per block and the root, over the data-parallel part of the mesh.
+`build_mesh` turns the plan's `mesh_dims` into a device mesh (and the views of it the layout
+uses); `parallelize(model, plan, mesh)` applies the plan in torchtitan's order: tensor parallelism (DTensor
+`parallelize_module`) -> expert parallelism -> activation checkpointing -> FSDP2 `fully_shard` per block and
+the root, over the data-parallel part of the mesh.
 The FSDP engine (`pretrain.engines.fsdp`) and `planner verify` (`pretrain.verify`) both call these two
 and nothing else, so what verify measures is the layout the trainer runs. The model (`pretrain.model`)
 stays a plain `nn.Module`; activation checkpointing is its own per-block flag.
@@ -14,6 +15,12 @@ Tensor parallel layout (Megatron-LM, Shoeybi et al. 2019; sequence parallel, Kor
 - the embedding is split by vocabulary, the head column-wise with its logits left sharded by
   vocabulary, and the loss is computed on those shards (`loss_parallel`), so no rank ever holds
   the full logits.
+
+Expert parallel layout (GShard, Lepikhin et al. 2020; torchtitan's): the `ep` ranks are taken from FSDP's shard
+ranks (neighbours); each holds E / ep routed experts of every MoE layer (stacked weights sharded by expert as
+DTensors) and sends each token to the rank of its expert and back with two all-to-alls per layer and pass. Every
+other weight (attention, router, shared experts, embedding, head) is sharded over all the shard ranks; the experts
+over the `shard / ep` ranks that hold the same ones, and their gradients averaged over every data-parallel rank.
 """
 
 from __future__ import annotations
@@ -37,15 +44,46 @@ class Mesh:
     dp: DeviceMesh  # FSDP's: the 1-D shard mesh, or hybrid sharding's (replicate, shard)
     tp: DeviceMesh | None  # None without tensor parallelism
     pp: DeviceMesh | None = None  # None without pipeline parallelism: this rank's pipeline (its pp peers)
+    ep: DeviceMesh | None = None  # None without expert parallelism: the ranks one MoE layer's experts are split over
+    experts_dp: DeviceMesh | None = None  # with ep: FSDP's mesh for the experts, the shard ranks holding the same ones
 
 
 def build_mesh(plan: ParallelPlan, device_type: str) -> Mesh:
-    """The plan's device mesh, dimensions of size one left out (a 1-D mesh is plain FSDP)."""
+    """The plan's device mesh, dimensions of size one left out (a 1-D mesh is plain FSDP). With expert parallelism
+    the shard dimension is laid out as (shard_mod_ep, ep), EP peers neighbours, and flattened back into `shard` for
+    every weight but the experts (torchtitan's dp_shard_mod_ep x dp_shard_in_ep)."""
     dims = [(name, size) for name, size in plan.mesh_dims() if size > 1 or name == "shard"]
+    if plan.ep > 1:
+        at = next(i for i, (name, _) in enumerate(dims) if name == "shard")
+        dims[at:at + 1] = [("shard_mod_ep", dims[at][1] // plan.ep), ("ep", plan.ep)]
     world = init_device_mesh(device_type, tuple(s for _, s in dims), mesh_dim_names=tuple(n for n, _ in dims))
-    dp = [n for n, _ in dims if n in ("replicate", "shard")]
+    ep = experts_dp = None
+    if plan.ep > 1:
+        world["shard_mod_ep", "ep"]._flatten("shard")
+        ep = world["ep"]
+        experts_dp = world["replicate", "shard_mod_ep"] if plan.dp_replicate > 1 else world["shard_mod_ep"]
+    dp = ["replicate", "shard"] if plan.dp_replicate > 1 else ["shard"]
     return Mesh(world, world[tuple(dp)] if len(dp) > 1 else world[dp[0]], world["tp"] if plan.tp > 1 else None,
-                world["pp"] if plan.pp > 1 else None)
+                world["pp"] if plan.pp > 1 else None, ep, experts_dp)
+
+
+def moe_layers(model: nn.Module) -> list[nn.Module]:
+    """The model's MoE MLPs (`pretrain.model.MoE`), in block order."""
+    from pretrain.model import MoE
+
+    return [block.mlp for block in model.blocks.values() if isinstance(block.mlp, MoE)]
+
+
+def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh) -> None:
+    """Split every MoE layer's routed experts over the `ep` ranks: each stacked weight becomes a DTensor sharded by
+    expert (E / ep on each rank), and the layer trades tokens with its EP peers (`pretrain.model.Experts`)."""
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    for moe in moe_layers(model):
+        for name, param in list(moe.experts.named_parameters(recurse=False)):
+            split = distribute_tensor(param.data, ep_mesh, [Shard(0)], src_data_rank=None)  # no data moves (meta)
+            moe.experts.register_parameter(name, nn.Parameter(split))
+        moe.experts.group = ep_mesh.get_group()
 
 
 def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
@@ -81,15 +119,29 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
 
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, bf16: bool, reshard_after_forward: bool,
-               offload: bool) -> None:
-    """One FSDP2 unit per block, then the root; bf16 compute with fp32 reduction when `bf16`."""
+               offload: bool, experts_mesh: DeviceMesh | None = None) -> None:
+    """One FSDP2 unit per block, then the root; bf16 compute with fp32 reduction when `bf16`. Under expert
+    parallelism (`experts_mesh`) each MoE layer's experts are a unit of their own, sharded over the ranks holding
+    the same experts (torchtitan's dp_shard_mod_ep), by expert where those divide evenly, else by row."""
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.tensor import Shard
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 \
         else MixedPrecisionPolicy()
     kw = {"mesh": dp_mesh, "mp_policy": mp, "reshard_after_forward": reshard_after_forward}
     if offload:
         kw["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
+    if experts_mesh is not None:
+        shard_ranks = experts_mesh.size(experts_mesh.ndim - 1)
+        data_parallel = dp_mesh.size()
+        for moe in moe_layers(model):
+            local = moe.experts.gate.to_local().shape[0]
+            dim = 0 if local % shard_ranks == 0 else 1
+            fully_shard(moe.experts, **{**kw, "mesh": experts_mesh}, shard_placement_fn=lambda _, d=dim: Shard(d))
+            # each expert's gradient sums the tokens of the whole EP group: average it over all data-parallel
+            # ranks as every other weight is, not only over the ranks FSDP reduces it across
+            moe.experts.set_gradient_divide_factor(float(data_parallel))
+            moe.experts.set_force_sum_reduction_for_comms(True)
     for block in model.blocks.values():  # one FSDP unit per block, then the root (embedding, final norm, head)
         fully_shard(block, **kw)
     fully_shard(model, **kw)
@@ -108,9 +160,11 @@ def parallelize(model: nn.Module, plan: ParallelPlan, mesh: Mesh, *, bf16: bool,
     dimension, then activation checkpointing, then FSDP2 over its data-parallel dimensions."""
     if mesh.tp is not None:
         apply_tensor_parallel(model, mesh.tp)
+    if mesh.ep is not None:
+        apply_expert_parallel(model, mesh.ep)
     apply_activation_checkpointing(model, activation_checkpointing, checkpoint_every)
     apply_fsdp(model, mesh.dp, bf16=bf16, reshard_after_forward=plan.fsdp_mode != "shard-grad-op",
-               offload=plan.offload != "none")
+               offload=plan.offload != "none", experts_mesh=mesh.experts_dp)
 
 
 def loss_context(plan: ParallelPlan):
