@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -157,6 +158,15 @@ def inverse(order: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@dataclass(frozen=True)
+class FixedLoad:
+    """Routing counts given instead of measured (`Experts.fixed_load`): `sent[e]` copies to expert e (all E),
+    `received[r][e]` from EP rank r for local expert e."""
+
+    sent: list[int]
+    received: list[list[int]]
+
+
 class Experts(nn.Module):
     """E routed SwiGLU experts, their weights stacked (E, out, in) like E `nn.Linear`s (torchtitan's GroupedExperts).
     Under expert parallelism (`pretrain.engines.parallelize`) the stacks are DTensors split by expert over the
@@ -169,26 +179,36 @@ class Experts(nn.Module):
         self.gate = nn.Parameter(torch.empty(experts, ffn, hidden))
         self.up = nn.Parameter(torch.empty(experts, ffn, hidden))
         self.down = nn.Parameter(torch.empty(experts, hidden, ffn))
+        # `planner verify`'s dry run only: fake tensors hold no values to route by, so the copies this rank sends
+        # to each expert and receives from each EP rank for each local expert are given (`FixedLoad`)
+        self.fixed_load: FixedLoad | None = None
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """`x`: token copies sorted by expert, `counts[e]` of them for expert e (all E); the experts' outputs in
         the same order."""
         gate, up, down = (w.to_local() if isinstance(w, DTensor) else w for w in (self.gate, self.up, self.down))
         local = gate.shape[0]
+        sent = self.fixed_load.sent if self.fixed_load else counts.tolist()
         if self.group is None:
-            return self._compute(x, counts.tolist(), gate, up, down)
+            return self._compute(x, sent, gate, up, down)
+        ranks = self.experts // local
+        received = self.fixed_load.received if self.fixed_load else self._exchange_counts(counts, ranks, local)
+        in_splits = [sum(sent[r * local:(r + 1) * local]) for r in range(ranks)]
+        out_splits = [sum(row) for row in received]
+        y = AllToAll.apply(x, out_splits, in_splits, self.group)  # ordered by source rank, then local expert
+        owner = torch.cat([torch.full((n,), e, dtype=torch.long, device=x.device)
+                           for row in received for e, n in enumerate(row)])
+        order = torch.argsort(owner, stable=True)  # grouped by local expert
+        y = self._compute(y[order], [sum(col) for col in zip(*received, strict=True)], gate, up, down)
+        return AllToAll.apply(y[inverse(order)], in_splits, out_splits, self.group)  # back in arrival order
+
+    def _exchange_counts(self, counts: torch.Tensor, ranks: int, local: int) -> list[list[int]]:
+        """received[r][e]: the copies EP rank r sends for my local expert e (one all-to-all of the counts)."""
         import torch.distributed as dist
 
-        ranks = self.experts // local
-        received = torch.empty_like(counts)  # received[r, e]: copies from EP rank r for my local expert e
+        received = torch.empty_like(counts)
         dist.all_to_all_single(received, counts, group=self.group)
-        received = received.view(ranks, local)
-        in_splits, out_splits = counts.view(ranks, local).sum(1).tolist(), received.sum(1).tolist()
-        y = AllToAll.apply(x, out_splits, in_splits, self.group)  # ordered by source rank, then local expert
-        owner = torch.arange(local, device=x.device).repeat(ranks).repeat_interleave(received.flatten())
-        order = torch.argsort(owner, stable=True)  # grouped by local expert
-        y = self._compute(y[order], received.sum(0).tolist(), gate, up, down)
-        return AllToAll.apply(y[inverse(order)], in_splits, out_splits, self.group)  # back in arrival order
+        return received.view(ranks, local).tolist()
 
     @staticmethod
     def _compute(x, counts: list[int], gate, up, down) -> torch.Tensor:
@@ -223,7 +243,8 @@ class MoE(nn.Module):
         weights, chosen = probs.topk(self.top_k, dim=-1)
         weights = weights / weights.sum(-1, keepdim=True)
         experts = probs.shape[-1]
-        counts = torch.bincount(chosen.flatten(), minlength=experts)
+        fixed = self.experts.fixed_load
+        counts = torch.tensor(fixed.sent, device=x.device) if fixed else torch.bincount(chosen.flatten(), minlength=experts)
         self.aux_loss = experts * (counts.float() / chosen.numel() * probs.mean(0)).sum()
         order = torch.argsort(chosen.flatten(), stable=True)  # token copies grouped by expert
         routed = self.experts(x[order // self.top_k], counts)[inverse(order)].view(-1, self.top_k, h)

@@ -27,6 +27,11 @@ What it covers, and why not more:
   gradient reduction and resharding, as `PipelineStage` runs them, then the step.
   The stages' P2P exchange is not run (its receive buffers are an input tensor per forward here).
   One stage per rank: interleaved stages are one FSDP root each, and FSDPMemTracker follows one root.
+- Mixture of experts, with expert parallelism composed with FSDP2 as the trainer lays it out. Fake tensors hold no
+  values to route by, so each MoE layer is given the load the planner plans for (`route_at_the_planned_load`):
+  this rank sends its k copies of each token evenly over the experts and, under EP, receives the busiest rank's
+  load (`MoE.load_factor` x the mean) from every EP rank for each of its experts; the all-to-alls run on the fake
+  process group. How real routing spreads (the trainer's own runs) is measured in `tests/test_moe_train.py`.
 - Layouts the trainer does not run are refused by the rule the trainer applies
   (`ParallelPlan.check_runnable`: TP only with FSDP, no offload with TP, FSDP no-shard is DDP).
 
@@ -111,6 +116,8 @@ def _tracker_class(fsdp: bool):
 
 def model_config(shape, tp: int = 1) -> ModelConfig:
     """The trainer's model config for a planner shape (and the check that our model can be that shape)."""
+    from planner.emit.run_files import model_section
+
     if shape.mlp != "swiglu" or shape.norm != "rmsnorm" or shape.position != "rope" or shape.bias:
         raise PlannerError("verify: builds our LLaMA-style model (SwiGLU, RMSNorm, RoPE, no bias); "
                            "this shape is another architecture")
@@ -119,9 +126,23 @@ def model_config(shape, tp: int = 1) -> ModelConfig:
                            "kv heads (each rank holds whole heads)")
     if tp > 1 and shape.tied_embeddings:
         raise PlannerError("verify: the trainer does not split tied embeddings by tensor parallelism; use --tp 1")
-    return ModelConfig(layers=shape.layers, hidden=shape.hidden, heads=shape.heads, kv_heads=shape.kv_heads,
-                       ffn_hidden=shape.ffn, vocab=shape.vocab, seq_len=shape.seq_len,
-                       tied_embeddings=shape.tied_embeddings)
+    return model_section(shape)
+
+
+def route_at_the_planned_load(model: nn.Module, shape, plan: ParallelPlan) -> None:
+    """Give every MoE layer of `model` the planner's routing load (module docstring): fake tensors have none."""
+    from pretrain.model import Experts, FixedLoad
+
+    m = shape.moe
+    if m is None:
+        return
+    copies = plan.micro_batch * shape.seq_len * m.top_k
+    sent = [copies // m.experts + (e < copies % m.experts) for e in range(m.experts)]
+    busiest = round(m.load_factor * copies / m.experts)  # from each EP rank, for each of this rank's experts
+    load = FixedLoad(sent, [[busiest] * (m.experts // plan.ep) for _ in range(plan.ep)])
+    for module in model.modules():
+        if isinstance(module, Experts):
+            module.fixed_load = load
 
 
 def deepspeed_fake_failure(stage: int) -> str | None:
@@ -221,7 +242,8 @@ def measure(req, steps: int = 2, jobs: int = 1) -> dict:
     plan = checked_layout(req)
     if plan.pp > 1:
         return measure_stages(req, plan, steps, jobs)
-    cfg = model_config(resolve_model(req).shape, plan.tp)
+    shape = resolve_model(req).shape
+    cfg = model_config(shape, plan.tp)
     world = plan.world
     start = time.perf_counter()
     fsdp = plan.engine == "fsdp"
@@ -232,6 +254,7 @@ def measure(req, steps: int = 2, jobs: int = 1) -> dict:
     try:
         fake_mode = FakeTensorMode()
         model = build_model(cfg, plan, req, fake_mode)
+        route_at_the_planned_load(model, shape, plan)
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if not fsdp and req.precision == "bf16-mixed" \
             else nullcontext()
         with fake_mode:

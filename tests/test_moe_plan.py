@@ -249,14 +249,22 @@ def test_ddp_replicates_the_dense_states_and_splits_the_experts_over_ep(capsys):
 
 def test_fsdp_shards_the_experts_within_the_expert_group(capsys):
     # FSDP2 (fp32 sharded parameters 4 + fp32 gradients 4 + AdamW 8 = 16 B/param): the experts over ep x
-    # dp_shard / ep = all 16 ranks, like every other weight; what EP changes is the block FSDP gathers: its own
-    # 8 / ep experts, not all 8 (torchtitan's dp_shard_mod_ep).
+    # dp_shard / ep = all 16 ranks, like every other weight; what EP changes is what FSDP gathers: a block's own
+    # 8 / ep experts, not all 8 (torchtitan's dp_shard_mod_ep), as a unit of their own
     shape = small_shape()
-    for ep in (1, 4):
-        r = estimate_json(capsys, [*SMALL_MOE, "--gpus", "16", "--fsdp", "full", "--ep", str(ep)])
-        assert r["moe"]["expert_states_per_gpu_bytes"] == pytest.approx(16 * shape.routed_expert_params() / 16)
-        gathered = (shape.root_params() + shape.layer_params(ep)) * 2  # at backward-start: root + one block, bf16
-        assert r["memory_per_moment_bytes"]["backward-start"]["weights"] == pytest.approx(gathered)
+    r = estimate_json(capsys, [*SMALL_MOE, "--gpus", "16", "--fsdp", "full", "--ep", "1"])
+    assert r["moe"]["expert_states_per_gpu_bytes"] == pytest.approx(16 * shape.routed_expert_params() / 16)
+    # one unit per block: at backward-start the root and the last block, bf16
+    assert r["memory_per_moment_bytes"]["backward-start"]["weights"] == (shape.root_params() + shape.layer_params()) * 2
+    assert "experts-backward" not in r["memory_per_moment_bytes"]
+    r = estimate_json(capsys, [*SMALL_MOE, "--gpus", "16", "--fsdp", "full", "--ep", "4"])
+    assert r["moe"]["expert_states_per_gpu_bytes"] == pytest.approx(16 * shape.routed_expert_params() / 16)
+    experts = 2 * shape.expert_params()  # 8 / ep of them
+    other = shape.layer_params(4) - experts  # attention, router, norms: the block's other unit
+    moments = r["memory_per_moment_bytes"]
+    assert moments["backward-start"]["weights"] == (shape.root_params() + other) * 2  # experts not gathered yet
+    # then the experts gathered, and the previous block's other unit prefetched by their pre-backward hook
+    assert moments["experts-backward"]["weights"] == (shape.root_params() + 2 * other + experts) * 2
     assert shape.layer_params(1) - shape.layer_params(4) == 6 * 3 * 512 * 256
 
 
@@ -394,7 +402,8 @@ def test_a_capacity_factors_padding_is_hardware_not_model_flops():
     assert padding == 6 * 0.5 * 2 * 3 * 512 * 256 * 4
 
 
-def test_verify_refuses_an_moe_model_before_it_builds_anything(capsys):
-    assert main(["verify", "--model", "mixtral-8x7b", "--gpus", "8", "--fsdp", "full"]) == 2
+def test_verify_refuses_an_moe_layout_the_trainer_does_not_run_in_one_line(capsys):
+    assert main(["verify", "--model", "mixtral-8x7b", "--gpus", "8", "--fsdp", "full", "--tp", "2",
+                 "--tokens", "1e12"]) == 2
     err = capsys.readouterr().err
-    assert "verify measures dense blocks under fake tensors" in err and err.count("\n") == 1
+    assert "tensor parallelism of an MoE model is not run yet" in err and err.count("\n") == 1

@@ -7,7 +7,7 @@ A small model keeps each case to a second or two; LLaMA-7B at world sizes 8 and 
 import pytest
 
 from planner.cli.verify import TOLERANCE, verify_request
-from planner.model.shapes import ModelShape
+from planner.model.shapes import ModelShape, MoE
 from planner.plan.request import EstimateRequest
 from tests.conftest import run_cli
 
@@ -102,3 +102,23 @@ def test_verify_refuses_interleaved_stages_in_one_line():
                 "--fsdp", "full", "--pp", "2", "--pp-schedule", "interleaved-1f1b", "--pp-virtual", "2")
     assert r.returncode == 2 and "verify: interleaved stages are one FSDP root each" in r.stderr
     assert r.stderr.count("\n") == 1
+
+
+# Mixtral-8x7B's and OLMoE-1B-7B's layers (4 of them, to keep each case to seconds) at EP 8 x FSDP 8: the routing
+# is the planner's load (`pretrain.verify.route_at_the_planned_load`); the whole models are in benchmarks/RESULTS.md.
+MIXTRAL_LAYERS = ModelShape(4, 4096, 32, 32000, 4096, kv_heads=8, moe=MoE(8, 2, 14336))
+OLMOE_LAYERS = ModelShape(4, 2048, 16, 50304, 4096, moe=MoE(64, 8, 1024))
+MOE_BAR = 0.05  # the MoE issue's bar for verify
+
+
+@pytest.mark.parametrize("shape, moment", [(MIXTRAL_LAYERS, "experts-backward"), (OLMOE_LAYERS, "backward-start")],
+                         ids=["mixtral-layers", "olmoe-layers"])
+def test_expert_parallel_fsdp_is_within_five_percent_of_the_tracker_on_every_line(shape, moment):
+    # which moment is the peak turns on the vocabulary against the experts: the loss's gradients at the start of
+    # backward (OLMoE's 50k vocabulary), or the last block's experts and the next block gathered (Mixtral's)
+    r = verify_request(EstimateRequest.from_flags(shape=shape, gpus=64, fsdp="full", ep=8, micro_batch=1,
+                                                  tokens=1e12))
+    assert r["peak_moment"] == moment
+    for name, line in r["lines"].items():
+        if max(line["planner"], line["tracker_at_peak"]) > 0.01 * r["lines"]["allocated"]["tracker_at_peak"]:
+            assert line["ratio"] == pytest.approx(1, abs=MOE_BAR), name

@@ -24,9 +24,9 @@ TOLERANCE = 0.10
 
 def verify_request(req: EstimateRequest, steps: int = 2, jobs: int = 1) -> dict:
     """The planner's lines next to the tracker's; a pipeline's ranks are measured in `jobs` processes."""
-    from planner.emit.run_files import check_dense
+    from planner.emit.run_files import check_moe_trainable
 
-    check_dense(resolve_model(req))  # the real model is ours, dense: an MoE plan has nothing to measure yet
+    check_moe_trainable(resolve_model(req), req.layout)  # an MoE layout as the trainer runs it, or one line why
     from pretrain.verify import measure  # torch: only when verifying
 
     planned = estimate(req)

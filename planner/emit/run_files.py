@@ -127,14 +127,6 @@ def parallel_section(req: EstimateRequest, opts: EmitOptions, seq_len: int) -> P
 TRAINED_PRECISIONS = ("bf16-mixed", "fp32")
 
 
-def check_dense(model: ResolvedModel) -> None:
-    """`planner verify` measures dense blocks only: an MoE model's memory is checked by the trainer's own runs
-    (`tests/test_moe_train.py`), not under fake tensors (its routing depends on the data)."""
-    if model.shape.moe is not None:
-        raise PlannerError(f"model: {model.source} is a mixture-of-experts model; verify measures dense blocks under "
-                           "fake tensors, and an MoE layer's routing needs real data; train it (emit, launch) instead")
-
-
 def check_moe_trainable(model: ResolvedModel, plan: ParallelPlan) -> None:
     """What the trainer's MoE layer (`pretrain.model.MoE`) runs: dropless top-k routing, routed and shared SwiGLU
     experts, expert parallelism under FSDP2 alone; the rest is refused in one line, naming the flag."""

@@ -18,7 +18,9 @@ Sources
   state is partitioned, over the `dp_shard / ep` ranks holding the same experts (torchtitan: FSDP within the
   expert group), so a partitioned state is total / shard degree either way, an unpartitioned one expert / ep;
   every other parameter is partitioned as a dense model's. FSDP gathers one block with only its EP rank's
-  experts. Each EP rank also holds the all-to-all's send and receive buffers (`all_to_all_buffer_bytes`).
+  experts. Each EP rank's all-to-alls add send and receive buffers (`all_to_all_buffer_bytes`) while a layer
+  runs; none outlives its layer (the receiving side's gather into expert order makes the tensor that is saved),
+  so they are not on the peak's books (FSDPMemTracker: Mixtral-8x7B and OLMoE-1B-7B at EP 8 under verify).
 - Fragmentation: PyTorch's caching allocator holds memory it cannot hand out. GMLake (Guo et al.,
   ASPLOS 2024, §6) measured 15% of reserved memory on average (up to 33%) over eight LLM training
   setups on A100-80GB with the default allocator; `DEFAULT_FRAGMENTATION` is that average, as a
@@ -227,11 +229,20 @@ def _gathered(terms, plan: ParallelPlan, shape: ModelShape | None, convention: s
         # Gradients are reduce-scattered block by block after that, when activations are freed.
         # Under TP each rank gathers only its tensor-parallel slice (measured by `planner verify --tp`).
         # An MoE block is gathered with its EP rank's experts only (FSDP shards them within the expert group).
-        return {"weights": (shape.root_params() + shape.layer_params(plan.ep)) * weight_bytes / plan.tp,
-                "gradients": 0.0}
+        # Under expert parallelism the experts are a unit of their own, gathered later (`experts_unit_params`).
+        block = shape.layer_params(plan.ep) - experts_unit_params(shape, plan)
+        return {"weights": (shape.root_params() + block) * weight_bytes / plan.tp, "gradients": 0.0}
     grad16 = next((t.bytes_per_param for t in terms if t.category == "gradients"), 0)
     largest = shape.largest_layer_params()
     return {"weights": largest * weight_bytes, "gradients": largest * grad16}
+
+
+def experts_unit_params(shape: ModelShape, plan: ParallelPlan) -> int:
+    """One MoE layer's routed experts on this EP rank when they are an FSDP unit of their own (expert parallelism,
+    `pretrain.engines.parallelize.apply_fsdp`); 0 otherwise (they are gathered with their block)."""
+    if plan.ep <= 1 or shape.moe is None or shape.moe_layers == 0:
+        return 0
+    return (shape.moe.experts // plan.ep) * shape.expert_params()
 
 
 def comm_buffer_bytes(params: float, plan: ParallelPlan) -> float:
@@ -250,7 +261,7 @@ def comm_buffer_bytes(params: float, plan: ParallelPlan) -> float:
 
 
 def all_to_all_buffer_bytes(shape: ModelShape, plan: ParallelPlan, micro_batch: int, width: int) -> float:
-    """An EP rank's all-to-all buffers for one MoE layer: the permuted tokens it sends and those it receives,
+    """An EP rank's all-to-all buffers for one MoE layer, a transient of the layer: the tokens it sends and receives,
     s b x top_k x h each at the busiest expert's load (`MoE.load_factor`), in the activations' width. None
     without expert parallelism (the permutation is then a local copy, counted as an activation)."""
     m = shape.moe

@@ -3,6 +3,8 @@
 Three moments compete (each checked against PyTorch's trackers by `planner verify`):
 - `backward-start`: every activation saved, the loss's gradient just made, gradients not yet
   written (our torch engines zero them with set_to_none; DeepSpeed keeps its buffers);
+- `experts-backward`: under expert parallelism with FSDP2 full/hybrid, the last block's experts going backward
+  (`fsdp_experts_backward`);
 - `layer-backward`: inside the layers' backward under FSDP2 full/hybrid (`fsdp_layer_backward`);
 - `optimizer-step`: all gradients and optimizer states, no activations.
 The per-GPU total is the largest; the estimate names that moment and lists the others too.
@@ -19,7 +21,7 @@ from planner.memory.pipeline import StageShare
 from planner.model.shapes import ModelShape
 
 #: The moments of a step, in the order they happen.
-MOMENTS = ("backward-start", "layer-backward", "optimizer-step")
+MOMENTS = ("backward-start", "experts-backward", "layer-backward", "optimizer-step")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ class MemoryBreakdown:
     gradients_kept_through_forward: bool = True
     #: FSDP2 full/hybrid only: the lines inside the layers' backward (see `fsdp_layer_backward`)
     layer_backward: dict[str, float] | None = None
+    #: expert parallelism under FSDP2 full/hybrid only: the lines as the experts go backward (`fsdp_experts_backward`)
+    experts_backward: dict[str, float] | None = None
 
     @property
     def _gradients(self) -> float:
@@ -70,19 +74,22 @@ class MemoryBreakdown:
         """Bytes while the optimizer steps: all states, no activations."""
         return self.states.gpu_total + self.comm_buffers + self.runtime
 
+    def _inside_backward_bytes(self, lines: dict[str, float]) -> float:
+        s = self.states.gpu
+        return s["master_weights"] + s["optimizer"] + sum(lines.values()) + self.comm_buffers + self.runtime
+
     @property
     def layer_backward_bytes(self) -> float:
-        if self.layer_backward is None:
-            return 0.0
-        s = self.states.gpu
-        return s["master_weights"] + s["optimizer"] + sum(self.layer_backward.values()) + self.comm_buffers \
-            + self.runtime
+        return 0.0 if self.layer_backward is None else self._inside_backward_bytes(self.layer_backward)
 
     def allocated_at(self) -> dict[str, float]:
-        """Allocated bytes at each moment of the step (layer-backward only under FSDP2 full/hybrid)."""
+        """Allocated bytes at each moment of the step (layer-backward only under FSDP2 full/hybrid, experts-backward
+        only with expert parallelism there too)."""
         at = {"backward-start": self.fixed + self.per_batch, "optimizer-step": self.step_bytes}
         if self.layer_backward is not None:
             at["layer-backward"] = self.layer_backward_bytes
+        if self.experts_backward is not None:
+            at["experts-backward"] = self._inside_backward_bytes(self.experts_backward)
         return {m: at[m] for m in MOMENTS if m in at}
 
     @property
@@ -118,8 +125,9 @@ class MemoryBreakdown:
     def lines_at(self, moment: str) -> dict[str, float]:
         gpu, gathered = self.states.gpu, self.states.gathered
         overhead = self.comm_buffers + self.runtime
-        if moment == "layer-backward":
-            lines = {**self.layer_backward, "master_weights": gpu["master_weights"], "optimizer": gpu["optimizer"],
+        if moment in ("layer-backward", "experts-backward"):
+            inside = self.layer_backward if moment == "layer-backward" else self.experts_backward
+            lines = {**inside, "master_weights": gpu["master_weights"], "optimizer": gpu["optimizer"],
                      "logits": 0.0, "overhead": overhead}
         else:
             at_step = moment == "optimizer-step"
@@ -138,7 +146,7 @@ class MemoryBreakdown:
 
 
 def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str,
-                        stored_activations: float) -> dict[str, float] | None:
+                        stored_activations: float, freed_by_one_block: float = 0.0) -> dict[str, float] | None:
     """FSDP2 (full or hybrid shard) inside the layers' backward, which is the peak when the loss's
     gradients are small next to a block (small micro-batch x vocabulary): checked by `planner verify`
     against FSDPMemTracker (LLaMA-7B, seq 2048, micro-batch 1: every line within 10%).
@@ -147,6 +155,9 @@ def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str,
     gradients: the previous block's reduce-scatter input in the fp32 reduce dtype, and its shard;
     activations: the layers' saved tensors (those already freed are replaced by the backward's
     temporaries) and the head's unsharded weight gradient, which waits for the root's reduce-scatter.
+    An MoE block's backward runs its experts one at a time, so its temporaries are one expert's, far less than
+    what the block saved: `freed_by_one_block` (its saved tensors) is counted out (Mixtral-8x7B at EP 8 under
+    `planner verify`: the tracker's peak is then the experts' backward, `fsdp_experts_backward`, as here).
     """
     if plan.engine != "fsdp" or plan.stage < 3:
         return None
@@ -154,9 +165,30 @@ def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str,
     w = 4 if precision == "fp32" else 2
     block = shape.layer_params(plan.ep) / tp  # an MoE block with its EP rank's experts
     root = shape.root_params() / tp
-    return {"weights": (root + 2 * block) * w,
+    # under EP a block's experts are a unit of their own: the next block's other unit is prefetched, not all of it
+    gathered = block + (block - memory.experts_unit_params(shape, plan) / tp)
+    return {"weights": (root + gathered) * w,
             "gradients": 4 * block * (1 + 1 / plan.shard_degree),
-            "activations": stored_activations + shape.vocab * shape.hidden * w / tp}
+            "activations": stored_activations - freed_by_one_block + shape.vocab * shape.hidden * w / tp}
+
+
+def fsdp_experts_backward(shape: ModelShape, plan: ParallelPlan, precision: str,
+                          activations_then: float) -> dict[str, float] | None:
+    """Expert parallelism under FSDP2 full or hybrid: the last block's experts, an FSDP unit of their own and the
+    first of the block to go backward, gathered, with the previous block's other unit their pre-backward hook
+    prefetches. FSDP2's order, from its unshard and reshard calls logged under `planner verify`: the root's
+    pre-backward prefetches block N (without its experts: `backward-start`); block N's pre-backward prefetches its
+    experts, and theirs block N-1's other unit. No saved activation is freed yet: of the loss's gradients, the
+    log-probabilities' is (`activations_then`, from `memory_breakdown`), and the head's unsharded weight gradient
+    waits for the root's reduce-scatter. Which of the two moments is the peak depends on the vocabulary against
+    the experts (FSDPMemTracker: Mixtral-8x7B at EP 8 x FSDP 8 this one, by 0.13 GiB; OLMoE-1B-7B backward-start)."""
+    experts = memory.experts_unit_params(shape, plan)
+    if plan.engine != "fsdp" or plan.stage < 3 or experts == 0:
+        return None
+    w = 4 if precision == "fp32" else 2
+    other_unit = shape.layer_params(plan.ep) - experts
+    return {"weights": (shape.root_params() + 2 * other_unit + experts) * w / plan.tp, "gradients": 0.0,
+            "activations": activations_then + shape.vocab * shape.hidden * w / plan.tp}
 
 
 def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, precision: str,
@@ -184,8 +216,8 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
     recompute = activations.recompute_bytes(shape, micro_batch, **act_kw)
     stored = activations.stored_bytes(shape, micro_batch, **act_kw)
     logits = activations.head_bytes(shape, micro_batch, regime, tp) - head_fixed if head else 0.0
+    log_probs_grad = 4 * shape.vocab / tp * shape.seq_len * micro_batch if head else 0.0  # fp32, freed first
     p2p = pipeline.p2p_buffer_bytes(plan, shape.hidden, shape.seq_len, micro_batch, 4 if precision == "fp32" else 2)
-    p2p += memory.all_to_all_buffer_bytes(shape, plan, micro_batch, 4 if precision == "fp32" else 2)
     return MemoryBreakdown(
         states=states,
         activations=(stored - layers_fixed) * in_flight
@@ -197,10 +229,15 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
         fragmentation_fraction=fragmentation,
         # torch engines (DDP, FSDP) free gradients with zero_grad(set_to_none=True); DeepSpeed keeps them
         gradients_kept_through_forward=plan.engine == "deepspeed",
-        layer_backward=fsdp_layer_backward(shape, plan, precision, stored) if share is None else
+        layer_backward=fsdp_layer_backward(shape, plan, precision, stored,
+                                           (stored - layers_fixed) / shape.layers if shape.moe else 0.0)
+        if share is None else
         pipeline_fsdp_backward(params, shape, plan, precision,
                                (stored - layers_fixed) * in_flight + layers_fixed + head_fixed + recompute,
                                embedding=share.embedding),
+        experts_backward=fsdp_experts_backward(shape, plan, precision,
+                                               stored + logits + max(recompute, loss_grads - log_probs_grad))
+        if share is None else None,
     )
 
 

@@ -57,6 +57,9 @@ class MoE:
     dense_layers: int = 0  # leading layers with a dense MLP (DeepSeek's first_k_dense_replace)
     shared_gate: bool = False  # Qwen2-MoE's h x 1 sigmoid gate on the shared expert's output
     capacity_factor: float | None = None  # None: dropless
+    #: the busiest EP rank's load over the mean when dropless: the margin, or exactly 1 where one rank holds every
+    #: expert (ep 1: it runs k copies of each of its tokens however they spread; set by `resolve_model`)
+    dropless_load: float = DROPLESS_LOAD_FACTOR
 
     def __post_init__(self) -> None:
         for name in ("experts", "top_k", "expert_ffn"):
@@ -82,9 +85,9 @@ class MoE:
 
     @property
     def load_factor(self) -> float:
-        """Tokens the busiest expert processes over its mean share: the capacity factor (buffers padded to it), or
-        `DROPLESS_LOAD_FACTOR` when dropless."""
-        return self.capacity_factor or DROPLESS_LOAD_FACTOR
+        """Token copies the busiest EP rank processes over its mean share: the capacity factor (buffers padded to
+        it), or when dropless `dropless_load` (`DROPLESS_LOAD_FACTOR` under expert parallelism, else 1)."""
+        return self.capacity_factor or self.dropless_load
 
 
 @dataclass(frozen=True)

@@ -183,6 +183,7 @@ def _moe_summary(req: EstimateRequest, model: ResolvedModel, breakdown: MemoryBr
             "routing": f"capacity factor {m.capacity_factor:g}" if m.capacity_factor else "dropless",
             "load_factor": m.load_factor,
             "load_factor_source": "--capacity-factor" if m.capacity_factor else
+            "dropless on one EP rank: it runs every routed copy, however they spread" if plan.ep == 1 else
             f"dropless margin {DROPLESS_LOAD_FACTOR:g}, Switch's capacity factor: planner.model.shapes",
             "expert_states_per_gpu_bytes": states.experts_gpu,
             "other_states_per_gpu_bytes": sum(states.gpu.values()) - states.experts_gpu,

@@ -137,7 +137,10 @@ def resolve_model(req: EstimateRequest) -> ResolvedModel:
     if moe is not None and moe.experts % ep:
         raise PlannerError(f"--ep: {ep} does not divide the model's {moe.experts} experts")
     if req.capacity_factor is None:
-        return model
+        if moe is None or ep > 1:
+            return model
+        # dropless on one EP rank: it holds every expert and runs exactly k copies of each token
+        return replace(model, shape=replace(model.shape, moe=replace(moe, dropless_load=1.0)))
     if model.shape.moe is None:
         raise PlannerError(f"--capacity-factor: {req.capacity_factor} applies to a mixture-of-experts model; "
                            f"{model.source} is dense")

@@ -54,7 +54,7 @@ def render_estimate(r: dict) -> str:
         head.append(f"MoE        {x['experts_per_rank']} of {x['experts']} experts per GPU (ep {x['ep']}); model states "
                     f"per GPU: experts {_gib(x['expert_states_per_gpu_bytes'])} GiB, the rest "
                     f"{_gib(x['other_states_per_gpu_bytes'])} GiB; all-to-all buffers "
-                    f"{_gib(x['all_to_all_buffer_bytes'])} GiB; {x['routing']}, busiest expert at "
+                    f"{_gib(x['all_to_all_buffer_bytes'])} GiB while a layer runs; {x['routing']}, busiest expert at "
                     f"{x['load_factor']:g}x its mean load ({x['load_factor_source']})")
     ft = r.get("finetune")
     if ft:
