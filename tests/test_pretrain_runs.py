@@ -59,14 +59,33 @@ ENGINES = {
 }
 
 
+TP2_FSDP2 = ["parallel.engine=fsdp", "parallel.tp=2", "parallel.micro_batch=4"]  # 4 processes: a 2-D mesh
+LAYOUTS = {**ENGINES, "tp2-fsdp2": TP2_FSDP2}
+NPROC = {"tp2-fsdp2": 4}
+
+
+@pytest.fixture(scope="module")
+def straight(shards, tmp_path_factory):
+    """`straight(layout)`: the folder of an uninterrupted 20-step run of that layout, trained once per module
+    (the engine test checks it; the resume test compares a crashed-and-resumed run with it)."""
+    done: dict[str, Path] = {}
+
+    def run(layout: str) -> Path:
+        if layout not in done:
+            cwd = tmp_path_factory.mktemp(layout)
+            r = run_train(cwd, [f"data.train={shards / 'train'}", f"out_dir={cwd / 'run'}", "tracking.enabled=false",
+                                *TINY, *LAYOUTS[layout]], nproc=NPROC.get(layout, 2))
+            assert r.returncode == 0, r.stderr[-2000:]
+            done[layout] = cwd / "run"
+        return done[layout]
+
+    return run
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
-def test_engine_trains_on_two_processes_and_holds_the_predicted_model_states(engine, shards, tmp_path):
-    out = tmp_path / "run"
-    r = run_train(tmp_path, [f"data.train={shards / 'train'}", f"out_dir={out}", "tracking.enabled=false", *TINY,
-                             *ENGINES[engine]], nproc=2)
-    assert r.returncode == 0, r.stderr[-2000:]
-    s = summary(out)
+def test_engine_trains_on_two_processes_and_holds_the_predicted_model_states(engine, straight):
+    s = summary(straight(engine))
     losses = [loss for _, loss in s["losses"]]
     assert losses[-1] < losses[0] - 1.0  # 5.5 (ln 256) falls toward the chain's 1.4
     measured, predicted = sum(s["model_state_bytes_measured"].values()), sum(s["model_state_bytes_predicted"].values())
@@ -75,23 +94,17 @@ def test_engine_trains_on_two_processes_and_holds_the_predicted_model_states(eng
     assert s["activation_bytes_predicted"] == pytest.approx(s["activation_bytes_measured"], rel=0.05)
 
 
-TP2_FSDP2 = ["parallel.engine=fsdp", "parallel.tp=2", "parallel.micro_batch=4"]  # 4 processes: a 2-D mesh
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("overrides, nproc", [(ENGINES["zero3"], 2), (ENGINES["fsdp-full"], 2), (TP2_FSDP2, 4)],
-                         ids=["zero3", "fsdp-full", "tp2-fsdp2"])
-def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(overrides, nproc, shards, tmp_path):
-    common = [f"data.train={shards / 'train'}", "tracking.enabled=false", "train.steps=12", "optim.lr=0.01",
-              "train.checkpoint_every=4", *overrides]
-    straight = run_train(tmp_path, [*common, f"out_dir={tmp_path / 'a'}"], nproc=nproc)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    crashed = run_train(tmp_path, [*common, f"out_dir={tmp_path / 'b'}"], nproc=nproc,
-                        env={"PRETRAIN_FAIL_AFTER_STEP": "10"})
-    assert crashed.returncode != 0 and (tmp_path / "b/checkpoints/latest").read_text().strip() == "step_00000008"
-    resumed = run_train(tmp_path, [*common, f"out_dir={tmp_path / 'b'}"], nproc=nproc)
+@pytest.mark.parametrize("layout", ["zero3", "fsdp-full", "tp2-fsdp2"])
+def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(layout, straight, shards, tmp_path):
+    common = [f"data.train={shards / 'train'}", "tracking.enabled=false", *TINY, *LAYOUTS[layout],
+              f"out_dir={tmp_path / 'b'}"]
+    nproc = NPROC.get(layout, 2)
+    crashed = run_train(tmp_path, common, nproc=nproc, env={"PRETRAIN_FAIL_AFTER_STEP": "15"})
+    assert crashed.returncode != 0 and (tmp_path / "b/checkpoints/latest").read_text().strip() == "step_00000010"
+    resumed = run_train(tmp_path, common, nproc=nproc)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert summary(tmp_path / "b")["losses"] == summary(tmp_path / "a")["losses"]
+    assert summary(tmp_path / "b")["losses"] == summary(straight(layout))["losses"]
 
 
 def test_single_process_run_is_tracked_in_the_default_sqlite_store(shards, tmp_path):
