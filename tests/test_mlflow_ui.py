@@ -2,8 +2,8 @@
 filled, opened in headless Chromium (Debian's, driven by Playwright). The ladder's grouping run holds its
 training runs; a run's page and its metric charts show the plan's predictions beside the measurements.
 
-Screenshots of each page are saved under the test's temporary folder; every assertion message names it.
-Where Playwright or a Chromium is missing, the tests skip and say which.
+Each view checked is saved as a screenshot under pytest's temporary folder (`mlflow-ui-screenshots0/`); a
+failing check names its screenshot. Where Playwright or a Chromium is missing, the tests skip and say which.
 """
 
 import json
@@ -86,7 +86,8 @@ def mlflow_ui(browser, tmp_path_factory):
     """The URL of an `mlflow server` on a demo-style store: `planner ladder`'s run configs for a small ladder
     on the dense Markov source, three of them trained by the trainer with tracking on (nested under
     "ladder", as the demo's are). The server starts as soon as the first run is in the store (MLflow's
-    tables exist then), while the trainer goes on; it is stopped, with its process group, at the end."""
+    tables exist then), while the trainer goes on; it is stopped, with its process group, at the end.
+    Set up after `browser`, so nothing is trained where the tests skip."""
     from planner.laws import ladder
     from pretrain.data.synthetic import write_dense_shards
 
@@ -101,7 +102,7 @@ def mlflow_ui(browser, tmp_path_factory):
     runs[-1].append(f"plan.loss_predicted={PREDICTED_LOSS}")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore",
            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    log = (root / "train.log").open("w")
+    log, server_log = (root / "train.log").open("w"), (root / "server.log").open("w")
     trainer = subprocess.Popen([sys.executable, "-c", TRAIN, json.dumps(runs)], cwd=REPO, env=env, stdout=log,
                                stderr=subprocess.STDOUT)
     server = None
@@ -112,7 +113,7 @@ def mlflow_ui(browser, tmp_path_factory):
         port = free_port()
         server = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
                                    "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                                  cwd=root, env=env, stdout=(root / "server.log").open("w"), stderr=subprocess.STDOUT,
+                                  cwd=root, env=env, stdout=server_log, stderr=subprocess.STDOUT,
                                   start_new_session=True)
         assert trainer.wait(timeout=600) == 0, (root / "train.log").read_text()[-3000:]
         url = f"http://127.0.0.1:{port}"
@@ -133,6 +134,7 @@ def mlflow_ui(browser, tmp_path_factory):
                 os.killpg(server.pid, signal.SIGKILL)
                 server.wait()
         log.close()
+        server_log.close()
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +150,8 @@ def context(browser, mlflow_ui):
     MLflow keeps what a user chose (the view, an unfolded run) in local storage: emptied as each test opens the
     UI, so every test starts as a first visit."""
     context = browser.new_context(viewport={"width": 1800, "height": 1100})
-    context.set_default_timeout(30_000)
+    context.set_default_timeout(30_000)  # MLflow's pages on a busy 2-core machine: seconds, not milliseconds
+    expect.set_options(timeout=30_000)
     context.add_init_script("window.localStorage.clear(); window.sessionStorage.clear();")
     yield context
     context.close()
@@ -243,7 +246,7 @@ def test_a_runs_metric_charts_plot_the_predicted_and_the_measured_loss(page, mlf
     open_held_out_run(page, mlflow_ui)
     page.get_by_role("tab", name="Model metrics").click()
     page.get_by_placeholder("Search metric charts").fill("loss")
-    with looking_at(page, screenshots, "6-held-out-run-loss-charts"):
+    with looking_at(page, screenshots, "5-held-out-run-loss-charts"):
         for metric in ("loss_predicted", "eval_loss", "loss"):
             card = page.get_by_test_id("experiment-view-compare-runs-card").filter(
                 has=page.get_by_role("heading", name=metric, exact=True))
