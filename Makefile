@@ -29,13 +29,18 @@ estimate: setup
 demo: setup
 	$(VENV)/bin/launch demo --out demo $(ARGS)
 
-# Debian's slurm-wlm gives tests/test_slurm_real.py a real sbatch and slurmctld; where apt cannot
-# install it (not root, no apt, no network) those tests skip and say why.
+# Debian's slurm-wlm gives tests/test_slurm_real.py a real sbatch and slurmctld, and Debian's chromium gives
+# tests/test_mlflow_ui.py a browser (Playwright, from the test extras, drives it); where apt cannot install
+# them (not root, no apt, no network) those tests skip and say why.
 test-deps:
 	@command -v sbatch >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  { DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q slurm-wlm >/dev/null 2>&1 || \
 	    { timeout 300 apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q slurm-wlm >/dev/null 2>&1; }; }; } \
 	  || echo "slurm-wlm not installed: the real-Slurm tests will skip"
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { timeout 300 apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive timeout 300 apt-get install -y -q chromium >/dev/null 2>&1; }; }; } \
+	  || echo "chromium not installed: the MLflow UI tests will skip"
 
 # Two workers (pytest-xdist), whole files to each so module fixtures are built once; tests take
 # free ports and their own temp folders, so they do not collide.
