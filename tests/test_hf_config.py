@@ -42,7 +42,7 @@ def test_estimate_reads_an_hf_config_from_disk(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [("[1, 2]", "not a config object"), ("{", "not a JSON config"),
-                                           ('{"model_type": "bert"}', "model_type 'bert'"),
+                                           ('{"model_type": "bart"}', "model_type 'bart'"),
                                            ('{"model_type": "llama", "hidden_size": 64}', "has none of")])
 def test_a_bad_hf_config_is_one_line(capsys, tmp_path, text, message):
     cfg = tmp_path / "config.json"

@@ -147,8 +147,16 @@ def check_moe_trainable(model: ResolvedModel, plan: ParallelPlan) -> None:
         raise PlannerError(f"--pp: {plan.pp}: pipeline stages of an MoE model are not run yet; use --ep")
 
 
+def check_arch_trainable(model: ResolvedModel) -> None:
+    """The trainer builds decoders only (issue 28: encoder and encoder-decoder models are planned, not trained)."""
+    if model.shape.arch != "decoder":
+        raise PlannerError(f"--arch: the trainer builds decoder-only models; {model.source} is "
+                           f"{model.shape.arch} (planned by `planner estimate`, not trained yet)")
+
+
 def check_trainable(req: EstimateRequest, model: ResolvedModel) -> None:
     """A plan emit writes is one the trainer can train: refuse what it cannot, naming the flag."""
+    check_arch_trainable(model)
     check_moe_trainable(model, req.layout)
     s = model.shape
     if s.mlp != "swiglu" or s.norm != "rmsnorm" or s.bias or s.position != "rope" or s.embedding_norm \

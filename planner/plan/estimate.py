@@ -38,6 +38,9 @@ def finetune_breakdown(req: EstimateRequest, model: ResolvedModel, plan: Paralle
                        micro_batch: int) -> MemoryBreakdown:
     """LoRA, QLoRA or prompt tuning on each data-parallel replica (planner.memory.finetune)."""
     ft = req.finetune_spec
+    if model.shape.arch != "decoder":
+        raise PlannerError(f"--finetune {ft.method}: adapters are planned on decoder blocks, not an "
+                           f"{model.shape.arch} (use --finetune full)")
     if model.shape.moe is not None:
         raise PlannerError(f"--finetune {ft.method}: adapters are planned on dense blocks; a mixture-of-experts "
                            "model's experts are not (use --finetune full)")
@@ -292,7 +295,11 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
 
 
 def default_tokens(model: ResolvedModel) -> float:
-    """Training tokens when none are given: Chinchilla's 20 per parameter, a law fitted on dense models only."""
+    """Training tokens when none are given: Chinchilla's 20 per parameter, a law fitted on dense decoder-only
+    models only."""
+    if model.shape.arch != "decoder":
+        raise PlannerError(f"--tokens: needed for an {model.shape.arch} model; the default (Chinchilla's 20 tokens "
+                           "per parameter) was fitted on decoder-only models")
     if model.shape.moe is not None:
         raise PlannerError("--tokens: needed for a mixture-of-experts model; the default (Chinchilla's 20 tokens per "
                            "parameter) was fitted on dense models and says nothing about total vs active parameters")
