@@ -20,6 +20,8 @@ PUBLISHED = {  # parameters as published (model cards; transformers' num_paramet
     "olmo2-7b": 7_298_617_344,
     "gpt2": 124_439_808,  # GeLU, LayerNorm, learned positions, tied
     "pythia-1.4b": 1_414_647_808,  # GPT-NeoX: GeLU, LayerNorm, biases
+    "bert-base-uncased": 109_514_298,  # BertForMaskedLM: MLM head tied, no pooler (tests/test_arch_plan.py)
+    "t5-base": 222_903_552,  # T5ForConditionalGeneration, tied
 }
 
 

@@ -316,7 +316,8 @@ def plan_markdown(result: Estimate, run: RunConfig) -> str:
 def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
     """Write every file; returns name -> path. Refuses a plan that does not fit (the user sees why)."""
     opts.validate()
-    check_moe_trainable(resolve_model(req), req.layout)  # before the layout's checks: the reason named first
+    check_arch_trainable(resolve_model(req))  # before the estimate and the layout's checks: the reason named first
+    check_moe_trainable(resolve_model(req), req.layout)
     # the estimate of the layout as emitted (its micro-batches per step set by the batch): its step time
     # and MFU, and so its days and dollars, are the run's
     req = replace(req, layout=parallel_section(req, opts, resolve_model(req).shape.seq_len))
