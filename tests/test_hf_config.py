@@ -20,6 +20,8 @@ PUBLISHED = {  # parameters as published (model cards; transformers' num_paramet
     "olmo2-7b": 7_298_617_344,
     "gpt2": 124_439_808,  # GeLU, LayerNorm, learned positions, tied
     "pythia-1.4b": 1_414_647_808,  # GPT-NeoX: GeLU, LayerNorm, biases
+    "bert-base-uncased": 109_514_298,  # BertForMaskedLM: MLM head tied, no pooler (tests/test_arch_plan.py)
+    "t5-base": 222_903_552,  # T5ForConditionalGeneration, tied
 }
 
 
@@ -42,7 +44,7 @@ def test_estimate_reads_an_hf_config_from_disk(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [("[1, 2]", "not a config object"), ("{", "not a JSON config"),
-                                           ('{"model_type": "bert"}', "model_type 'bert'"),
+                                           ('{"model_type": "bart"}', "model_type 'bart'"),
                                            ('{"model_type": "llama", "hidden_size": 64}', "has none of")])
 def test_a_bad_hf_config_is_one_line(capsys, tmp_path, text, message):
     cfg = tmp_path / "config.json"

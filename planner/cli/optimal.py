@@ -31,12 +31,17 @@ from planner.core.errors import PlannerError
 @click.option("--mfu", type=float, default=compute.DEFAULT_MFU, show_default=True)
 @click.option("--price", type=float, help="USD per GPU-hour (default: the catalog's).")
 @click.option("--seq-len", type=int, default=2048, show_default=True, help="For the suggested shape.")
+@click.option("--arch", type=click.Choice(["decoder", "encoder", "encoder-decoder"]), default="decoder",
+              show_default=True, help="Architecture the budget trains; the shipped laws are decoder-only's.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def optimal(flops, pf_days, gpu_hours, days, dollars, law, tokens_per_param, params, max_tokens, max_epochs,
-            gpu, gpu_catalog, gpus, mfu, price, seq_len, as_json):
+            gpu, gpu_catalog, gpus, mfu, price, seq_len, arch, as_json):
     """Compute-optimal parameters, tokens and loss for a budget in any unit."""
     from planner.laws.optimal import optimal_for_budget
 
+    if arch != "decoder":
+        raise PlannerError(f"--arch {arch}: the compute-optimal laws (Chinchilla, Kaplan, Epoch's refit) were fitted "
+                           "on decoder-only models; none is shipped for this architecture")
     budgets = {"flops": flops, "pf_days": pf_days, "gpu_hours": gpu_hours, "days": days, "dollars": dollars}
     given = {k: v for k, v in budgets.items() if v is not None}
     if len(given) > 1 or (not given and params is None):

@@ -37,9 +37,17 @@ def model_options(f):
     f = click.option("--kv-heads", type=int, help="Shape: key/value heads (grouped-query attention).")(f)
     f = click.option("--ffn", type=int, help="Shape: MLP hidden size (default 8h/3 rounded to 256, SwiGLU).")(f)
     f = click.option("--vocab", type=int, help="Shape: vocabulary size.")(f)
-    f = click.option("--mlp", type=click.Choice(["swiglu", "gelu"]), default="swiglu", show_default=True,
-                     help="Shape: MLP kind.")(f)
+    f = click.option("--mlp", type=click.Choice(["swiglu", "gelu", "relu", "geglu"]), default="swiglu",
+                     show_default=True, help="Shape: MLP kind (relu, geglu: T5 v1.0, v1.1).")(f)
     f = click.option("--tied-embeddings", is_flag=True, help="Shape: LM head shares the embedding matrix.")(f)
+    f = click.option("--arch", type=click.Choice(["decoder", "encoder", "encoder-decoder"]),
+                     help="Architecture (default: the model's; shape flags: decoder). encoder: BERT-style "
+                          "bidirectional blocks with an MLM head; encoder-decoder: T5-style, --layers per stack.")(f)
+    f = click.option("--objective", type=click.Choice(["clm", "mlm", "span-corruption"]),
+                     help="Pretraining objective, checked against the architecture: clm (decoder), mlm (encoder), "
+                          "span-corruption (encoder-decoder).")(f)
+    f = click.option("--target-len", type=int, help="Encoder-decoder: decoder tokens per sequence (default: span "
+                     "corruption's for --seq-len inputs, 114 for 512).")(f)
     f = click.option("--experts", type=int, help="Shape, mixture of experts: routed experts per MoE layer.")(f)
     f = click.option("--top-k", type=int, help="Shape, MoE: routed experts per token (default 2 with --experts).")(f)
     f = click.option("--expert-ffn", type=int, help="Shape, MoE: one expert's MLP width (default: --ffn's).")(f)
@@ -51,7 +59,7 @@ def model_options(f):
                      "its mean share of tokens, overflow dropped (Switch's 1.25); default dropless.")(f)
     f = click.option("--seq-len", type=int, help="Sequence length (default: preset's, else 2048).")(f)
     f = click.option("--hf-config", type=click.Path(), help="A Hugging Face config.json on disk (Llama, Mistral, "
-                     "Qwen2/3, Phi-3, Gemma, OLMo, GPT-NeoX, GPT-2; MoE: Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE).")(f)
+                     "Qwen2/3, Phi-3, Gemma, OLMo, GPT-NeoX, GPT-2; MoE: Mixtral, OLMoE, Qwen2-MoE, Qwen3-MoE; BERT, T5).")(f)
     f = click.option("--config", "run_config", type=click.Path(),
                      help="Estimate the job a run config (run.yaml from `planner emit`) describes.")(f)
     return f
@@ -77,8 +85,10 @@ def build_moe(experts, top_k, expert_ffn, shared_experts, shared_ffn, dense_laye
                shared_ffn=shared_ffn, dense_layers=dense_layers or 0)
 
 
-def build_shape(layers, hidden, heads, kv_heads, ffn, vocab, seq_len, mlp, tied_embeddings, moe=None):
-    """A ModelShape from shape flags, or None when no shape flag is given."""
+def build_shape(layers, hidden, heads, kv_heads, ffn, vocab, seq_len, mlp, tied_embeddings, moe=None, arch=None):
+    """A ModelShape from shape flags, or None when no shape flag is given. `arch`: a decoder (None) as before;
+    an encoder of the same block with an MLM head; an encoder-decoder of `layers` blocks per stack with T5's
+    relative position bias."""
     from planner.model.shapes import ModelShape
 
     flags = {"--layers": layers, "--hidden": hidden, "--heads": heads, "--vocab": vocab}
@@ -87,9 +97,12 @@ def build_shape(layers, hidden, heads, kv_heads, ffn, vocab, seq_len, mlp, tied_
     missing = [k for k, v in flags.items() if v is None]
     if missing:
         raise PlannerError(f"shape: also give {' '.join(missing)} (a shape needs --layers --hidden --heads --vocab)")
+    arch_fields = {} if arch in (None, "decoder") else {"arch": arch}
+    if arch == "encoder-decoder":
+        arch_fields["position"] = "relative"
     return ModelShape(layers, hidden, heads, vocab, seq_len or 2048, kv_heads=kv_heads, ffn_hidden=ffn,
                       mlp=mlp, norm="layernorm" if mlp == "gelu" else "rmsnorm", tied_embeddings=tied_embeddings,
-                      moe=moe)
+                      moe=moe, **arch_fields)
 
 
 def estimate_options(f):
@@ -152,10 +165,13 @@ def build_request(kw: dict):
     run_config, hf_config = kw.pop("run_config"), kw.pop("hf_config")
     moe = build_moe(*(kw.pop(k) for k in MOE_FLAGS), kw["ffn"])
     shape = build_shape(*(kw.pop(k) for k in ("layers", "hidden", "heads", "kv_heads", "ffn", "vocab")),
-                        kw["seq_len"], kw.pop("mlp"), kw.pop("tied_embeddings"), moe)
+                        kw["seq_len"], kw.pop("mlp"), kw.pop("tied_embeddings"), moe, kw["arch"])
     if run_config is not None:
         if shape is not None or hf_config or kw["params"] or kw["model"]:
             raise PlannerError("--config: the run config names the model; drop --params/--model/--hf-config/shape flags")
+        if kw["arch"] not in (None, "decoder") or kw["objective"] not in (None, "clm") or kw["target_len"]:
+            raise PlannerError("--config: a run config describes a decoder trained with clm; drop --arch/--objective/"
+                               "--target-len")
         from planner.core.schema import load_config
         from planner.plan.request import request_from_run
 

@@ -14,6 +14,24 @@ Sources
   compares models at equal FLOPs per token counting only the experts a token is routed to, and Mixtral's
   "12.9B active" is this count; MFU is on that basis too. The attention term is the dense one (MoE replaces only the MLP).
 
+Encoder-only (BERT) and encoder-decoder (T5) models, per position a sequence holds:
+- encoder, masked language modelling: every position runs the whole model, the MLM head included
+  (`transformers.BertForMaskedLM` computes the logits at every position; the loss then reads only the ~15%
+  masked ones, which changes nothing of the matmuls). So PaLM's count holds as for a decoder: 6N + 12·L·H·Q·T,
+  the attention term already the full (bidirectional) score matrix. The pooler and the next-sentence head
+  (`encoder_head` pooler or pretraining) run on the first position only: 6·(h² + h + 2h + 2)/T per position.
+- encoder-decoder, span corruption: a sequence is T_in input positions (`seq_len`, the encoder's) and T_tgt target
+  positions (`ModelShape.n_target_len`: T5's 114 for 512 inputs at noise density 0.15, mean span 3, as
+  t5.data.preprocessors.random_spans_helper computes; or --target-len). Per sequence, in PaLM's terms:
+    - each input position: 6·(L_enc encoder blocks + L_dec x the cross-attention's K and V, which read the
+      encoder's output: 2·h·kv each) + 12·L_enc·H·Q·T_in (encoder self-attention);
+    - each target position: 6·(L_dec decoder blocks less the cross K and V, + the LM head V·h)
+      + 12·L_dec·H·Q·T_tgt (causal self-attention, full-matrix as PaLM counts it) + 12·L_dec·H·Q·T_in (the
+      cross-attention's scores and weighted sum over the T_in encoder positions);
+  a "token" is one position of either, so FLOPs per token are the sequence's over T_in + T_tgt. The embedding
+  lookups are not matmuls and are not counted (the decoder's 6N counts its embedding table, a convention).
+  6N·D (`flops_6nd`) keeps N = every parameter.
+
 One MFU basis everywhere (`MFU_BASIS`): model FLOPs with the attention term, as PaLM defines MFU
 and as the trainer logs it. GPU-hours = model FLOPs / (peak x MFU), and `implied_mfu` inverts
 exactly that, so a published run's GPU-hours go back through the planner unchanged. The same
@@ -42,16 +60,41 @@ DEFAULT_MFU = 0.40
 
 
 def attention_flops_per_token(shape: ModelShape) -> float:
-    """PaLM's attention term, 12·L·H·Q·T (full, non-causal score matrix, as PaLM and torchtitan)."""
+    """PaLM's attention term, 12·L·H·Q·T (full, non-causal score matrix, as PaLM and torchtitan); an
+    encoder-decoder's averaged over its input and target positions (module docstring)."""
+    if shape.arch == "encoder-decoder":
+        return encoder_decoder_flops(shape)[1]
     return 12 * shape.layers * shape.heads * shape.head_dim * shape.seq_len
 
 
 def active_params(params: float, shape: ModelShape | None) -> float:
     """The N of 6N: `params`, less the routed experts each token skips in an MoE model (its shape's total
-    less active count)."""
-    if shape is None or shape.moe is None:
+    less active count); an encoder's less its pooler and next-sentence head, which run once per sequence;
+    an encoder-decoder's matmul weights per position, averaged over inputs and targets (module docstring)."""
+    if shape is None:
+        return params
+    if shape.arch == "encoder-decoder":
+        return encoder_decoder_flops(shape)[0] / 6
+    if shape.arch == "encoder":
+        once = shape.first_token_params()
+        return params - once + once / shape.seq_len
+    if shape.moe is None:
         return params
     return params - (shape.param_count() - shape.active_param_count())
+
+
+def encoder_decoder_flops(shape: ModelShape) -> tuple[float, float]:
+    """An encoder-decoder's (matmul, attention) model FLOPs per position, inputs and targets averaged."""
+    s_in, s_tgt = shape.seq_len, shape.n_target_len
+    h, hq, kv = shape.hidden, shape.q_dim, shape.n_kv_heads * shape.head_dim
+    enc_block = shape.attention_params() + shape.mlp_params() + 2 * shape._norm_params()
+    cross_kv = 2 * h * kv * shape.n_decoder_layers
+    per_input = 6 * (shape.layers * enc_block + cross_kv)
+    per_target = 6 * (shape.n_decoder_layers * shape.cross_block_params() - cross_kv + shape.vocab * h)
+    attn_in = 12 * shape.layers * hq * s_in
+    attn_tgt = 12 * shape.n_decoder_layers * hq * (s_tgt + s_in)
+    positions = s_in + s_tgt
+    return ((s_in * per_input + s_tgt * per_target) / positions, (s_in * attn_in + s_tgt * attn_tgt) / positions)
 
 
 def capacity_padding_params(shape: ModelShape | None) -> float:
@@ -86,6 +129,9 @@ def hardware_flops_per_token(params: float, shape: ModelShape | None, checkpoint
     """What the GPUs execute per token: the model FLOPs and what checkpointing recomputes, on the fraction
     of the layers it checkpoints (full: the whole forward, 2N + attention; op: its recomputed matmuls;
     selective: attention's scores)."""
+    if shape is not None and shape.arch == "encoder-decoder" and checkpointing != "none":
+        raise PlannerError(f"--checkpointing {checkpointing}: recomputation of an encoder-decoder is not planned "
+                           "yet; use none")
     attn = attention_flops_per_token(shape) / 12 if shape else 0.0  # one forward pass of attention / 4
     params = active_params(params, shape) + capacity_padding_params(shape)
     if checkpointing == "full":

@@ -147,8 +147,16 @@ def check_moe_trainable(model: ResolvedModel, plan: ParallelPlan) -> None:
         raise PlannerError(f"--pp: {plan.pp}: pipeline stages of an MoE model are not run yet; use --ep")
 
 
+def check_arch_trainable(model: ResolvedModel) -> None:
+    """The trainer builds decoders only (issue 28: encoder and encoder-decoder models are planned, not trained)."""
+    if model.shape.arch != "decoder":
+        raise PlannerError(f"--arch: the trainer builds decoder-only models; {model.source} is "
+                           f"{model.shape.arch} (planned by `planner estimate`, not trained yet)")
+
+
 def check_trainable(req: EstimateRequest, model: ResolvedModel) -> None:
     """A plan emit writes is one the trainer can train: refuse what it cannot, naming the flag."""
+    check_arch_trainable(model)
     check_moe_trainable(model, req.layout)
     s = model.shape
     if s.mlp != "swiglu" or s.norm != "rmsnorm" or s.bias or s.position != "rope" or s.embedding_norm \
@@ -308,7 +316,8 @@ def plan_markdown(result: Estimate, run: RunConfig) -> str:
 def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
     """Write every file; returns name -> path. Refuses a plan that does not fit (the user sees why)."""
     opts.validate()
-    check_moe_trainable(resolve_model(req), req.layout)  # before the layout's checks: the reason named first
+    check_arch_trainable(resolve_model(req))  # before the estimate and the layout's checks: the reason named first
+    check_moe_trainable(resolve_model(req), req.layout)
     # the estimate of the layout as emitted (its micro-batches per step set by the batch): its step time
     # and MFU, and so its days and dollars, are the run's
     req = replace(req, layout=parallel_section(req, opts, resolve_model(req).shape.seq_len))

@@ -29,6 +29,18 @@ Two architectures:
   mask heads·s, dropout output 2·heads·s, V 2h, projection input 2h, dropout mask h); MLP 19·h
   (input 2h, first linear 8h, GeLU 8h, dropout mask h); two LayerNorm inputs 4h: 34·h + 5·heads·s.
 
+Encoder-only (BERT, `ModelShape.arch == "encoder"`): a block's saved tensors do not depend on the attention mask
+(bidirectional or causal, SDPA and the score path keep the same tensors), and Megatron-LM builds its BERT from the
+very transformer layer Korthikanti et al. count (megatron/legacy/model/bert_model.py: the GPT layer with a padding
+mask), so a BERT block (LayerNorm, GeLU, dropout; post-LN moves the norms, not what they keep) has the **gpt**
+terms; an encoder of our block (RMSNorm, SwiGLU) the **llama** terms. Its output layer (`head_bytes_per_token`)
+differs from a decoder's: the token ids and, with token types, their int64 ids too (8 each); after the embedding,
+BERT's LayerNorm input a·h and its dropout mask h; no final norm after post-LN blocks (else the norm's bytes);
+the MLM head on every position (`transformers.BertForMaskedLM` computes every position's logits): the transform's
+input a·h, its GeLU's input a·h, its LayerNorm's input a·h, the decoder's input a·h, and the fp32 log-softmax 4·V.
+Derived term by term, not yet measured by hooks (the trainer does not build an encoder). An encoder-decoder's
+activations, and MLPs other than SwiGLU and GeLU (T5's ReLU and gated-GeLU), are not derived yet: refused.
+
 Mixture of experts (`pretrain.model.MoE`, counted by the hooks in `tests/test_moe_train.py`): an MoE layer keeps
 the dense block's terms but for the MLP's gate/up product (its input is the router's; under autocast the router's
 cast, and the shared experts' two casts of their own), and instead, per token, the router's fp32 probabilities
@@ -102,7 +114,13 @@ class Term:
 
 
 def architecture(shape: ModelShape) -> str:
-    """llama for RMSNorm + SwiGLU shapes (our model), gpt for LayerNorm + GeLU (Korthikanti's)."""
+    """llama for RMSNorm + SwiGLU shapes (our model), gpt for LayerNorm + GeLU (Korthikanti's); an encoder's
+    blocks as a decoder's of the same kind (module docstring). Refused where no terms are derived."""
+    if shape.arch == "encoder-decoder":
+        raise PlannerError("activations: an encoder-decoder's (cross-attention, relative position bias) are not "
+                           "derived yet, so its memory per GPU is not planned; encoder and decoder models are")
+    if shape.mlp not in ("swiglu", "gelu"):
+        raise PlannerError(f"activations: planned for SwiGLU and GeLU MLPs, not --mlp {shape.mlp} (not derived yet)")
     return "gpt" if shape.mlp == "gelu" else "llama"
 
 
@@ -210,12 +228,13 @@ def layer_terms(shape: ModelShape, *, regime: str = "16bit", checkpointing: str 
     """The tensors one layer keeps for backward (see the module docstring for each term)."""
     if checkpointing not in CHECKPOINTING:
         raise PlannerError(f"--checkpointing: {checkpointing!r} is not one of {', '.join(CHECKPOINTING)}")
+    kind = architecture(shape)  # refuses the architectures with no terms derived
     if checkpointing == "full":
         return [Term("layer_input", _stream_width(regime) * shape.hidden / (tp if sequence_parallel else 1))]
     if checkpointing == "op":
         return _op_terms(shape, regime, tp)
     flash = flash_attention or checkpointing == "selective"
-    if architecture(shape) == "gpt":
+    if kind == "gpt":
         return _gpt_terms(shape, regime, tp, sequence_parallel, flash)
     return _llama_terms(shape, regime, tp, sequence_parallel, flash, megatron_sp)
 
@@ -270,9 +289,25 @@ def head_bytes_per_token(shape: ModelShape, regime: str = "16bit", tp: int = 1) 
     """Token ids, final norm (sequence-parallel under TP), the head's input and the fp32 log-softmax over
     the vocabulary (split by TP)."""
     a = _width(regime)
+    if shape.arch == "encoder":
+        return _encoder_head_bytes_per_token(shape, regime, tp)
     if architecture(shape) == "gpt":  # LayerNorm input and the head input, then the fp32 softmax
         return TOKEN_ID_BYTES + (2 * a * shape.hidden) + FP32 * shape.vocab / tp
     return TOKEN_ID_BYTES + _norm_bytes(shape.hidden, regime) / tp + a * shape.hidden + FP32 * shape.vocab / tp
+
+
+def _encoder_head_bytes_per_token(shape: ModelShape, regime: str, tp: int) -> float:
+    """An encoder's ids, embedding norm and MLM head (module docstring), every position."""
+    if shape.encoder_head == "pooler":
+        raise PlannerError("activations: an encoder without its MLM head (BertModel) has no pretraining loss to "
+                           "plan; plan BertForMaskedLM (architectures in the config)")
+    if tp > 1:
+        raise PlannerError(f"--tp: {tp}: tensor parallelism of an encoder is not planned yet")
+    a, h = _width(regime), shape.hidden
+    ids = TOKEN_ID_BYTES * (2 if shape.token_types else 1)
+    embedding = (a * h + h) if shape.embedding_norm else 0.0  # LayerNorm input, dropout mask
+    final = 0.0 if shape.post_norm else _norm_bytes(h, regime)
+    return ids + embedding + final + 4 * a * h + FP32 * shape.vocab
 
 
 def loss_backward_bytes_per_token(shape: ModelShape, tp: int = 1) -> float:

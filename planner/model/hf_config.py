@@ -18,6 +18,13 @@ Field names by family (the `model_type` key):
   Qwen's `mlp_only_layers` are dense layers (at the front only) and `decoder_sparse_step` must be 1.
   deepseek_v2 / deepseek_v3 are refused: their multi-head latent attention (low-rank q and kv) is not a
   shape the planner has yet.
+- bert (encoder-only, `modeling_bert`): `num_hidden_layers`, `hidden_size`, `num_attention_heads`,
+  `intermediate_size` (GeLU), `max_position_embeddings` learned positions, `type_vocab_size` token types,
+  LayerNorm after the embedding and after each sub-layer (post-LN), biases; the head from `architectures`
+  (`BERT_HEADS`: BertForMaskedLM, the published file's, is the MLM head tied to the embedding, no pooler);
+- t5 (encoder-decoder, `modeling_t5`): `num_layers` and `num_decoder_layers`, `d_model`, `num_heads`, `d_kv`,
+  `d_ff`, `feed_forward_proj` (relu: t5 v1.0; gated-gelu: t5 v1.1, flan-t5), `relative_attention_num_buckets`,
+  `tie_word_embeddings` (default true), RMSNorm without bias, no biases.
 
 Left out on purpose (each < 0.01% of the count in the shipped configs): Qwen2's (and Qwen2-MoE's) q/k/v
 biases, the q/k norms of OLMo 2, OLMoE and Qwen3, Gemma 2's extra post-norms. `planner/model/hf_configs/` ships the published configs of current
@@ -41,6 +48,11 @@ MOE_FIELDS = {"mixtral": ("num_local_experts", "intermediate_size", None),
               "qwen3_moe": ("num_experts", "moe_intermediate_size", None)}
 #: Families named so the refusal says why.
 REFUSED = {"deepseek_v2": "multi-head latent attention", "deepseek_v3": "multi-head latent attention"}
+#: BERT's classes by what they put on the encoder (`ModelShape.encoder_head`); a config naming none is planned
+#: as BertForMaskedLM, what masked-language-model pretraining trains.
+BERT_HEADS = {"BertForMaskedLM": "mlm", "BertModel": "pooler", "BertForPreTraining": "pretraining"}
+#: T5's `feed_forward_proj` -> the MLP kind.
+T5_MLPS = {"relu": "relu", "gated-gelu": "geglu"}
 SHIPPED = Path(__file__).parent / "hf_configs"
 #: Sequence length planned when none is given: the model's context, capped at this.
 MAX_DEFAULT_SEQ = 4096
@@ -82,6 +94,10 @@ def shape_from_hf(path: str | Path, seq_len: int | None = None) -> ModelShape:
     if not isinstance(cfg, dict):
         raise PlannerError(f"--hf-config: {path} holds a {type(cfg).__name__}, not a config object")
     kind = cfg.get("model_type")
+    if kind == "bert":
+        return _bert(cfg, path, seq_len)
+    if kind == "t5":
+        return _t5(cfg, path, seq_len)
     if kind == "gpt2":
         hidden = _int(cfg, path, "n_embd", "hidden_size")
         positions = _int(cfg, path, "n_positions", "max_position_embeddings")
@@ -94,7 +110,7 @@ def shape_from_hf(path: str | Path, seq_len: int | None = None) -> ModelShape:
                            f"which the planner does not model yet; planned MoE families: {', '.join(MOE_FIELDS)}")
     if kind not in (*GATED, *MOE_FIELDS, "gpt_neox"):
         raise PlannerError(f"--hf-config: {path}: model_type {kind!r} is not one of "
-                           f"{', '.join((*GATED, *MOE_FIELDS, 'gpt_neox', 'gpt2'))}")
+                           f"{', '.join((*GATED, *MOE_FIELDS, 'gpt_neox', 'gpt2', 'bert', 't5'))}")
     context = _int(cfg, path, "max_position_embeddings", default=2048)
     heads = _int(cfg, path, "num_attention_heads")
     common = {"kv_heads": _int(cfg, path, "num_key_value_heads", default=heads),
@@ -108,6 +124,42 @@ def shape_from_hf(path: str | Path, seq_len: int | None = None) -> ModelShape:
         common["moe"] = _moe_from_hf(cfg, path, kind, _int(cfg, path, "num_hidden_layers"))
     return ModelShape(_int(cfg, path, "num_hidden_layers"), _int(cfg, path, "hidden_size"), heads,
                       _int(cfg, path, "vocab_size"), seq_len or min(context, MAX_DEFAULT_SEQ), **common)
+
+
+def _bert(cfg: dict, path: Path, seq_len: int | None) -> ModelShape:
+    """A BERT config (Devlin et al. 2019) as `transformers.BertForMaskedLM` (or the class it names) builds it."""
+    if cfg.get("position_embedding_type", "absolute") != "absolute":
+        raise PlannerError(f"--hf-config: {path}: position_embedding_type {cfg['position_embedding_type']!r}; "
+                           "the planner models BERT's absolute learned positions only")
+    names = cfg.get("architectures") or ["BertForMaskedLM"]
+    if not isinstance(names, list) or names[0] not in BERT_HEADS:
+        raise PlannerError(f"--hf-config: {path}: architectures {names!r}: planned BERT classes are "
+                           f"{', '.join(BERT_HEADS)}")
+    positions = _int(cfg, path, "max_position_embeddings", default=512)
+    hidden = _int(cfg, path, "hidden_size")
+    return ModelShape(_int(cfg, path, "num_hidden_layers"), hidden, _int(cfg, path, "num_attention_heads"),
+                      _int(cfg, path, "vocab_size"), seq_len or positions,
+                      ffn_hidden=_int(cfg, path, "intermediate_size", default=4 * hidden), mlp="gelu",
+                      norm="layernorm", position="learned", tied_embeddings=_bool(cfg, path, "tie_word_embeddings", True),
+                      bias=True, embedding_norm=True, arch="encoder", max_positions=positions,
+                      token_types=_int(cfg, path, "type_vocab_size", default=2), post_norm=True,
+                      encoder_head=BERT_HEADS[names[0]])
+
+
+def _t5(cfg: dict, path: Path, seq_len: int | None) -> ModelShape:
+    """A T5 config (Raffel et al. 2020) as `transformers.T5ForConditionalGeneration` builds it; `seq_len` is the
+    encoder's input length (default 512, T5's), the targets span corruption's for it."""
+    proj = cfg.get("feed_forward_proj", "relu")
+    if proj not in T5_MLPS:
+        raise PlannerError(f"--hf-config: {path}: feed_forward_proj {proj!r} is not one of {', '.join(T5_MLPS)}")
+    heads, layers = _int(cfg, path, "num_heads"), _int(cfg, path, "num_layers")
+    return ModelShape(layers, _int(cfg, path, "d_model"), heads, _int(cfg, path, "vocab_size"),
+                      seq_len or _int(cfg, path, "n_positions", default=512), ffn_hidden=_int(cfg, path, "d_ff"),
+                      mlp=T5_MLPS[proj], norm="rmsnorm", position="relative",
+                      tied_embeddings=_bool(cfg, path, "tie_word_embeddings", True),
+                      head_dim_override=_int(cfg, path, "d_kv"), arch="encoder-decoder",
+                      decoder_layers=_int(cfg, path, "num_decoder_layers", default=layers),
+                      relative_buckets=_int(cfg, path, "relative_attention_num_buckets", default=32))
 
 
 def _moe_from_hf(cfg: dict, path: Path, kind: str, layers: int) -> MoE:

@@ -2,6 +2,11 @@
 
 Each preset carries the published parameter count and where it is published, so tests can hold
 `ModelShape.param_count()` against it (within 0.01% for the shipped configs).
+
+Two shipped configs are not decoders: `bert-base-uncased` (encoder-only, planned as BertForMaskedLM, its
+config's class: 109,514,298 parameters, the MLM head tied to the word embedding, no pooler; BertModel with the
+pooler, the published 110M, is 109,482,240) and `t5-base` (encoder-decoder, T5ForConditionalGeneration with the
+LM head tied to the shared embedding: 222,903,552).
 """
 
 from __future__ import annotations

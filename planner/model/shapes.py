@@ -17,18 +17,38 @@ The count follows the architecture term by term (no 12·L·h² shortcut), so tha
   keep a dense MLP (DeepSeek's first_k_dense_replace). `param_count()` is the total; `active_param_count()`
   what one token passes through (the top-k routed experts instead of all E; the router and shared experts
   always).
+
+Encoder-only and encoder-decoder shapes (`arch`), counted as Hugging Face builds them:
+
+- **encoder** (BERT, Devlin et al. 2019; HF `modeling_bert`): learned absolute positions (`max_positions`) and
+  token types (`token_types`), a LayerNorm after the embedding sum, post-LN blocks (`post_norm`: each
+  sub-layer's norm after its residual sum, so no final norm), biases, a GeLU MLP; on top `encoder_head`:
+  `mlm` (BertForMaskedLM: the MLM transform h x h + h and a LayerNorm, the decoder tied to the word embedding
+  unless `tied_embeddings` is off, and its own bias V; no pooler), `pooler` (BertModel: the pooler h x h + h, no
+  head) or `pretraining` (BertForPreTraining: both, and the next-sentence head 2h + 2);
+- **encoder-decoder** (T5, Raffel et al. 2020; HF `modeling_t5`): `layers` encoder blocks (attention, MLP) and
+  `decoder_layers` decoder blocks (self-attention, cross-attention with K and V over the encoder's output, MLP),
+  each sub-layer with a pre-norm, and a final norm per stack; T5's LayerNorm is an RMSNorm without bias (a
+  scale, h); relative position bias (`position="relative"`): a buckets x heads table in the first block of each
+  stack, shared by its other blocks; the MLP ReLU (`relu`, t5 v1.0, two matrices) or gated-GeLU (`geglu`,
+  t5 v1.1 and flan-t5, three); one embedding shared by both stacks and, when tied, the LM head; no biases.
+  `seq_len` is the encoder's input length and `target_len` the decoder's (`span_corruption_lengths`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 from planner.core.errors import PlannerError
 
-MLP_KINDS = ("swiglu", "gelu")
+MLP_KINDS = ("swiglu", "gelu", "relu", "geglu")
+#: MLPs with a gate: three matrices (SwiGLU, Shazeer 2020; T5 v1.1's gated-GeLU); the others have two.
+GATED_MLPS = ("swiglu", "geglu")
 NORM_KINDS = ("rmsnorm", "layernorm")
-POSITION_KINDS = ("rope", "learned", "alibi")
+POSITION_KINDS = ("rope", "learned", "alibi", "relative")
+ARCHS = ("decoder", "encoder", "encoder-decoder")
+ENCODER_HEADS = ("mlm", "pooler", "pretraining")
 
 
 #: The busiest expert's load over the mean planned for under dropless routing. Dropless routing (Mixtral, OLMoE,
@@ -107,6 +127,14 @@ class ModelShape:
     embedding_norm: bool = False
     head_dim_override: int | None = None  # None: hidden / heads (Gemma sets 256 with hidden 3072 or 3584)
     moe: MoE | None = None  # None: a dense model
+    arch: str = "decoder"  # decoder | encoder | encoder-decoder (ARCHS)
+    decoder_layers: int | None = None  # encoder-decoder: the decoder's blocks (None: as many as `layers`)
+    target_len: int | None = None  # encoder-decoder: the decoder's sequence length (None: span corruption's)
+    max_positions: int | None = None  # learned positions: the table's rows (None: seq_len)
+    token_types: int = 0  # BERT's token-type (segment) embeddings
+    post_norm: bool = False  # post-LN blocks (BERT): no final norm
+    encoder_head: str = "mlm"  # encoder: what sits on the blocks (ENCODER_HEADS)
+    relative_buckets: int = 32  # relative position bias: buckets per head (T5's relative_attention_num_buckets)
 
     def __post_init__(self) -> None:
         for name in ("layers", "hidden", "heads", "vocab", "seq_len"):
@@ -124,9 +152,47 @@ class ModelShape:
             raise PlannerError(f"--kv-heads: {self.kv_heads} must be positive and divide --heads {self.heads}")
         if self.ffn_hidden is not None and self.ffn_hidden <= 0:
             raise PlannerError(f"--ffn: {self.ffn_hidden} must be a positive integer")
-        for name, allowed in (("mlp", MLP_KINDS), ("norm", NORM_KINDS), ("position", POSITION_KINDS)):
+        for name, allowed in (("mlp", MLP_KINDS), ("norm", NORM_KINDS), ("position", POSITION_KINDS),
+                              ("arch", ARCHS), ("encoder_head", ENCODER_HEADS)):
             if getattr(self, name) not in allowed:
-                raise PlannerError(f"--{name}: {getattr(self, name)!r} is not one of {', '.join(allowed)}")
+                raise PlannerError(f"--{name.replace('_', '-')}: {getattr(self, name)!r} is not one of "
+                                   f"{', '.join(allowed)}")
+        self._check_arch()
+
+    def _check_arch(self) -> None:
+        """The encoder and encoder-decoder fields: positive where set, and only on their architecture."""
+        for name in ("decoder_layers", "target_len", "max_positions", "relative_buckets"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise PlannerError(f"--{name.replace('_', '-')}: {value!r} must be a positive integer")
+        if self.arch != "encoder-decoder" and (self.decoder_layers or self.target_len):
+            raise PlannerError("--decoder-layers/--target-len: only an encoder-decoder (--arch encoder-decoder) "
+                               "has a decoder stack apart from its encoder")
+        if self.arch != "decoder" and self.moe is not None:
+            raise PlannerError(f"--experts: mixture-of-experts layers are planned in decoders only, not --arch {self.arch}")
+        if self.max_positions is not None and self.seq_len > self.max_positions:
+            raise PlannerError(f"--seq-len: {self.seq_len} is longer than the model's {self.max_positions} "
+                               "learned positions")
+
+    @property
+    def gated(self) -> bool:
+        """The MLP has a gate (three matrices: SwiGLU, gated-GeLU) rather than two."""
+        return self.mlp in GATED_MLPS
+
+    @property
+    def n_decoder_layers(self) -> int:
+        """The decoder's blocks: an encoder-decoder's decoder stack, a decoder's `layers`, none in an encoder."""
+        if self.arch == "encoder-decoder":
+            return self.decoder_layers or self.layers
+        return self.layers if self.arch == "decoder" else 0
+
+    @property
+    def n_target_len(self) -> int:
+        """The decoder's sequence length: an encoder-decoder's targets (`target_len`, or span corruption's for
+        `seq_len` inputs), else `seq_len`."""
+        if self.arch != "encoder-decoder":
+            return self.seq_len
+        return self.target_len or span_corruption_lengths(self.seq_len)[1]
 
     @property
     def head_dim(self) -> int:
@@ -146,7 +212,7 @@ class ModelShape:
     def ffn(self) -> int:
         if self.ffn_hidden is not None:
             return self.ffn_hidden
-        if self.mlp == "gelu":
+        if not self.gated:
             return 4 * self.hidden
         return 256 * math.ceil(8 * self.hidden / 3 / 256)  # LLaMA's rule (Touvron et al. 2023)
 
@@ -160,7 +226,7 @@ class ModelShape:
     def mlp_params(self, ffn: int | None = None) -> int:
         """A dense MLP's parameters (the dense layers'), or one expert's at width `ffn`."""
         h, f = self.hidden, ffn or self.ffn
-        if self.mlp == "gelu":
+        if not self.gated:
             return 2 * h * f + ((f + h) if self.bias else 0)
         return 3 * h * f + ((2 * f + h) if self.bias else 0)
 
@@ -192,9 +258,17 @@ class ModelShape:
         """Every routed expert of every MoE layer: what expert parallelism splits."""
         return 0 if self.moe is None else self.moe_layers * self.moe.experts * self.expert_params()
 
+    def cross_block_params(self) -> int:
+        """An encoder-decoder's decoder block: self-attention, cross-attention (the same four matrices; K and V
+        read the encoder's output) and the MLP, each with its norm."""
+        return 2 * self.attention_params() + self.mlp_params() + 3 * self._norm_params()
+
     def layer_params(self, ep: int = 1) -> int:
         """One block's parameters: the MoE block where the model has one (its largest), with its routed experts
-        split over `ep` expert-parallel ranks (what one rank holds and FSDP gathers)."""
+        split over `ep` expert-parallel ranks (what one rank holds and FSDP gathers); an encoder-decoder's
+        decoder block (its largest)."""
+        if self.arch == "encoder-decoder":
+            return self.cross_block_params()
         if self.moe_layers == 0:  # dense (or a pipeline stage of an MoE model's dense layers only)
             return self.attention_params() + self.mlp_params() + 2 * self._norm_params()
         return self.attention_params() + self.moe_mlp_params(self.moe.experts // ep) + 2 * self._norm_params()
@@ -202,6 +276,8 @@ class ModelShape:
     def blocks_params(self) -> int:
         """Every block's parameters: the dense leading layers and the MoE layers."""
         dense = self.attention_params() + self.mlp_params() + 2 * self._norm_params()
+        if self.arch == "encoder-decoder":
+            return self.layers * dense + self.n_decoder_layers * self.cross_block_params()
         return self.dense_layers * dense + self.moe_layers * self.layer_params()
 
     def active_ffn(self) -> float:
@@ -221,20 +297,52 @@ class ModelShape:
         mlp = self.dense_layers * self.mlp_params() + self.moe_layers * self.moe_mlp_params(self.moe.top_k)
         return self.attention_params() + mlp / self.layers
 
+    @property
+    def stacks(self) -> int:
+        """Stacks of blocks: two in an encoder-decoder (each with its final norm and relative bias table)."""
+        return 2 if self.arch == "encoder-decoder" else 1
+
+    def position_params(self) -> int:
+        """Learned positions (a `max_positions` x h table), token types (BERT), or the relative position bias
+        (buckets x heads, in the first block of each stack, T5); none for RoPE or ALiBi."""
+        types = self.token_types * self.hidden
+        if self.position == "learned":
+            return (self.max_positions or self.seq_len) * self.hidden + types
+        if self.position == "relative":
+            return self.stacks * self.relative_buckets * self.heads + types
+        return types
+
     def embedding_params(self) -> int:
-        positions = self.seq_len * self.hidden if self.position == "learned" else 0
-        return self.vocab * self.hidden + positions
+        return self.vocab * self.hidden + self.position_params()
+
+    def pooler_params(self) -> int:
+        """BERT's pooler (a dense h x h + h on the first token), where the encoder has one."""
+        return self.hidden * self.hidden + self.hidden if self.encoder_head in ("pooler", "pretraining") else 0
+
+    def first_token_params(self) -> int:
+        """An encoder's weights that read the first position only: the pooler and the next-sentence head."""
+        return self.pooler_params() + (2 * self.hidden + 2 if self.encoder_head == "pretraining" else 0)
 
     def head_params(self) -> int:
-        return 0 if self.tied_embeddings else self.vocab * self.hidden
+        """The output layer: a decoder's LM head (V x h unless tied); an encoder's `encoder_head` (the MLM head:
+        transform h x h + h, its LayerNorm and the decoder's bias V, its weight V x h unless tied; the pooler; the
+        next-sentence head 2h + 2)."""
+        lm = 0 if self.tied_embeddings else self.vocab * self.hidden
+        if self.arch != "encoder":
+            return lm
+        h = self.hidden
+        mlm = lm + h * h + h + self._norm_params() + self.vocab if self.encoder_head != "pooler" else 0
+        return mlm + self.first_token_params()
+
+    def final_norms(self) -> int:
+        """Norms outside the blocks: one after each stack (none after post-LN blocks), one after the embedding
+        where the model has it."""
+        return (0 if self.post_norm else self.stacks) + (1 if self.embedding_norm else 0)
 
     def param_count(self) -> int:
         """Every parameter (for an MoE model, every expert: the total)."""
-        extra_norm = self._norm_params() if self.embedding_norm else 0
-        return (
-            self.embedding_params() + extra_norm + self.blocks_params()
-            + self._norm_params() + self.head_params()
-        )
+        return (self.embedding_params() + self.final_norms() * self._norm_params() + self.blocks_params()
+                + self.head_params())
 
     def active_param_count(self) -> int:
         """Parameters one token passes through: all of a dense model; an MoE model's top-k routed experts
@@ -249,7 +357,9 @@ class ModelShape:
 
     def norm_params(self) -> int:
         """Parameters of every norm: what tensor parallelism replicates rather than splits."""
-        return (2 * self.layers + 1 + (1 if self.embedding_norm else 0)) * self._norm_params()
+        head_norm = 1 if self.arch == "encoder" and self.encoder_head != "pooler" else 0  # the MLM transform's
+        block_norms = 2 * self.layers + 3 * self.n_decoder_layers if self.arch == "encoder-decoder" else 2 * self.layers
+        return (block_norms + self.final_norms() + head_norm) * self._norm_params()
 
     def params_per_tp_rank(self, tp: int = 1) -> float:
         """Parameters one tensor-parallel rank holds: every matrix split `tp` ways (Megatron column/row,
@@ -273,7 +383,44 @@ class ModelShape:
         out = {**asdict(self), "ffn_hidden": self.ffn, "kv_heads": self.n_kv_heads}
         if self.moe is None:
             del out["moe"]  # a dense shape's dict is what it was before MoE
+        if self.arch == "decoder":  # a decoder's dict is what it was before the other architectures
+            for name in ARCH_FIELDS:
+                if out[name] == ARCH_DEFAULTS[name]:
+                    del out[name]
+        else:
+            out.update(decoder_layers=self.n_decoder_layers, target_len=self.n_target_len)
         return out
+
+
+#: The fields the encoder and encoder-decoder added, and their defaults (a decoder's dict leaves them out).
+ARCH_FIELDS = ("arch", "decoder_layers", "target_len", "max_positions", "token_types", "post_norm",
+               "encoder_head", "relative_buckets")
+ARCH_DEFAULTS = {f.name: f.default for f in fields(ModelShape) if f.name in ARCH_FIELDS}
+
+
+#: T5's span corruption (Raffel et al. 2020, §3.1.4): 15% of the tokens dropped in spans of mean length 3.
+NOISE_DENSITY, MEAN_SPAN = 0.15, 3.0
+
+
+def _span_lengths(tokens: int, noise_density: float, mean_span: float) -> tuple[int, int]:
+    """Inputs and targets of `tokens` corrupted tokens: the kept tokens and a sentinel per span, and the noise
+    tokens and a sentinel per span, each with its EOS (t5.data.preprocessors.random_spans_helper)."""
+    noise = round(tokens * noise_density)
+    spans = round(noise / mean_span)
+    return tokens - noise + spans + 1, noise + spans + 1
+
+
+def span_corruption_lengths(inputs: int, noise_density: float = NOISE_DENSITY,
+                            mean_span: float = MEAN_SPAN) -> tuple[int, int]:
+    """(input, target) lengths of span corruption whose inputs are `inputs` tokens long: the longest raw text
+    whose corrupted input fits, as T5's `random_spans_helper` chooses it. 512 inputs: 568 raw tokens, 114
+    targets (the T5 paper's and its codebase's figures)."""
+    if inputs < 2:
+        raise PlannerError(f"--seq-len: {inputs} input tokens are too few for span corruption (at least 2)")
+    tokens = inputs
+    while _span_lengths(tokens + 1, noise_density, mean_span)[0] <= inputs:
+        tokens += 1
+    return _span_lengths(tokens, noise_density, mean_span)
 
 
 def _divisor_hint(n: int) -> str:

@@ -38,6 +38,9 @@ def finetune_breakdown(req: EstimateRequest, model: ResolvedModel, plan: Paralle
                        micro_batch: int) -> MemoryBreakdown:
     """LoRA, QLoRA or prompt tuning on each data-parallel replica (planner.memory.finetune)."""
     ft = req.finetune_spec
+    if model.shape.arch != "decoder":
+        raise PlannerError(f"--finetune {ft.method}: adapters are planned on decoder blocks, not an "
+                           f"{model.shape.arch} (use --finetune full)")
     if model.shape.moe is not None:
         raise PlannerError(f"--finetune {ft.method}: adapters are planned on dense blocks; a mixture-of-experts "
                            "model's experts are not (use --finetune full)")
@@ -247,11 +250,11 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
     plan = req.layout.validate()
     model, gpu = resolve_model(req), gpu_of(req)
     dtype = compute_dtype(req, gpu)
+    tokens = req.tokens if req.tokens is not None else default_tokens(model)  # the laws' refusal before memory's
     convention = req.convention or memory.default_convention(plan)
     breakdown = breakdown_for(req, model, plan)
     capacity = gpu.memory_bytes
     terms = memory.state_terms(req.precision, req.optimizer, convention, model.shape)
-    tokens = req.tokens if req.tokens is not None else default_tokens(model)
     price = gpu.price_per_hour if req.price is None else req.price
     time = predicted_time(req, model, plan, gpu, dtype)
     source = "--mfu" if req.mfu is not None else "predicted" if time else "default"
@@ -292,7 +295,11 @@ def estimate(req: EstimateRequest, fewest_gpus: bool = True) -> Estimate:
 
 
 def default_tokens(model: ResolvedModel) -> float:
-    """Training tokens when none are given: Chinchilla's 20 per parameter, a law fitted on dense models only."""
+    """Training tokens when none are given: Chinchilla's 20 per parameter, a law fitted on dense decoder-only
+    models only."""
+    if model.shape.arch != "decoder":
+        raise PlannerError(f"--tokens: needed for an {model.shape.arch} model; the default (Chinchilla's 20 tokens "
+                           "per parameter) was fitted on decoder-only models")
     if model.shape.moe is not None:
         raise PlannerError("--tokens: needed for a mixture-of-experts model; the default (Chinchilla's 20 tokens per "
                            "parameter) was fitted on dense models and says nothing about total vs active parameters")

@@ -62,6 +62,9 @@ class EstimateRequest:
     lora_modules: tuple[str, ...] = finetune_mod.DEFAULT_LORA_MODULES
     soft_tokens: int = 20
     capacity_factor: float | None = None  # MoE routing: None dropless, else each expert's buffer (planner.model.shapes.MoE)
+    arch: str | None = None  # None: the model's; else checked against it (planner.model.shapes.ARCHS)
+    objective: str | None = None  # None: the architecture's (OBJECTIVES); else checked against it
+    target_len: int | None = None  # encoder-decoder: the decoder's length (None: span corruption's for seq_len)
 
     @classmethod
     def from_flags(cls, *, gpus: int = 8, zero: int | None = None, fsdp: str | None = None,
@@ -127,9 +130,39 @@ class ResolvedModel:
         return self.params - (self.shape.param_count() - self.shape.active_param_count())
 
 
+#: The pretraining objective each architecture trains with: causal LM (GPT), masked LM (BERT, Devlin et al.
+#: 2019), span corruption (T5, Raffel et al. 2020).
+OBJECTIVES = {"decoder": "clm", "encoder": "mlm", "encoder-decoder": "span-corruption"}
+
+
+def _an(arch: str) -> str:
+    return f"an {arch}" if arch.startswith("e") else f"a {arch}"
+
+
+def check_arch(req: EstimateRequest, model: ResolvedModel) -> ResolvedModel:
+    """The model's architecture against --arch and --objective, and --target-len applied (one line where they
+    disagree); layouts planned for decoders only refused for the other two."""
+    arch = model.shape.arch
+    if req.arch is not None and req.arch != arch:
+        raise PlannerError(f"--arch {req.arch}: {model.source} is {_an(arch)} model")
+    if req.objective is not None and req.objective != OBJECTIVES[arch]:
+        raise PlannerError(f"--objective {req.objective}: {_an(arch)} model trains with {OBJECTIVES[arch]}, "
+                           f"not {req.objective}")
+    if req.target_len is not None:
+        if arch != "encoder-decoder":
+            raise PlannerError(f"--target-len: only an encoder-decoder has targets apart from its inputs; "
+                               f"{model.source} is {arch}-only")
+        model = replace(model, shape=replace(model.shape, target_len=req.target_len))
+    if arch != "decoder":
+        for flag, degree in (("--tp", req.layout.tp), ("--pp", req.layout.pp)):
+            if degree > 1:
+                raise PlannerError(f"{flag}: {degree}: planned for decoders only; {model.source} is {arch}")
+    return model
+
+
 def resolve_model(req: EstimateRequest) -> ResolvedModel:
     """The model of `req` (preset, shape or count), with the request's MoE routing applied."""
-    model = _resolve(req)
+    model = check_arch(req, _resolve(req))
     moe, ep = model.shape.moe, req.layout.ep
     if ep > 1 and moe is None:
         raise PlannerError(f"--ep: {ep} expert-parallel ranks need a mixture-of-experts model (--experts, or an "
@@ -168,6 +201,9 @@ def _resolve(req: EstimateRequest) -> ResolvedModel:
     if not (req.params and math.isfinite(req.params) and PARAMS_RANGE[0] <= req.params <= PARAMS_RANGE[1]):
         raise PlannerError(f"--params: {req.params!r} is outside the plausible range {PARAMS_RANGE[0]:.0e}-"
                            f"{PARAMS_RANGE[1]:.0e} parameters, e.g. 7e9 or 7B")
+    if req.arch not in (None, "decoder"):
+        raise PlannerError(f"--params: the shape it infers is a decoder's; for --arch {req.arch} give --model, "
+                           "--hf-config or shape flags")
     seq_len = req.seq_len or 2048
     snapped = snap_to_family(req.params, seq_len)
     if snapped is not None:

@@ -22,6 +22,9 @@ def render_estimate(r: dict) -> str:
     params = r["params"]
     shape = (f"{m['layers']} layers x {m['hidden']} hidden, {m['heads']} heads"
              f" ({m['kv_heads']} kv), ffn {m['ffn_hidden']}, vocab {m['vocab']}, seq {m['seq_len']}")
+    if m.get("arch", "decoder") != "decoder":  # an encoder, or an encoder-decoder's stacks and split
+        shape += f", {m['arch']}" + (f" ({m['decoder_layers']} decoder layers, {m['target_len']} target tokens)"
+                                     if m["arch"] == "encoder-decoder" else f" ({m['encoder_head']} head)")
     how = m["source"].replace("params (shape of ", "snapped to ").rstrip(")") if "shape of" in m["source"] \
         else "LLaMA-style, hidden/layers ~ 128"
     inferred = f" [shape inferred from --params: {how}; used for activations and attention FLOPs only]" \

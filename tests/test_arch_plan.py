@@ -1,0 +1,197 @@
+"""Encoder-only (BERT) and encoder-decoder (T5) models in the planner (issue 28): counts against the published
+ones, FLOPs per position, the objective checked against the architecture, and the decoder-only laws, memory
+terms and trainer refused in one line where they do not apply."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from planner.cli import main
+from planner.compute import flops
+from planner.memory import activations
+from planner.model.hf_config import SHIPPED, shape_from_hf
+from planner.model.presets import get_preset
+from planner.model.shapes import ModelShape, span_corruption_lengths
+
+#: transformers' num_parameters() for each class, built from the published config.json (checked with
+#: transformers 5.25 on the meta device).
+BERT_MODEL_WITH_POOLER = 109_482_240  # BertModel (the paper's "110M")
+BERT_FOR_MASKED_LM = 109_514_298  # BertModel less the pooler (590,592) plus the MLM head (622,650)
+BERT_FOR_PRETRAINING = 110_106_428  # pooler, MLM head and the next-sentence head (1,538)
+T5_BASE = 222_903_552  # T5ForConditionalGeneration, lm_head tied to the shared embedding
+
+
+def bert() -> ModelShape:
+    return shape_from_hf(SHIPPED / "bert-base-uncased.json")
+
+
+def t5() -> ModelShape:
+    return shape_from_hf(SHIPPED / "t5-base.json")
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# ---- counts ----------------------------------------------------------------------------------------------
+def test_bert_base_uncased_preset_is_bert_for_masked_lm_to_the_parameter():
+    assert get_preset("bert-base-uncased").shape.param_count() == BERT_FOR_MASKED_LM
+
+
+def test_bert_base_with_the_pooler_and_no_head_is_the_published_bert_model_count():
+    assert replace(bert(), encoder_head="pooler").param_count() == BERT_MODEL_WITH_POOLER
+
+
+def test_bert_for_pretraining_adds_the_pooler_and_the_next_sentence_head():
+    assert replace(bert(), encoder_head="pretraining").param_count() == BERT_FOR_PRETRAINING
+
+
+def test_bert_config_naming_bert_model_plans_the_pooler(tmp_path):
+    cfg = json.loads((SHIPPED / "bert-base-uncased.json").read_text())
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({**cfg, "architectures": ["BertModel"]}))
+    assert shape_from_hf(path).param_count() == BERT_MODEL_WITH_POOLER
+
+
+def test_t5_base_preset_is_t5_for_conditional_generation_to_the_parameter():
+    assert get_preset("t5-base").shape.param_count() == T5_BASE
+
+
+def test_t5_relative_bias_is_one_table_per_stack():
+    assert t5().position_params() == 2 * 32 * 12
+
+
+def test_untied_t5_adds_its_lm_head():
+    assert replace(t5(), tied_embeddings=False).param_count() == T5_BASE + 32128 * 768
+
+
+def test_gated_gelu_t5_has_three_mlp_matrices():
+    shape = replace(t5(), mlp="geglu", ffn_hidden=2048)
+    assert shape.mlp_params() == 3 * 768 * 2048
+
+
+def test_bert_shorter_sequences_keep_the_512_position_table():
+    assert replace(bert(), seq_len=128).param_count() == BERT_FOR_MASKED_LM
+
+
+def test_a_decoder_shape_dict_is_unchanged_by_the_new_fields():
+    assert "arch" not in get_preset("llama2-7b").shape.to_dict()
+
+
+# ---- span corruption split ---------------------------------------------------------------------------------
+def test_span_corruption_of_512_inputs_has_114_targets_as_t5():
+    assert span_corruption_lengths(512) == (512, 114)
+
+
+def test_t5_preset_plans_512_inputs_and_114_targets():
+    shape = t5()
+    assert (shape.seq_len, shape.n_target_len) == (512, 114)
+
+
+# ---- FLOPs -------------------------------------------------------------------------------------------------
+def test_mlm_flops_per_position_are_6n_plus_full_attention():
+    shape = bert()
+    expected = 6 * BERT_FOR_MASKED_LM + 12 * 12 * 768 * 512
+    assert flops.model_flops_per_token(shape.param_count(), shape) == expected
+
+
+def test_the_pooler_runs_once_per_sequence():
+    shape = replace(bert(), encoder_head="pretraining")
+    once = 768 * 768 + 768 + 2 * 768 + 2
+    assert flops.active_params(shape.param_count(), shape) == pytest.approx(BERT_FOR_PRETRAINING - once + once / 512)
+
+
+def test_encoder_decoder_flops_weigh_inputs_and_targets():
+    shape = t5()
+    s_in, s_tgt, h = 512, 114, 768
+    enc_block, dec_block, cross_kv = 7_079_424, 9_439_488, 2 * h * h
+    per_input = 6 * 12 * (enc_block + cross_kv) + 12 * 12 * h * s_in
+    per_target = 6 * (12 * (dec_block - cross_kv) + 32128 * h) + 12 * 12 * h * (s_tgt + s_in)
+    expected = (s_in * per_input + s_tgt * per_target) / (s_in + s_tgt)
+    assert flops.model_flops_per_token(shape.param_count(), shape) == pytest.approx(expected)
+
+
+def test_encoder_decoder_counts_fewer_matmul_weights_per_position_than_its_parameters():
+    shape = t5()
+    assert flops.active_params(shape.param_count(), shape) < 0.5 * T5_BASE
+
+
+def test_target_len_sets_the_split():
+    from planner.plan.request import EstimateRequest, resolve_model
+
+    assert resolve_model(EstimateRequest(model="t5-base", target_len=128)).shape.n_target_len == 128
+
+
+# ---- flags -------------------------------------------------------------------------------------------------
+def test_bert_estimate_with_tokens_runs_and_reports_the_mlm_count(capsys):
+    code, out, _ = run(capsys, "estimate", "--model", "bert-base-uncased", "--tokens", "1e9", "--json")
+    result = json.loads(out)
+    assert code == 0 and result["params"] == BERT_FOR_MASKED_LM and result["model"]["arch"] == "encoder"
+
+
+def test_an_objective_that_is_not_the_architectures_is_one_line(capsys):
+    code, _, err = run(capsys, "estimate", "--model", "bert-base-uncased", "--objective", "clm", "--tokens", "1e9")
+    assert code == 2 and err.count("\n") == 1 and "trains with mlm" in err
+
+
+def test_an_arch_that_is_not_the_models_is_one_line(capsys):
+    code, _, err = run(capsys, "estimate", "--model", "t5-base", "--arch", "decoder", "--tokens", "1e9")
+    assert code == 2 and "is an encoder-decoder model" in err
+
+
+def test_target_len_on_an_encoder_is_refused(capsys):
+    code, _, err = run(capsys, "estimate", "--model", "bert-base-uncased", "--target-len", "64", "--tokens", "1e9")
+    assert code == 2 and "--target-len" in err
+
+
+def test_params_alone_cannot_infer_an_encoder(capsys):
+    code, _, err = run(capsys, "estimate", "--params", "1e9", "--arch", "encoder")
+    assert code == 2 and "--params" in err
+
+
+def test_shape_flags_build_an_encoder(capsys):
+    code, out, _ = run(capsys, "estimate", "--layers", "2", "--hidden", "64", "--heads", "4", "--vocab", "100",
+                       "--arch", "encoder", "--objective", "mlm", "--tokens", "1e6", "--json")
+    assert code == 0 and json.loads(out)["model"]["arch"] == "encoder"
+
+
+# ---- laws --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["bert-base-uncased", "t5-base"])
+def test_default_tokens_are_refused_for_non_decoders(capsys, model):
+    code, _, err = run(capsys, "estimate", "--model", model)
+    assert code == 2 and "fitted on decoder-only models" in err
+
+
+@pytest.mark.parametrize("arch", ["encoder", "encoder-decoder"])
+def test_optimal_refuses_non_decoders(capsys, arch):
+    code, _, err = run(capsys, "optimal", "--flops", "1e20", "--arch", arch)
+    assert code == 2 and "fitted on decoder-only models" in err
+
+
+# ---- memory ------------------------------------------------------------------------------------------------
+def test_bert_blocks_keep_korthikantis_gpt_terms():
+    shape = bert()
+    decoder = replace(shape, arch="decoder", post_norm=False, token_types=0, max_positions=None)
+    assert activations.layer_terms(shape) == activations.layer_terms(decoder)
+
+
+def test_bert_head_keeps_ids_embedding_norm_mlm_head_and_log_softmax():
+    a, h, v = 2, 768, 30522
+    assert activations.head_bytes_per_token(bert()) == 2 * 8 + (a * h + h) + 4 * a * h + 4 * v
+
+
+def test_encoder_decoder_activations_are_refused_in_one_line(capsys):
+    code, _, err = run(capsys, "estimate", "--model", "t5-base", "--tokens", "1e9")
+    assert code == 2 and err.count("\n") == 1 and "not derived yet" in err
+
+
+# ---- trainer -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command", ["emit", "verify"])
+@pytest.mark.parametrize("model", ["bert-base-uncased", "t5-base"])
+def test_emit_and_verify_refuse_non_decoders(capsys, tmp_path, command, model):
+    extra = ["--out", str(tmp_path)] if command == "emit" else []
+    code, _, err = run(capsys, command, "--model", model, "--tokens", "1e9", *extra)
+    assert code == 2 and "the trainer builds decoder-only models" in err
