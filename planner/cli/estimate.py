@@ -29,7 +29,7 @@ def estimate(as_json, **kw):
 @click.command()
 @estimate_options
 @click.option("--plot", type=click.Path(), help="Write a stacked-bar PNG of memory per GPU by strategy here.")
-@click.option("--search", is_flag=True, help="Explore every runnable layout (strategy, TP, PP, micro-batch, "
+@click.option("--search", is_flag=True, help="Explore every runnable layout (strategy, TP, PP, EP for MoE, micro-batch, "
               "checkpointing) on --gpus and print the fastest that fit.")
 @click.option("--top", type=click.IntRange(1, 100), default=10, show_default=True, help="Layouts --search prints.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")

@@ -3,8 +3,9 @@
 The space: each strategy of `STRATEGIES` (FSDP hybrid at each of `HYBRID_NODES` nodes per copy) x tensor
 parallel (powers of two up to a node) x pipeline (none, or 2..`MAX_PP` ranks with GPipe, 1F1B or
 interleaved 1F1B at 2 or 4 stages per rank, m = 1, 2, 4 or 8 x pp micro-batches) x micro-batch x
-checkpointing (none or full: what the trainer runs), kept only where the layout is valid and the trainer runs it
-(`ParallelPlan.validate` and `check_runnable`: the layouts `emit` would write). Each gets the step-time
+checkpointing (none or full: what the trainer runs), and for a mixture-of-experts model x expert parallelism (each
+`--ep` dividing the experts and the shard ranks), kept only where the layout is valid and the trainer runs it
+(`ParallelPlan.validate`, `check_runnable` and for MoE `check_moe_trainable`: the layouts `emit` would write). Each gets the step-time
 model's step (`planner.plan.estimate.predicted_time`, closed-form: microseconds); then, fastest per token
 first, the memory model says whether it fits, until `top` layouts that fit are found (the memory check
 is the costly part, so it runs only as far down the ranking as needed; the ranking itself is exact).
@@ -34,8 +35,11 @@ PIPELINES = [(1, "1f1b", 1, 1)] + [
 HYBRID_NODES = (1, 2, 4, 8)
 
 
-def candidates(req: EstimateRequest, layers: int):
-    """Every runnable layout of the space on `req.gpus` GPUs."""
+EXPERT_PARALLEL = (1, 2, 4, 8, 16, 32, 64)
+
+
+def candidates(req: EstimateRequest, layers: int, experts: int = 0):
+    """Every runnable layout of the space on `req.gpus` GPUs (`experts`: an MoE model's, 0 for dense)."""
     tps = [t for t in (1, 2, 4, 8) if t <= req.gpus_per_node]
     for name, tp, (pp, schedule, v, m), mb in itertools.product(STRATEGIES, tps, PIPELINES, MICRO_BATCHES):
         if req.gpus % (tp * pp) or pp * v > layers:
@@ -48,31 +52,51 @@ def candidates(req: EstimateRequest, layers: int):
                 plan = replace(base, pp=pp, pp_schedule=schedule, pp_virtual=v, grad_accum=m, dp_shard=shard).validate()
                 if shard is not None and (shard >= plan.dp or plan.dp % shard):
                     continue  # hybrid needs more than one copy, each over whole shards
-                yield plan.check_runnable()
+                plan = plan.check_runnable()
             except PlannerError:
                 continue
+            yield from _with_expert_parallel(plan, experts)
+
+
+def _with_expert_parallel(plan: ParallelPlan, experts: int):
+    """`plan` at each expert-parallel degree the trainer runs for `experts` experts (just `plan` when dense)."""
+    if not experts:
+        yield plan
+        return
+    for ep in EXPERT_PARALLEL:
+        if experts % ep:
+            continue
+        try:
+            yield replace(plan, ep=ep).validate().check_runnable()
+        except PlannerError:
+            continue
 
 
 def search(req: EstimateRequest, top: int = 10) -> dict:
     """The `top` fastest layouts (predicted time per token) that fit, and how many were explored."""
     start = clock.perf_counter()
     model, gpu = resolve_model(req), gpu_of(req)
-    if model.shape.moe is not None:
-        raise PlannerError("--search: explores dense layouts (tp, pp, sharding), not expert parallelism yet; compare "
-                           "a mixture-of-experts model's strategies without --search (at your --ep)")
+    moe = model.shape.moe
     dtype = planned.compute_dtype(req, gpu)
+    models = {}  # an MoE model is resolved per --ep (the busiest rank's planned load depends on it)
     timed = []
-    for plan in candidates(req, model.shape.layers):
+    for plan in candidates(req, model.shape.layers, moe.experts if moe else 0):
+        if moe is not None:
+            if plan.ep not in models:
+                models[plan.ep] = resolve_model(replace(req, layout=plan))
+            model = models[plan.ep]
+            if plan.engine != "fsdp" or plan.tp > 1 or plan.pp > 1:
+                continue  # the trainer runs experts under FSDP2 alone (`planner.emit.run_files.check_moe_trainable`)
         for checkpointing in CHECKPOINTING:
-            if not trainer_runs_checkpointing(checkpointing, plan):
-                continue
+            if not trainer_runs_checkpointing(checkpointing, plan) or (moe and checkpointing == "op"):
+                continue  # the op policy is planned for the dense block
             t = planned.predicted_time(replace(req, checkpointing=checkpointing), model, plan, gpu, dtype)
             if t is None:
                 raise PlannerError(f"--gpu: {gpu.name} lacks the bandwidths the step-time model needs")
-            timed.append((checkpointing, plan, timing(t, pcie_bytes_per_step(plan, model.params))))
-    timed.sort(key=lambda row: row[2]["seconds_per_token"])
+            timed.append((checkpointing, plan, model, timing(t, pcie_bytes_per_step(plan, model.params))))
+    timed.sort(key=lambda row: row[3]["seconds_per_token"])
     best, checked = [], 0
-    for checkpointing, plan, t in timed:
+    for checkpointing, plan, model, t in timed:
         checked += 1
         request = replace(req, layout=plan, checkpointing=checkpointing)
         breakdown = planned.breakdown_for(request, model, plan)
@@ -90,7 +114,7 @@ def _row(plan: ParallelPlan, checkpointing: str, t: dict, memory: float, capacit
     step = t["step_time_s"]
     share = {k: v / step for k, v in t["time_breakdown_s"].items() if v > 0}
     name = plan.strategy + (f"/{plan.shard_degree}" if plan.fsdp_mode == "hybrid" and plan.engine == "fsdp" else "")
-    return {"strategy": name + ("+offload" if plan.offload != "none" else ""), "tp": plan.tp, "pp": plan.pp,
+    return {"strategy": name + ("+offload" if plan.offload != "none" else ""), "tp": plan.tp, "ep": plan.ep, "pp": plan.pp,
             "pp_schedule": plan.pp_schedule if plan.pp > 1 else None, "pp_virtual": plan.pp_virtual,
             "microbatches": plan.grad_accum, "micro_batch": plan.micro_batch, "checkpointing": checkpointing,
             "step_time_s": step, "tokens_per_s_per_gpu": t["tokens_per_s_per_gpu"], "mfu_predicted": t["mfu_predicted"],
@@ -109,12 +133,13 @@ def render_search(r: dict) -> str:
 
     from planner.core.units import GiB
 
-    rows = [[i + 1, row["strategy"], row["tp"], row["pp"] if row["pp"] == 1 else
+    moe = any(row["ep"] > 1 for row in r["top"])
+    rows = [[i + 1, row["strategy"], row["tp"], *([row["ep"]] if moe else []), row["pp"] if row["pp"] == 1 else
              f"{row['pp']} {row['pp_schedule']}" + (f" v{row['pp_virtual']}" if row["pp_virtual"] > 1 else ""),
              row["micro_batch"], row["microbatches"], row["checkpointing"], f"{row['step_time_s']:.3g}",
              f"{row['tokens_per_s_per_gpu']:,.0f}", f"{row['mfu_predicted']:.1%}",
              f"{row['memory_per_gpu_bytes'] / GiB:,.1f}", row["why"]] for i, row in enumerate(r["top"])]
-    table = tabulate(rows, headers=["#", "strategy", "tp", "pp", "micro-batch", "m", "ckpt", "step s", "tok/s/GPU",
+    table = tabulate(rows, headers=["#", "strategy", "tp", *(["ep"] if moe else []), "pp", "micro-batch", "m", "ckpt", "step s", "tok/s/GPU",
                                     "MFU", "GiB/GPU", "the step is spent on"], tablefmt="simple",
                      disable_numparse=True)
     return "\n".join([f"search: {r['explored']:,} runnable layouts on {r['gpus']:,} x {r['gpu']} ranked by predicted "
