@@ -346,7 +346,12 @@ class Transformer(nn.Module):
             return logits
         loss = cross_entropy(logits, targets)
         if self.training and self.cfg.experts:  # the load-balancing loss trains the routers; evaluation is CE alone
-            loss = loss + self.cfg.router_aux_loss_coef * self.aux_loss()
+            aux = self.aux_loss()
+            if isinstance(loss, DTensor):  # TP's loss on vocabulary shards: every TP rank routed the same tokens
+                from torch.distributed.tensor import Replicate
+
+                aux = DTensor.from_local(aux, loss.device_mesh, [Replicate()], run_check=False)
+            loss = loss + self.cfg.router_aux_loss_coef * aux
         return loss
 
     def aux_loss(self) -> torch.Tensor | None:

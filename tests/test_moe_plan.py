@@ -339,7 +339,7 @@ def test_emit_writes_an_moe_model_and_its_expert_parallel_layout(tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["--model", "mixtral-8x7b", "--gpus", "64", "--zero", "3"], "--zero: the trainer runs an MoE model under FSDP2"),
-    (["--model", "mixtral-8x7b", "--gpus", "64", "--fsdp", "full", "--tp", "2"], "--tp: 2: tensor parallelism of an"),
+    (["--model", "mixtral-8x7b", "--gpus", "64", "--fsdp", "full", "--pp", "2"], "--pp: 2: pipeline stages of an MoE"),
     ([*SMALL_MOE, "--gpus", "4", "--fsdp", "full", "--capacity-factor", "1.25"], "--capacity-factor: 1.25: the "
      "trainer routes dropless"),
 ])
@@ -351,12 +351,12 @@ def test_emit_refuses_what_the_trainer_does_not_run_for_moe_in_one_line(capsys, 
     assert not out.exists()
 
 
-def test_a_layout_with_ep_runs_under_fsdp2_alone():
+def test_a_layout_with_ep_runs_under_fsdp2_with_tp_for_attention():
     from planner.core.parallel import ParallelPlan
 
     ParallelPlan.from_flags(64, fsdp="full", ep=8).check_runnable()  # the trainer runs it (tests/test_moe_train.py)
+    ParallelPlan.from_flags(64, fsdp="full", ep=8, tp=2).check_runnable()
     for kw, message in [({"zero": 3}, "parallel.ep: 8: expert parallelism runs composed with FSDP2"),
-                        ({"fsdp": "full", "tp": 2}, "parallel.ep: 8 with parallel.tp 2: expert and tensor"),
                         ({"fsdp": "full", "pp": 2}, "parallel.ep: 8 with parallel.pp 2: expert parallelism inside")]:
         with pytest.raises(PlannerError, match=message):
             ParallelPlan.from_flags(64, ep=8, **kw).check_runnable()
@@ -400,10 +400,10 @@ def test_a_capacity_factors_padding_is_hardware_not_model_flops():
 
 
 def test_verify_refuses_an_moe_layout_the_trainer_does_not_run_in_one_line(capsys):
-    assert main(["verify", "--model", "mixtral-8x7b", "--gpus", "8", "--fsdp", "full", "--tp", "2",
+    assert main(["verify", "--model", "mixtral-8x7b", "--gpus", "8", "--fsdp", "full", "--pp", "2",
                  "--tokens", "1e12"]) == 2
     err = capsys.readouterr().err
-    assert "tensor parallelism of an MoE model is not run yet" in err and err.count("\n") == 1
+    assert "pipeline stages of an MoE model are not run yet" in err and err.count("\n") == 1
 
 
 def test_search_explores_expert_parallelism_as_the_trainer_runs_it():
@@ -413,7 +413,7 @@ def test_search_explores_expert_parallelism_as_the_trainer_runs_it():
     found = search(EstimateRequest.from_flags(model="mixtral-8x7b", gpus=64, gpu="h100-sxm", tokens=1e12), top=100)
     rows = found["top"]
     assert {row["ep"] for row in rows} == {1, 2, 4, 8}  # every degree dividing the 8 experts and the shard ranks
-    assert all(row["layout"]["engine"] == "fsdp" and row["tp"] == 1 and row["pp"] == 1 for row in rows if row["ep"] > 1)
+    assert all(row["layout"]["engine"] == "fsdp" and row["pp"] == 1 for row in rows if row["ep"] > 1)
     # the busiest EP rank runs 1.25x the mean (dropless margin) and adds all-to-alls: at the same micro-batch and
     # checkpointing, EP 8 is slower than EP 1 and holds less
     same = [next(r for r in rows if r["ep"] == ep and r["micro_batch"] == 4 and r["strategy"] == "fsdp-full"

@@ -328,6 +328,9 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     if shape.moe is not None:  # the busiest expert's tokens set the pace (its capacity, or the dropless margin)
         m = shape.moe
         matmul_params += (m.load_factor - 1) * m.top_k * shape.expert_params() * shape.moe_layers / shape.layers
+        # TP for attention only: every TP rank runs the whole MoE layer (router, its top-k experts, shared ones)
+        moe_active = m.load_factor * m.top_k * shape.expert_params() + shape.moe_mlp_params(0)
+        matmul_params += (plan.tp - 1) * moe_active * shape.moe_layers / shape.layers
         if kernels.fp8_linears:
             raise PlannerError("--precision fp8: planned for dense blocks; Float8 MoE experts are not modelled")
     fp8_params = sum(i * o for i, o in block_linears(shape) if fp8_linear(i, o)) if kernels.fp8_linears else 0

@@ -352,9 +352,6 @@ class ParallelPlan:
         if self.ep > 1 and self.engine != "fsdp":
             raise PlannerError(f"{label('ep')}: {self.ep}: expert parallelism runs composed with FSDP2 (torchtitan's "
                                f"layout); set engine fsdp (got {self.engine})")
-        if self.ep > 1 and self.tp > 1:
-            raise PlannerError(f"{label('ep')}: {self.ep} with {label('tp')} {self.tp}: expert and tensor parallelism "
-                               "together are not run yet; use one of them")
         if self.ep > 1 and self.pp > 1:
             raise PlannerError(f"{label('ep')}: {self.ep} with {label('pp')} {self.pp}: expert parallelism inside "
                                "pipeline stages is not run yet; use one of them")

@@ -428,7 +428,6 @@ def _validate_moe(m: ModelConfig, plan: ParallelPlan, t: TrainConfig) -> None:
          "(no token dropping); leave it out"),
         (m.experts % plan.ep != 0, f"parallel.ep: {plan.ep} does not divide model.experts {m.experts}"),
         (plan.engine == "deepspeed", "parallel.engine: deepspeed does not run the MoE layer here; use fsdp"),
-        (plan.tp > 1, "parallel.tp: tensor parallelism of the experts is not run yet; use ep (with fsdp)"),
         (plan.pp > 1, "parallel.pp: pipeline stages of an MoE model are not run yet (the router's loss is per stage)"),
         (t.activation_checkpointing == "op", "train.activation_checkpointing: op is planned for the dense block, "
          "not an MoE layer; use full or none"),

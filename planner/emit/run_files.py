@@ -129,7 +129,7 @@ TRAINED_PRECISIONS = ("bf16-mixed", "fp32")
 
 def check_moe_trainable(model: ResolvedModel, plan: ParallelPlan) -> None:
     """What the trainer's MoE layer (`pretrain.model.MoE`) runs: dropless top-k routing, routed and shared SwiGLU
-    experts, expert parallelism under FSDP2 alone; the rest is refused in one line, naming the flag."""
+    experts, expert parallelism under FSDP2 with TP for attention; the rest is refused in one line, naming the flag."""
     m = model.shape.moe
     if m is None:
         return
@@ -141,8 +141,6 @@ def check_moe_trainable(model: ResolvedModel, plan: ParallelPlan) -> None:
                            "leave it out to emit")
     if plan.engine == "deepspeed":
         raise PlannerError("--zero: the trainer runs an MoE model under FSDP2 (--fsdp), not DeepSpeed")
-    if plan.tp > 1:
-        raise PlannerError(f"--tp: {plan.tp}: tensor parallelism of an MoE model is not run yet; use --ep")
     if plan.pp > 1:
         raise PlannerError(f"--pp: {plan.pp}: pipeline stages of an MoE model are not run yet; use --ep")
 

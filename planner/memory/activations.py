@@ -160,7 +160,8 @@ def _llama_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool,
         Term("out_proj_input", a * q / tp),
         Term("mlp_norm", _norm_bytes(h, regime) / norm_split),
         Term("mlp_input", _mlp_input_casts(shape, casts_mlp) * a * h / input_split),
-        *(_moe_terms(shape, a, tp, casts_mlp) if shape.moe else [Term("gate_up_product", 3 * a * f / tp)]),
+        # an MoE layer runs whole on every TP rank (TP for attention only: `ModelShape.tp_replicated_params`)
+        *(_moe_terms(shape, a, casts_mlp) if shape.moe else [Term("gate_up_product", 3 * a * f / tp)]),
     ]
     if regime == "autocast":
         # the norms' scales run in fp32, uncast; an MoE layer casts every expert it holds
@@ -177,10 +178,10 @@ def _mlp_input_casts(shape: ModelShape, casts_mlp: int) -> int:
     return 1 + (casts_mlp if casts_mlp > 1 and shape.moe.shared_experts else 0)
 
 
-def _moe_terms(shape: ModelShape, a: int, tp: int, casts: int = 1) -> list[Term]:
-    """An MoE layer's MLP terms (module docstring), in place of the dense gate/up product; TP splits the experts'
-    widths (torchtitan's expert TP = TP). `casts`: copies of each dispatched token the experts keep (autocast
-    casts it for gate and for up)."""
+def _moe_terms(shape: ModelShape, a: int, casts: int = 1) -> list[Term]:
+    """An MoE layer's MLP terms (module docstring), in place of the dense gate/up product; under TP every rank
+    runs the whole layer on the whole sequence (TP for attention only), so none is split. `casts`: copies of each
+    dispatched token the experts keep (autocast casts it for gate and for up)."""
     m, h = shape.moe, shape.hidden
     routed = m.top_k * m.load_factor  # dispatched copies per token on the busiest EP rank
     per_expert = 3 if shape.mlp == "swiglu" else 2  # gate, up, product (or the GeLU MLP's input and output)
@@ -189,9 +190,9 @@ def _moe_terms(shape: ModelShape, a: int, tp: int, casts: int = 1) -> list[Term]
             Term("dispatch_indices", 2 * TOKEN_ID_BYTES * m.top_k),
             Term("combine_weights", a * m.top_k + FP32),
             Term("dispatched_tokens", casts * routed * a * h),
-            Term("expert_intermediates", routed * per_expert * a * m.expert_ffn / tp),
+            Term("expert_intermediates", routed * per_expert * a * m.expert_ffn),
             Term("expert_outputs_for_combine", routed * a * h),
-            Term("shared_expert_intermediates", m.shared_experts * per_expert * a * m.shared_width / tp)]
+            Term("shared_expert_intermediates", m.shared_experts * per_expert * a * m.shared_width)]
 
 
 def _gpt_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool) -> list[Term]:

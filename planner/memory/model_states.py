@@ -193,7 +193,7 @@ def model_states(params: float, terms: tuple[StateTerm, ...], plan: ParallelPlan
     """
     gpu = dict.fromkeys(("weights", "gradients", "master_weights", "optimizer"), 0.0)
     cpu = dict(gpu)
-    experts = min(params, shape.routed_expert_params() / plan.tp) if shape is not None else 0.0
+    experts = min(params, shape.routed_expert_params()) if shape is not None else 0.0  # whole on each TP rank
     experts_gpu = 0.0
     for term in terms:
         sharded = plan.stage >= term.sharded_from
@@ -230,8 +230,8 @@ def _gathered(terms, plan: ParallelPlan, shape: ModelShape | None, convention: s
         # Under TP each rank gathers only its tensor-parallel slice (measured by `planner verify --tp`).
         # An MoE block is gathered with its EP rank's experts only (FSDP shards them within the expert group).
         # Under expert parallelism the experts are a unit of their own, gathered later (`experts_unit_params`).
-        block = shape.layer_params(plan.ep) - experts_unit_params(shape, plan)
-        return {"weights": (shape.root_params() + block) * weight_bytes / plan.tp, "gradients": 0.0}
+        block = shape.layer_params_per_tp_rank(plan.ep, plan.tp) - experts_unit_params(shape, plan)
+        return {"weights": (shape.root_params() / plan.tp + block) * weight_bytes, "gradients": 0.0}
     grad16 = next((t.bytes_per_param for t in terms if t.category == "gradients"), 0)
     largest = shape.largest_layer_params()
     return {"weights": largest * weight_bytes, "gradients": largest * grad16}

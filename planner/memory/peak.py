@@ -163,10 +163,10 @@ def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str,
         return None
     tp = plan.tp
     w = 4 if precision == "fp32" else 2
-    block = shape.layer_params(plan.ep) / tp  # an MoE block with its EP rank's experts
+    block = shape.layer_params_per_tp_rank(plan.ep, tp)  # an MoE block with its EP rank's experts
     root = shape.root_params() / tp
     # under EP a block's experts are a unit of their own: the next block's other unit is prefetched, not all of it
-    gathered = block + (block - memory.experts_unit_params(shape, plan) / tp)
+    gathered = block + (block - memory.experts_unit_params(shape, plan))
     return {"weights": (root + gathered) * w,
             "gradients": 4 * block * (1 + 1 / plan.shard_degree),
             "activations": stored_activations - freed_by_one_block + shape.vocab * shape.hidden * w / tp}
@@ -186,8 +186,8 @@ def fsdp_experts_backward(shape: ModelShape, plan: ParallelPlan, precision: str,
     if plan.engine != "fsdp" or plan.stage < 3 or experts == 0:
         return None
     w = 4 if precision == "fp32" else 2
-    other_unit = shape.layer_params(plan.ep) - experts
-    return {"weights": (shape.root_params() + 2 * other_unit + experts) * w / plan.tp, "gradients": 0.0,
+    other_unit = shape.layer_params_per_tp_rank(plan.ep, plan.tp) - experts
+    return {"weights": (shape.root_params() / plan.tp + 2 * other_unit + experts) * w, "gradients": 0.0,
             "activations": activations_then + shape.vocab * shape.hidden * w / plan.tp}
 
 
@@ -204,7 +204,9 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
     tp = plan.tp
     in_flight, head = (1.0, True) if share is None else (share.in_flight, share.head)
     terms = memory.state_terms(precision, optimizer, convention, shape)
-    states = memory.model_states(params / tp, terms, plan, shape, convention)
+    whole = shape.tp_replicated_params() if shape.moe is not None else 0  # an MoE MLP is whole on each TP rank
+    per_tp_rank = (params - whole) / tp + whole
+    states = memory.model_states(per_tp_rank, terms, plan, shape, convention)
     regime = activations.regime_for(precision, plan.engine)
     act_kw = {"regime": regime, "checkpointing": checkpointing, "every": checkpoint_every, "tp": tp,
               "sequence_parallel": tp > 1, "flash_attention": flash_attention}
@@ -224,7 +226,7 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
         + (recompute if recompute > loss_grads else 0.0),
         activations_fixed=layers_fixed + head_fixed,
         logits=logits + (loss_grads if loss_grads >= recompute else 0.0),
-        comm_buffers=memory.comm_buffer_bytes(params / tp, plan) + p2p,
+        comm_buffers=memory.comm_buffer_bytes(per_tp_rank, plan) + p2p,
         runtime=runtime_gib * 2**30,
         fragmentation_fraction=fragmentation,
         # torch engines (DDP, FSDP) free gradients with zero_grad(set_to_none=True); DeepSpeed keeps them

@@ -363,8 +363,24 @@ class ModelShape:
 
     def params_per_tp_rank(self, tp: int = 1) -> float:
         """Parameters one tensor-parallel rank holds: every matrix split `tp` ways (Megatron column/row,
-        the embedding and head by vocabulary), the norms replicated (sequence parallel keeps them whole)."""
-        return (self.param_count() - self.norm_params()) / tp + self.norm_params()
+        the embedding and head by vocabulary), the norms replicated (sequence parallel keeps them whole), and an
+        MoE layer's MLP whole (`tp_replicated_params`)."""
+        whole = self.norm_params() + self.tp_replicated_params()
+        return (self.param_count() - whole) / tp + whole
+
+    def tp_replicated_params(self) -> int:
+        """What tensor parallelism leaves whole on every TP rank besides the norms: the MoE layers' MLPs (router,
+        routed and shared experts). Our trainer runs TP for attention only; every TP rank routes the whole
+        sequence (`pretrain.engines.parallelize.apply_tensor_parallel`), experts split by EP instead."""
+        return self.moe_layers * self.moe_mlp_params() if self.moe is not None else 0
+
+    def layer_params_per_tp_rank(self, ep: int = 1, tp: int = 1) -> float:
+        """One block on a TP rank with its EP rank's experts (`layer_params`): attention split `tp` ways, an MoE
+        layer's MLP whole."""
+        if self.moe_layers == 0:
+            return self.layer_params(ep) / tp
+        moe = self.moe_mlp_params(self.moe.experts // ep)
+        return (self.layer_params(ep) - moe) / tp + moe
 
     def non_embedding_params(self) -> int:
         """Kaplan et al. 2020's N: parameters outside the embedding and the LM head."""

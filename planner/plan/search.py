@@ -85,8 +85,8 @@ def search(req: EstimateRequest, top: int = 10) -> dict:
             if plan.ep not in models:
                 models[plan.ep] = resolve_model(replace(req, layout=plan))
             model = models[plan.ep]
-            if plan.engine != "fsdp" or plan.tp > 1 or plan.pp > 1:
-                continue  # the trainer runs experts under FSDP2 alone (`planner.emit.run_files.check_moe_trainable`)
+            if plan.engine != "fsdp" or plan.pp > 1:
+                continue  # the trainer runs experts under FSDP2 (+ TP for attention) (`check_moe_trainable`)
         for checkpointing in CHECKPOINTING:
             if not trainer_runs_checkpointing(checkpointing, plan) or (moe and checkpointing == "op"):
                 continue  # the op policy is planned for the dense block

@@ -93,6 +93,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
         PrepareModuleInput,
+        PrepareModuleInputOutput,
         RowwiseParallel,
         SequenceParallel,
         parallelize_module,
@@ -104,18 +105,26 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
         "head": ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False),
     }  # a pipeline stage holds some of these (the first the embedding, the last the norm and the head)
     parallelize_module(model, tp_mesh, {name: style for name, style in root.items() if getattr(model, name) is not None})
+    from pretrain.model import MoE
+
     for block in model.blocks.values():
-        parallelize_module(block, tp_mesh, {
+        attention = {
             "attn_norm": SequenceParallel(),
             "attn": PrepareModuleInput(input_layouts=(Shard(1), None, None),
                                        desired_input_layouts=(Replicate(), None, None)),
             "attn.q": ColwiseParallel(), "attn.k": ColwiseParallel(), "attn.v": ColwiseParallel(),
             "attn.o": RowwiseParallel(output_layouts=Shard(1)),
             "mlp_norm": SequenceParallel(),
-            "mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
-            "mlp.gate": ColwiseParallel(), "mlp.up": ColwiseParallel(),
-            "mlp.down": RowwiseParallel(output_layouts=Shard(1)),
-        })
+        }
+        if isinstance(block.mlp, MoE):  # TP for attention only: every TP rank routes the whole sequence alike
+            mlp = {"mlp": PrepareModuleInputOutput(
+                input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_input=True,
+                output_layouts=(Replicate(),), desired_output_layouts=(Shard(1),), use_local_output=True)}
+        else:
+            mlp = {"mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+                   "mlp.gate": ColwiseParallel(), "mlp.up": ColwiseParallel(),
+                   "mlp.down": RowwiseParallel(output_layouts=Shard(1))}
+        parallelize_module(block, tp_mesh, {**attention, **mlp})
 
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, bf16: bool, reshard_after_forward: bool,
