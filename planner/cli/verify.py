@@ -24,7 +24,7 @@ TOLERANCE = 0.10
 
 def verify_request(req: EstimateRequest, steps: int = 2, jobs: int = 1) -> dict:
     """The planner's lines next to the tracker's; a pipeline's ranks are measured in `jobs` processes."""
-    from planner.emit.run_files import check_arch_trainable, check_moe_trainable
+    from planner.plan.trainable import check_arch_trainable, check_moe_trainable
 
     model = resolve_model(req)
     check_arch_trainable(model)  # the trainer's model is a decoder: nothing to measure for the others

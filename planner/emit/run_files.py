@@ -39,6 +39,7 @@ from planner.memory.pipeline import bubble_fraction
 from planner.plan.estimate import estimate
 from planner.plan.request import EstimateRequest, ResolvedModel, planning_of, resolve_model
 from planner.plan.result import Estimate
+from planner.plan.trainable import check_arch_trainable, check_moe_trainable
 
 DEFAULT_BATCH_TOKENS = 2**22  # ~4M tokens per optimizer step, as LLaMA (Touvron et al. 2023)
 #: Emitted scripts take the rendezvous port from MASTER_PORT; where none is set they pick one that is
@@ -125,31 +126,6 @@ def parallel_section(req: EstimateRequest, opts: EmitOptions, seq_len: int) -> P
 
 #: What the trainer runs, of what the planner can estimate; emit refuses the rest in one line.
 TRAINED_PRECISIONS = ("bf16-mixed", "fp32")
-
-
-def check_moe_trainable(model: ResolvedModel, plan: ParallelPlan) -> None:
-    """What the trainer's MoE layer (`pretrain.model.MoE`) runs: dropless top-k routing, routed and shared SwiGLU
-    experts, expert parallelism under FSDP2 with TP for attention; the rest is refused in one line, naming the flag."""
-    m = model.shape.moe
-    if m is None:
-        return
-    if m.shared_gate:
-        raise PlannerError(f"--model: {model.source} gates its shared expert (Qwen2-MoE's sigmoid gate), which the "
-                           "trainer's MoE layer does not build; give the shape with --experts instead")
-    if m.capacity_factor is not None:
-        raise PlannerError(f"--capacity-factor: {m.capacity_factor}: the trainer routes dropless (no token dropping); "
-                           "leave it out to emit")
-    if plan.engine == "deepspeed":
-        raise PlannerError("--zero: the trainer runs an MoE model under FSDP2 (--fsdp), not DeepSpeed")
-    if plan.pp > 1:
-        raise PlannerError(f"--pp: {plan.pp}: pipeline stages of an MoE model are not run yet; use --ep")
-
-
-def check_arch_trainable(model: ResolvedModel) -> None:
-    """The trainer builds decoders only (issue 28: encoder and encoder-decoder models are planned, not trained)."""
-    if model.shape.arch != "decoder":
-        raise PlannerError(f"--arch: the trainer builds decoder-only models; {model.source} is "
-                           f"{model.shape.arch} (planned by `planner estimate`, not trained yet)")
 
 
 def check_trainable(req: EstimateRequest, model: ResolvedModel) -> None:
@@ -314,11 +290,12 @@ def plan_markdown(result: Estimate, run: RunConfig) -> str:
 def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
     """Write every file; returns name -> path. Refuses a plan that does not fit (the user sees why)."""
     opts.validate()
-    check_arch_trainable(resolve_model(req))  # before the estimate and the layout's checks: the reason named first
-    check_moe_trainable(resolve_model(req), req.layout)
+    model = resolve_model(req)
+    check_arch_trainable(model)  # before the estimate and the layout's checks: the reason named first
+    check_moe_trainable(model, req.layout)
     # the estimate of the layout as emitted (its micro-batches per step set by the batch): its step time
     # and MFU, and so its days and dollars, are the run's
-    req = replace(req, layout=parallel_section(req, opts, resolve_model(req).shape.seq_len))
+    req = replace(req, layout=parallel_section(req, opts, model.shape.seq_len))
     result = estimate(req)
     run = build_run_config(req, opts, result)
     files: dict[str, str] = {

@@ -5,8 +5,8 @@ parallel (powers of two up to a node) x pipeline (none, or 2..`MAX_PP` ranks wit
 interleaved 1F1B at 2 or 4 stages per rank, m = 1, 2, 4 or 8 x pp micro-batches) x micro-batch x
 checkpointing (none or full: what the trainer runs), and for a mixture-of-experts model x expert parallelism (each
 `--ep` dividing the experts and the shard ranks), kept only where the layout is valid and the trainer runs it
-(`ParallelPlan.validate`, `check_runnable` and for MoE `check_moe_trainable`: the layouts `emit` would write). Each gets the step-time
-model's step (`planner.plan.estimate.predicted_time`, closed-form: microseconds); then, fastest per token
+(`ParallelPlan.validate`, `check_runnable` and `planner.plan.trainable`: the layouts `emit` would write). Each
+gets the step-time model's step (`planner.plan.estimate.predicted_time`, closed-form: microseconds); then, fastest per token
 first, the memory model says whether it fits, until `top` layouts that fit are found (the memory check
 is the costly part, so it runs only as far down the ranking as needed; the ranking itself is exact).
 """
@@ -23,6 +23,7 @@ from planner.core.schema import trainer_runs_checkpointing
 from planner.plan import estimate as planned
 from planner.plan.compare import CHECKPOINTING, pcie_bytes_per_step, timing
 from planner.plan.request import EstimateRequest, gpu_of, resolve_model
+from planner.plan.trainable import check_moe_trainable
 
 MAX_PP = 32
 MICRO_BATCHES = (1, 2, 4, 8, 16)
@@ -85,8 +86,10 @@ def search(req: EstimateRequest, top: int = 10) -> dict:
             if plan.ep not in models:
                 models[plan.ep] = resolve_model(replace(req, layout=plan))
             model = models[plan.ep]
-            if plan.engine != "fsdp" or plan.pp > 1:
-                continue  # the trainer runs experts under FSDP2 (+ TP for attention) (`check_moe_trainable`)
+            try:
+                check_moe_trainable(model, plan)
+            except PlannerError:
+                continue
         for checkpointing in CHECKPOINTING:
             if not trainer_runs_checkpointing(checkpointing, plan) or (moe and checkpointing == "op"):
                 continue  # the op policy is planned for the dense block
