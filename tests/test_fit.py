@@ -53,6 +53,22 @@ def test_nd_fit_recovers_a_known_law_from_noisy_runs(seed):
     assert p["beta"] == pytest.approx(TRUE_ND["beta"], rel=0.08)
 
 
+def test_runs_without_a_floor_converge_to_the_pure_power_law_and_say_so():
+    n = np.repeat([2e4, 5e4, 1e5, 2e5], 3)
+    d = np.tile([1e5, 2e5, 4e5], 4)
+    truth = {"E": 0.0, "A": 40.0, "B": 25.0, "alpha": 0.33, "beta": 0.17}
+    result = fit.fit_nd(n, d, fit.predict_nd(truth, n, d))
+    assert result.converged and result.params["E"] == 0.0 and result.extra["floor"] is False
+    assert result.message == fit.NO_FLOOR_NOTE
+    assert result.params["alpha"] == pytest.approx(0.33, rel=0.05) and result.params["beta"] == pytest.approx(0.17, rel=0.05)
+
+
+def test_runs_with_a_floor_keep_it():
+    n, d, loss = synthetic_grid(0)
+    result = fit.fit_nd(n, d, loss)
+    assert result.converged and result.extra["floor"] is True and result.message == ""
+
+
 def test_nd_bootstrap_gives_positive_standard_errors():
     n, d, loss = synthetic_grid(3)
     r = fit.fit_nd(n, d, loss, bootstrap=8)

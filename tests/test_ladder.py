@@ -36,6 +36,21 @@ def test_tokens_grow_with_size_and_multiple_and_lr_follows_the_width_rule():
     assert lr[32] == pytest.approx(0.02) and lr[48] == pytest.approx(0.01 * 64 / 48) and lr[16] == ladder.LR_MAX
 
 
+def test_tokens_exponent_zero_gives_every_size_the_same_token_counts():
+    lad = ladder.design(**{**DESIGN, "tokens_exponent": 0.0})
+    counts = {w: sorted(p.tokens for p in lad.points if p.hidden == w) for w in (16, 24, 32)}
+    assert counts[16] == counts[24] == counts[32]
+    assert lad.spent_flops == pytest.approx(3e11, rel=0.05)
+
+
+def test_each_size_is_initialised_by_fan_in(tmp_path):
+    lad = ladder.design(**DESIGN)
+    point = lad.points[0]
+    cfg = ladder.run_config(point, lad, ladder.layout(lad, 4), train="t", eval_data="e", out_dir=str(tmp_path),
+                            tracking_uri="sqlite:///x.db", experiment="x", eval_batches=7)
+    assert cfg.model.init_std == pytest.approx(point.hidden ** -0.5) and cfg.train.eval_batches == 7
+
+
 @pytest.mark.parametrize("converged, message, low, high, predicted, usable, reason", [
     (True, "", 2.9, 3.1, 3.0, True, ""),  # band +/-0.1 on 3.0: 3.3% <= 5%
     (True, "", 2.86, 3.14, 3.0, True, ""),  # +/-4.7%

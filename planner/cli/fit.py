@@ -48,6 +48,8 @@ def _emit_fit(result, out, as_json, name) -> None:
         click.echo(f"planner: warning: the fit did not converge ({result.message}); the values above are the "
                    f"best found, not a converged fit{kept}", err=True)
         raise click.exceptions.Exit(1)
+    if result.message:  # converged, with a caveat (no floor: the pure power law)
+        click.echo(f"planner: note: {result.message}", err=True)
 
 
 @fit.command("nd")

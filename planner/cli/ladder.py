@@ -36,7 +36,11 @@ def _floats(value: str, flag: str) -> list[float]:
 @click.option("--seq-len", type=int, required=True)
 @click.option("--batch-tokens", type=int, default=2048, show_default=True, help="Tokens per optimizer step, every size.")
 @click.option("--micro-batch", type=int, default=16, show_default=True)
-@click.option("--multiples", default="1,2,4", show_default=True, help="Token multiples per size (x k x N).")
+@click.option("--multiples", default="1,2,4", show_default=True, help="Token multiples per size (x k x N^g).")
+@click.option("--tokens-exponent", type=float, default=1.0, show_default=True,
+              help="g: tokens per size scale as N^g (1: equal tokens per parameter; 0: equal token counts).")
+@click.option("--eval-batches", type=click.IntRange(1, 100_000), default=16, show_default=True,
+              help="Micro-batches of the eval shards each run's eval loss (the fitted loss) averages.")
 @click.option("--lr-ref", type=float, default=0.01, show_default=True,
               help="Learning rate at width 64; each size gets lr-ref x 64/width, capped at 0.03.")
 @click.option("--ladder-flops", type=COUNT, required=True, help="Model FLOPs the ladder may spend.")
@@ -48,17 +52,19 @@ def _floats(value: str, flag: str) -> list[float]:
 @click.option("--holdout-gpus", type=click.IntRange(1, 1 << 16), default=1, show_default=True,
               help="Ranks of the held-out run (through `launch local`); the ladder's runs use one.")
 def ladder_design(out_dir, train, eval_data, widths, holdout_width, layers, vocab, seq_len, batch_tokens, micro_batch,
-                  multiples, lr_ref, ladder_flops, target_flops, experiment, bootstrap, holdout_engine, holdout_gpus):
+                  multiples, tokens_exponent, eval_batches, lr_ref, ladder_flops, target_flops, experiment, bootstrap,
+                  holdout_engine, holdout_gpus):
     """Design the ladder, write one run config per point and run_ladder.sh, and say what it costs."""
     from planner.laws import ladder as ladder_mod
 
     lad = ladder_mod.design(widths=_floats(widths, "--widths"), holdout_width=holdout_width,
                             layers=layers, vocab=vocab, seq_len=seq_len, batch_tokens=batch_tokens,
                             ladder_flops=ladder_flops, target_flops=target_flops,
-                            multiples=_floats(multiples, "--multiples"), lr_ref=lr_ref)
+                            multiples=_floats(multiples, "--multiples"), lr_ref=lr_ref,
+                            tokens_exponent=tokens_exponent)
     ladder_mod.write(lad, out_dir, train=train, eval_data=eval_data, micro_batch=micro_batch, experiment=experiment,
                      bootstrap=bootstrap, python=sys.executable, holdout_engine=holdout_engine,
-                     holdout_gpus=holdout_gpus)
+                     holdout_gpus=holdout_gpus, eval_batches=eval_batches)
     click.echo(f"{'point':<28}{'params':>10}{'tokens':>12}{'steps':>8}{'lr':>9}{'FLOPs':>11}")
     for p in lad.points:
         click.echo(f"{p.name:<28}{p.params:>10,}{p.tokens:>12,}{p.steps:>8,}{p.lr:>9.4g}{p.flops:>11.3g}")
@@ -79,6 +85,8 @@ def ladder_predict(ladder_dir, bootstrap):
     low, high = r["band"]
     law = ", ".join(f"{k} {v:.4g}" for k, v in r["law"].items())
     click.echo(f"law fitted on {r['fitted_on']} runs: {law}{'' if r['converged'] else ' (NOT converged)'}")
+    if r["converged"] and r["message"]:
+        click.echo(f"  note: {r['message']}")
     click.echo(f"held-out {r['held_out']}: predicted eval loss {r['loss_predicted']:.4f} (95% band {low:.4f}-{high:.4f})")
 
 

@@ -6,6 +6,11 @@
   B = e^b, E = e^e. The objective and its gradient are vectorised numpy, the whole grid (4,500
   starts) is scored in one pass, and L-BFGS runs from the best-scoring starts only (the rest end
   in the same or worse minima); bootstrap resamples restart from the full-data optimum.
+  When E runs to zero (no floor in the runs: the losses still fall as a pure power law), E is not
+  identified, and the nested law with E = 0 is fitted instead: L = A/N^alpha + B/D^beta, the pure power
+  law of Kaplan et al. 2020 (their L(N, D) has no irreducible term). It converges when its exponents are
+  determined; its loss has no floor, so it is not extrapolated below the runs without saying so, but the
+  compute-optimal split N*, D* of a budget does not depend on E (Hoffmann et al. 2022, eq. 4).
 - `fit_curve`: L(x) = E + A·x^(−α) on one run or the lower envelope of many, least squares on
   log loss; bootstrap bands for extrapolation.
 - `fit_isoflop`: approaches 1-2: per compute budget a parabola in log N, its minimum N*(C), then
@@ -100,12 +105,20 @@ def _score_starts(starts: np.ndarray, log_n, log_d, log_l) -> np.ndarray:
     return _huber(logsumexp(terms, axis=-1) - log_l)[0].sum(axis=-1)
 
 
-def _lbfgs_best(starts: np.ndarray, log_n, log_d, log_l, max_iter: int = 10_000):
-    best = None
+#: log E of the nested pure power law (E = 0): e^-60 ~ 1e-26 nats, nothing next to any loss; L-BFGS-B holds a
+#: variable whose bounds are equal fixed.
+NO_FLOOR_LOG_E = -60.0
+_NO_FLOOR_BOUNDS = [*_ND_BOUNDS[:2], (NO_FLOOR_LOG_E, NO_FLOOR_LOG_E), *_ND_BOUNDS[3:]]
+
+
+def _lbfgs_best(starts: np.ndarray, log_n, log_d, log_l, max_iter: int = 10_000, floor: bool = True):
+    """The best L-BFGS optimum from `starts`; `floor` False fits the nested law with E = 0."""
+    best, bounds = None, _ND_BOUNDS if floor else _NO_FLOOR_BOUNDS
     for start in starts:
+        start = start if floor else np.array([*start[:2], NO_FLOOR_LOG_E, *start[3:]])
         res = minimize(_nd_objective, np.clip(start, [-np.inf] * 3 + [EXPONENT_BOUNDS[0]] * 2,
                                               [np.inf] * 3 + [EXPONENT_BOUNDS[1]] * 2),
-                       args=(log_n, log_d, log_l), jac=True, method="L-BFGS-B", bounds=_ND_BOUNDS,
+                       args=(log_n, log_d, log_l), jac=True, method="L-BFGS-B", bounds=bounds,
                        options={"maxiter": max_iter, "ftol": 1e-15, "gtol": 1e-10})
         if best is None or res.fun < best.fun:
             best = res
@@ -118,7 +131,7 @@ E_FLOOR = 1e-3
 
 def _nd_params(theta: np.ndarray) -> dict[str, float]:
     a, b, e, alpha, beta = theta
-    return {"E": float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)),
+    return {"E": 0.0 if e <= NO_FLOOR_LOG_E else float(np.exp(e)), "A": float(np.exp(a)), "B": float(np.exp(b)),
             "alpha": float(alpha), "beta": float(beta)}
 
 
@@ -184,6 +197,9 @@ def fit_nd(n, d, loss, *, drop_worst: int = 0, bootstrap: int = 0, seed: int = 0
     grid = _grid_starts()
     order = np.argsort(_score_starts(grid, log_n, log_d, log_l))
     best = _lbfgs_best(grid[order[:starts]], log_n, log_d, log_l, max_iter)
+    floor = not np.exp(best.x[2]) < E_FLOOR * loss.min()
+    if not floor:  # E not identified: the nested pure power law (E = 0) is the fit
+        best = _lbfgs_best(grid[order[:starts]], log_n, log_d, log_l, max_iter, floor=False)
     converged = bool(best.success and np.all(np.isfinite(best.x)))
     message = "" if converged else f"L-BFGS did not converge: {best.message}"
     at_bound = [name for name, v in (("alpha", best.x[3]), ("beta", best.x[4])) if min(abs(v - b) for b in EXPONENT_BOUNDS) < 1e-6]
@@ -191,18 +207,16 @@ def fit_nd(n, d, loss, *, drop_worst: int = 0, bootstrap: int = 0, seed: int = 0
         converged = False
         message = (f"{' and '.join(at_bound)} ended on the search bound {EXPONENT_BOUNDS}: the runs do not determine "
                    "it (more distinct model sizes and token counts are needed)")
-    elif np.exp(best.x[2]) < E_FLOOR * loss.min():
-        converged = False
-        message = (f"E went to {np.exp(best.x[2]):.2g}: the runs show no irreducible loss (still falling as a pure "
-                   "power law), so the law cannot say where a larger run levels off (more tokens per size are needed)")
+    elif not floor and converged:
+        message = NO_FLOOR_NOTE
     result = FitResult("nd", _nd_params(best.x), converged=converged, n_points=len(loss), message=message,
-                       extra={"objective": float(best.fun), "drop_worst": drop_worst,
+                       extra={"objective": float(best.fun), "drop_worst": drop_worst, "floor": floor,
                               "huber_delta": HUBER_DELTA, "starts_scored": len(grid), "starts_optimised": starts})
     if bootstrap:
         boot_starts = np.vstack([best.x, grid[order[:3]]])
 
         def resample(idx):
-            return list(_nd_params(_lbfgs_best(boot_starts, log_n[idx], log_d[idx], log_l[idx]).x).values())
+            return list(_nd_params(_lbfgs_best(boot_starts, log_n[idx], log_d[idx], log_l[idx], floor=floor).x).values())
 
         samples = bootstrap_samples(resample, len(loss), bootstrap, seed, result)
         result.extra["bootstrap_params"] = [dict(zip(("E", "A", "B", "alpha", "beta"), map(float, row), strict=True))
@@ -210,6 +224,12 @@ def fit_nd(n, d, loss, *, drop_worst: int = 0, bootstrap: int = 0, seed: int = 0
         sd = np.std(np.array(samples), axis=0, ddof=1)
         result.stderr = dict(zip(("E", "A", "B", "alpha", "beta"), map(float, sd), strict=True))
     return result
+
+
+#: What a converged fit without a floor says (FitResult.message; `extra["floor"]` is False).
+NO_FLOOR_NOTE = ("E is not identified: the runs show no irreducible loss (still falling as a pure power law), so the "
+                 "nested law with E = 0 was fitted (Kaplan et al. 2020's form); it predicts within the runs' range "
+                 "and splits a budget into N* and D* as any E would, but says nothing of where a larger run levels off")
 
 
 def predict_nd(params: dict[str, float], n, d) -> np.ndarray:

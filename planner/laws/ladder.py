@@ -6,12 +6,19 @@ Chinchilla's approach 3 (Hoffmann et al. 2022: L(N, D) = E + A/N^alpha + B/D^bet
 Design (`design`), sizes x token multiples:
 - sizes: one model per width, shapes from the planner (`planner.model.shapes.ModelShape`), heads of 16
   dimensions; the held-out size is wider than every ladder size;
-- tokens: each size trains on m x k x N tokens for every multiple m, with k chosen so that the
-  ladder's model FLOPs (6ND + attention, `planner.compute.flops`) add up to the ladder budget;
+- tokens: each size trains on m x k x N^g tokens for every multiple m, with k chosen so that the
+  ladder's model FLOPs (6ND + attention, `planner.compute.flops`) add up to the ladder budget; g
+  (`tokens_exponent`) is 1 by default (every size the same tokens per parameter, as Chinchilla's and
+  OLMo's ladders), 0 gives every size the same token counts: the small sizes then train long enough to
+  show where they level off and the large ones still start past the first plateau (a CPU ladder of
+  sizes whose runs cost about the same per token);
 - the held-out point: the held-out size at the target budget (D = C / flops per token);
 - per-size hyperparameters, a stated rule: lr = LR_REF x (H_REF / hidden) (the 1/width scaling of
-  muP's hidden layers, Yang et al. 2022), capped at LR_MAX; warmup 5% of the steps; the batch fixed
-  in tokens (`batch_tokens`) for every size.
+  muP's hidden layers, Yang et al. 2022), capped at LR_MAX; weights drawn with std 1/sqrt(hidden) (fan-in
+  init, `init_std_for`: GPT-2's fixed 0.02 is that rule at width 2,500, and at widths 8-128 it leaves the
+  logits so small that runs sit on the unigram plateau for hundreds of steps: measured, a width-24 run of
+  474 steps ends at 4.91 with 0.02 and 4.21 with 1/sqrt(24)); warmup 5% of the steps; the batch fixed in
+  tokens (`batch_tokens`) for every size.
 
 The ladder's runs are ordinary run configs (one folder each, `run.yaml`); `run_ladder.sh` trains
 the ladder, then `planner ladder predict` fits the finished runs (read back from MLflow with the
@@ -102,6 +109,11 @@ def lr_for(hidden: int, lr_ref: float = LR_REF) -> float:
     return min(LR_MAX, lr_ref * H_REF / hidden)
 
 
+def init_std_for(hidden: int) -> float:
+    """Fan-in initialisation: std 1/sqrt(hidden) for every weight matrix of a ladder size."""
+    return hidden ** -0.5
+
+
 def shape_for(hidden: int, layers: int, vocab: int, seq_len: int) -> ModelShape:
     return ModelShape(layers, hidden, max(1, hidden // HEAD_DIM), vocab, seq_len)
 
@@ -122,8 +134,10 @@ def _whole(value):
 
 
 def design(*, widths: list[int], holdout_width: int, layers: int, vocab: int, seq_len: int, batch_tokens: int,
-           ladder_flops: float, target_flops: float, multiples: list[float], lr_ref: float = LR_REF) -> Ladder:
-    """Sizes x token multiples spending `ladder_flops`, and one held-out run at `target_flops`."""
+           ladder_flops: float, target_flops: float, multiples: list[float], lr_ref: float = LR_REF,
+           tokens_exponent: float = 1.0) -> Ladder:
+    """Sizes x token multiples spending `ladder_flops` (tokens = m x k x N^tokens_exponent), and one held-out
+    run at `target_flops`."""
     checks.integer("--layers", layers, 1, 1000)
     checks.integer("--vocab", vocab, 2, 1 << 24)
     checks.integer("--seq-len", seq_len, 2, 1 << 20)
@@ -131,6 +145,7 @@ def design(*, widths: list[int], holdout_width: int, layers: int, vocab: int, se
     checks.number("--ladder-flops", ladder_flops, 1.0, compute.FLOPS_RANGE[1])
     checks.number("--target-flops", target_flops, 1.0, compute.FLOPS_RANGE[1])
     checks.number("--lr-ref", lr_ref, 1e-6, LR_MAX)
+    checks.number("--tokens-exponent", tokens_exponent, 0.0, 1.0)
     widths = [checks.integer("--widths", _whole(w), 4, 1 << 16) for w in widths]
     checks.integer("--holdout-width", holdout_width, 4, 1 << 16)
     for m in multiples:
@@ -147,10 +162,12 @@ def design(*, widths: list[int], holdout_width: int, layers: int, vocab: int, se
         raise PlannerError(f"--batch-tokens: {batch_tokens} is not a multiple of --seq-len {seq_len}")
     shapes = [shape_for(w, layers, vocab, seq_len) for w in sorted(set(widths))]
     per_token = [compute.model_flops_per_token(s.param_count(), s) for s in shapes]
-    # tokens = k * m * N: the ladder's FLOPs are k * sum_m sum_i m * N_i * flops_per_token_i
-    unit = sum(m * s.param_count() * f for m in multiples for s, f in zip(shapes, per_token, strict=True))
+    # tokens = k * m * N^g: the ladder's FLOPs are k * sum_m sum_i m * N_i^g * flops_per_token_i
+    scale = [s.param_count() ** tokens_exponent for s in shapes]
+    unit = sum(m * n * f for m in multiples for n, f in zip(scale, per_token, strict=True))
     k = ladder_flops / unit
-    points = [_point(s, k * m * s.param_count(), batch_tokens, lr_ref, multiple=m) for s in shapes for m in sorted(multiples)]
+    points = [_point(s, k * m * n, batch_tokens, lr_ref, multiple=m)
+              for s, n in zip(shapes, scale, strict=True) for m in sorted(multiples)]
     held = shape_for(holdout_width, layers, vocab, seq_len)
     held_tokens = target_flops / compute.model_flops_per_token(held.param_count(), held)
     if min(p.steps for p in points) < MIN_STEPS:
@@ -182,15 +199,15 @@ PARENT_RUN = "ladder"
 
 
 def run_config(point: LadderPoint, ladder: Ladder, plan: ParallelPlan, *, train: str, eval_data: str, out_dir: str,
-               tracking_uri: str, experiment: str) -> RunConfig:
-    """The run config of one point, fp32."""
+               tracking_uri: str, experiment: str, eval_batches: int = 16) -> RunConfig:
+    """The run config of one point, fp32; its eval loss averages `eval_batches` micro-batches of the eval shards."""
     return RunConfig(
         name=point.name, out_dir=out_dir,
         model=ModelConfig(layers=point.layers, hidden=point.hidden, heads=point.heads, vocab=ladder.vocab,
-                          seq_len=ladder.seq_len),
+                          seq_len=ladder.seq_len, init_std=init_std_for(point.hidden)),
         data=DataConfig(train=train, eval=eval_data),
         optim=OptimConfig(lr=point.lr, warmup_steps=point.warmup_steps),
-        train=TrainConfig(steps=point.steps, precision="fp32", eval_every=point.steps, eval_batches=16,
+        train=TrainConfig(steps=point.steps, precision="fp32", eval_every=point.steps, eval_batches=eval_batches,
                           checkpoint_every=point.steps, log_every=max(1, point.steps // 20)),
         parallel=plan,
         tracking=TrackingConfig(tracking_uri=tracking_uri, experiment=experiment, run_name=point.name,
@@ -212,7 +229,8 @@ LADDER_FILE, PREDICTION_FILE, REPORT_FILE = "ladder.json", "prediction.json", "r
 
 
 def write(ladder: Ladder, out: str, *, train: str, eval_data: str, micro_batch: int, experiment: str,
-          bootstrap: int, python: str, holdout_engine: str = "single", holdout_gpus: int = 1) -> dict:
+          bootstrap: int, python: str, holdout_engine: str = "single", holdout_gpus: int = 1,
+          eval_batches: int = 16) -> dict:
     """One folder per point, `ladder.json`, and `run_ladder.sh` (the one launch for all of them).
 
     Ladder points train on one process; the held-out run may train as the real job would, on
@@ -230,7 +248,7 @@ def write(ladder: Ladder, out: str, *, train: str, eval_data: str, micro_batch: 
         plan = held_plan if p.held_out else single
         cfg = run_config(p, ladder, plan, train=str(Path(train).resolve()),
                          eval_data=str(Path(eval_data).resolve()), out_dir=str(folder / "run"), tracking_uri=uri,
-                         experiment=experiment)
+                         experiment=experiment, eval_batches=eval_batches)
         atomic_write_text(folder / "run.yaml", dump_config(cfg))
         if p.held_out:
             lines.append(f"{q(python)} -m planner.cli ladder predict {q(str(root))} --bootstrap {bootstrap}")
