@@ -510,6 +510,9 @@ def infer_shape(params: float, seq_len: int = 2048, vocab: int = INFERRED_VOCAB,
 def shape_of(m) -> ModelShape:
     """The shape of a run config's `model:` section (`planner.core.schema.ModelConfig`): the block our
     trainer builds, so its parameter count equals `pretrain.model.Transformer`'s (checked by a test)."""
+    arch = getattr(m, "arch", "decoder")
+    if arch != "decoder":
+        return _non_decoder_shape_of(m, arch)
     dense = ModelShape(m.layers, m.hidden, m.heads, m.vocab, m.seq_len, kv_heads=m.kv_heads, ffn_hidden=m.ffn_hidden,
                        tied_embeddings=m.tied_embeddings)
     if not getattr(m, "experts", 0):
@@ -517,3 +520,17 @@ def shape_of(m) -> ModelShape:
     moe = MoE(m.experts, m.top_k, m.expert_ffn or dense.ffn, shared_experts=m.shared_experts, shared_ffn=m.shared_ffn,
               dense_layers=m.dense_layers, capacity_factor=m.capacity_factor)
     return replace(dense, moe=moe)
+
+
+def _non_decoder_shape_of(m, arch: str) -> ModelShape:
+    """An encoder (`pretrain.encoder`: BERT's post-LN block, learned positions, the MLM head) or an
+    encoder-decoder (`pretrain.encoder_decoder`: T5's pre-RMSNorm blocks, relative position bias, no biases)."""
+    if arch == "encoder":
+        return ModelShape(m.layers, m.hidden, m.heads, m.vocab, m.seq_len, ffn_hidden=m.ffn_hidden, mlp=m.mlp or "gelu",
+                          norm="layernorm", position="learned", tied_embeddings=m.tied_embeddings, bias=True,
+                          embedding_norm=True, arch=arch, max_positions=m.max_positions, token_types=m.token_types,
+                          post_norm=True, encoder_head="mlm")
+    return ModelShape(m.layers, m.hidden, m.heads, m.vocab, m.seq_len, ffn_hidden=m.ffn_hidden, mlp=m.mlp or "relu",
+                      norm="rmsnorm", position="relative", tied_embeddings=m.tied_embeddings,
+                      head_dim_override=m.head_dim, arch=arch, decoder_layers=m.decoder_layers,
+                      target_len=m.target_len, relative_buckets=m.relative_buckets)
