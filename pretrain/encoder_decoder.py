@@ -10,8 +10,11 @@ stack; no biases; the MLP ReLU (`mlp: relu`, T5 v1.0) or gated-GeLU (`geglu`, T5
 Positions: T5's relative position bias, a buckets x heads table per stack shared by all its blocks (Hugging Face
 keeps it in each stack's first block; the count is the same), bidirectional buckets in the encoder, causal ones in
 the decoder, no bias in cross-attention. The buckets depend only on the two lengths, so they are computed once, as
-the decoder's rotary tables are (non-persistent buffers). Scores are scaled by 1/sqrt(head_dim) as SDPA does (T5
-folds that factor into its initialisation instead); a tied head's input is scaled by h^-1/2 as T5's is.
+the decoder's rotary tables are (non-persistent buffers), with the decoder's causal mask. Self-attention writes its
+scores out (q·kᵀ + bias, softmax, ·v, as Hugging Face's T5 does): the bias needs its gradient, which SDPA's fused
+kernels give on some devices only, so what a block keeps is the same on every device; cross-attention has no bias
+and runs SDPA. Scores are scaled by 1/sqrt(head_dim) (T5 folds that factor into its initialisation instead); a
+tied head's input is scaled by h^-1/2 as T5's is.
 
 `forward(inputs, targets)`: teacher forcing, the decoder reads the targets shifted right behind
 `decoder_start_id` (T5's pad) and the loss is cross-entropy over every target position. What the blocks keep for
@@ -67,12 +70,18 @@ class Attention(nn.Module):
         self.o = nn.Linear(heads * head_dim, hidden, bias=False)
 
     def forward(self, x: torch.Tensor, bias: torch.Tensor | None, memory: torch.Tensor | None = None) -> torch.Tensor:
+        """Self-attention with the stack's relative position bias (`bias`, with -inf above the diagonal in the
+        decoder), or cross-attention over `memory` without one."""
         b, s, _ = x.shape
         source = x if memory is None else memory
         q = self.q(x).view(b, s, -1, self.head_dim).transpose(1, 2)
         k = self.k(source).view(b, source.shape[1], -1, self.head_dim).transpose(1, 2)
         v = self.v(source).view(b, source.shape[1], -1, self.head_dim).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+        if bias is None:  # cross-attention: no position bias, SDPA's fused kernel
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:  # the learned bias needs its gradient: the scores written out, as T5 computes them
+            scores = q @ k.transpose(-2, -1) * self.head_dim ** -0.5 + bias
+            y = torch.softmax(scores, dim=-1) @ v
         return self.o(y.transpose(1, 2).reshape(b, s, -1))
 
 
@@ -150,6 +159,8 @@ class EncoderDecoder(nn.Module):
                              persistent=False)
         self.register_buffer("decoder_buckets", torch.empty(shape.n_target_len, shape.n_target_len, dtype=torch.long),
                              persistent=False)
+        self.register_buffer("future", torch.empty(shape.n_target_len, shape.n_target_len, dtype=torch.bool),
+                             persistent=False)  # the decoder's causal mask: keys after the query
         if not self.embed.weight.is_meta:
             self.init_weights(seed)
 
@@ -159,14 +170,15 @@ class EncoderDecoder(nn.Module):
         s, t, n = self.shape.seq_len, self.shape.n_target_len, self.shape.relative_buckets
         self.encoder_buckets.copy_(relative_buckets(s, s, n, bidirectional=True))
         self.decoder_buckets.copy_(relative_buckets(t, t, n, bidirectional=False))
+        self.future.copy_(torch.ones(t, t, dtype=torch.bool).triu(1))
 
-    def _bias(self, stack: Stack, buckets: torch.Tensor, causal: bool, dtype: torch.dtype) -> torch.Tensor:
-        """(1, heads, q, k) additive scores: the stack's bias for each offset's bucket, and -inf above the diagonal
-        of a causal stack."""
+    def _bias(self, stack: Stack, length: int, dtype: torch.dtype) -> torch.Tensor:
+        """(1, heads, q, k) additive scores of the first `length` positions: the stack's bias for each offset's
+        bucket, and in the decoder -inf above the diagonal."""
+        buckets = (self.decoder_buckets if stack is self.decoder else self.encoder_buckets)[:length, :length]
         bias = stack.relative_bias(buckets).permute(2, 0, 1).unsqueeze(0).to(dtype)
-        if causal:
-            future = torch.ones(buckets.shape, dtype=torch.bool, device=buckets.device).triu(1)
-            bias = bias.masked_fill(future, float("-inf"))
+        if stack is self.decoder:
+            bias = bias.masked_fill(self.future[:length, :length], float("-inf"))
         return bias
 
     def _run(self, stack: Stack, x: torch.Tensor, offset: int, *args: torch.Tensor) -> torch.Tensor:
@@ -179,7 +191,7 @@ class EncoderDecoder(nn.Module):
     def encode(self, inputs: torch.Tensor) -> torch.Tensor:
         s = inputs.shape[1]
         x = self.embed(inputs)
-        bias = self._bias(self.encoder, self.encoder_buckets[:s, :s], False, x.dtype)
+        bias = self._bias(self.encoder, s, x.dtype)
         return self._run(self.encoder, x, 0, bias)
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
@@ -187,15 +199,19 @@ class EncoderDecoder(nn.Module):
         if targets is None:
             return memory
         t = targets.shape[1]
-        start = torch.full_like(targets[:, :1], self.cfg.decoder_start_id)
+        start = torch.full_like(targets[:, :1], self.cfg.decoder_start_id or 0)
         x = self.embed(torch.cat([start, targets[:, :-1]], dim=1))  # teacher forcing: targets shifted right
-        bias = self._bias(self.decoder, self.decoder_buckets[:t, :t], True, x.dtype)
+        bias = self._bias(self.decoder, t, x.dtype)
         x = self._run(self.decoder, x, self.cfg.layers, bias, memory)
         if self.head is None:  # T5 scales the tied head's input (its embedding is shared)
             logits = F.linear(x * self.cfg.hidden ** -0.5, self.embed.weight)
         else:
             logits = self.head(x)
         return cross_entropy(logits, targets)
+
+    def stacks(self) -> list[Stack]:
+        """The encoder's stack and the decoder's (each block an FSDP unit: `pretrain.engines.parallelize`)."""
+        return [self.encoder, self.decoder]
 
     def aux_loss(self) -> None:
         return None

@@ -54,10 +54,9 @@ class ModelConfig:
     max_positions: int | None = None  # encoder: learned positions' rows (None: seq_len)
     token_types: int = 0  # encoder: BERT's token-type (segment) embeddings (2 in bert-base)
     decoder_layers: int | None = None  # encoder-decoder: the decoder's blocks (None: as many as layers)
-    target_len: int | None = None  # encoder-decoder: the decoder's length (None: span corruption's for seq_len)
     head_dim: int | None = None  # encoder-decoder: T5's d_kv (None: hidden / heads)
     relative_buckets: int = 32  # encoder-decoder: relative position bias buckets per head
-    decoder_start_id: int = 0  # encoder-decoder: the token the decoder starts from (T5's pad; set by the trainer)
+    decoder_start_id: int | None = None  # encoder-decoder: the decoder's first input (None: the data's pad id, T5's)
 
 
 @dataclass
@@ -447,7 +446,7 @@ def _validate_arch(cfg: RunConfig) -> None:
     if m.mlp is not None and m.mlp not in ARCH_MLPS[m.arch]:
         raise ConfigError(f"model.mlp: {m.mlp!r}: {m.arch} models are built with {', '.join(ARCH_MLPS[m.arch])}")
     own = {"encoder": ("max_positions", "token_types"),
-           "encoder-decoder": ("decoder_layers", "target_len", "head_dim")}
+           "encoder-decoder": ("decoder_layers", "head_dim")}
     for arch, keys in own.items():
         for key in keys:
             value = getattr(m, key)
@@ -456,7 +455,8 @@ def _validate_arch(cfg: RunConfig) -> None:
             if value is not None:
                 check.integer(f"model.{key}", value, 0 if key == "token_types" else 1)
     check.integer("model.relative_buckets", m.relative_buckets, 2)
-    check.integer("model.decoder_start_id", m.decoder_start_id, 0, m.vocab - 1)
+    if m.decoder_start_id is not None:
+        check.integer("model.decoder_start_id", m.decoder_start_id, 0, m.vocab - 1)
     if m.max_positions is not None and m.seq_len > m.max_positions:
         raise ConfigError(f"model.seq_len: {m.seq_len} is longer than model.max_positions {m.max_positions}")
     if m.arch == "encoder-decoder" and m.head_dim is None and m.hidden % m.heads:

@@ -533,4 +533,4 @@ def _non_decoder_shape_of(m, arch: str) -> ModelShape:
     return ModelShape(m.layers, m.hidden, m.heads, m.vocab, m.seq_len, ffn_hidden=m.ffn_hidden, mlp=m.mlp or "relu",
                       norm="rmsnorm", position="relative", tied_embeddings=m.tied_embeddings,
                       head_dim_override=m.head_dim, arch=arch, decoder_layers=m.decoder_layers,
-                      target_len=m.target_len, relative_buckets=m.relative_buckets)
+                      relative_buckets=m.relative_buckets)  # the targets: span corruption's for seq_len
