@@ -12,7 +12,7 @@ from planner.compute import flops
 from planner.memory import activations
 from planner.model.hf_config import SHIPPED, shape_from_hf
 from planner.model.presets import get_preset
-from planner.model.shapes import ModelShape, span_corruption_lengths
+from planner.model.shapes import ModelShape, shape_of, span_corruption_lengths
 
 #: transformers' num_parameters() for each class, built from the published config.json (checked with
 #: transformers 5.25 on the meta device).
@@ -191,9 +191,29 @@ def test_encoder_decoder_estimate_prints_its_activations(capsys):
 
 
 # ---- trainer -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", ["emit", "verify"])
 @pytest.mark.parametrize("model", ["bert-base-uncased", "t5-base"])
-def test_emit_and_verify_refuse_non_decoders(capsys, tmp_path, command, model):
-    extra = ["--out", str(tmp_path)] if command == "emit" else []
-    code, _, err = run(capsys, command, "--model", model, "--tokens", "1e9", *extra)
-    assert code == 2 and "the trainer builds decoder-only models" in err
+def test_verify_measures_decoders_only(capsys, model):
+    code, _, err = run(capsys, "verify", "--model", model, "--tokens", "1e9")
+    assert code == 2 and "verify measures decoders" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("model, objective", [("bert-base-uncased", "mlm"), ("t5-base", "span-corruption")])
+def test_emit_writes_the_trainers_encoder_and_encoder_decoder(capsys, tmp_path, model, objective):
+    from planner.core.schema import load_config
+
+    code, _, _ = run(capsys, "emit", "--model", model, "--tokens", "1e9", "--fsdp", "full", "--out", str(tmp_path))
+    cfg = load_config(tmp_path / "run.yaml")
+    planned = get_preset(model).shape
+    assert code == 0 and cfg.train.objective == objective and cfg.model.arch == planned.arch
+    assert shape_of(cfg.model).param_count() == planned.param_count()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--model", "t5-base", "--fsdp", "full", "--tp", "2"], "--tp"),
+    (["--model", "bert-base-uncased", "--fsdp", "full", "--checkpointing", "full"], "--checkpointing"),
+    (["--layers", "2", "--hidden", "64", "--heads", "4", "--vocab", "100", "--arch", "encoder"], "--model"),
+    (["--model", "t5-base", "--target-len", "100"], "--target-len"),
+])
+def test_emit_refuses_what_the_trainer_does_not_run_for_non_decoders(capsys, tmp_path, flags, named):
+    code, _, err = run(capsys, "emit", *flags, "--tokens", "1e9", "--out", str(tmp_path))
+    assert code == 2 and named in err and err.count("\n") == 1
