@@ -11,6 +11,14 @@ from pretrain.data.workdir import WorkDir, curated_documents
 
 #: The special tokens; EOS is id 0 and separates documents in packed rows.
 EOS, PAD, UNK = "<|endoftext|>", "<|pad|>", "<|unk|>"
+#: The objectives' tokens, appended after EOS, PAD (and UNK) so their ids never move: BERT's mask token
+#: (Devlin et al. 2019, §3.1) and T5's sentinels, <extra_id_0> first (Raffel et al. 2020, §3.1.4).
+MASK = "<mask>"
+
+
+def sentinel(i: int) -> str:
+    """T5's i-th sentinel token, as its SentencePiece vocabulary names it."""
+    return f"<extra_id_{i}>"
 
 
 def train_tokenizer(cfg: DataPipelineConfig) -> Path:
