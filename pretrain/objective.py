@@ -10,8 +10,8 @@ objective (`planner.core.schema.objective_of`):
 - `span-corruption` (encoder-decoders): the whole row of raw tokens corrupted by
   `pretrain.data.objectives.span_corrupt` (noise density 0.15, mean span 3) into the encoder's `seq_len` inputs and
   the decoder's targets; the model reads the targets shifted right behind the pad id (teacher forcing). The rows
-  must be exactly the raw length whose corrupted inputs are `seq_len` long (`raw_length`), so the shards are packed
-  at seq_len = raw_length - 1.
+  must be exactly the raw length whose corrupted inputs are `seq_len` long
+  (`planner.model.shapes.span_corruption_raw_length`: 568 for 512), so the shards are packed at that length - 1.
 
 The masking is drawn from a generator seeded by the run's seed, the step, the micro-batch and the data-parallel
 rank (`generator`), so a resumed run masks exactly as the uninterrupted one did, and every evaluation masks the
@@ -32,25 +32,10 @@ import torch
 
 from planner.core.errors import PlannerError
 from planner.core.schema import RunConfig, objective_of
-from planner.model.shapes import MEAN_SPAN, NOISE_DENSITY, _span_lengths, span_corruption_lengths
+from planner.model.shapes import MEAN_SPAN, NOISE_DENSITY, span_corruption_counts, span_corruption_raw_length
 from pretrain.data import objectives as collate
 
 MASK_RATE = 0.15
-
-
-def raw_length(inputs: int, noise_density: float = NOISE_DENSITY, mean_span: float = MEAN_SPAN) -> int:
-    """Raw tokens whose span corruption gives `inputs` encoder inputs (T5's random_spans_helper: the longest that
-    fits); 512 inputs: 568."""
-    span_corruption_lengths(inputs, noise_density, mean_span)  # refuses too few inputs
-    tokens = inputs
-    while _span_lengths(tokens + 1, noise_density, mean_span)[0] <= inputs:
-        tokens += 1
-    return tokens
-
-
-def spans_in(raw: int, noise_density: float = NOISE_DENSITY, mean_span: float = MEAN_SPAN) -> int:
-    """Noise spans in `raw` tokens: the sentinels a row needs."""
-    return round(round(raw * noise_density) / mean_span)
 
 
 def generator(seed: int, kind: str, step: int, micro: int, rank: int) -> torch.Generator:
@@ -95,10 +80,11 @@ class Objective:
             if ids.mask is None or not 0 <= ids.mask < m.vocab:
                 raise PlannerError(f"data.tokenizer: {cfg.data.tokenizer} has no <mask> token below model.vocab")
             return objective
-        objective.raw = raw_length(m.seq_len)
-        if len(ids.sentinels) < spans_in(objective.raw):
-            raise PlannerError(f"data: span corruption of {objective.raw} raw tokens needs {spans_in(objective.raw)} "
-                               f"sentinel tokens (<extra_id_i>), there are {len(ids.sentinels)}")
+        objective.raw = span_corruption_raw_length(m.seq_len)
+        spans = span_corruption_counts(objective.raw)[1]
+        if len(ids.sentinels) < spans:
+            raise PlannerError(f"data: span corruption of {objective.raw} raw tokens needs {spans} sentinel tokens "
+                               f"(<extra_id_i>), there are {len(ids.sentinels)}")
         if m.decoder_start_id is None:
             m.decoder_start_id = ids.pad
         return objective

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from planner.core.schema import load_config
-from planner.model.shapes import span_corruption_lengths
+from planner.model.shapes import span_corruption_lengths, span_corruption_raw_length
 from pretrain.data.shards import PackedBatches, TokenShards
 from pretrain.data.synthetic import write_markov_shards
-from pretrain.objective import Objective, raw_length
+from pretrain.objective import Objective
 from tests.test_pretrain_runs import run_train, summary
 
 SEQ_LEN, VOCAB = 64, 300  # the shards' 256 ids, then pad, mask and the sentinels (no tokenizer: reserved ids)
@@ -36,7 +36,7 @@ TINY = ["train.steps=20", "optim.lr=0.01", "optim.warmup_steps=2", "train.checkp
 def shards(tmp_path_factory) -> Path:
     """Markov shards: rows of 65 tokens (MLM reads 64) and of span corruption's 70 raw tokens for 64 inputs."""
     root = tmp_path_factory.mktemp("data")
-    for objective, seq_len in (("mlm", SEQ_LEN), ("span-corruption", raw_length(SEQ_LEN) - 1)):
+    for objective, seq_len in (("mlm", SEQ_LEN), ("span-corruption", span_corruption_raw_length(SEQ_LEN) - 1)):
         write_markov_shards(root / objective / "train", rows=512, seq_len=seq_len)
         write_markov_shards(root / objective / "eval", rows=64, seq_len=seq_len, seed=9)
     return root
@@ -123,13 +123,14 @@ def test_mlm_labels_only_the_masked_positions(shards):
     assert torch.equal(labels[scored], rows[scored]) and 0.05 < scored.float().mean() < 0.3
     assert torch.equal(inputs[~scored], rows[~scored])  # unmasked positions are left as they were
     assert (inputs[scored] == objective.ids.mask).float().mean() > 0.5  # most masked ones read <mask>
+    assert not scored[rows == objective.ids.eos].any()  # the data's EOS is special: never masked
 
 
 def test_span_corruption_gives_the_planners_input_and_target_lengths(shards):
     objective, data = objective_for(shards, "span-corruption")
     inputs, targets = objective.apply(data.next(), step=1, micro=0)
     assert (inputs.shape[1], targets.shape[1]) == span_corruption_lengths(SEQ_LEN) == (64, 14)
-    assert raw_length(512) == 568 and span_corruption_lengths(512) == (512, 114)  # T5's own figures
+    assert span_corruption_raw_length(512) == 568 and span_corruption_lengths(512) == (512, 114)  # T5's figures
 
 
 def test_masks_are_drawn_per_step_micro_batch_and_rank_and_repeat_exactly(shards):

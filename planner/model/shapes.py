@@ -418,12 +418,35 @@ ARCH_DEFAULTS = {f.name: f.default for f in fields(ModelShape) if f.name in ARCH
 NOISE_DENSITY, MEAN_SPAN = 0.15, 3.0
 
 
+def span_corruption_counts(tokens: int, noise_density: float = NOISE_DENSITY,
+                           mean_span: float = MEAN_SPAN) -> tuple[int, int]:
+    """(noise tokens, noise spans) of `tokens` raw tokens, as t5.data.preprocessors.random_spans_noise_mask
+    counts them: round(tokens x density) noise tokens, at least one and leaving one kept, in round(noise /
+    mean_span) spans, at least one. The collator (`pretrain.data.objectives.span_corrupt`) draws exactly these."""
+    noise = min(max(round(tokens * noise_density), 1), tokens - 1)
+    return noise, max(round(noise / mean_span), 1)
+
+
 def _span_lengths(tokens: int, noise_density: float, mean_span: float) -> tuple[int, int]:
     """Inputs and targets of `tokens` corrupted tokens: the kept tokens and a sentinel per span, and the noise
     tokens and a sentinel per span, each with its EOS (t5.data.preprocessors.random_spans_helper)."""
-    noise = round(tokens * noise_density)
-    spans = round(noise / mean_span)
+    noise, spans = span_corruption_counts(tokens, noise_density, mean_span)
     return tokens - noise + spans + 1, noise + spans + 1
+
+
+def span_corruption_raw_length(inputs: int, noise_density: float = NOISE_DENSITY,
+                               mean_span: float = MEAN_SPAN) -> int:
+    """The raw tokens a row of span corruption takes so that its corrupted input is `inputs` tokens long: the
+    longest whose input fits, as T5's `random_spans_helper` chooses it (512 inputs: 568 raw tokens). The planner
+    and the collator both read it, so the shards' rows and the planned lengths agree."""
+    if inputs < 3:  # 2 raw tokens (one kept, one noise) already give 3 inputs: kept, sentinel, EOS
+        raise PlannerError(f"--seq-len: {inputs} input tokens are too few for span corruption (at least 3)")
+    tokens = inputs
+    while tokens > 2 and _span_lengths(tokens, noise_density, mean_span)[0] > inputs:
+        tokens -= 1  # only short inputs, where the clamps to one noise token and one span add a token
+    while _span_lengths(tokens + 1, noise_density, mean_span)[0] <= inputs:
+        tokens += 1
+    return tokens
 
 
 def span_corruption_lengths(inputs: int, noise_density: float = NOISE_DENSITY,
@@ -431,12 +454,7 @@ def span_corruption_lengths(inputs: int, noise_density: float = NOISE_DENSITY,
     """(input, target) lengths of span corruption whose inputs are `inputs` tokens long: the longest raw text
     whose corrupted input fits, as T5's `random_spans_helper` chooses it. 512 inputs: 568 raw tokens, 114
     targets (the T5 paper's and its codebase's figures)."""
-    if inputs < 2:
-        raise PlannerError(f"--seq-len: {inputs} input tokens are too few for span corruption (at least 2)")
-    tokens = inputs
-    while _span_lengths(tokens + 1, noise_density, mean_span)[0] <= inputs:
-        tokens += 1
-    return _span_lengths(tokens, noise_density, mean_span)
+    return _span_lengths(span_corruption_raw_length(inputs, noise_density, mean_span), noise_density, mean_span)
 
 
 def _divisor_hint(n: int) -> str:
