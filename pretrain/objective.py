@@ -71,9 +71,10 @@ class Objective:
         if cfg.data.tokenizer:
             ids = collate.special_ids(cfg.data.tokenizer)
         else:
-            if m.vocab <= shards.vocab_size + 2:
+            if m.vocab < shards.vocab_size + 2:
                 raise PlannerError(f"model.vocab: {m.vocab}: {name} over shards without a tokenizer reserves the ids "
-                                   f"past their vocab_size {shards.vocab_size} (pad, mask, sentinels); raise model.vocab")
+                                   f"past their vocab_size {shards.vocab_size} (pad, mask, then sentinels); raise "
+                                   "model.vocab")
             ids = reserved_ids(shards.vocab_size, m.vocab, int(shards.typed.eos_id))
         objective = cls(name, cfg.train.seed, rank, ids, shards.vocab_size)
         if name == "mlm":
