@@ -88,3 +88,13 @@ def test_fp32_and_autocast_regimes_equal_the_saved_bytes(cfg, regime):
 @pytest.mark.parametrize("cfg", [encoder(128, 64, token_types=2), seq2seq(128, 64, mlp="geglu")], ids=name)
 def test_fake_tensor_count_equals_the_real_tensor_count(cfg):
     assert measured_and_predicted(cfg, 2, fake=False) == measured_and_predicted(cfg, 2, fake=True)
+
+
+@pytest.mark.parametrize("preset", ["bert-base-uncased", "t5-base"])
+def test_base_sized_models_keep_what_the_planner_counts(preset):
+    # bert-base (12 x 768, 512 positions) and t5-base (12 + 12 x 768, 512 inputs, 114 targets), micro-batch 8:
+    # 1,742,376,964 and 2,093,551,684 bytes measured (1.62 and 1.95 GiB), each the planner's + 4
+    from tests.test_objective_models import BERT_BASE, T5_BASE
+
+    measured, predicted = measured_and_predicted(BERT_BASE if preset.startswith("bert") else T5_BASE, 8)
+    assert measured == predicted + LOSS_BYTES
