@@ -34,6 +34,7 @@ from pretrain.data.shards import PackedBatches, TokenShards
 from pretrain.distributed import DistInfo, all_reduce_max, all_reduce_mean, init_distributed
 from pretrain.engines import Engine, build_engine
 from pretrain.metrics import RunReport
+from pretrain.objective import Objective
 from pretrain.tracking import Tracker
 
 FAIL_AFTER_STEP_ENV = "PRETRAIN_FAIL_AFTER_STEP"  # tests: die abruptly after this step (simulated crash)
@@ -73,7 +74,7 @@ class Progress:
 
 def train(cfg: RunConfig) -> dict:
     """Run (or resume) the job; returns a summary (rank 0's view)."""
-    info, data, engine, ckpt = set_up(cfg)
+    info, data, objective, engine, ckpt = set_up(cfg)
     progress = resume(cfg, ckpt, engine, data)
     tracker = Tracker(cfg, info.is_main, progress.run_id)
     report = RunReport(cfg, info)  # throughput, MFU, predicted vs measured memory
@@ -86,7 +87,7 @@ def train(cfg: RunConfig) -> dict:
             step = progress.step = progress.step + 1
             start = time.perf_counter()
             engine.set_lr(lr_at(step, cfg))
-            batches = [data.next() for _ in range(cfg.parallel.grad_accum)]
+            batches = [objective.apply(data.next(), step, micro) for micro in range(cfg.parallel.grad_accum)]
             counter = report.activation_counter(engine.model) if step == 1 else None
             losses, skip = engine.forward_backward(batches, guard.bad_on_any_rank, counter)  # skip: agreed by all ranks
             report.record_activations(counter)
@@ -104,7 +105,7 @@ def train(cfg: RunConfig) -> dict:
                 metrics["aux_loss"] = all_reduce_mean(sum(engine.aux_losses) / len(engine.aux_losses), info)
                 progress.aux_losses.append((step, metrics["aux_loss"]))
             if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
-                metrics.update(eval_metrics(engine, cfg, info, step, progress.evals))
+                metrics.update(eval_metrics(engine, cfg, info, objective, step, progress.evals))
             if step % cfg.train.log_every == 0 or step == 1 or LOG_ALWAYS & metrics.keys():
                 tracker.log_metrics(metrics, step)
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
@@ -125,31 +126,41 @@ LOG_ALWAYS = frozenset({"eval_loss", "model_state_bytes_measured"})
 
 
 # ---- set-up and resume --------------------------------------------------------------------------
-def set_up(cfg: RunConfig) -> tuple[DistInfo, PackedBatches, Engine, Checkpointer]:
-    """The process group, this rank's slice of the training data (checked against the model), the engine
-    and the checkpointer. `cfg.parallel` becomes the layout as launched, checked once more."""
+def set_up(cfg: RunConfig) -> tuple[DistInfo, PackedBatches, Objective, Engine, Checkpointer]:
+    """The process group, this rank's slice of the training data (checked against the model), the objective
+    applied to it, the engine and the checkpointer. `cfg.parallel` becomes the layout as launched, checked once
+    more."""
     info = init_distributed(cfg.parallel.engine, cfg.engine.backend, cfg.engine.timeout_s)
     cfg.parallel = plan = cfg.parallel.with_world(info.world)
     data = PackedBatches(TokenShards.open(cfg.data.train), plan.micro_batch, plan.dp_rank(info.rank), plan.dp,
                          seed=cfg.data.seed)
-    check_data(cfg, data.shards)
+    objective = Objective.for_run(cfg, data.shards, plan.dp_rank(info.rank))  # before the model: its start id
+    check_data(cfg, data.shards, objective)
     engine = build_engine(cfg, info)
     ckpt = Checkpointer(Path(cfg.out_dir) / cfg.train.checkpoint_dir, info, cfg.train.keep_last_checkpoints)
-    return info, data, engine, ckpt
+    return info, data, objective, engine, ckpt
 
 
-def check_data(cfg: RunConfig, shards: TokenShards) -> None:
-    """The training (and evaluation) shards must fit the model: its sequence length, its vocabulary (every token
-    id below model.vocab: the manifest's vocab_size and max_token_id, typed and checked by `TokenShards.open`),
-    its tokenizer."""
-    if shards.seq_len != cfg.model.seq_len:
+def check_data(cfg: RunConfig, shards: TokenShards, objective: Objective | None = None) -> None:
+    """The training (and evaluation) shards must fit the model: its sequence length (span corruption: rows of the
+    raw length whose corrupted inputs are model.seq_len long), its vocabulary (every token id below model.vocab:
+    the manifest's vocab_size and max_token_id, typed and checked by `TokenShards.open`), its tokenizer."""
+    row = objective.expected_row_tokens(cfg.model.seq_len) if objective is not None else cfg.model.seq_len + 1
+    if shards.seq_len + 1 != row:
+        if row != cfg.model.seq_len + 1:
+            raise PlannerError(f"data.train: span corruption of model.seq_len {cfg.model.seq_len} inputs reads rows of "
+                               f"{row} raw tokens; the shards hold {shards.seq_len + 1} (pack them with seq_len "
+                               f"{row - 1})")
         raise PlannerError(f"data.train: shards hold sequences of {shards.seq_len} tokens, "
                            f"model.seq_len is {cfg.model.seq_len}")
     check_vocab("data.train", shards, cfg.model.vocab)
     if cfg.data.eval:
         held_out = TokenShards.open(cfg.data.eval)
         check_vocab("data.eval", held_out, cfg.model.vocab)
-        if held_out.seq_len > cfg.model.seq_len:
+        if row != cfg.model.seq_len + 1 and held_out.seq_len + 1 != row:
+            raise PlannerError(f"data.eval: span corruption reads rows of {row} raw tokens; the shards hold "
+                               f"{held_out.seq_len + 1}")
+        if held_out.seq_len > row - 1:
             raise PlannerError(f"data.eval: shards hold sequences of {held_out.seq_len} tokens, longer than "
                                f"model.seq_len {cfg.model.seq_len}")
     check_tokenizer(cfg, shards.manifest)
@@ -250,15 +261,17 @@ class InjectedFaults:
 
 
 # ---- evaluation and the end of the run ----------------------------------------------------------
-def evaluate(engine: Engine, cfg: RunConfig, info: DistInfo) -> float | None:
-    """Mean loss over train.eval_batches held-out micro-batches per rank, averaged over ranks (collective)."""
+def evaluate(engine: Engine, cfg: RunConfig, info: DistInfo, objective: Objective | None = None) -> float | None:
+    """Mean loss over train.eval_batches held-out micro-batches per rank, averaged over ranks (collective): the
+    objective's loss, the held-out rows masked alike at every evaluation (their own stream, step 0)."""
     if not cfg.data.eval:
         return None
     plan = cfg.parallel
     batches = PackedBatches(TokenShards.open(cfg.data.eval), plan.micro_batch, plan.dp_rank(info.rank), plan.dp,
                             seed=cfg.data.seed)
     engine.train(False)
-    losses = engine.eval_losses([batches.next() for _ in range(eval_batch_count(cfg))])
+    objective = objective or Objective("clm", cfg.train.seed, 0)
+    losses = engine.eval_losses([objective.apply(batches.next(), 0, i, "eval") for i in range(eval_batch_count(cfg))])
     engine.train(True)
     return all_reduce_mean(sum(losses) / len(losses), info)
 
@@ -269,10 +282,10 @@ def eval_batch_count(cfg: RunConfig) -> int:
     return -(-cfg.train.eval_batches // m) * m
 
 
-def eval_metrics(engine: Engine, cfg: RunConfig, info: DistInfo, step: int,
+def eval_metrics(engine: Engine, cfg: RunConfig, info: DistInfo, objective: Objective, step: int,
                  evals: list[tuple[int, float]]) -> dict[str, float]:
     """Evaluate, record the point in `evals`, and return its metrics (none without eval data)."""
-    eval_loss = evaluate(engine, cfg, info)
+    eval_loss = evaluate(engine, cfg, info, objective)
     if eval_loss is None:
         return {}
     evals.append((step, eval_loss))
@@ -339,7 +352,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sync-mlflow"]:
         return sync_mlflow_main(argv[1:])
-    parser = one_line_parser("pretrain", "Pretrain a decoder-only model.")
+    parser = one_line_parser("pretrain", "Pretrain a decoder (clm), an encoder (mlm) or an encoder-decoder "
+                                         "(span corruption).")
     parser.add_argument("--config", help="run YAML (e.g. from `planner emit`)")
     parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)  # deepspeed launcher
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=20")

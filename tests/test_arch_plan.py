@@ -12,7 +12,7 @@ from planner.compute import flops
 from planner.memory import activations
 from planner.model.hf_config import SHIPPED, shape_from_hf
 from planner.model.presets import get_preset
-from planner.model.shapes import ModelShape, span_corruption_lengths
+from planner.model.shapes import ModelShape, shape_of, span_corruption_lengths
 
 #: transformers' num_parameters() for each class, built from the published config.json (checked with
 #: transformers 5.25 on the meta device).
@@ -104,19 +104,20 @@ def test_the_pooler_runs_once_per_sequence():
     assert flops.active_params(shape.param_count(), shape) == pytest.approx(BERT_FOR_PRETRAINING - once + once / 512)
 
 
-def test_encoder_decoder_flops_weigh_inputs_and_targets():
+def test_encoder_decoder_flops_per_token_carry_the_targets_on_the_inputs():
+    # a token is an input position (T5's count, and the planner's tokens per step): the sequence's FLOPs over 512
     shape = t5()
     s_in, s_tgt, h = 512, 114, 768
     enc_block, dec_block, cross_kv = 7_079_424, 9_439_488, 2 * h * h
     per_input = 6 * 12 * (enc_block + cross_kv) + 12 * 12 * h * s_in
     per_target = 6 * (12 * (dec_block - cross_kv) + 32128 * h) + 12 * 12 * h * (s_tgt + s_in)
-    expected = (s_in * per_input + s_tgt * per_target) / (s_in + s_tgt)
+    expected = (s_in * per_input + s_tgt * per_target) / s_in
     assert flops.model_flops_per_token(shape.param_count(), shape) == pytest.approx(expected)
 
 
-def test_encoder_decoder_counts_fewer_matmul_weights_per_position_than_its_parameters():
-    shape = t5()
-    assert flops.active_params(shape.param_count(), shape) < 0.5 * T5_BASE
+def test_encoder_decoder_counts_fewer_matmul_weights_per_token_than_its_parameters():
+    shape = t5()  # no token passes the whole embedding, and a target token skips the encoder
+    assert flops.active_params(shape.param_count(), shape) < 0.6 * T5_BASE
 
 
 def test_target_len_sets_the_split():
@@ -172,26 +173,48 @@ def test_optimal_refuses_non_decoders(capsys, arch):
 
 
 # ---- memory ------------------------------------------------------------------------------------------------
-def test_bert_blocks_keep_korthikantis_gpt_terms():
+def test_bert_blocks_keep_our_encoders_terms_not_korthikantis():
+    # our encoder has no dropout: 32·h + 4·heads + 8 bytes per token in 16-bit with f = 4h (derivation and the
+    # saved-tensor count in tests/test_objective_activations.py), not Korthikanti's 34·h + 5·heads·s
     shape = bert()
-    decoder = replace(shape, arch="decoder", post_norm=False, token_types=0, max_positions=None)
-    assert activations.layer_terms(shape) == activations.layer_terms(decoder)
+    per_token = sum(t.bytes for t in activations.layer_terms(shape))
+    assert per_token == 32 * shape.hidden + 4 * shape.heads + 8
 
 
-def test_bert_head_keeps_ids_embedding_norm_mlm_head_and_log_softmax():
+def test_bert_head_keeps_ids_labels_embedding_norm_mlm_head_and_log_softmax():
     a, h, v = 2, 768, 30522
-    assert activations.head_bytes_per_token(bert()) == 2 * 8 + (a * h + h) + 4 * a * h + 4 * v
+    assert activations.head_bytes_per_token(bert()) == 3 * 8 + a * (h + 2) + 4 * a * h + 2 * a + 4 * v
 
 
-def test_encoder_decoder_activations_are_refused_in_one_line(capsys):
-    code, _, err = run(capsys, "estimate", "--model", "t5-base", "--tokens", "1e9")
-    assert code == 2 and err.count("\n") == 1 and "not derived yet" in err
+def test_encoder_decoder_estimate_prints_its_activations(capsys):
+    code, out, _ = run(capsys, "estimate", "--model", "t5-base", "--tokens", "1e9", "--json")
+    assert code == 0 and json.loads(out)["memory_per_moment_bytes"]["backward-start"]["activations"] > 0
 
 
 # ---- trainer -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", ["emit", "verify"])
 @pytest.mark.parametrize("model", ["bert-base-uncased", "t5-base"])
-def test_emit_and_verify_refuse_non_decoders(capsys, tmp_path, command, model):
-    extra = ["--out", str(tmp_path)] if command == "emit" else []
-    code, _, err = run(capsys, command, "--model", model, "--tokens", "1e9", *extra)
-    assert code == 2 and "the trainer builds decoder-only models" in err
+def test_verify_measures_decoders_only(capsys, model):
+    code, _, err = run(capsys, "verify", "--model", model, "--tokens", "1e9")
+    assert code == 2 and "verify measures decoders" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("model, objective", [("bert-base-uncased", "mlm"), ("t5-base", "span-corruption")])
+def test_emit_writes_the_trainers_encoder_and_encoder_decoder(capsys, tmp_path, model, objective):
+    from planner.core.schema import load_config
+
+    code, _, _ = run(capsys, "emit", "--model", model, "--tokens", "1e9", "--fsdp", "full", "--out", str(tmp_path))
+    cfg = load_config(tmp_path / "run.yaml")
+    planned = get_preset(model).shape
+    assert code == 0 and cfg.train.objective == objective and cfg.model.arch == planned.arch
+    assert shape_of(cfg.model).param_count() == planned.param_count()
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--model", "t5-base", "--fsdp", "full", "--tp", "2"], "--tp"),
+    (["--model", "bert-base-uncased", "--fsdp", "full", "--checkpointing", "full"], "--checkpointing"),
+    (["--layers", "2", "--hidden", "64", "--heads", "4", "--vocab", "100", "--arch", "encoder"], "--model"),
+    (["--model", "t5-base", "--target-len", "100"], "--target-len"),
+])
+def test_emit_refuses_what_the_trainer_does_not_run_for_non_decoders(capsys, tmp_path, flags, named):
+    code, _, err = run(capsys, "emit", *flags, "--tokens", "1e9", "--out", str(tmp_path))
+    assert code == 2 and named in err and err.count("\n") == 1

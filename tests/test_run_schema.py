@@ -71,10 +71,14 @@ def test_the_round_trip_config_leaves_no_field_at_its_default():
     cfg, default = every_field_changed(), RunConfig(planning=PlanningConfig(gpu_spec=GPUSpec()))
     # an FSDP hybrid plan with offload runs without TP or a pipeline (whose fields round-trip in the
     # next test) and has no ZeRO stage or DeepSpeed JSON; its model is dense (the op policy is refused for an MoE
-    # layer), so the MoE fields and expert parallelism round-trip in the test after
+    # layer), so the MoE fields and expert parallelism round-trip in the test after; it is a decoder, so the encoder's
+    # and encoder-decoder's fields and objectives round-trip in the one after that
     assert defaults_kept(cfg, default) == ["model.experts", "model.top_k", "model.expert_ffn", "model.shared_experts",
                                            "model.shared_ffn", "model.dense_layers", "model.capacity_factor",
-                                           "model.router_aux_loss_coef", "parallel.tp", "parallel.pp",
+                                           "model.router_aux_loss_coef", "model.arch", "model.mlp",
+                                           "model.max_positions", "model.token_types", "model.decoder_layers",
+                                           "model.head_dim", "model.relative_buckets", "model.decoder_start_id",
+                                           "train.objective", "parallel.tp", "parallel.pp",
                                            "parallel.pp_schedule", "parallel.pp_virtual", "parallel.pp_layers",
                                            "parallel.zero_stage", "parallel.ep", "engine.ds_config"]
 
@@ -88,6 +92,19 @@ def test_an_moe_model_with_expert_parallelism_survives_yaml_and_back(tmp_path):
     path.write_text(dump_config(cfg))
     loaded = load_config(path)
     assert (loaded.model, loaded.parallel) == (model, plan)
+
+
+@pytest.mark.parametrize("model, objective", [
+    (ModelConfig(arch="encoder", mlp="gelu", max_positions=128, token_types=2, tied_embeddings=True), "mlm"),
+    (ModelConfig(arch="encoder-decoder", mlp="geglu", decoder_layers=3, head_dim=8, relative_buckets=16,
+                 decoder_start_id=1), "span-corruption"),
+])
+def test_an_encoder_and_an_encoder_decoder_survive_yaml_and_back(tmp_path, model, objective):
+    cfg = RunConfig(model=model, data=DataConfig(train="shards/t"), train=TrainConfig(objective=objective))
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_config(cfg))
+    loaded = load_config(path)
+    assert (loaded.model, loaded.train.objective) == (model, objective)
 
 
 def test_a_whole_pipeline_layout_survives_yaml_and_back(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from tabulate import tabulate
 
+from planner.core.errors import PlannerError
 from planner.core.units import GiB
 from planner.plan.estimate import estimate
 from planner.plan.request import EstimateRequest, resolve_model
@@ -27,7 +28,10 @@ def verify_request(req: EstimateRequest, steps: int = 2, jobs: int = 1) -> dict:
     from planner.plan.trainable import check_arch_trainable, check_moe_trainable
 
     model = resolve_model(req)
-    check_arch_trainable(model)  # the trainer's model is a decoder: nothing to measure for the others
+    if model.shape.arch != "decoder":  # pretrain.verify lays out the decoder's blocks only
+        raise PlannerError(f"--arch: verify measures decoders; {model.source} is {model.shape.arch} (its activations "
+                           "are checked against our model's saved tensors by the tests, its states by training runs)")
+    check_arch_trainable(model)
     check_moe_trainable(model, req.layout)  # an MoE layout as the trainer runs it, or one line why
     from pretrain.verify import measure  # torch: only when verifying
 

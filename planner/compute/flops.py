@@ -28,8 +28,11 @@ Encoder-only (BERT) and encoder-decoder (T5) models, per position a sequence hol
     - each target position: 6·(L_dec decoder blocks less the cross K and V, + the LM head V·h)
       + 12·L_dec·H·Q·T_tgt (causal self-attention, full-matrix as PaLM counts it) + 12·L_dec·H·Q·T_in (the
       cross-attention's scores and weighted sum over the T_in encoder positions);
-  a "token" is one position of either, so FLOPs per token are the sequence's over T_in + T_tgt. The embedding
-  lookups are not matmuls and are not counted (the decoder's 6N counts its embedding table, a convention).
+  a "token" is one input position, as T5 counts them (2^35 pretraining tokens = 2^19 steps x 128 sequences x 512
+  inputs) and as the planner's token counts do (`--tokens`, tokens per step = sequences x seq_len, emit's steps,
+  the trainer's tokens_seen): FLOPs per token are the sequence's over T_in, the targets' work carried by the
+  inputs (626 positions per 512 tokens at T5's lengths). The embedding lookups are not matmuls and are not counted
+  (the decoder's 6N counts its embedding table, a convention).
   6N·D (`flops_6nd`) keeps N = every parameter.
 
 One MFU basis everywhere (`MFU_BASIS`): model FLOPs with the attention term, as PaLM defines MFU
@@ -61,7 +64,7 @@ DEFAULT_MFU = 0.40
 
 def attention_flops_per_token(shape: ModelShape) -> float:
     """PaLM's attention term, 12·L·H·Q·T (full, non-causal score matrix, as PaLM and torchtitan); an
-    encoder-decoder's averaged over its input and target positions (module docstring)."""
+    encoder-decoder's per input token, its targets' included (module docstring)."""
     if shape.arch == "encoder-decoder":
         return encoder_decoder_flops(shape)[1]
     return 12 * shape.layers * shape.heads * shape.head_dim * shape.seq_len
@@ -70,7 +73,7 @@ def attention_flops_per_token(shape: ModelShape) -> float:
 def active_params(params: float, shape: ModelShape | None) -> float:
     """The N of 6N: `params`, less the routed experts each token skips in an MoE model (its shape's total
     less active count); an encoder's less its pooler and next-sentence head, which run once per sequence;
-    an encoder-decoder's matmul weights per position, averaged over inputs and targets (module docstring)."""
+    an encoder-decoder's matmul weights per input token, its targets' included (module docstring)."""
     if shape is None:
         return params
     if shape.arch == "encoder-decoder":
@@ -84,7 +87,8 @@ def active_params(params: float, shape: ModelShape | None) -> float:
 
 
 def encoder_decoder_flops(shape: ModelShape) -> tuple[float, float]:
-    """An encoder-decoder's (matmul, attention) model FLOPs per position, inputs and targets averaged."""
+    """An encoder-decoder's (matmul, attention) model FLOPs per token: a sequence's over its T_in input positions
+    (module docstring)."""
     s_in, s_tgt = shape.seq_len, shape.n_target_len
     h, hq, kv = shape.hidden, shape.q_dim, shape.n_kv_heads * shape.head_dim
     enc_block = shape.attention_params() + shape.mlp_params() + 2 * shape._norm_params()
@@ -93,8 +97,7 @@ def encoder_decoder_flops(shape: ModelShape) -> tuple[float, float]:
     per_target = 6 * (shape.n_decoder_layers * shape.cross_block_params() - cross_kv + shape.vocab * h)
     attn_in = 12 * shape.layers * hq * s_in
     attn_tgt = 12 * shape.n_decoder_layers * hq * (s_tgt + s_in)
-    positions = s_in + s_tgt
-    return ((s_in * per_input + s_tgt * per_target) / positions, (s_in * attn_in + s_tgt * attn_tgt) / positions)
+    return ((s_in * per_input + s_tgt * per_target) / s_in, (s_in * attn_in + s_tgt * attn_tgt) / s_in)
 
 
 def capacity_padding_params(shape: ModelShape | None) -> float:

@@ -48,6 +48,15 @@ class ModelConfig:
     dense_layers: int = 0  # leading layers that keep a dense MLP
     capacity_factor: float | None = None  # None: dropless routing (the only one the trainer runs)
     router_aux_loss_coef: float = 0.01  # Switch / GShard load-balancing loss, added to the training loss
+    # the architecture (`ARCHS`; planner.model.shapes.ModelShape): the fields below belong to one of them
+    arch: str = "decoder"  # decoder (pretrain.model) | encoder (BERT, pretrain.encoder) | encoder-decoder (T5)
+    mlp: str | None = None  # None: the architecture's (ARCH_MLPS' first); an encoder-decoder's relu or geglu
+    max_positions: int | None = None  # encoder: learned positions' rows (None: seq_len)
+    token_types: int = 0  # encoder: BERT's token-type (segment) embeddings (2 in bert-base)
+    decoder_layers: int | None = None  # encoder-decoder: the decoder's blocks (None: as many as layers)
+    head_dim: int | None = None  # encoder-decoder: T5's d_kv (None: hidden / heads)
+    relative_buckets: int = 32  # encoder-decoder: relative position bias buckets per head
+    decoder_start_id: int | None = None  # encoder-decoder: the decoder's first input (None: the data's pad id, T5's)
 
 
 @dataclass
@@ -87,6 +96,7 @@ class TrainConfig:
     activation_checkpointing: str = "none"  # one of ACTIVATION_CHECKPOINTING
     activation_checkpointing_every: int = 1  # the policy applies to every k-th block (torchtitan's layer SAC)
     keep_last_checkpoints: int = 3  # older complete checkpoints are deleted; `latest` and the one being written never
+    objective: str | None = None  # clm | mlm | span-corruption (OBJECTIVES); None: the architecture's
 
 
 @dataclass
@@ -125,6 +135,19 @@ def trainer_runs_checkpointing(policy: str, plan: ParallelPlan) -> bool:
     """Whether the trainer runs `policy` on `plan`: the op-level policy is measured without tensor and pipeline
     parallelism only (sequence parallelism's reduce-scatter and a stage's sent output are not counted yet)."""
     return policy in ACTIVATION_CHECKPOINTING and (policy != "op" or (plan.tp == 1 and plan.pp == 1))
+
+#: The model families the trainer builds, and the pretraining objective each trains with: causal LM (GPT), masked
+#: LM (BERT, Devlin et al. 2019), span corruption (T5, Raffel et al. 2020).
+ARCHS = ("decoder", "encoder", "encoder-decoder")
+OBJECTIVES = {"decoder": "clm", "encoder": "mlm", "encoder-decoder": "span-corruption"}
+#: The MLPs the trainer builds per architecture, its default first.
+ARCH_MLPS = {"decoder": ("swiglu",), "encoder": ("gelu",), "encoder-decoder": ("relu", "geglu")}
+
+
+def objective_of(cfg: RunConfig) -> str:
+    """The run's objective: train.objective, or its architecture's."""
+    return cfg.train.objective or OBJECTIVES.get(cfg.model.arch, "clm")
+
 
 #: What a catalog entry describes: a GPU (data-sheet figures), or a CPU measured by `planner probe`.
 DEVICES = ("gpu", "cpu")
@@ -353,7 +376,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(str(exc)) from None
     checks = [
         (m.hidden % m.heads == 0, f"model.heads: {m.heads} does not divide model.hidden {m.hidden}"),
-        ((m.hidden // m.heads) % 2 == 0, f"model.hidden / model.heads = {m.hidden // m.heads} must be even for rotary positions"),
+        (m.arch != "decoder" or (m.hidden // m.heads) % 2 == 0,
+         f"model.hidden / model.heads = {m.hidden // m.heads} must be even for rotary positions"),
         (m.kv_heads is None or (m.kv_heads > 0 and m.heads % m.kv_heads == 0),
          f"model.kv_heads: {m.kv_heads} must divide model.heads {m.heads}"),
         (min(m.layers, m.hidden, m.heads, m.vocab, m.seq_len) > 0, "model: layers, hidden, heads, vocab, seq_len must be positive"),
@@ -383,6 +407,7 @@ def validate(cfg: RunConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _validate_arch(cfg)
     _validate_moe(m, cfg.parallel, t)
     from planner.core import checks as check
 
@@ -403,6 +428,55 @@ def validate(cfg: RunConfig) -> None:
     check.integer("engine.timeout_s", e.timeout_s, 1)
     if cfg.planning is not None:
         _validate_planning(cfg.planning)
+
+
+def _validate_arch(cfg: RunConfig) -> None:
+    """The architecture, its own fields and its objective; what the trainer runs an encoder or an encoder-decoder
+    with (DDP, FSDP2 or DeepSpeed; no tensor, pipeline or expert parallelism, no recomputation yet)."""
+    from planner.core import checks as check
+
+    m, plan, t = cfg.model, cfg.parallel, cfg.train
+    if m.arch not in ARCHS:
+        raise ConfigError(f"model.arch: {m.arch!r} is not one of {', '.join(ARCHS)}")
+    if t.objective is not None and t.objective not in OBJECTIVES.values():
+        raise ConfigError(f"train.objective: {t.objective!r} is not one of {', '.join(OBJECTIVES.values())}")
+    if objective_of(cfg) != OBJECTIVES[m.arch]:
+        raise ConfigError(f"train.objective: {t.objective}: {'an' if m.arch[0] == 'e' else 'a'} {m.arch} model trains "
+                          f"with {OBJECTIVES[m.arch]}")
+    if m.mlp is not None and m.mlp not in ARCH_MLPS[m.arch]:
+        raise ConfigError(f"model.mlp: {m.mlp!r}: {m.arch} models are built with {', '.join(ARCH_MLPS[m.arch])}")
+    own = {"encoder": ("max_positions", "token_types"),
+           "encoder-decoder": ("decoder_layers", "head_dim")}
+    for arch, keys in own.items():
+        for key in keys:
+            value = getattr(m, key)
+            if value not in (None, 0) and m.arch != arch:
+                raise ConfigError(f"model.{key}: {value}: only an {arch} model has it (model.arch is {m.arch})")
+            if value is not None:
+                check.integer(f"model.{key}", value, 0 if key == "token_types" else 1)
+    check.integer("model.relative_buckets", m.relative_buckets, 2)
+    if m.decoder_start_id is not None:
+        check.integer("model.decoder_start_id", m.decoder_start_id, 0, m.vocab - 1)
+    if m.max_positions is not None and m.seq_len > m.max_positions:
+        raise ConfigError(f"model.seq_len: {m.seq_len} is longer than model.max_positions {m.max_positions}")
+    if m.arch == "encoder-decoder" and m.head_dim is None and m.hidden % m.heads:
+        raise ConfigError(f"model.heads: {m.heads} does not divide model.hidden {m.hidden} (or set model.head_dim)")
+    if m.arch == "decoder":
+        return
+    refusals = [
+        (m.experts > 0, f"model.experts: {m.experts}: mixture-of-experts layers are built in decoders only"),
+        (m.arch == "encoder-decoder" and m.seq_len < 2, f"model.seq_len: {m.seq_len} inputs are too few for span "
+         "corruption (at least 2)"),
+        (plan.tp > 1, f"parallel.tp: {plan.tp}: tensor parallelism is run for decoders only; {m.arch} models train "
+         "under DDP, FSDP2 or DeepSpeed"),
+        (plan.pp > 1, f"parallel.pp: {plan.pp}: pipeline stages are run for decoders only; {m.arch} models train "
+         "under DDP, FSDP2 or DeepSpeed"),
+        (t.activation_checkpointing != "none", f"train.activation_checkpointing: {t.activation_checkpointing}: "
+         f"recomputation is run (and planned) for decoders only; use none for {m.arch} models"),
+    ]
+    for refused, message in refusals:
+        if refused:
+            raise ConfigError(message)
 
 
 def _validate_moe(m: ModelConfig, plan: ParallelPlan, t: TrainConfig) -> None:

@@ -22,6 +22,7 @@ from planner.core.errors import PlannerError
 from planner.core.io import atomic_write_text, refuse_special_target
 from planner.core.parallel import ParallelPlan, cli_flag
 from planner.core.schema import (
+    OBJECTIVES,
     DataConfig,
     EngineConfig,
     ModelConfig,
@@ -130,11 +131,14 @@ TRAINED_PRECISIONS = ("bf16-mixed", "fp32")
 
 def check_trainable(req: EstimateRequest, model: ResolvedModel) -> None:
     """A plan emit writes is one the trainer can train: refuse what it cannot, naming the flag."""
-    check_arch_trainable(model)
+    check_arch_trainable(model, req.layout)
     check_moe_trainable(model, req.layout)
     s = model.shape
-    if s.mlp != "swiglu" or s.norm != "rmsnorm" or s.bias or s.position != "rope" or s.embedding_norm \
-            or s.head_dim_override is not None:
+    if s.arch != "decoder" and req.checkpointing != "none":
+        raise PlannerError(f"--checkpointing {req.checkpointing}: the trainer runs an {s.arch} without recomputation; "
+                           "use none")
+    if s.arch == "decoder" and (s.mlp != "swiglu" or s.norm != "rmsnorm" or s.bias or s.position != "rope"
+                                or s.embedding_norm or s.head_dim_override is not None):
         raise PlannerError(f"--model: the trainer builds LLaMA-style blocks (SwiGLU, RMSNorm, RoPE, no bias); "
                            f"{model.source} is {s.mlp}/{s.norm}/{s.position}: give a shape or --params instead")
     if req.precision == "fp8":
@@ -160,6 +164,11 @@ def model_section(s) -> ModelConfig:
     moe = {} if m is None else {"experts": m.experts, "top_k": m.top_k, "expert_ffn": m.expert_ffn,
                                 "shared_experts": m.shared_experts, "shared_ffn": m.shared_ffn,
                                 "dense_layers": m.dense_layers}
+    if s.arch == "encoder":
+        moe = {"arch": s.arch, "mlp": s.mlp, "max_positions": s.max_positions, "token_types": s.token_types}
+    if s.arch == "encoder-decoder":
+        moe = {"arch": s.arch, "mlp": s.mlp, "decoder_layers": s.n_decoder_layers, "relative_buckets": s.relative_buckets,
+               "head_dim": s.head_dim_override if s.head_dim_override != s.hidden // s.heads else None}
     return ModelConfig(layers=s.layers, hidden=s.hidden, heads=s.heads, kv_heads=s.kv_heads, ffn_hidden=s.ffn,
                        vocab=s.vocab, seq_len=s.seq_len, tied_embeddings=s.tied_embeddings, **moe)
 
@@ -179,6 +188,7 @@ def build_run_config(req: EstimateRequest, opts: EmitOptions, result: Estimate) 
         data=DataConfig(train=opts.data_train, eval=opts.data_eval, tokenizer=opts.tokenizer),
         optim=OptimConfig(lr=opts.lr, warmup_steps=warmup),
         train=TrainConfig(steps=steps, precision=req.precision, checkpoint_every=opts.checkpoint_every,
+                          objective=None if s.arch == "decoder" else OBJECTIVES[s.arch],
                           eval_every=opts.eval_every, activation_checkpointing=req.checkpointing,
                           activation_checkpointing_every=req.checkpointing_every),
         parallel=layout,
@@ -291,7 +301,7 @@ def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
     """Write every file; returns name -> path. Refuses a plan that does not fit (the user sees why)."""
     opts.validate()
     model = resolve_model(req)
-    check_arch_trainable(model)  # before the estimate and the layout's checks: the reason named first
+    check_arch_trainable(model, req.layout)  # before the estimate and the layout's checks: the reason named first
     check_moe_trainable(model, req.layout)
     # the estimate of the layout as emitted (its micro-batches per step set by the batch): its step time
     # and MFU, and so its days and dollars, are the run's

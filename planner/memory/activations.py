@@ -29,17 +29,41 @@ Two architectures:
   mask heads·s, dropout output 2·heads·s, V 2h, projection input 2h, dropout mask h); MLP 19·h
   (input 2h, first linear 8h, GeLU 8h, dropout mask h); two LayerNorm inputs 4h: 34·h + 5·heads·s.
 
-Encoder-only (BERT, `ModelShape.arch == "encoder"`): a block's saved tensors do not depend on the attention mask
-(bidirectional or causal, SDPA and the score path keep the same tensors), and Megatron-LM builds its BERT from the
-very transformer layer Korthikanti et al. count (megatron/legacy/model/bert_model.py: the GPT layer with a padding
-mask), so a BERT block (LayerNorm, GeLU, dropout; post-LN moves the norms, not what they keep) has the **gpt**
-terms; an encoder of our block (RMSNorm, SwiGLU) the **llama** terms. Its output layer (`head_bytes_per_token`)
-differs from a decoder's: the token ids and, with token types, their int64 ids too (8 each); after the embedding,
-BERT's LayerNorm input a·h and its dropout mask h; no final norm after post-LN blocks (else the norm's bytes);
-the MLM head on every position (`transformers.BertForMaskedLM` computes every position's logits): the transform's
-input a·h, its GeLU's input a·h, its LayerNorm's input a·h, the decoder's input a·h, and the fp32 log-softmax 4·V.
-Derived term by term, not yet measured by hooks (the trainer does not build an encoder). An encoder-decoder's
-activations, and MLPs other than SwiGLU and GeLU (T5's ReLU and gated-GeLU), are not derived yet: refused.
+Encoder-only (BERT, `ModelShape.arch == "encoder"`): our `pretrain.encoder.Encoder` (post-LN blocks, LayerNorm,
+biases, a GeLU MLP, SDPA without a mask; no dropout), counted by the hooks in `tests/test_objective_activations.py`.
+A LayerNorm keeps its input and its mean and reciprocal standard deviation, two per token in the stream's width:
+a_s·h + 2·a_s. Per layer and token:
+  - the attention input a·h (under autocast q, k and v each cast their own: 3·a·h); SDPA's q, k, v and output,
+    4·a·q, and its fp32 log-sum-exp 4·heads (no copy before the output projection: SDPA's CPU and CUDA kernels
+    lay their output out (b, s, heads, d), so the transpose back is a view); without flash the probabilities
+    a·heads·s instead of the output and log-sum-exp;
+  - the first LayerNorm (after the residual sum) a_s·h + 2·a_s; the MLP input a·h (its output is the next
+    LayerNorm's input); GeLU's input and output (the down projection's input), 2·a·f; the second LayerNorm
+    a_s·h + 2·a_s, whose output is the next block's input.
+  In 16-bit: 16·h + 4·f + 4·heads + 8 bytes per token, with f = 4h 32·h + 4·heads + 8, against Korthikanti's
+  34·h + 5·heads·s for a GPT-3 block with dropout and without flash attention. An encoder of our decoder's block
+  (RMSNorm, SwiGLU; `--arch encoder` with shape flags) keeps the **llama** terms: the mask changes nothing kept. Its output layer (`head_bytes`): the int64 token ids and labels (and token-type ids where the model
+  has them), 8 each per token, and the position ids, 8 per position once; the embedding LayerNorm
+  a_s·h + 2·a_s; the MLM head on every position (as `transformers.BertForMaskedLM`, which computes every
+  position's logits): the transform's input a·h (a cast under autocast), its GeLU's input a·h, the head's
+  LayerNorm input a·h and statistics 2·a_s, the decoder's input a·h, and the fp32 log-softmax 4·V.
+
+Encoder-decoder (T5, `arch == "encoder-decoder"`): our `pretrain.encoder_decoder.EncoderDecoder`, counted by the
+same hooks. An encoder layer keeps, per input token (s_in of them; s_tgt targets, `ModelShape.n_target_len`): the
+two RMSNorms (a_s·h + 4 each, as the decoder's); the attention input a·h (3 casts under autocast); the self-
+attention's scores are written out (the relative position bias needs its gradient): q and k a·q each (the matmul's
+operands), the softmax's output a·heads·s_in (fp32 under autocast, which then keeps the 16-bit copy the next
+matmul reads too: 6·heads·s_in), v a·q, and the output projection's input a·q (a copy: the transpose back is not a
+view here); the MLP input a·h (two casts for gated-GeLU under autocast) and the MLP: ReLU's output a·f (the down
+projection's input), or for gated-GeLU the gate's output, GeLU's output, up's output and their product, 4·a·f. A
+decoder layer keeps the same per target token with s_tgt for s_in in the scores, and cross-attention: its norm
+a_s·h + 4, the query's input a·h, SDPA's q and output a·q each and log-sum-exp 4·heads, no copy before the output
+projection; and per input token its K and V, 2·a·q (under autocast also the two casts of the encoder's output,
+2·a·h). The output layer: the input, decoder-input and target ids, 8 each per token of their side; each stack's
+final norm (a_s·h + 4 per token of its side); the encoder's output once, a·h per input token (every decoder layer's
+cross K and V read that one tensor; under autocast each casts its own, counted per layer); then as a decoder's
+head, per target token: its input a·h and the fp32 log-softmax 4·V. The relative position buckets and the causal
+mask are buffers, and the bias is looked up once per stack for all its blocks (nothing per layer or token).
 
 Mixture of experts (`pretrain.model.MoE`, counted by the hooks in `tests/test_moe_train.py`): an MoE layer keeps
 the dense block's terms but for the MLP's gate/up product (its input is the router's; under autocast the router's
@@ -111,14 +135,24 @@ class Term:
     name: str
     bytes: float
     per_layer_fixed: bool = False  # autocast's weight copies: do not scale with tokens
+    per_input_token: bool = False  # an encoder-decoder's decoder layer: per encoder input token (cross K and V)
 
 
 def architecture(shape: ModelShape) -> str:
-    """llama for RMSNorm + SwiGLU shapes (our model), gpt for LayerNorm + GeLU (Korthikanti's); an encoder's
-    blocks as a decoder's of the same kind (module docstring). Refused where no terms are derived."""
+    """llama for RMSNorm + SwiGLU decoders (our model), gpt for LayerNorm + GeLU ones (Korthikanti's); encoder and
+    encoder-decoder for ours (module docstring). Refused where no terms are derived."""
     if shape.arch == "encoder-decoder":
-        raise PlannerError("activations: an encoder-decoder's (cross-attention, relative position bias) are not "
-                           "derived yet, so its memory per GPU is not planned; encoder and decoder models are")
+        if shape.mlp not in ("relu", "geglu"):
+            raise PlannerError(f"activations: an encoder-decoder's are planned with ReLU or gated-GeLU MLPs (T5's), "
+                               f"not --mlp {shape.mlp}")
+        return "encoder-decoder"
+    if shape.arch == "encoder":
+        if shape.mlp == "gelu" and shape.norm == "layernorm" and shape.post_norm:
+            return "encoder"  # BERT's block, as our encoder builds it
+        if shape.mlp != "swiglu":
+            raise PlannerError("activations: an encoder's are planned for BERT's block (post-LN LayerNorm, GeLU) "
+                               f"or our decoder's (RMSNorm, SwiGLU), not {shape.norm}/{shape.mlp}")
+        return "llama"  # our decoder's block without its causal mask keeps the same tensors
     if shape.mlp not in ("swiglu", "gelu"):
         raise PlannerError(f"activations: planned for SwiGLU and GeLU MLPs, not --mlp {shape.mlp} (not derived yet)")
     return "gpt" if shape.mlp == "gelu" else "llama"
@@ -210,6 +244,49 @@ def _gpt_terms(shape: ModelShape, regime: str, tp: int, sp: bool, flash: bool) -
     ]
 
 
+def _layernorm_bytes(h: int, regime: str) -> float:
+    """A LayerNorm keeps its input and its mean and reciprocal standard deviation, in the stream's width."""
+    return _stream_width(regime) * (h + 2)
+
+
+def _encoder_terms(shape: ModelShape, regime: str, flash: bool) -> list[Term]:
+    """A block of our BERT-style encoder (`pretrain.encoder.EncoderBlock`), per token (module docstring)."""
+    h, f, heads, s, q = shape.hidden, shape.ffn, shape.heads, shape.seq_len, shape.q_dim
+    a, autocast = _width(regime), regime == "autocast"
+    terms = [Term("attn_input", (3 if autocast else 1) * a * h), Term("q_k_v", 3 * a * q),
+             Term("sdpa_output_and_lse", a * q + FP32 * heads) if flash else
+             Term("attention_probabilities", a * heads * s),
+             Term("attn_layernorm", _layernorm_bytes(h, regime)), Term("mlp_input", a * h),
+             Term("gelu_input_and_output", 2 * a * f), Term("mlp_layernorm", _layernorm_bytes(h, regime))]
+    if autocast:  # 16-bit copies of the matrices (biases are not kept)
+        weights = 2 * h * q + 2 * h * shape.n_kv_heads * shape.head_dim + 2 * h * f
+        terms.append(Term("autocast_weight_copies", 2 * weights, per_layer_fixed=True))
+    return terms
+
+
+def _encoder_decoder_terms(shape: ModelShape, regime: str, side: str) -> list[Term]:
+    """A layer of our T5-style encoder-decoder (`pretrain.encoder_decoder`), `side` encoder (per input token) or
+    decoder (per target token, its cross-attention's K and V per input token), module docstring."""
+    h, f, heads, q = shape.hidden, shape.ffn, shape.heads, shape.q_dim
+    a, autocast = _width(regime), regime == "autocast"
+    keys = shape.seq_len if side == "encoder" else shape.n_target_len
+    probabilities = (FP32 + 2) * heads * keys if autocast else a * heads * keys
+    mlp_casts = (2 if shape.gated else 1) if autocast else 1
+    terms = [Term("attn_norm", _norm_bytes(h, regime)), Term("attn_input", (3 if autocast else 1) * a * h),
+             Term("q_and_k", 2 * a * q), Term("attention_probabilities", probabilities), Term("v", a * q),
+             Term("out_proj_input", a * q)]
+    if side == "decoder":
+        terms += [Term("cross_norm", _norm_bytes(h, regime)), Term("cross_query_input", a * h),
+                  Term("cross_q_output_and_lse", 2 * a * q + FP32 * heads),
+                  Term("cross_k_v", 2 * a * q + (2 * a * h if autocast else 0), per_input_token=True)]
+    terms += [Term("mlp_norm", _norm_bytes(h, regime)), Term("mlp_input", mlp_casts * a * h),
+              Term("mlp_intermediates", (4 if shape.gated else 1) * a * f)]
+    if autocast:
+        attention = shape.attention_params() * (2 if side == "decoder" else 1)
+        terms.append(Term("autocast_weight_copies", 2 * (attention + shape.mlp_params()), per_layer_fixed=True))
+    return terms
+
+
 def _op_terms(shape: ModelShape, regime: str, tp: int) -> list[Term]:
     if shape.moe is not None:
         raise PlannerError("--checkpointing op: planned for our dense LLaMA block, not an MoE layer "
@@ -225,11 +302,20 @@ def _op_terms(shape: ModelShape, regime: str, tp: int) -> list[Term]:
 
 def layer_terms(shape: ModelShape, *, regime: str = "16bit", checkpointing: str = "none", tp: int = 1,
                 sequence_parallel: bool = False, flash_attention: bool = True,
-                megatron_sp: bool = False) -> list[Term]:
-    """The tensors one layer keeps for backward (see the module docstring for each term)."""
+                megatron_sp: bool = False, side: str = "encoder") -> list[Term]:
+    """The tensors one layer keeps for backward (see the module docstring for each term); an encoder-decoder's
+    encoder layer, or with `side="decoder"` its decoder layer."""
     if checkpointing not in CHECKPOINTING:
         raise PlannerError(f"--checkpointing: {checkpointing!r} is not one of {', '.join(CHECKPOINTING)}")
     kind = architecture(shape)  # refuses the architectures with no terms derived
+    if kind in ("encoder", "encoder-decoder"):
+        if checkpointing != "none" or tp > 1:
+            flag = f"--tp {tp}" if tp > 1 else f"--checkpointing {checkpointing}"
+            raise PlannerError(f"{flag}: planned (and trained) for decoders only; an {kind} runs without "
+                               "recomputation or tensor parallelism")
+        if kind == "encoder":
+            return _encoder_terms(shape, regime, flash_attention)
+        return _encoder_decoder_terms(shape, regime, side)
     if checkpointing == "full":
         return [Term("layer_input", _stream_width(regime) * shape.hidden / (tp if sequence_parallel else 1))]
     if checkpointing == "op":
@@ -240,13 +326,18 @@ def layer_terms(shape: ModelShape, *, regime: str = "16bit", checkpointing: str 
     return _llama_terms(shape, regime, tp, sequence_parallel, flash, megatron_sp)
 
 
-def _sum(terms: list[Term], tokens: float) -> float:
-    return sum(t.bytes if t.per_layer_fixed else t.bytes * tokens for t in terms)
+def _sum(terms: list[Term], tokens: float, input_tokens: float = 0.0) -> float:
+    return sum(t.bytes if t.per_layer_fixed else t.bytes * (input_tokens if t.per_input_token else tokens)
+               for t in terms)
 
 
-def per_layer_bytes(shape: ModelShape, micro_batch: int, **kw) -> float:
-    """Bytes one layer keeps for backward for a micro-batch of `micro_batch` sequences."""
-    return _sum(layer_terms(shape, **kw), shape.seq_len * micro_batch)
+def per_layer_bytes(shape: ModelShape, micro_batch: int, side: str = "encoder", **kw) -> float:
+    """Bytes one layer keeps for backward for a micro-batch of `micro_batch` sequences (an encoder-decoder's
+    encoder layer, or its decoder layer with `side="decoder"`)."""
+    terms = layer_terms(shape, side=side, **kw)
+    if shape.arch == "encoder-decoder" and side == "decoder":
+        return _sum(terms, shape.n_target_len * micro_batch, shape.seq_len * micro_batch)
+    return _sum(terms, shape.seq_len * micro_batch)
 
 
 def checkpointed_layers(layers: int, checkpointing: str, every: int = 1) -> int:
@@ -269,7 +360,11 @@ def mean_layer_bytes(shape: ModelShape, micro_batch: int, **kw) -> float:
 
 
 def stored_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "none", every: int = 1, **kw) -> float:
-    """All layers' saved activations (the output layer is `head_bytes`): the checkpointed layers' and the others'."""
+    """All layers' saved activations (the output layer is `head_bytes`): the checkpointed layers' and the others';
+    an encoder-decoder's encoder and decoder layers."""
+    if shape.arch == "encoder-decoder":
+        return sum(n * per_layer_bytes(shape, micro_batch, side, checkpointing=checkpointing, **kw)
+                   for n, side in ((shape.layers, "encoder"), (shape.n_decoder_layers, "decoder")))
     n = checkpointed_layers(shape.layers, checkpointing, every)
     return n * mean_layer_bytes(shape, micro_batch, checkpointing=checkpointing, **kw) \
         + (shape.layers - n) * mean_layer_bytes(shape, micro_batch, **kw)
@@ -288,27 +383,35 @@ def recompute_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "n
 
 def head_bytes_per_token(shape: ModelShape, regime: str = "16bit", tp: int = 1) -> float:
     """Token ids, final norm (sequence-parallel under TP), the head's input and the fp32 log-softmax over
-    the vocabulary (split by TP)."""
+    the vocabulary (split by TP); an encoder-decoder's per target token (its encoder side: `head_bytes`)."""
     a = _width(regime)
     if shape.arch == "encoder":
         return _encoder_head_bytes_per_token(shape, regime, tp)
+    if shape.arch == "encoder-decoder":  # decoder input and target ids, the final norm, the head's input, softmax
+        return 2 * TOKEN_ID_BYTES + _norm_bytes(shape.hidden, regime) + a * shape.hidden + FP32 * shape.vocab
     if architecture(shape) == "gpt":  # LayerNorm input and the head input, then the fp32 softmax
         return TOKEN_ID_BYTES + (2 * a * shape.hidden) + FP32 * shape.vocab / tp
     return TOKEN_ID_BYTES + _norm_bytes(shape.hidden, regime) / tp + a * shape.hidden + FP32 * shape.vocab / tp
 
 
 def _encoder_head_bytes_per_token(shape: ModelShape, regime: str, tp: int) -> float:
-    """An encoder's ids, embedding norm and MLM head (module docstring), every position."""
+    """An encoder's ids and labels, embedding LayerNorm and MLM head (module docstring), every position."""
     if shape.encoder_head == "pooler":
         raise PlannerError("activations: an encoder without its MLM head (BertModel) has no pretraining loss to "
                            "plan; plan BertForMaskedLM (architectures in the config)")
     if tp > 1:
         raise PlannerError(f"--tp: {tp}: tensor parallelism of an encoder is not planned yet")
     a, h = _width(regime), shape.hidden
-    ids = TOKEN_ID_BYTES * (2 if shape.token_types else 1)
-    embedding = (a * h + h) if shape.embedding_norm else 0.0  # LayerNorm input, dropout mask
+    ids = TOKEN_ID_BYTES * (3 if shape.token_types else 2)  # tokens, labels (and token types)
+    embedding = _layernorm_bytes(h, regime) if shape.embedding_norm else 0.0
     final = 0.0 if shape.post_norm else _norm_bytes(h, regime)
-    return ids + embedding + final + 4 * a * h + FP32 * shape.vocab
+    mlm = 4 * a * h + 2 * _stream_width(regime)  # transform input, GeLU input, LayerNorm input and statistics, decoder input
+    return ids + embedding + final + mlm + FP32 * shape.vocab
+
+
+def loss_positions(shape: ModelShape) -> int:
+    """Positions the loss's logits cover per sequence: an encoder-decoder's targets, else every position."""
+    return shape.n_target_len if shape.arch == "encoder-decoder" else shape.seq_len
 
 
 def loss_backward_bytes_per_token(shape: ModelShape, tp: int = 1) -> float:
@@ -321,14 +424,25 @@ def loss_backward_bytes_per_token(shape: ModelShape, tp: int = 1) -> float:
 
 
 def head_fixed_bytes(shape: ModelShape, regime: str = "16bit", tp: int = 1) -> float:
-    """Autocast's 16-bit copy of the output matrix (the head, or the tied embedding), per micro-batch."""
-    return 2 * shape.vocab * shape.hidden / tp if regime == "autocast" else 0.0
+    """Autocast's 16-bit copy of the output matrix (the head, or the tied embedding), per micro-batch; an encoder's
+    MLM transform (h x h) too."""
+    if regime != "autocast":
+        return 0.0
+    transform = shape.hidden ** 2 if shape.arch == "encoder" and shape.encoder_head != "pooler" else 0
+    return 2 * (shape.vocab * shape.hidden / tp + transform)
 
 
 def head_bytes(shape: ModelShape, micro_batch: int, regime: str = "16bit", tp: int = 1) -> float:
-    """The output layer's saved tensors for a micro-batch (its fixed part included)."""
-    tokens = shape.seq_len * micro_batch
-    return head_bytes_per_token(shape, regime, tp) * tokens + head_fixed_bytes(shape, regime, tp)
+    """The output layer's saved tensors for a micro-batch (its fixed part included); an encoder's position ids
+    (once per position); an encoder-decoder's input side too (input ids, the encoder's final norm and output)."""
+    tokens = loss_positions(shape) * micro_batch
+    out = head_bytes_per_token(shape, regime, tp) * tokens + head_fixed_bytes(shape, regime, tp)
+    if shape.arch == "encoder":
+        out += TOKEN_ID_BYTES * shape.seq_len
+    if shape.arch == "encoder-decoder":
+        memory = 0 if regime == "autocast" else _width(regime) * shape.hidden  # autocast: each layer casts its own
+        out += (TOKEN_ID_BYTES + _norm_bytes(shape.hidden, regime) + memory) * shape.seq_len * micro_batch
+    return out
 
 
 def regime_for(precision: str, engine: str) -> str:

@@ -214,11 +214,12 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
     head_fixed = activations.head_fixed_bytes(shape, regime, tp) if head else 0.0
     # Backward first holds the loss's gradients, then (once they are freed) one layer recomputed:
     # the larger of the two sits on top of the saved activations at the peak.
-    loss_grads = activations.loss_backward_bytes_per_token(shape, tp) * shape.seq_len * micro_batch if head else 0.0
+    positions = activations.loss_positions(shape) * micro_batch  # the logits' positions (an encoder-decoder's targets)
+    loss_grads = activations.loss_backward_bytes_per_token(shape, tp) * positions if head else 0.0
     recompute = activations.recompute_bytes(shape, micro_batch, **act_kw)
     stored = activations.stored_bytes(shape, micro_batch, **act_kw)
     logits = activations.head_bytes(shape, micro_batch, regime, tp) - head_fixed if head else 0.0
-    log_probs_grad = 4 * shape.vocab / tp * shape.seq_len * micro_batch if head else 0.0  # fp32, freed first
+    log_probs_grad = 4 * shape.vocab / tp * positions if head else 0.0  # fp32, freed first
     p2p = pipeline.p2p_buffer_bytes(plan, shape.hidden, shape.seq_len, micro_batch, 4 if precision == "fp32" else 2)
     return MemoryBreakdown(
         states=states,

@@ -418,12 +418,35 @@ ARCH_DEFAULTS = {f.name: f.default for f in fields(ModelShape) if f.name in ARCH
 NOISE_DENSITY, MEAN_SPAN = 0.15, 3.0
 
 
+def span_corruption_counts(tokens: int, noise_density: float = NOISE_DENSITY,
+                           mean_span: float = MEAN_SPAN) -> tuple[int, int]:
+    """(noise tokens, noise spans) of `tokens` raw tokens, as t5.data.preprocessors.random_spans_noise_mask
+    counts them: round(tokens x density) noise tokens, at least one and leaving one kept, in round(noise /
+    mean_span) spans, at least one. The collator (`pretrain.data.objectives.span_corrupt`) draws exactly these."""
+    noise = min(max(round(tokens * noise_density), 1), tokens - 1)
+    return noise, max(round(noise / mean_span), 1)
+
+
 def _span_lengths(tokens: int, noise_density: float, mean_span: float) -> tuple[int, int]:
     """Inputs and targets of `tokens` corrupted tokens: the kept tokens and a sentinel per span, and the noise
     tokens and a sentinel per span, each with its EOS (t5.data.preprocessors.random_spans_helper)."""
-    noise = round(tokens * noise_density)
-    spans = round(noise / mean_span)
+    noise, spans = span_corruption_counts(tokens, noise_density, mean_span)
     return tokens - noise + spans + 1, noise + spans + 1
+
+
+def span_corruption_raw_length(inputs: int, noise_density: float = NOISE_DENSITY,
+                               mean_span: float = MEAN_SPAN) -> int:
+    """The raw tokens a row of span corruption takes so that its corrupted input is `inputs` tokens long: the
+    longest whose input fits, as T5's `random_spans_helper` chooses it (512 inputs: 568 raw tokens). The planner
+    and the collator both read it, so the shards' rows and the planned lengths agree."""
+    if inputs < 3:  # 2 raw tokens (one kept, one noise) already give 3 inputs: kept, sentinel, EOS
+        raise PlannerError(f"--seq-len: {inputs} input tokens are too few for span corruption (at least 3)")
+    tokens = inputs
+    while tokens > 2 and _span_lengths(tokens, noise_density, mean_span)[0] > inputs:
+        tokens -= 1  # only short inputs, where the clamps to one noise token and one span add a token
+    while _span_lengths(tokens + 1, noise_density, mean_span)[0] <= inputs:
+        tokens += 1
+    return tokens
 
 
 def span_corruption_lengths(inputs: int, noise_density: float = NOISE_DENSITY,
@@ -431,12 +454,7 @@ def span_corruption_lengths(inputs: int, noise_density: float = NOISE_DENSITY,
     """(input, target) lengths of span corruption whose inputs are `inputs` tokens long: the longest raw text
     whose corrupted input fits, as T5's `random_spans_helper` chooses it. 512 inputs: 568 raw tokens, 114
     targets (the T5 paper's and its codebase's figures)."""
-    if inputs < 2:
-        raise PlannerError(f"--seq-len: {inputs} input tokens are too few for span corruption (at least 2)")
-    tokens = inputs
-    while _span_lengths(tokens + 1, noise_density, mean_span)[0] <= inputs:
-        tokens += 1
-    return _span_lengths(tokens, noise_density, mean_span)
+    return _span_lengths(span_corruption_raw_length(inputs, noise_density, mean_span), noise_density, mean_span)
 
 
 def _divisor_hint(n: int) -> str:
@@ -510,6 +528,9 @@ def infer_shape(params: float, seq_len: int = 2048, vocab: int = INFERRED_VOCAB,
 def shape_of(m) -> ModelShape:
     """The shape of a run config's `model:` section (`planner.core.schema.ModelConfig`): the block our
     trainer builds, so its parameter count equals `pretrain.model.Transformer`'s (checked by a test)."""
+    arch = getattr(m, "arch", "decoder")
+    if arch != "decoder":
+        return _non_decoder_shape_of(m, arch)
     dense = ModelShape(m.layers, m.hidden, m.heads, m.vocab, m.seq_len, kv_heads=m.kv_heads, ffn_hidden=m.ffn_hidden,
                        tied_embeddings=m.tied_embeddings)
     if not getattr(m, "experts", 0):
@@ -517,3 +538,17 @@ def shape_of(m) -> ModelShape:
     moe = MoE(m.experts, m.top_k, m.expert_ffn or dense.ffn, shared_experts=m.shared_experts, shared_ffn=m.shared_ffn,
               dense_layers=m.dense_layers, capacity_factor=m.capacity_factor)
     return replace(dense, moe=moe)
+
+
+def _non_decoder_shape_of(m, arch: str) -> ModelShape:
+    """An encoder (`pretrain.encoder`: BERT's post-LN block, learned positions, the MLM head) or an
+    encoder-decoder (`pretrain.encoder_decoder`: T5's pre-RMSNorm blocks, relative position bias, no biases)."""
+    if arch == "encoder":
+        return ModelShape(m.layers, m.hidden, m.heads, m.vocab, m.seq_len, ffn_hidden=m.ffn_hidden, mlp=m.mlp or "gelu",
+                          norm="layernorm", position="learned", tied_embeddings=m.tied_embeddings, bias=True,
+                          embedding_norm=True, arch=arch, max_positions=m.max_positions, token_types=m.token_types,
+                          post_norm=True, encoder_head="mlm")
+    return ModelShape(m.layers, m.hidden, m.heads, m.vocab, m.seq_len, ffn_hidden=m.ffn_hidden, mlp=m.mlp or "relu",
+                      norm="rmsnorm", position="relative", tied_embeddings=m.tied_embeddings,
+                      head_dim_override=m.head_dim, arch=arch, decoder_layers=m.decoder_layers,
+                      relative_buckets=m.relative_buckets)  # the targets: span corruption's for seq_len

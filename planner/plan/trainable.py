@@ -26,8 +26,32 @@ def check_moe_trainable(model: ResolvedModel, plan: ParallelPlan) -> None:
         raise PlannerError(f"--pp: {plan.pp}: pipeline stages of an MoE model are not run yet; use --ep")
 
 
-def check_arch_trainable(model: ResolvedModel) -> None:
-    """The trainer builds decoders only (issue 28: encoder and encoder-decoder models are planned, not trained)."""
-    if model.shape.arch != "decoder":
-        raise PlannerError(f"--arch: the trainer builds decoder-only models; {model.source} is "
-                           f"{model.shape.arch} (planned by `planner estimate`, not trained yet)")
+def check_arch_trainable(model: ResolvedModel, plan: ParallelPlan | None = None) -> None:
+    """What the trainer builds beyond decoders: BERT's encoder (`pretrain.encoder`: post-LN LayerNorm blocks with
+    biases, GeLU, learned positions, the MLM head) and T5's encoder-decoder (`pretrain.encoder_decoder`: pre-RMSNorm
+    blocks without biases, ReLU or gated-GeLU, relative position bias, span corruption's targets), under DDP, FSDP2
+    or DeepSpeed with tp = pp = ep = 1; the rest is refused in one line, naming the flag."""
+    s = model.shape
+    if s.arch == "decoder":
+        return
+    if s.arch == "encoder":
+        ours = (s.mlp == "gelu" and s.norm == "layernorm" and s.position == "learned" and s.bias and s.embedding_norm
+                and s.post_norm and s.encoder_head == "mlm")
+        block = "BERT's (post-LN LayerNorm, biases, GeLU, learned positions, the MLM head: BertForMaskedLM)"
+    else:
+        from planner.model.shapes import span_corruption_lengths
+
+        ours = (s.mlp in ("relu", "geglu") and s.norm == "rmsnorm" and s.position == "relative" and not s.bias
+                and not s.embedding_norm and not s.post_norm)
+        block = "T5's (RMSNorm, no biases, ReLU or gated-GeLU, relative position bias)"
+        if ours and s.target_len is not None and s.target_len != span_corruption_lengths(s.seq_len)[1]:
+            raise PlannerError(f"--target-len: {s.target_len}: the trainer's span corruption of {s.seq_len} inputs "
+                               f"gives {span_corruption_lengths(s.seq_len)[1]} targets; leave it out to emit")
+    if not ours or s.n_kv_heads != s.heads or s.moe is not None:
+        raise PlannerError(f"--model: the trainer builds an {s.arch} of {block} blocks; {model.source} is "
+                           f"{s.norm}/{s.mlp}/{s.position}: give a Hugging Face config of that family (--hf-config)")
+    for flag, degree in (("--tp", plan.tp if plan else 1), ("--pp", plan.pp if plan else 1),
+                         ("--ep", plan.ep if plan else 1)):
+        if degree > 1:
+            raise PlannerError(f"{flag}: {degree}: the trainer runs an {s.arch} under DDP, FSDP2 or DeepSpeed without "
+                               "tensor, pipeline or expert parallelism")

@@ -12,6 +12,7 @@ Read it in this order (each module one job; imports only go down this list, neve
     executors       where the passes run: datatrove's local, Slurm or Ray executor (`curate`)
     tokenizer       the tokenizer stage
     shards          packed token shards and the training loader
+    objectives      the masked LM's and T5 span corruption's inputs over packed rows (torch)
     mix             the mix + pack stage (domain weights, epochs, train/eval split)
     pipeline        the command line (`pretrain-data`, `python -m pretrain.data.pipeline`)
 and beside them `synthetic` (Markov-chain shards) and `sample_corpus` (the shipped sample).

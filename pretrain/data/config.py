@@ -19,8 +19,12 @@ from pretrain.data.steps.c4 import C4_DOCUMENT_RULES
 from pretrain.data.steps.thresholds import check_overrides
 
 #: The smallest vocabulary a tokenizer may be trained to: the 256 bytes of byte-level BPE and the
-#: special tokens, so every text can be encoded (below it BPE silently keeps the alphabet only).
-MIN_VOCAB = 256 + 3
+#: special tokens (EOS, PAD, UNK, <mask>), so every text can be encoded (below it BPE silently keeps the
+#: alphabet only and the vocabulary outgrows vocab_size). T5's sentinels come on top: `sentinel_count`.
+MIN_VOCAB = 256 + 4
+#: T5's sentinels <extra_id_0> .. <extra_id_99> (Raffel et al. 2020): one per noise span, so 100 serve span
+#: corruption of up to 1,800 input tokens (about one span per 18 inputs).
+T5_SENTINELS = 100
 _LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Za-z]{4})?")  # ISO 639 codes, as the language identifier names them
 
 
@@ -75,6 +79,18 @@ class TokenizerConfig:
     kind: str = "bpe"  # bpe (byte-level) | unigram (digits split, as BloombergGPT)
     vocab_size: int = 4096
     path: str = "tokenizer.json"  # relative to out_dir
+    #: T5's sentinel tokens for span corruption, inside vocab_size; None: T5's 100, or as many as leave the
+    #: byte alphabet room in a small vocabulary (`sentinel_count`)
+    sentinels: int | None = None
+
+
+def sentinel_count(t: TokenizerConfig) -> int:
+    """How many sentinels the tokenizer is trained with: the configured count, else T5's 100, or in a small
+    vocabulary the room left beside the alphabet and the other special tokens (a 300-token vocabulary gets
+    40), so a small run still trains; span corruption refuses rows that need more sentinels than there are."""
+    if t.sentinels is not None:
+        return t.sentinels
+    return min(T5_SENTINELS, t.vocab_size - MIN_VOCAB)
 
 
 @dataclass
@@ -145,6 +161,8 @@ def _validate(cfg: DataPipelineConfig) -> None:
                                ("tokenizer.vocab_size", cfg.tokenizer.vocab_size, MIN_VOCAB, 1 << 24),
                                ("mix.seq_len", cfg.mix.seq_len, 2, 1 << 20)):
         checks.integer(key, value, lo, hi)
+    if cfg.tokenizer.sentinels is not None:
+        checks.integer("tokenizer.sentinels", cfg.tokenizer.sentinels, 0, cfg.tokenizer.vocab_size - MIN_VOCAB)
     checks.integer("curate.chunk_bytes", c.chunk_bytes, 1 << 10)
     checks.number("curate.jaccard_threshold", c.jaccard_threshold, 0.0, 1.0, lo_open=True)
     _validate_slurm(c.slurm)

@@ -9,10 +9,26 @@ from pathlib import Path
 
 import torch
 
-from planner.core.schema import RunConfig
+from planner.core.schema import ModelConfig, RunConfig
 from pretrain.distributed import DistInfo
 from pretrain.memory_probe import SavedTensorCounter
 from pretrain.model import Transformer
+
+
+def model_class(cfg: ModelConfig) -> type[torch.nn.Module]:
+    """The module that builds `cfg`'s architecture: the decoder (`pretrain.model.Transformer`), the encoder
+    (`pretrain.encoder.Encoder`) or the encoder-decoder (`pretrain.encoder_decoder.EncoderDecoder`); each takes
+    (cfg, activation_checkpointing, seed=, checkpoint_every=) and returns its objective's loss from
+    (inputs, targets)."""
+    if cfg.arch == "encoder":
+        from pretrain.encoder import Encoder
+
+        return Encoder
+    if cfg.arch == "encoder-decoder":
+        from pretrain.encoder_decoder import EncoderDecoder
+
+        return EncoderDecoder
+    return Transformer
 
 
 class Engine(ABC):
@@ -29,10 +45,11 @@ class Engine(ABC):
     def build_model(self) -> torch.nn.Module:
         """The whole model, with the seed's weights, on every rank (one process, DDP and DeepSpeed start from
         it; the FSDP and pipeline engines build only their part, on the meta device: `materialize`)."""
-        return Transformer(self.cfg.model, self.cfg.train.activation_checkpointing, seed=self.cfg.train.seed,
-                           checkpoint_every=self.cfg.train.activation_checkpointing_every)
+        return model_class(self.cfg.model)(self.cfg.model, self.cfg.train.activation_checkpointing,
+                                           seed=self.cfg.train.seed,
+                                           checkpoint_every=self.cfg.train.activation_checkpointing_every)
 
-    def materialize(self, model: Transformer) -> Transformer:
+    def materialize(self, model: torch.nn.Module) -> torch.nn.Module:
         """A model (or stage) built on the meta device and laid out: its own shards allocated on this rank's
         device and filled with the seed's weights, the same numbers one process draws for the whole model."""
         model.to_empty(device=self.info.device)
@@ -46,7 +63,7 @@ class Engine(ABC):
 
     @abstractmethod
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of one micro-batch."""
+        """The objective's mean cross-entropy of one micro-batch (`pretrain.objective`)."""
 
     @abstractmethod
     def backward(self, loss: torch.Tensor, poison: bool = False) -> None:

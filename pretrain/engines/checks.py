@@ -21,7 +21,8 @@ def check_model_state(saved: dict | None, current: ModelConfig, path: Path) -> N
     now = vars(current)
     diff = [f"model.{k}: checkpoint {saved[k]!r} vs config {now[k]!r}"
             for k in ("layers", "hidden", "heads", "kv_heads", "ffn_hidden", "vocab", "tied_embeddings", "experts",
-                      "top_k", "expert_ffn", "shared_experts", "shared_ffn", "dense_layers")
+                      "top_k", "expert_ffn", "shared_experts", "shared_ffn", "dense_layers", "arch", "mlp",
+                      "max_positions", "token_types", "decoder_layers", "head_dim", "relative_buckets")
             if k in saved and saved[k] != now.get(k)]
     if diff:
         raise ConfigError(f"checkpoint {path} is for another model shape ({'; '.join(diff)})")

@@ -14,17 +14,16 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-from pretrain.engines.base import Engine, parameter_state_bytes
+from pretrain.engines.base import Engine, model_class, parameter_state_bytes
 from pretrain.engines.checks import check_model_config, write_model_config
 from pretrain.engines.parallelize import build_mesh, loss_context, parallelize
 from pretrain.engines.torch_engine import make_adamw
-from pretrain.model import Transformer
 
 
 class FSDPEngine(Engine):
     def build_model(self):
         with torch.device("meta"):  # laid out before any weight exists (torchtitan's order)
-            return Transformer(self.cfg.model)
+            return model_class(self.cfg.model)(self.cfg.model)
 
     def __init__(self, cfg, info):
         super().__init__(cfg, info)

@@ -67,11 +67,18 @@ def build_mesh(plan: ParallelPlan, device_type: str) -> Mesh:
                 world["pp"] if plan.pp > 1 else None, ep, experts_dp)
 
 
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The model's blocks, each an FSDP unit: a decoder's or an encoder's, an encoder-decoder's two stacks' in
+    turn (`pretrain.encoder_decoder.EncoderDecoder.stacks`)."""
+    stacks = model.stacks() if hasattr(model, "stacks") else [model]
+    return [block for stack in stacks for block in stack.blocks.values()]
+
+
 def moe_layers(model: nn.Module) -> list[nn.Module]:
     """The model's MoE MLPs (`pretrain.model.MoE`), in block order."""
     from pretrain.model import MoE
 
-    return [block.mlp for block in model.blocks.values() if isinstance(block.mlp, MoE)]
+    return [block.mlp for block in transformer_blocks(model) if isinstance(block.mlp, MoE)]
 
 
 def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh) -> None:
@@ -151,7 +158,7 @@ def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, bf16: bool, reshard_aft
             # ranks as every other weight is, not only over the ranks FSDP reduces it across
             moe.experts.set_gradient_divide_factor(float(data_parallel))
             moe.experts.set_force_sum_reduction_for_comms(True)
-    for block in model.blocks.values():  # one FSDP unit per block, then the root (embedding, final norm, head)
+    for block in transformer_blocks(model):  # one FSDP unit per block, then the root (embedding, norms, head)
         fully_shard(block, **kw)
     fully_shard(model, **kw)
 
