@@ -139,12 +139,13 @@ MEGATRON_2021 = Kernels(flash_attention=False, fused=True, residual_bytes=2)
 #: norm reads the gradient, the scale reads and writes it: 12). 96 bytes per parameter stepped.
 UNFUSED_ADAMW_BYTES = 96.0
 #: llm-foundry's MPT as its H100 benchmarks ran it (`scripts/train/benchmarking/submit_benchmarks.py`, the MPT
-#: yamls, Composer 0.17 FSDP): one kernel per element-wise op (LayerNorm in bf16, `low_precision_layernorm`;
+#: yamls, Composer's FSDP1): one kernel per element-wise op (LayerNorm in bf16, `low_precision_layernorm`;
 #: GeLU; residual adds) on a bf16 stream (FSDP's `DEFAULT` mixed precision gathers bf16 parameters), flash
 #: attention 2 behind MPT's unpad / pad copies (q, k and v gathered by `index_first_axis`, the output scattered
 #: into zeros by `pad_input`: 18 h bytes forward, 22 h backward), Composer's DecoupledAdamW with gradient
-#: clipping; FSDP1 FULL_SHARD without `no_sync` (Composer syncs every micro-batch), each backward casting the
-#: layer's bf16 gradient to the fp32 reduce dtype (6 bytes a parameter) and pre-dividing it (8) before the
+#: clipping; FSDP1 FULL_SHARD without `no_sync` (Composer's `ddp_sync_context` leaves a model that is not torch
+#: DDP alone, so every micro-batch reduces), each backward casting the layer's bf16 gradient to the fp32 reduce
+#: dtype (6 bytes a parameter) and pre-dividing it (8, `_div_if_needed` in FSDP1's `_reduce_grad`) before the
 #: reduce-scatter.
 LLM_FOUNDRY = Kernels(flash_attention=True, fused=True, residual_bytes=2, optimizer_bytes=UNFUSED_ADAMW_BYTES,
                       reduce_every_micro_batch=True, reduce_prep_bytes=14.0, attention_copies=(18.0, 22.0))
@@ -183,8 +184,6 @@ def megatron_flops(shape: ModelShape, batch: int) -> float:
     recomputation (GPT blocks: 12 h^2 parameters per layer)."""
     s, layers, h, v = shape.seq_len, shape.layers, shape.hidden, shape.vocab
     return 96 * batch * s * layers * h * h * (1 + s / (6 * h) + v / (16 * layers * h))
-
-
 
 
 def ring_time(nbytes: float, ranks: int, bandwidth: float) -> float:
@@ -388,9 +387,10 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     if kernels.flash_attention:  # causal half skipped, head dimension padded, at flash's own rate
         pad = flash_padded_head_dim(shape.head_dim) / shape.head_dim
         # its backward recomputes the scores (Dao 2023, FlashAttention-2, Alg. 2): five GEMMs to the forward's two,
-        # so half a forward more than the two the attention's FLOP count gives a backward
-        executed = attention_flops * (attention_passes + 0.5) / attention_passes
-        attention = executed / 2 * pad / (hw.attention_flops or hw.peak_flops * eff.attention)
+        # so half a forward more than the two the attention's FLOP count gives a backward. A rate `planner probe`
+        # measured is already per counted pass (it times SDPA's forward and backward against 3 passes).
+        recompute = 1.0 if hw.attention_flops else (attention_passes + 0.5) / attention_passes
+        attention = attention_flops * recompute / 2 * pad / (hw.attention_flops or hw.peak_flops * eff.attention)
     else:
         attention = attention_flops / matmul_rate
     loss_bytes = 16 * shape.vocab / plan.tp  # fp32 log-softmax and its gradient over the (TP-split) vocabulary
