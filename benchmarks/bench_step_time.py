@@ -51,7 +51,7 @@ H100_DGX = hardware_of(BUILTIN_GPUS["h100-sxm"], "bf16", 8)
 #: MPT architectures (layers, d_model, heads) of llm-foundry's scripts/train/yamls/pretrain/mpt-*.yaml; vocabulary
 #: 50,368, GeLU MLP 4h, LayerNorm, tied embeddings, learned positions in these benchmarks (the table's parameter
 #: count grows with the sequence by s x h). Each gives the table's num_params within 0.1% (tests/test_step_time.py).
-MPT_SHAPES = {"350m": (24, 1024, 16), "760m": (24, 1536, 12), "1b": (24, 2048, 16), "3b": (32, 2560, 20), "7b": (32, 4096, 32),
+MPT_SHAPES = {"125m": (12, 768, 12), "350m": (24, 1024, 16), "760m": (24, 1536, 12), "1b": (24, 2048, 16), "3b": (32, 2560, 20), "7b": (32, 4096, 32),
               "13b": (40, 5120, 40), "30b": (48, 7168, 64), "70b": (80, 8192, 64)}
 
 Row = tuple  # (name, shape, plan, hardware, step_time keyword arguments, measured seconds)
@@ -97,12 +97,14 @@ def mpt_shape(model: str, seq_len: int) -> ModelShape:
                       tied_embeddings=True)
 
 
-def llm_foundry_rows() -> list[Row]:
-    """llm-foundry's MPT on H100, BF16 (each distinct row once): step time = global-batch tokens / tokens per s."""
+def llm_foundry_rows(file: str = "llmfoundry_mpt_h100.csv", hw=H100_DGX) -> list[Row]:
+    """llm-foundry's MPT in BF16 (each distinct row once): step time = global-batch tokens / tokens per s. `amp_bf16`
+    rows ran FSDP's `DEFAULT` mixed precision (`LLM_FOUNDRY`); `bf16` rows its `PURE` one, which reduce-scatters
+    bf16 gradients and only pre-divides them (4 bytes a parameter, no cast)."""
     rows, seen = [], set()
-    for r in csv.DictReader((DATA / "llmfoundry_mpt_h100.csv").open()):
+    for r in csv.DictReader((DATA / file).open()):
         key = tuple(r[c] for c in ("model", "seq_len", "num_gpus", "micro_batch_size", "grad_accum", "precision"))
-        if r["precision"] != "amp_bf16" or key in seen:
+        if r["precision"] not in ("amp_bf16", "bf16") or key in seen:
             continue  # the source's table repeats its first rows
         seen.add(key)
         checkpointing = "full" if r["activation_checkpointing"] == "True" else "none"
@@ -110,9 +112,16 @@ def llm_foundry_rows() -> list[Row]:
                             micro_batch=int(r["micro_batch_size"]), grad_accum=int(r["grad_accum"]))
         measured = int(r["global_batch_tokens"]) / int(r["throughput_tokens_per_s"])
         kw = {"checkpointing": checkpointing, "kernels": LLM_FOUNDRY, "overlap_dp": True}
+        if r["mp_mode"] == "PURE":
+            kw |= {"kernels": replace(LLM_FOUNDRY, reduce_prep_bytes=4.0), "grad_bytes": 2}
         name = f"MPT {r['model']} s{r['seq_len']} {r['num_gpus']} GPUs{' ckpt' if checkpointing == 'full' else ''}"
-        rows.append((name, mpt_shape(r["model"], int(r["seq_len"])), plan, H100_DGX, kw, measured))
+        rows.append((name, mpt_shape(r["model"], int(r["seq_len"])), plan, hw, kw, measured))
     return rows
+
+
+def llm_foundry_a100_rows() -> list[Row]:
+    """llm-foundry's MPT on A100 80GB (the same README, its 1,600 Gb/s RoCE cluster: 25 GB/s a GPU), never fitted."""
+    return llm_foundry_rows("llmfoundry_mpt_a100_80gb.csv", A100_80GB_DGX)
 
 
 def calibration_rows() -> list[Row]:
@@ -238,7 +247,8 @@ def main() -> None:
     report("calibration: Narayanan et al. 2021, Table 1 (right: fitted on llm-foundry alone)", megatron, theta,
            held_megatron)
     report("calibration: llm-foundry MPT on H100, BF16 (right: fitted on Narayanan alone)", foundry, theta, held_foundry)
-    korthikanti, torchtitan = korthikanti_rows(), torchtitan_rows()
+    korthikanti, torchtitan, a100 = korthikanti_rows(), torchtitan_rows(), llm_foundry_a100_rows()
+    report("check, never fitted: llm-foundry MPT on A100 80GB (BF16)", a100, theta)
     report("check, never fitted: Korthikanti et al. 2022, Table 5 (full recomputation)", korthikanti, theta)
     report("check, never fitted: torchtitan Llama 3.1 8B, FSDP on H100 (eager; torch.compile; compile + Float8)",
            torchtitan, theta)
@@ -248,6 +258,7 @@ def main() -> None:
             ("llm-foundry MPT H100 BF16", "fit", foundry, errors(foundry, theta)),
             ("Narayanan et al. 2021, Table 1", "held out", megatron, held_megatron),
             ("llm-foundry MPT H100 BF16", "held out", foundry, held_foundry),
+            ("llm-foundry MPT A100 80GB", "check", a100, errors(a100, theta)),
             ("Korthikanti et al. 2022, Table 5", "check", korthikanti, errors(korthikanti, theta)),
             ("torchtitan 8B eager", "check", torchtitan[::3], errors(torchtitan[::3], theta))):
         print(f"{table:<34} {role:<9} {np.abs(errs).mean():>6.1%}  {worst(rows, errs)}")
