@@ -385,7 +385,11 @@ def test_compare_ranks_the_strategies_of_an_moe_model_at_its_ep(capsys):
     assert main(["compare", *MIXTRAL_64_H100, "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     best = next(r for r in rows if r.get("best"))
-    assert best["strategy"] == "fsdp-full" and best["fits"]
+    # ZeRO-3 and FSDP full move the same collectives; DeepSpeed's bf16 gradients halve the reduce-scatter's bytes,
+    # and overlapped traffic still costs a share of its time (`Efficiency.overlap`), so ZeRO-3 may lead by that
+    assert best["strategy"] in ("fsdp-full", "zero3") and best["fits"]
+    fsdp = next(r for r in rows if r["strategy"] == "fsdp-full" and r.get("checkpointing") == best.get("checkpointing"))
+    assert fsdp["fits"] and fsdp["step_time_s"] <= 1.05 * best["step_time_s"]
 
 
 def test_a_capacity_factors_padding_is_hardware_not_model_flops():

@@ -49,6 +49,8 @@ def test_a_probed_machine_is_priced_at_its_measured_rates(catalog):
     matmul = tokens * (3 * 2 * 4 * (shape.attention_params() + shape.mlp_params()) + 6 * 4096 * 512) / 80e9
     assert t["breakdown_s"]["matmul"] == pytest.approx(matmul, rel=1e-6)
     # attention at the probed SDPA rate: 4 s^2 heads head_dim FLOPs a sequence per pass, three passes, causal half
+    # (the probe times SDPA's forward and backward against three passes: its rate already holds the backward's
+    # recomputed scores)
     attention = 8 * 4 * 4 * 256**2 * 8 * 64 * 3 / 2 / 20e9
     assert t["breakdown_s"]["attention"] == pytest.approx(attention, rel=1e-6)
 

@@ -7,25 +7,32 @@ One optimizer step, per GPU (Narayanan et al. 2021, SC21, §3 and §5, for the M
 
 - **Matmuls.** Every layer matmul, 2 FLOPs per parameter per token per pass (forward, backward twice, plus the
   recomputed forward under full checkpointing), and the output layer; at `peak x eff(k)`, where `k = h / t` is
-  the narrowest dimension of a rank's GEMM: `eff(k) = e_max k / (k + k_half)`.
+  the narrowest dimension of a rank's GEMM: `eff(k) = e_max k / (k + k_half)`. A pipeline runs at its slowest
+  stage's pace: the last, which holds the output layer and the loss besides its share of the layers.
 - **Attention.** Scores and values, 4 s h FLOPs per token per layer per pass. As one flash kernel (Dao et al.
   2022) the causal half is skipped and the head dimension padded to the kernel's next multiple of 32
-  (FlashAttention-2 builds kernels for 32, 64, ..., 256), at its own fitted fraction of peak; without it the
-  scores are ordinary matmuls over the whole (masked) square, and the softmax and dropout read and write
-  every score (`memory_bound_bytes`).
+  (FlashAttention-2 builds kernels for 32, 64, ..., 256), its backward recomputing the scores (five GEMMs to the
+  forward's two), at its own fitted fraction of peak; without it the scores are ordinary matmuls over the whole
+  (masked) square, and the softmax and dropout read and write every score (`memory_bound_bytes`).
 - **Memory-bound work** (norms, residual adds, activation functions, RoPE, the unfused softmax, the loss) from
   the bytes it moves, at a fitted fraction of HBM bandwidth (`memory_bound_bytes`: one read and one write per
   fused op, or, run as eager PyTorch composes them, our own block's bytes as counted op by op).
-- **Tensor-parallel all-reduces.** Per layer and micro-batch, 2 per pass (Megatron's f/g operators), each of
-  the `b s h` activations in 2-byte precision, as a ring over NVLink; not overlapped.
+- **Tensor-parallel all-reduces.** Per layer and micro-batch, Megatron's f/g operators: 2 forward, their 2
+  conjugates backward, and 2 again for a forward that full checkpointing recomputes; each of the `b s h`
+  activations in 2-byte precision, as a ring over NVLink; not overlapped.
 - **Pipeline.** Every micro-batch's compute and TP time stretched by the schedule's bubble
   (`planner.memory.pipeline.bubble_fraction`), and each micro-batch's activations and gradients sent over
   the network (`v` times with interleaving).
 - **Data parallelism.** Each engine's traffic (`data_parallel_bytes`) as a ring: over NVLink inside a node;
   across nodes the ring crosses each node once per channel, one NIC per channel, so a group with `g` members
-  per node moves its bytes at `min(NVLink, g x NIC)` (NCCL's rings over a DGX's 8 NICs); overlapped with
-  the backward where the engine overlaps it (only what outlasts it is exposed).
-- **Optimizer step**: memory-bound, 32 bytes of fp32 states and gradients per parameter of the rank.
+  per node moves its bytes at `min(NVLink, g x NIC)` (NCCL's rings over a DGX's 8 NICs); once a step, or on
+  every micro-batch where the engine has no `no_sync` (Composer's FSDP, our trainer), with the memory-bound
+  work the engine does on the whole gradient before each reduction (FSDP1: the cast to the fp32 reduce dtype
+  and the pre-divide); overlapped with the backward where the engine overlaps it: what outlasts it is
+  exposed, and a fitted share (`overlap`) of what it hides still costs, since the collectives' kernels take
+  SMs and HBM bandwidth from the compute they overlap.
+- **Optimizer step**: memory-bound, the optimizer's bytes per parameter (a fused Adam 32, torch's AdamW op by
+  op with clipping 96) of the rank's ZeRO / FSDP shard, or of the whole rank under DDP.
 - **Mixture of experts.** Each token's matmuls are its active ones (router, top-k routed experts, shared
   experts); the routed experts' run at the busiest expert's load (`MoE.load_factor`: the capacity factor's
   padded buffers, or the dropless margin), since every rank waits for the slowest at the next all-to-all. The
@@ -37,9 +44,11 @@ One optimizer step, per GPU (Narayanan et al. 2021, SC21, §3 and §5, for the M
   overlapped (the next layer needs the combined tokens). The routed experts' gradients are reduced over the
   `dp_shard / ep` ranks that hold the same experts, everything else's over all of them.
 
-Five constants (matmul `e_max`, `k_half`, achieved link fraction, flash attention's fraction of peak,
-achieved HBM fraction) are shared by every row and every GPU; they are fitted on the calibration tables the
-README names and judged on others (`benchmarks/bench_step_time.py`); no row has its own.
+Six constants (matmul `e_max`, `k_half`, achieved link fraction, flash attention's fraction of peak,
+achieved HBM fraction, the cost of overlapped communication) are shared by every row and every GPU; they are
+fitted on the calibration tables the README names and judged on others (`benchmarks/bench_step_time.py`); no
+row has its own. What differs between runs is how each ran (`Kernels`: its kernels, optimizer and engine), read
+from its published configuration.
 """
 
 from __future__ import annotations
@@ -95,29 +104,56 @@ class Efficiency:
     link: float = 0.7  # the fraction of a link's bandwidth a collective achieves
     attention: float = 0.4  # the fraction of peak a flash-attention kernel reaches (its executed FLOPs)
     memory: float = 0.8  # the fraction of HBM bandwidth memory-bound kernels reach
+    # the share of overlapped data-parallel communication time that still costs: NCCL's kernels take SMs and HBM
+    # bandwidth from the compute they overlap (0: hidden for free, 1: as if serial)
+    overlap: float = 0.0
 
 
 @dataclass(frozen=True)
 class Kernels:
     """How a run executes what is not a matmul: attention as one flash kernel or not; element-wise ops fused
     (one read and one write each) or as eager PyTorch composes them; the residual stream's width in bytes
-    (fp32 under autocast over fp32 weights, else 16-bit)."""
+    (fp32 under autocast over fp32 weights, else 16-bit); the optimizer's HBM bytes per parameter it steps (of
+    the rank's ZeRO / FSDP shard where the states are sharded); whether the engine reduces gradients (and FSDP
+    gathers parameters) on every micro-batch or once a step, and the memory-bound work each reduction does on
+    the rank's whole gradient before its collective; the attention's own copies around its kernel."""
 
     flash_attention: bool = False
     fused: bool = True
     residual_bytes: int = 2
     fp8_linears: bool = False  # torchao Float8 training: the blocks' linears that pass `fp8_linear` in fp8
     activation_bytes: int = 2  # 4 when the whole model runs in fp32
+    # a fused Adam: fp32 parameter, gradient and both moments read, the three written, a 16-bit copy written
+    optimizer_bytes: float = 32.0
+    reduce_every_micro_batch: bool = False  # no `no_sync`: every micro-batch's backward reduces (FSDP: gathers)
+    reduce_prep_bytes: float = 0.0  # per parameter of the rank, per reduction (e.g. FSDP1's fp32 cast + divide)
+    # bytes per token per layer, x h at 16-bit, forward and backward, that the attention's wrapper copies
+    attention_copies: tuple[float, float] = (0.0, 0.0)
 
 
 #: Megatron-LM 2021: fused softmax, bias-GeLU and bias-dropout-add kernels, no flash attention, fp16 stream.
 MEGATRON_2021 = Kernels(flash_attention=False, fused=True, residual_bytes=2)
-#: llm-foundry's MPT (amp_bf16: autocast over fp32 weights, so an fp32 stream), flash attention.
-LLM_FOUNDRY = Kernels(flash_attention=True, fused=True, residual_bytes=4)
-#: Our trainer under FSDP2 (and torchtitan without torch.compile): eager PyTorch ops, bf16 stream, SDPA flash.
-EAGER_TORCH = Kernels(flash_attention=True, fused=False, residual_bytes=2)
+#: torch's AdamW, foreach or one tensor at a time (torchtitan, our trainer, Composer's DecoupledAdamW), op by op
+#: on fp32 elements: the moments' lerp / mul + add (20), the second moment's mul + addcmul (24), sqrt, the bias
+#: correction's divide and + eps (24), the parameter's addcdiv (16); and the gradient clipping before it (the
+#: norm reads the gradient, the scale reads and writes it: 12). 96 bytes per parameter stepped.
+UNFUSED_ADAMW_BYTES = 96.0
+#: llm-foundry's MPT as its H100 benchmarks ran it (`scripts/train/benchmarking/submit_benchmarks.py`, the MPT
+#: yamls, Composer's FSDP1): one kernel per element-wise op (LayerNorm in bf16, `low_precision_layernorm`;
+#: GeLU; residual adds) on a bf16 stream (FSDP's `DEFAULT` mixed precision gathers bf16 parameters), flash
+#: attention 2 behind MPT's unpad / pad copies (q, k and v gathered by `index_first_axis`, the output scattered
+#: into zeros by `pad_input`: 18 h bytes forward, 22 h backward), Composer's DecoupledAdamW with gradient
+#: clipping; FSDP1 FULL_SHARD without `no_sync` (Composer's `ddp_sync_context` leaves a model that is not torch
+#: DDP alone, so every micro-batch reduces), each backward casting the layer's bf16 gradient to the fp32 reduce
+#: dtype (6 bytes a parameter) and pre-dividing it (8, `_div_if_needed` in FSDP1's `_reduce_grad`) before the
+#: reduce-scatter.
+LLM_FOUNDRY = Kernels(flash_attention=True, fused=True, residual_bytes=2, optimizer_bytes=UNFUSED_ADAMW_BYTES,
+                      reduce_every_micro_batch=True, reduce_prep_bytes=14.0, attention_copies=(18.0, 22.0))
+#: Our trainer under FSDP2 (and torchtitan without torch.compile): eager PyTorch ops, bf16 stream, SDPA flash,
+#: torch's AdamW and clipping.
+EAGER_TORCH = Kernels(flash_attention=True, fused=False, residual_bytes=2, optimizer_bytes=UNFUSED_ADAMW_BYTES)
 #: torchtitan with torch.compile: element-wise chains fused, bf16 stream, SDPA flash.
-COMPILED_TORCH = Kernels(flash_attention=True, fused=True, residual_bytes=2)
+COMPILED_TORCH = Kernels(flash_attention=True, fused=True, residual_bytes=2, optimizer_bytes=UNFUSED_ADAMW_BYTES)
 
 
 @dataclass(frozen=True)
@@ -158,10 +194,11 @@ def ring_time(nbytes: float, ranks: int, bandwidth: float) -> float:
 #: Fitted by `benchmarks/bench_step_time.py` on the two calibration tables the README names (Narayanan et al.
 #: 2021, Table 1; llm-foundry's MPT on H100, BF16) and nothing else; the estimate uses these
 #: (`tests/test_step_time.py` re-fits and holds them equal).
-CALIBRATED = Efficiency(matmul_max=0.6247, matmul_half_k=79.54, link=1.0, attention=0.1605, memory=0.6196)
+CALIBRATED = Efficiency(matmul_max=0.7475, matmul_half_k=422.1, link=1.0, attention=0.1804, memory=0.5494,
+                        overlap=0.5307)
 #: A machine measured by `planner probe` (a catalog entry with `device: cpu`): its figures are achieved rates (a
 #: GEMM, a copy, a gloo all-reduce), so every fraction is one and the width term is off.
-PROBED = Efficiency(matmul_max=1.0, matmul_half_k=0.0, link=1.0, attention=1.0, memory=1.0)
+PROBED = Efficiency(matmul_max=1.0, matmul_half_k=0.0, link=1.0, attention=1.0, memory=1.0, overlap=0.0)
 #: Forward-equivalent passes of attention per step on a checkpointed layer: forward + backward (2x), plus the
 #: recomputed forward under full checkpointing (selective recomputes only the softmax side, memory-bound; op
 #: keeps SDPA's output). The layer matmuls' passes are `matmul_passes`.
@@ -204,8 +241,12 @@ def memory_bound_bytes(shape: ModelShape, kernels: Kernels, checkpointing: str =
     recomputed forward where checkpointing recomputes it). Fused: a norm reads the stream and writes 16-bit
     (under autocast it runs in fp32 and is cast), a residual add reads the stream and the branch and writes
     the stream, the MLP's activation reads its inputs and writes its output, RoPE reads and writes q and k,
-    and without flash attention the softmax and the dropout read and write every score; a backward moves
-    twice its forward. Eager PyTorch, for our block's shape: `EAGER_BLOCK`, counted."""
+    and a backward moves twice its forward. Without flash attention every score goes through memory: the fused
+    scale-mask-softmax reads the scores and writes the probabilities, the dropout reads them and writes them and
+    its one-byte mask (4 w + 1 bytes a score forward); backward, the dropout's gradient reads the gradient and
+    the mask and writes it, the softmax's reads it and the probabilities and writes it (5 w + 1). The
+    attention's own copies around its kernel (`Kernels.attention_copies`) as counted. Eager PyTorch, for our
+    block's shape: `EAGER_BLOCK`, counted."""
     w = kernels.activation_bytes
     h, f, kv = shape.hidden, shape.active_ffn(), shape.n_kv_heads * shape.head_dim
     llama = shape.norm == "rmsnorm" and shape.mlp == "swiglu" and shape.position == "rope"
@@ -219,10 +260,12 @@ def memory_bound_bytes(shape: ModelShape, kernels: Kernels, checkpointing: str =
     fwd = 2 * norm * h + 2 * (2 * r + w) * h + (3 if shape.mlp == "swiglu" else 2) * w * f
     if shape.position == "rope":
         fwd += 2 * w * (shape.q_dim + kv)
-    if not kernels.flash_attention:
-        fwd += 4 * w * shape.heads * shape.seq_len
     fwd += moe_routing_bytes(shape, w)
-    return recomputed * fwd + 2 * fwd
+    extra_fwd, extra_bwd = (c * w / 2 * h for c in kernels.attention_copies)
+    if not kernels.flash_attention:
+        scores = shape.heads * shape.seq_len
+        extra_fwd, extra_bwd = extra_fwd + (4 * w + 1) * scores, extra_bwd + (5 * w + 1) * scores
+    return recomputed * (fwd + extra_fwd) + 2 * fwd + extra_bwd
 
 
 def moe_routing_bytes(shape: ModelShape, width: int) -> float:
@@ -338,28 +381,39 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
         raise PlannerError("--precision fp8: this GPU has no fp8 peak in the catalog")
     fp8_rate = matmul_rate * hw.fp8_peak_flops / hw.peak_flops if fp8_params else matmul_rate
     layer_seconds = 2 * passes * ((matmul_params - fp8_params) / matmul_rate + fp8_params / fp8_rate)  # per token
-    matmul = tokens * (shape.layers * layer_seconds + 6 * shape.vocab * h / matmul_rate) / gpus
+    # a pipeline runs at its slowest stage's pace: the last holds the output layer and the loss besides its layers
+    matmul = tokens * (shape.layers * layer_seconds + plan.pp * 6 * shape.vocab * h / matmul_rate) / gpus
     attention_flops = tokens * shape.layers * 4 * s * shape.heads * shape.head_dim * attention_passes / gpus
     if kernels.flash_attention:  # causal half skipped, head dimension padded, at flash's own rate
         pad = flash_padded_head_dim(shape.head_dim) / shape.head_dim
-        attention = attention_flops / 2 * pad / (hw.attention_flops or hw.peak_flops * eff.attention)
+        # its backward recomputes the scores (Dao 2023, FlashAttention-2, Alg. 2): five GEMMs to the forward's two,
+        # so half a forward more than the two the attention's FLOP count gives a backward. A rate `planner probe`
+        # measured is already per counted pass (it times SDPA's forward and backward against 3 passes).
+        recompute = 1.0 if hw.attention_flops else (attention_passes + 0.5) / attention_passes
+        attention = attention_flops * recompute / 2 * pad / (hw.attention_flops or hw.peak_flops * eff.attention)
     else:
         attention = attention_flops / matmul_rate
     loss_bytes = 16 * shape.vocab / plan.tp  # fp32 log-softmax and its gradient over the (TP-split) vocabulary
     per_layer = memory_bound_bytes(shape, kernels, checkpointing, checkpointed_fraction) / plan.tp
     if kernels.fp8_linears:
         per_layer += fp8_cast_bytes(shape, plan.tp)
-    moved = tokens * (shape.layers * per_layer + loss_bytes)
+    moved = tokens * (shape.layers * per_layer + plan.pp * loss_bytes)
+    params = shape.param_count()  # every weight is reduced and gathered: the embedding and an untied head both
+    rank_params = params / (plan.tp * plan.pp)
+    reductions = micro_batches if kernels.reduce_every_micro_batch else 1
+    if plan.dp > 1:  # the engine's own work on the whole gradient before each reduction
+        moved += kernels.reduce_prep_bytes * rank_params * reductions * gpus
     memory = moved / gpus / (hw.hbm_bytes_per_s * eff.memory)
     compute = matmul + attention + memory
     tp_link = (hw.nvlink_bytes_per_s if plan.tp <= hw.gpus_per_node else hw.network_bytes_per_s) * eff.link
     activation_bytes = kernels.activation_bytes * plan.micro_batch * s * h
-    tp_comm = 2 * passes * (shape.layers / plan.pp) * micro_batches * ring_time(activation_bytes, plan.tp, tp_link)
+    # two collectives a layer forward (after attention and after the MLP), their two conjugates backward, and the
+    # forward's again where full checkpointing recomputes it (op-level policies keep the collectives' outputs)
+    tp_passes = 2 + (checkpointed_fraction if checkpointing == "full" else 0.0)
+    tp_comm = 2 * tp_passes * (shape.layers / plan.pp) * micro_batches * ring_time(activation_bytes, plan.tp, tp_link)
     bubble = (compute + tp_comm) * bubble_fraction(plan)
     net = hw.network_bytes_per_s * eff.link
     pp_comm = 0.0 if plan.pp == 1 else micro_batches * plan.pp_virtual * 2 * activation_bytes / plan.tp / net
-    params = shape.param_count()  # every weight is reduced and gathered: the embedding and an untied head both
-    rank_params = params / (plan.tp * plan.pp)
     expert_params = shape.routed_expert_params() / (plan.tp * plan.pp)  # reduced within the ranks holding them
     dp_bytes = data_parallel_bytes(plan, rank_params - expert_params, grad_bytes, kernels.activation_bytes)
     if expert_params:
@@ -369,10 +423,17 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
         / (hw.shard_collective_fraction if plan.stage else 1.0)
     if plan.engine == "fsdp" and plan.stage and plan.dp_replicate > 1:  # hybrid sharding: the shards' gradients all-reduced across copies
         dp_comm += ring_time(grad_bytes * rank_params / plan.shard_degree, plan.dp_replicate, net)
-    if overlap_dp:  # hidden behind the last micro-batch's backward (the whole step's under ZeRO-3 / FSDP full)
-        hidden_behind = compute * ((passes - 1) / passes if plan.stage == 3 else (2 / passes) / micro_batches)
-        dp_comm = max(0.0, dp_comm - hidden_behind)
-    optimizer = 32 * rank_params / hw.hbm_bytes_per_s
+    dp_comm *= reductions
+    if overlap_dp:
+        # hidden behind the backward it overlaps (ZeRO-3 / FSDP full: the gathers behind the forward too): each
+        # reduction's own micro-batch where every micro-batch reduces, else the last one's; of what is hidden,
+        # `overlap` still costs (the collectives' kernels share the SMs and HBM with the compute)
+        behind = (passes - 1) / passes if plan.stage == 3 else (2 / passes) * reductions / micro_batches
+        hidden = min(dp_comm, compute * behind)
+        dp_comm = dp_comm - hidden + eff.overlap * hidden
+    # memory-bound: the optimizer states of the rank's shard under ZeRO / FSDP, of the whole rank under DDP
+    optimizer = kernels.optimizer_bytes * rank_params / (plan.shard_degree if plan.stage else 1) \
+        / (hw.hbm_bytes_per_s * eff.memory)
     ep_comm = expert_parallel_time(shape, plan, hw, eff.link, kernels.activation_bytes, checkpointing,
                                    checkpointed_fraction)
     return StepTime(matmul, attention, memory, tp_comm, bubble, pp_comm, dp_comm, optimizer,

@@ -318,7 +318,14 @@ GRAD_BYTES = {"single": 4, "ddp": 4, "fsdp": 4, "deepspeed": 2}
 def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan, gpu, dtype: str) -> dict | None:
     """The step-time model's view of one optimizer step of `plan` (`planner.compute.step_time`, constants
     `CALIBRATED`), or None when the GPU's catalog entry lacks what it needs (HBM or network bandwidth)."""
-    from planner.compute.step_time import CALIBRATED, PROBED, Kernels, hardware_of, step_time
+    from planner.compute.step_time import (
+        CALIBRATED,
+        PROBED,
+        UNFUSED_ADAMW_BYTES,
+        Kernels,
+        hardware_of,
+        step_time,
+    )
 
     try:
         hw = hardware_of(gpu, dtype, req.gpus_per_node)
@@ -331,8 +338,12 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
     # is fp32 under autocast over fp32 weights (one process, DDP), else 16-bit
     fp32 = req.precision == "fp32"
     autocast = plan.engine in ("single", "ddp") and not fp32
+    # torch's AdamW with clipping on every engine; no `no_sync`: torch DDP and FSDP2 reduce every micro-batch's
+    # gradients, DeepSpeed from ZeRO-2 on (ZeRO-1 at the accumulation boundary)
+    every = plan.engine in ("ddp", "fsdp") or (plan.engine == "deepspeed" and plan.stage >= 2)
     kernels = Kernels(flash_attention=req.flash_attention, fused=False, residual_bytes=4 if autocast or fp32 else 2,
-                      fp8_linears=req.precision == "fp8", activation_bytes=4 if fp32 else 2)
+                      fp8_linears=req.precision == "fp8", activation_bytes=4 if fp32 else 2,
+                      optimizer_bytes=UNFUSED_ADAMW_BYTES, reduce_every_micro_batch=every)
     # A machine `planner probe` measured: its figures are achieved rates; and with one thread per process on
     # every core, gloo's collectives take the cores the compute runs on, so nothing overlaps.
     probed = gpu.device == "cpu"
