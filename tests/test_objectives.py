@@ -101,6 +101,25 @@ def test_spans_fall_in_different_places_in_each_row():
     assert len(where) == 64
 
 
+def test_span_lengths_follow_t5s_random_segmentation():
+    # T5 cuts n noise tokens into s non-empty spans at s - 1 of the n - 1 gaps chosen uniformly: a span is k
+    # long with probability C(n - k - 1, s - 2) / C(n - 1, s - 1) (21 tokens in 7 spans: 1 in 30%, 3 in 16%)
+    _, targets = span_corrupt(ordinary(20_000, RAW), seeded(), IDS)  # 140k spans: sampling alone gives ~0.003
+    noise, spans = span_corruption_counts(RAW)
+    starts = [i for i, t in enumerate(targets[0].tolist()) if t in IDS.sentinels]
+    assert len(starts) == spans
+    is_sentinel = torch.zeros(VOCAB, dtype=torch.bool)
+    is_sentinel[list(IDS.sentinels)] = True
+    where = is_sentinel[targets].nonzero()[:, 1].view(-1, spans)
+    lengths = torch.diff(torch.cat([where, torch.full((len(where), 1), targets.shape[1] - 1)], dim=1)) - 1
+    measured = torch.bincount(lengths.flatten(), minlength=noise).double() / lengths.numel()
+    expected = [math.comb(noise - k - 1, spans - 2) / math.comb(noise - 1, spans - 1) if k else 0.0
+                for k in range(len(measured))]
+    assert lengths.double().mean() == pytest.approx(noise / spans)
+    # total variation distance; geometric lengths of mean 3 (another reading of "mean span 3") are 0.05 away
+    assert 0.5 * sum(abs(m - e) for m, e in zip(measured.tolist(), expected, strict=True)) < 0.01
+
+
 def test_span_corruption_refuses_rows_needing_more_sentinels_than_the_tokenizer_has():
     few = SpecialIds(eos=0, pad=1, mask=2, sentinels=(3, 4))
     with pytest.raises(PlannerError, match="7 noise spans but the tokenizer has 2 sentinels"):
@@ -166,6 +185,11 @@ def test_a_small_vocabulary_keeps_as_many_sentinels_as_leave_the_alphabet_room(s
     assert len(ids.sentinels) == 40 and (ids.eos, ids.pad) == (0, 1)
 
 
+def test_more_sentinels_than_the_vocabulary_has_room_for_are_refused_in_one_line():
+    with pytest.raises(PlannerError, match=r"^tokenizer.sentinels: 300 must be an integer of at least 0 and at most 252$"):
+        load_pipeline_config(REPO / "configs/data-sample.yaml", ["tokenizer.vocab_size=512", "tokenizer.sentinels=300"])
+
+
 def test_a_tokenizer_from_before_the_objectives_still_packs_for_the_causal_lm_but_is_refused_for_them(
         sample, tmp_path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -195,7 +219,7 @@ TOLERANCE, CHOSEN = 0.01, 1_500_000
 def test_the_masked_lm_chooses_15_percent_and_splits_them_80_10_10_on_real_shards(sample):
     ids = special_ids(sample / "tokenizer.json")
     shards = TokenShards.open(sample / "shards/train")
-    batches, generator = PackedBatches(shards, micro_batch=64), seeded(28)
+    batches, generator = PackedBatches(shards, micro_batch=512), seeded(28)
     special = torch.zeros(shards.vocab_size, dtype=torch.bool)
     special[list(ids.all())] = True
     eligible = chosen = 0
@@ -210,10 +234,11 @@ def test_the_masked_lm_chooses_15_percent_and_splits_them_80_10_10_on_real_shard
         eligible, chosen = eligible + here, chosen + n
     measured = {"chosen": chosen / eligible, **{k: v / chosen for k, v in zip(("mask", "random", "unchanged"),
                                                                               shares, strict=True)}}
+    targets = {"chosen": 0.15, "mask": 0.8, "random": 0.1, "unchanged": 0.1}
     print(f"\nmasked LM on {eligible:,} real tokens ({batches.epoch + 1} passes over {shards.path}): " +
-          ", ".join(f"{k} {v:.4f}" for k, v in measured.items()))
+          ", ".join(f"{k} {v:.4f} ({v / targets[k] - 1:+.2%})" for k, v in measured.items()))
     assert math.sqrt(0.1 * 0.9 / chosen) * 4 < TOLERANCE * 0.1  # the sample is large enough to tell
-    for name, target in {"chosen": 0.15, "mask": 0.8, "random": 0.1, "unchanged": 0.1}.items():
+    for name, target in targets.items():
         assert measured[name] == pytest.approx(target, rel=TOLERANCE), name
 
 
