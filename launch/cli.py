@@ -164,12 +164,14 @@ def slurm(config, overrides, force, verify, dry_run, num_nodes, gpus_per_node, p
 @click.option("--engine", type=click.Choice(["deepspeed", "fsdp"]), default="deepspeed", show_default=True,
               help="The held-out run's engine: DeepSpeed ZeRO-2 or FSDP full shard, on 2 processes.")
 @click.option("--quick", is_flag=True, help="A ladder at half the budget (the test suite's).")
+@click.option("--sample", is_flag=True, help="The earlier small demo: the shipped templated sample alone (~1.5 min).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def demo(out_dir, engine, quick, no_progress):
-    """Curate, train a model ladder, predict a held-out run, train it, report, re-plan or refuse (CPU, ~1.5 min)."""
+def demo(out_dir, engine, quick, sample, no_progress):
+    """Curate real installed text, train a model ladder, predict a held-out run, train it, report, re-plan or
+    refuse (CPU, ~5 min)."""
     from launch.demo import run_demo
 
-    run_demo(out_dir, engine=engine, quick=quick, progress=not no_progress)
+    run_demo(out_dir, engine=engine, quick=quick, progress=not no_progress, sample=sample)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,10 +1,13 @@
-"""`launch demo`: the loop on CPU, told truthfully: curate, a model ladder, a law that must predict a
-run it has not seen, and a re-plan only from a law that earned it.
+"""`launch demo`: the loop on CPU, told truthfully: curate real text, a model ladder, a law that must
+predict a run it has not seen, and a re-plan only from a law that earned it.
 
-1. curate the shipped finance + general sample corpus, train its tokenizer, pack (pretrain.data.pipeline);
-2. design a model ladder on it (`planner ladder`: sizes x token multiples, lr by width, batch in tokens)
-   with one larger held-out run;
-3. train the ladder's runs (one process each), tracked in MLflow;
+1. build a corpus from text this machine has installed (docstrings of the standard library and the installed
+   packages, manual pages: `pretrain.data.installed_text`, deterministic), mix it with the shipped finance sample
+   (BloombergGPT-style), curate it with our pipeline, train its tokenizer, pack (`configs/data-demo.yaml`);
+2. design a model ladder on it (`planner ladder`: sizes x token counts, lr by width, fan-in init, batch in
+   tokens) with one larger held-out run;
+3. train the ladder's runs (one process each, two at a time: this machine's two cores), nested in MLflow
+   under the ladder's parent run;
 4. fit L(N, D) on the ladder and predict the held-out run's eval loss before it trains;
 5. train the held-out run through `launch local` on 2 processes with a real engine (DeepSpeed ZeRO-2 or
    FSDP); its MLflow run logs `loss_predicted` beside `eval_loss`;
@@ -12,9 +15,10 @@ run it has not seen, and a re-plan only from a law that earned it.
    plots, and the re-plan, or the refusal when the law did not converge or its band is too wide. The
    report run in MLflow logs the fitted constants, the error and the re-plan as params and metrics.
 
-Everything lives under the demo folder: the data, the ladder, the SQLite store and its artifacts.
-Rerunning continues: finished stages and runs are kept. A second demo in the same folder while one
-runs is refused (a lock file held with flock).
+`--sample` runs the earlier small demo instead: the shipped templated sample alone, a smaller ladder (the
+test suite runs it with `--quick`). Everything lives under the demo folder: the data, the ladder, the SQLite
+store and its artifacts. Rerunning continues: finished stages and runs are kept. A second demo in the same
+folder while one runs is refused (a lock file held with flock).
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import fcntl
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from planner.core.errors import PlannerError
@@ -31,18 +37,48 @@ from planner.core.io import atomic_write_text
 from planner.laws import ladder
 
 REPO = Path(__file__).resolve().parents[1]
-SEQ_LEN, VOCAB = 128, 512
-WORLD = 2  # processes of the held-out run
+WORLD = 2  # processes of the held-out run, and ladder runs trained at once
 EXPERIMENT = "demo-ladder"
 REPORT_EXPERIMENT = "demo-report"  # kept apart so the ladder's experiment holds only training runs
-#: The ladder on the sample corpus (measured: monotone in size with lr 0.005 x 64/width; at 0.01 the
-#: h32 run stalled on the unigram plateau). Its largest runs stay within about one epoch of the 267k
-#: training tokens; --quick halves the budgets for the tests.
-DESIGN = {"widths": [16, 24, 32], "holdout_width": 48, "layers": 2, "vocab": VOCAB, "seq_len": SEQ_LEN,
-          "multiples": [1, 2, 4], "lr_ref": 0.005}
-#: ladder FLOPs, held-out FLOPs, batch in tokens (every run keeps 20+ steps)
-BUDGETS = {"full": (5e11, 2.5e11, 1024), "quick": (2.5e11, 1.2e11, 512)}
-MICRO_BATCH, BOOTSTRAP = 8, 30
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One demo: its corpus (a data config, and installed text to build first), its ladder and its budgets."""
+
+    name: str
+    data_config: str
+    overrides: tuple[str, ...]
+    installed_bytes: tuple[tuple[str, int], ...]  # (kind, bytes) of installed text written before curation
+    design: dict
+    budgets: dict  # full | quick: (ladder FLOPs, held-out FLOPs, batch in tokens)
+    micro_batch: int
+    eval_batches: int
+
+
+#: The real-text demo. Design rule, measured on this 2-core machine (2026-12-06): every size trains on the same
+#: token counts (tokens_exponent 0: the smallest sizes train long enough to level off, the largest start past the
+#: first plateau; with tokens per parameter fixed instead, E was not identified and the x1 runs of widths 16-32 sat
+#: on the unigram plateau); 371 steps at least; lr 0.01 x 64/width (a sweep at width 64 and 128: 0.01 and 0.005
+#: best); widths 8-64 span 8.6x in parameters; the held-out width 128 is 2.7x the largest; the largest run sees
+#: 380k of the 2.5M training tokens (0.15 epochs), no token twice.
+INSTALLED = Setup(
+    name="installed", data_config="configs/data-demo.yaml", overrides=(),
+    installed_bytes=(("docstring", 3 << 19), ("man", 7 << 20)),
+    design={"widths": [8, 16, 32, 64], "holdout_width": 128, "layers": 1, "vocab": 1024, "seq_len": 128,
+            "multiples": [1, 2, 4], "lr_ref": 0.01, "tokens_exponent": 0.0},
+    budgets={"full": (1.56e12, 1.25e12, 256), "quick": (7.8e11, 6e11, 256)}, micro_batch=2, eval_batches=64)
+#: The earlier small demo on the shipped templated sample (measured: monotone in size with lr 0.005 x 64/width;
+#: at 0.01 the h32 run stalled on the unigram plateau). Its largest runs stay within about one epoch of the 267k
+#: training tokens; --quick halves the budgets for the tests. Its tokenizer has no sentinels: with T5's 100 in its
+#: 512 tokens the ladder lost its order in size at the smallest token multiple (measured 2026-12-06).
+SAMPLE = Setup(
+    name="sample", data_config="configs/data-sample.yaml",
+    overrides=("mix.seq_len=128", "tokenizer.vocab_size=512", "tokenizer.sentinels=0"), installed_bytes=(),
+    design={"widths": [16, 24, 32], "holdout_width": 48, "layers": 2, "vocab": 512, "seq_len": 128,
+            "multiples": [1, 2, 4], "lr_ref": 0.005},
+    budgets={"full": (5e11, 2.5e11, 1024), "quick": (2.5e11, 1.2e11, 512)}, micro_batch=8, eval_batches=16)
+BOOTSTRAP = 30
 
 
 @contextmanager
@@ -70,7 +106,7 @@ def _log(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def stage_data(out: Path, progress: bool) -> Path:
+def stage_data(out: Path, setup: Setup, progress: bool) -> Path:
     from pretrain.data.config import load_pipeline_config
     from pretrain.data.executors import curate
     from pretrain.data.mix import pack
@@ -80,16 +116,15 @@ def stage_data(out: Path, progress: bool) -> Path:
     from pretrain.data.workdir import WorkDir
 
     data_dir = out / "data"
-    # the demo trains the causal LM only: its 512 tokens go to text, not to T5's 100 sentinels (with them the
-    # ladder lost its order in size at the smallest token multiple, measured 2026-12-06)
-    cfg = load_pipeline_config(REPO / "configs/data-sample.yaml",
-                               [f"out_dir={data_dir}", f"mix.seq_len={SEQ_LEN}", f"tokenizer.vocab_size={VOCAB}",
-                                "tokenizer.sentinels=0"])
-    cfg.sources = [type(s)(**{**s.__dict__, "path": str(REPO / s.path)}) for s in cfg.sources]
+    cfg = load_pipeline_config(REPO / setup.data_config, [f"out_dir={data_dir}", *setup.overrides])
+    cfg.sources = [type(s)(**{**s.__dict__, "path": str(_source_path(s.path, data_dir))}) for s in cfg.sources]
     if (WorkDir(data_dir).shards("train") / MANIFEST).is_file():
         _log(f"1/6 data: already curated and packed in {data_dir}")
         return data_dir
-    _log("1/6 curating the finance + general sample corpus and training its tokenizer")
+    if setup.installed_bytes:
+        _log("1/6 building a corpus from the text this machine has installed (docstrings, manual pages)")
+        _write_installed(data_dir / "installed", setup.installed_bytes)
+    _log(f"1/6 curating {', '.join(sorted({s.domain for s in cfg.sources}))} and training the tokenizer")
     report = curate(cfg, tasks=2, workers=2, quiet=not progress)  # this machine's two cores
     print(render_funnel(report))
     train_tokenizer(cfg)
@@ -97,16 +132,30 @@ def stage_data(out: Path, progress: bool) -> Path:
     return data_dir
 
 
-def stage_design(out: Path, data_dir: Path, engine: str, quick: bool) -> dict:
+def _source_path(path: str, data_dir: Path) -> Path:
+    """`installed/<kind>.jsonl` is written by the demo into its data folder; any other path is the repository's."""
+    return data_dir / path if path.startswith("installed/") else REPO / path
+
+
+def _write_installed(folder: Path, kinds: tuple[tuple[str, int], ...]) -> None:
+    from pretrain.data.installed_text import write_corpus
+
+    for kind, size in kinds:
+        for name, w in write_corpus(folder, size, kinds=(kind,)).items():
+            print(f"  {name}: {w['docs']:,} documents, {w['bytes'] / 2**20:.1f} MiB")
+
+
+def stage_design(out: Path, data_dir: Path, setup: Setup, engine: str, quick: bool) -> dict:
     from pretrain.data.workdir import WorkDir
 
     shards = WorkDir(data_dir).shards
-    ladder_flops, target_flops, batch_tokens = BUDGETS["quick" if quick else "full"]
-    lad = ladder.design(**DESIGN, ladder_flops=ladder_flops, target_flops=target_flops, batch_tokens=batch_tokens)
+    ladder_flops, target_flops, batch_tokens = setup.budgets["quick" if quick else "full"]
+    lad = ladder.design(**setup.design, ladder_flops=ladder_flops, target_flops=target_flops,
+                        batch_tokens=batch_tokens)
     if not (out / ladder.LADDER_FILE).is_file():
         ladder.write(lad, str(out), train=str(shards("train")), eval_data=str(shards("eval")),
-                     micro_batch=MICRO_BATCH, experiment=EXPERIMENT, bootstrap=BOOTSTRAP, python=sys.executable,
-                     holdout_engine=engine, holdout_gpus=WORLD)
+                     micro_batch=setup.micro_batch, experiment=EXPERIMENT, bootstrap=BOOTSTRAP, python=sys.executable,
+                     holdout_engine=engine, holdout_gpus=WORLD, eval_batches=setup.eval_batches)
     _log(f"2/6 a ladder of {len(lad.points) - 1} runs ({lad.spent_flops:.2g} model FLOPs) and one held-out run "
          f"({lad.target_flops:.2g} FLOPs, {engine} on {WORLD} processes)")
     for p in lad.points:
@@ -139,13 +188,23 @@ def ladder_plan(folder: Path):
 
 
 def stage_train_ladder(out: Path, meta: dict, progress: bool) -> None:
+    """The ladder's runs, `WORLD` at a time (each is one process: this machine's cores); the MLflow store, its
+    experiment and the ladder's parent run are made first, so the runs do not race to create them."""
+    from mlflow.tracking import MlflowClient
     from tqdm import tqdm
 
+    from pretrain.tracking import experiment_id, parent_run
+
+    uri = tracking_uri(out)
+    client = MlflowClient(uri)
+    parent_run(client, experiment_id(client, EXPERIMENT, uri), ladder.PARENT_RUN)
     points = [p for p in meta["points"] if not p["held_out"]]
-    _log(f"3/6 training the ladder's {len(points)} runs (one process each)")
-    for point in (bar := tqdm(points, desc="ladder", unit="run", disable=not progress)):
-        bar.set_postfix_str(point["name"])
-        _train(out, point)
+    _log(f"3/6 training the ladder's {len(points)} runs (one process each, {WORLD} at a time)")
+    with tqdm(total=len(points), desc="ladder", unit="run", disable=not progress) as bar, \
+            ThreadPoolExecutor(WORLD) as pool:
+        for done in pool.map(lambda p: _train(out, p), points):
+            bar.update()
+            del done
 
 
 def stage_predict(out: Path) -> dict:
@@ -157,6 +216,8 @@ def stage_predict(out: Path) -> dict:
     low, high = pred["band"]
     print(f"  law: {', '.join(f'{k} {v:.4g}' for k, v in pred['law'].items())}"
           f"{'' if pred['converged'] else ' (NOT converged)'}")
+    if pred["converged"] and pred["message"]:
+        print(f"  note: {pred['message']}")
     print(f"  held-out {pred['held_out']}: predicted eval loss {pred['loss_predicted']:.4f} "
           f"(95% band {low:.4f}-{high:.4f})")
     return pred
@@ -168,7 +229,7 @@ def stage_train_held_out(out: Path, meta: dict, engine: str) -> None:
     _train(out, held)
 
 
-def stage_report(out: Path, meta: dict) -> tuple[Path, dict]:
+def stage_report(out: Path, meta: dict, setup: Setup) -> tuple[Path, dict]:
     _log("6/6 the held-out error, the monotonicity check, the plots and the re-plan (or the refusal)")
     result = ladder.report(out)
     reports = out / "report"
@@ -176,7 +237,7 @@ def stage_report(out: Path, meta: dict) -> tuple[Path, dict]:
     runs = _runs(out)
     _plot_law(meta, result, runs, reports / "nd.png")
     _plot_runs(runs, reports)
-    text = render_report(meta, result, runs)
+    text = render_report(meta, result, runs, setup)
     path = atomic_write_text(reports / "REPORT.md", text)
     print(text.split("## Runs")[0].split("\n", 2)[2])
     _log_report(out, reports, result)
@@ -256,17 +317,33 @@ def _plot_runs(runs: list[dict], reports: Path) -> None:
     plt.close(fig)
 
 
-def render_report(meta: dict, r: dict, runs: list[dict]) -> str:
+#: What each demo's data is, in the report's title and closing paragraph.
+ABOUT = {
+    "installed": ("a model ladder on installed documentation and finance text",
+                  "The corpus is real text this machine has installed (docstrings and manual pages) with the shipped "
+                  "finance sample, curated by our pipeline (`data/curation_report.md`). Each ladder run sees each "
+                  "token at most once."),
+    "sample": ("a model ladder on the sample corpus",
+               "The sample corpus is written from templates, so its loss keeps falling as models memorise them; "
+               "L(N, D) with a floor E describes it poorly. The ladder on the generated source with a known "
+               "entropy rate (benchmarks/bench_ladder.py) is where the law is tested against the truth."),
+}
+
+
+def render_report(meta: dict, r: dict, runs: list[dict], setup: Setup) -> str:
+    title, closing = ABOUT[setup.name]
     low, high = r["band"]
     law = r["law"]
     lines = [
-        "# Demo report: a model ladder on the sample corpus, and a law that must predict a run it has not seen", "",
+        f"# Demo report: {title}, and a law that must predict a run it has not seen", "",
         f"- Law fitted on {r['fitted_on']} ladder runs: L = {law['E']:.3f} + {law['A']:.4g}/N^{law['alpha']:.3f} + "
         f"{law['B']:.4g}/D^{law['beta']:.3f} ({'converged' if r['converged'] else 'NOT converged: ' + r['message']}).",
         f"- Held-out run {r['held_out']}: predicted {r['loss_predicted']:.4f} (95% bootstrap band {low:.4f}-{high:.4f}), "
         f"measured {r['loss_measured']:.4f}: error {r['error']:+.2%}.",
         f"- Ladder {ladder.describe_monotone(r['monotone'])}.",
     ]
+    if r["converged"] and r["message"]:
+        lines.insert(3, f"- Note: {r['message']}.")
     if r["usable"]:
         p = r["replan"]
         lines.append(f"- Re-plan at {meta['target_flops']:.3g} FLOPs from this law: N* {p['params']:.4g}, "
@@ -279,9 +356,7 @@ def render_report(meta: dict, r: dict, runs: list[dict]) -> str:
               *[f"| {x['name']} | {x['n_params']:,} | {x['tokens']:,} | {x['eval_loss']:.4f} | "
                 f"{x['measured']:,.0f} / {x['predicted']:,.0f} | {x['tokens_per_s']:,.0f} |" for x in runs], "",
               "![loss curves](loss_curves.png)", "", "![memory and throughput](memory_throughput.png)", "",
-              "The sample corpus is written from templates, so its loss keeps falling as models memorise them; "
-              "L(N, D) with a floor E describes it poorly. The ladder on the generated source with a known "
-              "entropy rate (benchmarks/bench_ladder.py) is where the law is tested against the truth.", ""]
+              closing, ""]
     return "\n".join(lines)
 
 
@@ -315,16 +390,18 @@ def _log_report(out: Path, reports: Path, r: dict) -> None:
     client.set_terminated(run_id)
 
 
-def run_demo(out: str | Path, engine: str = "deepspeed", quick: bool = False, progress: bool = True) -> Path:
+def run_demo(out: str | Path, engine: str = "deepspeed", quick: bool = False, progress: bool = True,
+             sample: bool = False) -> Path:
     out = Path(out).resolve()
     if engine not in ("deepspeed", "fsdp"):
         raise PlannerError(f"--engine: {engine!r} is not one of deepspeed, fsdp")
+    setup = SAMPLE if sample else INSTALLED
     with demo_lock(out):
-        data_dir = stage_data(out, progress)
-        meta = stage_design(out, data_dir, engine, quick)
+        data_dir = stage_data(out, setup, progress)
+        meta = stage_design(out, data_dir, setup, engine, quick)
         stage_train_ladder(out, meta, progress)
         stage_predict(out)
         stage_train_held_out(out, meta, engine)
-        report, _ = stage_report(out, meta)
+        report, _ = stage_report(out, meta, setup)
     _log(f"done: {report}; open the runs with `mlflow ui --backend-store-uri {tracking_uri(out)}`")
     return report

@@ -17,7 +17,7 @@ from planner.laws.fit import E_FLOOR
 
 def run_demo(out: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "launch.cli", "demo", "--out", str(out), "--quick", "--no-progress"],
+    return subprocess.run([sys.executable, "-m", "launch.cli", "demo", "--out", str(out), "--sample", "--quick", "--no-progress"],
                           capture_output=True, text=True, env=env, timeout=1200, cwd=out.parent)
 
 
