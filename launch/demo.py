@@ -60,8 +60,8 @@ class Setup:
 #: token counts (tokens_exponent 0: the smallest sizes train long enough to level off, the largest start past the
 #: first plateau; with tokens per parameter fixed instead, E was not identified and the x1 runs of widths 16-32 sat
 #: on the unigram plateau); 371 steps at least; lr 0.01 x 64/width (a sweep at width 64 and 128: 0.01 and 0.005
-#: best); widths 8-64 span 8.6x in parameters; the held-out width 128 is 2.7x the largest; the largest run sees
-#: 380k of the 2.5M training tokens (0.15 epochs), no token twice.
+#: best); widths 8-64 span 8.6x in parameters; the held-out width 128 is 2.7x the largest; the largest runs see
+#: 380k of the 2M training tokens (a fifth: none memorises).
 INSTALLED = Setup(
     name="installed", data_config="configs/data-demo.yaml", overrides=(),
     installed_bytes=(("docstring", 3 << 19), ("man", 7 << 20)),
@@ -321,8 +321,8 @@ def _plot_runs(runs: list[dict], reports: Path) -> None:
 ABOUT = {
     "installed": ("a model ladder on installed documentation and finance text",
                   "The corpus is real text this machine has installed (docstrings and manual pages) with the shipped "
-                  "finance sample, curated by our pipeline (`data/curation_report.md`). Each ladder run sees each "
-                  "token at most once."),
+                  "finance sample, curated by our pipeline (`data/curation_report.md`). The largest runs see a fifth "
+                  "of the 2M training tokens: none memorises."),
     "sample": ("a model ladder on the sample corpus",
                "The sample corpus is written from templates, so its loss keeps falling as models memorise them; "
                "L(N, D) with a floor E describes it poorly. The ladder on the generated source with a known "

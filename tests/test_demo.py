@@ -5,14 +5,13 @@ import fcntl
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from planner.laws.fit import E_FLOOR
+from planner.laws.fit import NO_FLOOR_NOTE
 
 
 def run_demo(out: Path) -> subprocess.CompletedProcess:
@@ -98,23 +97,24 @@ def test_the_report_run_logs_the_law_the_error_and_the_decision_as_params_and_me
     (run,) = _runs(demo, "demo-report")
     m, p = run.data.metrics, run.data.params
     assert m["held_out_error"] == pytest.approx(report["error"]) and m["law_E"] == pytest.approx(report["law"]["E"])
-    assert p["usable"] == "False" and p["converged"] == "False"  # the quick demo's law is refused (below)
+    assert p["usable"] == "False" and p["converged"] == "True"  # the quick demo's law is refused (below)
     assert "replan_params" not in m
     assert {a.path for a in _client(demo).list_artifacts(run.info.run_id, "report")} >= {"report/REPORT.md", "report/nd.png"}
 
 
 @pytest.mark.slow
-def test_the_quick_demos_law_does_not_converge_and_the_report_refuses_to_re_plan_from_it(demo):
-    # Measured (2026-12-03, --quick): on the templated sample corpus the ladder's loss keeps falling as a
-    # pure power law, the fit drives E to 0 and does not converge, so no re-plan is made and the report
-    # says why. A change to the ladder, the trainer or the fit that changes this outcome must show here.
+def test_the_quick_demos_law_has_no_floor_and_the_report_refuses_to_re_plan_from_its_wide_band(demo):
+    # Measured (2026-12-06, --sample --quick): on the templated sample corpus the ladder's loss keeps falling as a
+    # pure power law, so E is not identified and the nested law with E = 0 is fitted (it says so); its bootstrap
+    # band on the held-out run (1.75-2.26 around 2.01) is far wider than +/-5%, so no re-plan is made and the
+    # report says why. A change to the ladder, the trainer or the fit that changes this outcome must show here.
     report = json.loads((demo / "report.json").read_text())
     text = (demo / "report/REPORT.md").read_text()
-    assert report["converged"] is False and report["usable"] is False and "replan" not in report
-    collapsed = re.match(r"E went to (\S+): the runs show no irreducible loss", report["message"])
-    assert collapsed and float(collapsed.group(1)) < E_FLOOR  # E ~ 0 (4.8e-49 since weights are drawn per name)
-    assert report["refusal"].startswith(f"the fit did not converge ({report['message']}")
+    assert report["converged"] is True and report["law"]["E"] == 0.0 and report["message"] == NO_FLOOR_NOTE
+    assert report["usable"] is False and "replan" not in report
+    assert report["refusal"].startswith("the bootstrap band on the held-out prediction")
     assert "Not used to re-plan: " + report["refusal"] in text and "Re-plan at" not in text
+    assert f"Note: {NO_FLOOR_NOTE}" in text
 
 
 @pytest.mark.slow
