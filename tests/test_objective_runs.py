@@ -13,6 +13,7 @@ from planner.model.shapes import span_corruption_lengths, span_corruption_raw_le
 from pretrain.data.shards import PackedBatches, TokenShards
 from pretrain.data.synthetic import write_markov_shards
 from pretrain.objective import Objective
+from tests.conftest import pack_sample
 from tests.test_pretrain_runs import run_train, summary
 
 SEQ_LEN, VOCAB = 64, 300  # the shards' 256 ids, then pad, mask and the sentinels (no tokenizer: reserved ids)
@@ -179,21 +180,8 @@ def test_round_trip_emit_launch_trains_3_steps_with_the_planned_tokens(objective
 # ---- real text: the shipped sample, its tokenizer's <mask>, <pad> and <extra_id_i> -----------------------------
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:
-    """The shipped finance + general sample, curated, its tokenizer trained and packed in rows of span corruption's
-    raw length for 64 inputs (70 tokens: the MLM reads 69 of them)."""
-    from pretrain.data.config import load_pipeline_config
-    from pretrain.data.executors import curate
-    from pretrain.data.mix import pack
-    from pretrain.data.tokenizer import train_tokenizer
-
-    repo, out = Path(__file__).resolve().parents[1], tmp_path_factory.mktemp("sample")
-    raw = span_corruption_raw_length(SEQ_LEN)
-    cfg = load_pipeline_config(repo / "configs/data-sample.yaml", [f"out_dir={out}", f"mix.seq_len={raw - 1}"])
-    cfg.sources = [type(s)(**{**s.__dict__, "path": str(repo / s.path)}) for s in cfg.sources]
-    curate(cfg, tasks=1, workers=1, quiet=True)
-    train_tokenizer(cfg)
-    pack(cfg)
-    return out
+    """The shipped sample packed in rows of span corruption's raw length for 64 inputs (70 tokens: the MLM reads 69)."""
+    return pack_sample(tmp_path_factory.mktemp("sample"), span_corruption_raw_length(SEQ_LEN) - 1)
 
 
 @pytest.mark.slow

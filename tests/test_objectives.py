@@ -14,7 +14,6 @@ import torch
 from planner.core.errors import PlannerError
 from planner.model.shapes import span_corruption_counts, span_corruption_lengths, span_corruption_raw_length
 from pretrain.data.config import load_pipeline_config
-from pretrain.data.executors import curate
 from pretrain.data.mix import pack
 from pretrain.data.objectives import (
     IGNORE,
@@ -28,6 +27,7 @@ from pretrain.data.objectives import (
 )
 from pretrain.data.shards import PackedBatches, TokenShards
 from pretrain.data.tokenizer import EOS, PAD, train_tokenizer
+from tests.conftest import pack_sample
 
 REPO = Path(__file__).resolve().parents[1]
 #: A made-up tokenizer's ids for the unit tests: EOS 0, PAD 1, mask 2, 100 sentinels 3..102.
@@ -160,15 +160,9 @@ def test_the_corruption_is_the_same_under_the_same_seed_and_differs_under_anothe
 # ---- the tokenizer --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:
-    """The shipped finance + general sample, curated, its tokenizer trained (2,048 tokens, the sample config's)
-    and packed into rows of RAW tokens: the real shards the collators are measured on."""
-    out = tmp_path_factory.mktemp("objectives")
-    cfg = load_pipeline_config(REPO / "configs/data-sample.yaml", [f"out_dir={out}", f"mix.seq_len={RAW}"])
-    cfg.sources = [type(s)(**{**s.__dict__, "path": str(REPO / s.path)}) for s in cfg.sources]
-    curate(cfg, tasks=1, workers=1, quiet=True)
-    train_tokenizer(cfg)
-    pack(cfg)
-    return out
+    """The shipped sample, its tokenizer trained (2,048 tokens, the sample config's) and packed into rows of RAW
+    tokens: the real shards the collators are measured on."""
+    return pack_sample(tmp_path_factory.mktemp("objectives"), RAW)
 
 
 def test_the_tokenizer_keeps_eos_and_pad_first_and_appends_the_mask_and_100_sentinels(sample):
