@@ -218,3 +218,10 @@ def test_emit_writes_the_trainers_encoder_and_encoder_decoder(capsys, tmp_path, 
 def test_emit_refuses_what_the_trainer_does_not_run_for_non_decoders(capsys, tmp_path, flags, named):
     code, _, err = run(capsys, "emit", *flags, "--tokens", "1e9", "--out", str(tmp_path))
     assert code == 2 and named in err and err.count("\n") == 1
+
+
+def test_an_encoder_decoder_is_priced_at_the_default_mfu_and_says_so(capsys):
+    # the step-time model prices one stack of blocks; the decoder stack and cross-attention are not in its seconds
+    code, out, err = run(capsys, "estimate", "--model", "t5-base", "--gpus", "8", "--gpu", "a100-80gb", "--tokens", "34e9")
+    assert code == 0, err
+    assert "MFU used: 40.0%, the default (no step-time model for this GPU or an encoder-decoder)" in out

@@ -317,7 +317,9 @@ GRAD_BYTES = {"single": 4, "ddp": 4, "fsdp": 4, "deepspeed": 2}
 
 def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan, gpu, dtype: str) -> dict | None:
     """The step-time model's view of one optimizer step of `plan` (`planner.compute.step_time`, constants
-    `CALIBRATED`), or None when the GPU's catalog entry lacks what it needs (HBM or network bandwidth)."""
+    `CALIBRATED`), or None when the GPU's catalog entry lacks what it needs (HBM or network bandwidth) or the model
+    is an encoder-decoder (the step-time model prices one stack of blocks: the decoder stack with its cross-attention
+    is not in its seconds yet, so it would understate the step; the default MFU is used and named instead)."""
     from planner.compute.step_time import (
         CALIBRATED,
         PROBED,
@@ -327,6 +329,8 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
         step_time,
     )
 
+    if model.shape.arch == "encoder-decoder":
+        return None
     try:
         hw = hardware_of(gpu, dtype, req.gpus_per_node)
     except PlannerError:
