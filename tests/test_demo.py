@@ -1,5 +1,6 @@
-"""The end-to-end demo, reduced (`--quick`): a ladder on the sample corpus, the held-out run predicted
-before it trains, a truthful report, everything under the demo folder, resume, and the lock."""
+"""The end-to-end demo, reduced (`--sample --quick`): a ladder on the sample corpus, the held-out run predicted
+before it trains, a truthful report, everything under the demo folder, resume, and the lock. The default demo on
+installed text (5 minutes) is run by hand (README); here its design and data config are checked."""
 
 import fcntl
 import hashlib
@@ -12,6 +13,34 @@ from pathlib import Path
 import pytest
 
 from planner.laws.fit import NO_FLOOR_NOTE
+
+
+def test_the_real_text_demos_ladder_spans_8x_in_size_and_every_run_starts_past_the_plateau():
+    from launch.demo import INSTALLED
+    from planner.laws import ladder
+
+    flops, target, batch = INSTALLED.budgets["full"]
+    lad = ladder.design(**INSTALLED.design, ladder_flops=flops, target_flops=target, batch_tokens=batch)
+    sizes = sorted({p.params for p in lad.points if not p.held_out})
+    held = next(p for p in lad.points if p.held_out)
+    assert len(sizes) == 4 and sizes[-1] / sizes[0] >= 8 and held.params > sizes[-1]
+    assert min(p.steps for p in lad.points) >= 370  # measured: fewer steps sit on the unigram plateau
+    counts = {p.tokens for p in lad.points if not p.held_out}
+    assert len(counts) == 3  # every size on the same token counts (tokens_exponent 0)
+
+
+def test_the_real_text_demos_sources_are_installed_text_written_into_the_demo_and_the_shipped_finance(tmp_path):
+    from launch.demo import INSTALLED, REPO, _source_path
+    from pretrain.data.config import load_pipeline_config
+
+    cfg = load_pipeline_config(REPO / INSTALLED.data_config, [f"out_dir={tmp_path}"])
+    paths = {s.domain: [] for s in cfg.sources}
+    for s in cfg.sources:
+        paths[s.domain].append(_source_path(s.path, tmp_path / "data"))
+    assert paths["finance"] == [REPO / "data/sample/finance.jsonl"]
+    assert {p.parent for p in paths["docs"]} == {tmp_path / "data/installed"}
+    assert {k for k, _ in INSTALLED.installed_bytes} == {p.stem for p in paths["docs"]}
+    assert cfg.tokenizer.sentinels == 0 and cfg.curate.c4 is False
 
 
 def run_demo(out: Path) -> subprocess.CompletedProcess:
