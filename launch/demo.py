@@ -198,6 +198,7 @@ def stage_train_ladder(out: Path, meta: dict, progress: bool) -> None:
     uri = tracking_uri(out)
     client = MlflowClient(uri)
     parent_run(client, experiment_id(client, EXPERIMENT, uri), ladder.PARENT_RUN)
+    _drop_empty_default(client)
     points = [p for p in meta["points"] if not p["held_out"]]
     _log(f"3/6 training the ladder's {len(points)} runs (one process each, {WORLD} at a time)")
     with tqdm(total=len(points), desc="ladder", unit="run", disable=not progress) as bar, \
@@ -205,6 +206,13 @@ def stage_train_ladder(out: Path, meta: dict, progress: bool) -> None:
         for done in pool.map(lambda p: _train(out, p), points):
             bar.update()
             del done
+
+
+def _drop_empty_default(client) -> None:
+    """MLflow makes an experiment 'Default' (id 0) in every new store; the demo's store holds its own two only."""
+    default = client.get_experiment("0")
+    if default.lifecycle_stage == "active" and not client.search_runs(["0"], max_results=1):
+        client.delete_experiment("0")
 
 
 def stage_predict(out: Path) -> dict:

@@ -147,6 +147,11 @@ def test_the_quick_demos_law_has_no_floor_and_the_report_refuses_to_re_plan_from
 
 
 @pytest.mark.slow
+def test_the_demos_store_holds_its_two_experiments_and_no_other(demo):
+    assert sorted(e.name for e in _client(demo).search_experiments()) == ["demo-ladder", "demo-report"]
+
+
+@pytest.mark.slow
 def test_all_mlflow_artifacts_live_under_the_demo_folder(demo):
     client = _client(demo)
     for name in ("demo-ladder", "demo-report"):
