@@ -1,8 +1,8 @@
 """This machine's step time, predicted by the step-time model from `planner probe`'s figures and measured by the
 trainer (issue 24: the CPU is hardware too).
 
-`planner probe` measures this machine (matmul FLOP/s, SDPA's rate, copy bandwidth, a gloo all-reduce between two
-processes) as a catalog entry (`device: cpu`), again before each layout (the shared VM drifts); `planner emit` plans each layout on it, writing the predicted step time into
+`planner probe` measures this machine (matmul FLOP/s, SDPA's rate, copy bandwidth, gloo's all-reduce, all-gather and
+reduce-scatter between two processes) as a catalog entry (`device: cpu`), again before each layout (the shared VM drifts); `planner emit` plans each layout on it, writing the predicted step time into
 run.yaml; `launch local` trains it (one thread per process, as launch sets), and the run logs `step_time_s` every
 step and `step_time_s_predicted` beside it in MLflow. Reported: the median measured step (steps 3 onward: the
 first steps build caches and the optimizer states) against the prediction, for one process and for 2-process

@@ -16,7 +16,10 @@ and steps themselves move by a third from one to the next):
 - link: a ring all-reduce of 64 MiB over gloo between two processes on this machine; the bus bandwidth
   `2 (n - 1) / n x size / time` is what the model's ring formula divides by; and an all-gather plus a
   reduce-scatter of 16 MiB (what FSDP and ZeRO send; gloo runs them at a quarter to a third of its
-  all-reduce's bus bandwidth), `2 (n - 1) / n x size / (time of both)`.
+  all-reduce's bus bandwidth), `2 (n - 1) / n x size / (time of both)`; and the all-gather alone, `(n - 1) x
+  piece / time` (its output's (n - 1) / n): DeepSpeed's ZeRO 1-2 all-reduce the gradients and all-gather the
+  updated parameters (`planner.compute.step_time.data_parallel_traffic`), so their gather is priced at its own
+  rate (gloo's all-gather runs ~1.5x its reduce-scatter here).
 """
 
 from __future__ import annotations
@@ -74,16 +77,17 @@ def _collectives_worker(rank: int, port: int, nbytes: int, out) -> None:
     seconds = median_seconds(lambda: dist.all_reduce(x), repeats=3)
     piece = torch.ones(SHARD_BYTES // 4)
     gathered, shard = torch.empty(2 * piece.numel()), torch.empty(piece.numel() // 2)
-    pair = median_seconds(lambda: dist.all_gather_into_tensor(gathered, piece), repeats=3) \
-        + median_seconds(lambda: dist.reduce_scatter_tensor(shard, piece), repeats=3)
+    gather = median_seconds(lambda: dist.all_gather_into_tensor(gathered, piece), repeats=3)
+    pair = gather + median_seconds(lambda: dist.reduce_scatter_tensor(shard, piece), repeats=3)
     if rank == 0:
-        out.put((seconds, pair))
+        out.put((seconds, pair, gather))
     dist.destroy_process_group()
 
 
-def collective_bus_bytes_per_s(nbytes: int = ALLREDUCE_BYTES) -> tuple[float, float]:
-    """Two processes on this machine, gloo over loopback: the bus bandwidth of an all-reduce, and of an all-gather
-    with a reduce-scatter (each moves (n - 1) / n of its size per rank: the pair moves what one all-reduce does)."""
+def collective_bus_bytes_per_s(nbytes: int = ALLREDUCE_BYTES) -> tuple[float, float, float]:
+    """Two processes on this machine, gloo over loopback: the bus bandwidth of an all-reduce, of an all-gather
+    with a reduce-scatter (each moves (n - 1) / n of its size per rank: the pair moves what one all-reduce does),
+    and of the all-gather alone ((n - 1) / n of its output, the piece of each other rank)."""
     import multiprocessing
     import socket
 
@@ -95,10 +99,10 @@ def collective_bus_bytes_per_s(nbytes: int = ALLREDUCE_BYTES) -> tuple[float, fl
     procs = [ctx.Process(target=_collectives_worker, args=(r, port, nbytes, out)) for r in range(2)]
     for p in procs:
         p.start()
-    seconds, pair = out.get(timeout=180)
+    seconds, pair, gather = out.get(timeout=180)
     for p in procs:
         p.join(timeout=60)
-    return 2 * (2 - 1) / 2 * nbytes / seconds, 2 * (2 - 1) / 2 * SHARD_BYTES / pair
+    return 2 * (2 - 1) / 2 * nbytes / seconds, 2 * (2 - 1) / 2 * SHARD_BYTES / pair, (2 - 1) * SHARD_BYTES / gather
 
 
 def memory_gib() -> float:
@@ -111,10 +115,10 @@ def probe(threads: int = 1) -> dict:
     """This machine's figures for one trainer process running `threads` threads (the trainer's processes run
     one thread each when several share the cores: `OMP_NUM_THREADS`)."""
     torch.set_num_threads(threads)
-    bus, shard_bus = collective_bus_bytes_per_s()
+    bus, shard_bus, gather_bus = collective_bus_bytes_per_s()
     return {"threads": threads, "cpus": os.cpu_count(), "memory_gib": memory_gib(),
             "fp32_flops": matmul_flops(torch.float32), "bf16_flops": matmul_flops(torch.bfloat16, BF16_MATMUL_N),
             "fp32_attention_flops": attention_flops(torch.float32),
             "bf16_attention_flops": attention_flops(torch.bfloat16, batch=1),
             "copy_bytes_per_s": copy_bytes_per_s(), "allreduce_bus_bytes_per_s": bus,
-            "shard_bus_bytes_per_s": shard_bus}
+            "shard_bus_bytes_per_s": shard_bus, "all_gather_bus_bytes_per_s": gather_bus}

@@ -14,8 +14,8 @@ from tests.conftest import run_cli
 
 #: What a probe of a small CPU might return (the real probe's figures vary with the machine).
 MEASURED = {"threads": 1, "cpus": 2, "memory_gib": 16.0, "fp32_flops": 80e9, "bf16_flops": 0.8e9,
-            "copy_bytes_per_s": 8e9, "allreduce_bus_bytes_per_s": 0.5e9, "shard_bus_bytes_per_s": 0.2e9, "fp32_attention_flops": 20e9,
-            "bf16_attention_flops": 4e9}
+            "copy_bytes_per_s": 8e9, "allreduce_bus_bytes_per_s": 0.5e9, "shard_bus_bytes_per_s": 0.2e9,
+            "all_gather_bus_bytes_per_s": 0.25e9, "fp32_attention_flops": 20e9, "bf16_attention_flops": 4e9}
 
 
 @pytest.fixture
@@ -68,6 +68,22 @@ def test_sharded_data_parallel_traffic_moves_at_the_probed_gather_and_scatter_ra
     # fp32: reduce-scatter the gradients, all-gather the parameters twice; each moves half the rank's bytes
     moved = 3 * 0.5 * 4 * shape.param_count()
     assert fsdp["breakdown_s"]["data_parallel_exposed"] == pytest.approx(moved / 0.2e9, rel=1e-3)
+
+
+def test_zero2_all_reduces_at_the_probed_all_reduce_rate_and_gathers_at_the_probed_all_gather_rate(catalog):
+    # DeepSpeed's stage 2 all-reduces each gradient bucket whole (gloo's all-reduce), then all-gathers the updated
+    # parameters (gloo's all-gather alone): not the reduce-scatter + all-gather pair FSDP is priced at
+    from planner.model.shapes import ModelShape
+    from planner.plan.estimate import estimate
+    from planner.plan.request import EstimateRequest
+
+    shape, cpu = ModelShape(4, 512, 8, 4096, 256), load_catalog(catalog)
+    assert cpu["this-cpu"].all_gather_gbps == pytest.approx(0.25)
+    zero2 = estimate(EstimateRequest.from_flags(shape=shape, gpus=2, gpus_per_node=2, micro_batch=8, zero=2,
+                                                gpu="this-cpu", catalog=cpu, precision="fp32")).time
+    # fp32, two ranks: the all-reduce moves 2 (n - 1) / n of the gradient, the gather (n - 1) / n of the parameters
+    half = 0.5 * 4 * shape.param_count()
+    assert zero2["breakdown_s"]["data_parallel_exposed"] == pytest.approx(2 * half / 0.5e9 + half / 0.25e9, rel=1e-3)
 
 
 def test_probe_refuses_a_name_that_is_not_a_plain_word():

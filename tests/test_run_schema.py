@@ -54,7 +54,8 @@ def every_field_changed() -> RunConfig:
                                 gpu_spec=GPUSpec(memory_gib=48.0, peak_tflops={"bf16": 400.0, "fp32": 50.0},
                                                  price_per_hour=3.0, interconnect_gbps=100.0, description="mine",
                                                  hbm_gbps=900.0, network_gbps=12.5, device="cpu",
-                                                 attention_tflops={"fp32": 0.02}, shard_collectives_gbps=0.2)),
+                                                 attention_tflops={"fp32": 0.02}, shard_collectives_gbps=0.2,
+                                                 all_gather_gbps=0.25)),
         plan={"gpu_hours": 12.5},
     )
 

@@ -161,6 +161,30 @@ def test_overlapped_data_parallel_traffic_is_what_outlasts_the_backward_and_a_sh
     assert every.dp_comm_s == pytest.approx(4 * once.dp_comm_s)
 
 
+def test_deepspeed_zero_1_2_all_reduce_the_gradients_and_gather_the_parameters_where_fsdp_reduce_scatters():
+    # DeepSpeed's stage 1-2 (use_multi_rank_bucket_allreduce, its default) all-reduce every bucket whole and keep
+    # their partition; FSDP shard-grad-op reduce-scatters; both then all-gather the updated parameters
+    from planner.compute.step_time import data_parallel_traffic
+
+    n, params, grad, param = 8, 1e9, 2, 2
+    half = (n - 1) / n * params
+    ddp = data_parallel_traffic(ParallelPlan(engine="ddp", world=n), params, grad, param)
+    zero2 = data_parallel_traffic(ParallelPlan(engine="deepspeed", world=n, zero_stage=2), params, grad, param)
+    zero1 = data_parallel_traffic(ParallelPlan(engine="deepspeed", world=n, zero_stage=1), params, grad, param)
+    zero3 = data_parallel_traffic(ParallelPlan(engine="deepspeed", world=n, zero_stage=3), params, grad, param)
+    sgo = data_parallel_traffic(ParallelPlan(engine="fsdp", world=n, fsdp_mode="shard-grad-op"), params, grad, param)
+    assert ddp == (2 * half * grad, 0.0, 0.0)
+    assert zero2 == zero1 == (2 * half * grad, 0.0, half * param)
+    assert sgo == (0.0, half * grad + half * param, 0.0)
+    assert zero3 == (0.0, half * grad + 2 * half * param, 0.0)
+    # on NCCL (every fraction 1) ZeRO-2 costs DDP's all-reduce plus a gather
+    shape = ModelShape(layers=32, hidden=4096, heads=32, vocab=32000, seq_len=4096)
+    plans = {e: ParallelPlan(engine=e, world=8, **k) for e, k in (("ddp", {}), ("deepspeed", {"zero_stage": 2}))}
+    t = {e: step_time(shape, p, A100_80GB_DGX, grad_bytes=2) for e, p in plans.items()}
+    gather = (7 / 8 * shape.param_count() * 2) / (A100_80GB_DGX.nvlink_bytes_per_s * Efficiency().link)
+    assert t["deepspeed"].dp_comm_s == pytest.approx(t["ddp"].dp_comm_s + gather)
+
+
 def test_the_optimizer_steps_the_shard_under_zero_and_fsdp_and_the_whole_rank_under_ddp():
     from planner.compute.step_time import CALIBRATED, UNFUSED_ADAMW_BYTES, Kernels
 

@@ -1,7 +1,7 @@
 """`planner probe`: measure this machine as a catalog entry the step-time model reads (`device: cpu`).
 
 The measurement (`pretrain.hardware_probe`) needs torch and is imported only here, when asked for, as `verify`
-is. The entry's peaks are achieved rates (a GEMM, a copy, a gloo all-reduce between two local processes), so the
+is. The entry's peaks are achieved rates (a GEMM, a copy, gloo's collectives between two local processes), so the
 step-time model uses them at face value (`planner.compute.step_time.PROBED`), one trainer process per "GPU".
 """
 
@@ -33,6 +33,7 @@ def catalog_entry(name: str, m: dict) -> str:
         f"  interconnect_gbps: {2 * bus_gbps:.4g}  # both directions, as the catalog counts NVLink (gloo, loopback)",
         f"  network_gbps: {bus_gbps:.4g}",
         f"  shard_collectives_gbps: {m['shard_bus_bytes_per_s'] / 1e9:.4g}  # all-gather + reduce-scatter (gloo)",
+        f"  all_gather_gbps: {m['all_gather_bus_bytes_per_s'] / 1e9:.4g}  # all-gather alone (gloo)",
         "  price_per_hour: 0",
         ""])
 

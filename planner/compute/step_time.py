@@ -23,7 +23,9 @@ One optimizer step, per GPU (Narayanan et al. 2021, SC21, §3 and §5, for the M
 - **Pipeline.** Every micro-batch's compute and TP time stretched by the schedule's bubble
   (`planner.memory.pipeline.bubble_fraction`), and each micro-batch's activations and gradients sent over
   the network (`v` times with interleaving).
-- **Data parallelism.** Each engine's traffic (`data_parallel_bytes`) as a ring: over NVLink inside a node;
+- **Data parallelism.** Each engine's traffic (`data_parallel_traffic`: DDP and DeepSpeed ZeRO 1-2 all-reduce
+  the gradients, ZeRO 1-2 then all-gather the parameters; FSDP and ZeRO-3 reduce-scatter and all-gather) as a
+  ring, each collective at its own achieved bus bandwidth where measured (gloo's); over NVLink inside a node;
   across nodes the ring crosses each node once per channel, one NIC per channel, so a group with `g` members
   per node moves its bytes at `min(NVLink, g x NIC)` (NCCL's rings over a DGX's 8 NICs); once a step, or on
   every micro-batch where the engine has no `no_sync` (Composer's FSDP, our trainer), with the memory-bound
@@ -77,17 +79,28 @@ class Hardware:
     # all-gather and reduce-scatter bus bandwidth as a fraction of the all-reduce's: 1 for NCCL; gloo's run at a
     # quarter to a third of its all-reduce (`planner probe` measures it)
     shard_collective_fraction: float = 1.0
+    # an all-gather's alone (DeepSpeed ZeRO 1-2's parameter gather), as a fraction of the all-reduce's: 1 for NCCL;
+    # `planner probe` measures gloo's
+    all_gather_fraction: float = 1.0
 
 
 def hardware_of(gpu: GPU, dtype: str, gpus_per_node: int) -> Hardware:
     """The step time's view of a catalog GPU (`planner.model.hardware`, each figure from its data
-    sheet): NVLink one way is half the catalog's both-directions figure."""
+    sheet): NVLink one way is half the catalog's both-directions figure. A collective's own bus bandwidth where
+    the catalog has it (`planner probe`'s gloo figures) is a fraction of the all-reduce's (`network_gbps`);
+    an all-gather without its own figure runs at the gather / scatter pair's."""
     if gpu.hbm_gbps <= 0:
         raise PlannerError(f"--gpu: {gpu.name} has no hbm_gbps in the catalog; set it to predict step time")
-    shard = gpu.shard_collectives_gbps / gpu.network_gbps if gpu.shard_collectives_gbps and gpu.network_gbps else 1.0
+    shard = _fraction_of_all_reduce(gpu.shard_collectives_gbps, gpu.network_gbps)
+    gather = _fraction_of_all_reduce(gpu.all_gather_gbps, gpu.network_gbps) if gpu.all_gather_gbps else shard
     return Hardware(gpu.peak_flops(dtype), gpu.hbm_gbps * 1e9, gpu.interconnect_gbps / 2 * 1e9,
                     gpu.network_gbps * 1e9, gpus_per_node, gpu.peak_tflops.get("fp8", 0.0) * 1e12,
-                    gpu.attention_tflops.get(dtype, 0.0) * 1e12, shard)
+                    gpu.attention_tflops.get(dtype, 0.0) * 1e12, shard, gather)
+
+
+def _fraction_of_all_reduce(gbps: float, all_reduce_gbps: float) -> float:
+    """A collective's bus bandwidth over the all-reduce's; 1 where either is not in the catalog."""
+    return gbps / all_reduce_gbps if gbps and all_reduce_gbps else 1.0
 
 
 #: A100 SXM 80GB in a DGX A100 (Selene, where Megatron's tables were measured): 312 TFLOP/s bf16,
@@ -307,20 +320,42 @@ def flash_padded_head_dim(head_dim: int) -> int:
     return -(-head_dim // 32) * 32
 
 
-def data_parallel_bytes(plan: ParallelPlan, rank_params: float, grad_bytes: int, param_bytes: int = 2,
-                        ranks: int | None = None) -> float:
-    """Bytes each data-parallel rank sends per step (all-reduce as a ring counts 2 (n-1)/n of its input):
-    DDP all-reduces the gradients; ZeRO 1-2 / FSDP shard-grad-op reduce-scatter them and all-gather the
-    updated parameters (16-bit, or fp32 in an fp32 run); ZeRO-3 / FSDP full also all-gather the parameters
-    again for backward. `ranks`: the group, where not the plan's (the routed experts' is smaller by ep)."""
+def all_reduces_gradients(plan: ParallelPlan) -> bool:
+    """Whether the engine all-reduces the whole gradient: DDP, and DeepSpeed's ZeRO 1-2. DeepSpeed (0.19.8,
+    `deepspeed/runtime/zero/stage_1_and_2.py`, `average_tensor`) groups a gradient bucket's slices by owner rank,
+    but with `use_multi_rank_bucket_allreduce` (on by default; our ds_config leaves it) every slice goes to one
+    `allreduce_and_scatter`: the bucket is flattened, all-reduced whole (`allreduce_bucket`, `dist.all_reduce`),
+    and each rank keeps its own partition's slices. Traced in our trainer (2 ranks, fp32, 17.8M parameters): one
+    71.3 MB `all_reduce` and one 35.7 -> 71.3 MB `all_gather_into_tensor` a step, no reduce or reduce-scatter.
+    ZeRO-3 and FSDP reduce-scatter."""
+    return plan.stage == 0 or (plan.engine == "deepspeed" and plan.stage in (1, 2))
+
+
+def data_parallel_traffic(plan: ParallelPlan, rank_params: float, grad_bytes: int, param_bytes: int = 2,
+                          ranks: int | None = None) -> tuple[float, float, float]:
+    """Bytes each data-parallel rank sends per step (all-reduce as a ring counts 2 (n-1)/n of its input), by the
+    collective that sends them: (all-reduced, reduce-scattered and all-gathered as a pair, all-gathered alone).
+    DDP all-reduces the gradients; DeepSpeed ZeRO 1-2 all-reduce them too (`all_reduces_gradients`) and
+    all-gather the updated parameters (16-bit, or fp32 in an fp32 run); FSDP shard-grad-op reduce-scatters them
+    and all-gathers the parameters; ZeRO-3 / FSDP full also all-gather the parameters again for backward.
+    `ranks`: the group, where not the plan's (the routed experts' is smaller by ep)."""
     n = ranks or (plan.shard_degree if plan.stage else plan.dp)
     if n <= 1:
-        return 0.0
+        return 0.0, 0.0, 0.0
     half = (n - 1) / n * rank_params  # one reduce-scatter or all-gather of the rank's parameters, in elements
     if plan.stage == 0:
-        return 2 * half * grad_bytes
+        return 2 * half * grad_bytes, 0.0, 0.0
+    if all_reduces_gradients(plan):
+        return 2 * half * grad_bytes, 0.0, half * param_bytes
     gathers = 2 if plan.stage == 3 else 1
-    return half * grad_bytes + gathers * half * param_bytes
+    return 0.0, half * grad_bytes + gathers * half * param_bytes, 0.0
+
+
+def data_parallel_seconds(traffic: tuple[float, float, float], hw: Hardware, bandwidth: float) -> float:
+    """Seconds of `data_parallel_traffic` on a ring of all-reduce `bandwidth`: a gather / scatter pair and a lone
+    all-gather at their own fractions of it (1 on NCCL; gloo's, measured by `planner probe`, are lower)."""
+    all_reduced, paired, gathered = traffic
+    return (all_reduced + paired / hw.shard_collective_fraction + gathered / hw.all_gather_fraction) / bandwidth
 
 
 def data_parallel_bandwidth(plan: ParallelPlan, hw: Hardware, link: float) -> float:
@@ -415,12 +450,12 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     net = hw.network_bytes_per_s * eff.link
     pp_comm = 0.0 if plan.pp == 1 else micro_batches * plan.pp_virtual * 2 * activation_bytes / plan.tp / net
     expert_params = shape.routed_expert_params() / (plan.tp * plan.pp)  # reduced within the ranks holding them
-    dp_bytes = data_parallel_bytes(plan, rank_params - expert_params, grad_bytes, kernels.activation_bytes)
+    traffic = data_parallel_traffic(plan, rank_params - expert_params, grad_bytes, kernels.activation_bytes)
     if expert_params:
         group = plan.expert_shard_degree if plan.stage else plan.dp // plan.ep
-        dp_bytes += data_parallel_bytes(plan, expert_params / plan.ep, grad_bytes, kernels.activation_bytes, group)
-    dp_comm = dp_bytes / data_parallel_bandwidth(plan, hw, eff.link) \
-        / (hw.shard_collective_fraction if plan.stage else 1.0)
+        experts = data_parallel_traffic(plan, expert_params / plan.ep, grad_bytes, kernels.activation_bytes, group)
+        traffic = tuple(a + b for a, b in zip(traffic, experts, strict=True))
+    dp_comm = data_parallel_seconds(traffic, hw, data_parallel_bandwidth(plan, hw, eff.link))
     if plan.engine == "fsdp" and plan.stage and plan.dp_replicate > 1:  # hybrid sharding: the shards' gradients all-reduced across copies
         dp_comm += ring_time(grad_bytes * rank_params / plan.shard_degree, plan.dp_replicate, net)
     dp_comm *= reductions

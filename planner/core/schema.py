@@ -167,6 +167,7 @@ class GPUSpec:
     device: str = "gpu"  # one of DEVICES
     attention_tflops: dict[str, float] = field(default_factory=dict)  # measured by `planner probe`; {} on a GPU
     shard_collectives_gbps: float = 0.0  # all-gather / reduce-scatter bus bandwidth, where not the all-reduce's
+    all_gather_gbps: float = 0.0  # an all-gather's alone (ZeRO 1-2's parameter gather), where measured
 
 
 @dataclass
@@ -533,7 +534,7 @@ def _validate_planning(p: PlanningConfig) -> None:
         for dtype, tflops in p.gpu_spec.peak_tflops.items():
             check.number(f"planning.gpu_spec.peak_tflops.{dtype}", tflops, 0.0, 1e6, lo_open=True)
         check.number("planning.gpu_spec.price_per_hour", p.gpu_spec.price_per_hour, 0.0, 1000.0)
-        for key in ("interconnect_gbps", "hbm_gbps", "network_gbps", "shard_collectives_gbps"):
+        for key in ("interconnect_gbps", "hbm_gbps", "network_gbps", "shard_collectives_gbps", "all_gather_gbps"):
             check.number(f"planning.gpu_spec.{key}", getattr(p.gpu_spec, key), 0.0, 1e6)
         for dtype, tflops in p.gpu_spec.attention_tflops.items():
             check.number(f"planning.gpu_spec.attention_tflops.{dtype}", tflops, 0.0, 1e6, lo_open=True)

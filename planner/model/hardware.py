@@ -47,6 +47,9 @@ class GPU:
     # the bus bandwidth of all-gather and reduce-scatter between the machine's processes, GB/s, where it is not
     # the all-reduce's (`planner probe` measures gloo's; 0: as network_gbps)
     shard_collectives_gbps: float = 0.0
+    # the bus bandwidth of an all-gather alone, GB/s, where it is not the all-reduce's: DeepSpeed's ZeRO 1-2
+    # gather the updated parameters after the step (`planner probe` measures gloo's; 0: as shard_collectives_gbps)
+    all_gather_gbps: float = 0.0
 
     @property
     def memory_bytes(self) -> int:
@@ -121,7 +124,7 @@ def load_catalog(path: str | Path | None = None) -> dict[str, GPU]:
 
 def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
     allowed = {"memory_gib", "peak_tflops", "price_per_hour", "interconnect_gbps", "hbm_gbps", "network_gbps",
-               "description", "device", "attention_tflops", "shard_collectives_gbps"}
+               "description", "device", "attention_tflops", "shard_collectives_gbps", "all_gather_gbps"}
     if not isinstance(fields, dict) or set(fields) - allowed:
         bad = sorted(set(fields) - allowed) if isinstance(fields, dict) else fields
         raise PlannerError(f"--gpu-catalog: entry {name!r} has unknown fields {bad}; allowed: {sorted(allowed)}")
@@ -138,7 +141,7 @@ def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
     # physically meaningful ranges: today's largest GPU has 192 GiB and ~4,500 dense fp8 TFLOP/s
     checks.number(f"--gpu-catalog: {name}.memory_gib", merged.memory_gib, 0.0, 1e5, lo_open=True)
     checks.number(f"--gpu-catalog: {name}.price_per_hour", merged.price_per_hour, 0.0, 1e4)
-    for key in ("interconnect_gbps", "hbm_gbps", "network_gbps", "shard_collectives_gbps"):
+    for key in ("interconnect_gbps", "hbm_gbps", "network_gbps", "shard_collectives_gbps", "all_gather_gbps"):
         checks.number(f"--gpu-catalog: {name}.{key}", getattr(merged, key), 0.0, 1e6)
     for key in rates:
         for dtype, tflops in getattr(merged, key).items():

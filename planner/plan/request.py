@@ -229,7 +229,7 @@ def planning_of(req: EstimateRequest, model: ResolvedModel) -> PlanningConfig:
         memory_gib=gpu.memory_gib, peak_tflops=dict(gpu.peak_tflops), price_per_hour=gpu.price_per_hour,
         interconnect_gbps=gpu.interconnect_gbps, description=gpu.description, hbm_gbps=gpu.hbm_gbps,
         network_gbps=gpu.network_gbps, device=gpu.device, attention_tflops=dict(gpu.attention_tflops),
-        shard_collectives_gbps=gpu.shard_collectives_gbps)
+        shard_collectives_gbps=gpu.shard_collectives_gbps, all_gather_gbps=gpu.all_gather_gbps)
     return PlanningConfig(
         params=model.params if req.params is not None else None, gpu=gpu.name, gpu_spec=spec,
         gpus_per_node=req.gpus_per_node, tokens=req.tokens, convention=req.convention,
@@ -248,7 +248,7 @@ def request_from_run(cfg: RunConfig) -> EstimateRequest:
         catalog = {p.gpu: GPU(p.gpu, g.memory_gib, dict(g.peak_tflops), g.price_per_hour, g.interconnect_gbps,
                               g.description, hbm_gbps=g.hbm_gbps, network_gbps=g.network_gbps, device=g.device,
                               attention_tflops=dict(g.attention_tflops),
-                              shard_collectives_gbps=g.shard_collectives_gbps)}
+                              shard_collectives_gbps=g.shard_collectives_gbps, all_gather_gbps=g.all_gather_gbps)}
     shape = shape_of(cfg.model)
     return EstimateRequest(
         params=p.params, shape=None if p.params is not None else shape, seq_len=cfg.model.seq_len,
