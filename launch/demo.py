@@ -203,9 +203,8 @@ def stage_train_ladder(out: Path, meta: dict, progress: bool) -> None:
     _log(f"3/6 training the ladder's {len(points)} runs (one process each, {WORLD} at a time)")
     with tqdm(total=len(points), desc="ladder", unit="run", disable=not progress) as bar, \
             ThreadPoolExecutor(WORLD) as pool:
-        for done in pool.map(lambda p: _train(out, p), points):
+        for _ in pool.map(lambda p: _train(out, p), points):
             bar.update()
-            del done
 
 
 def _drop_empty_default(client) -> None:

@@ -140,6 +140,9 @@ def trainer_runs_checkpointing(policy: str, plan: ParallelPlan) -> bool:
 #: LM (BERT, Devlin et al. 2019), span corruption (T5, Raffel et al. 2020).
 ARCHS = ("decoder", "encoder", "encoder-decoder")
 OBJECTIVES = {"decoder": "clm", "encoder": "mlm", "encoder-decoder": "span-corruption"}
+#: The fewest encoder inputs span corruption makes: 2 raw tokens (one kept, one noise) already give 3 (kept,
+#: sentinel, EOS); `planner.model.shapes.span_corruption_raw_length` and the run schema share it.
+MIN_SPAN_CORRUPTION_INPUTS = 3
 #: The MLPs the trainer builds per architecture, its default first.
 ARCH_MLPS = {"decoder": ("swiglu",), "encoder": ("gelu",), "encoder-decoder": ("relu", "geglu")}
 
@@ -466,8 +469,8 @@ def _validate_arch(cfg: RunConfig) -> None:
         return
     refusals = [
         (m.experts > 0, f"model.experts: {m.experts}: mixture-of-experts layers are built in decoders only"),
-        (m.arch == "encoder-decoder" and m.seq_len < 2, f"model.seq_len: {m.seq_len} inputs are too few for span "
-         "corruption (at least 2)"),
+        (m.arch == "encoder-decoder" and m.seq_len < MIN_SPAN_CORRUPTION_INPUTS, f"model.seq_len: {m.seq_len} inputs "
+         f"are too few for span corruption (at least {MIN_SPAN_CORRUPTION_INPUTS})"),
         (plan.tp > 1, f"parallel.tp: {plan.tp}: tensor parallelism is run for decoders only; {m.arch} models train "
          "under DDP, FSDP2 or DeepSpeed"),
         (plan.pp > 1, f"parallel.pp: {plan.pp}: pipeline stages are run for decoders only; {m.arch} models train "

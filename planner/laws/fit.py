@@ -197,7 +197,7 @@ def fit_nd(n, d, loss, *, drop_worst: int = 0, bootstrap: int = 0, seed: int = 0
     grid = _grid_starts()
     order = np.argsort(_score_starts(grid, log_n, log_d, log_l))
     best = _lbfgs_best(grid[order[:starts]], log_n, log_d, log_l, max_iter)
-    floor = not np.exp(best.x[2]) < E_FLOOR * loss.min()
+    floor = np.exp(best.x[2]) >= E_FLOOR * loss.min()
     if not floor:  # E not identified: the nested pure power law (E = 0) is the fit
         best = _lbfgs_best(grid[order[:starts]], log_n, log_d, log_l, max_iter, floor=False)
     converged = bool(best.success and np.all(np.isfinite(best.x)))
@@ -210,7 +210,7 @@ def fit_nd(n, d, loss, *, drop_worst: int = 0, bootstrap: int = 0, seed: int = 0
     elif not floor and converged:
         message = NO_FLOOR_NOTE
     result = FitResult("nd", _nd_params(best.x), converged=converged, n_points=len(loss), message=message,
-                       extra={"objective": float(best.fun), "drop_worst": drop_worst, "floor": floor,
+                       extra={"objective": float(best.fun), "drop_worst": drop_worst, "floor": bool(floor),
                               "huber_delta": HUBER_DELTA, "starts_scored": len(grid), "starts_optimised": starts})
     if bootstrap:
         boot_starts = np.vstack([best.x, grid[order[:3]]])

@@ -41,13 +41,13 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from planner.core.errors import PlannerError
+from planner.core.schema import ARCHS, MIN_SPAN_CORRUPTION_INPUTS
 
 MLP_KINDS = ("swiglu", "gelu", "relu", "geglu")
 #: MLPs with a gate: three matrices (SwiGLU, Shazeer 2020; T5 v1.1's gated-GeLU); the others have two.
 GATED_MLPS = ("swiglu", "geglu")
 NORM_KINDS = ("rmsnorm", "layernorm")
 POSITION_KINDS = ("rope", "learned", "alibi", "relative")
-ARCHS = ("decoder", "encoder", "encoder-decoder")
 ENCODER_HEADS = ("mlm", "pooler", "pretraining")
 
 
@@ -439,8 +439,9 @@ def span_corruption_raw_length(inputs: int, noise_density: float = NOISE_DENSITY
     """The raw tokens a row of span corruption takes so that its corrupted input is `inputs` tokens long: the
     longest whose input fits, as T5's `random_spans_helper` chooses it (512 inputs: 568 raw tokens). The planner
     and the collator both read it, so the shards' rows and the planned lengths agree."""
-    if inputs < 3:  # 2 raw tokens (one kept, one noise) already give 3 inputs: kept, sentinel, EOS
-        raise PlannerError(f"--seq-len: {inputs} input tokens are too few for span corruption (at least 3)")
+    if inputs < MIN_SPAN_CORRUPTION_INPUTS:
+        raise PlannerError(f"--seq-len: {inputs} input tokens are too few for span corruption "
+                           f"(at least {MIN_SPAN_CORRUPTION_INPUTS})")
     tokens = inputs
     while tokens > 2 and _span_lengths(tokens, noise_density, mean_span)[0] > inputs:
         tokens -= 1  # only short inputs, where the clamps to one noise token and one span add a token
