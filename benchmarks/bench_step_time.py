@@ -48,11 +48,13 @@ from planner.model.shapes import ModelShape
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "published"
 H100_DGX = hardware_of(BUILTIN_GPUS["h100-sxm"], "bf16", 8)
-#: MPT architectures (layers, d_model, heads) of llm-foundry's scripts/train/yamls/pretrain/mpt-*.yaml; vocabulary
-#: 50,368, GeLU MLP 4h, LayerNorm, tied embeddings, learned positions in these benchmarks (the table's parameter
-#: count grows with the sequence by s x h). Each gives the table's num_params within 0.1% (tests/test_step_time.py).
+#: MPT architectures (layers, d_model, heads) of llm-foundry's scripts/train/yamls/pretrain/mpt-*.yaml, which
+#: `submit_benchmarks.py` loads; vocabulary 50,368, GeLU MLP 4h, LayerNorm, tied embeddings, learned positions in these
+#: benchmarks (the table's parameter count grows with the sequence by s x h). Each gives the table's num_params within
+#: 0.1% (tests/test_step_time.py). Every head is 128 wide: mpt-30b.yaml has 56 heads (every stored version, and the
+#: older yamls/mpt/30b.yaml), not the released MPT-30B checkpoint's 64 (head 112, which flash attention pads to 128).
 MPT_SHAPES = {"125m": (12, 768, 12), "350m": (24, 1024, 16), "760m": (24, 1536, 12), "1b": (24, 2048, 16), "3b": (32, 2560, 20), "7b": (32, 4096, 32),
-              "13b": (40, 5120, 40), "30b": (48, 7168, 64), "70b": (80, 8192, 64)}
+              "13b": (40, 5120, 40), "30b": (48, 7168, 56), "70b": (80, 8192, 64)}
 
 Row = tuple  # (name, shape, plan, hardware, step_time keyword arguments, measured seconds)
 

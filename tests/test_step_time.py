@@ -110,6 +110,18 @@ def test_the_mpt_shapes_of_the_calibration_table_have_its_parameter_counts():
             assert shape.param_count() == pytest.approx(int(row["num_params"]), rel=1e-3), row["model"]
 
 
+def test_no_mpt_head_the_benchmarks_ran_is_padded_by_flash_attention():
+    # llm-foundry's benchmarks load scripts/train/yamls/pretrain/mpt-*.yaml: MPT-30B there has 56 heads of 128, not
+    # the released checkpoint's 64 of 112 (which flash attention would pad to 128 and price 14% dearer)
+    from planner.compute.step_time import flash_padded_head_dim
+
+    module = _bench()
+    for model in module.MPT_SHAPES:
+        shape = module.mpt_shape(model, 2048)
+        assert flash_padded_head_dim(shape.head_dim) == shape.head_dim, model
+    assert module.mpt_shape("30b", 2048).head_dim == 128
+
+
 def test_tensor_parallel_beyond_a_node_uses_the_network_and_costs_more():
     inside = step_time(GPT_175B, TP8_PP8_V3, A100_80GB_DGX)
     across = step_time(GPT_175B, replace(TP8_PP8_V3, tp=16, pp=4), A100_80GB_DGX)

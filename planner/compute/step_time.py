@@ -207,8 +207,8 @@ def ring_time(nbytes: float, ranks: int, bandwidth: float) -> float:
 #: Fitted by `benchmarks/bench_step_time.py` on the two calibration tables the README names (Narayanan et al.
 #: 2021, Table 1; llm-foundry's MPT on H100, BF16) and nothing else; the estimate uses these
 #: (`tests/test_step_time.py` re-fits and holds them equal).
-CALIBRATED = Efficiency(matmul_max=0.7475, matmul_half_k=422.1, link=1.0, attention=0.1804, memory=0.5494,
-                        overlap=0.5307)
+CALIBRATED = Efficiency(matmul_max=0.7400, matmul_half_k=405.2, link=1.0, attention=0.1805, memory=0.5540,
+                        overlap=0.5384)
 #: A machine measured by `planner probe` (a catalog entry with `device: cpu`): its figures are achieved rates (a
 #: GEMM, a copy, a gloo all-reduce), so every fraction is one and the width term is off.
 PROBED = Efficiency(matmul_max=1.0, matmul_half_k=0.0, link=1.0, attention=1.0, memory=1.0, overlap=0.0)
