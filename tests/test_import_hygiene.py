@@ -32,6 +32,16 @@ def test_planner_estimate_imports_neither_numpy_nor_scipy():
     assert out.stderr.strip().splitlines()[-1] == "[]"
 
 
+def test_curation_word_statistics_load_spacy_without_torch_and_torch_still_imports_after():
+    # spaCy's thinc would import torch (two thirds of its import time), in every curation worker
+    code = ("import sys\nfrom pretrain.data.steps.words import words_of\n"
+            "words = words_of(\"The data isn't ready, e.g. U.S. filings.\").words\n"
+            "print('spacy' in sys.modules, 'torch' in sys.modules, len(words))\n"
+            "import torch\nprint(torch.ones(2).sum().item())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.split() == ["True", "False", "10", "2.0"]
+
+
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(ROOT).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

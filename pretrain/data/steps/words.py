@@ -46,13 +46,33 @@ def _spacy():
     global _SPACY
     if _SPACY is None:
         try:
-            import spacy
-
+            spacy = _import_spacy_without_torch()
             _SPACY = spacy.blank("en")
             _SPACY.add_pipe("sentencizer")
         except ImportError:
             _SPACY = False
     return _SPACY
+
+
+def _import_spacy_without_torch():
+    """`import spacy`, without the torch that it would load and never use here.
+
+    spaCy imports thinc, whose `thinc.compat` imports torch when it is installed, only to offer torch-backed
+    layers; the tokenizer and sentencizer are pure Cython. torch was two thirds of spaCy's import on this
+    machine (`python -X importtime`: 6.6 of 9.4 s), paid again by every curation worker, so it was most of
+    the serial part that kept 2 workers under 1.8x one (`benchmarks/bench_curate_real.py`). A `None` in
+    `sys.modules` makes `import torch` raise ImportError (the import system's documented rule), which thinc
+    takes as "no torch"; where torch is already loaded (a trainer's process) nothing is hidden."""
+    if "torch" in sys.modules:
+        import spacy
+
+        return spacy
+    sys.modules["torch"] = None
+    try:
+        import spacy
+    finally:
+        del sys.modules["torch"]
+    return spacy
 
 
 @lru_cache(maxsize=1)
