@@ -10,6 +10,12 @@
 - `every` > 1 applies the policy to every `every`-th block only (torchtitan's layer SAC,
   `selective_ac_option: "k"`): blocks whose 1-based index is a multiple of `every`.
 
+Under tensor parallelism the policy sees DTensor ops: the matmuls it keeps are each rank's shards (down's a
+partial sum over the whole sequence), and the sequence-parallel reduce-scatters after o and down are kept as
+torchtitan's `_save_list` keeps them, while the all-gathers before q/k/v and gate/up run again in the recompute
+(one more collective each in backward). A pipeline stage checkpoints its own blocks by their index in the whole
+model, so `every` picks the same blocks at any split. MoE blocks are not run under `op` (refused at load).
+
 The kept tensors live in autograd's saved tensors and, for `op`, in the selective-checkpoint cache;
 `pretrain.memory_probe.LiveTensorCounter` counts both.
 """

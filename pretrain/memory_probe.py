@@ -23,12 +23,22 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 from torch.utils._pytree import tree_flatten
 
 
 def _storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage()._cdata
+
+
+def _real_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors holding `t`'s memory: itself, or for a wrapper subclass (a DTensor, whose local shard is what
+    this rank holds; an AsyncCollectiveTensor) the plain tensors inside it (its own storage is a stand-in sized
+    by the global shape)."""
+    if not is_traceable_wrapper_subclass(t):
+        return [t]
+    inner = (getattr(t, name) for name in t.__tensor_flatten__()[0])
+    return [real for x in inner if isinstance(x, torch.Tensor) for real in _real_tensors(x)]
 
 
 class _Counting:
@@ -39,6 +49,14 @@ class _Counting:
 
     def stop(self) -> None:
         raise NotImplementedError
+
+    def keep(self, *tensors: torch.Tensor) -> None:
+        """`tensors`, made before counting began, are kept by what is counted (a pipeline stage's received
+        activations). The saved-tensor hooks see whatever is saved, whoever made it: nothing to do."""
+
+    def leave_out(self, *tensors: torch.Tensor) -> None:
+        """`tensors` are held by something other than the counted forward's backward (a pipeline stage's output,
+        which the schedule keeps and the next stage counts as its input): nothing to do for the hooks."""
 
     @contextmanager
     def count(self) -> Iterator[_Counting]:
@@ -83,19 +101,33 @@ class SavedTensorCounter(_Counting):
 class LiveTensorCounter(_Counting, TorchDispatchMode):
     """Bytes of the distinct storages the ops inside it create that are alive when `bytes` is read.
     Storages are held by weak reference (torch keeps one Python object per live storage), so the count is
-    of what something else still holds; works on real and fake tensors."""
+    of what something else still holds; works on real and fake tensors. Under tensor parallelism the ops it sees
+    are DTensors' (a dispatch mode runs before the subclass): a DTensor is counted by its local shard.
+    `keep` adds tensors made before it (by their own bytes); `leave_out` takes away storages held elsewhere."""
 
     def __init__(self):
         super().__init__()
         self._storages: dict[int, weakref.ref] = {}
+        self._kept: dict[int, tuple[weakref.ref, int]] = {}
+        self._left_out: dict[int, weakref.ref] = {}
         self._frozen: int | None = None
+
+    def keep(self, *tensors: torch.Tensor) -> None:
+        for real in (real for t in tensors for real in _real_tensors(t)):
+            storage = real.untyped_storage()
+            self._kept[storage._cdata] = (weakref.ref(storage), real.numel() * real.element_size())
+
+    def leave_out(self, *tensors: torch.Tensor) -> None:
+        for real in (real for t in tensors for real in _real_tensors(t)):
+            self._left_out[_storage_key(real)] = weakref.ref(real.untyped_storage())
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        inputs = {_storage_key(t) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and _storage_key(t) not in inputs:  # views and in-place ops make none
-                storage = t.untyped_storage()
+        inputs = {_storage_key(real) for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)
+                  for real in _real_tensors(t)}
+        for real in (real for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor) for real in _real_tensors(t)):
+            if _storage_key(real) not in inputs:  # views and in-place ops make none
+                storage = real.untyped_storage()
                 known = self._storages.get(storage._cdata)
                 if known is None or known() is not storage:  # new, or a freed storage's address reused
                     self._storages[storage._cdata] = weakref.ref(storage)
@@ -103,7 +135,14 @@ class LiveTensorCounter(_Counting, TorchDispatchMode):
 
     def _alive(self) -> int:
         # read now: FSDP and ZeRO-3 free a gathered parameter by resizing its storage to zero bytes
-        return sum(s.nbytes() for s in (ref() for ref in self._storages.values()) if s is not None)
+        alive = {key: s.nbytes() for key, s in ((key, ref()) for key, ref in self._storages.items()) if s is not None}
+        for key, (ref, nbytes) in self._kept.items():
+            if ref() is not None:
+                alive.setdefault(key, nbytes)
+        for key, ref in self._left_out.items():
+            if ref() is not None:
+                alive.pop(key, None)
+        return sum(alive.values())
 
     @property
     def bytes(self) -> int:

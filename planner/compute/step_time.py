@@ -18,7 +18,8 @@ One optimizer step, per GPU (Narayanan et al. 2021, SC21, §3 and §5, for the M
   the bytes it moves, at a fitted fraction of HBM bandwidth (`memory_bound_bytes`: one read and one write per
   fused op, or, run as eager PyTorch composes them, our own block's bytes as counted op by op).
 - **Tensor-parallel all-reduces.** Per layer and micro-batch, Megatron's f/g operators: 2 forward, their 2
-  conjugates backward, and 2 again for a forward that full checkpointing recomputes; each of the `b s h`
+  conjugates backward, and 2 again for a forward that full checkpointing recomputes (under the op policy the two
+  all-gathers only, half of each pair: it keeps the reduce-scatters' outputs); each of the `b s h`
   activations in 2-byte precision, as a ring over NVLink; not overlapped.
 - **Pipeline.** Every micro-batch's compute and TP time stretched by the schedule's bubble
   (`planner.memory.pipeline.bubble_fraction`), and each micro-batch's activations and gradients sent over
@@ -443,8 +444,9 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     tp_link = (hw.nvlink_bytes_per_s if plan.tp <= hw.gpus_per_node else hw.network_bytes_per_s) * eff.link
     activation_bytes = kernels.activation_bytes * plan.micro_batch * s * h
     # two collectives a layer forward (after attention and after the MLP), their two conjugates backward, and the
-    # forward's again where full checkpointing recomputes it (op-level policies keep the collectives' outputs)
-    tp_passes = 2 + (checkpointed_fraction if checkpointing == "full" else 0.0)
+    # forward's again where full checkpointing recomputes it; the op policy keeps the reduce-scatters' outputs
+    # (torchtitan's save list) and recomputes the all-gathers before q/k/v and gate/up: half of each pair again
+    tp_passes = 2 + checkpointed_fraction * {"full": 1.0, "op": 0.5}.get(checkpointing, 0.0)
     tp_comm = 2 * tp_passes * (shape.layers / plan.pp) * micro_batches * ring_time(activation_bytes, plan.tp, tp_link)
     bubble = (compute + tp_comm) * bubble_fraction(plan)
     net = hw.network_bytes_per_s * eff.link

@@ -130,12 +130,6 @@ PARENT_RUN_TAG = "pretrain.parent_run"
 #: torchtitan's op-level selective policy.
 ACTIVATION_CHECKPOINTING = ("none", "full", "op")
 
-
-def trainer_runs_checkpointing(policy: str, plan: ParallelPlan) -> bool:
-    """Whether the trainer runs `policy` on `plan`: the op-level policy is measured without tensor and pipeline
-    parallelism only (sequence parallelism's reduce-scatter and a stage's sent output are not counted yet)."""
-    return policy in ACTIVATION_CHECKPOINTING and (policy != "op" or (plan.tp == 1 and plan.pp == 1))
-
 #: The model families the trainer builds, and the pretraining objective each trains with: causal LM (GPT), masked
 #: LM (BERT, Devlin et al. 2019), span corruption (T5, Raffel et al. 2020).
 ARCHS = ("decoder", "encoder", "encoder-decoder")
@@ -389,9 +383,6 @@ def validate(cfg: RunConfig) -> None:
         (t.precision in ("bf16-mixed", "fp32"), f"train.precision: {t.precision!r} is not one of bf16-mixed, fp32"),
         (t.activation_checkpointing in ACTIVATION_CHECKPOINTING, f"train.activation_checkpointing: "
          f"{t.activation_checkpointing!r} is not one of {', '.join(ACTIVATION_CHECKPOINTING)}"),
-        (t.activation_checkpointing not in ACTIVATION_CHECKPOINTING
-         or trainer_runs_checkpointing(t.activation_checkpointing, cfg.parallel),
-         "train.activation_checkpointing: op is not run with tensor or pipeline parallelism yet; use full"),
         (t.activation_checkpointing_every > 0,
          f"train.activation_checkpointing_every: {t.activation_checkpointing_every} must be positive"),
         (t.checkpoint_every > 0 and t.eval_every > 0 and t.log_every > 0,

@@ -31,7 +31,6 @@ from planner.core.schema import (
     TrackingConfig,
     TrainConfig,
     dump_config,
-    trainer_runs_checkpointing,
 )
 from planner.emit import slurm
 from planner.emit.command import ShellExpr, deepspeed_command, render, torchrun_command
@@ -151,8 +150,6 @@ def check_trainable(req: EstimateRequest, model: ResolvedModel) -> None:
     if req.checkpointing == "selective":
         raise PlannerError("--checkpointing: the trainer recomputes whole blocks or runs the op policy; "
                            "use full, op or none, not selective")
-    if not trainer_runs_checkpointing(req.checkpointing, req.layout):
-        raise PlannerError("--checkpointing op: not run with tensor or pipeline parallelism yet; use full")
     if req.finetune not in (None, "full"):
         raise PlannerError(f"--finetune {req.finetune}: the trainer does not train adapters yet; "
                            "estimate it, or emit --finetune full")

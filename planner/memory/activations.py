@@ -93,8 +93,14 @@ one layer's activations while it is recomputed; `selective` recomputes the atten
 the per-head score terms (with flash attention there are none, so it saves nothing more for llama);
 `op` is torchtitan's op-level policy (`pretrain.activation_checkpointing`): the layer's input a_s·h,
 the outputs of every other matmul (q a·q, v a·kv, gate a·f, down a·h) and SDPA's output and
-log-sum-exp (a·q + 4·heads); everything else is recomputed (planned for our block without tensor
-parallelism: under sequence parallelism the policy also keeps a reduce-scatter, not measured yet).
+log-sum-exp (a·q + 4·heads); everything else is recomputed. Under TP t with sequence parallelism (DTensor, as
+the trainer runs it) a rank keeps its shard of each: the input's s/t positions a_s·h/t; q, v, gate and SDPA's
+output and log-sum-exp split by heads or features, /t; down's output whole, a·h (row-parallel's partial sum over
+every position, before its reduce-scatter); and, as torchtitan's save list has it, the two reduce-scatters'
+outputs (o's and down's, s/t positions each), 2·a·h/t; the two all-gathers (attention's and the MLP's inputs)
+are recomputed. Measured on TP 2 and on PP 2 x TP 2 (`tests/test_op_checkpointing_parallel.py`): equal to the
+byte but for the 4-byte loss and its weight; a pipeline stage counts its received input (its first layer's) and
+not its output (`pretrain.engines.pipeline`).
 With `every` = k > 1 (torchtitan's layer SAC) only every k-th layer is checkpointed, floor(L / k) of
 them; the others keep everything.
 
@@ -287,17 +293,24 @@ def _encoder_decoder_terms(shape: ModelShape, regime: str, side: str) -> list[Te
     return terms
 
 
-def _op_terms(shape: ModelShape, regime: str, tp: int) -> list[Term]:
+def _op_terms(shape: ModelShape, regime: str, tp: int, sp: bool) -> list[Term]:
+    """What torchtitan's op policy keeps of our dense block (module docstring), under TP t of it per rank: the
+    column-parallel outputs (q, v, gate) and SDPA's are split t ways; down's output is row-parallel's partial sum
+    over the whole sequence (not split); with sequence parallelism the layer's input is a sequence shard and the
+    two reduce-scatters' outputs (o's and down's, s/t positions each) are kept, the all-gathers recomputed."""
     if shape.moe is not None:
         raise PlannerError("--checkpointing op: planned for our dense LLaMA block, not an MoE layer "
                            "(use full or none here)")
-    if architecture(shape) != "llama" or tp > 1:
-        raise PlannerError("--checkpointing op: planned for our LLaMA block without tensor parallelism "
-                           "(use full or none here)")
+    if architecture(shape) != "llama":
+        raise PlannerError("--checkpointing op: planned for our LLaMA block (use full or none here)")
     h, f, q, kv, a = shape.hidden, shape.ffn, shape.q_dim, shape.n_kv_heads * shape.head_dim, _width(regime)
-    return [Term("layer_input", _stream_width(regime) * h), Term("q_and_v_outputs", a * (q + kv)),
-            Term("sdpa_output_and_lse", a * q + FP32 * shape.heads), Term("gate_output", a * f),
-            Term("down_output", a * h)]
+    seq_split = tp if sp else 1
+    terms = [Term("layer_input", _stream_width(regime) * h / seq_split), Term("q_and_v_outputs", a * (q + kv) / tp),
+             Term("sdpa_output_and_lse", (a * q + FP32 * shape.heads) / tp), Term("gate_output", a * f / tp),
+             Term("down_output", a * h)]
+    if tp > 1 and sp:
+        terms.append(Term("reduce_scatter_outputs", 2 * a * h / tp))
+    return terms
 
 
 def layer_terms(shape: ModelShape, *, regime: str = "16bit", checkpointing: str = "none", tp: int = 1,
@@ -319,7 +332,7 @@ def layer_terms(shape: ModelShape, *, regime: str = "16bit", checkpointing: str 
     if checkpointing == "full":
         return [Term("layer_input", _stream_width(regime) * shape.hidden / (tp if sequence_parallel else 1))]
     if checkpointing == "op":
-        return _op_terms(shape, regime, tp)
+        return _op_terms(shape, regime, tp, sequence_parallel)
     flash = flash_attention or checkpointing == "selective"
     if kind == "gpt":
         return _gpt_terms(shape, regime, tp, sequence_parallel, flash)
@@ -340,9 +353,13 @@ def per_layer_bytes(shape: ModelShape, micro_batch: int, side: str = "encoder", 
     return _sum(terms, shape.seq_len * micro_batch)
 
 
-def checkpointed_layers(layers: int, checkpointing: str, every: int = 1) -> int:
-    """Layers that run under the policy: every `every`-th one (all with every = 1), none without one."""
-    return 0 if checkpointing == "none" else layers // every
+def checkpointed_layers(layers: int, checkpointing: str, every: int = 1, indices: tuple[int, ...] = ()) -> int:
+    """Layers that run under the policy: every `every`-th one (all with every = 1), none without one. `indices`:
+    the model-wide (0-based) indices of the layers counted, where they are not the whole model's (a pipeline
+    rank's), whose 1-based index is a multiple of `every` (as the trainer picks them)."""
+    if checkpointing == "none":
+        return 0
+    return sum((i + 1) % every == 0 for i in indices) if indices else layers // every
 
 
 def checkpointed_fraction(layers: int, checkpointing: str, every: int = 1) -> float:
@@ -359,21 +376,22 @@ def mean_layer_bytes(shape: ModelShape, micro_batch: int, **kw) -> float:
             + shape.dense_layers * per_layer_bytes(dense, micro_batch, **kw)) / shape.layers
 
 
-def stored_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "none", every: int = 1, **kw) -> float:
+def stored_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "none", every: int = 1,
+                 indices: tuple[int, ...] = (), **kw) -> float:
     """All layers' saved activations (the output layer is `head_bytes`): the checkpointed layers' and the others';
-    an encoder-decoder's encoder and decoder layers."""
+    an encoder-decoder's encoder and decoder layers. `indices`: a pipeline rank's layers (`checkpointed_layers`)."""
     if shape.arch == "encoder-decoder":
         return sum(n * per_layer_bytes(shape, micro_batch, side, checkpointing=checkpointing, **kw)
                    for n, side in ((shape.layers, "encoder"), (shape.n_decoder_layers, "decoder")))
-    n = checkpointed_layers(shape.layers, checkpointing, every)
+    n = checkpointed_layers(shape.layers, checkpointing, every, indices)
     return n * mean_layer_bytes(shape, micro_batch, checkpointing=checkpointing, **kw) \
         + (shape.layers - n) * mean_layer_bytes(shape, micro_batch, **kw)
 
 
 def recompute_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "none", every: int = 1,
-                    **kw) -> float:
+                    indices: tuple[int, ...] = (), **kw) -> float:
     """While a checkpointed layer is recomputed in backward, it holds again what it did not keep."""
-    if checkpointed_layers(shape.layers, checkpointing, every) == 0:
+    if checkpointed_layers(shape.layers, checkpointing, every, indices) == 0:
         return 0.0
     full = per_layer_bytes(shape, micro_batch, checkpointing="none", **kw)
     if checkpointing in ("selective", "op"):

@@ -209,7 +209,8 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
     states = memory.model_states(per_tp_rank, terms, plan, shape, convention)
     regime = activations.regime_for(precision, plan.engine)
     act_kw = {"regime": regime, "checkpointing": checkpointing, "every": checkpoint_every, "tp": tp,
-              "sequence_parallel": tp > 1, "flash_attention": flash_attention}
+              "sequence_parallel": tp > 1, "flash_attention": flash_attention,
+              "indices": () if share is None else share.layer_indices}
     layers_fixed = activations.stored_bytes(shape, 0, **act_kw)
     head_fixed = activations.head_fixed_bytes(shape, regime, tp) if head else 0.0
     # Backward first holds the loss's gradients, then (once they are freed) one layer recomputed:

@@ -40,6 +40,7 @@ class StageShare:
     head: bool  # the last stage: final norm, output head and loss
     in_flight: float  # micro-batches of this rank's layers whose activations are held at the peak
     dense_layers: int = 0  # of `layers`, an MoE model's leading dense ones (they sit on the first stages)
+    layer_indices: tuple[int, ...] = ()  # the model-wide indices of its layers (which ones `every`-k checkpoints)
 
 
 def stage_layers(layers: int, plan: ParallelPlan) -> list[int]:
@@ -74,7 +75,9 @@ def shares(layers: int, plan: ParallelPlan, dense_layers: int = 0) -> list[Stage
             chunk = held / plan.pp_virtual  # the mean stage of this rank
             in_flight = min(warmup_chunks(plan, rank) + 1, plan.grad_accum * plan.pp_virtual) * chunk / held
         dense = sum(max(0, min(dense_layers, starts[s] + split[s]) - starts[s]) for s in stages)
-        out.append(StageShare(rank, stages, held, 0 in stages, plan.pp_stages - 1 in stages, in_flight, dense))
+        indices = tuple(i for s in stages for i in range(starts[s], starts[s] + split[s]))
+        out.append(StageShare(rank, stages, held, 0 in stages, plan.pp_stages - 1 in stages, in_flight, dense,
+                              indices))
     return out
 
 

@@ -22,7 +22,6 @@ from dataclasses import replace
 
 from planner.core.errors import PlannerError
 from planner.core.parallel import STRATEGIES, ParallelPlan
-from planner.core.schema import trainer_runs_checkpointing
 from planner.plan import estimate as planned
 from planner.plan.estimate import estimate
 from planner.plan.request import EstimateRequest
@@ -116,8 +115,7 @@ def _speed_key(row: dict) -> tuple:
 
 
 def compare(req: EstimateRequest) -> dict:
-    rows = sorted((_row(req, name, checkpointing) for name in STRATEGIES for checkpointing in CHECKPOINTING
-                   if trainer_runs_checkpointing(checkpointing, req.layout)),
+    rows = sorted((_row(req, name, checkpointing) for name in STRATEGIES for checkpointing in CHECKPOINTING),
                   key=_speed_key)
     best = 0 if rows and rows[0].get("fits") else None
     for i, row in enumerate(rows):

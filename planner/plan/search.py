@@ -3,7 +3,7 @@
 The space: each strategy of `STRATEGIES` (FSDP hybrid at each of `HYBRID_NODES` nodes per copy) x tensor
 parallel (powers of two up to a node) x pipeline (none, or 2..`MAX_PP` ranks with GPipe, 1F1B or
 interleaved 1F1B at 2 or 4 stages per rank, m = 1, 2, 4 or 8 x pp micro-batches) x micro-batch x
-checkpointing (none or full: what the trainer runs), and for a mixture-of-experts model x expert parallelism (each
+checkpointing (none, op or full: what the trainer runs; op on a dense model only), and for a mixture-of-experts model x expert parallelism (each
 `--ep` dividing the experts and the shard ranks), kept only where the layout is valid and the trainer runs it
 (`ParallelPlan.validate`, `check_runnable` and `planner.plan.trainable`: the layouts `emit` would write). Each
 gets the step-time model's step (`planner.plan.estimate.predicted_time`, closed-form: microseconds); then, fastest per token
@@ -19,7 +19,6 @@ from dataclasses import replace
 
 from planner.core.errors import PlannerError
 from planner.core.parallel import STRATEGIES, ParallelPlan
-from planner.core.schema import trainer_runs_checkpointing
 from planner.plan import estimate as planned
 from planner.plan.compare import CHECKPOINTING, pcie_bytes_per_step, timing
 from planner.plan.request import EstimateRequest, gpu_of, resolve_model
@@ -91,8 +90,8 @@ def search(req: EstimateRequest, top: int = 10) -> dict:
             except PlannerError:
                 continue
         for checkpointing in CHECKPOINTING:
-            if not trainer_runs_checkpointing(checkpointing, plan) or (moe and checkpointing == "op"):
-                continue  # the op policy is planned for the dense block
+            if moe and checkpointing == "op":
+                continue  # the op policy is planned (and run) for the dense block
             t = planned.predicted_time(replace(req, checkpointing=checkpointing), model, plan, gpu, dtype)
             if t is None:
                 raise PlannerError(f"--gpu: {gpu.name} lacks the bandwidths the step-time model needs")

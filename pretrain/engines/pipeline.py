@@ -42,7 +42,7 @@ from pretrain.engines.base import Engine, parameter_state_bytes
 from pretrain.engines.checks import check_model_config, write_model_config
 from pretrain.engines.parallelize import build_mesh, loss_context, parallelize
 from pretrain.engines.torch_engine import make_adamw
-from pretrain.memory_probe import SavedTensorCounter
+from pretrain.memory_probe import LiveTensorCounter, SavedTensorCounter
 from pretrain.model import Transformer, cross_entropy
 
 
@@ -99,7 +99,7 @@ class PipelineEngine(Engine):
         self.optimizers = [make_adamw(part.parameters(), cfg) for part in parts]
         self.measure_states_at_first_update(self.optimizers[-1], lambda: parameter_state_bytes(
             self.model, self.optimizers, params_are_master=bf16))
-        self._counter: SavedTensorCounter | None = None
+        self._counter: SavedTensorCounter | LiveTensorCounter | None = None
 
     # ---- one step: all micro-batches through the schedule -----------------------------------------
     def forward_backward(self, batches, bad_on_any_rank, counter=None):
@@ -112,10 +112,13 @@ class PipelineEngine(Engine):
         return values, skip
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        counter, self._counter = self._counter, None
+        if counter is None:
+            return cross_entropy(logits, targets)
+        counter.start()  # the first micro-batch's output layer is counted up to its loss: its targets too
+        counter.keep(targets)
         loss = cross_entropy(logits, targets)
-        if self._counter is not None:  # the first micro-batch's output layer is counted up to its loss
-            self._counter.stop()
-            self._counter = None
+        counter.stop()
         return loss
 
     def _through_schedule(self, run: Callable, batches) -> list[float]:
@@ -137,21 +140,24 @@ class PipelineEngine(Engine):
         dist.all_reduce(values, group=self.pp_group)  # only the last stage contributes
         return values.tolist()
 
-    def _count_first_microbatch(self, counter: SavedTensorCounter) -> None:
-        """Count what each local stage saves for backward in its first forward (on the last stage, up to the
-        loss): one micro-batch's activations on this rank, the planner's per-stage figure."""
+    def _count_first_microbatch(self, counter: SavedTensorCounter | LiveTensorCounter) -> None:
+        """Count what each local stage saves for backward in its first forward (on the last stage, and its
+        loss): one micro-batch's activations on this rank, the planner's per-stage figure. A stage's received
+        activations are its first block's input, which it keeps; its output (sent on, or the logits) the
+        schedule holds, not the stage's backward (`LiveTensorCounter` sees both alive; the hooks neither)."""
         for part in self.model:
             until_loss = self.is_last and part is self.model[-1]
             handles = []
 
-            def start(_module, _args):
+            def start(_module, args):
                 counter.start()
+                counter.keep(*(a for a in args if isinstance(a, torch.Tensor) and a.is_floating_point()))
 
-            def stop(_module, _args, _output, until_loss=until_loss, handles=handles):
+            def stop(_module, _args, output, until_loss=until_loss, handles=handles):
+                counter.leave_out(output)
+                counter.stop()
                 if until_loss:
-                    self._counter = counter  # stopped in `_loss`, once the loss is computed
-                else:
-                    counter.stop()
+                    self._counter = counter  # the loss is counted in `_loss`
                 for handle in handles:  # once: the first micro-batch only
                     handle.remove()
 
