@@ -257,11 +257,13 @@ def test_every_sbatch_directive_is_a_documented_option_with_a_valid_value(tmp_pa
     assert "sbatch --parsable" in submit and "--dependency=afterany:" in submit
 
 
+#: Each kind of engine config emit writes, launched: ZeRO-1 and FSDP's shard-grad-op differ from ZeRO-2 and FSDP full
+#: by one value (the stage, the sharding mode): tests/test_pretrain_runs.py trains both engines, and ZeRO-1's emitted
+#: JSON passes DeepSpeed's own config class above (dropped from this list 2026-12-06 to keep the suite in budget).
 ROUND_TRIP = {
-    "ddp": [], "zero1": ["--zero", "1"], "zero2": ["--zero", "2"], "zero3": ["--zero", "3"],
+    "ddp": [], "zero2": ["--zero", "2"], "zero3": ["--zero", "3"],
     "zero3-offload": ["--zero", "3", "--offload", "all"], "fsdp-full": ["--fsdp", "full"],
-    "fsdp-shard-grad-op": ["--fsdp", "shard-grad-op"], "fsdp-hybrid": ["--fsdp", "hybrid", "--sharding-factor", "2"],
-    "fsdp-tp2": ["--fsdp", "full", "--tp", "2"],
+    "fsdp-hybrid": ["--fsdp", "hybrid", "--sharding-factor", "2"], "fsdp-tp2": ["--fsdp", "full", "--tp", "2"],
 }
 
 

@@ -95,7 +95,9 @@ def test_engine_trains_on_two_processes_and_holds_the_predicted_model_states(eng
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["zero3", "fsdp-full", "tp2-fsdp2"])
+# DeepSpeed's own checkpoints, and torch.distributed.checkpoint through FSDP2 on a 2-D mesh (TP 2 x FSDP 2): the
+# 1-D FSDP2 resume is the same code path (it ran here until 2026-12-06 and was dropped to keep the suite in budget)
+@pytest.mark.parametrize("layout", ["zero3", "tp2-fsdp2"])
 def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(layout, straight, shards, tmp_path):
     common = [f"data.train={shards / 'train'}", "tracking.enabled=false", *TINY, *LAYOUTS[layout],
               f"out_dir={tmp_path / 'b'}"]
