@@ -2,14 +2,17 @@
 
 In every case the server must end with each step's metrics exactly once, every param, and the plan:
 down at the start and up mid-run; killed and restarted twice mid-run; never up, then
-`pretrain sync-mlflow`.
+`pretrain sync-mlflow`. While a server (re)starts, the training process is paused (SIGSTOP), so that a slow
+start on a loaded machine cannot let the run finish before the server is back: the outage stays mid-run.
 """
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ import pytest
 from tests.conftest import free_port
 from tests.test_pretrain_runs import TINY, run_train, shards  # noqa: F401 (fixture)
 
-STEPS = 80
+STEPS = 60
 
 
 class Server:
@@ -53,12 +56,22 @@ def metric_steps(outbox: Path) -> int:
     return sum(1 for line in outbox.read_text().splitlines() if '"kind": "metrics"' in line)
 
 
-def start_training(tmp_path, shards_dir, uri) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PRETRAIN_STEP_DELAY_S": "0.4"}
+def start_training(tmp_path, shards_dir, uri, step_delay_s: float = 0.2) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PRETRAIN_STEP_DELAY_S": str(step_delay_s)}
     args = [f"data.train={shards_dir / 'train'}", "out_dir=run", f"tracking.tracking_uri={uri}",
             "tracking.experiment=outage", *TINY, f"train.steps={STEPS}", "train.checkpoint_every=1000"]
     return subprocess.Popen([sys.executable, "-m", "pretrain.train", *args], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@contextmanager
+def paused(proc: subprocess.Popen):
+    """The training process stopped (SIGSTOP) for the duration, then continued."""
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        proc.send_signal(signal.SIGCONT)
 
 
 def wait_for_steps(tmp_path: Path, n: int, proc: subprocess.Popen) -> None:
@@ -102,7 +115,8 @@ def test_server_down_at_start_and_up_mid_run(shards, tmp_path):  # noqa: F811
 
     def outage(proc):
         wait_for_steps(tmp_path, 5, proc)
-        server.start()
+        with paused(proc):
+            server.start()
 
     train_through(tmp_path, shards, server, outage)
 
@@ -117,7 +131,8 @@ def test_server_killed_and_restarted_twice_mid_run(shards, tmp_path):  # noqa: F
             wait_for_steps(tmp_path, steps, proc)
             server.stop()
             wait_for_steps(tmp_path, steps + 3, proc)
-            server.start()
+            with paused(proc):
+                server.start()
 
     train_through(tmp_path, shards, server, outage)
 
@@ -125,7 +140,7 @@ def test_server_killed_and_restarted_twice_mid_run(shards, tmp_path):  # noqa: F
 @pytest.mark.slow
 def test_server_never_up_then_sync_mlflow_replays_the_run(shards, tmp_path):  # noqa: F811
     server = Server(tmp_path, free_port())
-    proc = start_training(tmp_path, shards, server.uri)
+    proc = start_training(tmp_path, shards, server.uri, step_delay_s=0)  # no server to catch mid-run
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-2000:]
     server.start()
