@@ -24,6 +24,11 @@ TINY_SEQ2SEQ = [ModelConfig(arch="encoder-decoder", layers=2, decoder_layers=3, 
                             mlp="geglu")]
 
 
+def replace_untied(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with its own head (a pipeline holds the embedding and the head on different stages)."""
+    return ModelConfig(**{**vars(cfg), "tied_embeddings": False})
+
+
 @pytest.mark.parametrize("cfg", TINY_ENCODERS + TINY_SEQ2SEQ, ids=lambda c: f"{c.arch}-{c.layers}x{c.hidden}")
 def test_tiny_models_have_the_planners_parameter_count(cfg):
     model = (Encoder if cfg.arch == "encoder" else EncoderDecoder)(cfg)
@@ -122,3 +127,41 @@ def test_each_architecture_defaults_to_its_objective(tmp_path, arch, objective):
     from planner.core.schema import objective_of
 
     assert objective_of(load_config(write_yaml(tmp_path, f"model:\n  arch: {arch}\n"))) == objective
+
+
+# ---- pipeline stages: the same module cut by layer index --------------------------------------------------------
+def _splits(blocks: int) -> list[list[range]]:
+    """Every cut of `blocks` into two and three stages of one block or more."""
+    two = [[range(0, i), range(i, blocks)] for i in range(1, blocks)]
+    three = [[range(0, i), range(i, j), range(j, blocks)] for i in range(1, blocks) for j in range(i + 1, blocks)]
+    return two + three
+
+
+@pytest.mark.parametrize("cfg", [TINY_ENCODERS[1], replace_untied(TINY_SEQ2SEQ[0]), TINY_SEQ2SEQ[1]],
+                         ids=lambda c: f"{c.arch}-{c.layers}x{c.hidden}")
+def test_stages_chained_are_the_whole_model_loss_and_every_gradient(cfg):
+    # every cut: the embedding and both relative position biases on the first stage, carried on; the encoder's
+    # final norm on the stage with its last block; each stage's parameters keep the whole model's names
+    cls = Encoder if cfg.arch == "encoder" else EncoderDecoder
+    whole = cls(cfg, seed=3)
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randint(0, cfg.vocab, (2, cfg.seq_len), generator=g)
+    targets = torch.randint(0, cfg.vocab, (2, shape_of(cfg).n_target_len), generator=g)
+    if cfg.arch == "encoder":
+        targets[:, ::3] = IGNORE_INDEX
+    loss = whole(inputs, targets)
+    loss.backward()
+    grads = {name: p.grad for name, p in whole.named_parameters()}
+    for split in _splits(shape_of(cfg).n_blocks):
+        stages = [cls(cfg, seed=3, layers=r, embedding=i == 0, head=i == len(split) - 1) for i, r in enumerate(split)]
+        carry = (inputs, targets) if cfg.arch == "encoder-decoder" else (inputs,)
+        for stage in stages:
+            carry = stage(*carry)
+            carry = carry if isinstance(carry, tuple) else (carry,)
+        staged = torch.nn.functional.cross_entropy(carry[0].float().flatten(0, 1), targets.flatten())
+        staged.backward()
+        assert float(staged.detach()) == pytest.approx(float(loss.detach()), rel=1e-6), split
+        named = {name: p.grad for stage in stages for name, p in stage.named_parameters()}
+        assert named.keys() == grads.keys(), split  # each parameter on exactly one stage
+        for name, grad in grads.items():
+            torch.testing.assert_close(named[name], grad, rtol=1e-5, atol=1e-7, msg=f"{split}: {name}")

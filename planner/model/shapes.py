@@ -187,6 +187,11 @@ class ModelShape:
         return self.layers if self.arch == "decoder" else 0
 
     @property
+    def n_blocks(self) -> int:
+        """Every block, the encoder's then the decoder's in an encoder-decoder: what pipeline stages split."""
+        return self.layers + self.n_decoder_layers if self.arch == "encoder-decoder" else self.layers
+
+    @property
     def n_target_len(self) -> int:
         """The decoder's sequence length: an encoder-decoder's targets (`target_len`, or span corruption's for
         `seq_len` inputs), else `seq_len`."""
