@@ -203,7 +203,7 @@ class EncoderDecoder(nn.Module):
         bias = stack.relative_bias(buckets).permute(2, 0, 1).unsqueeze(0).to(dtype)
         if stack is self.decoder:
             bias = bias.masked_fill(self.future[:length, :length], float("-inf"))
-        return bias
+        return bias.contiguous()  # laid out whole: a pipeline's first stage sends it on
 
     def _run(self, stack: Stack, x: torch.Tensor, offset: int, *args: torch.Tensor) -> torch.Tensor:
         for index, block in stack.blocks.items():

@@ -395,6 +395,8 @@ def validate(cfg: RunConfig) -> None:
         cfg.parallel.validate().check_runnable()
     except PlannerError as exc:
         raise ConfigError(str(exc)) from None
+    # the blocks pipeline stages split: an encoder-decoder's encoder blocks, then its decoder's
+    blocks = m.layers + ((m.decoder_layers or m.layers) if m.arch == "encoder-decoder" else 0)
     checks = [
         (m.hidden % m.heads == 0, f"model.heads: {m.heads} does not divide model.hidden {m.hidden}"),
         (m.arch != "decoder" or (m.hidden // m.heads) % 2 == 0,
@@ -419,8 +421,9 @@ def validate(cfg: RunConfig) -> None:
          "parallel.tp: tied embeddings are not split by tensor parallelism here; set model.tied_embeddings false"),
         (cfg.parallel.pp == 1 or not m.tied_embeddings,
          "parallel.pp: a pipeline holds the embedding and the head on different stages; set model.tied_embeddings false"),
-        (cfg.parallel.pp == 1 or m.layers >= cfg.parallel.pp_stages,
-         f"parallel.pp: {cfg.parallel.pp_stages} pipeline stages need at least as many layers (model.layers {m.layers})"),
+        (cfg.parallel.pp == 1 or blocks >= cfg.parallel.pp_stages,
+         f"parallel.pp: {cfg.parallel.pp_stages} pipeline stages need at least as many layers (model.layers {m.layers}"
+         + (f" + model.decoder_layers {blocks - m.layers})" if m.arch == "encoder-decoder" else ")")),
         (e.ds_config is None or Path(e.ds_config).is_file(), f"engine.ds_config: {e.ds_config} does not exist"),
         (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
         (cfg.optim.lr > 0, f"optim.lr: {cfg.optim.lr} must be positive"),
