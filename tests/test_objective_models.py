@@ -4,6 +4,7 @@ their parameter counts are the planner's, their losses are the objectives', and 
 import pytest
 import torch
 
+from planner.core.parallel import ParallelPlan
 from planner.core.schema import ConfigError, ModelConfig, load_config
 from planner.model.presets import get_preset
 from planner.model.shapes import shape_of
@@ -111,7 +112,8 @@ def write_yaml(tmp_path, text):
     ("model:\n  token_types: 2\n", "model.token_types"),
     ("model:\n  arch: encoder\n  decoder_layers: 2\n", "model.decoder_layers"),
     ("model:\n  arch: encoder\n  max_positions: 16\n", "model.seq_len"),
-    ("model:\n  arch: encoder-decoder\nparallel:\n  engine: fsdp\n  tp: 2\n", "parallel.tp"),
+    ("model:\n  arch: encoder-decoder\nparallel:\n  engine: fsdp\n  ep: 2\n", "parallel.ep"),
+    ("model:\n  arch: encoder\n  tied_embeddings: true\nparallel:\n  engine: fsdp\n  pp: 2\n  grad_accum: 2\n", "parallel.pp"),
     ("model:\n  arch: encoder\ntrain:\n  activation_checkpointing: full\n", "train.activation_checkpointing"),
     ("model:\n  arch: encoder-decoder\n  experts: 4\n", "model.experts"),
 ])
@@ -119,6 +121,25 @@ def test_wrong_architecture_settings_are_refused_at_load_naming_the_key(tmp_path
     with pytest.raises(ConfigError) as err:
         load_config(write_yaml(tmp_path, text))
     assert key in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("arch", ["encoder", "encoder-decoder"])
+def test_tp_and_pp_load_for_both_architectures_and_ep_is_refused_alike_at_both_edges(tmp_path, arch):
+    from planner.core.errors import PlannerError
+    from planner.core.schema import parallel_refusal
+    from planner.plan.request import EstimateRequest, resolve_model
+
+    for layout in ("tp: 2", "pp: 2\n  grad_accum: 2"):
+        cfg = load_config(write_yaml(tmp_path, f"model:\n  arch: {arch}\nparallel:\n  engine: fsdp\n  {layout}\n"))
+        assert cfg.model.arch == arch
+    _, _, why = parallel_refusal(arch, 1, 1, 2)
+    with pytest.raises(ConfigError) as schema_edge:  # the run schema names its key
+        load_config(write_yaml(tmp_path, f"model:\n  arch: {arch}\nparallel:\n  engine: fsdp\n  ep: 2\n"))
+    assert str(schema_edge.value).startswith(f"parallel.ep: 2: {why}")
+    preset = "bert-base-uncased" if arch == "encoder" else "t5-base"
+    with pytest.raises(PlannerError) as planner_edge:  # the planner's (estimate, emit) names its flag
+        resolve_model(EstimateRequest(model=preset, layout=ParallelPlan.from_flags(4, fsdp="full", ep=2)))
+    assert str(planner_edge.value).startswith(f"--ep: 2: {why}")
 
 
 @pytest.mark.parametrize("arch, objective", [("decoder", "clm"), ("encoder", "mlm"),

@@ -153,8 +153,8 @@ _PARALLELISM_NAMES = {"tp": "tensor", "pp": "pipeline", "ep": "expert"}
 
 def parallel_refusal(arch: str, tp: int, pp: int, ep: int) -> tuple[str, int, str] | None:
     """The first degree of (tp, pp, ep) above one that the trainer does not run for `arch`, as (its name, its value,
-    why), or None. One rule for both edges, each naming its own key: `emit` (`planner.plan.trainable`: --ep) and the
-    run schema (`_validate_arch`: parallel.ep)."""
+    why), or None. One rule for both edges, each naming its own key: the planner's (`estimate`, `emit`: the model's
+    resolution, `planner.plan.request.check_arch`: --ep) and the run schema's (`_validate_arch`: parallel.ep)."""
     for name, degree in (("tp", tp), ("pp", pp), ("ep", ep)):
         if degree > 1 and name not in ARCH_PARALLELISM[arch]:
             runs = ", ".join(_PARALLELISM_NAMES[n] for n in ARCH_PARALLELISM[arch])

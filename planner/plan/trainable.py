@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from planner.core.errors import PlannerError
 from planner.core.parallel import ParallelPlan
-from planner.core.schema import parallel_refusal
 from planner.plan.request import ResolvedModel
 
 
@@ -27,12 +26,12 @@ def check_moe_trainable(model: ResolvedModel, plan: ParallelPlan) -> None:
         raise PlannerError(f"--pp: {plan.pp}: pipeline stages of an MoE model are not run yet; use --ep")
 
 
-def check_arch_trainable(model: ResolvedModel, plan: ParallelPlan | None = None) -> None:
+def check_arch_trainable(model: ResolvedModel) -> None:
     """What the trainer builds beyond decoders: BERT's encoder (`pretrain.encoder`: post-LN LayerNorm blocks with
     biases, GeLU, learned positions, the MLM head) and T5's encoder-decoder (`pretrain.encoder_decoder`: pre-RMSNorm
     blocks without biases, ReLU or gated-GeLU, relative position bias, span corruption's targets), under DDP, FSDP2
-    or DeepSpeed, with tensor and pipeline parallelism (the schema's rule: `parallel_refusal`); the rest is refused
-    in one line, naming the flag."""
+    or DeepSpeed, with tensor and pipeline parallelism (`planner.core.schema.parallel_refusal`, which the model's
+    resolution applies: `planner.plan.request.check_arch`); the rest is refused in one line, naming the flag."""
     s = model.shape
     if s.arch == "decoder":
         return
@@ -52,7 +51,3 @@ def check_arch_trainable(model: ResolvedModel, plan: ParallelPlan | None = None)
     if not ours or s.n_kv_heads != s.heads or s.moe is not None:
         raise PlannerError(f"--model: the trainer builds an {s.arch} of {block} blocks; {model.source} is "
                            f"{s.norm}/{s.mlp}/{s.position}: give a Hugging Face config of that family (--hf-config)")
-    refusal = parallel_refusal(s.arch, plan.tp, plan.pp, plan.ep) if plan is not None else None
-    if refusal is not None:
-        name, degree, why = refusal
-        raise PlannerError(f"--{name}: {degree}: {why}")
