@@ -151,6 +151,12 @@ ARCH_PARALLELISM = {"decoder": ("tp", "pp", "ep"), "encoder": ("tp", "pp"), "enc
 _PARALLELISM_NAMES = {"tp": "tensor", "pp": "pipeline", "ep": "expert"}
 
 
+def pipeline_blocks(m: ModelConfig) -> int:
+    """The blocks pipeline stages split: an encoder-decoder's encoder blocks, then its decoder's (the planner's
+    `ModelShape.n_blocks`)."""
+    return m.layers + ((m.decoder_layers or m.layers) if m.arch == "encoder-decoder" else 0)
+
+
 def parallel_refusal(arch: str, tp: int, pp: int, ep: int) -> tuple[str, int, str] | None:
     """The first degree of (tp, pp, ep) above one that the trainer does not run for `arch`, as (its name, its value,
     why), or None. One rule for both edges, each naming its own key: the planner's (`estimate`, `emit`: the model's
@@ -395,8 +401,7 @@ def validate(cfg: RunConfig) -> None:
         cfg.parallel.validate().check_runnable()
     except PlannerError as exc:
         raise ConfigError(str(exc)) from None
-    # the blocks pipeline stages split: an encoder-decoder's encoder blocks, then its decoder's
-    blocks = m.layers + ((m.decoder_layers or m.layers) if m.arch == "encoder-decoder" else 0)
+    blocks = pipeline_blocks(m)
     checks = [
         (m.hidden % m.heads == 0, f"model.heads: {m.heads} does not divide model.hidden {m.hidden}"),
         (m.arch != "decoder" or (m.hidden // m.heads) % 2 == 0,

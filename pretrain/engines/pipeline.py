@@ -3,7 +3,7 @@
 Stages are cut from the one model by layer index (the model's class built with `layers`, `embedding` and `head`:
 `pretrain.model.Transformer`, `pretrain.encoder.Encoder`, `pretrain.encoder_decoder.EncoderDecoder`, whose blocks
 are numbered over its encoder's then its decoder's; the split the planner prices: `ParallelPlan.stage_layers` over
-`ModelShape.n_blocks`); rank r of a pipeline runs stages r, r + pp, ... (the looped
+`planner.core.schema.pipeline_blocks`); rank r of a pipeline runs stages r, r + pp, ... (the looped
 placement of torch's interleaved schedules). Each stage is parallelized by the same `parallelize` as a
 whole model under FSDP, over the data-parallel and tensor-parallel parts of the mesh; the mesh's `pp`
 dimension is the group the stages send activations and gradients over.
@@ -40,7 +40,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from planner.model.shapes import shape_of
+from planner.core.schema import pipeline_blocks
 from pretrain.encoder import masked_cross_entropy
 from pretrain.engines.base import Engine, model_class, parameter_state_bytes
 from pretrain.engines.checks import check_model_config, write_model_config
@@ -82,7 +82,7 @@ class PipelineEngine(Engine):
         mesh = build_mesh(plan, info.device.type)
         self.pp_group = mesh.pp.get_group()
         self.pp_rank = plan.pp_rank(info.rank)
-        ranges = stage_ranges(shape_of(cfg.model).n_blocks, plan)
+        ranges = stage_ranges(pipeline_blocks(cfg.model), plan)
         build = model_class(cfg.model)
         self.stage_ids = [self.pp_rank + k * plan.pp for k in range(plan.pp_virtual)]
         bf16 = cfg.train.precision == "bf16-mixed"
