@@ -44,6 +44,7 @@ from planner.core.schema import pipeline_blocks
 from pretrain.encoder import masked_cross_entropy
 from pretrain.engines.base import Engine, model_class, parameter_state_bytes
 from pretrain.engines.checks import check_model_config, write_model_config
+from pretrain.engines.fsdp import grad_norm
 from pretrain.engines.parallelize import build_mesh, loss_context, parallelize
 from pretrain.engines.torch_engine import make_adamw
 from pretrain.memory_probe import SavedTensorCounter
@@ -196,8 +197,7 @@ class PipelineEngine(Engine):
     def _clip_gradients(self) -> float:
         """Clip to optim.grad_clip by the whole model's norm: this rank's stages, summed over the pipeline."""
         params = [p for p in self.model.parameters() if p.grad is not None]
-        local = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=False)
-        local = local.full_tensor() if hasattr(local, "full_tensor") else local
+        local = grad_norm(params, foreach=False)  # this rank's stages, each device mesh's over its ranks
         squares = (local.detach().float() ** 2).reshape(1).cpu()
         dist.all_reduce(squares, group=self.pp_group)
         total = squares.sqrt()[0]
