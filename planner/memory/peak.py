@@ -272,9 +272,10 @@ def pipeline_fsdp_backward(params: float, shape: ModelShape, plan: ParallelPlan,
         return None
     tp, w = plan.tp, 4 if precision == "fp32" else 2
     other_experts = shape.routed_expert_params() * (1 - 1 / plan.ep)  # held by the other EP ranks
-    block = shape.layer_params(plan.ep) / tp
-    root = max(0.0, (params - other_experts) / tp - shape.layers * block)
+    # the stage's blocks (an encoder-decoder's stage keeps the whole model's shape: its `params` are the stage's)
+    blocks = 0.0 if shape.arch == "encoder-decoder" else shape.layers * shape.layer_params(plan.ep) / tp
+    root = max(0.0, (params - other_experts) / tp - blocks)
     whole_embedding_grad = shape.embedding_params() * (1 - 1 / tp) if embedding else 0.0
-    return {"weights": (root + shape.layers * block) * w,  # the whole stage
+    return {"weights": (root + blocks) * w,  # the whole stage
             "gradients": 4 * ((params - other_experts) / tp + whole_embedding_grad),
             "activations": activations_in_flight}
