@@ -114,6 +114,8 @@ def write_yaml(tmp_path, text):
     ("model:\n  arch: encoder\n  max_positions: 16\n", "model.seq_len"),
     ("model:\n  arch: encoder-decoder\nparallel:\n  engine: fsdp\n  ep: 2\n", "parallel.ep"),
     ("model:\n  arch: encoder\n  tied_embeddings: true\nparallel:\n  engine: fsdp\n  pp: 2\n  grad_accum: 2\n", "parallel.pp"),
+    ("model:\n  arch: encoder-decoder\n  decoder_layers: 3\nparallel:\n  engine: fsdp\n  pp: 2\n  grad_accum: 2\n"
+     "  pp_layers: [2, 2]\n", "parallel.pp_layers"),  # 2 + 3 blocks
     ("model:\n  arch: encoder\ntrain:\n  activation_checkpointing: full\n", "train.activation_checkpointing"),
     ("model:\n  arch: encoder-decoder\n  experts: 4\n", "model.experts"),
 ])

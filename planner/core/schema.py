@@ -426,6 +426,10 @@ def validate(cfg: RunConfig) -> None:
          "parallel.tp: tied embeddings are not split by tensor parallelism here; set model.tied_embeddings false"),
         (cfg.parallel.pp == 1 or not m.tied_embeddings,
          "parallel.pp: a pipeline holds the embedding and the head on different stages; set model.tied_embeddings false"),
+        (cfg.parallel.pp_layers is None or sum(cfg.parallel.pp_layers) == blocks,
+         f"parallel.pp_layers: {cfg.parallel.pp_layers} holds {sum(cfg.parallel.pp_layers or [])} layers, the model "
+         f"has {blocks}" + (" (an encoder-decoder's encoder blocks, then its decoder's)" if m.arch == "encoder-decoder"
+                            else "")),
         (cfg.parallel.pp == 1 or blocks >= cfg.parallel.pp_stages,
          f"parallel.pp: {cfg.parallel.pp_stages} pipeline stages need at least as many layers (model.layers {m.layers}"
          + (f" + model.decoder_layers {blocks - m.layers})" if m.arch == "encoder-decoder" else ")")),
