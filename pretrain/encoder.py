@@ -13,6 +13,8 @@ block keeps for backward is counted term by term in `planner.memory.activations`
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,26 +99,32 @@ class EncoderBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """BertForMaskedLM: `forward(tokens, labels)` is the MLM loss; without labels, every position's logits."""
+    """BertForMaskedLM: `forward(tokens, labels)` is the MLM loss; without labels, every position's logits.
+
+    A pipeline stage is the same module holding a slice of it, as the decoder's (`pretrain.model.Transformer`):
+    the blocks `layers` (named by their index in the whole model), the embeddings and their LayerNorm on the
+    first stage (`embedding`), the MLM head on the last (`head`)."""
 
     def __init__(self, cfg: ModelConfig, activation_checkpointing: str = "none", seed: int = 0,
-                 checkpoint_every: int = 1):
+                 checkpoint_every: int = 1, layers: Iterable[int] | None = None, embedding: bool = True,
+                 head: bool = True):
         super().__init__()
         shape = shape_of(cfg)
         assert shape.arch == "encoder", shape.arch
         self.cfg, self.activation_checkpointing, self.checkpoint_every = cfg, activation_checkpointing, checkpoint_every
         h = cfg.hidden
-        self.embed = nn.Embedding(cfg.vocab, h)
-        self.positions = nn.Embedding(shape.max_positions or cfg.seq_len, h)
-        self.token_types = nn.Embedding(cfg.token_types, h) if cfg.token_types else None
-        self.embed_norm = nn.LayerNorm(h, eps=cfg.norm_eps)
-        self.blocks = nn.ModuleDict({str(i): EncoderBlock(h, cfg.heads, shape.ffn, cfg.norm_eps)
-                                     for i in range(cfg.layers)})
-        self.transform = nn.Linear(h, h)  # the MLM head: dense, GeLU, LayerNorm, then the decoder
-        self.transform_norm = nn.LayerNorm(h, eps=cfg.norm_eps)
-        self.head = None if cfg.tied_embeddings else nn.Linear(h, cfg.vocab, bias=False)
-        self.head_bias = nn.Parameter(torch.zeros(cfg.vocab))
-        if not self.embed.weight.is_meta:
+        layers = range(cfg.layers) if layers is None else layers
+        self.embed = nn.Embedding(cfg.vocab, h) if embedding else None
+        self.positions = nn.Embedding(shape.max_positions or cfg.seq_len, h) if embedding else None
+        self.token_types = nn.Embedding(cfg.token_types, h) if cfg.token_types and embedding else None
+        self.embed_norm = nn.LayerNorm(h, eps=cfg.norm_eps) if embedding else None
+        self.blocks = nn.ModuleDict({str(i): EncoderBlock(h, cfg.heads, shape.ffn, cfg.norm_eps) for i in layers})
+        # the MLM head: dense, GeLU, LayerNorm, then the decoder onto the vocabulary
+        self.transform = nn.Linear(h, h) if head else None
+        self.transform_norm = nn.LayerNorm(h, eps=cfg.norm_eps) if head else None
+        self.head = None if cfg.tied_embeddings or not head else nn.Linear(h, cfg.vocab, bias=False)
+        self.head_bias = nn.Parameter(torch.zeros(cfg.vocab)) if head else None
+        if not next(self.parameters()).is_meta:
             self.init_weights(seed)
 
     def init_weights(self, seed: int) -> None:
@@ -124,18 +132,27 @@ class Encoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None,
                 token_types: torch.Tensor | None = None) -> torch.Tensor:
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        x = self.embed(tokens) + self.positions(positions)
-        if self.token_types is not None:  # one segment unless given (MLM over packed rows has no sentence pairs)
-            types = torch.zeros_like(tokens) if token_types is None else token_types
-            x = x + self.token_types(types)
-        x = self.embed_norm(x)
+        """Tokens (or, past the first stage, hidden states) in; the MLM loss, the logits (no labels) or, before the
+        last stage, hidden states out."""
+        x = tokens
+        if self.embed is not None:
+            positions = torch.arange(tokens.shape[1], device=tokens.device)[None]  # (1, s): sequence on dim 1 (TP)
+            x = self.embed(tokens) + self.positions(positions)
+            if self.token_types is not None:  # one segment unless given (MLM over packed rows has no sentence pairs)
+                types = torch.zeros_like(tokens) if token_types is None else token_types
+                x = x + self.token_types(types)
+            x = self.embed_norm(x)
         for index, block in self.blocks.items():
             policy = checkpointed(self.activation_checkpointing, self.checkpoint_every, int(index)) \
                 if self.training else "none"
             x = run_block(block, policy, x)
+        if self.transform is None:
+            return x
         x = self.transform_norm(F.gelu(self.transform(x)))
-        logits = F.linear(x, self.embed.weight if self.head is None else self.head.weight, self.head_bias)
+        if self.head is None:
+            logits = F.linear(x, self.embed.weight, self.head_bias)
+        else:  # the head as a module, its bias added apart: tensor parallelism splits both by vocabulary
+            logits = self.head(x) + self.head_bias
         return logits if labels is None else masked_cross_entropy(logits, labels)
 
     def aux_loss(self) -> None:

@@ -24,6 +24,7 @@ backward is counted term by term in `planner.memory.activations` (`_encoder_deco
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -130,43 +131,65 @@ class DecoderBlock(nn.Module):
 
 
 class Stack(nn.Module):
-    """One side's blocks, its relative position bias table and its final norm."""
+    """One side's blocks (`blocks`: index in the stack -> block), its relative position bias table and its final
+    norm; a pipeline stage's holds some of them (`bias`, `norm`)."""
 
-    def __init__(self, blocks: list[nn.Module], cfg: ModelConfig, buckets: int):
+    def __init__(self, blocks: dict[int, nn.Module], cfg: ModelConfig, buckets: int, bias: bool = True,
+                 norm: bool = True):
         super().__init__()
-        self.relative_bias = nn.Embedding(buckets, cfg.heads)
-        self.blocks = nn.ModuleDict({str(i): block for i, block in enumerate(blocks)})
-        self.norm = RMSNorm(cfg.hidden, eps=cfg.norm_eps)
+        self.relative_bias = nn.Embedding(buckets, cfg.heads) if bias else None
+        self.blocks = nn.ModuleDict({str(i): block for i, block in blocks.items()})
+        self.norm = RMSNorm(cfg.hidden, eps=cfg.norm_eps) if norm else None
 
 
 class EncoderDecoder(nn.Module):
     """T5ForConditionalGeneration: `forward(inputs, targets)` is the span-corruption loss; without targets, the
-    encoder's output (the memory the decoder reads)."""
+    encoder's output (the memory the decoder reads).
+
+    A pipeline stage is the same module holding a slice of it (Megatron's T5 pipeline): the blocks `layers`,
+    numbered over the encoder's blocks then the decoder's (block i of the decoder is layer `cfg.layers + i`), each
+    named as in the whole model (`decoder.blocks.0...`). What one process computes once per micro-batch from the
+    inputs sits on the first stage (`embedding`): the shared embedding of the inputs and of the shifted targets, and
+    each stack's relative position bias for all its blocks; the stages carry those on, so every block reads the
+    one bias its stack computed, and each table's gradient sums over all its blocks, as in one process. Stages in
+    the encoder carry (hidden, encoder bias, embedded decoder inputs, decoder bias); the stage with the encoder's
+    last block applies its final norm, and from there stages carry (decoder hidden, encoder output, decoder bias).
+    The last stage (`head`) has the decoder's final norm and the head, and returns the logits."""
 
     def __init__(self, cfg: ModelConfig, activation_checkpointing: str = "none", seed: int = 0,
-                 checkpoint_every: int = 1):
+                 checkpoint_every: int = 1, layers: Iterable[int] | None = None, embedding: bool = True,
+                 head: bool = True):
         super().__init__()
         shape = self.shape = shape_of(cfg)
         assert shape.arch == "encoder-decoder", shape.arch
         self.cfg, self.activation_checkpointing, self.checkpoint_every = cfg, activation_checkpointing, checkpoint_every
-        self.embed = nn.Embedding(cfg.vocab, cfg.hidden)
+        n_enc = cfg.layers
+        layers = list(range(n_enc + shape.n_decoder_layers) if layers is None else layers)
         block_args = (cfg, shape.ffn, shape.mlp, shape.head_dim)
-        self.encoder = Stack([EncoderBlock(*block_args) for _ in range(cfg.layers)], cfg, shape.relative_buckets)
-        self.decoder = Stack([DecoderBlock(*block_args) for _ in range(shape.n_decoder_layers)], cfg,
-                             shape.relative_buckets)
-        self.head = None if cfg.tied_embeddings else nn.Linear(cfg.hidden, cfg.vocab, bias=False)
-        self.register_buffer("encoder_buckets", torch.empty(shape.seq_len, shape.seq_len, dtype=torch.long),
-                             persistent=False)
-        self.register_buffer("decoder_buckets", torch.empty(shape.n_target_len, shape.n_target_len, dtype=torch.long),
-                             persistent=False)
-        self.register_buffer("future", torch.empty(shape.n_target_len, shape.n_target_len, dtype=torch.bool),
-                             persistent=False)  # the decoder's causal mask: keys after the query
-        if not self.embed.weight.is_meta:
+        encoder = {i: EncoderBlock(*block_args) for i in layers if i < n_enc}
+        decoder = {i - n_enc: DecoderBlock(*block_args) for i in layers if i >= n_enc}
+        self.embed = nn.Embedding(cfg.vocab, cfg.hidden) if embedding else None
+        self.encoder = Stack(encoder, cfg, shape.relative_buckets, bias=embedding, norm=n_enc - 1 in encoder) \
+            if encoder or embedding else None
+        self.decoder = Stack(decoder, cfg, shape.relative_buckets, bias=embedding, norm=head) \
+            if decoder or embedding else None
+        self.head = None if cfg.tied_embeddings or not head else nn.Linear(cfg.hidden, cfg.vocab, bias=False)
+        self.has_head = head
+        if embedding:  # the bias tables' buckets and the decoder's causal mask: where the biases are computed
+            self.register_buffer("encoder_buckets", torch.empty(shape.seq_len, shape.seq_len, dtype=torch.long),
+                                 persistent=False)
+            self.register_buffer("decoder_buckets", torch.empty(shape.n_target_len, shape.n_target_len,
+                                                                dtype=torch.long), persistent=False)
+            self.register_buffer("future", torch.empty(shape.n_target_len, shape.n_target_len, dtype=torch.bool),
+                                 persistent=False)  # the decoder's causal mask: keys after the query
+        if not next(self.parameters()).is_meta:
             self.init_weights(seed)
 
     def init_weights(self, seed: int) -> None:
         layers = self.cfg.layers + self.shape.n_decoder_layers
         init_parameters(self, seed, self.cfg.init_std, layers)
+        if self.embed is None:
+            return
         s, t, n = self.shape.seq_len, self.shape.n_target_len, self.shape.relative_buckets
         self.encoder_buckets.copy_(relative_buckets(s, s, n, bidirectional=True))
         self.decoder_buckets.copy_(relative_buckets(t, t, n, bidirectional=False))
@@ -174,44 +197,66 @@ class EncoderDecoder(nn.Module):
 
     def _bias(self, stack: Stack, length: int, dtype: torch.dtype) -> torch.Tensor:
         """(1, heads, q, k) additive scores of the first `length` positions: the stack's bias for each offset's
-        bucket, and in the decoder -inf above the diagonal."""
+        bucket, and in the decoder -inf above the diagonal (under TP, this rank's heads: `relative_bias` is split
+        by heads)."""
         buckets = (self.decoder_buckets if stack is self.decoder else self.encoder_buckets)[:length, :length]
         bias = stack.relative_bias(buckets).permute(2, 0, 1).unsqueeze(0).to(dtype)
         if stack is self.decoder:
             bias = bias.masked_fill(self.future[:length, :length], float("-inf"))
-        return bias
+        return bias.contiguous()  # laid out whole: a pipeline's first stage sends it on
 
     def _run(self, stack: Stack, x: torch.Tensor, offset: int, *args: torch.Tensor) -> torch.Tensor:
         for index, block in stack.blocks.items():
             policy = checkpointed(self.activation_checkpointing, self.checkpoint_every, offset + int(index)) \
                 if self.training else "none"
             x = run_block(block, policy, x, *args)
-        return stack.norm(x)
+        return x if stack.norm is None else stack.norm(x)  # the stack's final norm, where this stage has it
+
+    def forward(self, *args: torch.Tensor | None):
+        """The whole model: (inputs, targets) in, the loss out, or (inputs) in, the encoder's output out. A stage
+        (class docstring): the first reads (inputs, targets), the others what the stage before carries; the last
+        returns the logits, the others what they carry on."""
+        targets = None
+        if self.embed is not None:
+            inputs, targets = args[0], args[1] if len(args) > 1 else None
+            x = self.embed(inputs)
+            carry = (x, self._bias(self.encoder, inputs.shape[1], x.dtype))
+            if targets is not None:
+                t = targets.shape[1]
+                start = torch.full_like(targets[:, :1], self.cfg.decoder_start_id or 0)
+                y = self.embed(torch.cat([start, targets[:, :-1]], dim=1))  # teacher forcing: targets shifted right
+                carry += (y, self._bias(self.decoder, t, y.dtype))
+        else:
+            carry = args
+        if len(carry) != 3:  # in the encoder: (hidden, encoder bias[, embedded decoder inputs, decoder bias])
+            x, bias, *rest = carry
+            x = self._run(self.encoder, x, 0, bias)
+            if self.encoder.norm is None:  # the encoder goes on in the next stage
+                return (x, bias, *rest)
+            memory = x
+            if not rest:
+                return memory
+            y, decoder_bias = rest
+        else:  # in the decoder: (hidden, encoder output, decoder bias)
+            y, memory, decoder_bias = carry
+        if self.decoder is not None:
+            y = self._run(self.decoder, y, self.cfg.layers, decoder_bias, memory)
+        if not self.has_head:
+            return y, memory, decoder_bias
+        if self.head is None:  # T5 scales the tied head's input (its embedding is shared)
+            logits = F.linear(y * self.cfg.hidden ** -0.5, self.embed.weight)
+        else:
+            logits = self.head(y)
+        return logits if targets is None else cross_entropy(logits, targets)
 
     def encode(self, inputs: torch.Tensor) -> torch.Tensor:
-        s = inputs.shape[1]
-        x = self.embed(inputs)
-        bias = self._bias(self.encoder, s, x.dtype)
-        return self._run(self.encoder, x, 0, bias)
-
-    def forward(self, inputs: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
-        memory = self.encode(inputs)
-        if targets is None:
-            return memory
-        t = targets.shape[1]
-        start = torch.full_like(targets[:, :1], self.cfg.decoder_start_id or 0)
-        x = self.embed(torch.cat([start, targets[:, :-1]], dim=1))  # teacher forcing: targets shifted right
-        bias = self._bias(self.decoder, t, x.dtype)
-        x = self._run(self.decoder, x, self.cfg.layers, bias, memory)
-        if self.head is None:  # T5 scales the tied head's input (its embedding is shared)
-            logits = F.linear(x * self.cfg.hidden ** -0.5, self.embed.weight)
-        else:
-            logits = self.head(x)
-        return cross_entropy(logits, targets)
+        """The encoder's output (the whole model)."""
+        return self(inputs)
 
     def stacks(self) -> list[Stack]:
-        """The encoder's stack and the decoder's (each block an FSDP unit: `pretrain.engines.parallelize`)."""
-        return [self.encoder, self.decoder]
+        """The encoder's stack and the decoder's (each block an FSDP unit: `pretrain.engines.parallelize`); a
+        stage's, those it has."""
+        return [stack for stack in (self.encoder, self.decoder) if stack is not None]
 
     def aux_loss(self) -> None:
         return None

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -55,10 +55,10 @@ def predict(cfg: RunConfig, gpu_name: str | None, rank: int = 0) -> Predicted:
 
     plan, whole, b = cfg.parallel, shape_of(cfg.model), cfg.parallel.micro_batch
     flops_per_token = compute.model_flops_per_token(whole.param_count(), whole)
-    shape, params, head, indices = whole, whole.params_per_tp_rank(plan.tp), True, ()
+    shape, params, share = whole, whole.params_per_tp_rank(plan.tp), None
     if plan.pp > 1:  # this rank's pipeline stages: their layers, the embedding or the output layer
-        share = pipeline.shares(whole.layers, plan)[plan.pp_rank(rank)]
-        shape, head, indices = replace(whole, layers=share.layers), share.head, share.layer_indices
+        share = pipeline.shares_of(whole, plan)[plan.pp_rank(rank)]
+        shape = pipeline.stage_shape(whole, share)
         params = pipeline.stage_params_per_tp_rank(whole, share, plan.tp)
     # model states: torch autocast keeps fp32 weights, fp32 gradients and fp32 Adam states (the fp32 layout);
     # the trainer counts live tensors wherever they are, gathered buffers excluded
@@ -70,8 +70,8 @@ def predict(cfg: RunConfig, gpu_name: str | None, rank: int = 0) -> Predicted:
     regime = activations.regime_for(cfg.train.precision, {"single": "ddp"}.get(plan.engine, plan.engine))
     activation_bytes = activations.stored_bytes(shape, b, regime=regime, checkpointing=cfg.train.activation_checkpointing,
                                                 every=cfg.train.activation_checkpointing_every, tp=plan.tp,
-                                                sequence_parallel=plan.tp > 1, indices=indices) \
-        + (activations.head_bytes(shape, b, regime, plan.tp) if head else 0.0)
+                                                sequence_parallel=plan.tp > 1, share=share) \
+        + activations.head_bytes(shape, b, regime, plan.tp, share)
     peak_bytes = peak_flops = None
     if gpu_name is not None:
         from planner.plan.estimate import estimate

@@ -46,12 +46,13 @@ def pack_sample(out: Path, seq_len: int) -> Path:
 
 #: The longest test files, longest first (serial seconds on the 2-core machine, 2026-12-04: 320, 214,
 #: 178, 172, 138, 103, 75, 68, 45; test_moe_train ~200 and test_mlflow_ui ~45 added 2026-12-06, test_objective_runs
-#: ~150 on 2026-12-06). `make test` hands whole files to two workers in collection order
-#: (`--dist loadfile --no-loadscope-reorder`); starting with the longest keeps one worker from
+#: ~150 on 2026-12-06, test_objective_parallel ~90 on 2026-12-06). `make test` hands whole files to two workers in
+#: collection order (`--dist loadfile --no-loadscope-reorder`); starting with the longest keeps one worker from
 #: finishing a long file alone at the end. The rest keep pytest's order after them.
 LONGEST_FIRST = ("test_pretrain_runs.py", "test_pipeline_train.py", "test_moe_train.py", "test_objective_runs.py",
                  "test_emit_launch.py",
-                 "test_mlflow_outage.py", "test_demo.py", "test_ladder.py", "test_curate_executor.py",
+                 "test_mlflow_outage.py", "test_objective_parallel.py", "test_demo.py", "test_ladder.py",
+                 "test_curate_executor.py",
                  "test_slurm_real.py", "test_verify.py", "test_mlflow_ui.py", "test_cli_optimal_fit.py")
 
 

@@ -210,7 +210,8 @@ def test_emit_writes_the_trainers_encoder_and_encoder_decoder(capsys, tmp_path, 
 
 
 @pytest.mark.parametrize("flags, named", [
-    (["--model", "t5-base", "--fsdp", "full", "--tp", "2"], "--tp"),
+    (["--model", "t5-base", "--fsdp", "full", "--tp", "2"], "--tp"),  # t5-base ties its head to its embedding
+    (["--model", "t5-base", "--fsdp", "full", "--ep", "2", "--gpus", "4"], "--ep"),
     (["--model", "bert-base-uncased", "--fsdp", "full", "--checkpointing", "full"], "--checkpointing"),
     (["--layers", "2", "--hidden", "64", "--heads", "4", "--vocab", "100", "--arch", "encoder"], "--model"),
     (["--model", "t5-base", "--target-len", "100"], "--target-len"),
@@ -218,6 +219,46 @@ def test_emit_writes_the_trainers_encoder_and_encoder_decoder(capsys, tmp_path, 
 def test_emit_refuses_what_the_trainer_does_not_run_for_non_decoders(capsys, tmp_path, flags, named):
     code, _, err = run(capsys, "emit", *flags, "--tokens", "1e9", "--out", str(tmp_path))
     assert code == 2 and named in err and err.count("\n") == 1
+
+
+TINY_UNTIED = {
+    "encoder": {"model_type": "bert", "architectures": ["BertForMaskedLM"], "hidden_size": 64, "num_hidden_layers": 4,
+                "num_attention_heads": 4, "intermediate_size": 256, "vocab_size": 300, "max_position_embeddings": 64,
+                "type_vocab_size": 2, "tie_word_embeddings": False},
+    "encoder-decoder": {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "d_model": 64,
+                        "num_layers": 2, "num_decoder_layers": 3, "num_heads": 4, "d_kv": 16, "d_ff": 256,
+                        "vocab_size": 300, "feed_forward_proj": "relu", "tie_word_embeddings": False}}
+
+
+@pytest.mark.parametrize("arch", TINY_UNTIED)
+@pytest.mark.parametrize("layout", [["--tp", "2"], ["--pp", "2", "--pp-schedule", "interleaved-1f1b", "--pp-virtual",
+                                                    "2", "--tp", "2", "--gpus", "4"]])
+def test_emit_writes_tp_and_pp_layouts_of_both_architectures(capsys, tmp_path, arch, layout):
+    from planner.core.schema import load_config
+
+    (tmp_path / "config.json").write_text(json.dumps(TINY_UNTIED[arch]))
+    code, _, err = run(capsys, "emit", "--hf-config", str(tmp_path / "config.json"), "--seq-len", "64", "--gpus", "2",
+                       "--fsdp", "full", "--micro-batch", "2", "--batch-tokens", "1024", "--tokens", "4096",
+                       *layout, "--out", str(tmp_path / "e"))
+    assert code == 0, err
+    cfg = load_config(tmp_path / "e/run.yaml")
+    assert (cfg.model.arch, cfg.parallel.tp, cfg.parallel.pp) == (arch, 2, 2 if "--pp" in layout else 1)
+
+
+def test_pipeline_stages_split_t5s_encoder_then_decoder_blocks_and_hold_each_part_once():
+    from planner.core.parallel import ParallelPlan
+    from planner.memory import pipeline
+
+    shape = replace(t5(), layers=2, decoder_layers=3, tied_embeddings=False)
+    plan = ParallelPlan.from_flags(2, fsdp="full", pp=2, pp_schedule="interleaved-1f1b", pp_virtual=2, microbatches=4)
+    shares = pipeline.shares_of(shape, plan)
+    assert pipeline.stage_layers(shape.n_blocks, plan) == [1, 2, 1, 1]  # enc0 | enc1 dec0 | dec1 | dec2
+    assert [(s.layers, s.decoder_layers, s.encoder_end, s.decoder_stages) for s in shares] == [(2, 1, False, 1),
+                                                                                                (3, 2, True, 2)]
+    assert sum(pipeline.stage_params(shape, s) for s in shares) == shape.param_count()
+    bert_shape = replace(bert(), tied_embeddings=False)
+    bert_shares = pipeline.shares_of(bert_shape, ParallelPlan.from_flags(2, fsdp="full", pp=2, microbatches=2))
+    assert sum(pipeline.stage_params(bert_shape, s) for s in bert_shares) == bert_shape.param_count()
 
 
 def test_an_encoder_decoder_is_priced_at_the_default_mfu_and_says_so(capsys):

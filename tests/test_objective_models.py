@@ -4,6 +4,7 @@ their parameter counts are the planner's, their losses are the objectives', and 
 import pytest
 import torch
 
+from planner.core.parallel import ParallelPlan
 from planner.core.schema import ConfigError, ModelConfig, load_config
 from planner.model.presets import get_preset
 from planner.model.shapes import shape_of
@@ -22,6 +23,11 @@ TINY_SEQ2SEQ = [ModelConfig(arch="encoder-decoder", layers=2, decoder_layers=3, 
                             seq_len=32, tied_embeddings=True),
                 ModelConfig(arch="encoder-decoder", layers=2, hidden=64, heads=4, head_dim=8, vocab=300, seq_len=32,
                             mlp="geglu")]
+
+
+def replace_untied(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` with its own head (a pipeline holds the embedding and the head on different stages)."""
+    return ModelConfig(**{**vars(cfg), "tied_embeddings": False})
 
 
 @pytest.mark.parametrize("cfg", TINY_ENCODERS + TINY_SEQ2SEQ, ids=lambda c: f"{c.arch}-{c.layers}x{c.hidden}")
@@ -106,7 +112,10 @@ def write_yaml(tmp_path, text):
     ("model:\n  token_types: 2\n", "model.token_types"),
     ("model:\n  arch: encoder\n  decoder_layers: 2\n", "model.decoder_layers"),
     ("model:\n  arch: encoder\n  max_positions: 16\n", "model.seq_len"),
-    ("model:\n  arch: encoder-decoder\nparallel:\n  engine: fsdp\n  tp: 2\n", "parallel.tp"),
+    ("model:\n  arch: encoder-decoder\nparallel:\n  engine: fsdp\n  ep: 2\n", "parallel.ep"),
+    ("model:\n  arch: encoder\n  tied_embeddings: true\nparallel:\n  engine: fsdp\n  pp: 2\n  grad_accum: 2\n", "parallel.pp"),
+    ("model:\n  arch: encoder-decoder\n  decoder_layers: 3\nparallel:\n  engine: fsdp\n  pp: 2\n  grad_accum: 2\n"
+     "  pp_layers: [2, 2]\n", "parallel.pp_layers"),  # 2 + 3 blocks
     ("model:\n  arch: encoder\ntrain:\n  activation_checkpointing: full\n", "train.activation_checkpointing"),
     ("model:\n  arch: encoder-decoder\n  experts: 4\n", "model.experts"),
 ])
@@ -116,9 +125,66 @@ def test_wrong_architecture_settings_are_refused_at_load_naming_the_key(tmp_path
     assert key in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("arch", ["encoder", "encoder-decoder"])
+def test_tp_and_pp_load_for_both_architectures_and_ep_is_refused_alike_at_both_edges(tmp_path, arch):
+    from planner.core.errors import PlannerError
+    from planner.core.schema import parallel_refusal
+    from planner.plan.request import EstimateRequest, resolve_model
+
+    for layout in ("tp: 2", "pp: 2\n  grad_accum: 2"):
+        cfg = load_config(write_yaml(tmp_path, f"model:\n  arch: {arch}\nparallel:\n  engine: fsdp\n  {layout}\n"))
+        assert cfg.model.arch == arch
+    _, _, why = parallel_refusal(arch, 1, 1, 2)
+    with pytest.raises(ConfigError) as schema_edge:  # the run schema names its key
+        load_config(write_yaml(tmp_path, f"model:\n  arch: {arch}\nparallel:\n  engine: fsdp\n  ep: 2\n"))
+    assert str(schema_edge.value).startswith(f"parallel.ep: 2: {why}")
+    preset = "bert-base-uncased" if arch == "encoder" else "t5-base"
+    with pytest.raises(PlannerError) as planner_edge:  # the planner's (estimate, emit) names its flag
+        resolve_model(EstimateRequest(model=preset, layout=ParallelPlan.from_flags(4, fsdp="full", ep=2)))
+    assert str(planner_edge.value).startswith(f"--ep: 2: {why}")
+
+
 @pytest.mark.parametrize("arch, objective", [("decoder", "clm"), ("encoder", "mlm"),
                                              ("encoder-decoder", "span-corruption")])
 def test_each_architecture_defaults_to_its_objective(tmp_path, arch, objective):
     from planner.core.schema import objective_of
 
     assert objective_of(load_config(write_yaml(tmp_path, f"model:\n  arch: {arch}\n"))) == objective
+
+
+# ---- pipeline stages: the same module cut by layer index --------------------------------------------------------
+def _splits(blocks: int) -> list[list[range]]:
+    """Every cut of `blocks` into two and three stages of one block or more."""
+    two = [[range(0, i), range(i, blocks)] for i in range(1, blocks)]
+    three = [[range(0, i), range(i, j), range(j, blocks)] for i in range(1, blocks) for j in range(i + 1, blocks)]
+    return two + three
+
+
+@pytest.mark.parametrize("cfg", [TINY_ENCODERS[1], replace_untied(TINY_SEQ2SEQ[0]), TINY_SEQ2SEQ[1]],
+                         ids=lambda c: f"{c.arch}-{c.layers}x{c.hidden}")
+def test_stages_chained_are_the_whole_model_loss_and_every_gradient(cfg):
+    # every cut: the embedding and both relative position biases on the first stage, carried on; the encoder's
+    # final norm on the stage with its last block; each stage's parameters keep the whole model's names
+    cls = Encoder if cfg.arch == "encoder" else EncoderDecoder
+    whole = cls(cfg, seed=3)
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randint(0, cfg.vocab, (2, cfg.seq_len), generator=g)
+    targets = torch.randint(0, cfg.vocab, (2, shape_of(cfg).n_target_len), generator=g)
+    if cfg.arch == "encoder":
+        targets[:, ::3] = IGNORE_INDEX
+    loss = whole(inputs, targets)
+    loss.backward()
+    grads = {name: p.grad for name, p in whole.named_parameters()}
+    for split in _splits(shape_of(cfg).n_blocks):
+        stages = [cls(cfg, seed=3, layers=r, embedding=i == 0, head=i == len(split) - 1) for i, r in enumerate(split)]
+        carry = (inputs, targets) if cfg.arch == "encoder-decoder" else (inputs,)
+        for stage in stages:
+            carry = stage(*carry)
+            carry = carry if isinstance(carry, tuple) else (carry,)
+        staged = torch.nn.functional.cross_entropy(carry[0].float().flatten(0, 1), targets.flatten())
+        staged.backward()
+        assert float(staged.detach()) == pytest.approx(float(loss.detach()), rel=1e-6), split
+        named = {name: p.grad for stage in stages for name, p in stage.named_parameters()}
+        assert named.keys() == grads.keys(), split  # each parameter on exactly one stage
+        for name, grad in grads.items():
+            torch.testing.assert_close(named[name], grad, rtol=1e-5, atol=1e-7, msg=f"{split}: {name}")

@@ -139,6 +139,29 @@ OBJECTIVES = {"decoder": "clm", "encoder": "mlm", "encoder-decoder": "span-corru
 MIN_SPAN_CORRUPTION_INPUTS = 3
 #: The MLPs the trainer builds per architecture, its default first.
 ARCH_MLPS = {"decoder": ("swiglu",), "encoder": ("gelu",), "encoder-decoder": ("relu", "geglu")}
+#: The model parallelism the trainer runs per architecture, beyond data parallelism (DDP, FSDP2, DeepSpeed): tensor
+#: (tp), pipeline (pp) and expert (ep: mixture-of-experts layers, which only decoders are built with).
+ARCH_PARALLELISM = {"decoder": ("tp", "pp", "ep"), "encoder": ("tp", "pp"), "encoder-decoder": ("tp", "pp")}
+_PARALLELISM_NAMES = {"tp": "tensor", "pp": "pipeline", "ep": "expert"}
+
+
+def pipeline_blocks(m: ModelConfig) -> int:
+    """The blocks pipeline stages split: an encoder-decoder's encoder blocks, then its decoder's (the planner's
+    `ModelShape.n_blocks`)."""
+    return m.layers + ((m.decoder_layers or m.layers) if m.arch == "encoder-decoder" else 0)
+
+
+def parallel_refusal(arch: str, tp: int, pp: int, ep: int) -> tuple[str, int, str] | None:
+    """The first degree of (tp, pp, ep) above one that the trainer does not run for `arch`, as (its name, its value,
+    why), or None. One rule for both edges, each naming its own key: the planner's (`estimate`, `emit`: the model's
+    resolution, `planner.plan.request.check_arch`: --ep) and the run schema's (`_validate_arch`: parallel.ep)."""
+    for name, degree in (("tp", tp), ("pp", pp), ("ep", ep)):
+        if degree > 1 and name not in ARCH_PARALLELISM[arch]:
+            runs = ", ".join(_PARALLELISM_NAMES[n] for n in ARCH_PARALLELISM[arch])
+            reason = " (mixture-of-experts layers are built in decoders only)" if name == "ep" else ""
+            return name, degree, (f"{_PARALLELISM_NAMES[name]} parallelism is not run for {arch} models{reason}; they "
+                                  f"train under DDP, FSDP2 or DeepSpeed, with {runs} parallelism")
+    return None
 
 
 def objective_of(cfg: RunConfig) -> str:
@@ -372,6 +395,7 @@ def validate(cfg: RunConfig) -> None:
         cfg.parallel.validate().check_runnable()
     except PlannerError as exc:
         raise ConfigError(str(exc)) from None
+    blocks = pipeline_blocks(m)
     checks = [
         (m.hidden % m.heads == 0, f"model.heads: {m.heads} does not divide model.hidden {m.hidden}"),
         (m.arch != "decoder" or (m.hidden // m.heads) % 2 == 0,
@@ -393,8 +417,13 @@ def validate(cfg: RunConfig) -> None:
          "parallel.tp: tied embeddings are not split by tensor parallelism here; set model.tied_embeddings false"),
         (cfg.parallel.pp == 1 or not m.tied_embeddings,
          "parallel.pp: a pipeline holds the embedding and the head on different stages; set model.tied_embeddings false"),
-        (cfg.parallel.pp == 1 or m.layers >= cfg.parallel.pp_stages,
-         f"parallel.pp: {cfg.parallel.pp_stages} pipeline stages need at least as many layers (model.layers {m.layers})"),
+        (cfg.parallel.pp_layers is None or sum(cfg.parallel.pp_layers) == blocks,
+         f"parallel.pp_layers: {cfg.parallel.pp_layers} holds {sum(cfg.parallel.pp_layers or [])} layers, the model "
+         f"has {blocks}" + (" (an encoder-decoder's encoder blocks, then its decoder's)" if m.arch == "encoder-decoder"
+                            else "")),
+        (cfg.parallel.pp == 1 or blocks >= cfg.parallel.pp_stages,
+         f"parallel.pp: {cfg.parallel.pp_stages} pipeline stages need at least as many layers (model.layers {m.layers}"
+         + (f" + model.decoder_layers {blocks - m.layers})" if m.arch == "encoder-decoder" else ")")),
         (e.ds_config is None or Path(e.ds_config).is_file(), f"engine.ds_config: {e.ds_config} does not exist"),
         (cfg.optim.warmup_steps >= 0, "optim.warmup_steps must be >= 0"),
         (cfg.optim.lr > 0, f"optim.lr: {cfg.optim.lr} must be positive"),
@@ -427,7 +456,7 @@ def validate(cfg: RunConfig) -> None:
 
 def _validate_arch(cfg: RunConfig) -> None:
     """The architecture, its own fields and its objective; what the trainer runs an encoder or an encoder-decoder
-    with (DDP, FSDP2 or DeepSpeed; no tensor, pipeline or expert parallelism, no recomputation yet)."""
+    with (DDP, FSDP2 or DeepSpeed, tensor and pipeline parallelism: `parallel_refusal`; no recomputation yet)."""
     from planner.core import checks as check
 
     m, plan, t = cfg.model, cfg.parallel, cfg.train
@@ -456,16 +485,16 @@ def _validate_arch(cfg: RunConfig) -> None:
         raise ConfigError(f"model.seq_len: {m.seq_len} is longer than model.max_positions {m.max_positions}")
     if m.arch == "encoder-decoder" and m.head_dim is None and m.hidden % m.heads:
         raise ConfigError(f"model.heads: {m.heads} does not divide model.hidden {m.hidden} (or set model.head_dim)")
+    refusal = parallel_refusal(m.arch, plan.tp, plan.pp, plan.ep)
+    if refusal is not None:
+        name, degree, why = refusal
+        raise ConfigError(f"parallel.{name}: {degree}: {why}")
     if m.arch == "decoder":
         return
     refusals = [
         (m.experts > 0, f"model.experts: {m.experts}: mixture-of-experts layers are built in decoders only"),
         (m.arch == "encoder-decoder" and m.seq_len < MIN_SPAN_CORRUPTION_INPUTS, f"model.seq_len: {m.seq_len} inputs "
          f"are too few for span corruption (at least {MIN_SPAN_CORRUPTION_INPUTS})"),
-        (plan.tp > 1, f"parallel.tp: {plan.tp}: tensor parallelism is run for decoders only; {m.arch} models train "
-         "under DDP, FSDP2 or DeepSpeed"),
-        (plan.pp > 1, f"parallel.pp: {plan.pp}: pipeline stages are run for decoders only; {m.arch} models train "
-         "under DDP, FSDP2 or DeepSpeed"),
         (t.activation_checkpointing != "none", f"train.activation_checkpointing: {t.activation_checkpointing}: "
          f"recomputation is run (and planned) for decoders only; use none for {m.arch} models"),
     ]

@@ -130,12 +130,16 @@ TRAINED_PRECISIONS = ("bf16-mixed", "fp32")
 
 def check_trainable(req: EstimateRequest, model: ResolvedModel) -> None:
     """A plan emit writes is one the trainer can train: refuse what it cannot, naming the flag."""
-    check_arch_trainable(model, req.layout)
+    check_arch_trainable(model)
     check_moe_trainable(model, req.layout)
     s = model.shape
     if s.arch != "decoder" and req.checkpointing != "none":
         raise PlannerError(f"--checkpointing {req.checkpointing}: the trainer runs an {s.arch} without recomputation; "
                            "use none")
+    for flag, degree in (("--tp", req.layout.tp), ("--pp", req.layout.pp)):
+        if degree > 1 and s.tied_embeddings:  # the run schema's rule (`validate`), named before a file is written
+            raise PlannerError(f"{flag}: {degree}: {model.source} ties its head to its embedding, which tensor and "
+                               "pipeline parallelism here keep apart; give an untied shape or config")
     if s.arch == "decoder" and (s.mlp != "swiglu" or s.norm != "rmsnorm" or s.bias or s.position != "rope"
                                 or s.embedding_norm or s.head_dim_override is not None):
         raise PlannerError(f"--model: the trainer builds LLaMA-style blocks (SwiGLU, RMSNorm, RoPE, no bias); "
@@ -298,7 +302,7 @@ def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
     """Write every file; returns name -> path. Refuses a plan that does not fit (the user sees why)."""
     opts.validate()
     model = resolve_model(req)
-    check_arch_trainable(model, req.layout)  # before the estimate and the layout's checks: the reason named first
+    check_arch_trainable(model)  # before the estimate and the layout's checks: the reason named first
     check_moe_trainable(model, req.layout)
     # the estimate of the layout as emitted (its micro-batches per step set by the batch): its step time
     # and MFU, and so its days and dollars, are the run's

@@ -255,41 +255,46 @@ def _layernorm_bytes(h: int, regime: str) -> float:
     return _stream_width(regime) * (h + 2)
 
 
-def _encoder_terms(shape: ModelShape, regime: str, flash: bool) -> list[Term]:
-    """A block of our BERT-style encoder (`pretrain.encoder.EncoderBlock`), per token (module docstring)."""
+def _encoder_terms(shape: ModelShape, regime: str, flash: bool, tp: int = 1) -> list[Term]:
+    """A block of our BERT-style encoder (`pretrain.encoder.EncoderBlock`), per token (module docstring); under TP
+    the heads and the FFN split t ways, the LayerNorms on s/t positions, the linears' gathered inputs whole."""
     h, f, heads, s, q = shape.hidden, shape.ffn, shape.heads, shape.seq_len, shape.q_dim
     a, autocast = _width(regime), regime == "autocast"
-    terms = [Term("attn_input", (3 if autocast else 1) * a * h), Term("q_k_v", 3 * a * q),
-             Term("sdpa_output_and_lse", a * q + FP32 * heads) if flash else
-             Term("attention_probabilities", a * heads * s),
-             Term("attn_layernorm", _layernorm_bytes(h, regime)), Term("mlp_input", a * h),
-             Term("gelu_input_and_output", 2 * a * f), Term("mlp_layernorm", _layernorm_bytes(h, regime))]
+    terms = [Term("attn_input", (3 if autocast else 1) * a * h), Term("q_k_v", 3 * a * q / tp),
+             Term("sdpa_output_and_lse", (a * q + FP32 * heads) / tp) if flash else
+             Term("attention_probabilities", a * heads * s / tp),
+             Term("attn_layernorm", _layernorm_bytes(h, regime) / tp), Term("mlp_input", a * h),
+             Term("gelu_input_and_output", 2 * a * f / tp), Term("mlp_layernorm", _layernorm_bytes(h, regime) / tp)]
     if autocast:  # 16-bit copies of the matrices (biases are not kept)
         weights = 2 * h * q + 2 * h * shape.n_kv_heads * shape.head_dim + 2 * h * f
-        terms.append(Term("autocast_weight_copies", 2 * weights, per_layer_fixed=True))
+        terms.append(Term("autocast_weight_copies", 2 * weights / tp, per_layer_fixed=True))
     return terms
 
 
-def _encoder_decoder_terms(shape: ModelShape, regime: str, side: str) -> list[Term]:
+def _encoder_decoder_terms(shape: ModelShape, regime: str, side: str, tp: int = 1) -> list[Term]:
     """A layer of our T5-style encoder-decoder (`pretrain.encoder_decoder`), `side` encoder (per input token) or
-    decoder (per target token, its cross-attention's K and V per input token), module docstring."""
+    decoder (per target token, its cross-attention's K and V per input token), module docstring. Under TP the heads
+    and the FFN split t ways, the norms on s/t positions, the linears' gathered inputs whole: each cross-attention
+    gathers the encoder's output for its K and V and keeps that copy, a·h per input token."""
     h, f, heads, q = shape.hidden, shape.ffn, shape.heads, shape.q_dim
     a, autocast = _width(regime), regime == "autocast"
     keys = shape.seq_len if side == "encoder" else shape.n_target_len
     probabilities = (FP32 + 2) * heads * keys if autocast else a * heads * keys
     mlp_casts = (2 if shape.gated else 1) if autocast else 1
-    terms = [Term("attn_norm", _norm_bytes(h, regime)), Term("attn_input", (3 if autocast else 1) * a * h),
-             Term("q_and_k", 2 * a * q), Term("attention_probabilities", probabilities), Term("v", a * q),
-             Term("out_proj_input", a * q)]
+    norm = _norm_bytes(h, regime) / tp
+    terms = [Term("attn_norm", norm), Term("attn_input", (3 if autocast else 1) * a * h),
+             Term("q_and_k", 2 * a * q / tp), Term("attention_probabilities", probabilities / tp),
+             Term("v", a * q / tp), Term("out_proj_input", a * q / tp)]
     if side == "decoder":
-        terms += [Term("cross_norm", _norm_bytes(h, regime)), Term("cross_query_input", a * h),
-                  Term("cross_q_output_and_lse", 2 * a * q + FP32 * heads),
-                  Term("cross_k_v", 2 * a * q + (2 * a * h if autocast else 0), per_input_token=True)]
-    terms += [Term("mlp_norm", _norm_bytes(h, regime)), Term("mlp_input", mlp_casts * a * h),
-              Term("mlp_intermediates", (4 if shape.gated else 1) * a * f)]
+        memory = 2 * a * h if autocast else a * h if tp > 1 else 0  # the casts, or TP's gathered copy
+        terms += [Term("cross_norm", norm), Term("cross_query_input", a * h),
+                  Term("cross_q_output_and_lse", (2 * a * q + FP32 * heads) / tp),
+                  Term("cross_k_v", 2 * a * q / tp + memory, per_input_token=True)]
+    terms += [Term("mlp_norm", norm), Term("mlp_input", mlp_casts * a * h),
+              Term("mlp_intermediates", (4 if shape.gated else 1) * a * f / tp)]
     if autocast:
         attention = shape.attention_params() * (2 if side == "decoder" else 1)
-        terms.append(Term("autocast_weight_copies", 2 * (attention + shape.mlp_params()), per_layer_fixed=True))
+        terms.append(Term("autocast_weight_copies", 2 * (attention + shape.mlp_params()) / tp, per_layer_fixed=True))
     return terms
 
 
@@ -322,13 +327,12 @@ def layer_terms(shape: ModelShape, *, regime: str = "16bit", checkpointing: str 
         raise PlannerError(f"--checkpointing: {checkpointing!r} is not one of {', '.join(CHECKPOINTING)}")
     kind = architecture(shape)  # refuses the architectures with no terms derived
     if kind in ("encoder", "encoder-decoder"):
-        if checkpointing != "none" or tp > 1:
-            flag = f"--tp {tp}" if tp > 1 else f"--checkpointing {checkpointing}"
-            raise PlannerError(f"{flag}: planned (and trained) for decoders only; an {kind} runs without "
-                               "recomputation or tensor parallelism")
+        if checkpointing != "none":
+            raise PlannerError(f"--checkpointing {checkpointing}: planned (and trained) for decoders only; an {kind} "
+                               "runs without recomputation")
         if kind == "encoder":
-            return _encoder_terms(shape, regime, flash_attention)
-        return _encoder_decoder_terms(shape, regime, side)
+            return _encoder_terms(shape, regime, flash_attention, tp)
+        return _encoder_decoder_terms(shape, regime, side, tp)
     if checkpointing == "full":
         return [Term("layer_input", _stream_width(regime) * shape.hidden / (tp if sequence_parallel else 1))]
     if checkpointing == "op":
@@ -376,14 +380,18 @@ def mean_layer_bytes(shape: ModelShape, micro_batch: int, **kw) -> float:
             + shape.dense_layers * per_layer_bytes(dense, micro_batch, **kw)) / shape.layers
 
 
-def stored_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "none", every: int = 1,
-                 indices: tuple[int, ...] = (), **kw) -> float:
+def stored_bytes(shape: ModelShape, micro_batch: int, checkpointing: str = "none", every: int = 1, share=None,
+                 **kw) -> float:
     """All layers' saved activations (the output layer is `head_bytes`): the checkpointed layers' and the others';
-    an encoder-decoder's encoder and decoder layers. `indices`: a pipeline rank's layers (`checkpointed_layers`)."""
+    an encoder-decoder's encoder and decoder layers (`share`: of one pipeline rank, `planner.memory.pipeline.StageShare`,
+    its blocks of each, and its layers' model-wide indices, which `every`-k checkpointing picks by; other
+    architectures' stages are their `stage_shape`)."""
     if shape.arch == "encoder-decoder":
+        sides = (shape.layers, shape.n_decoder_layers) if share is None else \
+            (share.layers - share.decoder_layers, share.decoder_layers)
         return sum(n * per_layer_bytes(shape, micro_batch, side, checkpointing=checkpointing, **kw)
-                   for n, side in ((shape.layers, "encoder"), (shape.n_decoder_layers, "decoder")))
-    n = checkpointed_layers(shape.layers, checkpointing, every, indices)
+                   for n, side in zip(sides, ("encoder", "decoder"), strict=True) if n)
+    n = checkpointed_layers(shape.layers, checkpointing, every, share.layer_indices if share else ())
     return n * mean_layer_bytes(shape, micro_batch, checkpointing=checkpointing, **kw) \
         + (shape.layers - n) * mean_layer_bytes(shape, micro_batch, **kw)
 
@@ -404,27 +412,27 @@ def head_bytes_per_token(shape: ModelShape, regime: str = "16bit", tp: int = 1) 
     the vocabulary (split by TP); an encoder-decoder's per target token (its encoder side: `head_bytes`)."""
     a = _width(regime)
     if shape.arch == "encoder":
-        return _encoder_head_bytes_per_token(shape, regime, tp)
+        return sum(_encoder_head_bytes_per_token(shape, regime, tp))
     if shape.arch == "encoder-decoder":  # decoder input and target ids, the final norm, the head's input, softmax
-        return 2 * TOKEN_ID_BYTES + _norm_bytes(shape.hidden, regime) + a * shape.hidden + FP32 * shape.vocab
+        return 2 * TOKEN_ID_BYTES + _norm_bytes(shape.hidden, regime) / tp + a * shape.hidden + FP32 * shape.vocab / tp
     if architecture(shape) == "gpt":  # LayerNorm input and the head input, then the fp32 softmax
         return TOKEN_ID_BYTES + (2 * a * shape.hidden) + FP32 * shape.vocab / tp
     return TOKEN_ID_BYTES + _norm_bytes(shape.hidden, regime) / tp + a * shape.hidden + FP32 * shape.vocab / tp
 
 
-def _encoder_head_bytes_per_token(shape: ModelShape, regime: str, tp: int) -> float:
-    """An encoder's ids and labels, embedding LayerNorm and MLM head (module docstring), every position."""
+def _encoder_head_bytes_per_token(shape: ModelShape, regime: str, tp: int) -> tuple[float, float]:
+    """An encoder's (inputs, output) per position (module docstring): the ids and the embedding LayerNorm (on s/t
+    positions under TP); the labels, the MLM head (whole on each TP rank: it runs on the gathered sequence) and the
+    log-softmax (split by vocabulary under TP)."""
     if shape.encoder_head == "pooler":
         raise PlannerError("activations: an encoder without its MLM head (BertModel) has no pretraining loss to "
                            "plan; plan BertForMaskedLM (architectures in the config)")
-    if tp > 1:
-        raise PlannerError(f"--tp: {tp}: tensor parallelism of an encoder is not planned yet")
     a, h = _width(regime), shape.hidden
-    ids = TOKEN_ID_BYTES * (3 if shape.token_types else 2)  # tokens, labels (and token types)
-    embedding = _layernorm_bytes(h, regime) if shape.embedding_norm else 0.0
+    ids = TOKEN_ID_BYTES * (2 if shape.token_types else 1)  # tokens (and token types)
+    embedding = _layernorm_bytes(h, regime) / tp if shape.embedding_norm else 0.0
     final = 0.0 if shape.post_norm else _norm_bytes(h, regime)
     mlm = 4 * a * h + 2 * _stream_width(regime)  # transform input, GeLU input, LayerNorm input and statistics, decoder input
-    return ids + embedding + final + mlm + FP32 * shape.vocab
+    return ids + embedding, TOKEN_ID_BYTES + final + mlm + FP32 * shape.vocab / tp
 
 
 def loss_positions(shape: ModelShape) -> int:
@@ -450,17 +458,36 @@ def head_fixed_bytes(shape: ModelShape, regime: str = "16bit", tp: int = 1) -> f
     return 2 * (shape.vocab * shape.hidden / tp + transform)
 
 
-def head_bytes(shape: ModelShape, micro_batch: int, regime: str = "16bit", tp: int = 1) -> float:
-    """The output layer's saved tensors for a micro-batch (its fixed part included); an encoder's position ids
-    (once per position); an encoder-decoder's input side too (input ids, the encoder's final norm and output)."""
-    tokens = loss_positions(shape) * micro_batch
-    out = head_bytes_per_token(shape, regime, tp) * tokens + head_fixed_bytes(shape, regime, tp)
+def head_bytes(shape: ModelShape, micro_batch: int, regime: str = "16bit", tp: int = 1, share=None) -> float:
+    """The output layer's saved tensors for a micro-batch (its fixed part included); an encoder's inputs too (ids,
+    position ids once per position, the embedding LayerNorm); an encoder-decoder's input side (input and decoder
+    input ids, the encoder's final norm and output). `share`: one pipeline rank's part (`StageShare`): the inputs'
+    on the first stage, the loss's on the last, an encoder-decoder's final encoder norm on the stage of the
+    encoder's last block and its output on each local stage of decoder blocks (each receives its own copy); a
+    decoder's are all counted on the last stage."""
+    first, last = (True, True) if share is None else (share.embedding, share.head)
+    b, s = micro_batch, shape.seq_len
     if shape.arch == "encoder":
-        out += TOKEN_ID_BYTES * shape.seq_len
+        inputs, output = _encoder_head_bytes_per_token(shape, regime, tp)
+        return ((inputs * s * b + TOKEN_ID_BYTES * s) if first else 0.0) \
+            + ((output * s * b + head_fixed_bytes(shape, regime, tp)) if last else 0.0)
     if shape.arch == "encoder-decoder":
-        memory = 0 if regime == "autocast" else _width(regime) * shape.hidden  # autocast: each layer casts its own
-        out += (TOKEN_ID_BYTES + _norm_bytes(shape.hidden, regime) + memory) * shape.seq_len * micro_batch
-    return out
+        a, h, t = _width(regime), shape.hidden, shape.n_target_len
+        out = (TOKEN_ID_BYTES * (s + t) * b) if first else 0.0  # input and decoder-input ids
+        if share is None or share.encoder_end:
+            out += _norm_bytes(h, regime) / tp * s * b
+        # the encoder's output, once per stage its decoder blocks read it in (autocast: each layer casts its own;
+        # TP: each layer gathers its own, counted per layer)
+        memory = 0 if regime == "autocast" or tp > 1 else a * h
+        out += memory * s * b * (1 if share is None else share.decoder_stages)
+        if last:  # target ids, the decoder's final norm, the head's input and the log-softmax
+            per_target = TOKEN_ID_BYTES + _norm_bytes(h, regime) / tp + a * h + FP32 * shape.vocab / tp
+            out += per_target * t * b + head_fixed_bytes(shape, regime, tp)
+        return out
+    if not last:
+        return 0.0
+    tokens = loss_positions(shape) * micro_batch
+    return head_bytes_per_token(shape, regime, tp) * tokens + head_fixed_bytes(shape, regime, tp)
 
 
 def regime_for(precision: str, engine: str) -> str:

@@ -12,7 +12,7 @@ The per-GPU total is the largest; the estimate names that moment and lists the o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.core.parallel import ParallelPlan
 from planner.memory import activations, pipeline
@@ -204,24 +204,27 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
     tp = plan.tp
     in_flight, head = (1.0, True) if share is None else (share.in_flight, share.head)
     terms = memory.state_terms(precision, optimizer, convention, shape)
-    whole = shape.tp_replicated_params() if shape.moe is not None else 0  # an MoE MLP is whole on each TP rank
+    whole = shape.tp_replicated_params()  # an MoE MLP (an encoder's MLM transform) is whole on each TP rank
     per_tp_rank = (params - whole) / tp + whole
     states = memory.model_states(per_tp_rank, terms, plan, shape, convention)
     regime = activations.regime_for(precision, plan.engine)
     act_kw = {"regime": regime, "checkpointing": checkpointing, "every": checkpoint_every, "tp": tp,
-              "sequence_parallel": tp > 1, "flash_attention": flash_attention,
-              "indices": () if share is None else share.layer_indices}
-    layers_fixed = activations.stored_bytes(shape, 0, **act_kw)
+              "sequence_parallel": tp > 1, "flash_attention": flash_attention}
+    layers_fixed = activations.stored_bytes(shape, 0, share=share, **act_kw)
     head_fixed = activations.head_fixed_bytes(shape, regime, tp) if head else 0.0
     # Backward first holds the loss's gradients, then (once they are freed) one layer recomputed:
     # the larger of the two sits on top of the saved activations at the peak.
     positions = activations.loss_positions(shape) * micro_batch  # the logits' positions (an encoder-decoder's targets)
     loss_grads = activations.loss_backward_bytes_per_token(shape, tp) * positions if head else 0.0
-    recompute = activations.recompute_bytes(shape, micro_batch, **act_kw)
-    stored = activations.stored_bytes(shape, micro_batch, **act_kw)
-    logits = activations.head_bytes(shape, micro_batch, regime, tp) - head_fixed if head else 0.0
+    recompute = activations.recompute_bytes(shape, micro_batch, indices=() if share is None else share.layer_indices,
+                                            **act_kw)
+    stored = activations.stored_bytes(shape, micro_batch, share=share, **act_kw)
+    logits = activations.head_bytes(shape, micro_batch, regime, tp, share) - head_fixed
+    if share is not None:  # a stage's part of the inputs' (an encoder's, an encoder-decoder's) is held per micro-batch
+        carried = activations.head_bytes(shape, micro_batch, regime, tp, replace(share, head=False))
+        stored, logits = stored + carried, logits - carried
     log_probs_grad = 4 * shape.vocab / tp * positions if head else 0.0  # fp32, freed first
-    p2p = pipeline.p2p_buffer_bytes(plan, shape.hidden, shape.seq_len, micro_batch, 4 if precision == "fp32" else 2)
+    p2p = pipeline.p2p_buffer_bytes(plan, shape, micro_batch, 4 if precision == "fp32" else 2)
     return MemoryBreakdown(
         states=states,
         activations=(stored - layers_fixed) * in_flight
@@ -270,9 +273,10 @@ def pipeline_fsdp_backward(params: float, shape: ModelShape, plan: ParallelPlan,
         return None
     tp, w = plan.tp, 4 if precision == "fp32" else 2
     other_experts = shape.routed_expert_params() * (1 - 1 / plan.ep)  # held by the other EP ranks
-    block = shape.layer_params(plan.ep) / tp
-    root = max(0.0, (params - other_experts) / tp - shape.layers * block)
+    # the stage's blocks (an encoder-decoder's stage keeps the whole model's shape: its `params` are the stage's)
+    blocks = 0.0 if shape.arch == "encoder-decoder" else shape.layers * shape.layer_params(plan.ep) / tp
+    root = max(0.0, (params - other_experts) / tp - blocks)
     whole_embedding_grad = shape.embedding_params() * (1 - 1 / tp) if embedding else 0.0
-    return {"weights": (root + shape.layers * block) * w,  # the whole stage
+    return {"weights": (root + blocks) * w,  # the whole stage
             "gradients": 4 * ((params - other_experts) / tp + whole_embedding_grad),
             "activations": activations_in_flight}

@@ -41,6 +41,9 @@ class StageShare:
     in_flight: float  # micro-batches of this rank's layers whose activations are held at the peak
     dense_layers: int = 0  # of `layers`, an MoE model's leading dense ones (they sit on the first stages)
     layer_indices: tuple[int, ...] = ()  # the model-wide indices of its layers (which ones `every`-k checkpoints)
+    decoder_layers: int = 0  # of `layers`, an encoder-decoder's decoder blocks (they follow the encoder's)
+    encoder_end: bool = False  # an encoder-decoder's stage with the encoder's last block: its final norm
+    decoder_stages: int = 0  # this rank's stages holding decoder blocks (each receives the encoder's output)
 
 
 def stage_layers(layers: int, plan: ParallelPlan) -> list[int]:
@@ -60,11 +63,18 @@ def warmup_chunks(plan: ParallelPlan, rank: int) -> int:
     return min(m, p - rank - 1)
 
 
-def shares(layers: int, plan: ParallelPlan, dense_layers: int = 0) -> list[StageShare]:
+def shares_of(shape, plan: ParallelPlan) -> list[StageShare]:
+    """Each pipeline rank's share of `shape`'s blocks (an encoder-decoder's encoder blocks, then its decoder's)."""
+    encoder = shape.layers if shape.arch == "encoder-decoder" else None
+    return shares(shape.n_blocks, plan, shape.dense_layers, encoder)
+
+
+def shares(layers: int, plan: ParallelPlan, dense_layers: int = 0, encoder_layers: int | None = None) -> list[StageShare]:
     """Each pipeline rank's share; `dense_layers`: an MoE model's leading dense layers, counted on the stages
-    that hold them."""
+    that hold them; `encoder_layers`: an encoder-decoder's encoder blocks, the first of its `layers`."""
     split = stage_layers(layers, plan)
     starts = [sum(split[:i]) for i in range(len(split))]
+    enc = layers if encoder_layers is None else encoder_layers
     out = []
     for rank in range(plan.pp):
         stages = tuple(rank + k * plan.pp for k in range(plan.pp_virtual))
@@ -76,13 +86,19 @@ def shares(layers: int, plan: ParallelPlan, dense_layers: int = 0) -> list[Stage
             in_flight = min(warmup_chunks(plan, rank) + 1, plan.grad_accum * plan.pp_virtual) * chunk / held
         dense = sum(max(0, min(dense_layers, starts[s] + split[s]) - starts[s]) for s in stages)
         indices = tuple(i for s in stages for i in range(starts[s], starts[s] + split[s]))
+        decoder = [max(0, starts[s] + split[s] - max(enc, starts[s])) for s in stages]
+        end = encoder_layers is not None and any(starts[s] < enc <= starts[s] + split[s] for s in stages)
         out.append(StageShare(rank, stages, held, 0 in stages, plan.pp_stages - 1 in stages, in_flight, dense,
-                              indices))
+                              layer_indices=indices, decoder_layers=sum(decoder), encoder_end=end,
+                              decoder_stages=sum(1 for n in decoder if n)))
     return out
 
 
 def stage_shape(shape, share: StageShare):
-    """The model's shape cut to one pipeline rank's layers (an MoE model's dense ones among them)."""
+    """The model's shape cut to one pipeline rank's layers (an MoE model's dense ones among them); an
+    encoder-decoder's stays whole (its blocks are of two kinds: the share counts them, `activations.stored_bytes`)."""
+    if shape.arch == "encoder-decoder":
+        return shape
     if shape.moe is None:
         return replace(shape, layers=share.layers)
     return replace(shape, layers=share.layers, moe=replace(shape.moe, dense_layers=share.dense_layers))
@@ -90,17 +106,46 @@ def stage_shape(shape, share: StageShare):
 
 def stage_params(shape, share: StageShare) -> int:
     """Parameters on one pipeline rank: its blocks, the embedding on the first stage, the final norm and the
-    head on the last (a tied head is a second copy there: the stages hold it apart, as torchtitan does)."""
-    root_norms = shape.root_params() - shape.embedding_params() - shape.head_params()
+    head on the last (a tied head is a second copy there: the stages hold it apart, as torchtitan does). An
+    encoder's embedding LayerNorm sits on the first stage; an encoder-decoder's relative position bias tables on
+    the first stage too (with the embedding: `position_params`), its encoder's final norm on the stage of the
+    encoder's last block."""
+    norm = shape._norm_params()
     head = shape.vocab * shape.hidden if shape.tied_embeddings else shape.head_params()
-    return (stage_shape(shape, share).blocks_params() + (shape.embedding_params() if share.embedding else 0)
-            + (root_norms + head if share.head else 0))
+    if shape.arch == "encoder-decoder":
+        encoder = share.layers - share.decoder_layers
+        blocks = encoder * (shape.attention_params() + shape.mlp_params() + 2 * norm) \
+            + share.decoder_layers * shape.cross_block_params()
+        return (blocks + (shape.embedding_params() if share.embedding else 0) + (norm if share.encoder_end else 0)
+                + (norm + head if share.head else 0))
+    first_norms = norm if shape.embedding_norm else 0
+    root_norms = shape.root_params() - shape.embedding_params() - shape.head_params() - first_norms
+    return (stage_shape(shape, share).blocks_params() + (shape.embedding_params() + first_norms if share.embedding
+                                                         else 0) + (root_norms + head if share.head else 0))
 
 
 def stage_params_per_tp_rank(shape, share: StageShare, tp: int) -> float:
-    """`stage_params` on one tensor-parallel rank: matrices split by TP, the norms (RMSNorm weights) whole."""
-    norms = (2 * share.layers + (1 if share.head else 0)) * shape._norm_params()
-    return (stage_params(shape, share) - norms) / tp + norms
+    """`stage_params` on one tensor-parallel rank: matrices split by TP, the norms whole, and what TP leaves whole
+    besides (`ModelShape.tp_replicated_params`: an encoder's MLM transform and row-parallel biases)."""
+    if shape.arch == "encoder-decoder":
+        count = 2 * share.layers + share.decoder_layers + share.encoder_end + share.head
+        whole = count * shape._norm_params()
+    elif shape.arch == "encoder":
+        whole = (2 * share.layers + share.embedding + share.head) * shape._norm_params() \
+            + share.layers * shape.row_parallel_biases() + (shape.mlm_transform_params() if share.head else 0)
+    else:
+        whole = (2 * share.layers + (1 if share.head else 0)) * shape._norm_params()
+    return (stage_params(shape, share) - whole) / tp + whole
+
+
+def p2p_elements(shape, micro_batch: int, tp: int = 1) -> float:
+    """Elements one stage receives per micro-batch (split by TP under sequence parallelism): the hidden state, b x s
+    x h; an encoder-decoder's carry in its encoder, the larger (the hidden state, the embedded decoder inputs and
+    both relative position biases, one per micro-batch and heads split by TP)."""
+    if shape.arch != "encoder-decoder":
+        return micro_batch * shape.seq_len * shape.hidden / tp
+    s, t = shape.seq_len, shape.n_target_len
+    return (micro_batch * (s + t) * shape.hidden + shape.heads * (s * s + t * t)) / tp
 
 
 def bubble_fraction(plan: ParallelPlan) -> float:
@@ -115,9 +160,9 @@ def bubble_fraction(plan: ParallelPlan) -> float:
     return (plan.pp - 1) / (work * v * plan.grad_accum)
 
 
-def p2p_buffer_bytes(plan: ParallelPlan, hidden: int, seq_len: int, micro_batch: int, width: int) -> float:
+def p2p_buffer_bytes(plan: ParallelPlan, shape, micro_batch: int, width: int) -> float:
     """Receive buffers per local stage: one activation from the previous stage and one gradient from the
-    next, b x s x h elements (split by TP under sequence parallelism)."""
+    next (`p2p_elements` each)."""
     if plan.pp == 1:
         return 0.0
-    return 2 * plan.pp_virtual * micro_batch * seq_len * hidden * width / plan.tp
+    return 2 * plan.pp_virtual * p2p_elements(shape, micro_batch, plan.tp) * width

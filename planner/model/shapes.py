@@ -187,6 +187,11 @@ class ModelShape:
         return self.layers if self.arch == "decoder" else 0
 
     @property
+    def n_blocks(self) -> int:
+        """Every block, the encoder's then the decoder's in an encoder-decoder: what pipeline stages split."""
+        return self.layers + self.n_decoder_layers if self.arch == "encoder-decoder" else self.layers
+
+    @property
     def n_target_len(self) -> int:
         """The decoder's sequence length: an encoder-decoder's targets (`target_len`, or span corruption's for
         `seq_len` inputs), else `seq_len`."""
@@ -370,9 +375,22 @@ class ModelShape:
 
     def tp_replicated_params(self) -> int:
         """What tensor parallelism leaves whole on every TP rank besides the norms: the MoE layers' MLPs (router,
-        routed and shared experts). Our trainer runs TP for attention only; every TP rank routes the whole
-        sequence (`pretrain.engines.parallelize.apply_tensor_parallel`), experts split by EP instead."""
+        routed and shared experts: our trainer runs TP for attention only there, every TP rank routes the whole
+        sequence, `pretrain.engines.parallelize.apply_tensor_parallel`, experts split by EP instead); an encoder's
+        MLM transform and row-parallel biases."""
+        if self.arch == "encoder":  # BERT's MLM transform runs whole on the gathered sequence
+            return self.layers * self.row_parallel_biases() + self.mlm_transform_params()
         return self.moe_layers * self.moe_mlp_params() if self.moe is not None else 0
+
+    def row_parallel_biases(self) -> int:
+        """A block's biases that tensor parallelism leaves whole: the row-parallel projections' (o and down, added
+        after the reduction)."""
+        return 2 * self.hidden if self.bias else 0
+
+    def mlm_transform_params(self) -> int:
+        """An encoder's MLM transform (dense h x h + h; its LayerNorm is among the norms)."""
+        return self.hidden * self.hidden + self.hidden if self.arch == "encoder" and self.encoder_head != "pooler" \
+            else 0
 
     def layer_params_per_tp_rank(self, ep: int = 1, tp: int = 1) -> float:
         """One block on a TP rank with its EP rank's experts (`layer_params`): attention split `tp` ways, an MoE

@@ -83,7 +83,7 @@ def stage_breakdowns(req: EstimateRequest, model: ResolvedModel, plan: ParallelP
     micro_batch = plan.micro_batch if micro_batch is None else micro_batch
     scale = model.params / model.shape.param_count()  # --params with an inferred shape: sized by the count
     out = {}
-    for share in pipeline.shares(model.shape.layers, plan, model.shape.dense_layers):
+    for share in pipeline.shares_of(model.shape, plan):
         shape = pipeline.stage_shape(model.shape, share)
         out[share] = memory_breakdown(
             pipeline.stage_params(model.shape, share) * scale, shape, plan, precision=req.precision,
@@ -100,7 +100,7 @@ def _pipeline_summary(req: EstimateRequest, model: ResolvedModel, plan: Parallel
     stages = stage_breakdowns(req, model, plan)
     return {"pp": plan.pp, "schedule": plan.pp_schedule, "virtual_stages_per_rank": plan.pp_virtual,
             "microbatches": plan.grad_accum, "bubble_fraction": pipeline.bubble_fraction(plan),
-            "layers_per_stage": pipeline.stage_layers(model.shape.layers, plan),
+            "layers_per_stage": pipeline.stage_layers(model.shape.n_blocks, plan),
             "stages": [{"rank": s.rank, "stages": list(s.stages), "layers": s.layers, "embedding": s.embedding,
                         "head": s.head, "microbatches_in_flight": s.in_flight, "peak_moment": b.moment,
                         "memory_bytes": b.lines()} for s, b in stages.items()]}

@@ -16,7 +16,7 @@ from planner.compute import flops as compute
 from planner.core import checks
 from planner.core.errors import PlannerError
 from planner.core.parallel import ParallelPlan
-from planner.core.schema import GPUSpec, PlanningConfig, RunConfig
+from planner.core.schema import GPUSpec, PlanningConfig, RunConfig, parallel_refusal
 from planner.memory import finetune as finetune_mod
 from planner.memory import model_states as memory
 from planner.model.hardware import BUILTIN_GPUS, GPU
@@ -141,7 +141,7 @@ def _an(arch: str) -> str:
 
 def check_arch(req: EstimateRequest, model: ResolvedModel) -> ResolvedModel:
     """The model's architecture against --arch and --objective, and --target-len applied (one line where they
-    disagree); layouts planned for decoders only refused for the other two."""
+    disagree); the model parallelism the trainer does not run for the architecture refused (`parallel_refusal`)."""
     arch = model.shape.arch
     if req.arch is not None and req.arch != arch:
         raise PlannerError(f"--arch {req.arch}: {model.source} is {_an(arch)} model")
@@ -153,10 +153,10 @@ def check_arch(req: EstimateRequest, model: ResolvedModel) -> ResolvedModel:
             raise PlannerError(f"--target-len: only an encoder-decoder has targets apart from its inputs; "
                                f"{model.source} is {arch}-only")
         model = replace(model, shape=replace(model.shape, target_len=req.target_len))
-    if arch != "decoder":
-        for flag, degree in (("--tp", req.layout.tp), ("--pp", req.layout.pp)):
-            if degree > 1:
-                raise PlannerError(f"{flag}: {degree}: planned for decoders only; {model.source} is {arch}")
+    refusal = parallel_refusal(arch, req.layout.tp, req.layout.pp, req.layout.ep)
+    if refusal is not None:  # the trainer's rule (the run schema's too): what is not run is not planned
+        name, degree, why = refusal
+        raise PlannerError(f"--{name}: {degree}: {why}; {model.source} is {_an(arch)} model")
     return model
 
 

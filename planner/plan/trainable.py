@@ -26,11 +26,12 @@ def check_moe_trainable(model: ResolvedModel, plan: ParallelPlan) -> None:
         raise PlannerError(f"--pp: {plan.pp}: pipeline stages of an MoE model are not run yet; use --ep")
 
 
-def check_arch_trainable(model: ResolvedModel, plan: ParallelPlan | None = None) -> None:
+def check_arch_trainable(model: ResolvedModel) -> None:
     """What the trainer builds beyond decoders: BERT's encoder (`pretrain.encoder`: post-LN LayerNorm blocks with
     biases, GeLU, learned positions, the MLM head) and T5's encoder-decoder (`pretrain.encoder_decoder`: pre-RMSNorm
     blocks without biases, ReLU or gated-GeLU, relative position bias, span corruption's targets), under DDP, FSDP2
-    or DeepSpeed with tp = pp = ep = 1; the rest is refused in one line, naming the flag."""
+    or DeepSpeed, with tensor and pipeline parallelism (`planner.core.schema.parallel_refusal`, which the model's
+    resolution applies: `planner.plan.request.check_arch`); the rest is refused in one line, naming the flag."""
     s = model.shape
     if s.arch == "decoder":
         return
@@ -50,8 +51,3 @@ def check_arch_trainable(model: ResolvedModel, plan: ParallelPlan | None = None)
     if not ours or s.n_kv_heads != s.heads or s.moe is not None:
         raise PlannerError(f"--model: the trainer builds an {s.arch} of {block} blocks; {model.source} is "
                            f"{s.norm}/{s.mlp}/{s.position}: give a Hugging Face config of that family (--hf-config)")
-    for flag, degree in (("--tp", plan.tp if plan else 1), ("--pp", plan.pp if plan else 1),
-                         ("--ep", plan.ep if plan else 1)):
-        if degree > 1:
-            raise PlannerError(f"{flag}: {degree}: the trainer runs an {s.arch} under DDP, FSDP2 or DeepSpeed without "
-                               "tensor, pipeline or expert parallelism")

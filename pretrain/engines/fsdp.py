@@ -71,27 +71,34 @@ class FSDPEngine(Engine):
 
 
 def clip_grad_norm(params: list[torch.nn.Parameter], max_norm: float) -> float:
-    """`torch.nn.utils.clip_grad_norm_` over DTensor gradients that may live on different meshes (under expert
-    parallelism the experts' on (shard_mod_ep, ep), the rest on the shard mesh): each mesh's norm is completed
-    over its ranks, the total is their root sum of squares, and every gradient is scaled by the same factor.
-    Returns the total norm before clipping."""
-    from torch.nn.utils import get_total_norm
-
-    groups: dict[object, list[torch.nn.Parameter]] = {}
-    for p in params:
-        if p.grad is not None:
-            groups.setdefault(getattr(p.grad, "device_mesh", None), []).append(p)
-    if len(groups) <= 1:  # one mesh (a dense model): torch's own
+    """`torch.nn.utils.clip_grad_norm_` over DTensor gradients that may live on different meshes (`grad_norm`):
+    every gradient is scaled by the same factor. Returns the total norm before clipping."""
+    meshes = {getattr(p.grad, "device_mesh", None) for p in params if p.grad is not None}
+    if len(meshes) <= 1:  # one mesh (a dense decoder): torch's own
         total = torch.nn.utils.clip_grad_norm_(params, max_norm)
         return float(total.full_tensor() if hasattr(total, "full_tensor") else total)
-    norms = []
-    for group in groups.values():
-        norm = get_total_norm([p.grad for p in group])
-        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-    total = torch.linalg.vector_norm(torch.stack(norms))
+    total = grad_norm(params)
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # as clip_grads_with_norm_ computes it
     with torch.no_grad():
-        for group in groups.values():
-            for p in group:
+        for p in params:
+            if p.grad is not None:
                 p.grad.mul_(float(coef))
     return float(total)
+
+
+def grad_norm(params: list[torch.nn.Parameter], foreach: bool | None = None) -> torch.Tensor:
+    """The 2-norm of `params`' gradients, a plain tensor. DTensor gradients may live on different meshes (under
+    expert parallelism the experts' on (shard_mod_ep, ep), the rest on the shard mesh; under TP an encoder's MLM
+    transform, whole on each TP rank, on the shard mesh beside the TP-split weights): each mesh's norm is completed
+    over its ranks, the total is their root sum of squares."""
+    from torch.nn.utils import get_total_norm
+
+    groups: dict[object, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad is not None:
+            groups.setdefault(getattr(p.grad, "device_mesh", None), []).append(p.grad)
+    norms = []
+    for grads in groups.values():
+        norm = get_total_norm(grads, foreach=foreach)
+        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+    return torch.linalg.vector_norm(torch.stack(norms))

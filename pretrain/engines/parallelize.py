@@ -95,7 +95,86 @@ def apply_expert_parallel(model: nn.Module, ep_mesh: DeviceMesh) -> None:
 
 def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
     """Megatron's column/row split of every block, sequence parallel norms, vocabulary-parallel embedding
-    and head (the layout in the module docstring)."""
+    and head (the layout in the module docstring), for each architecture the trainer builds."""
+    from torch.distributed.tensor.parallel import parallelize_module
+
+    from pretrain.encoder import Encoder
+    from pretrain.encoder_decoder import EncoderDecoder
+
+    plans = _encoder_plans if isinstance(model, Encoder) else \
+        _encoder_decoder_plans if isinstance(model, EncoderDecoder) else _decoder_plans
+    root, blocks = plans(model)
+    # a pipeline stage holds some of the root's modules (the first the embedding, the last the norm and the head)
+    parallelize_module(model, tp_mesh, {name: style for name, style in root.items() if _has(model, name)})
+    for block in blocks:
+        parallelize_module(block, tp_mesh, {name: style for name, style in _block_plan(block).items()
+                                            if _has(block, name)})
+    if isinstance(model, Encoder) and model.head_bias is not None:  # the MLM head's bias, split as its logits are
+        from torch.distributed.tensor import Shard, distribute_tensor
+
+        model.head_bias = nn.Parameter(distribute_tensor(model.head_bias.data, tp_mesh, [Shard(0)],
+                                                         src_data_rank=None))  # no data moves (meta)
+
+
+def _has(module: nn.Module, name: str) -> bool:
+    for part in name.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return False
+    return True
+
+
+def _decoder_plans(model: nn.Module) -> tuple[dict, list[nn.Module]]:
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
+
+    root = {"embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+            "norm": SequenceParallel(),
+            "head": ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False)}
+    return root, list(model.blocks.values())
+
+
+def _encoder_plans(model: nn.Module) -> tuple[dict, list[nn.Module]]:
+    """BERT: the three embeddings split by rows (vocabulary, positions, types), each reduce-scattered to a sequence
+    shard; the embeddings' LayerNorm sequence-parallel. The MLM head's transform and LayerNorm run whole on every TP
+    rank (the sequence gathered first: h x h, the same on each), then the head and its bias split by vocabulary."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        PrepareModuleInput,
+        RowwiseParallel,
+        SequenceParallel,
+    )
+
+    lookup = RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1))
+    root = {"embed": lookup, "positions": lookup, "token_types": lookup,
+            "embed_norm": SequenceParallel(use_local_output=True),
+            "transform": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),),
+                                            use_local_output=True),
+            "head": ColwiseParallel(input_layouts=Replicate(), output_layouts=Shard(-1), use_local_output=False)}
+    return root, list(model.blocks.values())
+
+
+def _encoder_decoder_plans(model: nn.Module) -> tuple[dict, list[nn.Module]]:
+    """T5: the shared embedding split by vocabulary; each stack's relative position bias split by heads, as the
+    attention's heads are (each rank looks up its own heads' bias); the encoder's final norm hands the decoder its
+    output as a sequence shard, each cross-attention gathers it."""
+    from torch.distributed.tensor import Replicate, Shard
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, SequenceParallel
+
+    heads = ColwiseParallel(input_layouts=Replicate(), output_layouts=Shard(-1))
+    root = {"embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
+            "encoder.relative_bias": heads, "decoder.relative_bias": heads,
+            "encoder.norm": SequenceParallel(use_local_output=True),
+            "decoder.norm": SequenceParallel(),
+            "head": ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False)}
+    return root, [block for stack in model.stacks() for block in stack.blocks.values()]
+
+
+def _block_plan(block: nn.Module) -> dict:
+    """One block's layout: q, k, v, gate, up column-wise, o and down row-wise back to a sequence shard, the norms
+    sequence-parallel (a post-LN block's hand on local shards: they are its residual stream); cross-attention
+    gathers the encoder's output for its K and V; an MoE MLP runs whole (TP for attention only)."""
     from torch.distributed.tensor import Replicate, Shard
     from torch.distributed.tensor.parallel import (
         ColwiseParallel,
@@ -103,35 +182,38 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh: DeviceMesh) -> None:
         PrepareModuleInputOutput,
         RowwiseParallel,
         SequenceParallel,
-        parallelize_module,
     )
 
-    root = {
-        "embed": RowwiseParallel(input_layouts=Replicate(), output_layouts=Shard(1)),
-        "norm": SequenceParallel(),
-        "head": ColwiseParallel(input_layouts=Shard(1), output_layouts=Shard(-1), use_local_output=False),
-    }  # a pipeline stage holds some of these (the first the embedding, the last the norm and the head)
-    parallelize_module(model, tp_mesh, {name: style for name, style in root.items() if getattr(model, name) is not None})
+    from pretrain.encoder import EncoderBlock as BertBlock
+    from pretrain.encoder_decoder import DecoderBlock, EncoderBlock
     from pretrain.model import MoE
 
-    for block in model.blocks.values():
-        attention = {
-            "attn_norm": SequenceParallel(),
-            "attn": PrepareModuleInput(input_layouts=(Shard(1), None, None),
-                                       desired_input_layouts=(Replicate(), None, None)),
-            "attn.q": ColwiseParallel(), "attn.k": ColwiseParallel(), "attn.v": ColwiseParallel(),
-            "attn.o": RowwiseParallel(output_layouts=Shard(1)),
-            "mlp_norm": SequenceParallel(),
-        }
-        if isinstance(block.mlp, MoE):  # TP for attention only: every TP rank routes the whole sequence alike
-            mlp = {"mlp": PrepareModuleInputOutput(
-                input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_input=True,
-                output_layouts=(Replicate(),), desired_output_layouts=(Shard(1),), use_local_output=True)}
-        else:
-            mlp = {"mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
-                   "mlp.gate": ColwiseParallel(), "mlp.up": ColwiseParallel(),
-                   "mlp.down": RowwiseParallel(output_layouts=Shard(1))}
-        parallelize_module(block, tp_mesh, {**attention, **mlp})
+    # the attention's other inputs: the decoder's rotary tables, T5's bias (already this rank's heads), none in BERT
+    others = {BertBlock: 0, EncoderBlock: 1, DecoderBlock: 1}.get(type(block), 2)
+    post_norm = isinstance(block, BertBlock)
+    plan = {
+        "attn_norm": SequenceParallel(use_local_output=post_norm),
+        "attn": PrepareModuleInput(input_layouts=(Shard(1), *[None] * others),
+                                   desired_input_layouts=(Replicate(), *[None] * others)),
+        "attn.q": ColwiseParallel(), "attn.k": ColwiseParallel(), "attn.v": ColwiseParallel(),
+        "attn.o": RowwiseParallel(output_layouts=Shard(1)),
+        "mlp_norm": SequenceParallel(use_local_output=post_norm),
+    }
+    if isinstance(block, DecoderBlock):
+        plan.update({"cross_norm": SequenceParallel(),
+                     "cross": PrepareModuleInput(input_layouts=(Shard(1), None, Shard(1)),
+                                                 desired_input_layouts=(Replicate(), None, Replicate())),
+                     "cross.q": ColwiseParallel(), "cross.k": ColwiseParallel(), "cross.v": ColwiseParallel(),
+                     "cross.o": RowwiseParallel(output_layouts=Shard(1))})
+    if isinstance(block.mlp, MoE):  # TP for attention only: every TP rank routes the whole sequence alike
+        plan["mlp"] = PrepareModuleInputOutput(
+            input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),), use_local_input=True,
+            output_layouts=(Replicate(),), desired_output_layouts=(Shard(1),), use_local_output=True)
+    else:
+        plan.update({"mlp": PrepareModuleInput(input_layouts=(Shard(1),), desired_input_layouts=(Replicate(),)),
+                     "mlp.gate": ColwiseParallel(), "mlp.up": ColwiseParallel(),
+                     "mlp.down": RowwiseParallel(output_layouts=Shard(1))})
+    return plan
 
 
 def apply_fsdp(model: nn.Module, dp_mesh: DeviceMesh, *, bf16: bool, reshard_after_forward: bool,

@@ -1,7 +1,9 @@
 """Pipeline parallelism: `torch.distributed.pipelining` stages and schedules, each stage FSDP2 (+ TP) inside.
 
-Stages are cut from the one model by layer index (`Transformer.stage`, the split the planner prices:
-`ParallelPlan.stage_layers`); rank r of a pipeline runs stages r, r + pp, ... (the looped
+Stages are cut from the one model by layer index (the model's class built with `layers`, `embedding` and `head`:
+`pretrain.model.Transformer`, `pretrain.encoder.Encoder`, `pretrain.encoder_decoder.EncoderDecoder`, whose blocks
+are numbered over its encoder's then its decoder's; the split the planner prices: `ParallelPlan.stage_layers` over
+`planner.core.schema.pipeline_blocks`); rank r of a pipeline runs stages r, r + pp, ... (the looped
 placement of torch's interleaved schedules). Each stage is parallelized by the same `parallelize` as a
 whole model under FSDP, over the data-parallel and tensor-parallel parts of the mesh; the mesh's `pp`
 dimension is the group the stages send activations and gradients over.
@@ -38,12 +40,15 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from pretrain.engines.base import Engine, parameter_state_bytes
+from planner.core.schema import pipeline_blocks
+from pretrain.encoder import masked_cross_entropy
+from pretrain.engines.base import Engine, model_class, parameter_state_bytes
 from pretrain.engines.checks import check_model_config, write_model_config
+from pretrain.engines.fsdp import grad_norm
 from pretrain.engines.parallelize import build_mesh, loss_context, parallelize
 from pretrain.engines.torch_engine import make_adamw
 from pretrain.memory_probe import LiveTensorCounter, SavedTensorCounter
-from pretrain.model import Transformer, cross_entropy
+from pretrain.model import cross_entropy
 
 
 def stage_ranges(layers: int, plan) -> list[range]:
@@ -78,14 +83,14 @@ class PipelineEngine(Engine):
         mesh = build_mesh(plan, info.device.type)
         self.pp_group = mesh.pp.get_group()
         self.pp_rank = plan.pp_rank(info.rank)
-        ranges = stage_ranges(cfg.model.layers, plan)
+        ranges = stage_ranges(pipeline_blocks(cfg.model), plan)
+        build = model_class(cfg.model)
         self.stage_ids = [self.pp_rank + k * plan.pp for k in range(plan.pp_virtual)]
         bf16 = cfg.train.precision == "bf16-mixed"
         parts = []
         for sid in self.stage_ids:
             with torch.device("meta"):  # the stage alone: no rank ever holds the whole model
-                part = Transformer(cfg.model, layers=ranges[sid],
-                                   embedding=sid == 0, head=sid == plan.pp_stages - 1)
+                part = build(cfg.model, layers=ranges[sid], embedding=sid == 0, head=sid == plan.pp_stages - 1)
             parallelize(part, plan, mesh, bf16=bf16, activation_checkpointing=cfg.train.activation_checkpointing,
                         checkpoint_every=cfg.train.activation_checkpointing_every)
             parts.append(self.materialize(part))  # the whole model's weights for these names (init_weights)
@@ -113,21 +118,25 @@ class PipelineEngine(Engine):
 
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         counter, self._counter = self._counter, None
+        # the objective's loss (MLM's over the masked positions only: labels -100 elsewhere)
+        loss_of = masked_cross_entropy if self.cfg.model.arch == "encoder" else cross_entropy
         if counter is None:
-            return cross_entropy(logits, targets)
+            return loss_of(logits, targets)
         counter.start()  # the first micro-batch's output layer is counted up to its loss: its targets too
         counter.keep(targets)
-        loss = cross_entropy(logits, targets)
+        loss = loss_of(logits, targets)
         counter.stop()
         return loss
 
     def _through_schedule(self, run: Callable, batches) -> list[float]:
         """`run` (the schedule's `step` or `eval`) over `batches` as one batch: the first stage feeds the
-        inputs, the last the targets; returns the micro-batch losses, on every rank of the pipeline."""
+        inputs (an encoder-decoder's with the targets, which its decoder reads shifted right), the last the
+        targets; returns the micro-batch losses, on every rank of the pipeline."""
         x, y = (torch.cat(parts).to(self.info.device) for parts in zip(*batches, strict=True))
+        first = [x, y] if self.cfg.model.arch == "encoder-decoder" else [x]
         losses: list[torch.Tensor] = []
         with loss_context(self.plan):
-            run(*([x] if self.is_first else []), target=y if self.is_last else None,
+            run(*(first if self.is_first else []), target=y if self.is_last else None,
                 losses=losses if self.is_last else None, return_outputs=False)
         return self._shared_losses(losses)
 
@@ -195,8 +204,7 @@ class PipelineEngine(Engine):
     def _clip_gradients(self) -> float:
         """Clip to optim.grad_clip by the whole model's norm: this rank's stages, summed over the pipeline."""
         params = [p for p in self.model.parameters() if p.grad is not None]
-        local = torch.nn.utils.get_total_norm([p.grad for p in params], foreach=False)
-        local = local.full_tensor() if hasattr(local, "full_tensor") else local
+        local = grad_norm(params, foreach=False)  # this rank's stages, each device mesh's over its ranks
         squares = (local.detach().float() ** 2).reshape(1).cpu()
         dist.all_reduce(squares, group=self.pp_group)
         total = squares.sqrt()[0]
