@@ -352,9 +352,8 @@ def render_report(meta: dict, r: dict, runs: list[dict], setup: Setup) -> str:
     if r["converged"] and r["message"]:
         lines.insert(3, f"- Note: {r['message']}.")
     if r["usable"]:
-        p = r["replan"]
-        lines.append(f"- Re-plan at {meta['target_flops']:.3g} FLOPs from this law: N* {p['params']:.4g}, "
-                     f"D* {p['tokens']:.4g}, predicted loss {p['loss']:.4f}.")
+        text = ladder.describe_replan(meta["target_flops"], r["replan"])
+        lines.append(f"- {text[0].upper()}{text[1:]}.")
     else:
         lines.append(f"- Not used to re-plan: {r['refusal']}.")
     lines += ["", "![the law, its isoFLOP curves and the held-out run](nd.png)", "", "## Runs", "",

@@ -51,24 +51,35 @@ def test_each_size_is_initialised_by_fan_in(tmp_path):
     assert cfg.model.init_std == pytest.approx(point.hidden ** -0.5) and cfg.train.eval_batches == 7
 
 
-@pytest.mark.parametrize("converged, message, low, high, predicted, usable, reason", [
-    (True, "", 2.9, 3.1, 3.0, True, ""),  # band +/-0.1 on 3.0: 3.3% <= 5%
-    (True, "", 2.86, 3.14, 3.0, True, ""),  # +/-4.7%
-    (True, "", 2.84, 3.16, 3.0, False, r"band on the held-out prediction \(2\.84-3\.16\) is wider than"),
-    (True, "", 2.0, 4.0, 3.0, False, "wider than"),
-    (True, "", math.nan, math.nan, 3.0, False, "wider than"),  # no bootstrap: no band, no re-plan
-    (True, "", 2.9, math.inf, 3.0, False, "wider than"),
-    (False, "ABNORMAL_TERMINATION_IN_LNSRCH", 2.9, 3.1, 3.0, False,
-     r"the fit did not converge \(ABNORMAL_TERMINATION_IN_LNSRCH\)"),  # a tight band does not rescue it
+@pytest.mark.parametrize("converged, message, low, high, error, measured, usable, reason", [
+    (True, "", 2.9, 3.1, 0.01, 2.97, True, ""),  # within 5%, inside the band
+    (True, "", 2.7, 3.6, -0.049, 3.15, True, ""),  # a wide band (+/-15%) does not refuse a law the held-out run confirms
+    (True, "", 2.7, 3.6, 0.051, 2.85, False, r"missed the held-out run by \+5\.10%, more than \+/-5%"),
+    (True, "", 2.9, 3.0, -0.04, 3.12, False, r"loss 3\.12 lies outside the prediction's 95% bootstrap band \(2\.9-3\)"),
+    (True, "", math.nan, math.nan, 0.0, 3.0, False, "no bootstrap band"),  # no bootstrap: uncertainty unknown
+    (True, "", 2.9, math.inf, 0.0, 3.0, False, "no bootstrap band"),
+    (False, "ABNORMAL_TERMINATION_IN_LNSRCH", 2.9, 3.1, 0.0, 3.0, False,
+     r"the fit did not converge \(ABNORMAL_TERMINATION_IN_LNSRCH\)"),  # a good held-out error does not rescue it
 ])
-def test_a_law_re_plans_only_when_converged_with_a_tight_band(converged, message, low, high, predicted, usable,
-                                                                reason):
-    ok, why = ladder.usable(converged, message, low, high, predicted)
+def test_a_law_re_plans_only_when_converged_and_confirmed_by_the_held_out_run(converged, message, low, high, error,
+                                                                             measured, usable, reason):
+    ok, why = ladder.usable(converged, message, low, high, error, measured)
     assert ok is usable
     if usable:
         assert why == ""
     else:
         assert re.search(reason, why), why
+
+
+def test_the_re_plan_carries_the_bootstraps_range_of_n_d_and_loss():
+    laws = [{"E": 1.7, "A": 400.0, "B": 410.0, "alpha": 0.34 + 0.01 * i, "beta": 0.28} for i in range(5)]
+    band = ladder.replan_band(laws, 1e21)
+    for key in ("params", "tokens", "loss"):
+        low, high = band[key]
+        assert low < high
+    assert ladder.replan_band([], 1e21) == {}
+    text = ladder.describe_replan(1e21, {"params": 1e9, "tokens": 2e10, "loss": 2.5, "band": band})
+    assert text.startswith("re-plan at 1e+21 FLOPs from this law: N* 1e+09 (95%: ") and "D* 2e+10 (95%: " in text
 
 
 @pytest.mark.parametrize("change, flag", [({"widths": [16, 32]}, "--widths"), ({"holdout_width": 32}, "--holdout-width"),

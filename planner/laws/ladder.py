@@ -57,8 +57,12 @@ from planner.model.shapes import ModelShape
 LR_REF, H_REF, LR_MAX = 0.01, 64, 0.03
 WARMUP_FRACTION = 0.05
 HEAD_DIM = 16
-#: A law whose bootstrap band on the held-out prediction is wider than this (relative) is not used to re-plan.
-MAX_BAND = 0.05
+#: A law is used to re-plan only when it predicted the held-out run (larger than every ladder run, trained after the
+#: prediction) within this (relative), and the measured loss fell inside the prediction's 95% bootstrap band: the
+#: held-out run is the test the law must pass; the band, however wide, is carried into the re-plan as ranges of N*
+#: and D* (a case bootstrap over a dozen designed runs is wide by construction: resamples that lose a whole size
+#: extrapolate from the others).
+MAX_HELD_OUT_ERROR = 0.05
 #: The shortest run a ladder point may be: fewer optimizer steps than this measure warm-up, not a law.
 MIN_STEPS = 20
 #: Token multiples (tokens = m x k x N): k is set by the budget, so only their ratios matter; past 1000 the
@@ -220,8 +224,8 @@ def relative_error(predicted: float, measured: float) -> float:
     return (predicted - measured) / measured
 
 
-def band_ok(low: float, high: float, predicted: float) -> bool:
-    return math.isfinite(low) and math.isfinite(high) and (high - low) / 2 <= MAX_BAND * predicted
+def band_covers(low: float, high: float, measured: float) -> bool:
+    return math.isfinite(low) and math.isfinite(high) and low <= measured <= high
 
 
 # ---- the workflow: write, predict the held-out run, report ---------------------------------------
@@ -385,7 +389,25 @@ def load_prediction(root, meta: dict) -> dict:
     if not (isinstance(band, list) and len(band) == 2
             and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in band)):
         raise PlannerError(f"{where}: band {str(band)[:80]} must be [low, high]")
+    ranges = pred.setdefault("replan_band", {})
+    if not (isinstance(ranges, dict) and all(
+            key in ("params", "tokens", "loss") and isinstance(v, list) and len(v) == 2
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+            for key, v in ranges.items())):
+        raise PlannerError(f"{where}: replan_band {str(ranges)[:80]} must map params, tokens and loss to [low, high]")
     return pred
+
+
+def describe_replan(flops: float, plan: dict) -> str:
+    """The re-plan on one line, each figure with its 95% bootstrap range when there is one."""
+    band = plan.get("band", {})
+
+    def figure(key: str, fmt: str) -> str:
+        lo_hi = band.get(key)
+        return f"{plan[key]:{fmt}}" + (f" (95%: {lo_hi[0]:{fmt}}-{lo_hi[1]:{fmt}})" if lo_hi else "")
+
+    return (f"re-plan at {flops:.3g} FLOPs from this law: N* {figure('params', '.4g')}, D* {figure('tokens', '.4g')}, "
+            f"predicted loss {figure('loss', '.4f')}")
 
 
 def _load(root) -> dict:
@@ -435,16 +457,28 @@ def predict(root, bootstrap: int = 30) -> dict:
     n, d, loss = (np.array([r[k] for r in have]) for k in ("n_params", "train_tokens", "eval_loss"))
     fit = fit_nd(n, d, loss, bootstrap=bootstrap)
     predicted = float(predict_nd(fit.params, held["params"], held["tokens"]))
-    samples = [float(predict_nd(s, held["params"], held["tokens"])) for s in fit.extra.get("bootstrap_params", [])]
+    laws = fit.extra.get("bootstrap_params", [])
+    samples = [float(predict_nd(s, held["params"], held["tokens"])) for s in laws]
     low, high = (np.percentile(samples, [2.5, 97.5]).tolist() if samples else [math.nan, math.nan])
     result = {"law": fit.params, "stderr": fit.stderr, "converged": fit.converged, "message": fit.message,
               "held_out": held["name"], "loss_predicted": predicted, "band": [low, high], "bootstrap": bootstrap,
-              "fitted_on": len(have)}
+              "fitted_on": len(have), "replan_band": replan_band(laws, meta["target_flops"])}
     cfg = load_config(config)
     cfg.plan.update({"loss_predicted": predicted, "loss_predicted_low": low, "loss_predicted_high": high})
     atomic_write_text(config, dump_config(cfg))
     atomic_write_json(root / PREDICTION_FILE, result)
     return result
+
+
+def replan_band(laws: list[dict], flops: float) -> dict[str, list[float]]:
+    """The 95% range of the re-plan's N*, D* and loss over the bootstrap's laws ({} without a bootstrap)."""
+    import numpy as np
+
+    from planner.laws.scaling import ParametricLaw, plan_optimal
+
+    plans = [plan_optimal(ParametricLaw(**law, name="bootstrap"), flops) for law in laws]
+    return {key: np.percentile([getattr(p, key) for p in plans], [2.5, 97.5]).tolist()
+            for key in ("params", "tokens", "loss")} if plans else {}
 
 
 def report(root) -> dict:
@@ -464,12 +498,13 @@ def report(root) -> dict:
         out["true_entropy_rate"], out["E_error"] = truth, relative_error(pred["law"]["E"], truth)
     out["monotone"] = monotone(meta["points"], runs, pred["law"])
     low, high = pred["band"]
-    out["usable"], out["refusal"] = usable(pred["converged"], pred["message"], low, high, pred["loss_predicted"])
+    out["usable"], out["refusal"] = usable(pred["converged"], pred["message"], low, high, out["error"],
+                                           measured["eval_loss"])
     if out["usable"]:
         from planner.laws.scaling import ParametricLaw, plan_optimal
 
         law = ParametricLaw(**{k: pred["law"][k] for k in ("E", "A", "B", "alpha", "beta")}, name="ladder")
-        out["replan"] = plan_optimal(law, meta["target_flops"]).to_dict()
+        out["replan"] = {**plan_optimal(law, meta["target_flops"]).to_dict(), "band": pred.get("replan_band", {})}
     atomic_write_json(root / REPORT_FILE, out)
     return out
 
@@ -511,11 +546,18 @@ def describe_monotone(mono: dict) -> str:
     return f"monotone in size at every token multiple: {'yes' if mono['ok'] else 'NO'} ({orders}, by eval loss)"
 
 
-def usable(converged: bool, message: str, low: float, high: float, predicted: float) -> tuple[bool, str]:
+def usable(converged: bool, message: str, low: float, high: float, error: float, measured: float) -> tuple[bool, str]:
+    """Whether the law may re-plan: converged, it predicted the held-out run within MAX_HELD_OUT_ERROR, and the
+    measured loss lies in the prediction's bootstrap band (the band is honest about the law's uncertainty)."""
     if not converged:
         return False, (f"the fit did not converge ({message}); more distinct sizes, more tokens per size and less "
                        "data repetition would help")
-    if not band_ok(low, high, predicted):
-        return False, (f"the bootstrap band on the held-out prediction ({low:.4g}-{high:.4g}) is wider than "
-                       f"+/-{MAX_BAND:.0%}; more runs (sizes x tokens) or a larger --bootstrap would tighten it")
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return False, "the held-out prediction has no bootstrap band (--bootstrap 0); its uncertainty is unknown"
+    if not abs(error) <= MAX_HELD_OUT_ERROR:
+        return False, (f"the law missed the held-out run by {error:+.2%}, more than +/-{MAX_HELD_OUT_ERROR:.0%}; more "
+                       "runs (sizes x tokens), closer to the held-out size, would help")
+    if not band_covers(low, high, measured):
+        return False, (f"the held-out run's loss {measured:.4g} lies outside the prediction's 95% bootstrap band "
+                       f"({low:.4g}-{high:.4g}): the band understates the law's uncertainty")
     return True, ""
