@@ -12,7 +12,8 @@ predict a run it has not seen, and a re-plan only from a law that earned it.
 5. train the held-out run through `launch local` on 2 processes with a real engine (DeepSpeed ZeRO-2 or
    FSDP); its MLflow run logs `loss_predicted` beside `eval_loss`;
 6. report: the held-out error with its bootstrap band, whether the ladder is monotone in size, labelled
-   plots, and the re-plan, or the refusal when the law did not converge or its band is too wide. The
+   plots, and the re-plan with its ranges, or the refusal when the law did not converge or missed the held-out
+   run (`planner.laws.ladder.usable`). The
    report run in MLflow logs the fitted constants, the error and the re-plan as params and metrics.
 
 `--sample` runs the earlier small demo instead: the shipped templated sample alone, a smaller ladder (the
@@ -386,6 +387,8 @@ def _log_report(out: Path, reports: Path, r: dict) -> None:
                "monotone": float(r["monotone"]["ok"]), **{f"law_{k}": v for k, v in r["law"].items()}}
     if r["usable"]:
         metrics.update({f"replan_{k}": r["replan"][k] for k in ("params", "tokens", "loss")})
+        for key, (low, high) in r["replan"].get("band", {}).items():  # the bootstrap's 95% range of each
+            metrics.update({f"replan_{key}_low": low, f"replan_{key}_high": high})
     for key, value in params.items():
         client.log_param(run_id, key, str(value))
     for key, value in metrics.items():

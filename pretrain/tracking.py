@@ -334,6 +334,11 @@ class Tracker:
         if self.monitor is not None:
             with contextlib.suppress(Exception):
                 self.monitor.finish()
+                # and one last sample: MLflow's monitor publishes only after a whole sampling interval, so a run
+                # shorter than that (a demo's ladder runs take 1-2 s) would otherwise end with no system metrics
+                self.monitor.collect_metrics()
+                self.monitor.publish_metrics(self.monitor.aggregate_metrics())
+                self.monitor.mlflow_logger.flush()
         self._record({"kind": "status", "status": status})
         atomic_write_json(Path(self.cfg.out_dir) / "mlflow_run.json",
                           {"run_id": self.run_id, "tracking_uri": self.cfg.tracking.tracking_uri,

@@ -132,16 +132,17 @@ def test_the_report_run_logs_the_law_the_error_and_the_decision_as_params_and_me
 
 
 @pytest.mark.slow
-def test_the_quick_demos_law_has_no_floor_and_the_report_refuses_to_re_plan_from_its_wide_band(demo):
+def test_the_quick_demos_law_has_no_floor_and_the_report_refuses_to_re_plan_from_its_held_out_miss(demo):
     # Measured (2026-12-06, --sample --quick): on the templated sample corpus the ladder's loss keeps falling as a
-    # pure power law, so E is not identified and the nested law with E = 0 is fitted (it says so); its bootstrap
-    # band on the held-out run (1.75-2.26 around 2.01) is far wider than +/-5%, so no re-plan is made and the
-    # report says why. A change to the ladder, the trainer or the fit that changes this outcome must show here.
+    # pure power law, so E is not identified and the nested law with E = 0 is fitted (it says so); it predicts the
+    # held-out run at 2.006 (band 1.75-2.26) against 1.715 measured, +17%, past the +/-5% the re-plan asks, so no
+    # re-plan is made and the report says why. A change to the ladder, the trainer or the fit that changes this
+    # outcome must show here.
     report = json.loads((demo / "report.json").read_text())
     text = (demo / "report/REPORT.md").read_text()
     assert report["converged"] is True and report["law"]["E"] == 0.0 and report["message"] == NO_FLOOR_NOTE
     assert report["usable"] is False and "replan" not in report
-    assert report["refusal"].startswith("the bootstrap band on the held-out prediction")
+    assert report["refusal"].startswith("the law missed the held-out run by +") and report["error"] > 0.05
     assert "Not used to re-plan: " + report["refusal"] in text and "Re-plan at" not in text
     assert f"Note: {NO_FLOOR_NOTE}" in text
 

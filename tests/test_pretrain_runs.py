@@ -113,13 +113,14 @@ def test_single_process_run_is_tracked_in_the_default_sqlite_store(shards, tmp_p
     from mlflow.tracking import MlflowClient
 
     r = run_train(tmp_path, [f"data.train={shards / 'train'}", f"data.eval={shards / 'eval'}", "out_dir=run",
-                             "train.eval_every=10", "tracking.experiment=unit", *TINY])
+                             "train.eval_every=10", "tracking.experiment=unit", *TINY,
+                             "tracking.system_metrics_every_s=600"])  # longer than the run: its last sample is logged
     assert r.returncode == 0, r.stderr[-2000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")  # the default, relative to the working directory
     run = client.search_runs([client.get_experiment_by_name("unit").experiment_id])[0]
     assert len(client.get_metric_history(run.info.run_id, "loss")) == 20
-    assert {"eval_loss", "lr", "grad_norm", "tokens_per_s", "model_state_bytes_measured",
-            "model_state_bytes_predicted"} <= run.data.metrics.keys()
+    assert {"eval_loss", "lr", "grad_norm", "tokens_per_s", "model_state_bytes_measured", "model_state_bytes_predicted",
+            "system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= run.data.metrics.keys()
     assert run.data.metrics["model_state_bytes_ratio"] == pytest.approx(1.0, rel=0.05)
     assert run.data.params["model.hidden"] == "64" and run.data.tags["git_commit"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}

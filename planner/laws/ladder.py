@@ -25,7 +25,8 @@ the ladder, then `planner ladder predict` fits the finished runs (read back from
 names the trainer logs: params.n_params, params.train_tokens, metrics.eval_loss) and writes the
 held-out prediction into the held-out run's config before it trains; the trainer logs it as
 `loss_predicted` beside its `eval_loss`. `planner ladder report` gives the held-out error with the
-bootstrap band and refuses to re-plan from a law that did not converge or whose band is too wide.
+bootstrap band and refuses to re-plan from a law that did not converge, missed the held-out run by more than 5%, or
+whose band does not hold the measured loss; a re-plan carries the band as ranges of N*, D* and loss.
 """
 
 from __future__ import annotations
