@@ -108,7 +108,7 @@ def test_a_reduced_ladder_runs_end_to_end_and_reports_its_held_out_error(tmp_pat
     write_dense_shards(tmp_path / "eval", vocab=64, seq_len=64, rows=256, temperature=0.5, seed=7)
     r = run_cli("ladder", "design", "--out", str(tmp_path / "lad"), "--data", str(tmp_path / "train"), "--eval-data",
                 str(tmp_path / "eval"), "--vocab", "64", "--seq-len", "64", "--widths", "16,24,32", "--holdout-width",
-                "48", "--batch-tokens", "1024", "--ladder-flops", "3e11", "--target-flops", "2e11", "--bootstrap", "10")
+                "48", "--batch-tokens", "1024", "--ladder-flops", "3e11", "--target-flops", "2e11", "--bootstrap", "4")
     assert r.returncode == 0, r.stderr
     done = subprocess.run(["bash", str(tmp_path / "lad/run_ladder.sh")], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
