@@ -269,8 +269,8 @@ class Tracker:
                     self.outbox.append({"kind": "inputs", "datasets": datasets})
         else:
             self.outbox.append({"kind": "reopen"})
-        self.flush()
-        self.monitor = self._system_metrics(resumed)
+        self.resumed, self.monitor_pending = resumed, cfg.tracking.system_metrics
+        self.flush()  # starts the system-metrics monitor once the run exists in the store (`_start_monitor`)
 
     def _system_metrics(self, resumed: bool):
         """MLflow's system-metrics monitor on the run (CPU, memory, disk, network; GPUs where there are):
@@ -305,7 +305,15 @@ class Tracker:
             return False
         self.failing = False
         self.run_id = self.outbox.state.get("run_id")
+        self._start_monitor()
         return True
+
+    def _start_monitor(self) -> None:
+        """The monitor needs the run in the store: when the first delivery fails (a server down, a SQLite store
+        locked by a neighbouring run), it starts at the first one that succeeds rather than never."""
+        if self.monitor_pending and self.run_id:
+            self.monitor_pending = False
+            self.monitor = self._system_metrics(self.resumed)
 
     def _record(self, record: dict, step: int | None = None) -> None:
         if not self.active:

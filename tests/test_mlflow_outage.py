@@ -81,7 +81,7 @@ def wait_for_steps(tmp_path: Path, n: int, proc: subprocess.Popen) -> None:
         time.sleep(0.1)
 
 
-def assert_exactly_once(uri: str) -> None:
+def assert_exactly_once(uri: str):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -94,16 +94,19 @@ def assert_exactly_once(uri: str) -> None:
     assert {"n_params", "train_tokens", "world_size", "model.hidden", "train.steps"} <= run.data.params.keys()
     assert "plan.json" in {a.path for a in client.list_artifacts(run.info.run_id)}
     assert run.info.status == "FINISHED"
+    return run
 
 
-def train_through(tmp_path, shards_dir, server: Server, outage) -> None:
+def train_through(tmp_path, shards_dir, server: Server, outage, system_metrics: bool = False) -> None:
     """Train while `outage(proc)` plays with the server; then every record must be there exactly once."""
     proc = start_training(tmp_path, shards_dir, server.uri)
     try:
         outage(proc)
         out, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-2000:]
-        assert_exactly_once(server.uri)
+        run = assert_exactly_once(server.uri)
+        if system_metrics:
+            assert "system/cpu_utilization_percentage" in run.data.metrics
     finally:
         proc.kill()
         server.stop()
@@ -118,7 +121,7 @@ def test_server_down_at_start_and_up_mid_run(shards, tmp_path):  # noqa: F811
         with paused(proc):
             server.start()
 
-    train_through(tmp_path, shards, server, outage)
+    train_through(tmp_path, shards, server, outage, system_metrics=True)  # the monitor starts once the run exists
 
 
 @pytest.mark.slow
