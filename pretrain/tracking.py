@@ -277,8 +277,6 @@ class Tracker:
         sampled in a thread straight to the store, so it needs the run to exist there (not while the store is
         down: the training's own records wait in the outbox, these are not kept)."""
         t = self.cfg.tracking
-        if not t.system_metrics or not self.run_id:
-            return None
         try:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 

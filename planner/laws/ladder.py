@@ -225,10 +225,6 @@ def relative_error(predicted: float, measured: float) -> float:
     return (predicted - measured) / measured
 
 
-def band_covers(low: float, high: float, measured: float) -> bool:
-    return math.isfinite(low) and math.isfinite(high) and low <= measured <= high
-
-
 # ---- the workflow: write, predict the held-out run, report ---------------------------------------
 LADDER_FILE, PREDICTION_FILE, REPORT_FILE = "ladder.json", "prediction.json", "report.json"
 
@@ -505,7 +501,7 @@ def report(root) -> dict:
         from planner.laws.scaling import ParametricLaw, plan_optimal
 
         law = ParametricLaw(**{k: pred["law"][k] for k in ("E", "A", "B", "alpha", "beta")}, name="ladder")
-        out["replan"] = {**plan_optimal(law, meta["target_flops"]).to_dict(), "band": pred.get("replan_band", {})}
+        out["replan"] = {**plan_optimal(law, meta["target_flops"]).to_dict(), "band": pred["replan_band"]}
     atomic_write_json(root / REPORT_FILE, out)
     return out
 
@@ -558,7 +554,7 @@ def usable(converged: bool, message: str, low: float, high: float, error: float,
     if not abs(error) <= MAX_HELD_OUT_ERROR:
         return False, (f"the law missed the held-out run by {error:+.2%}, more than +/-{MAX_HELD_OUT_ERROR:.0%}; more "
                        "runs (sizes x tokens), closer to the held-out size, would help")
-    if not band_covers(low, high, measured):
+    if not low <= measured <= high:
         return False, (f"the held-out run's loss {measured:.4g} lies outside the prediction's 95% bootstrap band "
                        f"({low:.4g}-{high:.4g}): the band understates the law's uncertainty")
     return True, ""
