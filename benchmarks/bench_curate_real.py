@@ -95,11 +95,12 @@ print(json.dumps({"seconds": time.perf_counter() - t}))
 
 
 def in_turn(repeat: int, one, two) -> tuple[list[dict], list[dict]]:
-    """`one()` and `two()` taken in turn, `repeat` times each."""
+    """`one(i)` and `two(i)` taken in turn, `repeat` times each; `i` numbers the runs 0, 1, 2, ... in the order
+    they ran (one's are even, two's odd)."""
     ones, twos = [], []
-    for _ in range(repeat):
-        ones.append(one())
-        twos.append(two())
+    for i in range(repeat):
+        ones.append(one(2 * i))
+        twos.append(two(2 * i + 1))
     return ones, twos
 
 
@@ -142,11 +143,12 @@ def main() -> None:
     mb = sum((data / f"{k}.jsonl").stat().st_size for k in KINDS) / 1e6
 
     peer = timed(PEER, str(data), str(root / "peer"))
-    runs = iter(range(2 * a.repeat))
-    ones, twos = in_turn(a.repeat, lambda: timed(OURS, str(config), str(root / f"ours-{next(runs)}"), "1"),
-                         lambda: timed(OURS, str(config), str(root / f"ours-{next(runs)}"), "2"))
-    ours = ones[0]  # CPU-seconds: the first run, measured once as datatrove's is
-    spin1, spin2 = map(fastest, in_turn(a.repeat, lambda: timed(SPIN, "1"), lambda: timed(SPIN, "2")))
+    def ours_on(workers: int):
+        return lambda i: timed(OURS, str(config), str(root / f"ours-{i}"), str(workers))
+
+    ones, twos = in_turn(a.repeat, ours_on(1), ours_on(2))
+    ours = ones[0]  # CPU-seconds: the first run (in ours-0), measured once as datatrove's is
+    spin1, spin2 = map(fastest, in_turn(a.repeat, lambda _: timed(SPIN, "1"), lambda _: timed(SPIN, "2")))
     rate = {k: v["docs_in"] / v["cpu_s"] for k, v in (("ours", ours), ("peer", peer))}
     print(f"{ours['docs_in']:,} real documents ({mb:.1f} MB of JSON lines); language identification off on both sides")
     print(f"  ours      {ours['cpu_s']:6.1f} CPU-s {rate['ours']:6.0f} docs/CPU-s  ({ours['tasks']} tasks, default)")

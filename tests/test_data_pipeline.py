@@ -98,8 +98,32 @@ def test_the_word_steps_split_each_distinct_chunk_once(monkeypatch):
     for text in (PROSE, PROSE + " Again."):
         d = doc(text)
         assert GopherQuality().apply(d) is not None and GopherRepetition().apply(d) is not None
-    # one spaCy call per document over the chunks it has not seen, each distinct chunk once
-    assert calls == [" ".join(dict.fromkeys(PROSE.split())), "Again."]
+    # one spaCy call per document over the chunks it has not seen and could split, each distinct chunk once
+    hard = [p for p in dict.fromkeys(PROSE.split()) if not words.is_one_word(p)]
+    assert hard and calls == ["\n".join(hard), "Again."]
+
+
+def test_a_chunk_of_ascii_letters_or_of_digits_is_one_token_unless_spacy_has_a_special_case_for_it():
+    from pretrain.data.steps.words import is_one_word
+
+    nlp = _reference_spacy()
+    chunks = {c for text in _installed_docstrings(400) for c in text.split()}
+    whole = [c for c in chunks if is_one_word(c)]
+    assert len(whole) > 3000
+    assert all(tuple(t.text for t in nlp.tokenizer(c)) == (c,) for c in whole)
+    for special in ("Cannot", "gonna", "dont"):  # spaCy splits these: they must go to it
+        assert not is_one_word(special) and len(nlp.tokenizer(special)) == 2
+    assert not is_one_word("10km") and not is_one_word("naïve")
+
+
+def test_a_chunk_is_split_as_spacy_splits_it_alone_whatever_came_before_it():
+    from pretrain.data.steps.words import _split_new
+
+    nlp = _reference_spacy()
+    # beside "a:", spaCy's emoticon ":(" takes the "(" that "(:py" alone keeps as "(:"
+    assert [t.text for t in nlp.tokenizer("a: (:py")][-3:] == ["(", ":", "py"]
+    assert _split_new(["a:", "(:py"]) == [("a", ":"), ("(:", "py")] == [
+        tuple(t.text for t in nlp.tokenizer(c)) for c in ("a:", "(:py")]
 
 
 def _installed_docstrings(count: int) -> list[str]:
@@ -113,18 +137,28 @@ def _installed_docstrings(count: int) -> list[str]:
     return [text for _, text in itertools.islice(docstrings((stdlib,)), count)]
 
 
-def test_words_equal_spacys_tokenisation_of_the_whole_text_on_real_documents():
-    from pretrain.data.steps.words import _spacy, words_of
+def _reference_spacy():
+    """spaCy's blank English pipeline with its sentencizer, as datatrove's filters load it (ours leaves out the
+    lexical attributes that the reference's is_space and is_punct read)."""
+    import spacy
 
-    nlp = _spacy()
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    return nlp
+
+
+def test_words_equal_spacys_tokenisation_of_the_whole_text_on_real_documents():
+    from pretrain.data.steps.words import words_of
+
+    nlp = _reference_spacy()
     for text in _installed_docstrings(400):
         assert words_of(text).words == tuple(t.text for t in nlp.tokenizer(text) if not t.is_space)
 
 
 def test_sentence_count_equals_spacys_sentencizer_on_real_lines():
-    from pretrain.data.steps.words import _spacy, count_sentences
+    from pretrain.data.steps.words import count_sentences
 
-    nlp = _spacy()
+    nlp = _reference_spacy()
     lines = [line for text in _installed_docstrings(400) for line in text.splitlines() if line.strip()]
     lines += ["a.  . b", "Done.\tNext one. ", "Wait... what?! Yes.", "(see x.) and y"]
     assert len(lines) > 5000

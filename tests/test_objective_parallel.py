@@ -13,13 +13,14 @@ relative position bias by heads too), the MLPs and the vocabulary. Masks are dra
 layout here has one, as one process does, so the batches are the same to the token.
 """
 
+from functools import cache
 from pathlib import Path
 
 import pytest
 
 from planner.model.shapes import span_corruption_raw_length
 from pretrain.data.synthetic import write_markov_shards
-from tests.test_pretrain_runs import run_train, summary
+from tests.test_pretrain_runs import summary, trained
 
 SEQ_LEN = 64
 ARCHS = {  # untied heads: a pipeline and TP keep the head apart from the embedding
@@ -49,18 +50,13 @@ def shards(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def runs(shards, tmp_path_factory):
     """`runs(arch, layout)`: the summary of a run (`one`: one plain process), trained once per module."""
-    done: dict[tuple[str, str], dict] = {}
-
+    @cache
     def get(arch: str, layout: str) -> dict:
-        if (arch, layout) not in done:
-            cwd = tmp_path_factory.mktemp(f"{arch}-{layout}")
-            extra, nproc = (["parallel.engine=single"], 1) if layout == "one" else \
-                (LAYOUTS[layout](arch), NPROC.get((arch, layout), 2))
-            r = run_train(cwd, [f"data.train={shards / arch}", f"out_dir={cwd / 'run'}", *TINY, *ARCHS[arch], *extra],
-                          nproc=nproc)
-            assert r.returncode == 0, r.stderr[-3000:]
-            done[arch, layout] = summary(cwd / "run")
-        return done[arch, layout]
+        extra, nproc = (["parallel.engine=single"], 1) if layout == "one" else \
+            (LAYOUTS[layout](arch), NPROC.get((arch, layout), 2))
+        cwd = trained(tmp_path_factory, f"{arch}-{layout}",
+                      [f"data.train={shards / arch}", *TINY, *ARCHS[arch], *extra], nproc=nproc)
+        return summary(cwd / "run")
 
     return get
 

@@ -3,6 +3,7 @@ gloo processes under FSDP2 and DeepSpeed ZeRO-2, under DDP and on one process; e
 masks are drawn per step, micro-batch and rank); the model states and the first forward's activations against the
 planner. Launched as tests/test_pretrain_runs.py launches its runs (torchrun --standalone, OMP_NUM_THREADS=1)."""
 
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from pretrain.data.shards import PackedBatches, TokenShards
 from pretrain.data.synthetic import write_markov_shards
 from pretrain.objective import Objective
 from tests.conftest import pack_sample
-from tests.test_pretrain_runs import run_train, summary
+from tests.test_pretrain_runs import run_train, summary, trained
 
 SEQ_LEN, VOCAB = 64, 300  # the shards' 256 ids, then pad, mask and the sentinels (no tokenizer: reserved ids)
 OBJECTIVES = {
@@ -43,22 +44,18 @@ def shards(tmp_path_factory) -> Path:
     return root
 
 
-def common(shards: Path, objective: str, out: Path) -> list[str]:
-    return [f"data.train={shards / objective / 'train'}", f"out_dir={out}", *TINY, *OBJECTIVES[objective]]
+def common(shards: Path, objective: str) -> list[str]:
+    return [f"data.train={shards / objective / 'train'}", *TINY, *OBJECTIVES[objective]]
 
 
 @pytest.fixture(scope="module")
 def straight(shards, tmp_path_factory):
     """`straight(objective, engine)`: an uninterrupted 20-step 2-process run, trained once per module."""
-    done: dict[tuple[str, str], Path] = {}
-
+    @cache
     def run(objective: str, engine: str) -> Path:
-        if (objective, engine) not in done:
-            cwd = tmp_path_factory.mktemp(f"{objective}-{engine}")
-            r = run_train(cwd, [*common(shards, objective, cwd / "run"), *ENGINES[engine]], nproc=2)
-            assert r.returncode == 0, r.stderr[-2000:]
-            done[objective, engine] = cwd / "run"
-        return done[objective, engine]
+        cwd = trained(tmp_path_factory, f"{objective}-{engine}",
+                      [*common(shards, objective), *ENGINES[engine]], nproc=2)
+        return cwd / "run"
 
     return run
 
@@ -88,7 +85,7 @@ def test_model_states_and_activations_are_the_planners(objective, engine, straig
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", ["span-corruption"])  # its masks and MLM's come from one seeded stream
 def test_resume_after_a_crash_reproduces_the_uninterrupted_losses(objective, straight, shards, tmp_path):
-    args = [*common(shards, objective, tmp_path / "b"), *ENGINES["fsdp"]]
+    args = [*common(shards, objective), f"out_dir={tmp_path / 'b'}", *ENGINES["fsdp"]]
     crashed = run_train(tmp_path, args, nproc=2, env={"PRETRAIN_FAIL_AFTER_STEP": "15"})
     assert crashed.returncode != 0 and (tmp_path / "b/checkpoints/latest").read_text().strip() == "step_00000010"
     resumed = run_train(tmp_path, args, nproc=2)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,14 @@ def run_train(cwd: Path, overrides: list[str], nproc: int = 1, env: dict | None 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "pretrain.train", *overrides]
     return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=600)
+
+
+def trained(tmp_path_factory, name: str, overrides: list[str], nproc: int) -> Path:
+    """A training run in a fresh folder that must succeed; returns that folder (its `out_dir` is `run` in it)."""
+    cwd = tmp_path_factory.mktemp(name)
+    r = run_train(cwd, [f"out_dir={cwd / 'run'}", *overrides], nproc=nproc)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return cwd
 
 
 def summary(out_dir: Path) -> dict:
@@ -68,16 +77,10 @@ NPROC = {"tp2-fsdp2": 4}
 def straight(shards, tmp_path_factory):
     """`straight(layout)`: the folder of an uninterrupted 20-step run of that layout, trained once per module
     (the engine test checks it; the resume test compares a crashed-and-resumed run with it)."""
-    done: dict[str, Path] = {}
-
+    @cache
     def run(layout: str) -> Path:
-        if layout not in done:
-            cwd = tmp_path_factory.mktemp(layout)
-            r = run_train(cwd, [f"data.train={shards / 'train'}", f"out_dir={cwd / 'run'}", "tracking.enabled=false",
-                                *TINY, *LAYOUTS[layout]], nproc=NPROC.get(layout, 2))
-            assert r.returncode == 0, r.stderr[-2000:]
-            done[layout] = cwd / "run"
-        return done[layout]
+        return trained(tmp_path_factory, layout, [f"data.train={shards / 'train'}", "tracking.enabled=false", *TINY,
+                                                  *LAYOUTS[layout]], NPROC.get(layout, 2)) / "run"
 
     return run
 

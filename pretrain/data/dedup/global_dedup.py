@@ -152,6 +152,12 @@ class ApplyExclusions(PipelineStep):
         self.wd, self.domains, self.steps = wd, domains, steps
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        """The outputs of first-pass tasks rank, rank + world_size, ... (each is written as its own files)."""
+        for task in self.wd.tasks()[rank::world_size]:
+            self._apply(task)
+        return iter(())
+
+    def _apply(self, rank: int) -> None:
         wd = self.wd
         dedup = json.loads(wd.dedup(rank).read_text())
         for d in dedup:
@@ -162,7 +168,6 @@ class ApplyExclusions(PipelineStep):
         atomic_write_json(wd.final(rank), {"kept_per_file": kept, "dedup": dedup})
         atomic_write_text(wd.task_exclusions(rank), "".join(json.dumps(e) + "\n" for e in excluded))
         self.stat_update("kept", value=sum(docs for docs, _ in kept.values()))
-        return iter(())
 
     def _write_curated(self, rank: int, drop: set[int]) -> dict[int, list[int]]:
         """The task's curated file per domain; returns [docs, chars] kept per input file."""

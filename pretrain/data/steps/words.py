@@ -49,6 +49,10 @@ def _spacy():
             spacy = _import_spacy_without_torch()
             _SPACY = spacy.blank("en")
             _SPACY.add_pipe("sentencizer")
+            # Each new word's lexeme computes 23 lexical attributes (shape, like_num, is_stop...) that nothing
+            # here reads, only token texts: a third of the tokenizer's time on real text; how it splits does not
+            # depend on them. (So this pipeline's is_punct, is_space... are unset: not a reference for others.)
+            _SPACY.vocab.lex_attr_getters = {}
         except ImportError:
             _SPACY = False
     return _SPACY
@@ -103,18 +107,44 @@ def _counted(words: tuple[str, ...]) -> Chunk:
     return Chunk(words, len(real), sum(map(len, real)), sum(any(c.isalpha() for c in w) for w in words))
 
 
+@lru_cache(maxsize=1)
+def _special_cases() -> frozenset[str]:
+    nlp = _spacy()
+    return frozenset(nlp.tokenizer.rules) if nlp else frozenset()
+
+
+def is_one_word(piece: str) -> bool:
+    """Whether spaCy's English tokenizer leaves `piece` whole without being asked: ASCII letters only or digits
+    only, and not a special case ("Cannot", "gonna", "dont" are split). Every prefix, suffix and infix rule of
+    its English defaults needs a character that is neither (punctuation, quotes, currency, symbols, or digits
+    next to letters: "10km"), so such a chunk is one token (checked against spaCy on real text in the tests)."""
+    return piece.isascii() and (piece.isalpha() or piece.isdigit()) and piece not in _special_cases()
+
+
 def _split_new(pieces: list[str]) -> list[tuple[str, ...]]:
-    """The words of chunks not seen before: one spaCy call over them all, joined by single spaces (at a
-    single space spaCy cuts and attaches the space to the token before: one Doc, not one per chunk)."""
+    """The words of chunks not seen before, each as spaCy splits it alone: one spaCy call over those it could
+    split, joined by newlines. Alone, not beside its neighbours: spaCy's special cases can reach across a space
+    (in "a: (:py" the emoticon ":(" takes the "(" that "(:py" alone keeps as "(:"), so a chunk split among
+    whichever other chunks happen to be new would depend on what this process saw before it; a newline is a
+    token of its own, which no special case crosses. One Doc, not one per chunk, for speed."""
     nlp = _spacy()
     if not nlp:
         return [tuple(_WORD.findall(p)) for p in pieces]
+    whole = list(map(is_one_word, pieces))
+    hard = iter(_spacy_split(nlp, [p for p, w in zip(pieces, whole, strict=True) if not w]))
+    return [(p,) if w else next(hard) for p, w in zip(pieces, whole, strict=True)]
+
+
+def _spacy_split(nlp, pieces: list[str]) -> list[tuple[str, ...]]:
+    if not pieces:
+        return []
     split, words = [], []
-    for token in nlp.tokenizer(" ".join(pieces)):
-        words.append(token.text)
-        if token.whitespace_:
+    for token in nlp.tokenizer("\n".join(pieces)):
+        if token.text == "\n":  # a separator: the pieces hold no whitespace
             split.append(tuple(words))
             words = []
+        else:
+            words.append(token.text)
     split.append(tuple(words))
     return split
 
