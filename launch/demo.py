@@ -353,7 +353,7 @@ def render_report(meta: dict, r: dict, runs: list[dict], setup: Setup) -> str:
     if r["converged"] and r["message"]:
         lines.insert(3, f"- Note: {r['message']}.")
     if r["usable"]:
-        text = ladder.describe_replan(meta["target_flops"], r["replan"])
+        text = ladder.describe_replan(r["replan"])
         lines.append(f"- {text[0].upper()}{text[1:]}.")
     else:
         lines.append(f"- Not used to re-plan: {r['refusal']}.")

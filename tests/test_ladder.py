@@ -78,7 +78,7 @@ def test_the_re_plan_carries_the_bootstraps_range_of_n_d_and_loss():
         low, high = band[key]
         assert low < high
     assert ladder.replan_band([], 1e21) == {}
-    text = ladder.describe_replan(1e21, {"params": 1e9, "tokens": 2e10, "loss": 2.5, "band": band})
+    text = ladder.describe_replan({"flops": 1e21, "params": 1e9, "tokens": 2e10, "loss": 2.5, "band": band})
     assert text.startswith("re-plan at 1e+21 FLOPs from this law: N* 1e+09 (95%: ") and "D* 2e+10 (95%: " in text
 
 

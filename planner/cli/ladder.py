@@ -109,6 +109,6 @@ def ladder_report(ladder_dir, as_json):
         click.echo(f"fitted E {r['law']['E']:.4f} vs the source's entropy rate {r['true_entropy_rate']:.4f}: "
                    f"{r['E_error']:+.2%}")
     if r["usable"]:
-        click.echo(ladder_mod.describe_replan(ladder_mod.load_ladder(ladder_dir)["target_flops"], r["replan"]))
+        click.echo(ladder_mod.describe_replan(r["replan"]))
     else:
         click.echo(f"not used to re-plan: {r['refusal']}")

@@ -395,15 +395,16 @@ def load_prediction(root, meta: dict) -> dict:
     return pred
 
 
-def describe_replan(flops: float, plan: dict) -> str:
-    """The re-plan on one line, each figure with its 95% bootstrap range when there is one."""
+def describe_replan(plan: dict) -> str:
+    """The re-plan (`report`'s "replan": an `OptimalPlan` dict and its "band") on one line, each figure with its
+    95% bootstrap range when there is one."""
     band = plan.get("band", {})
 
     def figure(key: str, fmt: str) -> str:
         lo_hi = band.get(key)
         return f"{plan[key]:{fmt}}" + (f" (95%: {lo_hi[0]:{fmt}}-{lo_hi[1]:{fmt}})" if lo_hi else "")
 
-    return (f"re-plan at {flops:.3g} FLOPs from this law: N* {figure('params', '.4g')}, D* {figure('tokens', '.4g')}, "
+    return (f"re-plan at {plan['flops']:.3g} FLOPs from this law: N* {figure('params', '.4g')}, D* {figure('tokens', '.4g')}, "
             f"predicted loss {figure('loss', '.4f')}")
 
 

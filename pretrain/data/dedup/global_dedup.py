@@ -157,16 +157,16 @@ class ApplyExclusions(PipelineStep):
             self._apply(task)
         return iter(())
 
-    def _apply(self, rank: int) -> None:
+    def _apply(self, task: int) -> None:
         wd = self.wd
-        dedup = json.loads(wd.dedup(rank).read_text())
+        dedup = json.loads(wd.dedup(task).read_text())
         for d in dedup:
             d["domain"] = self.domains[d["domain"]]
-        kept = self._write_curated(rank, {d["key"] for d in dedup})
-        filtered = [json.loads(wd.stats(s, rank).read_text())["excluded"] for s in self.steps]
+        kept = self._write_curated(task, {d["key"] for d in dedup})
+        filtered = [json.loads(wd.stats(s, task).read_text())["excluded"] for s in self.steps]
         excluded = list(heapq.merge(*filtered, sorted(dedup, key=lambda d: d["key"]), key=lambda d: d["key"]))
-        atomic_write_json(wd.final(rank), {"kept_per_file": kept, "dedup": dedup})
-        atomic_write_text(wd.task_exclusions(rank), "".join(json.dumps(e) + "\n" for e in excluded))
+        atomic_write_json(wd.final(task), {"kept_per_file": kept, "dedup": dedup})
+        atomic_write_text(wd.task_exclusions(task), "".join(json.dumps(e) + "\n" for e in excluded))
         self.stat_update("kept", value=sum(docs for docs, _ in kept.values()))
 
     def _write_curated(self, rank: int, drop: set[int]) -> dict[int, list[int]]:
