@@ -14,8 +14,11 @@ What it covers, and why not more:
   model's parameters are fake from the start; the meshes and the layout are built outside the fake
   mode (inside it, `init_device_mesh` and FSDP2's own TP x FSDP mesh fail), then the model is
   materialised as fake tensors.
-- Single process and DDP: each DDP rank holds what one process holds (the trainer's DDP sets
-  `gradient_as_bucket_view=True`, so its buckets are the gradients), under bf16 autocast.
+- Single process and DDP: each DDP rank holds what one process holds, under bf16 autocast, except that the
+  trainer's DDP (`gradient_as_bucket_view=True`) keeps its buckets, which are the gradients, through
+  `zero_grad(set_to_none=True)`: here the gradients are zeroed in place instead, so they stay as the buckets do.
+- Gradient accumulation: each step runs two of the plan's micro-batches when it has more than one, so the
+  second's forward and backward run over the gradients the first left (the engines reduce every micro-batch).
 - DeepSpeed ZeRO is refused, with the reason measured on the spot (`deepspeed_fake_failure`):
   `deepspeed.initialize` moves the module with `module.to(...)`, and under FakeTensorMode
   `nn.Module._apply` cannot swap the parameters ("Couldn't swap Embedding.weight"), with or
@@ -247,6 +250,7 @@ def measure(req, steps: int = 2, jobs: int = 1) -> dict:
     world = plan.world
     start = time.perf_counter()
     fsdp = plan.engine == "fsdp"
+    ddp = plan.engine == "ddp" and world > 1
     created = False
     if fsdp and not dist.is_initialized():
         dist.init_process_group("fake", rank=0, world_size=world, store=FakeStore())
@@ -263,16 +267,17 @@ def measure(req, steps: int = 2, jobs: int = 1) -> dict:
             if not fsdp:
                 tracker.track_external(model, optimizer)
             with tracker, sharding_propagation_untracked():
-                for step in range(steps):
-                    tokens = torch.randint(0, cfg.vocab, (plan.micro_batch, cfg.seq_len))
-                    with loss_context(plan):  # as the engine runs them: on vocabulary shards under TP
-                        with autocast:
-                            loss = model(tokens, tokens)
-                        loss.backward()
+                for _step in range(steps):
+                    for _ in range(min(plan.grad_accum, 2)):  # the second micro-batch runs over the first's gradients
+                        tokens = torch.randint(0, cfg.vocab, (plan.micro_batch, cfg.seq_len))
+                        with loss_context(plan):  # as the engine runs them: on vocabulary shards under TP
+                            with autocast:
+                                loss = model(tokens, tokens)
+                            loss.backward()
+                        tracker.reset_mod_stats()  # the trackers follow one forward per module; the peak stays
                     optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if step == 0:
-                        tracker.reset_mod_stats()
+                    # DDP's buckets hold the gradients through zero_grad (gradients_held): kept here as they are there
+                    optimizer.zero_grad(set_to_none=not ddp)
             peak = tracker.get_tracker_snapshot("peak")
     finally:
         if created:

@@ -17,7 +17,9 @@ SHAPE = ModelShape(4, 1024, 8, 32000, 1024)
 @pytest.mark.parametrize("kw", [
     {"fsdp": "full"}, {"fsdp": "shard-grad-op"}, {"fsdp": "hybrid", "sharding_factor": 4},
     {"fsdp": "full", "checkpointing": "full"}, {"fsdp": "full", "precision": "fp32"}, {}, {"gpus": 1},
-], ids=["fsdp-full", "fsdp-shard-grad-op", "fsdp-hybrid", "fsdp-full-ckpt", "fsdp-fp32", "ddp", "single"])
+    {"fsdp": "full", "microbatches": 2}, {"gpus": 1, "microbatches": 2},
+], ids=["fsdp-full", "fsdp-shard-grad-op", "fsdp-hybrid", "fsdp-full-ckpt", "fsdp-fp32", "ddp", "single",
+        "fsdp-full-accumulating", "single-accumulating"])
 def test_every_planner_line_is_within_ten_percent_of_the_tracker_at_the_peak(kw):
     r = verify_request(EstimateRequest.from_flags(**{"shape": SHAPE, "gpus": 8, "micro_batch": 2, **kw}))
     assert r["within_tolerance"], r["lines"]

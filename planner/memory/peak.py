@@ -29,8 +29,10 @@ class MemoryBreakdown:
     """Bytes on one GPU, by line, at the peak of a training step.
 
     Three moments compete for the peak: the start of backward (every activation saved, the loss's
-    gradient just made, gradients not yet written: our engines zero them with set_to_none, DeepSpeed
-    keeps its buffers), inside the layers' backward under FSDP2 (`fsdp_layer_backward`) and the
+    gradient just made; gradients not yet written when each step is one micro-batch and the engine zeroes
+    them with set_to_none, but held when DeepSpeed or DDP keeps them in its buffers or when earlier
+    micro-batches of the step accumulated them: `gradients_held`), inside the layers' backward under
+    FSDP2 (`fsdp_layer_backward`) and the
     optimizer step (all gradients, no activations). `total` is the largest; `lines()` are the lines
     at that moment. `activations` are the layers' saved tensors for one
     micro-batch plus one layer's recompute working set; `activations_fixed` is what the layers keep
@@ -145,14 +147,15 @@ class MemoryBreakdown:
         return {**lines, "fragmentation": fragmentation, "total": allocated + fragmentation}
 
 
-def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str,
-                        stored_activations: float, freed_by_one_block: float = 0.0) -> dict[str, float] | None:
+def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str, stored_activations: float,
+                        freed_by_one_block: float = 0.0, accumulated: float = 0.0) -> dict[str, float] | None:
     """FSDP2 (full or hybrid shard) inside the layers' backward, which is the peak when the loss's
     gradients are small next to a block (small micro-batch x vocabulary): checked by `planner verify`
     against FSDPMemTracker (LLaMA-7B, seq 2048, micro-batch 1: every line within 10%).
 
     weights: the unsharded root, the block in backward and the next block prefetched, 16-bit;
-    gradients: the previous block's reduce-scatter input in the fp32 reduce dtype, and its shard;
+    gradients: the previous block's reduce-scatter input in the fp32 reduce dtype, and its shard; with gradient
+    accumulation, the sharded gradients earlier micro-batches left (`accumulated`) too;
     activations: the layers' saved tensors (those already freed are replaced by the backward's
     temporaries) and the head's unsharded weight gradient, which waits for the root's reduce-scatter.
     An MoE block's backward runs its experts one at a time, so its temporaries are one expert's, far less than
@@ -168,12 +171,12 @@ def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str,
     # under EP a block's experts are a unit of their own: the next block's other unit is prefetched, not all of it
     gathered = block + (block - memory.experts_unit_params(shape, plan))
     return {"weights": (root + gathered) * w,
-            "gradients": 4 * block * (1 + 1 / plan.shard_degree),
+            "gradients": 4 * block * (1 + 1 / plan.shard_degree) + accumulated,
             "activations": stored_activations - freed_by_one_block + shape.vocab * shape.hidden * w / tp}
 
 
 def fsdp_experts_backward(shape: ModelShape, plan: ParallelPlan, precision: str,
-                          activations_then: float) -> dict[str, float] | None:
+                          activations_then: float, accumulated: float = 0.0) -> dict[str, float] | None:
     """Expert parallelism under FSDP2 full or hybrid: the last block's experts, an FSDP unit of their own and the
     first of the block to go backward, gathered, with the previous block's other unit their pre-backward hook
     prefetches. FSDP2's order, from its unshard and reshard calls logged under `planner verify`: the root's
@@ -187,8 +190,24 @@ def fsdp_experts_backward(shape: ModelShape, plan: ParallelPlan, precision: str,
         return None
     w = 4 if precision == "fp32" else 2
     other_unit = shape.layer_params_per_tp_rank(plan.ep, plan.tp) - experts
-    return {"weights": (shape.root_params() / plan.tp + 2 * other_unit + experts) * w, "gradients": 0.0,
+    return {"weights": (shape.root_params() / plan.tp + 2 * other_unit + experts) * w, "gradients": accumulated,
             "activations": activations_then + shape.vocab * shape.hidden * w / plan.tp}
+
+
+def gradients_held(plan: ParallelPlan, share: StageShare | None = None) -> bool:
+    """Whether the gradients are in memory when a micro-batch's backward starts.
+
+    DeepSpeed keeps its gradient buffers from step to step. Torch DDP, as our engine builds it
+    (gradient_as_bucket_view=True), holds the gradients in its buckets, which `zero_grad(set_to_none=True)`
+    does not free (a gloo DDP run's resident memory keeps them: `tests/test_memory.py`). Single-process and
+    FSDP engines free them at every step, so they are held only when the step accumulates micro-batches:
+    the second one's forward and backward run over the first one's gradients. A pipeline's schedule is
+    measured stage by stage instead (`pipeline_fsdp_backward`, `planner.memory.pipeline`)."""
+    if plan.engine == "deepspeed":
+        return True
+    if share is not None:
+        return False
+    return plan.grad_accum > 1 or (plan.engine == "ddp" and (plan.world or 1) > 1)
 
 
 def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, precision: str,
@@ -225,6 +244,8 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
         stored, logits = stored + carried, logits - carried
     log_probs_grad = 4 * shape.vocab / tp * positions if head else 0.0  # fp32, freed first
     p2p = pipeline.p2p_buffer_bytes(plan, shape, micro_batch, 4 if precision == "fp32" else 2)
+    held = gradients_held(plan, share)
+    accumulated = states.gpu["gradients"] if held else 0.0  # FSDP: the shards, the layers' backward adds to
     return MemoryBreakdown(
         states=states,
         activations=(stored - layers_fixed) * in_flight
@@ -234,16 +255,16 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
         comm_buffers=memory.comm_buffer_bytes(per_tp_rank, plan) + p2p,
         runtime=runtime_gib * 2**30,
         fragmentation_fraction=fragmentation,
-        # torch engines (DDP, FSDP) free gradients with zero_grad(set_to_none=True); DeepSpeed keeps them
-        gradients_kept_through_forward=plan.engine == "deepspeed",
+        gradients_kept_through_forward=held,
         layer_backward=fsdp_layer_backward(shape, plan, precision, stored,
-                                           (stored - layers_fixed) / shape.layers if shape.moe else 0.0)
+                                           (stored - layers_fixed) / shape.layers if shape.moe else 0.0, accumulated)
         if share is None else
         pipeline_fsdp_backward(params, shape, plan, precision,
                                (stored - layers_fixed) * in_flight + layers_fixed + head_fixed + recompute,
                                embedding=share.embedding),
         experts_backward=fsdp_experts_backward(shape, plan, precision,
-                                               stored + logits + max(recompute, loss_grads - log_probs_grad))
+                                               stored + logits + max(recompute, loss_grads - log_probs_grad),
+                                               accumulated)
         if share is None else None,
     )
 
