@@ -46,6 +46,16 @@ def test_llama_7b_at_world_size_64_is_within_ten_percent_on_every_line():
     assert r["within_tolerance"], r["lines"]
 
 
+def test_inside_the_layers_backward_an_accumulating_step_holds_every_shard_the_first_micro_batch_left():
+    # a small vocabulary puts the peak inside the layers' backward (`fsdp_layer_backward`); the second micro-batch's
+    # reduce-scatter input sits beside all the shards the first left, its own output added into them
+    r = verify_request(EstimateRequest.from_flags(shape=ModelShape(4, 2048, 16, 1024, 512), gpus=8, micro_batch=1,
+                                                  fsdp="full", microbatches=2))
+    assert r["peak_moment"] == "layer-backward"
+    grads = r["lines"]["gradients"]
+    assert grads["planner"] == pytest.approx(grads["tracker_at_peak"], rel=1e-3)
+
+
 def test_verify_lays_out_tp_and_fsdp_with_the_trainers_own_parallelize():
     # TP 2 x FSDP 4 through pretrain.engines.parallelize, as the FSDP engine runs it: the sharded states
     # each rank holds (split by TP, then by FSDP) are the planner's, and so is the peak, where the loss on

@@ -155,7 +155,7 @@ def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str, s
 
     weights: the unsharded root, the block in backward and the next block prefetched, 16-bit;
     gradients: the previous block's reduce-scatter input in the fp32 reduce dtype, and its shard; with gradient
-    accumulation, the sharded gradients earlier micro-batches left (`accumulated`) too;
+    accumulation, the sharded gradients earlier micro-batches left (`accumulated`), which the shard is added into;
     activations: the layers' saved tensors (those already freed are replaced by the backward's
     temporaries) and the head's unsharded weight gradient, which waits for the root's reduce-scatter.
     An MoE block's backward runs its experts one at a time, so its temporaries are one expert's, far less than
@@ -171,7 +171,8 @@ def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str, s
     # under EP a block's experts are a unit of their own: the next block's other unit is prefetched, not all of it
     gathered = block + (block - memory.experts_unit_params(shape, plan))
     return {"weights": (root + gathered) * w,
-            "gradients": 4 * block * (1 + 1 / plan.shard_degree) + accumulated,
+            # accumulating, the block's reduce-scatter output is added into its shard and freed
+            "gradients": 4 * block + (accumulated if accumulated else 4 * block / plan.shard_degree),
             "activations": stored_activations - freed_by_one_block + shape.vocab * shape.hidden * w / tp}
 
 
