@@ -12,6 +12,7 @@ import re
 
 from planner.core.errors import PlannerError
 
+MiB = 2**20
 GiB = 2**30
 GB = 10**9
 SECONDS_PER_DAY = 86_400

@@ -148,7 +148,8 @@ class MemoryBreakdown:
 
 
 def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str, stored_activations: float,
-                        freed_by_one_block: float = 0.0, accumulated: float = 0.0) -> dict[str, float] | None:
+                        freed_by_one_block: float = 0.0, weight_grads: float = 0.0,
+                        accumulated: float = 0.0) -> dict[str, float] | None:
     """FSDP2 (full or hybrid shard) inside the layers' backward, which is the peak when the loss's
     gradients are small next to a block (small micro-batch x vocabulary): checked by `planner verify`
     against FSDPMemTracker (LLaMA-7B, seq 2048, micro-batch 1: every line within 10%).
@@ -156,11 +157,15 @@ def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str, s
     weights: the unsharded root, the block in backward and the next block prefetched, 16-bit;
     gradients: the previous block's reduce-scatter input in the fp32 reduce dtype, and its shard; with gradient
     accumulation, the sharded gradients earlier micro-batches left (`accumulated`), which the shard is added into;
-    activations: the layers' saved tensors (those already freed are replaced by the backward's
-    temporaries) and the head's unsharded weight gradient, which waits for the root's reduce-scatter.
-    An MoE block's backward runs its experts one at a time, so its temporaries are one expert's, far less than
-    what the block saved: `freed_by_one_block` (its saved tensors) is counted out (Mixtral-8x7B at EP 8 under
-    `planner verify`: the tracker's peak is then the experts' backward, `fsdp_experts_backward`, as here).
+    activations: the layers' saved tensors less the block's own (`freed_by_one_block`, freed by its backward),
+    the block's weight gradients in the parameters' dtype (`weight_grads`: FSDP copies them into the
+    reduce-scatter input, so both are alive at that moment) and the head's unsharded weight gradient, which
+    waits for the root's reduce-scatter. Where a block's weights outweigh what it saved (a short sequence, a
+    micro-batch of 1, a wide model) the gradients are most of the line: h 3072, seq 256 under FSDPMemTracker
+    holds 267 MiB where the saved tensors alone are 108. An MoE block's backward runs its experts one at a
+    time, so its temporaries are one expert's: its saved tensors are counted out with no weight-gradient term
+    (Mixtral-8x7B at EP 8 under `planner verify`: the tracker's peak is then the experts' backward,
+    `fsdp_experts_backward`, as here).
     """
     if plan.engine != "fsdp" or plan.stage < 3:
         return None
@@ -173,7 +178,8 @@ def fsdp_layer_backward(shape: ModelShape, plan: ParallelPlan, precision: str, s
     return {"weights": (root + gathered) * w,
             # accumulating, the block's reduce-scatter output is added into its shard and freed
             "gradients": 4 * block + (accumulated if accumulated else 4 * block / plan.shard_degree),
-            "activations": stored_activations - freed_by_one_block + shape.vocab * shape.hidden * w / tp}
+            "activations": stored_activations - freed_by_one_block + weight_grads
+            + shape.vocab * shape.hidden * w / tp}
 
 
 def fsdp_experts_backward(shape: ModelShape, plan: ParallelPlan, precision: str,
@@ -245,6 +251,7 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
         stored, logits = stored + carried, logits - carried
     log_probs_grad = 4 * shape.vocab / tp * positions if head else 0.0  # fp32, freed first
     p2p = pipeline.p2p_buffer_bytes(plan, shape, micro_batch, 4 if precision == "fp32" else 2)
+    width = 4 if precision == "fp32" else 2  # the parameters' (and their gradients') bytes as the layers use them
     held = gradients_held(plan, share)
     accumulated = states.gpu["gradients"] if held else 0.0  # FSDP: the shards, the layers' backward adds to
     return MemoryBreakdown(
@@ -257,8 +264,9 @@ def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, pr
         runtime=runtime_gib * 2**30,
         fragmentation_fraction=fragmentation,
         gradients_kept_through_forward=held,
-        layer_backward=fsdp_layer_backward(shape, plan, precision, stored,
-                                           (stored - layers_fixed) / shape.layers if shape.moe else 0.0, accumulated)
+        layer_backward=fsdp_layer_backward(shape, plan, precision, stored, (stored - layers_fixed) / shape.layers,
+                                           0.0 if shape.moe else shape.layer_params_per_tp_rank(plan.ep, tp) * width,
+                                           accumulated)
         if share is None else
         pipeline_fsdp_backward(params, shape, plan, precision,
                                (stored - layers_fixed) * in_flight + layers_fixed + head_fixed + recompute,
