@@ -55,3 +55,32 @@ def test_a_user_catalog_sets_the_bandwidths_the_step_time_needs_and_refuses_nega
     path.write_text("h100-sxm: {network_gbps: -5}\n")
     with pytest.raises(PlannerError, match="h100-sxm.network_gbps"):
         load_catalog(path)
+
+
+@pytest.mark.parametrize("name, matmul, flash", [("a100-80gb", 271.2, 189.0), ("a100-40gb", 271.2, 189.0),
+                                                 ("h100-sxm", 794.5, 326.0), ("h200", 794.5, 326.0)])
+def test_what_the_kernels_reach_is_the_published_measurement(name, matmul, flash):
+    # Bekman's MAMF table (BF16); FlashAttention-2 forward + backward, causal, head dim 128, 16k (Dao 2023 Fig. 4(d)
+    # on A100; on H100 from the FlashAttention-3 paper's FA2 bars: 3.5 / (1/335 + 2.5/322))
+    gpu = BUILTIN_GPUS[name]
+    assert (gpu.matmul_tflops["bf16"], gpu.flash_attention_tflops["bf16"]) == (matmul, flash)
+
+
+def test_a_gpu_without_published_rates_reaches_the_catalogs_mean_share_of_its_peak():
+    from planner.model.hardware import achievable_tflops
+
+    share = (271.2 / 312 + 794.5 / 989) / 2  # the A100's 86.9% and the H100's 80.3%
+    assert achievable_tflops(BUILTIN_GPUS["b200"], "matmul_tflops", "bf16") == pytest.approx(2250 * share)
+    # a dtype without its own figure: the GPU's own bf16 share of the dtype's peak
+    assert achievable_tflops(BUILTIN_GPUS["a100-80gb"], "matmul_tflops", "fp32") == pytest.approx(19.5 * 271.2 / 312)
+    assert achievable_tflops(BUILTIN_GPUS["h100-sxm"], "matmul_tflops", "fp8") == 1402.6
+
+
+def test_a_user_catalog_sets_the_rates_its_kernels_reach(tmp_path):
+    path = tmp_path / "cat.yaml"
+    path.write_text("h100-sxm: {matmul_tflops: {bf16: 700}}\n")
+    gpu = load_catalog(path)["h100-sxm"]
+    assert gpu.matmul_tflops == {"bf16": 700.0, "fp8": 1402.6} and gpu.flash_attention_tflops == {"bf16": 326.0}
+    path.write_text("h100-sxm: {flash_attention_tflops: {bf16: 0}}\n")
+    with pytest.raises(PlannerError, match="h100-sxm.flash_attention_tflops.bf16"):
+        load_catalog(path)

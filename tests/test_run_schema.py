@@ -55,7 +55,8 @@ def every_field_changed() -> RunConfig:
                                                  price_per_hour=3.0, interconnect_gbps=100.0, description="mine",
                                                  hbm_gbps=900.0, network_gbps=12.5, device="cpu",
                                                  attention_tflops={"fp32": 0.02}, shard_collectives_gbps=0.2,
-                                                 all_gather_gbps=0.25)),
+                                                 all_gather_gbps=0.25, matmul_tflops={"bf16": 350.0},
+                                                 flash_attention_tflops={"bf16": 200.0})),
         plan={"gpu_hours": 12.5},
     )
 

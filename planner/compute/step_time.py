@@ -6,14 +6,16 @@ closed-form (microseconds per layout), so `compare --search` can rank thousands 
 One optimizer step, per GPU (Narayanan et al. 2021, SC21, §3 and §5, for the Megatron terms):
 
 - **Matmuls.** Every layer matmul, 2 FLOPs per parameter per token per pass (forward, backward twice, plus the
-  recomputed forward under full checkpointing), and the output layer; at `peak x eff(k)`, where `k = h / t` is
+  recomputed forward under full checkpointing), and the output layer; at `achievable x eff(k)`, where
+  `achievable` is the GPU's published maximum achievable matmul rate (`planner.model.hardware`) and `k = h / t` is
   the narrowest dimension of a rank's GEMM: `eff(k) = e_max k / (k + k_half)`. A pipeline runs at its slowest
   stage's pace: the last, which holds the output layer and the loss besides its share of the layers.
 - **Attention.** Scores and values, 4 s h FLOPs per token per layer per pass. As one flash kernel (Dao et al.
   2022) the causal half is skipped and the head dimension padded to the kernel's next multiple of 32
   (FlashAttention-2 builds kernels for 32, 64, ..., 256), its backward recomputing the scores (five GEMMs to the
-  forward's two), at its own fitted fraction of peak; without it the scores are ordinary matmuls over the whole
-  (masked) square, and the softmax and dropout read and write every score (`memory_bound_bytes`).
+  forward's two), at a fitted fraction of FlashAttention-2's published rate on the GPU; without it the scores are
+  ordinary matmuls over the whole (masked) square, and the softmax and dropout read and write every score
+  (`memory_bound_bytes`).
 - **Memory-bound work** (norms, residual adds, activation functions, RoPE, the unfused softmax, the loss) from
   the bytes it moves, at a fitted fraction of HBM bandwidth (`memory_bound_bytes`: one read and one write per
   fused op, or, run as eager PyTorch composes them, our own block's bytes as counted op by op).
@@ -47,10 +49,13 @@ One optimizer step, per GPU (Narayanan et al. 2021, SC21, §3 and §5, for the M
   overlapped (the next layer needs the combined tokens). The routed experts' gradients are reduced over the
   `dp_shard / ep` ranks that hold the same experts, everything else's over all of them.
 
-Six constants (matmul `e_max`, `k_half`, achieved link fraction, flash attention's fraction of peak,
-achieved HBM fraction, the cost of overlapped communication) are shared by every row and every GPU; they are
-fitted on the calibration tables the README names and judged on others (`benchmarks/bench_step_time.py`); no
-row has its own. What differs between runs is how each ran (`Kernels`: its kernels, optimizer and engine), read
+Six constants (matmul `e_max`, `k_half`, achieved link fraction, flash attention's fraction of its published
+rate, achieved HBM fraction, the cost of overlapped communication) are shared by every row and every GPU; they
+are fitted on the calibration tables the README names and judged on others (`benchmarks/bench_step_time.py`); no
+row has its own. What differs between GPUs besides the data sheets is what their kernels reach, each a published
+measurement in the catalog: an A100 reaches 87% of its peak in a large GEMM and FlashAttention-2 61% of it, an
+H100 80% and 33%, which no single fraction of peak carries (fitted that way, llm-foundry's A100 table, never
+fitted, came out 39% slow on average; with the published rates, 8.7%). What differs between runs is how each ran (`Kernels`: its kernels, optimizer and engine), read
 from its published configuration.
 """
 
@@ -62,7 +67,7 @@ from planner.compute.flops import recomputed_matmul_params
 from planner.core.errors import PlannerError
 from planner.core.parallel import ParallelPlan
 from planner.memory.pipeline import bubble_fraction
-from planner.model.hardware import BUILTIN_GPUS, GPU
+from planner.model.hardware import BUILTIN_GPUS, GPU, achievable_tflops
 from planner.model.shapes import ModelShape
 
 
@@ -83,6 +88,9 @@ class Hardware:
     # an all-gather's alone (DeepSpeed ZeRO 1-2's parameter gather), as a fraction of the all-reduce's: 1 for NCCL;
     # `planner probe` measures gloo's
     all_gather_fraction: float = 1.0
+    matmul_flops: float = 0.0  # what a large GEMM achieves (the catalog's `matmul_tflops`); 0: the peak
+    fp8_matmul_flops: float = 0.0  # the same in fp8; 0: the fp8 peak
+    flash_attention_flops: float = 0.0  # FlashAttention-2's published forward + backward rate; 0: the peak
 
 
 def hardware_of(gpu: GPU, dtype: str, gpus_per_node: int) -> Hardware:
@@ -94,9 +102,16 @@ def hardware_of(gpu: GPU, dtype: str, gpus_per_node: int) -> Hardware:
         raise PlannerError(f"--gpu: {gpu.name} has no hbm_gbps in the catalog; set it to predict step time")
     shard = _fraction_of_all_reduce(gpu.shard_collectives_gbps, gpu.network_gbps)
     gather = _fraction_of_all_reduce(gpu.all_gather_gbps, gpu.network_gbps) if gpu.all_gather_gbps else shard
-    return Hardware(gpu.peak_flops(dtype), gpu.hbm_gbps * 1e9, gpu.interconnect_gbps / 2 * 1e9,
-                    gpu.network_gbps * 1e9, gpus_per_node, gpu.peak_tflops.get("fp8", 0.0) * 1e12,
-                    gpu.attention_tflops.get(dtype, 0.0) * 1e12, shard, gather)
+    peak = gpu.peak_flops(dtype)
+    # a probed machine's peak is already its GEMM's achieved rate, its attention measured on its own
+    fp8 = gpu.peak_tflops.get("fp8", 0.0) * 1e12
+    matmul, flash, fp8_matmul = (peak, 0.0, fp8) if gpu.device == "cpu" else (
+        achievable_tflops(gpu, "matmul_tflops", dtype) * 1e12,
+        achievable_tflops(gpu, "flash_attention_tflops", dtype) * 1e12,
+        achievable_tflops(gpu, "matmul_tflops", "fp8") * 1e12 if fp8 else 0.0)
+    return Hardware(peak, gpu.hbm_gbps * 1e9, gpu.interconnect_gbps / 2 * 1e9, gpu.network_gbps * 1e9, gpus_per_node,
+                    fp8, gpu.attention_tflops.get(dtype, 0.0) * 1e12, shard, gather, matmul_flops=matmul,
+                    fp8_matmul_flops=fp8_matmul, flash_attention_flops=flash)
 
 
 def _fraction_of_all_reduce(gbps: float, all_reduce_gbps: float) -> float:
@@ -113,10 +128,12 @@ A100_80GB_DGX = hardware_of(BUILTIN_GPUS["a100-80gb"], "bf16", 8)
 class Efficiency:
     """The model's fitted constants (see the module docstring)."""
 
-    matmul_max: float = 0.8  # the fraction of peak a large GEMM reaches
+    matmul_max: float = 0.8  # the fraction of the GPU's achievable GEMM rate (`Hardware.matmul_flops`) a layer's reach
     matmul_half_k: float = 256.0  # the per-rank width at which a GEMM reaches half of matmul_max
     link: float = 0.7  # the fraction of a link's bandwidth a collective achieves
-    attention: float = 0.4  # the fraction of peak a flash-attention kernel reaches (its executed FLOPs)
+    # the fraction of FlashAttention-2's published rate on the GPU (`Hardware.flash_attention_flops`) a training
+    # run's attention reaches (its executed FLOPs)
+    attention: float = 0.4
     memory: float = 0.8  # the fraction of HBM bandwidth memory-bound kernels reach
     # the share of overlapped data-parallel communication time that still costs: NCCL's kernels take SMs and HBM
     # bandwidth from the compute they overlap (0: hidden for free, 1: as if serial)
@@ -208,8 +225,8 @@ def ring_time(nbytes: float, ranks: int, bandwidth: float) -> float:
 #: Fitted by `benchmarks/bench_step_time.py` on the two calibration tables the README names (Narayanan et al.
 #: 2021, Table 1; llm-foundry's MPT on H100, BF16) and nothing else; the estimate uses these
 #: (`tests/test_step_time.py` re-fits and holds them equal).
-CALIBRATED = Efficiency(matmul_max=0.7400, matmul_half_k=405.2, link=1.0, attention=0.1805, memory=0.5540,
-                        overlap=0.5384)
+CALIBRATED = Efficiency(matmul_max=0.9082, matmul_half_k=406.96, link=0.6304, attention=0.5507, memory=0.5601,
+                        overlap=0.3182)
 #: A machine measured by `planner probe` (a catalog entry with `device: cpu`): its figures are achieved rates (a
 #: GEMM, a copy, a gloo all-reduce), so every fraction is one and the width term is off.
 PROBED = Efficiency(matmul_max=1.0, matmul_half_k=0.0, link=1.0, attention=1.0, memory=1.0, overlap=0.0)
@@ -402,7 +419,7 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     tokens = plan.batch * shape.seq_len
     s, h = shape.seq_len, shape.hidden
     k = h / plan.tp
-    matmul_rate = hw.peak_flops * eff.matmul_max * k / (k + eff.matmul_half_k)
+    matmul_rate = (hw.matmul_flops or hw.peak_flops) * eff.matmul_max * k / (k + eff.matmul_half_k)
     matmul_params = shape.active_matmul_params()
     if shape.moe is not None:  # the busiest expert's tokens set the pace (its capacity, or the dropless margin)
         m = shape.moe
@@ -415,7 +432,8 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     fp8_params = sum(i * o for i, o in block_linears(shape) if fp8_linear(i, o)) if kernels.fp8_linears else 0
     if fp8_params and hw.fp8_peak_flops <= 0:
         raise PlannerError("--precision fp8: this GPU has no fp8 peak in the catalog")
-    fp8_rate = matmul_rate * hw.fp8_peak_flops / hw.peak_flops if fp8_params else matmul_rate
+    fp8_rate = matmul_rate * (hw.fp8_matmul_flops or hw.fp8_peak_flops) / (hw.matmul_flops or hw.peak_flops) \
+        if fp8_params else matmul_rate
     layer_seconds = 2 * passes * ((matmul_params - fp8_params) / matmul_rate + fp8_params / fp8_rate)  # per token
     # a pipeline runs at its slowest stage's pace: the last holds the output layer and the loss besides its layers
     matmul = tokens * (shape.layers * layer_seconds + plan.pp * 6 * shape.vocab * h / matmul_rate) / gpus
@@ -426,7 +444,8 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
         # so half a forward more than the two the attention's FLOP count gives a backward. A rate `planner probe`
         # measured is already per counted pass (it times SDPA's forward and backward against 3 passes).
         recompute = 1.0 if hw.attention_flops else (attention_passes + 0.5) / attention_passes
-        attention = attention_flops * recompute / 2 * pad / (hw.attention_flops or hw.peak_flops * eff.attention)
+        ceiling = hw.flash_attention_flops or hw.peak_flops
+        attention = attention_flops * recompute / 2 * pad / (hw.attention_flops or ceiling * eff.attention)
     else:
         attention = attention_flops / matmul_rate
     loss_bytes = 16 * shape.vocab / plan.tp  # fp32 log-softmax and its gradient over the (TP-split) vocabulary

@@ -188,6 +188,8 @@ class GPUSpec:
     attention_tflops: dict[str, float] = field(default_factory=dict)  # measured by `planner probe`; {} on a GPU
     shard_collectives_gbps: float = 0.0  # all-gather / reduce-scatter bus bandwidth, where not the all-reduce's
     all_gather_gbps: float = 0.0  # an all-gather's alone (ZeRO 1-2's parameter gather), where measured
+    matmul_tflops: dict[str, float] = field(default_factory=dict)  # a large GEMM's published achieved rate
+    flash_attention_tflops: dict[str, float] = field(default_factory=dict)  # FlashAttention-2's published rate
 
 
 @dataclass
@@ -559,8 +561,9 @@ def _validate_planning(p: PlanningConfig) -> None:
         check.number("planning.gpu_spec.price_per_hour", p.gpu_spec.price_per_hour, 0.0, 1000.0)
         for key in ("interconnect_gbps", "hbm_gbps", "network_gbps", "shard_collectives_gbps", "all_gather_gbps"):
             check.number(f"planning.gpu_spec.{key}", getattr(p.gpu_spec, key), 0.0, 1e6)
-        for dtype, tflops in p.gpu_spec.attention_tflops.items():
-            check.number(f"planning.gpu_spec.attention_tflops.{dtype}", tflops, 0.0, 1e6, lo_open=True)
+        for key in ("attention_tflops", "matmul_tflops", "flash_attention_tflops"):
+            for dtype, tflops in getattr(p.gpu_spec, key).items():
+                check.number(f"planning.gpu_spec.{key}.{dtype}", tflops, 0.0, 1e6, lo_open=True)
         if p.gpu_spec.device not in DEVICES:
             raise ConfigError(f"planning.gpu_spec.device: {p.gpu_spec.device!r} is not one of {', '.join(DEVICES)}")
 

@@ -10,7 +10,8 @@ schema's `planning:` section; `request_from_run` reads a run config back into th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from copy import copy
+from dataclasses import dataclass, field, fields, replace
 
 from planner.compute import flops as compute
 from planner.core import checks
@@ -225,11 +226,8 @@ def planning_of(req: EstimateRequest, model: ResolvedModel) -> PlanningConfig:
     catalog to be re-estimated.
     """
     gpu = gpu_of(req)
-    spec = None if BUILTIN_GPUS.get(gpu.name) == gpu else GPUSpec(
-        memory_gib=gpu.memory_gib, peak_tflops=dict(gpu.peak_tflops), price_per_hour=gpu.price_per_hour,
-        interconnect_gbps=gpu.interconnect_gbps, description=gpu.description, hbm_gbps=gpu.hbm_gbps,
-        network_gbps=gpu.network_gbps, device=gpu.device, attention_tflops=dict(gpu.attention_tflops),
-        shard_collectives_gbps=gpu.shard_collectives_gbps, all_gather_gbps=gpu.all_gather_gbps)
+    spec = None if BUILTIN_GPUS.get(gpu.name) == gpu else GPUSpec(**{
+        f.name: copy(getattr(gpu, f.name)) for f in fields(GPUSpec)})  # every catalog field but the name
     return PlanningConfig(
         params=model.params if req.params is not None else None, gpu=gpu.name, gpu_spec=spec,
         gpus_per_node=req.gpus_per_node, tokens=req.tokens, convention=req.convention,
@@ -245,10 +243,7 @@ def request_from_run(cfg: RunConfig) -> EstimateRequest:
     catalog = None
     if p.gpu_spec is not None:
         g = p.gpu_spec
-        catalog = {p.gpu: GPU(p.gpu, g.memory_gib, dict(g.peak_tflops), g.price_per_hour, g.interconnect_gbps,
-                              g.description, hbm_gbps=g.hbm_gbps, network_gbps=g.network_gbps, device=g.device,
-                              attention_tflops=dict(g.attention_tflops),
-                              shard_collectives_gbps=g.shard_collectives_gbps, all_gather_gbps=g.all_gather_gbps)}
+        catalog = {p.gpu: GPU(p.gpu, **{f.name: copy(getattr(g, f.name)) for f in fields(GPUSpec)})}
     shape = shape_of(cfg.model)
     return EstimateRequest(
         params=p.params, shape=None if p.params is not None else shape, seq_len=cfg.model.seq_len,

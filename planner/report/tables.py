@@ -184,12 +184,21 @@ def _teaching_table(t: dict) -> str:
 
 
 def render_gpus(catalog: dict) -> str:
+    from planner.model.hardware import achievable_tflops
+
     rows = []
     for g in catalog.values():
         peaks = ", ".join(f"{k} {v:g}" for k, v in g.peak_tflops.items())
-        rows.append([g.name, g.description, f"{g.memory_gib:g}", peaks, f"{g.price_per_hour:.2f}"])
-    return tabulate(rows, headers=["GPU", "", "GiB", "dense peak TFLOP/s", "$/GPU-h"], tablefmt="simple",
-                    disable_numparse=True)
+        reach = "-"
+        if g.device == "gpu" and "bf16" in g.peak_tflops:  # what the step time prices its bf16 kernels at
+            published = "bf16" in g.matmul_tflops and "bf16" in g.flash_attention_tflops
+            reach = " / ".join(f"{achievable_tflops(g, key, 'bf16'):.0f}"
+                               for key in ("matmul_tflops", "flash_attention_tflops")) + ("" if published else " *")
+        rows.append([g.name, g.description, f"{g.memory_gib:g}", peaks, reach, f"{g.price_per_hour:.2f}"])
+    table = tabulate(rows, headers=["GPU", "", "GiB", "dense peak TFLOP/s", "bf16 GEMM / flash reach", "$/GPU-h"],
+                     tablefmt="simple", disable_numparse=True)
+    return table + ("\nreach: what a large GEMM and FlashAttention-2 achieve, published (planner/model/hardware.py);"
+                    "\n* none published: the mean share of peak of the GPUs that have one")
 
 
 def render_optimal(r: dict) -> str:
