@@ -466,6 +466,18 @@ DATATROVE_REASONS = {"gopher_short_doc": "too few words", "gopher_long_doc": "to
                      "gopher_below_alpha_threshold": "few alphabetic words", "gopher_enough_stop_words": "few stop words"}
 
 
+def test_the_punctuation_set_is_ascii_punctuation_and_every_unicode_p_character():
+    # the set scans the planes below U+20000 only (its import time); every code point's category says the same
+    import string
+    import sys
+    import unicodedata
+
+    from pretrain.data.steps.words import PUNCTUATION
+
+    every = {ch for ch in map(chr, range(sys.maxunicode + 1)) if unicodedata.category(ch).startswith("P")}
+    assert frozenset(string.punctuation) | every == PUNCTUATION and len(PUNCTUATION) == 828
+
+
 def test_gopher_quality_gives_datatroves_reason_on_japanese_pages():
     # CJK punctuation ("。", "、", "「") is punctuation (Unicode P*), so it neither counts as a word nor shortens the
     # mean word length: on the installed Japanese man pages (sections 1 and 5; Korean ones agree too) every reason
