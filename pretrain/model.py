@@ -13,6 +13,7 @@ rank ever builds more than its own part (as torchtitan builds its models).
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,11 +21,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from planner.core.schema import ACTIVATION_CHECKPOINTING, ModelConfig
 from planner.model.shapes import shape_of
 from pretrain.activation_checkpointing import checkpointed, run_block
+
+
+def is_dtensor(t: object) -> bool:
+    """Whether `t` is a DTensor, without importing DTensor (0.7 s) into a process that never made one: where its
+    module was never imported, nothing is one."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
 
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,7 +193,7 @@ class Experts(nn.Module):
     def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
         """`x`: token copies sorted by expert, `counts[e]` of them for expert e (all E); the experts' outputs in
         the same order."""
-        gate, up, down = (w.to_local() if isinstance(w, DTensor) else w for w in (self.gate, self.up, self.down))
+        gate, up, down = (w.to_local() if is_dtensor(w) else w for w in (self.gate, self.up, self.down))
         local = gate.shape[0]
         sent = self.fixed_load.sent if self.fixed_load else counts.tolist()
         if self.group is None:
@@ -315,7 +322,7 @@ class Transformer(nn.Module):
         std = self.cfg.init_std
         with torch.no_grad():
             for name, p in self.named_parameters():
-                local = p.to_local() if isinstance(p.data, DTensor) else p.data
+                local = p.to_local() if is_dtensor(p.data) else p.data
                 if p.dim() >= 2:  # matrices, and the experts' stacks of them
                     scale = (2 * self.cfg.layers) ** -0.5 \
                         if name.endswith(("o.weight", "down.weight", "experts.down")) else 1.0
@@ -323,7 +330,9 @@ class Transformer(nn.Module):
                         0.0, std * scale, generator=_generator(seed, name, local.device))
                 else:
                     full = torch.ones(p.shape, device=local.device)
-                if isinstance(p.data, DTensor):  # this rank's shard of the whole tensor, cut where FSDP / TP cut it
+                if is_dtensor(p.data):  # this rank's shard of the whole tensor, cut where FSDP / TP cut it
+                    from torch.distributed.tensor import distribute_tensor
+
                     full = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None).to_local()
                 local.copy_(full)
             cos, sin = rope_tables(self.cfg.seq_len, self.cfg.hidden // self.cfg.heads, self.cfg.rope_theta)
@@ -347,8 +356,8 @@ class Transformer(nn.Module):
         loss = cross_entropy(logits, targets)
         if self.training and self.cfg.experts:  # the load-balancing loss trains the routers; evaluation is CE alone
             aux = self.aux_loss()
-            if isinstance(loss, DTensor):  # TP's loss on vocabulary shards: every TP rank routed the same tokens
-                from torch.distributed.tensor import Replicate
+            if is_dtensor(loss):  # TP's loss on vocabulary shards: every TP rank routed the same tokens
+                from torch.distributed.tensor import DTensor, Replicate
 
                 aux = DTensor.from_local(aux, loss.device_mesh, [Replicate()], run_check=False)
             loss = loss + self.cfg.router_aux_loss_coef * aux
