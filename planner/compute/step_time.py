@@ -55,8 +55,8 @@ are fitted on the calibration tables the README names and judged on others (`ben
 row has its own. What differs between GPUs besides the data sheets is what their kernels reach, each a published
 measurement in the catalog: an A100 reaches 87% of its peak in a large GEMM and FlashAttention-2 61% of it, an
 H100 80% and 33%, which no single fraction of peak carries (fitted that way, llm-foundry's A100 table, never
-fitted, came out 39% slow on average; with the published rates, 8.7%). What differs between runs is how each ran (`Kernels`: its kernels, optimizer and engine), read
-from its published configuration.
+fitted, came out 39% slow on average; with the published rates, 8.7%). What differs between runs is how each
+ran (`Kernels`: its kernels, optimizer and engine), read from its published configuration.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ A100_80GB_DGX = hardware_of(BUILTIN_GPUS["a100-80gb"], "bf16", 8)
 class Efficiency:
     """The model's fitted constants (see the module docstring)."""
 
-    matmul_max: float = 0.8  # the fraction of the GPU's achievable GEMM rate (`Hardware.matmul_flops`) a layer's reach
+    matmul_max: float = 0.8  # the fraction of the GPU's achievable GEMM rate (`Hardware.matmul_flops`) layers reach
     matmul_half_k: float = 256.0  # the per-rank width at which a GEMM reaches half of matmul_max
     link: float = 0.7  # the fraction of a link's bandwidth a collective achieves
     # the fraction of FlashAttention-2's published rate on the GPU (`Hardware.flash_attention_flops`) a training

@@ -18,7 +18,7 @@ A user catalog is a YAML mapping of name -> fields (any subset, to override a bu
       network_gbps: 50        # scale-out bandwidth per GPU, GB/s one way
       device: gpu             # or cpu: an entry `planner probe` measured (one trainer process per "GPU")
       matmul_tflops: {bf16: 794.5}            # a large GEMM's measured rate (maximum achievable matmul FLOP/s)
-      flash_attention_tflops: {bf16: 338}     # FlashAttention-2 forward + backward, causal, head dim 128
+      flash_attention_tflops: {bf16: 326}     # FlashAttention-2 forward + backward, causal, head dim 128
 
 What the step-time model needs beyond the data sheets is what the kernels reach on the GPU, each a published
 measurement: the maximum achievable matmul FLOP/s (MAMF) and FlashAttention-2's forward + backward rate. A
