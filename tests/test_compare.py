@@ -87,6 +87,19 @@ def test_zero3_moves_one_and_a_half_times_what_ddp_moves():
     assert comm_params_per_step(zero3) / comm_params_per_step(ddp) == 1.5
 
 
+def test_compare_shows_what_each_engine_sends_over_its_steps_micro_batches(capsys):
+    # the bytes the step time prices, per GPU and step, 4 micro-batches on 8 GPUs: DeepSpeed ZeRO-1 all-reduces its
+    # 16-bit gradients and gathers the parameters once a step; ZeRO-2 does so on every micro-batch; FSDP full
+    # reduce-scatters fp32 gradients and gathers 16-bit parameters twice, on every micro-batch
+    assert main(["compare", "--model", "llama2-7b", "--gpus", "8", "--microbatches", "4", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    sent = {row["strategy"]: row["comm_bytes_per_step"] for row in r["rows"] if row["checkpointing"] == "none"}
+    half = 7 / 8 * r["params"]  # one reduce-scatter's or all-gather's elements
+    assert sent["zero1"] == pytest.approx(2 * half * 2 + half * 2)
+    assert sent["zero2"] == pytest.approx(4 * sent["zero1"])
+    assert sent["fsdp-full"] == pytest.approx(4 * (half * 4 + 2 * half * 2))
+
+
 def test_compare_plot_is_a_png_with_the_capacity_line(tmp_path, capsys):
     png = tmp_path / "strategies.png"
     assert main(["compare", "--model", "llama2-7b", "--gpus", "8", "--plot", str(png)]) == 0

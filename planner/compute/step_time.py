@@ -199,6 +199,7 @@ class StepTime:
     optimizer_s: float
     model_flops: float  # per iteration, all GPUs, with recomputation (the paper's counting)
     ep_comm_s: float = 0.0  # expert-parallel all-to-alls (MoE)
+    dp_bytes: float = 0.0  # what each GPU sends on its data-parallel collectives per step, as priced
 
     @property
     def compute_s(self) -> float:
@@ -477,9 +478,12 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
         experts = data_parallel_traffic(plan, expert_params / plan.ep, grad_bytes, kernels.activation_bytes, group)
         traffic = tuple(a + b for a, b in zip(traffic, experts, strict=True))
     dp_comm = data_parallel_seconds(traffic, hw, data_parallel_bandwidth(plan, hw, eff.link))
+    dp_bytes = sum(traffic)
     if plan.engine == "fsdp" and plan.stage and plan.dp_replicate > 1:  # hybrid sharding: the shards' gradients all-reduced across copies
-        dp_comm += ring_time(grad_bytes * rank_params / plan.shard_degree, plan.dp_replicate, net)
-    dp_comm *= reductions
+        shard_grads = grad_bytes * rank_params / plan.shard_degree
+        dp_comm += ring_time(shard_grads, plan.dp_replicate, net)
+        dp_bytes += 2 * (plan.dp_replicate - 1) / plan.dp_replicate * shard_grads
+    dp_comm, dp_bytes = dp_comm * reductions, dp_bytes * reductions
     if overlap_dp:
         # hidden behind the backward it overlaps (ZeRO-3 / FSDP full: the gathers behind the forward too): each
         # reduction's own micro-batch where every micro-batch reduces, else the last one's; of what is hidden,
@@ -493,4 +497,4 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     ep_comm = expert_parallel_time(shape, plan, hw, eff.link, kernels.activation_bytes, checkpointing,
                                    checkpointed_fraction)
     return StepTime(matmul, attention, memory, tp_comm, bubble, pp_comm, dp_comm, optimizer,
-                    layer_flops(shape, plan.batch, passes), ep_comm)
+                    layer_flops(shape, plan.batch, passes), ep_comm, dp_bytes)

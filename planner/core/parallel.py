@@ -215,16 +215,18 @@ class ParallelPlan:
     def for_strategy(cls, name: str, world: int, *, tp: int = 1, micro_batch: int = 1,
                      gpus_per_node: int = 8, pipeline: ParallelPlan | None = None, ep: int = 1) -> ParallelPlan:
         """The plan for one of `STRATEGIES` on `world` ranks (hybrid shards within a node), with
-        `pipeline`'s pipeline layout (pp, schedule, stages per rank, split, micro-batches) when given, and `ep`
-        expert-parallel ranks."""
+        `pipeline`'s micro-batches per step and pipeline layout (pp, schedule, stages per rank, split) when given,
+        and `ep` expert-parallel ranks."""
         kw = dict(STRATEGIES[name])
         if kw.get("dp_shard") == "node":
             kw["dp_shard"] = min(gpus_per_node, world)
         if kw["engine"] == "ddp" and world == 1:
             kw["engine"] = "single"
+        if pipeline is not None:  # its micro-batches per step whatever the layout (they set memory and traffic)
+            kw["grad_accum"] = pipeline.grad_accum
         if pipeline is not None and pipeline.pp > 1:
             kw.update(pp=pipeline.pp, pp_schedule=pipeline.pp_schedule, pp_virtual=pipeline.pp_virtual,
-                      pp_layers=pipeline.pp_layers, grad_accum=pipeline.grad_accum)
+                      pp_layers=pipeline.pp_layers)
         return cls(world=world, tp=tp, micro_batch=micro_batch, ep=ep, **kw).validate(cli_flag)
 
     def with_world(self, world: int, label: Callable[[str], str] = config_key) -> ParallelPlan:

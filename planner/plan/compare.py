@@ -4,10 +4,13 @@ Each row is exactly what `planner estimate` gives for that strategy alone (same 
 changed), plus:
 
 - the largest micro-batch that fits, and the fewest whole nodes on which the strategy fits;
-- communication per GPU per step in parameters' worth of 16-bit elements (Rajbhandari et al. 2019,
-  ZeRO, §7.2.1): data parallelism all-reduces the gradients, 2Ψ (reduce-scatter + all-gather);
-  ZeRO-1 and -2 (and FSDP shard-grad-op) move the same 2Ψ; ZeRO-3 and FSDP full/hybrid also
-  all-gather the parameters again in backward, 3Ψ (1.5x). Offload adds PCIe traffic per step
+- data-parallel traffic per GPU per step: the bytes the step time prices (`data_parallel_traffic`: each
+  engine's collectives as it runs them, on every micro-batch where it has no `no_sync`), and beside them the
+  ZeRO paper's parameters' worth of 16-bit elements (Rajbhandari et al. 2019, §7.2.1): data parallelism
+  all-reduces the gradients, 2Ψ (reduce-scatter + all-gather); ZeRO-1 and -2 (and FSDP shard-grad-op) move the
+  same 2Ψ; ZeRO-3 and FSDP full/hybrid also all-gather the parameters again in backward, 3Ψ (1.5x). The two
+  differ where the engines do: DeepSpeed's ZeRO 1-2 all-reduce the whole gradient and then gather the
+  parameters, and torch's DDP and FSDP2 reduce every micro-batch. Offload adds PCIe traffic per step
   (gradients down, parameters up), shown as its own column, not as network volume.
 
 Rows are ordered by predicted time per token (`planner.compute.step_time` through the estimate, plus
@@ -39,6 +42,16 @@ def comm_params_per_step(plan: ParallelPlan) -> float:
     """Parameters' worth of elements each GPU sends per step (ZeRO §7.2.1): 2Ψ, or 3Ψ when the
     parameters are sharded too (ZeRO-3, FSDP full/hybrid: they are gathered again in backward)."""
     return 3.0 if plan.stage == 3 else 2.0
+
+
+def comm(row: dict) -> str:
+    """A row's data-parallel traffic per GPU per step as the step time prices it, beside the ZeRO paper's
+    parameters' worth (the engines' own collectives differ: DeepSpeed ZeRO 1-2 all-reduce and then gather,
+    torch's engines reduce on every micro-batch)."""
+    from planner.core.units import GiB
+
+    priced = "-" if row["comm_bytes_per_step"] is None else f"{row['comm_bytes_per_step'] / GiB:,.1f}"
+    return f"{priced} ({row['comm_params_per_step']:g}x params)"
 
 
 def pcie_bytes_per_step(plan: ParallelPlan, params: float) -> float:
@@ -90,7 +103,8 @@ def _row(req: EstimateRequest, name: str, checkpointing: str) -> dict:
         "memory_per_gpu_bytes": r.memory.lines, "peak_moment": r.memory.peak_moment, "fits": r.fit.fits,
         "headroom_bytes": r.fit.headroom_bytes, "max_micro_batch": r.fit.max_micro_batch,
         "comm_params_per_step": comm_params_per_step(plan),
-        "comm_bytes_per_step": 2 * comm_params_per_step(plan) * r.params / plan.tp,
+        # what the step time prices: the engine's collectives as it runs them (every micro-batch's reductions)
+        "comm_bytes_per_step": r.time["data_parallel_bytes_per_step"] if r.time else None,
         "pcie_bytes_per_step": pcie,
         "fewest_nodes": nodes, "fewest_gpus": None if nodes is None else nodes * req.gpus_per_node,
         **timing(r.time, pcie),
@@ -160,9 +174,9 @@ def render_compare(r: dict) -> str:
             f"{row['step_time_s']:.3g}", f"{row['tokens_per_s_per_gpu']:,.0f}", f"{row['mfu_predicted']:.1%}"]
         rows.append(["*" if row["best"] else "", row["strategy"], row["checkpointing"], *speed, f"{total / GiB:,.1f}",
                      bar(total, cap), f"{row['headroom_bytes'] / GiB:,.1f}", row["max_micro_batch"],
-                     f"{row['comm_params_per_step']:g}x params", f"{row['pcie_bytes_per_step'] / GiB:,.1f}", nodes])
+                     comm(row), f"{row['pcie_bytes_per_step'] / GiB:,.1f}", nodes])
     table = tabulate(rows, headers=["", "strategy", "ckpt", "step s", "tok/s/GPU", "MFU", "GiB/GPU", "memory",
-                                    "headroom", "max micro-batch", "comm/step", "PCIe GiB/step",
+                                    "headroom", "max micro-batch", "DP GiB/step (ZeRO)", "PCIe GiB/step",
                                     "fewest nodes that fit"],
                      tablefmt="simple", disable_numparse=True)
     verdict = f"Best: {r['best']}: the fastest predicted step per token that fits (planner.compute.step_time)." \

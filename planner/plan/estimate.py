@@ -364,6 +364,7 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
                             "tensor_parallel": t.tp_comm_s, "expert_parallel": t.ep_comm_s, "bubble": t.bubble_s,
                             "pipeline_p2p": t.pp_comm_s, "data_parallel_exposed": t.dp_comm_s,
                             "optimizer": t.optimizer_s},
+            "data_parallel_bytes_per_step": t.dp_bytes,
             "model": "planner.compute.step_time at the rates `planner probe` measured" if probed else
                      "planner.compute.step_time, CALIBRATED on Narayanan et al. 2021 Table 1 and llm-foundry's MPT "
                      "on H100 (BF16)"}
