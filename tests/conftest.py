@@ -7,15 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-# One OpenBLAS thread in the test processes and what they start, set before numpy loads: the fits' arrays are tiny,
-# and OpenBLAS's spinning threads made one 12-run fit_nd take 56 s beside two busy processes against 18 s with one
-# thread (measured 2026-12-06) - on two cores, the suite's two workers are exactly that load. Trainers set their
-# own OMP_NUM_THREADS.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+import pytest
 
-import pytest  # noqa: E402
-
-from launch.cli import free_port  # noqa: E402, F401 (one definition: tests pick ports as launch does)
+from launch.cli import free_port  # noqa: F401 (one definition: tests pick ports as launch does)
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED_DATA = REPO / "data" / "published"
