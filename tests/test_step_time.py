@@ -62,6 +62,17 @@ def test_flash_attention_skips_the_causal_half_and_pads_the_head_dimension_to_it
     assert flash.memory_s < unfused.memory_s  # no scores through memory
 
 
+def test_an_encoder_attends_both_ways_so_flash_computes_every_score():
+    from planner.compute.step_time import Kernels
+
+    decoder = ModelShape(4, 1024, 8, 32000, 1024)
+    plan = ParallelPlan(engine="fsdp", world=8, fsdp_mode="full")
+    flash = Kernels(flash_attention=True)
+    causal = step_time(decoder, plan, A100_80GB_DGX, kernels=flash)
+    both_ways = step_time(replace(decoder, arch="encoder"), plan, A100_80GB_DGX, kernels=flash)
+    assert both_ways.attention_s == pytest.approx(2 * causal.attention_s)
+
+
 def test_a_data_parallel_ring_across_nodes_moves_at_the_nics_of_its_members_on_a_node():
     from planner.compute.step_time import data_parallel_bandwidth
 

@@ -11,7 +11,7 @@ One optimizer step, per GPU (Narayanan et al. 2021, SC21, §3 and §5, for the M
   the narrowest dimension of a rank's GEMM: `eff(k) = e_max k / (k + k_half)`. A pipeline runs at its slowest
   stage's pace: the last, which holds the output layer and the loss besides its share of the layers.
 - **Attention.** Scores and values, 4 s h FLOPs per token per layer per pass. As one flash kernel (Dao et al.
-  2022) the causal half is skipped and the head dimension padded to the kernel's next multiple of 32
+  2022) the causal half is skipped (a decoder's; an encoder attends both ways) and the head dimension padded to the kernel's next multiple of 32
   (FlashAttention-2 builds kernels for 32, 64, ..., 256), its backward recomputing the scores (five GEMMs to the
   forward's two), at a fitted fraction of FlashAttention-2's published rate on the GPU; without it the scores are
   ordinary matmuls over the whole (masked) square, and the softmax and dropout read and write every score
@@ -441,12 +441,13 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     attention_flops = tokens * shape.layers * 4 * s * shape.heads * shape.head_dim * attention_passes / gpus
     if kernels.flash_attention:  # causal half skipped, head dimension padded, at flash's own rate
         pad = flash_padded_head_dim(shape.head_dim) / shape.head_dim
+        skipped = 1 if shape.arch == "encoder" else 2  # an encoder attends both ways: every score computed
         # its backward recomputes the scores (Dao 2023, FlashAttention-2, Alg. 2): five GEMMs to the forward's two,
         # so half a forward more than the two the attention's FLOP count gives a backward. A rate `planner probe`
         # measured is already per counted pass (it times SDPA's forward and backward against 3 passes).
         recompute = 1.0 if hw.attention_flops else (attention_passes + 0.5) / attention_passes
         ceiling = hw.flash_attention_flops or hw.peak_flops
-        attention = attention_flops * recompute / 2 * pad / (hw.attention_flops or ceiling * eff.attention)
+        attention = attention_flops * recompute / skipped * pad / (hw.attention_flops or ceiling * eff.attention)
     else:
         attention = attention_flops / matmul_rate
     loss_bytes = 16 * shape.vocab / plan.tp  # fp32 log-softmax and its gradient over the (TP-split) vocabulary
