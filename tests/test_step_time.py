@@ -246,9 +246,11 @@ def test_the_estimate_json_gives_the_predicted_step_time_tokens_per_second_and_m
     t = r["time"]
     assert r["step_time_s"] == t["step_time_s"] == pytest.approx(sum(t["breakdown_s"].values()))
     assert r["tokens_per_s_per_gpu"] == pytest.approx(t["tokens_per_step"] / t["step_time_s"] / 64)
-    peak = 989e12  # h100-sxm, dense bf16
+    peak = 989e12  # h100-sxm, dense bf16: MFU is against the data sheet's peak
     flops_per_token = r["flops"] / r["compute"]["tokens"]
     assert r["mfu_predicted"] == pytest.approx(flops_per_token * r["tokens_per_s_per_gpu"] / peak)
+    # while the kernels are priced at what they reach on it (the catalog's published rates)
+    assert t["kernel_tflops"] == {"matmul": 794.5, "flash_attention": 326.0}
 
 
 def test_without_mfu_the_predicted_mfu_prices_the_run_and_is_named(capsys):

@@ -150,7 +150,10 @@ def _time_rows(r: dict) -> list[list[str]]:
         return [list(used)]
     b = t["breakdown_s"]
     parts = ", ".join(f"{name.replace('_', ' ')} {seconds:.3g}" for name, seconds in b.items() if seconds > 0)
+    k = t["kernel_tflops"]
     return [["step time (predicted)", f"{t['step_time_s']:.3g} s ({parts})"],
+            ["kernel ceilings (TFLOP/s)", f"GEMM {k['matmul']:.4g}, flash attention {k['flash_attention']:.4g} "
+                                            "(what they reach on this GPU: planner gpus)"],
             ["tokens/s per GPU (predicted)", f"{t['tokens_per_s_per_gpu']:,.0f}"],
             ["MFU / HFU (predicted)", f"{t['mfu_predicted']:.1%} / {t['hfu_predicted']:.1%}"], list(used)]
 
