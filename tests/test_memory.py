@@ -199,3 +199,16 @@ def test_ddp_buckets_hold_the_gradients_through_zero_grad_and_a_plain_module_fre
     grown = subprocess.run([sys.executable, "-c", DDP_BUCKETS_SCRIPT, str(tmp_path / "store"), engine],
                            capture_output=True, text=True, check=True, timeout=300).stdout
     assert float(grown) == pytest.approx(held_mib, abs=24)
+
+
+@pytest.mark.parametrize("flags, held", [({}, True), ({"gpus": 1}, False), ({"gpus": 1, "microbatches": 2}, True),
+                                         ({"fsdp": "full"}, False), ({"fsdp": "full", "microbatches": 2}, True),
+                                         ({"zero": 2}, True)],
+                         ids=["ddp", "single", "single-accumulating", "fsdp", "fsdp-accumulating", "zero2"])
+def test_the_gradients_are_in_memory_when_backward_starts_only_where_something_keeps_them(flags, held):
+    # DDP's buckets and DeepSpeed's buffers always; one process and FSDP once a step accumulates micro-batches
+    from planner.plan.estimate import estimate
+    from planner.plan.request import EstimateRequest
+
+    r = estimate(EstimateRequest.from_flags(**{"model": "llama2-7b", "gpus": 8, "micro_batch": 1, **flags}))
+    assert (r.memory.moments["backward-start"]["gradients"] > 0) is held
