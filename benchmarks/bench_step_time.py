@@ -139,46 +139,45 @@ def korthikanti_rows() -> list[Row]:
             if r["check_id"].startswith("korthikanti2022") and r["recompute"] == "full"]
 
 
-def torchtitan_rows() -> list[Row]:
-    """torchtitan's Llama 3.1 8B FSDP rows on H100 (Tables 1 and 3), sequence 8,192 (its default), selective
-    (op-level) checkpointing: eager, with torch.compile (fused element-wise kernels), and with torch.compile and
-    Float8 (torchao: the blocks' large linears in fp8)."""
+def _torchtitan(tables: tuple[str, ...], model: str) -> list[tuple[dict, ModelShape, ParallelPlan, float]]:
+    """torchtitan's rows of `tables` on H100 (`data/published/torchtitan_llama3_h100.csv`) at its default sequence
+    8,192 (the tables give none): each row's FSDP (x TP) layout, one micro-batch of its local batch (torchtitan
+    accumulates nothing by default), and its measured step from tokens/s per GPU."""
     from planner.model.presets import get_preset
 
-    shape = replace(get_preset("llama3-8b").shape, seq_len=8192)
-    rows = []
+    shape = replace(get_preset(model).shape, seq_len=8192)
+    out = []
     for r in csv.DictReader((DATA / "torchtitan_llama3_h100.csv").open()):
-        if r["model"] != "Llama 3.1 8B" or r["table"] not in ("1", "3"):
+        if r["table"] not in tables:
             continue
-        gpus, mb = int(r["num_gpus"]), int(r["local_batch_size"])
-        plan = ParallelPlan(engine="fsdp", world=gpus, fsdp_mode="full", micro_batch=mb, grad_accum=1)
-        measured = plan.batch * shape.seq_len / (float(r["tps_per_gpu"]) * gpus)
+        gpus = int(r["num_gpus"])
+        plan = ParallelPlan(engine="fsdp", world=gpus, tp=int(r["tp"]), fsdp_mode="full",
+                            micro_batch=int(r["local_batch_size"]), grad_accum=1)
+        out.append((r, shape, plan, plan.batch * shape.seq_len / (float(r["tps_per_gpu"]) * gpus)))
+    return out
+
+
+def torchtitan_rows() -> list[Row]:
+    """torchtitan's Llama 3.1 8B FSDP rows on H100 (Tables 1 and 3), selective (op-level) checkpointing: eager,
+    with torch.compile (fused element-wise kernels), and with torch.compile and Float8 (torchao: the blocks'
+    large linears in fp8)."""
+    rows = []
+    for r, shape, plan, measured in _torchtitan(("1", "3"), "llama3-8b"):
         kernels = COMPILED_TORCH if r["torch_compile"] == "true" else EAGER_TORCH
         kernels = replace(kernels, fp8_linears=r["float8"] == "true")
         kw = {"checkpointing": "selective", "kernels": kernels, "overlap_dp": True}
         how = r["row_label"].removeprefix("FSDP").strip(" +") or "eager"
-        rows.append((f"torchtitan {gpus} GPUs, {how}", shape, plan, H100_DGX, kw, measured))
+        rows.append((f"torchtitan {plan.world} GPUs, {how}", shape, plan, H100_DGX, kw, measured))
     return rows
 
 
 def torchtitan_2d_rows() -> list[Row]:
     """torchtitan's Llama 3.1 70B on 256 H100s (Table 4): FSDP 32 x TP 8, torch.compile, Float8, full
-    checkpointing, local batch 16. The table gives no sequence length (torchtitan's default 8,192 is used) and no
-    accumulation (its default: none, so one micro-batch of 16). Its AsyncTP row overlaps the TP collectives with
-    the matmuls, which the model does not: it is priced as the other, and its error shows what that overlap buys."""
-    from planner.model.presets import get_preset
-
-    shape = replace(get_preset("llama3.1-70b").shape, seq_len=8192)
-    rows = []
-    for r in csv.DictReader((DATA / "torchtitan_llama3_h100.csv").open()):
-        if r["table"] != "4":
-            continue
-        gpus, tp, mb = int(r["num_gpus"]), int(r["tp"]), int(r["local_batch_size"])
-        plan = ParallelPlan(engine="fsdp", world=gpus, tp=tp, fsdp_mode="full", micro_batch=mb, grad_accum=1)
-        measured = plan.batch * shape.seq_len / (float(r["tps_per_gpu"]) * gpus)
-        kw = {"checkpointing": "full", "kernels": replace(COMPILED_TORCH, fp8_linears=True), "overlap_dp": True}
-        rows.append((f"torchtitan 70B {r['row_label']}", shape, plan, H100_DGX, kw, measured))
-    return rows
+    checkpointing, local batch 16. Its AsyncTP row overlaps the TP collectives with the matmuls, which the model
+    does not: it is priced as the other, and its error shows what that overlap buys."""
+    kw = {"checkpointing": "full", "kernels": replace(COMPILED_TORCH, fp8_linears=True), "overlap_dp": True}
+    return [(f"torchtitan 70B {r['row_label']}", shape, plan, H100_DGX, kw, measured)
+            for r, shape, plan, measured in _torchtitan(("4",), "llama3.1-70b")]
 
 
 def predict(row: Row, theta) -> float:

@@ -54,6 +54,7 @@ from torch import nn
 from planner.core.errors import PlannerError
 from planner.core.parallel import ParallelPlan, cli_flag
 from planner.core.schema import ModelConfig
+from planner.memory.peak import ddp_buckets
 
 #: planner line -> the tracker categories (FSDP2 tracker names, then MemTracker names) it matches.
 LINES = {
@@ -250,7 +251,7 @@ def measure(req, steps: int = 2, jobs: int = 1) -> dict:
     world = plan.world
     start = time.perf_counter()
     fsdp = plan.engine == "fsdp"
-    ddp = plan.engine == "ddp" and world > 1
+    ddp = ddp_buckets(plan)
     created = False
     if fsdp and not dist.is_initialized():
         dist.init_process_group("fake", rank=0, world_size=world, store=FakeStore())

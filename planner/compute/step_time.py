@@ -92,6 +92,11 @@ class Hardware:
     fp8_matmul_flops: float = 0.0  # the same in fp8; 0: the fp8 peak
     flash_attention_flops: float = 0.0  # FlashAttention-2's published forward + backward rate; 0: the peak
 
+    @property
+    def matmul_ceiling(self) -> float:
+        """What a large GEMM reaches in the compute dtype: the published rate, or the peak without one."""
+        return self.matmul_flops or self.peak_flops
+
 
 def hardware_of(gpu: GPU, dtype: str, gpus_per_node: int) -> Hardware:
     """The step time's view of a catalog GPU (`planner.model.hardware`, each figure from its data
@@ -420,7 +425,7 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     tokens = plan.batch * shape.seq_len
     s, h = shape.seq_len, shape.hidden
     k = h / plan.tp
-    matmul_rate = (hw.matmul_flops or hw.peak_flops) * eff.matmul_max * k / (k + eff.matmul_half_k)
+    matmul_rate = hw.matmul_ceiling * eff.matmul_max * k / (k + eff.matmul_half_k)
     matmul_params = shape.active_matmul_params()
     if shape.moe is not None:  # the busiest expert's tokens set the pace (its capacity, or the dropless margin)
         m = shape.moe
@@ -433,8 +438,8 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     fp8_params = sum(i * o for i, o in block_linears(shape) if fp8_linear(i, o)) if kernels.fp8_linears else 0
     if fp8_params and hw.fp8_peak_flops <= 0:
         raise PlannerError("--precision fp8: this GPU has no fp8 peak in the catalog")
-    fp8_rate = matmul_rate * (hw.fp8_matmul_flops or hw.fp8_peak_flops) / (hw.matmul_flops or hw.peak_flops) \
-        if fp8_params else matmul_rate
+    fp8_rate = matmul_rate * (hw.fp8_matmul_flops or hw.fp8_peak_flops) / hw.matmul_ceiling if fp8_params \
+        else matmul_rate
     layer_seconds = 2 * passes * ((matmul_params - fp8_params) / matmul_rate + fp8_params / fp8_rate)  # per token
     # a pipeline runs at its slowest stage's pace: the last holds the output layer and the loss besides its layers
     matmul = tokens * (shape.layers * layer_seconds + plan.pp * 6 * shape.vocab * h / matmul_rate) / gpus

@@ -214,7 +214,12 @@ def gradients_held(plan: ParallelPlan, share: StageShare | None = None) -> bool:
         return True
     if share is not None:
         return False
-    return plan.grad_accum > 1 or (plan.engine == "ddp" and (plan.world or 1) > 1)
+    return plan.grad_accum > 1 or ddp_buckets(plan)
+
+
+def ddp_buckets(plan: ParallelPlan) -> bool:
+    """Whether the trainer wraps the model in torch DDP, whose gradient buckets outlive `zero_grad`."""
+    return plan.engine == "ddp" and (plan.world or 1) > 1
 
 
 def memory_breakdown(params: float, shape: ModelShape, plan: ParallelPlan, *, precision: str,

@@ -366,7 +366,7 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
                             "optimizer": t.optimizer_s},
             "data_parallel_bytes_per_step": t.dp_bytes,
             # what the kernels were priced at (the catalog's published rates; a probed machine's measured ones)
-            "kernel_tflops": {"matmul": (hw.matmul_flops or hw.peak_flops) / 1e12,
+            "kernel_tflops": {"matmul": hw.matmul_ceiling / 1e12,
                               "flash_attention": (hw.attention_flops or hw.flash_attention_flops) / 1e12},
             "model": "planner.compute.step_time at the rates `planner probe` measured" if probed else
                      "planner.compute.step_time, CALIBRATED on Narayanan et al. 2021 Table 1 and llm-foundry's MPT "
