@@ -9,7 +9,11 @@ first steps build caches and the optimizer states) against the prediction, for o
 DDP, FSDP and ZeRO-2, fp32 (this CPU has no bf16 matmul instructions: the probe measures bf16 GEMMs ~100x
 slower than fp32, and the model would price them so).
 
+`--arch encoder-decoder` runs our T5 (span corruption, `planner.compute.encoder_decoder_step_time`) the same way:
+`--layers` blocks per stack, `--seq-len` input positions (the shards hold span corruption's raw rows for them).
+
     .venv/bin/python benchmarks/bench_cpu_step_time.py [--layers 4 --hidden 512 --seq-len 256 --micro-batch 8]
+    .venv/bin/python benchmarks/bench_cpu_step_time.py --arch encoder-decoder --layers 2
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from planner.model.shapes import span_corruption_raw_length
 
 CASES = [("1 process", 1, []), ("DDP, 2 processes", 2, []), ("FSDP full, 2 processes", 2, ["--fsdp", "full"]),
          ("ZeRO-2, 2 processes", 2, ["--zero", "2"])]
@@ -54,13 +60,20 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seq-len", default="256")
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--arch", default="decoder", choices=["decoder", "encoder-decoder"])
     a = ap.parse_args(argv)
     py = sys.executable
+    # span corruption reads raw rows of its own length for seq_len inputs (one more token: the shift CLM needs)
+    t5 = a.arch == "encoder-decoder"
+    row = span_corruption_raw_length(int(a.seq_len)) - 1 if t5 else int(a.seq_len)
+    arch = ["--arch", a.arch, "--mlp", "relu"] if t5 else []  # T5 v1.0's MLP
+    # span corruption without a tokenizer takes its pad, mask and sentinel ids past the shards' vocabulary
+    data_vocab = str(int(a.vocab) - 128) if t5 else a.vocab
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         catalog = root / "this-cpu.yaml"
-        sh(py, "-m", "pretrain.data.synthetic", str(root / "shards"), "--vocab", a.vocab, "--rows", "2048",
-           "--seq-len", a.seq_len, cwd=root)
+        sh(py, "-m", "pretrain.data.synthetic", str(root / "shards"), "--vocab", data_vocab, "--rows", "2048",
+           "--seq-len", str(row), cwd=root)
         probed = []
         print("| layout | measured s (median, steps 3+) | predicted s | predicted / measured |")
         print("|---|---|---|---|")
@@ -71,7 +84,7 @@ def main(argv: list[str]) -> int:
             sh(py, "-m", "planner.cli", "probe", "--out", str(catalog), cwd=root)
             probed.append(catalog.read_text())
             sh(py, "-m", "planner.cli", "emit", "--out", str(job), "--gpu-catalog", str(catalog), "--gpu", "this-cpu",
-               "--gpus", str(n), "--gpus-per-node", "2", "--precision", "fp32", "--layers", a.layers,
+               "--gpus", str(n), "--gpus-per-node", "2", "--precision", "fp32", *arch, "--layers", a.layers,
                "--hidden", a.hidden, "--heads", a.heads, "--vocab", a.vocab, "--seq-len", a.seq_len,
                "--micro-batch", str(a.micro_batch), "--batch-tokens", str(tokens), "--tokens", str(tokens * a.steps),
                "--data", str(root / "shards"), "--tracking-uri", f"sqlite:///{job}/mlflow.db",

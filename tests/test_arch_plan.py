@@ -259,10 +259,3 @@ def test_pipeline_stages_split_t5s_encoder_then_decoder_blocks_and_hold_each_par
     bert_shape = replace(bert(), tied_embeddings=False)
     bert_shares = pipeline.shares_of(bert_shape, ParallelPlan.from_flags(2, fsdp="full", pp=2, microbatches=2))
     assert sum(pipeline.stage_params(bert_shape, s) for s in bert_shares) == bert_shape.param_count()
-
-
-def test_an_encoder_decoder_is_priced_at_the_default_mfu_and_says_so(capsys):
-    # the step-time model prices one stack of blocks; the decoder stack and cross-attention are not in its seconds
-    code, out, err = run(capsys, "estimate", "--model", "t5-base", "--gpus", "8", "--gpu", "a100-80gb", "--tokens", "34e9")
-    assert code == 0, err
-    assert "MFU used: 40.0%, the default (no step-time model for this GPU or an encoder-decoder)" in out

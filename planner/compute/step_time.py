@@ -408,6 +408,47 @@ def expert_parallel_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, li
     return passes * (shape.moe_layers / plan.pp) * plan.grad_accum * per_a2a / bandwidth
 
 
+def data_parallel_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficiency, kernels: Kernels,
+                       grad_bytes: int, compute: float, overlap_passes: float | None) -> tuple[float, float]:
+    """(exposed seconds, bytes each GPU sends) of a step's data-parallel collectives (module docstring): the
+    engine's traffic, the routed experts' over their own smaller group, hybrid sharding's all-reduce across
+    copies; once a step, or every micro-batch where the engine reduces each. `compute`: the rank's compute
+    seconds of the step; `overlap_passes`: its forward-equivalent passes, which the traffic hides behind (None:
+    not overlapped)."""
+    rank_params = shape.param_count() / (plan.tp * plan.pp)  # the embedding and an untied head both reduced
+    reductions = plan.grad_accum if kernels.reduce_every_micro_batch else 1
+    expert_params = shape.routed_expert_params() / (plan.tp * plan.pp)  # reduced within the ranks holding them
+    traffic = data_parallel_traffic(plan, rank_params - expert_params, grad_bytes, kernels.activation_bytes)
+    if expert_params:
+        group = plan.expert_shard_degree if plan.stage else plan.dp // plan.ep
+        experts = data_parallel_traffic(plan, expert_params / plan.ep, grad_bytes, kernels.activation_bytes, group)
+        traffic = tuple(a + b for a, b in zip(traffic, experts, strict=True))
+    dp_comm = data_parallel_seconds(traffic, hw, data_parallel_bandwidth(plan, hw, eff.link))
+    dp_bytes = sum(traffic)
+    if plan.engine == "fsdp" and plan.stage and plan.dp_replicate > 1:  # hybrid sharding: the shards' gradients all-reduced across copies
+        shard_grads = grad_bytes * rank_params / plan.shard_degree
+        dp_comm += ring_time(shard_grads, plan.dp_replicate, hw.network_bytes_per_s * eff.link)
+        dp_bytes += 2 * (plan.dp_replicate - 1) / plan.dp_replicate * shard_grads
+    dp_comm, dp_bytes = dp_comm * reductions, dp_bytes * reductions
+    if overlap_passes is not None:
+        # hidden behind the backward it overlaps (ZeRO-3 / FSDP full: the gathers behind the forward too): each
+        # reduction's own micro-batch where every micro-batch reduces, else the last one's; of what is hidden,
+        # `overlap` still costs (the collectives' kernels share the SMs and HBM with the compute)
+        passes = overlap_passes
+        behind = (passes - 1) / passes if plan.stage == 3 else (2 / passes) * reductions / plan.grad_accum
+        hidden = min(dp_comm, compute * behind)
+        dp_comm = dp_comm - hidden + eff.overlap * hidden
+    return dp_comm, dp_bytes
+
+
+def optimizer_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficiency, kernels: Kernels) -> float:
+    """The optimizer step, memory-bound: its bytes per parameter over the states of the rank's shard under ZeRO /
+    FSDP, of the whole rank under DDP."""
+    rank_params = shape.param_count() / (plan.tp * plan.pp)
+    return kernels.optimizer_bytes * rank_params / (plan.shard_degree if plan.stage else 1) \
+        / (hw.hbm_bytes_per_s * eff.memory)
+
+
 def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficiency = Efficiency(), *,
               checkpointing: str = "full", overlap_dp: bool = False, grad_bytes: int = 4,
               kernels: Kernels = MEGATRON_2021, checkpointed_fraction: float = 1.0) -> StepTime:
@@ -460,8 +501,7 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     if kernels.fp8_linears:
         per_layer += fp8_cast_bytes(shape, plan.tp)
     moved = tokens * (shape.layers * per_layer + plan.pp * loss_bytes)
-    params = shape.param_count()  # every weight is reduced and gathered: the embedding and an untied head both
-    rank_params = params / (plan.tp * plan.pp)
+    rank_params = shape.param_count() / (plan.tp * plan.pp)
     reductions = micro_batches if kernels.reduce_every_micro_batch else 1
     if plan.dp > 1:  # the engine's own work on the whole gradient before each reduction
         moved += kernels.reduce_prep_bytes * rank_params * reductions * gpus
@@ -477,29 +517,9 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     bubble = (compute + tp_comm) * bubble_fraction(plan)
     net = hw.network_bytes_per_s * eff.link
     pp_comm = 0.0 if plan.pp == 1 else micro_batches * plan.pp_virtual * 2 * activation_bytes / plan.tp / net
-    expert_params = shape.routed_expert_params() / (plan.tp * plan.pp)  # reduced within the ranks holding them
-    traffic = data_parallel_traffic(plan, rank_params - expert_params, grad_bytes, kernels.activation_bytes)
-    if expert_params:
-        group = plan.expert_shard_degree if plan.stage else plan.dp // plan.ep
-        experts = data_parallel_traffic(plan, expert_params / plan.ep, grad_bytes, kernels.activation_bytes, group)
-        traffic = tuple(a + b for a, b in zip(traffic, experts, strict=True))
-    dp_comm = data_parallel_seconds(traffic, hw, data_parallel_bandwidth(plan, hw, eff.link))
-    dp_bytes = sum(traffic)
-    if plan.engine == "fsdp" and plan.stage and plan.dp_replicate > 1:  # hybrid sharding: the shards' gradients all-reduced across copies
-        shard_grads = grad_bytes * rank_params / plan.shard_degree
-        dp_comm += ring_time(shard_grads, plan.dp_replicate, net)
-        dp_bytes += 2 * (plan.dp_replicate - 1) / plan.dp_replicate * shard_grads
-    dp_comm, dp_bytes = dp_comm * reductions, dp_bytes * reductions
-    if overlap_dp:
-        # hidden behind the backward it overlaps (ZeRO-3 / FSDP full: the gathers behind the forward too): each
-        # reduction's own micro-batch where every micro-batch reduces, else the last one's; of what is hidden,
-        # `overlap` still costs (the collectives' kernels share the SMs and HBM with the compute)
-        behind = (passes - 1) / passes if plan.stage == 3 else (2 / passes) * reductions / micro_batches
-        hidden = min(dp_comm, compute * behind)
-        dp_comm = dp_comm - hidden + eff.overlap * hidden
-    # memory-bound: the optimizer states of the rank's shard under ZeRO / FSDP, of the whole rank under DDP
-    optimizer = kernels.optimizer_bytes * rank_params / (plan.shard_degree if plan.stage else 1) \
-        / (hw.hbm_bytes_per_s * eff.memory)
+    dp_comm, dp_bytes = data_parallel_time(shape, plan, hw, eff, kernels, grad_bytes, compute,
+                                           passes if overlap_dp else None)
+    optimizer = optimizer_time(shape, plan, hw, eff, kernels)
     ep_comm = expert_parallel_time(shape, plan, hw, eff.link, kernels.activation_bytes, checkpointing,
                                    checkpointed_fraction)
     return StepTime(matmul, attention, memory, tp_comm, bubble, pp_comm, dp_comm, optimizer,

@@ -317,9 +317,9 @@ GRAD_BYTES = {"single": 4, "ddp": 4, "fsdp": 4, "deepspeed": 2}
 
 def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan, gpu, dtype: str) -> dict | None:
     """The step-time model's view of one optimizer step of `plan` (`planner.compute.step_time`, constants
-    `CALIBRATED`), or None when the GPU's catalog entry lacks what it needs (HBM or network bandwidth) or the model
-    is an encoder-decoder (the step-time model prices one stack of blocks: the decoder stack with its cross-attention
-    is not in its seconds yet, so it would understate the step; the default MFU is used and named instead)."""
+    `CALIBRATED`; an encoder-decoder's by `planner.compute.encoder_decoder_step_time`), or None when the GPU's
+    catalog entry lacks what it needs (HBM or network bandwidth)."""
+    from planner.compute.encoder_decoder_step_time import encoder_decoder_step_time
     from planner.compute.step_time import (
         CALIBRATED,
         PROBED,
@@ -329,8 +329,6 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
         step_time,
     )
 
-    if model.shape.arch == "encoder-decoder":
-        return None
     try:
         hw = hardware_of(gpu, dtype, req.gpus_per_node)
     except PlannerError:
@@ -352,8 +350,13 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
     # every core, gloo's collectives take the cores the compute runs on, so nothing overlaps.
     probed = gpu.device == "cpu"
     fraction = _checkpointed(req, model)
-    t = step_time(model.shape, plan, hw, PROBED if probed else CALIBRATED, checkpointing=req.checkpointing,
-                  overlap_dp=not probed, grad_bytes=grad_bytes, kernels=kernels, checkpointed_fraction=fraction)
+    eff = PROBED if probed else CALIBRATED
+    if model.shape.arch == "encoder-decoder":  # its checkpointing is none (`hardware_flops_per_token` refuses others)
+        t = encoder_decoder_step_time(model.shape, plan, hw, eff, kernels=kernels, grad_bytes=grad_bytes,
+                                      overlap_dp=not probed)
+    else:
+        t = step_time(model.shape, plan, hw, eff, checkpointing=req.checkpointing, overlap_dp=not probed,
+                      grad_bytes=grad_bytes, kernels=kernels, checkpointed_fraction=fraction)
     tokens = plan.batch * model.shape.seq_len
     busy = t.total_s * hw.peak_flops * req.gpus  # FLOPs the GPUs could have done in the step
     return {"step_time_s": t.total_s, "tokens_per_step": tokens, "tokens_per_s_per_gpu": tokens / t.total_s / req.gpus,
@@ -368,6 +371,8 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
             # what the kernels were priced at (the catalog's published rates; a probed machine's measured ones)
             "kernel_tflops": {"matmul": hw.matmul_ceiling / 1e12,
                               "flash_attention": (hw.attention_flops or hw.flash_attention_flops) / 1e12},
-            "model": "planner.compute.step_time at the rates `planner probe` measured" if probed else
+            "model": ("planner.compute.encoder_decoder_step_time over " if model.shape.arch == "encoder-decoder"
+                      else "") +
+                     ("planner.compute.step_time at the rates `planner probe` measured" if probed else
                      "planner.compute.step_time, CALIBRATED on Narayanan et al. 2021 Table 1 and llm-foundry's MPT "
-                     "on H100 (BF16)"}
+                     "on H100 (BF16)")}

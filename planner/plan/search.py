@@ -3,7 +3,7 @@
 The space: each strategy of `STRATEGIES` (FSDP hybrid at each of `HYBRID_NODES` nodes per copy) x tensor
 parallel (powers of two up to a node) x pipeline (none, or 2..`MAX_PP` ranks with GPipe, 1F1B or
 interleaved 1F1B at 2 or 4 stages per rank, m = 1, 2, 4 or 8 x pp micro-batches) x micro-batch x
-checkpointing (none, op or full: what the trainer runs; op on a dense model only), and for a mixture-of-experts model x expert parallelism (each
+checkpointing (none, op or full: what the trainer runs; op on a dense model only; none for an encoder-decoder), and for a mixture-of-experts model x expert parallelism (each
 `--ep` dividing the experts and the shard ranks), kept only where the layout is valid and the trainer runs it
 (`ParallelPlan.validate`, `check_runnable` and `planner.plan.trainable`: the layouts `emit` would write). Each
 gets the step-time model's step (`planner.plan.estimate.predicted_time`, closed-form: microseconds); then, fastest per token
@@ -80,7 +80,7 @@ def search(req: EstimateRequest, top: int = 10) -> dict:
     dtype = planned.compute_dtype(req, gpu)
     models = {}  # an MoE model is resolved per --ep (the busiest rank's planned load depends on it)
     timed = []
-    for plan in candidates(req, model.shape.layers, moe.experts if moe else 0):
+    for plan in candidates(req, model.shape.n_blocks, moe.experts if moe else 0):
         if moe is not None:
             if plan.ep not in models:
                 models[plan.ep] = resolve_model(replace(req, layout=plan))
@@ -92,7 +92,10 @@ def search(req: EstimateRequest, top: int = 10) -> dict:
         for checkpointing in CHECKPOINTING:
             if moe and checkpointing == "op":
                 continue  # the op policy is planned (and run) for the dense block
-            t = planned.predicted_time(replace(req, checkpointing=checkpointing), model, plan, gpu, dtype)
+            try:
+                t = planned.predicted_time(replace(req, checkpointing=checkpointing), model, plan, gpu, dtype)
+            except PlannerError:
+                continue  # not planned for this model (an encoder-decoder's recomputation)
             if t is None:
                 raise PlannerError(f"--gpu: {gpu.name} lacks the bandwidths the step-time model needs")
             timed.append((checkpointing, plan, model, timing(t, pcie_bytes_per_step(plan, model.params))))

@@ -144,7 +144,8 @@ def _time_rows(r: dict) -> list[list[str]]:
     """The step-time model's step and MFU, and which MFU the days and dollars use."""
     t, c = r.get("time"), r["compute"]
     how = {"--mfu": "given by --mfu", "predicted": "predicted by the step-time model",
-           "default": "the default (no step-time model for this GPU or an encoder-decoder)"}[r.get("mfu_source", "--mfu")]
+           "default": "the default (no step-time model for this GPU: its catalog entry lacks HBM or network "
+                      "bandwidth)"}[r.get("mfu_source", "--mfu")]
     used = (f"MFU used: {c['mfu']:.1%}, {how}", "")
     if not t:
         return [list(used)]
