@@ -2,18 +2,21 @@
 trainer (issue 24: the CPU is hardware too).
 
 `planner probe` measures this machine (matmul FLOP/s, SDPA's rate, copy bandwidth, gloo's all-reduce, all-gather and
-reduce-scatter between two processes) as a catalog entry (`device: cpu`), again before each layout (the shared VM drifts); `planner emit` plans each layout on it, writing the predicted step time into
-run.yaml; `launch local` trains it (one thread per process, as launch sets), and the run logs `step_time_s` every
+reduce-scatter between two processes) as a catalog entry (`device: cpu`), again before each layout (the shared VM
+drifts); `planner emit` plans each layout on it, writing the predicted step time into run.yaml; `launch local` trains it (one thread per process, as launch sets), and the run logs `step_time_s` every
 step and `step_time_s_predicted` beside it in MLflow. Reported: the median measured step (steps 3 onward: the
 first steps build caches and the optimizer states) against the prediction, for one process and for 2-process
 DDP, FSDP and ZeRO-2, fp32 (this CPU has no bf16 matmul instructions: the probe measures bf16 GEMMs ~100x
 slower than fp32, and the model would price them so).
 
-`--arch encoder-decoder` runs our T5 (span corruption, `planner.compute.encoder_decoder_step_time`) the same way:
-`--layers` blocks per stack, `--seq-len` input positions (the shards hold span corruption's raw rows for them).
+`--pipeline` runs two pipeline stages on two processes instead (GPipe, 1F1B, interleaved 1F1B; 4 micro-batches a
+step): the bubble and the stages' send / receive as the model prices them. `--arch encoder-decoder` runs our T5
+(span corruption, `planner.compute.encoder_decoder_step_time`) the same way: `--layers` blocks per stack,
+`--seq-len` input positions (the shards hold span corruption's raw rows for them).
 
     .venv/bin/python benchmarks/bench_cpu_step_time.py [--layers 4 --hidden 512 --seq-len 256 --micro-batch 8]
-    .venv/bin/python benchmarks/bench_cpu_step_time.py --arch encoder-decoder --layers 2
+    .venv/bin/python benchmarks/bench_cpu_step_time.py --arch encoder-decoder
+    .venv/bin/python benchmarks/bench_cpu_step_time.py --pipeline
 """
 
 from __future__ import annotations
@@ -28,8 +31,15 @@ from pathlib import Path
 
 from planner.model.shapes import span_corruption_raw_length
 
-CASES = [("1 process", 1, []), ("DDP, 2 processes", 2, []), ("FSDP full, 2 processes", 2, ["--fsdp", "full"]),
-         ("ZeRO-2, 2 processes", 2, ["--zero", "2"])]
+#: (name, processes, emit's flags, data-parallel ranks, micro-batches per step)
+CASES = [("1 process", 1, [], 1, 1), ("DDP, 2 processes", 2, [], 2, 1),
+         ("FSDP full, 2 processes", 2, ["--fsdp", "full"], 2, 1), ("ZeRO-2, 2 processes", 2, ["--zero", "2"], 2, 1)]
+#: `--pipeline`: two stages on two processes (FSDP2 inside each, as torchtitan), 4 micro-batches a step
+PIPELINE = ["--fsdp", "full", "--pp", "2", "--microbatches", "4"]
+PIPELINE_CASES = [("PP 2 GPipe", 2, [*PIPELINE, "--pp-schedule", "gpipe"], 1, 4),
+                  ("PP 2 1F1B", 2, [*PIPELINE, "--pp-schedule", "1f1b"], 1, 4),
+                  ("PP 2 interleaved 1F1B, 2 stages a rank", 2,
+                   [*PIPELINE, "--pp-schedule", "interleaved-1f1b", "--pp-virtual", "2"], 1, 4)]
 
 
 def sh(*cmd: str, cwd: Path) -> str:
@@ -61,6 +71,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--arch", default="decoder", choices=["decoder", "encoder-decoder"])
+    ap.add_argument("--pipeline", action="store_true", help="the pipeline schedules instead of the engines")
     a = ap.parse_args(argv)
     py = sys.executable
     # span corruption reads raw rows of its own length for seq_len inputs (one more token: the shift CLM needs)
@@ -77,9 +88,9 @@ def main(argv: list[str]) -> int:
         probed = []
         print("| layout | measured s (median, steps 3+) | predicted s | predicted / measured |")
         print("|---|---|---|---|")
-        for name, n, flags in CASES:
+        for name, n, flags, dp, micro_batches in PIPELINE_CASES if a.pipeline else CASES:
             job = root / name.split(",")[0].replace(" ", "-")
-            tokens = a.micro_batch * n * int(a.seq_len)
+            tokens = a.micro_batch * dp * micro_batches * int(a.seq_len)
             # probed again before each layout: this shared VM's rates drift by 20-40% over minutes
             sh(py, "-m", "planner.cli", "probe", "--out", str(catalog), cwd=root)
             probed.append(catalog.read_text())

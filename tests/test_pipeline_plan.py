@@ -110,11 +110,12 @@ def torch_action_lists(schedule: str, p: int, v: int, m: int, monkeypatch) -> di
     return lists
 
 
-def replayed_idle_share(lists: dict, stages: int) -> float:
+def replayed_clocks(lists: dict, stages: int, weight: list[float] | None = None) -> tuple[dict, dict]:
     """Each rank runs its actions in torch's order as soon as their inputs exist (forward 1, full backward 2,
-    input-gradient 1, weight-gradient 1); the mean idle share of the step."""
+    input-gradient 1, weight-gradient 1, each times its stage's `weight`); (each rank's end, each rank's busy time)."""
     import torch.distributed.pipelining.schedules as S
 
+    weight = weight or [1.0] * stages
     cost = {S.F: 1, S.B: 2, S.I: 1, S.W: 1}
     done, clock, busy, queues = {}, dict.fromkeys(lists, 0.0), dict.fromkeys(lists, 0.0), {r: list(a) for r, a in lists.items()}
 
@@ -132,12 +133,19 @@ def replayed_idle_share(lists: dict, stages: int) -> float:
             while queue and (needs(queue[0]) is None or needs(queue[0]) in done):
                 a = queue.pop(0)
                 dep = needs(a)
-                clock[r] = max(clock[r], done[dep] if dep else 0.0) + cost[a.computation_type]
-                busy[r] += cost[a.computation_type]
+                seconds = cost[a.computation_type] * weight[a.stage_index]
+                clock[r] = max(clock[r], done[dep] if dep else 0.0) + seconds
+                busy[r] += seconds
                 done[(a.stage_index, "F" if a.computation_type == S.F else "dx" if a.computation_type != S.W else "W",
                       a.microbatch_index)] = clock[r]
                 moved = True
         assert moved, "torch's action list deadlocks"
+    return clock, busy
+
+
+def replayed_idle_share(lists: dict, stages: int) -> float:
+    """The mean idle share of the step, every stage at the same cost."""
+    clock, busy = replayed_clocks(lists, stages)
     step = max(clock.values())
     return sum(1 - b / step for b in busy.values()) / len(busy)
 
@@ -150,6 +158,35 @@ def test_the_bubble_is_the_idle_share_of_torchs_own_action_list(schedule, p, v, 
     bubble = pipeline.bubble_fraction(plan(pp=p, pp_schedule=schedule, pp_virtual=v, microbatches=m))
     share = replayed_idle_share(torch_action_lists(schedule, p, v, m, monkeypatch), p * v)
     assert share == pytest.approx(bubble / (1 + bubble), abs=1e-9)
+
+
+#: a stage's cost in units of a forward: equal; the last heavier (a decoder's head and loss); the first heavier (an
+#: encoder-decoder's encoder, at T5's lengths)
+LAST_HEAVY, FIRST_HEAVY = "last", "first"
+
+
+def _weights(kind: str, stages: int) -> list[float]:
+    return [1.0] * (stages - 1) + [1.5] if kind == LAST_HEAVY else [2.0] + [1.0] * (stages - 1)
+
+
+@pytest.mark.parametrize("schedule, p, v, m", [
+    ("gpipe", 4, 1, 8), ("1f1b", 4, 1, 8), ("1f1b", 2, 1, 4), ("interleaved-1f1b", 4, 2, 8), ("zero-bubble", 4, 2, 8),
+])
+@pytest.mark.parametrize("heavy", [LAST_HEAVY, FIRST_HEAVY])
+def test_the_step_is_the_slowest_ranks_work_and_the_fill_and_drain_through_the_others(schedule, p, v, m, heavy,
+                                                                                      monkeypatch):
+    lists = torch_action_lists(schedule, p, v, m, monkeypatch)
+    clock, busy = replayed_clocks(lists, p * v, _weights(heavy, p * v))
+    slowest = max(busy, key=busy.get)
+    others = [b for r, b in busy.items() if r != slowest]
+    planned = busy[slowest] + pipeline.bubble_seconds(others, plan(pp=p, pp_schedule=schedule, pp_virtual=v,
+                                                                   microbatches=m))
+    replayed = max(clock.values())
+    stretched = busy[slowest] * (1 + pipeline.bubble_fraction(plan(pp=p, pp_schedule=schedule, pp_virtual=v,
+                                                                   microbatches=m)))
+    assert replayed - 1e-9 <= planned < stretched  # never below the schedule, closer than stretching the slowest
+    if heavy == LAST_HEAVY or schedule == "gpipe":
+        assert planned == pytest.approx(replayed, abs=1e-9)
 
 
 def test_the_stages_hold_every_parameter_once_and_the_head_and_embedding_where_they_belong():

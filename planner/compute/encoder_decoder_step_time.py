@@ -22,7 +22,8 @@ from a decoder's step:
   gather and scatter b s h forward and again backward, a decoder block's three b t h, and each cross-attention
   gathers the encoder's output (b s h) forward and scatters its gradient backward.
 - **Pipeline.** Stages split the encoder's blocks then the decoder's (`planner.memory.pipeline.shares_of`); the
-  step runs at its slowest stage's pace, stretched by the schedule's bubble; a stage sends what it carries
+  step runs at its slowest rank's pace, plus the schedule's fill and drain through the other ranks at theirs
+  (`bubble_seconds`: at T5's lengths the encoder's ranks are the slowest); a stage sends what it carries
   (`p2p_elements`: in the encoder, the hidden state, the embedded targets and both biases).
 - Data parallelism and the optimizer step as for any model (`data_parallel_time`, `optimizer_time`).
 
@@ -45,7 +46,7 @@ from planner.compute.step_time import (
 )
 from planner.core.errors import PlannerError
 from planner.core.parallel import ParallelPlan
-from planner.memory.pipeline import StageShare, bubble_fraction, p2p_elements, shares_of
+from planner.memory.pipeline import StageShare, bubble_seconds, p2p_elements, shares_of
 from planner.model.shapes import ModelShape
 
 #: Our T5 blocks as eager PyTorch runs them (`EncoderBlock`, `DecoderBlock`), bytes per token of the block's
@@ -107,24 +108,20 @@ def encoder_decoder_step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardwar
     attention for the cross-attention, the optimizer and the engine's reductions (our trainer's, eager)."""
     if kernels.fp8_linears:
         raise PlannerError("--precision fp8: planned for decoders; an encoder-decoder's is not modelled")
-    b, s, t, h = plan.micro_batch, shape.seq_len, shape.n_target_len, shape.hidden
+    b, s, h = plan.micro_batch, shape.seq_len, shape.hidden
     k = h / plan.tp
     matmul_rate = hw.matmul_ceiling * eff.matmul_max * k / (k + eff.matmul_half_k)
     w = kernels.activation_bytes
-    # the step runs at the pace of the pipeline rank with the most work
-    seconds = {share: _stage_seconds(shape, plan, hw, eff, kernels, share, matmul_rate)
-               for share in shares_of(shape, plan)}
-    slowest = max(seconds, key=lambda share: sum(seconds[share]))
-    matmul, attention, memory = (plan.grad_accum * x for x in seconds[slowest])
-    compute = matmul + attention + memory
+    # the step runs at the pace of the pipeline rank with the most work; the fill and drain at the others'
     tp_link = (hw.nvlink_bytes_per_s if plan.tp <= hw.gpus_per_node else hw.network_bytes_per_s) * eff.link
-    encoder_blocks = slowest.layers - slowest.decoder_layers
-    # all-reduce equivalents (a gather and a scatter) per micro-batch: 2 per sub-layer, forward and backward
-    tp_comm = plan.grad_accum * (
-        encoder_blocks * 4 * ring_time(w * b * s * h, plan.tp, tp_link)
-        + slowest.decoder_layers * (6 * ring_time(w * b * t * h, plan.tp, tp_link)
-                                    + ring_time(w * b * s * h, plan.tp, tp_link)))
-    bubble = (compute + tp_comm) * bubble_fraction(plan)
+    busy = {share: (tuple(plan.grad_accum * x for x in _stage_seconds(shape, plan, hw, eff, kernels, share,
+                                                                       matmul_rate)),
+                    plan.grad_accum * _stage_tensor_parallel(shape, plan, share, w, tp_link))
+            for share in shares_of(shape, plan)}
+    slowest = max(busy, key=lambda share: sum(busy[share][0]) + busy[share][1])
+    (matmul, attention, memory), tp_comm = busy[slowest]
+    compute = matmul + attention + memory
+    bubble = bubble_seconds([sum(seconds) + tp for share, (seconds, tp) in busy.items() if share != slowest], plan)
     net = hw.network_bytes_per_s * eff.link
     pp_comm = 0.0 if plan.pp == 1 else \
         plan.grad_accum * plan.pp_virtual * 2 * w * p2p_elements(shape, b, plan.tp) / net
@@ -134,6 +131,16 @@ def encoder_decoder_step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardwar
     model_flops = plan.batch * s * sum(encoder_decoder_flops(shape))
     return StepTime(matmul, attention, memory, tp_comm, bubble, pp_comm, dp_comm, optimizer, model_flops,
                     dp_bytes=dp_bytes)
+
+
+def _stage_tensor_parallel(shape: ModelShape, plan: ParallelPlan, share: StageShare, width: int,
+                           link: float) -> float:
+    """Seconds of one micro-batch's TP collectives on a pipeline rank holding `share`: all-reduce equivalents (a
+    gather and a scatter), 2 per sub-layer forward and backward, and each cross-attention's gather of the
+    encoder's output (forward) and scatter of its gradient (backward)."""
+    b, s, t, h = plan.micro_batch, shape.seq_len, shape.n_target_len, shape.hidden
+    inputs, targets = (ring_time(width * b * n * h, plan.tp, link) for n in (s, t))
+    return (share.layers - share.decoder_layers) * 4 * inputs + share.decoder_layers * (6 * targets + inputs)
 
 
 def _stage_seconds(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficiency, kernels: Kernels,

@@ -23,8 +23,9 @@ One optimizer step, per GPU (Narayanan et al. 2021, SC21, §3 and §5, for the M
   conjugates backward, and 2 again for a forward that full checkpointing recomputes (under the op policy the two
   all-gathers only, half of each pair: it keeps the reduce-scatters' outputs); each of the `b s h`
   activations in 2-byte precision, as a ring over NVLink; not overlapped.
-- **Pipeline.** Every micro-batch's compute and TP time stretched by the schedule's bubble
-  (`planner.memory.pipeline.bubble_fraction`), and each micro-batch's activations and gradients sent over
+- **Pipeline.** The slowest rank's compute and TP time, plus the schedule's fill and drain through the other
+  ranks at their pace, the middle ones' without the head and the loss (`planner.memory.pipeline.bubble_seconds`:
+  the bubble fraction of their time), and each micro-batch's activations and gradients sent over
   the network (`v` times with interleaving).
 - **Data parallelism.** Each engine's traffic (`data_parallel_traffic`: DDP and DeepSpeed ZeRO 1-2 all-reduce
   the gradients, ZeRO 1-2 then all-gather the parameters; FSDP and ZeRO-3 reduce-scatter and all-gather) as a
@@ -57,6 +58,10 @@ measurement in the catalog: an A100 reaches 87% of its peak in a large GEMM and 
 H100 80% and 33%, which no single fraction of peak carries (fitted that way, llm-foundry's A100 table, never
 fitted, came out 39% slow on average; with the published rates, 8.7%). What differs between runs is how each
 ran (`Kernels`: its kernels, optimizer and engine), read from its published configuration.
+
+This prices a stack of one kind of block (a decoder's, an encoder's); our encoder-decoder's two stacks are priced
+by `planner.compute.encoder_decoder_step_time` with these constants and the layout terms below
+(`data_parallel_time`, `optimizer_time`).
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ from dataclasses import dataclass
 from planner.compute.flops import recomputed_matmul_params
 from planner.core.errors import PlannerError
 from planner.core.parallel import ParallelPlan
-from planner.memory.pipeline import bubble_fraction
+from planner.memory.pipeline import bubble_seconds
 from planner.model.hardware import BUILTIN_GPUS, GPU, achievable_tflops
 from planner.model.shapes import ModelShape
 
@@ -231,8 +236,8 @@ def ring_time(nbytes: float, ranks: int, bandwidth: float) -> float:
 #: Fitted by `benchmarks/bench_step_time.py` on the two calibration tables the README names (Narayanan et al.
 #: 2021, Table 1; llm-foundry's MPT on H100, BF16) and nothing else; the estimate uses these
 #: (`tests/test_step_time.py` re-fits and holds them equal).
-CALIBRATED = Efficiency(matmul_max=0.9082, matmul_half_k=406.96, link=0.6304, attention=0.5507, memory=0.5601,
-                        overlap=0.3182)
+CALIBRATED = Efficiency(matmul_max=0.9069, matmul_half_k=401.82, link=0.6205, attention=0.5507, memory=0.5591,
+                        overlap=0.3110)
 #: A machine measured by `planner probe` (a catalog entry with `device: cpu`): its figures are achieved rates (a
 #: GEMM, a copy, a gloo all-reduce), so every fraction is one and the width term is off.
 PROBED = Efficiency(matmul_max=1.0, matmul_half_k=0.0, link=1.0, attention=1.0, memory=1.0, overlap=0.0)
@@ -483,7 +488,8 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
         else matmul_rate
     layer_seconds = 2 * passes * ((matmul_params - fp8_params) / matmul_rate + fp8_params / fp8_rate)  # per token
     # a pipeline runs at its slowest stage's pace: the last holds the output layer and the loss besides its layers
-    matmul = tokens * (shape.layers * layer_seconds + plan.pp * 6 * shape.vocab * h / matmul_rate) / gpus
+    head = tokens * plan.pp * 6 * shape.vocab * h / matmul_rate / gpus
+    matmul = tokens * shape.layers * layer_seconds / gpus + head
     attention_flops = tokens * shape.layers * 4 * s * shape.heads * shape.head_dim * attention_passes / gpus
     if kernels.flash_attention:  # causal half skipped, head dimension padded, at flash's own rate
         pad = flash_padded_head_dim(shape.head_dim) / shape.head_dim
@@ -501,6 +507,7 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     if kernels.fp8_linears:
         per_layer += fp8_cast_bytes(shape, plan.tp)
     moved = tokens * (shape.layers * per_layer + plan.pp * loss_bytes)
+    head += tokens * plan.pp * loss_bytes / gpus / (hw.hbm_bytes_per_s * eff.memory)  # the last rank's alone
     rank_params = shape.param_count() / (plan.tp * plan.pp)
     reductions = micro_batches if kernels.reduce_every_micro_batch else 1
     if plan.dp > 1:  # the engine's own work on the whole gradient before each reduction
@@ -514,7 +521,7 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     # (torchtitan's save list) and recomputes the all-gathers before q/k/v and gate/up: half of each pair again
     tp_passes = 2 + checkpointed_fraction * {"full": 1.0, "op": 0.5}.get(checkpointing, 0.0)
     tp_comm = 2 * tp_passes * (shape.layers / plan.pp) * micro_batches * ring_time(activation_bytes, plan.tp, tp_link)
-    bubble = (compute + tp_comm) * bubble_fraction(plan)
+    bubble = bubble_seconds([compute - head + tp_comm], plan)  # the other ranks: the middle ones' pace
     net = hw.network_bytes_per_s * eff.link
     pp_comm = 0.0 if plan.pp == 1 else micro_batches * plan.pp_virtual * 2 * activation_bytes / plan.tp / net
     dp_comm, dp_bytes = data_parallel_time(shape, plan, hw, eff, kernels, grad_bytes, compute,

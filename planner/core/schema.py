@@ -173,6 +173,12 @@ def objective_of(cfg: RunConfig) -> str:
 DEVICES = ("gpu", "cpu")
 
 
+#: A GPU entry's rates per dtype beyond its peak: measured by `planner probe` (attention) or published
+#: (`planner.model.hardware.ACHIEVED_RATES`); and its bandwidths. The catalog loader checks the same fields.
+GPU_RATE_FIELDS = ("attention_tflops", "matmul_tflops", "flash_attention_tflops")
+GPU_BANDWIDTH_FIELDS = ("interconnect_gbps", "hbm_gbps", "network_gbps", "shard_collectives_gbps", "all_gather_gbps")
+
+
 @dataclass
 class GPUSpec:
     """A GPU that is not in the built-in catalog (a user's `--gpu-catalog` entry), written in whole."""
@@ -559,9 +565,9 @@ def _validate_planning(p: PlanningConfig) -> None:
         for dtype, tflops in p.gpu_spec.peak_tflops.items():
             check.number(f"planning.gpu_spec.peak_tflops.{dtype}", tflops, 0.0, 1e6, lo_open=True)
         check.number("planning.gpu_spec.price_per_hour", p.gpu_spec.price_per_hour, 0.0, 1000.0)
-        for key in ("interconnect_gbps", "hbm_gbps", "network_gbps", "shard_collectives_gbps", "all_gather_gbps"):
+        for key in GPU_BANDWIDTH_FIELDS:
             check.number(f"planning.gpu_spec.{key}", getattr(p.gpu_spec, key), 0.0, 1e6)
-        for key in ("attention_tflops", "matmul_tflops", "flash_attention_tflops"):
+        for key in GPU_RATE_FIELDS:
             for dtype, tflops in getattr(p.gpu_spec, key).items():
                 check.number(f"planning.gpu_spec.{key}.{dtype}", tflops, 0.0, 1e6, lo_open=True)
         if p.gpu_spec.device not in DEVICES:

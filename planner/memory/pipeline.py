@@ -160,6 +160,19 @@ def bubble_fraction(plan: ParallelPlan) -> float:
     return (plan.pp - 1) / (work * v * plan.grad_accum)
 
 
+def bubble_seconds(other_ranks_s: list[float], plan: ParallelPlan) -> float:
+    """Idle seconds per step on the slowest pipeline rank, given each other rank's busy seconds per step: the
+    schedule's fill and drain pass through the other ranks at their own pace, so `bubble_fraction` of their mean
+    (with equal stages, (p - 1)/m of a stage's step, the formula above). Replayed on torch's own action lists with
+    a cost per stage (`tests/test_pipeline_plan.py`): exact for GPipe, and for every schedule when the last rank is
+    the slowest (a decoder's: it holds the head and the loss); an upper bound for 1F1B and interleaving when an
+    earlier one is (an encoder-decoder's encoder), still closer than stretching the slowest rank by the
+    fraction."""
+    if plan.pp == 1 or not other_ranks_s:
+        return 0.0
+    return bubble_fraction(plan) * sum(other_ranks_s) / len(other_ranks_s)
+
+
 def p2p_buffer_bytes(plan: ParallelPlan, shape, micro_batch: int, width: int) -> float:
     """Receive buffers per local stage: one activation from the previous stage and one gradient from the
     next (`p2p_elements` each)."""

@@ -30,12 +30,13 @@ share of its peak (`typical_share`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import cache
 from pathlib import Path
 
 from planner.core import checks
 from planner.core.errors import PlannerError
 from planner.core.io import read_input
-from planner.core.schema import DEVICES
+from planner.core.schema import DEVICES, GPU_BANDWIDTH_FIELDS, GPU_RATE_FIELDS
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ _ALIASES = {
 ACHIEVED_RATES = ("matmul_tflops", "flash_attention_tflops")
 
 
+@cache  # the built-in catalog does not change
 def typical_share(key: str) -> float:
     """The mean share of bf16 peak the built-in GPUs with a published bf16 `key` rate reach: what a GPU without
     its own figure is taken to reach."""
@@ -176,9 +178,8 @@ def load_catalog(path: str | Path | None = None) -> dict[str, GPU]:
 
 
 def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
-    allowed = {"memory_gib", "peak_tflops", "price_per_hour", "interconnect_gbps", "hbm_gbps", "network_gbps",
-               "description", "device", "attention_tflops", "shard_collectives_gbps", "all_gather_gbps",
-               *ACHIEVED_RATES}
+    allowed = {"memory_gib", "peak_tflops", "price_per_hour", "description", "device", *GPU_BANDWIDTH_FIELDS,
+               *GPU_RATE_FIELDS}
     if not isinstance(fields, dict) or set(fields) - allowed:
         bad = sorted(set(fields) - allowed) if isinstance(fields, dict) else fields
         raise PlannerError(f"--gpu-catalog: entry {name!r} has unknown fields {bad}; allowed: {sorted(allowed)}")
@@ -187,7 +188,7 @@ def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
         if missing:
             raise PlannerError(f"--gpu-catalog: new entry {name!r} needs {sorted(missing)}")
         base = GPU(name, 0.0, {}, 0.0)
-    rates = ("peak_tflops", "attention_tflops", *ACHIEVED_RATES)  # per dtype: merged into the base entry's
+    rates = ("peak_tflops", *GPU_RATE_FIELDS)  # per dtype: merged into the base entry's
     merged = replace(base, **{k: v for k, v in fields.items() if k not in rates})
     for key in rates:
         if key in fields:
@@ -195,7 +196,7 @@ def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
     # physically meaningful ranges: today's largest GPU has 192 GiB and ~4,500 dense fp8 TFLOP/s
     checks.number(f"--gpu-catalog: {name}.memory_gib", merged.memory_gib, 0.0, 1e5, lo_open=True)
     checks.number(f"--gpu-catalog: {name}.price_per_hour", merged.price_per_hour, 0.0, 1e4)
-    for key in ("interconnect_gbps", "hbm_gbps", "network_gbps", "shard_collectives_gbps", "all_gather_gbps"):
+    for key in GPU_BANDWIDTH_FIELDS:
         checks.number(f"--gpu-catalog: {name}.{key}", getattr(merged, key), 0.0, 1e6)
     for key in rates:
         for dtype, tflops in getattr(merged, key).items():
