@@ -10,9 +10,9 @@ DDP, FSDP and ZeRO-2, fp32 (this CPU has no bf16 matmul instructions: the probe 
 slower than fp32, and the model would price them so).
 
 `--pipeline` runs two pipeline stages on two processes instead (GPipe, 1F1B, interleaved 1F1B; 4 micro-batches a
-step): the bubble and the stages' send / receive as the model prices them. `--arch encoder-decoder` runs our T5
-(span corruption, `planner.compute.encoder_decoder_step_time`) the same way: `--layers` blocks per stack,
-`--seq-len` input positions (the shards hold span corruption's raw rows for them).
+step): the bubble and the stages' send / receive as the model prices them. `--arch encoder` runs our BERT (MLM)
+the same way; `--arch encoder-decoder` our T5 (span corruption, `planner.compute.encoder_decoder_step_time`):
+`--layers` blocks per stack, `--seq-len` input positions (the shards hold span corruption's raw rows for them).
 
     .venv/bin/python benchmarks/bench_cpu_step_time.py [--layers 4 --hidden 512 --seq-len 256 --micro-batch 8]
     .venv/bin/python benchmarks/bench_cpu_step_time.py --arch encoder-decoder
@@ -70,16 +70,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--seq-len", default="256")
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=12)
-    ap.add_argument("--arch", default="decoder", choices=["decoder", "encoder-decoder"])
+    ap.add_argument("--arch", default="decoder", choices=["decoder", "encoder", "encoder-decoder"])
     ap.add_argument("--pipeline", action="store_true", help="the pipeline schedules instead of the engines")
     a = ap.parse_args(argv)
     py = sys.executable
     # span corruption reads raw rows of its own length for seq_len inputs (one more token: the shift CLM needs)
     t5 = a.arch == "encoder-decoder"
     row = span_corruption_raw_length(int(a.seq_len)) - 1 if t5 else int(a.seq_len)
-    arch = ["--arch", a.arch, "--mlp", "relu"] if t5 else []  # T5 v1.0's MLP
-    # span corruption without a tokenizer takes its pad, mask and sentinel ids past the shards' vocabulary
-    data_vocab = str(int(a.vocab) - 128) if t5 else a.vocab
+    arch = {"decoder": [], "encoder": ["--arch", "encoder", "--mlp", "gelu"],  # BERT's block
+            "encoder-decoder": ["--arch", a.arch, "--mlp", "relu"]}[a.arch]  # T5 v1.0's MLP
+    # MLM and span corruption without a tokenizer take their pad, mask and sentinel ids past the shards' vocabulary
+    data_vocab = a.vocab if a.arch == "decoder" else str(int(a.vocab) - 128)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         catalog = root / "this-cpu.yaml"
