@@ -159,6 +159,21 @@ def test_shape_flags_build_an_encoder(capsys):
     assert code == 0 and json.loads(out)["model"]["arch"] == "encoder"
 
 
+@pytest.mark.parametrize("arch", ["encoder", "encoder-decoder"])
+def test_shape_flags_plan_the_block_the_trainer_builds_for_the_architecture(capsys, tmp_path, arch):
+    # BERT's (post-LN, biases, GeLU, learned positions, the MLM head) and T5's (its default MLP, ReLU), which emit
+    # writes and the trainer builds to the parameter
+    from planner.core.schema import load_config
+    from pretrain.engines.base import model_class
+
+    code, _, err = run(capsys, "emit", "--layers", "2", "--hidden", "64", "--heads", "4", "--vocab", "100",
+                       "--seq-len", "64", "--arch", arch, "--tokens", "1e9", "--out", str(tmp_path))
+    assert code == 0, err
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    model = load_config(str(tmp_path / "run.yaml"), ["data.train=x"]).model
+    assert model_class(model)(model).param_count() == plan["model"]["shape_params"]
+
+
 # ---- laws --------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("model", ["bert-base-uncased", "t5-base"])
 def test_default_tokens_are_refused_for_non_decoders(capsys, model):
@@ -213,7 +228,6 @@ def test_emit_writes_the_trainers_encoder_and_encoder_decoder(capsys, tmp_path, 
     (["--model", "t5-base", "--fsdp", "full", "--tp", "2"], "--tp"),  # t5-base ties its head to its embedding
     (["--model", "t5-base", "--fsdp", "full", "--ep", "2", "--gpus", "4"], "--ep"),
     (["--model", "bert-base-uncased", "--fsdp", "full", "--checkpointing", "full"], "--checkpointing"),
-    (["--layers", "2", "--hidden", "64", "--heads", "4", "--vocab", "100", "--arch", "encoder"], "--model"),
     (["--model", "t5-base", "--target-len", "100"], "--target-len"),
 ])
 def test_emit_refuses_what_the_trainer_does_not_run_for_non_decoders(capsys, tmp_path, flags, named):

@@ -37,8 +37,9 @@ def model_options(f):
     f = click.option("--kv-heads", type=int, help="Shape: key/value heads (grouped-query attention).")(f)
     f = click.option("--ffn", type=int, help="Shape: MLP hidden size (default 8h/3 rounded to 256, SwiGLU).")(f)
     f = click.option("--vocab", type=int, help="Shape: vocabulary size.")(f)
-    f = click.option("--mlp", type=click.Choice(["swiglu", "gelu", "relu", "geglu"]), default="swiglu",
-                     show_default=True, help="Shape: MLP kind (relu, geglu: T5 v1.0, v1.1).")(f)
+    f = click.option("--mlp", type=click.Choice(["swiglu", "gelu", "relu", "geglu"]),
+                     help="Shape: MLP kind (default: the architecture's: swiglu; an encoder's gelu; an "
+                          "encoder-decoder's relu, T5 v1.0; geglu: T5 v1.1).")(f)
     f = click.option("--tied-embeddings", is_flag=True, help="Shape: LM head shares the embedding matrix.")(f)
     f = click.option("--arch", type=click.Choice(["decoder", "encoder", "encoder-decoder"]),
                      help="Architecture (default: the model's; shape flags: decoder). encoder: BERT-style "
@@ -97,9 +98,14 @@ def build_shape(layers, hidden, heads, kv_heads, ffn, vocab, seq_len, mlp, tied_
     missing = [k for k, v in flags.items() if v is None]
     if missing:
         raise PlannerError(f"shape: also give {' '.join(missing)} (a shape needs --layers --hidden --heads --vocab)")
+    from planner.core.schema import ARCH_MLPS
+
+    mlp = mlp or ARCH_MLPS[arch or "decoder"][0]
     arch_fields = {} if arch in (None, "decoder") else {"arch": arch}
     if arch == "encoder-decoder":
         arch_fields["position"] = "relative"
+    elif arch == "encoder":  # BERT's block, as the trainer builds it (`planner.model.shapes.shape_of`)
+        arch_fields.update(position="learned", bias=True, embedding_norm=True, post_norm=True, encoder_head="mlm")
     return ModelShape(layers, hidden, heads, vocab, seq_len or 2048, kv_heads=kv_heads, ffn_hidden=ffn,
                       mlp=mlp, norm="layernorm" if mlp == "gelu" else "rmsnorm", tied_embeddings=tied_embeddings,
                       moe=moe, **arch_fields)
