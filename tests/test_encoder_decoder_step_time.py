@@ -97,3 +97,17 @@ def test_the_layout_search_ranks_an_encoder_decoders_layouts_by_time_without_rec
     assert {row["checkpointing"] for row in r["top"]} == {"none"}
     speeds = [row["tokens_per_s_per_gpu"] for row in r["top"]]
     assert speeds == sorted(speeds, reverse=True)
+
+
+def test_tensor_parallel_traffic_by_hand_includes_each_cross_attentions_gather_of_the_encoder_output():
+    # t5-base (12 + 12 blocks, h 768, 512 inputs, 114 targets) at TP 2, micro-batch 4, bf16, one micro-batch: an
+    # encoder block gathers and scatters b s h twice forward and twice backward (4 all-reduce equivalents), a
+    # decoder block its three sub-layers' b t h (6) and the encoder's output b s h once (gathered forward, its
+    # gradient scattered backward); a ring all-reduce of n bytes over 2 ranks sends n, here at 450 GB/s x 0.5
+    shape = shape_from_hf(SHIPPED / "t5-base.json")
+    hw = Hardware(989e12, 3.35e12, 450e9, 50e9, 8)
+    t = encoder_decoder_step_time(shape, ParallelPlan(engine="fsdp", micro_batch=4, world=2, tp=2), hw,
+                                  replace(PROBED, link=0.5), kernels=EAGER_TORCH)
+    inputs, targets = 2 * 4 * 512 * 768, 2 * 4 * 114 * 768  # bytes of b s h and b t h in bf16
+    by_hand = (12 * 4 * inputs + 12 * (6 * targets + inputs)) / (450e9 * 0.5)
+    assert t.tp_comm_s == pytest.approx(by_hand, rel=1e-12)
