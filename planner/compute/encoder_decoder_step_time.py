@@ -79,14 +79,14 @@ def block_bytes(shape: ModelShape, block: str, width: int, micro_batch: int, tp:
     backward, `EAGER_T5`), on one TP rank (sequence parallel: every term split), with the additions between
     blocks (module docstring)."""
     s, t = shape.seq_len, shape.n_target_len
-    tokens, keys = (s, s) if block == "encoder" else (t, t)
+    keys = s if block == "encoder" else t  # self-attention attends over the block's own stack
     terms = (shape.hidden, shape.q_dim, shape.heads * keys, shape.heads * keys / micro_batch, shape.ffn,
              shape.hidden * s / t)
     fwd, bwd = (sum(c * x for c, x in zip(coefs, terms, strict=True))
                 for coefs in EAGER_T5[(width, block, shape.mlp)])
     between = 3 * width * shape.heads * keys / micro_batch  # this block's bias gradient added to the others'
     if block == "decoder":
-        between += 3 * width * shape.hidden * s / tokens  # its gradient of the encoder's output, likewise
+        between += 3 * width * shape.hidden * s / t  # its gradient of the encoder's output, likewise
     return (fwd + bwd + between) / tp
 
 
