@@ -40,13 +40,16 @@ from planner.compute.step_time import (
     Kernels,
     StepTime,
     data_parallel_time,
-    flash_padded_head_dim,
+    flash_attention_seconds,
+    matmul_rate,
     optimizer_time,
+    pipeline_p2p_time,
     ring_time,
+    tensor_parallel_link,
 )
 from planner.core.errors import PlannerError
 from planner.core.parallel import ParallelPlan
-from planner.memory.pipeline import StageShare, bubble_seconds, p2p_elements, shares_of
+from planner.memory.pipeline import StageShare, bubble_seconds, shares_of
 from planner.model.shapes import ModelShape
 
 #: Our T5 blocks as eager PyTorch runs them (`EncoderBlock`, `DecoderBlock`), bytes per token of the block's
@@ -108,27 +111,21 @@ def encoder_decoder_step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardwar
     attention for the cross-attention, the optimizer and the engine's reductions (our trainer's, eager)."""
     if kernels.fp8_linears:
         raise PlannerError("--precision fp8: planned for decoders; an encoder-decoder's is not modelled")
-    b, s, h = plan.micro_batch, shape.seq_len, shape.hidden
-    k = h / plan.tp
-    matmul_rate = hw.matmul_ceiling * eff.matmul_max * k / (k + eff.matmul_half_k)
-    w = kernels.activation_bytes
+    rate, w = matmul_rate(hw, eff, shape.hidden / plan.tp), kernels.activation_bytes
+    tp_link = tensor_parallel_link(plan, hw, eff)
     # the step runs at the pace of the pipeline rank with the most work; the fill and drain at the others'
-    tp_link = (hw.nvlink_bytes_per_s if plan.tp <= hw.gpus_per_node else hw.network_bytes_per_s) * eff.link
-    busy = {share: (tuple(plan.grad_accum * x for x in _stage_seconds(shape, plan, hw, eff, kernels, share,
-                                                                       matmul_rate)),
+    busy = {share: (tuple(plan.grad_accum * x for x in _stage_seconds(shape, plan, hw, eff, kernels, share, rate)),
                     plan.grad_accum * _stage_tensor_parallel(shape, plan, share, w, tp_link))
             for share in shares_of(shape, plan)}
     slowest = max(busy, key=lambda share: sum(busy[share][0]) + busy[share][1])
     (matmul, attention, memory), tp_comm = busy[slowest]
     compute = matmul + attention + memory
     bubble = bubble_seconds([sum(seconds) + tp for share, (seconds, tp) in busy.items() if share != slowest], plan)
-    net = hw.network_bytes_per_s * eff.link
-    pp_comm = 0.0 if plan.pp == 1 else \
-        plan.grad_accum * plan.pp_virtual * 2 * w * p2p_elements(shape, b, plan.tp) / net
+    pp_comm = pipeline_p2p_time(shape, plan, hw, eff, w)
     dp_comm, dp_bytes = data_parallel_time(shape, plan, hw, eff, kernels, grad_bytes, compute,
                                            3.0 if overlap_dp else None)
     optimizer = optimizer_time(shape, plan, hw, eff, kernels)
-    model_flops = plan.batch * s * sum(encoder_decoder_flops(shape))
+    model_flops = plan.batch * shape.seq_len * sum(encoder_decoder_flops(shape))
     return StepTime(matmul, attention, memory, tp_comm, bubble, pp_comm, dp_comm, optimizer, model_flops,
                     dp_bytes=dp_bytes)
 
@@ -158,16 +155,13 @@ def _stage_seconds(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Eff
     if share.head:
         flops += 6 * b * t * shape.vocab * h
     matmul = flops / tp / matmul_rate
-    cross_flops = dec * 12 * b * t * s * q / tp  # three passes of 4 s q per target
-    if kernels.flash_attention:  # every score computed (no mask), the backward's extra half pass, padded heads
-        pad = flash_padded_head_dim(shape.head_dim) / shape.head_dim
-        recompute = 1.0 if hw.attention_flops else 3.5 / 3
-        rate = hw.attention_flops or (hw.flash_attention_flops or hw.peak_flops) * eff.attention
-        attention = cross_flops * recompute * pad / rate
+    cross_flops = dec * 12 * b * t * s * q / tp  # three passes of 4 s q per target, every score (no mask)
     w = kernels.activation_bytes
     moved = b * (enc * s * block_bytes(shape, "encoder", w, b, tp) + dec * t * block_bytes(shape, "decoder", w, b, tp))
-    if not kernels.flash_attention:  # SDPA's math path: the scores as matmuls, the softmax (2 w) and its gradient
-        attention = cross_flops / matmul_rate  # (3 w) through memory
+    if kernels.flash_attention:
+        attention = flash_attention_seconds(cross_flops, shape.head_dim, 3, hw, eff)
+    else:  # SDPA's math path: the scores as matmuls, the softmax (2 w) and its gradient (3 w) through memory
+        attention = cross_flops / matmul_rate
         moved += dec * b * t * 5 * w * shape.heads * s / tp
     if share.embedding:
         moved += first_stage_bytes(shape, w, b) / tp

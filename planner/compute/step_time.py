@@ -71,7 +71,7 @@ from dataclasses import dataclass
 from planner.compute.flops import recomputed_matmul_params
 from planner.core.errors import PlannerError
 from planner.core.parallel import ParallelPlan
-from planner.memory.pipeline import bubble_seconds
+from planner.memory.pipeline import bubble_seconds, p2p_elements
 from planner.model.hardware import BUILTIN_GPUS, GPU, achievable_tflops
 from planner.model.shapes import ModelShape
 
@@ -413,6 +413,40 @@ def expert_parallel_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, li
     return passes * (shape.moe_layers / plan.pp) * plan.grad_accum * per_a2a / bandwidth
 
 
+def matmul_rate(hw: Hardware, eff: Efficiency, width: float) -> float:
+    """FLOP/s of a layer's GEMMs whose narrowest dimension on a rank is `width` (h / tp): the GPU's achievable
+    rate at `eff(k) = e_max k / (k + k_half)` (module docstring)."""
+    return hw.matmul_ceiling * eff.matmul_max * width / (width + eff.matmul_half_k)
+
+
+def flash_attention_seconds(executed_flops: float, head_dim: int, passes: float, hw: Hardware,
+                            eff: Efficiency) -> float:
+    """Seconds of `executed_flops` of attention (the scores it computes, over `passes` forward-equivalent passes)
+    as one flash kernel: the head dimension padded to the kernel's; its backward recomputing the scores (Dao
+    2023, FlashAttention-2, Alg. 2: five GEMMs to the forward's two, so half a forward more than the two the
+    attention's FLOP count gives a backward); at the fitted fraction of FlashAttention-2's published rate. A rate
+    `planner probe` measured is already per counted pass (it times SDPA's forward and backward against 3)."""
+    pad = flash_padded_head_dim(head_dim) / head_dim
+    if hw.attention_flops:
+        return executed_flops * pad / hw.attention_flops
+    ceiling = hw.flash_attention_flops or hw.peak_flops
+    return executed_flops * (passes + 0.5) / passes * pad / (ceiling * eff.attention)
+
+
+def tensor_parallel_link(plan: ParallelPlan, hw: Hardware, eff: Efficiency) -> float:
+    """A TP group's achieved bandwidth per GPU: NVLink inside a node, the network across nodes."""
+    return (hw.nvlink_bytes_per_s if plan.tp <= hw.gpus_per_node else hw.network_bytes_per_s) * eff.link
+
+
+def pipeline_p2p_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficiency, width: int) -> float:
+    """Seconds per step of the stages' sends: each micro-batch's activations forward and gradients backward,
+    `p2p_elements` each (`v` times with interleaving), over the network."""
+    if plan.pp == 1:
+        return 0.0
+    elements = p2p_elements(shape, plan.micro_batch, plan.tp)
+    return plan.grad_accum * plan.pp_virtual * 2 * width * elements / (hw.network_bytes_per_s * eff.link)
+
+
 def data_parallel_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficiency, kernels: Kernels,
                        grad_bytes: int, compute: float, overlap_passes: float | None) -> tuple[float, float]:
     """(exposed seconds, bytes each GPU sends) of a step's data-parallel collectives (module docstring): the
@@ -470,8 +504,7 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     gpus = plan.tp * plan.pp * plan.dp
     tokens = plan.batch * shape.seq_len
     s, h = shape.seq_len, shape.hidden
-    k = h / plan.tp
-    matmul_rate = hw.matmul_ceiling * eff.matmul_max * k / (k + eff.matmul_half_k)
+    rate = matmul_rate(hw, eff, h / plan.tp)
     matmul_params = shape.active_matmul_params()
     if shape.moe is not None:  # the busiest expert's tokens set the pace (its capacity, or the dropless margin)
         m = shape.moe
@@ -484,46 +517,38 @@ def step_time(shape: ModelShape, plan: ParallelPlan, hw: Hardware, eff: Efficien
     fp8_params = sum(i * o for i, o in block_linears(shape) if fp8_linear(i, o)) if kernels.fp8_linears else 0
     if fp8_params and hw.fp8_peak_flops <= 0:
         raise PlannerError("--precision fp8: this GPU has no fp8 peak in the catalog")
-    fp8_rate = matmul_rate * (hw.fp8_matmul_flops or hw.fp8_peak_flops) / hw.matmul_ceiling if fp8_params \
-        else matmul_rate
-    layer_seconds = 2 * passes * ((matmul_params - fp8_params) / matmul_rate + fp8_params / fp8_rate)  # per token
+    fp8_rate = rate * (hw.fp8_matmul_flops or hw.fp8_peak_flops) / hw.matmul_ceiling if fp8_params else rate
+    layer_seconds = 2 * passes * ((matmul_params - fp8_params) / rate + fp8_params / fp8_rate)  # per token
     # a pipeline runs at its slowest stage's pace: the last holds the output layer and the loss besides its layers
-    head = tokens * plan.pp * 6 * shape.vocab * h / matmul_rate / gpus
-    matmul = tokens * shape.layers * layer_seconds / gpus + head
+    last_rank_only = tokens * plan.pp * 6 * shape.vocab * h / rate / gpus
+    matmul = tokens * shape.layers * layer_seconds / gpus + last_rank_only
     attention_flops = tokens * shape.layers * 4 * s * shape.heads * shape.head_dim * attention_passes / gpus
-    if kernels.flash_attention:  # causal half skipped, head dimension padded, at flash's own rate
-        pad = flash_padded_head_dim(shape.head_dim) / shape.head_dim
-        skipped = 1 if shape.arch == "encoder" else 2  # an encoder attends both ways: every score computed
-        # its backward recomputes the scores (Dao 2023, FlashAttention-2, Alg. 2): five GEMMs to the forward's two,
-        # so half a forward more than the two the attention's FLOP count gives a backward. A rate `planner probe`
-        # measured is already per counted pass (it times SDPA's forward and backward against 3 passes).
-        recompute = 1.0 if hw.attention_flops else (attention_passes + 0.5) / attention_passes
-        ceiling = hw.flash_attention_flops or hw.peak_flops
-        attention = attention_flops * recompute / skipped * pad / (hw.attention_flops or ceiling * eff.attention)
+    if kernels.flash_attention:  # a decoder's causal half skipped (an encoder attends both ways: every score)
+        skipped = 1 if shape.arch == "encoder" else 2
+        attention = flash_attention_seconds(attention_flops / skipped, shape.head_dim, attention_passes, hw, eff)
     else:
-        attention = attention_flops / matmul_rate
+        attention = attention_flops / rate
     loss_bytes = 16 * shape.vocab / plan.tp  # fp32 log-softmax and its gradient over the (TP-split) vocabulary
     per_layer = memory_bound_bytes(shape, kernels, checkpointing, checkpointed_fraction) / plan.tp
     if kernels.fp8_linears:
         per_layer += fp8_cast_bytes(shape, plan.tp)
     moved = tokens * (shape.layers * per_layer + plan.pp * loss_bytes)
-    head += tokens * plan.pp * loss_bytes / gpus / (hw.hbm_bytes_per_s * eff.memory)  # the last rank's alone
+    last_rank_only += tokens * plan.pp * loss_bytes / gpus / (hw.hbm_bytes_per_s * eff.memory)
     rank_params = shape.param_count() / (plan.tp * plan.pp)
     reductions = micro_batches if kernels.reduce_every_micro_batch else 1
     if plan.dp > 1:  # the engine's own work on the whole gradient before each reduction
         moved += kernels.reduce_prep_bytes * rank_params * reductions * gpus
     memory = moved / gpus / (hw.hbm_bytes_per_s * eff.memory)
     compute = matmul + attention + memory
-    tp_link = (hw.nvlink_bytes_per_s if plan.tp <= hw.gpus_per_node else hw.network_bytes_per_s) * eff.link
+    tp_link = tensor_parallel_link(plan, hw, eff)
     activation_bytes = kernels.activation_bytes * plan.micro_batch * s * h
     # two collectives a layer forward (after attention and after the MLP), their two conjugates backward, and the
     # forward's again where full checkpointing recomputes it; the op policy keeps the reduce-scatters' outputs
     # (torchtitan's save list) and recomputes the all-gathers before q/k/v and gate/up: half of each pair again
     tp_passes = 2 + checkpointed_fraction * {"full": 1.0, "op": 0.5}.get(checkpointing, 0.0)
     tp_comm = 2 * tp_passes * (shape.layers / plan.pp) * micro_batches * ring_time(activation_bytes, plan.tp, tp_link)
-    bubble = bubble_seconds([compute - head + tp_comm], plan)  # the other ranks: the middle ones' pace
-    net = hw.network_bytes_per_s * eff.link
-    pp_comm = 0.0 if plan.pp == 1 else micro_batches * plan.pp_virtual * 2 * activation_bytes / plan.tp / net
+    bubble = bubble_seconds([compute - last_rank_only + tp_comm], plan)  # the other ranks: the middle ones' pace
+    pp_comm = pipeline_p2p_time(shape, plan, hw, eff, kernels.activation_bytes)
     dp_comm, dp_bytes = data_parallel_time(shape, plan, hw, eff, kernels, grad_bytes, compute,
                                            passes if overlap_dp else None)
     optimizer = optimizer_time(shape, plan, hw, eff, kernels)

@@ -351,7 +351,9 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
     probed = gpu.device == "cpu"
     fraction = _checkpointed(req, model)
     eff = PROBED if probed else CALIBRATED
+    model_name = "planner.compute.step_time"
     if model.shape.arch == "encoder-decoder":  # its checkpointing is none (`hardware_flops_per_token` refuses others)
+        model_name = "planner.compute.encoder_decoder_step_time"
         t = encoder_decoder_step_time(model.shape, plan, hw, eff, kernels=kernels, grad_bytes=grad_bytes,
                                       overlap_dp=not probed)
     else:
@@ -371,8 +373,5 @@ def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPla
             # what the kernels were priced at (the catalog's published rates; a probed machine's measured ones)
             "kernel_tflops": {"matmul": hw.matmul_ceiling / 1e12,
                               "flash_attention": (hw.attention_flops or hw.flash_attention_flops) / 1e12},
-            "model": ("planner.compute.encoder_decoder_step_time over " if model.shape.arch == "encoder-decoder"
-                      else "") +
-                     ("planner.compute.step_time at the rates `planner probe` measured" if probed else
-                     "planner.compute.step_time, CALIBRATED on Narayanan et al. 2021 Table 1 and llm-foundry's MPT "
-                     "on H100 (BF16)")}
+            "model": f"{model_name} at the rates `planner probe` measured" if probed else
+                     f"{model_name}, CALIBRATED on Narayanan et al. 2021 Table 1 and llm-foundry's MPT on H100 (BF16)"}

@@ -92,10 +92,9 @@ def search(req: EstimateRequest, top: int = 10) -> dict:
         for checkpointing in CHECKPOINTING:
             if moe and checkpointing == "op":
                 continue  # the op policy is planned (and run) for the dense block
-            try:
-                t = planned.predicted_time(replace(req, checkpointing=checkpointing), model, plan, gpu, dtype)
-            except PlannerError:
-                continue  # not planned for this model (an encoder-decoder's recomputation)
+            if model.shape.arch == "encoder-decoder" and checkpointing != "none":
+                continue  # its recomputation is not planned (`flops.hardware_flops_per_token` refuses it)
+            t = planned.predicted_time(replace(req, checkpointing=checkpointing), model, plan, gpu, dtype)
             if t is None:
                 raise PlannerError(f"--gpu: {gpu.name} lacks the bandwidths the step-time model needs")
             timed.append((checkpointing, plan, model, timing(t, pcie_bytes_per_step(plan, model.params))))
