@@ -77,8 +77,8 @@ def _collectives_worker(rank: int, port: int, nbytes: int, out) -> None:
     seconds = median_seconds(lambda: dist.all_reduce(x), repeats=3)
     piece = torch.ones(SHARD_BYTES // 4)
     gathered, shard = torch.empty(2 * piece.numel()), torch.empty(piece.numel() // 2)
-    gather = median_seconds(lambda: dist.all_gather_into_tensor(gathered, piece), repeats=3)
-    pair = gather + median_seconds(lambda: dist.reduce_scatter_tensor(shard, piece), repeats=3)
+    gather = median_seconds(lambda: dist.all_gather_single(gathered, piece), repeats=3)
+    pair = gather + median_seconds(lambda: dist.reduce_scatter_single(shard, piece), repeats=3)
     if rank == 0:
         out.put((seconds, pair, gather))
     dist.destroy_process_group()

@@ -38,6 +38,11 @@ FILES = {
     "pipe.yaml": b"out_dir: out\nsources: [{path: x.jsonl, domain: d}]\n",
     "runs.csv": b"n,d,loss\n1e6,2e7,4.0\n2e6,4e7,3.7\n4e6,8e7,3.5\n8e6,1.6e8,3.3\n1.6e7,3.2e8,3.2\n",
     "badshards/manifest.json": b"{not json",
+    "mine/PLAN.md": b"somebody's own notes, in a folder given to emit\n",
+    # achieved rates above the data sheet's peak; and a GPU without the link between its node's GPUs
+    "fast.yaml": b"g: {memory_gib: 80, peak_tflops: {bf16: 100}, price_per_hour: 2, matmul_tflops: {bf16: 1000}}\n",
+    "nolink.yaml": b"g: {memory_gib: 80, peak_tflops: {bf16: 989}, price_per_hour: 2, hbm_gbps: 3350, "
+                   b"network_gbps: 50}\n",
 }
 
 P, L, T, D, S = "planner", "launch", "pretrain", "pretrain-data", "synthetic"
@@ -61,6 +66,21 @@ CASES = [
                                                       "--vocab", "100", "--kv-heads", "3"]),
     (P, [*EST, "--precision", "fp8"]), (P, [*EST, "--zero", "1", "--fsdp", "full"]), (P, ["estimate"]),
     (P, [*EST, "--offload", "params", "--zero", "2"]), (P, ["estimate", "--params", "7e9", "--model", "llama-7b"]),
+    # values so small or large that the days, memory or step overflow; layouts the trainer cannot run
+    (P, [*EST, "--mfu", "1e-320"]), (P, [*EST, "--seq-len", "10000000000"]),
+    (P, [*EST, "--micro-batch", "100000000000"]),
+    (P, [*EST, "--gpus", "16", "--fsdp", "full", "--pp", "4", "--microbatches", "100000000000"]),
+    (P, ["estimate", "--tokens", "1e10", "--layers", "8", "--hidden", "1024", "--heads", "16", "--vocab", "32000",
+         "--experts", "8", "--expert-ffn", "2048", "--dense-layers", "8"]),
+    (P, ["estimate", "--model", "llama2-7b", "--gpus", "24", "--tp", "3"]),
+    (P, ["estimate", "--layers", "4", "--hidden", "512", "--heads", "8", "--kv-heads", "2", "--vocab", "1000",
+         "--gpus", "4", "--fsdp", "full", "--tp", "4"]),
+    (P, [*EST, "--pp-virtual", "2", "--pp-schedule", "interleaved-1f1b"]),
+    (P, [*EST, "--gpu-catalog", "{w}/fast.yaml", "--gpu", "g"]),
+    (P, ["compare", "--model", "llama2-7b", "--gpus", "16", "--gpu-catalog", "{w}/nolink.yaml", "--gpu", "g",
+         "--search"]),
+    (P, ["compare", "--model", "llama2-7b", "--mfu", "0.5"]), (P, ["compare", "--model", "llama2-7b", "--plot", ""]),
+    (P, ["probe", "--out", "/dev/null"]), (P, ["probe", "--out", "{w}/missing/this-cpu.yaml"]),
     # planner optimal
     (P, ["optimal"]), (P, ["optimal", "--flops", "1e22", "--days", "3"]), (P, ["optimal", "--flops", "1"]),
     (P, ["optimal", "--flops", "nan"]), (P, ["optimal", "--flops", "1e10", "--params", "1e12"]),
@@ -96,6 +116,9 @@ CASES = [
     (P, ["emit", "--out", "{w}/afile", "--params", "1e9"]),
     (P, ["emit", "--out", "{w}/e", "--params", "1e9", "--data", "a\nb"]),
     (P, ["emit", "--out", "{w}/e", "--params", "1e9", "--batch-tokens", "1.5"]),
+    (P, ["emit", "--out", "{w}/e", "--params", "1e9", "--gpus", "8", "--fsdp", "full", "--pp", "2",
+         "--microbatches", "8", "--global-batch", "64"]),
+    (P, ["emit", "--out", "{w}/mine", "--params", "1e9"]),
     # planner verify
     (P, ["verify", "--params", "1e9", "--zero", "3"]), (P, ["verify", "--params", "1e9", "--tp", "2", "--gpus", "8"]),
     (P, ["verify", "--layers", "2", "--hidden", "64", "--heads", "4", "--vocab", "100", "--mlp", "gelu"]),

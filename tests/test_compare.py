@@ -112,3 +112,24 @@ def test_compare_without_plot_imports_neither_numpy_nor_matplotlib():
             "print([m for m in ('numpy', 'matplotlib', 'torch') if m in sys.modules], file=sys.stderr)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_search_ranks_a_gpt_style_model_without_the_op_policy_planned_for_our_llama_block():
+    from planner.plan.request import EstimateRequest
+    from planner.plan.search import search
+
+    r = search(EstimateRequest.from_flags(model="bloomberggpt-50b", gpus=64), top=10)
+    assert len(r["top"]) == 10 and {row["checkpointing"] for row in r["top"]} <= {"full", "none"}
+
+
+def test_without_a_step_time_the_best_row_is_the_one_with_most_headroom_and_says_so(tmp_path, capsys):
+    catalog = tmp_path / "cat.yaml"  # no interconnect_gbps: the step-time model cannot price a node's collectives
+    catalog.write_text("g: {memory_gib: 80, peak_tflops: {bf16: 989}, price_per_hour: 2, hbm_gbps: 3350, "
+                       "network_gbps: 50}\n")
+    assert main(["compare", "--model", "llama2-7b", "--gpus", "16", "--gpu-catalog", str(catalog), "--gpu", "g",
+                 "--json"]) == 0
+    rows = [row for row in json.loads(capsys.readouterr().out)["rows"] if row.get("fits")]
+    assert all(row["step_time_s"] is None for row in rows)
+    assert rows[0]["best"] and rows[0]["headroom_bytes"] == max(row["headroom_bytes"] for row in rows)
+    assert main(["compare", "--model", "llama2-7b", "--gpus", "16", "--gpu-catalog", str(catalog), "--gpu", "g"]) == 0
+    assert "the most headroom of those that fit (no step time" in capsys.readouterr().out

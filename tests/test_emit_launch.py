@@ -61,6 +61,20 @@ def test_only_the_launchers_that_fit_the_engine_and_size_are_emitted(tmp_path, f
     assert written == launchers
 
 
+def test_a_percent_sign_in_the_job_folder_is_written_literal_in_sbatchs_log_pattern(tmp_path):
+    out = tmp_path / "p%jx"  # sbatch would read %j of the folder's name as the job id
+    assert emit(out, "--params", "1e9") == 0
+    sbatch = (out / "slurm.sbatch").read_text()
+    assert f"#SBATCH --output={tmp_path.resolve()}/p%%jx/slurm-%x-%j.out" in sbatch
+
+
+def test_microbatches_alone_set_the_global_batch(tmp_path):
+    assert emit(tmp_path, "--model", "llama2-7b", "--gpus", "8", "--fsdp", "full", "--pp", "2",
+                "--microbatches", "8") == 0
+    p = load_config(tmp_path / "run.yaml").parallel
+    assert (p.grad_accum, p.global_batch) == (8, 8 * 1 * 4)  # m x micro-batch x 4 data-parallel ranks
+
+
 def test_sbatch_is_absolute_logs_into_the_job_folder_and_chains_a_long_plan(tmp_path):
     # LLaMA-2-7B on 64 A100s for 2T tokens: the plan is days long; 48 h jobs chain with afterany.
     assert emit(tmp_path, "--model", "llama2-7b", "--gpus", "64", "--fsdp", "full", "--tokens", "2e12",

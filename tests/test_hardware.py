@@ -84,3 +84,18 @@ def test_a_user_catalog_sets_the_rates_its_kernels_reach(tmp_path):
     path.write_text("h100-sxm: {flash_attention_tflops: {bf16: 0}}\n")
     with pytest.raises(PlannerError, match="h100-sxm.flash_attention_tflops.bf16"):
         load_catalog(path)
+
+
+def test_a_gpu_without_its_nodes_link_is_planned_at_the_default_mfu_and_the_estimate_names_the_missing_field(
+        tmp_path, capsys):
+    from planner.cli import main
+
+    path = tmp_path / "cat.yaml"
+    path.write_text("g: {memory_gib: 80, peak_tflops: {bf16: 989}, price_per_hour: 2, hbm_gbps: 3350, "
+                    "network_gbps: 50}\n")
+    assert main(["estimate", "--model", "llama2-7b", "--gpus", "16", "--gpu-catalog", str(path), "--gpu", "g"]) == 0
+    out = capsys.readouterr().out
+    assert "MFU used: 40.0%, the default" in out and "interconnect_gbps" in out
+    path.write_text(path.read_text().replace("network_gbps: 50", "network_gbps: 50, interconnect_gbps: 900"))
+    assert main(["estimate", "--model", "llama2-7b", "--gpus", "16", "--gpu-catalog", str(path), "--gpu", "g"]) == 0
+    assert "predicted by the step-time model" in capsys.readouterr().out

@@ -127,3 +127,10 @@ def test_a_run_planned_on_this_cpu_logs_the_predicted_step_time_beside_the_measu
     predicted = client.get_metric_history(run.info.run_id, "step_time_s_predicted")
     assert predicted and predicted[0].value == pytest.approx(planned["step_time_s"])
     assert len(client.get_metric_history(run.info.run_id, "step_time_s")) == 3
+
+
+@pytest.mark.parametrize("name", ["yes", "null", "0x10", "1_000"])
+def test_an_entry_named_like_a_yaml_boolean_null_or_number_is_read_back_by_its_name(tmp_path, name):
+    path = tmp_path / "cpu.yaml"
+    path.write_text(catalog_entry(name, MEASURED))
+    assert load_catalog(path)[name].device == "cpu"

@@ -52,7 +52,7 @@ def test_tp_activations_with_sequence_parallel_are_the_planners(tp_run):
 @pytest.mark.parametrize("overrides, message", [
     (["parallel.engine=deepspeed", "parallel.zero_stage=2", "parallel.tp=2"], "parallel.tp: DeepSpeed here runs without"),
     (["parallel.engine=ddp", "parallel.tp=2"], "parallel.tp: tensor parallelism runs composed with FSDP2"),
-    (["parallel.engine=fsdp", "parallel.tp=3"], "parallel.tp: 3 must divide model.heads 4"),
+    (["parallel.engine=fsdp", "parallel.tp=3"], "parallel.tp: 3 must divide the 4 attention heads"),
 ])
 def test_a_tp_layout_the_trainer_cannot_run_is_refused_at_load(overrides, message, tmp_path):
     r = run_cli("data.train=x", *overrides, module="pretrain.train")

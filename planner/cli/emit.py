@@ -39,13 +39,17 @@ def emit(out_dir, name, data_train, data_eval, tokenizer, batch_tokens, global_b
         raise PlannerError("--global-batch: give the global batch once, in sequences or (--batch-tokens) in tokens")
     if global_batch is not None and global_batch < 1:
         raise PlannerError(f"--global-batch: {global_batch} must be a whole number of sequences >= 1")
+    req = build_request(kw)
+    microbatches = kw.get("microbatches")
+    if microbatches is not None and batch_tokens is None and global_batch is None:
+        global_batch = req.layout.batch  # --microbatches alone sets the batch: micro-batch x m x data-parallel ranks
     batch_tokens = float(2**22) if batch_tokens is None else batch_tokens
     if batch_tokens != int(batch_tokens):
         raise PlannerError(f"--batch-tokens: {batch_tokens!r} must be a whole number of tokens")
-    opts = EmitOptions(out_dir=out_dir, name=name, data_train=data_train, data_eval=data_eval, tokenizer=tokenizer,
+    opts = EmitOptions(microbatches=microbatches, out_dir=out_dir, name=name, data_train=data_train, data_eval=data_eval, tokenizer=tokenizer,
                        batch_tokens=int(batch_tokens), global_batch=global_batch, lr=lr, checkpoint_every=checkpoint_every, eval_every=eval_every,
                        tracking_uri=tracking_uri, experiment=experiment, nodes=nodes, slurm_partition=slurm_partition,
                        slurm_time=slurm_time, max_time=max_time, env_setup=env_setup, force=force)
-    written = run_emit(build_request(kw), opts)
+    written = run_emit(req, opts)
     for path in written.values():
         click.echo(f"wrote {path}")

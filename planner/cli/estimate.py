@@ -8,6 +8,7 @@ import json
 import click
 
 from planner.cli.options import build_request, estimate_options
+from planner.core.errors import PlannerError
 
 
 @click.command()
@@ -40,6 +41,11 @@ def compare(plot, search, top, as_json, **kw):
     from planner.plan.compare import compare as run_compare
     from planner.plan.compare import render_compare
 
+    if plot == "":
+        raise PlannerError("--plot: give the PNG's file name")
+    if kw.get("mfu") is not None:  # one MFU for every layout would tie them all
+        raise PlannerError("--mfu: compare ranks layouts by each one's predicted step time; a measured MFU belongs "
+                           "to one layout (give it to estimate)")
     if search:
         from planner.plan.search import render_search
         from planner.plan.search import search as run_search

@@ -144,7 +144,7 @@ def estimate_options(f):
         click.option("--microbatches", type=int, help="Micro-batches per optimizer step (the pipeline's m; "
                      "default 2 x --pp with a pipeline, else 1)."),
         click.option("--tokens", type=COUNT, help="Training tokens (default: 20 per parameter, Chinchilla)."),
-        click.option("--mfu", type=float, help="Model FLOPs utilisation (0-1] you measured (default: the "
+        click.option("--mfu", type=float, help="Model FLOPs utilisation (0.001-1] you measured (default: the "
                      "step-time model's prediction for this layout and GPU)."),
         click.option("--price", type=float, help="USD per GPU-hour (default: the catalog's)."),
         click.option("--runtime-gib", type=float, default=memory.DEFAULT_RUNTIME_GIB, show_default=True,

@@ -21,7 +21,7 @@ def catalog_entry(name: str, m: dict) -> str:
     bus_gbps = m["allreduce_bus_bytes_per_s"] / 1e9
     today = datetime.date.today().isoformat()
     return "\n".join([
-        f"{name}:",
+        f'"{name}":',  # quoted: YAML reads a bare yes, null or 0x10 as a boolean, None or number
         "  device: cpu",
         f"  description: \"measured by planner probe on {today}: {m['threads']} thread(s) per process, "
         f"{m['cpus']} CPUs\"",
@@ -47,6 +47,10 @@ def probe(name, threads, out):
     """Measure this machine (matmul FLOP/s, memory and gloo bandwidth; ~30 s) as a --gpu-catalog entry."""
     if not name or set(name.lower()) - NAME_CHARS:
         raise PlannerError(f"--name: {name!r} must be letters, digits, '-', '_' or '.'")
+    if out is not None:
+        from planner.core.io import check_writable
+
+        check_writable(out)  # before the half-minute of measuring, not after
     from pretrain.hardware_probe import probe as measure  # torch: only when probing
 
     text = catalog_entry(name.lower(), measure(threads))

@@ -167,9 +167,13 @@ class ComputeEstimate:
         return {**self.__dict__, "mfu_basis": MFU_BASIS}
 
 
+#: the lowest --mfu taken: 0.1% of peak is below any training run's, and a smaller one only overflows the days
+MIN_MFU = 1e-3
+
+
 def validate_mfu(mfu: float) -> float:
-    if not (0 < mfu <= 1):
-        raise PlannerError(f"--mfu: {mfu!r} must be in (0, 1], e.g. 0.4 for 40% of dense peak")
+    if not (MIN_MFU <= mfu <= 1):
+        raise PlannerError(f"--mfu: {mfu!r} must be between {MIN_MFU} and 1, e.g. 0.4 for 40% of dense peak")
     return mfu
 
 

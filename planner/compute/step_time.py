@@ -110,6 +110,9 @@ def hardware_of(gpu: GPU, dtype: str, gpus_per_node: int) -> Hardware:
     an all-gather without its own figure runs at the gather / scatter pair's."""
     if gpu.hbm_gbps <= 0:
         raise PlannerError(f"--gpu: {gpu.name} has no hbm_gbps in the catalog; set it to predict step time")
+    if gpu.interconnect_gbps <= 0 and gpus_per_node > 1:  # collectives inside a node would divide by it
+        raise PlannerError(f"--gpu: {gpu.name} has no interconnect_gbps in the catalog (the link between the "
+                           f"{gpus_per_node} GPUs of a node); set it to predict step time")
     shard = _fraction_of_all_reduce(gpu.shard_collectives_gbps, gpu.network_gbps)
     gather = _fraction_of_all_reduce(gpu.all_gather_gbps, gpu.network_gbps) if gpu.all_gather_gbps else shard
     peak = gpu.peak_flops(dtype)

@@ -47,7 +47,7 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
     refuse_special_target(path)
     with names_file(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _temp_beside(path)
         try:
             os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; files get the mode any other write would
             with os.fdopen(fd, mode) as f:
@@ -63,6 +63,27 @@ def atomic_open(path: str | Path, mode: str = "w") -> Iterator[IO]:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temporary file in `path`'s folder; a failure names `path`, not the temporary name."""
+    try:
+        return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write a file in {path.parent}: {exc.strerror}", str(path)) from None
+
+
+def check_writable(path: str | Path) -> None:
+    """Raise now the OSError a later `atomic_open(path)` would: for a command that measures for a while before
+    it writes (`planner probe`), so a bad --out is one line at once, not after the work."""
+    path = Path(path)
+    refuse_special_target(path)
+    with names_file(path):
+        if not path.parent.is_dir():
+            raise FileNotFoundError(errno.ENOENT, f"no folder {path.parent} to write into", str(path))
+        fd, tmp = _temp_beside(path)
+        os.close(fd)
+        os.unlink(tmp)
 
 
 class SpecialFileError(OSError):

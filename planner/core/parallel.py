@@ -38,6 +38,9 @@ PP_SCHEDULES = ("gpipe", "1f1b", "interleaved-1f1b", "zero-bubble")
 #: The schedules that run several stages per rank (`pp_virtual` > 1).
 MULTI_STAGE_SCHEDULES = ("interleaved-1f1b", "zero-bubble")
 OFFLOAD = ("none", "optimizer", "params", "all")
+#: The most sequences a rank takes per forward (micro_batch) or per step (grad_accum): far past any run's, low
+#: enough that a step's time and memory stay finite numbers.
+MAX_SEQUENCES_PER_RANK = 1 << 20
 #: ZeRO stage each FSDP mode partitions like (PyTorch FSDP docs: SHARD_GRAD_OP ~ ZeRO-2, FULL_SHARD ~ ZeRO-3).
 FSDP_STAGE = {"no-shard": 0, "shard-grad-op": 2, "full": 3, "hybrid": 3}
 #: Every layout the planner compares, by name (engine and how it partitions; `node`: hybrid sharding
@@ -268,6 +271,8 @@ class ParallelPlan:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 yield f"{k(key)}: {value!r} must be a whole number >= 1"
+            elif key in ("micro_batch", "grad_accum") and value > MAX_SEQUENCES_PER_RANK:
+                yield f"{k(key)}: {value:,} must be at most {MAX_SEQUENCES_PER_RANK:,}"
         for key in ("world", "dp_shard", "global_batch"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -308,7 +313,9 @@ class ParallelPlan:
         if not isinstance(self.pp_virtual, int) or not isinstance(self.grad_accum, int) or \
                 not isinstance(self.pp, int) or self.pp < 1 or self.pp_virtual < 1 or self.grad_accum < 1:
             return  # reported above as not whole numbers
-        if self.pp_virtual > 1 and self.pp_schedule not in MULTI_STAGE_SCHEDULES:
+        if self.pp_virtual > 1 and self.pp == 1:
+            yield f"{k('pp_virtual')}: {self.pp_virtual} stages per rank need a pipeline ({k('pp')} 2 or more)"
+        elif self.pp_virtual > 1 and self.pp_schedule not in MULTI_STAGE_SCHEDULES:
             yield (f"{k('pp_virtual')}: {self.pp_virtual} stages per rank need an interleaved schedule "
                    f"({' or '.join(MULTI_STAGE_SCHEDULES)}), not {self.pp_schedule}")
         m = self.grad_accum

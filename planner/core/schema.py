@@ -164,6 +164,15 @@ def parallel_refusal(arch: str, tp: int, pp: int, ep: int) -> tuple[str, int, st
     return None
 
 
+def tensor_parallel_refusal(tp: int, heads: int, kv_heads: int | None) -> str | None:
+    """Why `tp` cannot split the attention's heads (each rank holds whole query and key/value heads), or None. One
+    rule for the planner's edge (`planner.plan.request.check_arch`: --tp) and the run schema's (parallel.tp)."""
+    kv = kv_heads or heads
+    if heads % tp or kv % tp:
+        return f"{tp} must divide the {heads} attention heads and {kv} key/value heads"
+    return None
+
+
 def objective_of(cfg: RunConfig) -> str:
     """The run's objective: train.objective, or its architecture's."""
     return cfg.train.objective or OBJECTIVES.get(cfg.model.arch, "clm")
@@ -177,6 +186,19 @@ DEVICES = ("gpu", "cpu")
 #: (`planner.model.hardware.ACHIEVED_RATES`); and its bandwidths. The catalog loader checks the same fields.
 GPU_RATE_FIELDS = ("attention_tflops", "matmul_tflops", "flash_attention_tflops")
 GPU_BANDWIDTH_FIELDS = ("interconnect_gbps", "hbm_gbps", "network_gbps", "shard_collectives_gbps", "all_gather_gbps")
+#: The published achieved rates of a GPU's kernels: below its data-sheet peak for the same dtype.
+GPU_ACHIEVED_FIELDS = ("matmul_tflops", "flash_attention_tflops")
+
+
+def rate_above_peak(entry) -> str | None:
+    """The first achieved rate of a catalog entry (`GPU_ACHIEVED_FIELDS`) above its dtype's peak_tflops, as
+    "key.dtype: rate is above peak_tflops.dtype peak", or None. One rule for the catalog loader and gpu_spec."""
+    for key in GPU_ACHIEVED_FIELDS:
+        for dtype, tflops in getattr(entry, key).items():
+            peak = entry.peak_tflops.get(dtype)
+            if peak is not None and tflops > peak:
+                return f"{key}.{dtype}: {tflops:g} is above peak_tflops.{dtype} {peak:g} (a kernel's rate is at most peak)"
+    return None
 
 
 @dataclass
@@ -419,8 +441,8 @@ def validate(cfg: RunConfig) -> None:
          f"train.activation_checkpointing_every: {t.activation_checkpointing_every} must be positive"),
         (t.checkpoint_every > 0 and t.eval_every > 0 and t.log_every > 0,
          "train.checkpoint_every, train.eval_every and train.log_every must be positive"),
-        (cfg.model.heads % cfg.parallel.tp == 0 and (m.kv_heads or m.heads) % cfg.parallel.tp == 0,
-         f"parallel.tp: {cfg.parallel.tp} must divide model.heads {m.heads} and model.kv_heads {m.kv_heads or m.heads}"),
+        (tensor_parallel_refusal(cfg.parallel.tp, m.heads, m.kv_heads) is None,
+         f"parallel.tp: {tensor_parallel_refusal(cfg.parallel.tp, m.heads, m.kv_heads)} (model.heads, model.kv_heads)"),
         (cfg.parallel.tp == 1 or not m.tied_embeddings,
          "parallel.tp: tied embeddings are not split by tensor parallelism here; set model.tied_embeddings false"),
         (cfg.parallel.pp == 1 or not m.tied_embeddings,
@@ -570,6 +592,9 @@ def _validate_planning(p: PlanningConfig) -> None:
         for key in GPU_RATE_FIELDS:
             for dtype, tflops in getattr(p.gpu_spec, key).items():
                 check.number(f"planning.gpu_spec.{key}.{dtype}", tflops, 0.0, 1e6, lo_open=True)
+        above = rate_above_peak(p.gpu_spec)
+        if above is not None:
+            raise ConfigError(f"planning.gpu_spec.{above}")
         if p.gpu_spec.device not in DEVICES:
             raise ConfigError(f"planning.gpu_spec.device: {p.gpu_spec.device!r} is not one of {', '.join(DEVICES)}")
 

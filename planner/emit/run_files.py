@@ -58,6 +58,7 @@ class EmitOptions:
     tokenizer: str | None = None
     batch_tokens: int = DEFAULT_BATCH_TOKENS
     global_batch: int | None = None  # sequences per step; when set, it is the batch (--batch-tokens is not)
+    microbatches: int | None = None  # --microbatches as given: the batch must give exactly that many
     lr: float = 3e-4
     warmup_steps: int | None = None  # None: 1% of the steps, at least 1
     checkpoint_every: int = 1000
@@ -108,6 +109,16 @@ def global_batch_flag(key: str) -> str:
 def parallel_section(req: EstimateRequest, opts: EmitOptions, seq_len: int) -> ParallelPlan:
     """The plan's layout, whole: engine, mesh, nodes and the batch rule solved for --batch-tokens (or
     --global-batch, in sequences)."""
+    plan = _solve_batch(req, opts, seq_len)
+    if opts.microbatches is not None and plan.grad_accum != opts.microbatches:
+        given = "--global-batch" if opts.global_batch is not None else "--batch-tokens"
+        raise PlannerError(f"--microbatches: {opts.microbatches}, but {given} gives {plan.grad_accum} micro-batches "
+                           f"of {plan.micro_batch} on {plan.dp} data-parallel ranks; give the batch one way")
+    return plan
+
+
+def _solve_batch(req: EstimateRequest, opts: EmitOptions, seq_len: int) -> ParallelPlan:
+    """The batch rule solved for --global-batch (sequences) or --batch-tokens."""
     nodes = opts.nodes or max(1, math.ceil(req.gpus / req.gpus_per_node))
     if opts.global_batch is not None:
         return replace(req.layout, nodes=nodes).with_global_batch(opts.global_batch, global_batch_flag) \
@@ -323,11 +334,16 @@ def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
 def write_job_folder(out: Path, files: dict[str, str], force: bool = False) -> dict[str, Path]:
     """All or nothing: every file is written into a folder beside `out` first, then each is renamed into
     place, so a failure leaves `out` as it was. A folder that holds another job's run.yaml is refused
-    (one line) unless `force`; the same job again rewrites identical bytes."""
+    (one line) unless `force`, as is one that holds a file of ours without a run.yaml (somebody's own PLAN.md);
+    the same job again rewrites its files."""
     run_yaml = out / "run.yaml"
-    if not force and run_yaml.exists() and run_yaml.is_file() and run_yaml.read_text() != files["run.yaml"]:
+    if not force and run_yaml.is_file() and run_yaml.read_text() != files["run.yaml"]:
         raise PlannerError(f"--out: {out} already holds another job's run.yaml; choose a new folder, or --force "
                            "to replace its files")
+    theirs = [name for name in files if not run_yaml.is_file() and (out / name).exists()]
+    if not force and theirs:
+        raise PlannerError(f"--out: {out} already holds {theirs[0]}, not from an emitted job (no run.yaml); choose "
+                           "a new folder, or --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".emit", dir=out.parent))
     try:

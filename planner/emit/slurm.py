@@ -82,6 +82,12 @@ def default_env_setup() -> str:
     return ": # set up your environment here (module load ...; source .../bin/activate)"
 
 
+def log_pattern(job_dir: Path, kind: str) -> str:
+    """sbatch's --output / --error filename pattern in `job_dir`: a % of the folder's own name doubled, as the
+    pattern syntax writes a literal one (%j would otherwise become the job id)."""
+    return str(job_dir).replace("%", "%%") + f"/slurm-%x-%j.{kind}"
+
+
 def sbatch_script(*, job_dir: Path, name: str, nodes: int, per_node: int, time: str, partition: str | None,
                   env_setup: str, max_restarts: int, overrides: list[str] | None = None) -> str:
     q = shlex.quote
@@ -91,8 +97,8 @@ def sbatch_script(*, job_dir: Path, name: str, nodes: int, per_node: int, time: 
         "#!/usr/bin/env bash",
         f"#SBATCH --job-name={q(name)}",
         f"#SBATCH --chdir={q(str(job_dir))}",
-        f"#SBATCH --output={q(str(job_dir / 'slurm-%x-%j.out'))}",
-        f"#SBATCH --error={q(str(job_dir / 'slurm-%x-%j.err'))}",
+        f"#SBATCH --output={q(log_pattern(job_dir, 'out'))}",
+        f"#SBATCH --error={q(log_pattern(job_dir, 'err'))}",
         f"#SBATCH --nodes={nodes}",
         "#SBATCH --ntasks-per-node=1",
         f"#SBATCH --gpus-per-node={per_node}",

@@ -298,6 +298,11 @@ def _encoder_decoder_terms(shape: ModelShape, regime: str, side: str, tp: int = 
     return terms
 
 
+def op_policy_planned(shape: ModelShape) -> bool:
+    """Whether `--checkpointing op` is planned for this block: our dense LLaMA block only (`_op_terms`)."""
+    return shape.moe is None and architecture(shape) == "llama"
+
+
 def _op_terms(shape: ModelShape, regime: str, tp: int, sp: bool) -> list[Term]:
     """What torchtitan's op policy keeps of our dense block (module docstring), under TP t of it per rank: the
     column-parallel outputs (q, v, gate) and SDPA's are split t ways; down's output is row-parallel's partial sum

@@ -15,6 +15,7 @@ A user catalog is a YAML mapping of name -> fields (any subset, to override a bu
       peak_tflops: {bf16: 989, fp16: 989, fp32: 67}
       price_per_hour: 2.10
       hbm_gbps: 3350          # memory bandwidth, GB/s
+      interconnect_gbps: 900  # NVLink per GPU, GB/s both directions
       network_gbps: 50        # scale-out bandwidth per GPU, GB/s one way
       device: gpu             # or cpu: an entry `planner probe` measured (one trainer process per "GPU")
       matmul_tflops: {bf16: 794.5}            # a large GEMM's measured rate (maximum achievable matmul FLOP/s)
@@ -36,7 +37,7 @@ from pathlib import Path
 from planner.core import checks
 from planner.core.errors import PlannerError
 from planner.core.io import read_input
-from planner.core.schema import DEVICES, GPU_BANDWIDTH_FIELDS, GPU_RATE_FIELDS
+from planner.core.schema import DEVICES, GPU_BANDWIDTH_FIELDS, GPU_RATE_FIELDS, rate_above_peak
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,9 @@ def _catalog_entry(name: str, fields: object, base: GPU | None) -> GPU:
     for key in rates:
         for dtype, tflops in getattr(merged, key).items():
             checks.number(f"--gpu-catalog: {name}.{key}.{dtype}", tflops, 0.0, 1e6, lo_open=True)
+    above = rate_above_peak(merged)
+    if above is not None:
+        raise PlannerError(f"--gpu-catalog: {name}.{above}")
     if merged.device not in DEVICES:
         raise PlannerError(f"--gpu-catalog: {name}.device must be one of {', '.join(DEVICES)}, got {merged.device!r}")
     if not isinstance(merged.description, str):

@@ -59,6 +59,8 @@ ENCODER_HEADS = ("mlm", "pooler", "pretraining")
 #: measurement of a dropless router's imbalance: a run with a capacity factor (`--capacity-factor`) is bounded
 #: exactly by it instead.
 DROPLESS_LOAD_FACTOR = 1.25
+#: The longest sequence a shape takes: 16M tokens, past any published context (Llama 4 Scout's 10M)
+MAX_SEQ_LEN = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,8 @@ class ModelShape:
             if getattr(self, name) not in allowed:
                 raise PlannerError(f"--{name.replace('_', '-')}: {getattr(self, name)!r} is not one of "
                                    f"{', '.join(allowed)}")
+        if self.seq_len > MAX_SEQ_LEN:
+            raise PlannerError(f"--seq-len: {self.seq_len:,} must be at most {MAX_SEQ_LEN:,} tokens")
         self._check_arch()
 
     def _check_arch(self) -> None:

@@ -179,6 +179,8 @@ def render_compare(r: dict) -> str:
                                     "headroom", "max micro-batch", "DP GiB/step (ZeRO)", "PCIe GiB/step",
                                     "fewest nodes that fit"],
                      tablefmt="simple", disable_numparse=True)
-    verdict = f"Best: {r['best']}: the fastest predicted step per token that fits (planner.compute.step_time)." \
-        if r["best"] else "No strategy fits on this cluster: see the fewest nodes column."
+    timed = any(row.get("step_time_s") is not None for row in r["rows"])
+    why = "the fastest predicted step per token that fits (planner.compute.step_time)" if timed else \
+        "the most headroom of those that fit (no step time: the GPU's catalog entry lacks a bandwidth)"
+    verdict = f"Best: {r['best']}: {why}." if r["best"] else "No strategy fits on this cluster: see the fewest nodes column."
     return "\n".join([head, table, verdict])

@@ -318,7 +318,7 @@ GRAD_BYTES = {"single": 4, "ddp": 4, "fsdp": 4, "deepspeed": 2}
 def predicted_time(req: EstimateRequest, model: ResolvedModel, plan: ParallelPlan, gpu, dtype: str) -> dict | None:
     """The step-time model's view of one optimizer step of `plan` (`planner.compute.step_time`, constants
     `CALIBRATED`; an encoder-decoder's by `planner.compute.encoder_decoder_step_time`), or None when the GPU's
-    catalog entry lacks what it needs (HBM or network bandwidth)."""
+    catalog entry lacks what it needs (HBM, network or, for more than one GPU a node, interconnect bandwidth)."""
     from planner.compute.encoder_decoder_step_time import encoder_decoder_step_time
     from planner.compute.step_time import (
         CALIBRATED,

@@ -17,7 +17,7 @@ from planner.compute import flops as compute
 from planner.core import checks
 from planner.core.errors import PlannerError
 from planner.core.parallel import ParallelPlan
-from planner.core.schema import GPUSpec, PlanningConfig, RunConfig, parallel_refusal
+from planner.core.schema import GPUSpec, PlanningConfig, RunConfig, parallel_refusal, tensor_parallel_refusal
 from planner.memory import finetune as finetune_mod
 from planner.memory import model_states as memory
 from planner.model.hardware import BUILTIN_GPUS, GPU
@@ -154,6 +154,9 @@ def check_arch(req: EstimateRequest, model: ResolvedModel) -> ResolvedModel:
             raise PlannerError(f"--target-len: only an encoder-decoder has targets apart from its inputs; "
                                f"{model.source} is {arch}-only")
         model = replace(model, shape=replace(model.shape, target_len=req.target_len))
+    split = tensor_parallel_refusal(req.layout.tp, model.shape.heads, model.shape.kv_heads)
+    if split is not None:
+        raise PlannerError(f"--tp: {split} of {model.source}")
     refusal = parallel_refusal(arch, req.layout.tp, req.layout.pp, req.layout.ep)
     if refusal is not None:  # the trainer's rule (the run schema's too): what is not run is not planned
         name, degree, why = refusal
@@ -168,6 +171,9 @@ def resolve_model(req: EstimateRequest) -> ResolvedModel:
     if ep > 1 and moe is None:
         raise PlannerError(f"--ep: {ep} expert-parallel ranks need a mixture-of-experts model (--experts, or an "
                            f"MoE preset or config); {model.source} is dense")
+    if moe is not None and moe.dense_layers >= model.shape.layers:  # (a pipeline stage's shape may be all dense)
+        raise PlannerError(f"--dense-layers: {moe.dense_layers} leaves none of the {model.shape.layers} layers "
+                           f"(--layers) a mixture-of-experts layer; use at most {model.shape.layers - 1}")
     if moe is not None and moe.experts % ep:
         raise PlannerError(f"--ep: {ep} does not divide the model's {moe.experts} experts")
     if req.capacity_factor is None:

@@ -19,6 +19,7 @@ from dataclasses import replace
 
 from planner.core.errors import PlannerError
 from planner.core.parallel import STRATEGIES, ParallelPlan
+from planner.memory.activations import op_policy_planned
 from planner.plan import estimate as planned
 from planner.plan.compare import CHECKPOINTING, pcie_bytes_per_step, timing
 from planner.plan.request import EstimateRequest, gpu_of, resolve_model
@@ -90,13 +91,14 @@ def search(req: EstimateRequest, top: int = 10) -> dict:
             except PlannerError:
                 continue
         for checkpointing in CHECKPOINTING:
-            if moe and checkpointing == "op":
-                continue  # the op policy is planned (and run) for the dense block
+            if checkpointing == "op" and not op_policy_planned(model.shape):
+                continue  # the op policy is planned (and run) for our dense LLaMA block
             if model.shape.arch == "encoder-decoder" and checkpointing != "none":
                 continue  # its recomputation is not planned (`flops.hardware_flops_per_token` refuses it)
             t = planned.predicted_time(replace(req, checkpointing=checkpointing), model, plan, gpu, dtype)
             if t is None:
-                raise PlannerError(f"--gpu: {gpu.name} lacks the bandwidths the step-time model needs")
+                raise PlannerError(f"--gpu: {gpu.name} lacks the bandwidths the step-time model needs (hbm_gbps, "
+                                   "network_gbps, interconnect_gbps in a --gpu-catalog entry)")
             timed.append((checkpointing, plan, model, timing(t, pcie_bytes_per_step(plan, model.params))))
     timed.sort(key=lambda row: row[3]["seconds_per_token"])
     best, checked = [], 0

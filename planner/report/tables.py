@@ -123,7 +123,11 @@ def _peer_note(ds: float, ours: float, r: dict) -> str:
     shard = 2 * r["params"] / r["training"]["shard_degree"]
     if abs(ours - ds - shard) <= 0.005 * ours:
         return head + f": DeepSpeed leaves out the 16-bit parameter shard, 2N/GPUs = {_gib(shard)} GiB)."
-    return head + f": ours counts {_gib(ours - ds)} GiB more, see README 'Which bytes-per-parameter convention')."
+    split = r["training"]["tp"] * (r["pipeline"] or {}).get("pp", 1)
+    if split > 1 and ours < ds:  # its estimator takes the whole model on every data-parallel rank
+        return head + f": DeepSpeed's estimator splits the model by neither TP nor PP, {split} ways here)."
+    more = f"{_gib(ours - ds)} GiB more" if ours > ds else f"{_gib(ds - ours)} GiB fewer"
+    return head + f": ours counts {more}, see README 'Which bytes-per-parameter convention')."
 
 
 def _fit_table(r: dict) -> str:
@@ -144,8 +148,8 @@ def _time_rows(r: dict) -> list[list[str]]:
     """The step-time model's step and MFU, and which MFU the days and dollars use."""
     t, c = r.get("time"), r["compute"]
     how = {"--mfu": "given by --mfu", "predicted": "predicted by the step-time model",
-           "default": "the default (no step-time model for this GPU: its catalog entry lacks HBM or network "
-                      "bandwidth)"}[r.get("mfu_source", "--mfu")]
+           "default": "the default (no step-time model for this GPU: its catalog entry lacks hbm_gbps, "
+                      "network_gbps or interconnect_gbps)"}[r.get("mfu_source", "--mfu")]
     used = (f"MFU used: {c['mfu']:.1%}, {how}", "")
     if not t:
         return [list(used)]
