@@ -177,8 +177,9 @@ def test_two_nodes_on_loopback_train_together(tmp_path, data):
     assert summary["steps"] == 20
 
 
-def test_preflight_refuses_a_job_that_will_not_fit(tmp_path, data):
+def test_preflight_refuses_a_job_that_will_not_fit(tmp_path, data, capsys):
     assert emit(tmp_path, "--params", "7e9", "--gpus", "8", "--data", str(data)) == 0  # DDP: 7B does not fit
+    assert "note: the plan needs" in capsys.readouterr().err  # written, and said at once
     out = launch("local", str(tmp_path / "run.yaml"), "--nproc", "8", "--dry-run", cwd=tmp_path)
     assert out.returncode == 2 and "will not fit" in out.stderr and "GiB per GPU needed" in out.stderr
     forced = launch("local", str(tmp_path / "run.yaml"), "--nproc", "8", "--dry-run", "--force", cwd=tmp_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from planner.cli.options import COUNT, build_request, estimate_options
@@ -53,3 +55,8 @@ def emit(out_dir, name, data_train, data_eval, tokenizer, batch_tokens, global_b
     written = run_emit(req, opts)
     for path in written.values():
         click.echo(f"wrote {path}")
+    plan = json.loads(written["plan.json"].read_text())
+    if not plan["fits"]:
+        need, have = plan["memory_per_gpu_bytes"]["total"] / 2**30, plan["gpu_memory_bytes"] / 2**30
+        click.echo(f"note: the plan needs {need:,.1f} GiB a GPU, a {plan['hardware']['gpu']} holds {have:,.1f}: "
+                   "`launch` will refuse it unless --force (`planner compare` ranks the layouts that fit)", err=True)

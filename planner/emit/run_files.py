@@ -310,7 +310,8 @@ def plan_markdown(result: Estimate, run: RunConfig) -> str:
 
 
 def emit(req: EstimateRequest, opts: EmitOptions) -> dict[str, Path]:
-    """Write every file; returns name -> path. Refuses a plan that does not fit (the user sees why)."""
+    """Write every file; returns name -> path. A plan that does not fit is written (PLAN.md and plan.json say so,
+    and `launch`'s preflight refuses it unless --force): the job may be meant for a larger GPU than planned."""
     opts.validate()
     model = resolve_model(req)
     check_arch_trainable(model)  # before the estimate and the layout's checks: the reason named first
