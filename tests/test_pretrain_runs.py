@@ -187,6 +187,24 @@ def test_bad_run_configs_fail_with_one_line_and_exit_2(shards, tmp_path, overrid
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("env, message", [
+    ({"WORLD_SIZE": "abc"}, "WORLD_SIZE: 'abc'"),
+    ({"WORLD_SIZE": "2", "RANK": "0"}, "need MASTER_ADDR and MASTER_PORT"),
+    ({"WORLD_SIZE": "2", "RANK": "5", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}, "RANK: 5"),
+])
+def test_a_launchers_environment_that_makes_no_sense_is_one_line(shards, tmp_path, env, message):
+    r = run_train(tmp_path, [f"data.train={shards / 'train'}", "out_dir=run", "tracking.enabled=false"], env=env)
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("engine", [["parallel.engine=fsdp"], ["parallel.engine=deepspeed", "parallel.zero_stage=2"]])
+def test_an_engine_on_a_process_group_runs_on_one_process_without_a_launcher(shards, tmp_path, engine):
+    r = run_train(tmp_path, [f"data.train={shards / 'train'}", "out_dir=run", "tracking.enabled=false",
+                             "train.steps=2", "parallel.micro_batch=4", *engine])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert summary(tmp_path / "run")["steps"] == 2
+
+
 def test_checkpoint_of_another_shape_or_corrupted_is_refused_and_left_as_is(shards, tmp_path):
     base = [f"data.train={shards / 'train'}", "out_dir=run", "tracking.enabled=false", "train.steps=2",
             "train.checkpoint_every=2"]

@@ -14,7 +14,7 @@ are checked in `validate`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -477,6 +477,16 @@ def validate(cfg: RunConfig) -> None:
     check.number("optim.grad_clip", cfg.optim.grad_clip, 0.0, 1e12)
     check.number("optim.min_lr_ratio", cfg.optim.min_lr_ratio, 0.0, 1.0)
     check.number("optim.weight_decay", cfg.optim.weight_decay, 0.0, 10.0)
+    # Adam's own ranges (torch.optim.Adam refuses the rest with a traceback): betas in [0, 1), eps > 0
+    check.number("optim.beta1", cfg.optim.beta1, 0.0, 1.0 - 1e-12)
+    check.number("optim.beta2", cfg.optim.beta2, 0.0, 1.0 - 1e-12)
+    check.number("optim.eps", cfg.optim.eps, 0.0, 1.0, lo_open=True)
+    # the model's constants: a NaN or non-positive one makes every step non-finite (all skipped, silently)
+    check.number("model.init_std", m.init_std, 0.0, 10.0, lo_open=True)
+    check.number("model.norm_eps", m.norm_eps, 0.0, 1.0, lo_open=True)
+    check.number("model.rope_theta", m.rope_theta, 1.0, 1e12)
+    for key, seed in (("data.seed", cfg.data.seed), ("train.seed", t.seed)):
+        check.integer(key, seed, 0, 2**32 - 1)  # numpy's generators take unsigned 32-bit seeds
     check.number("train.spike_factor", t.spike_factor, 0.0, 1e6)
     check.integer("train.keep_last_checkpoints", t.keep_last_checkpoints, 1)
     check.integer("engine.timeout_s", e.timeout_s, 1)
@@ -499,15 +509,18 @@ def _validate_arch(cfg: RunConfig) -> None:
                           f"with {OBJECTIVES[m.arch]}")
     if m.mlp is not None and m.mlp not in ARCH_MLPS[m.arch]:
         raise ConfigError(f"model.mlp: {m.mlp!r}: {m.arch} models are built with {', '.join(ARCH_MLPS[m.arch])}")
+    if m.arch != "decoder" and m.kv_heads not in (None, m.heads):
+        raise ConfigError(f"model.kv_heads: {m.kv_heads}: grouped-query attention is built in decoders only "
+                          f"(model.arch is {m.arch})")
     own = {"encoder": ("max_positions", "token_types"),
-           "encoder-decoder": ("decoder_layers", "head_dim")}
+           "encoder-decoder": ("decoder_layers", "head_dim", "decoder_start_id")}
     for arch, keys in own.items():
         for key in keys:
             value = getattr(m, key)
             if value not in (None, 0) and m.arch != arch:
                 raise ConfigError(f"model.{key}: {value}: only an {arch} model has it (model.arch is {m.arch})")
             if value is not None:
-                check.integer(f"model.{key}", value, 0 if key == "token_types" else 1)
+                check.integer(f"model.{key}", value, 0 if key in ("token_types", "decoder_start_id") else 1)
     check.integer("model.relative_buckets", m.relative_buckets, 2)
     if m.decoder_start_id is not None:
         check.integer("model.decoder_start_id", m.decoder_start_id, 0, m.vocab - 1)
@@ -533,6 +546,12 @@ def _validate_arch(cfg: RunConfig) -> None:
             raise ConfigError(message)
 
 
+#: The MoE fields of ModelConfig and their defaults: a dense model (experts 0) leaves them so.
+MOE_DEFAULTS = {f.name: f.default for f in fields(ModelConfig)
+                if f.name in ("top_k", "expert_ffn", "shared_experts", "shared_ffn", "dense_layers", "capacity_factor",
+                              "router_aux_loss_coef")}
+
+
 def _validate_moe(m: ModelConfig, plan: ParallelPlan, t: TrainConfig) -> None:
     """A mixture-of-experts model: its shape (`planner.model.shapes.MoE`'s rules) and what the trainer runs it
     with (FSDP2 or one process / DDP, experts split over `parallel.ep`; no TP, PP or DeepSpeed yet)."""
@@ -540,6 +559,10 @@ def _validate_moe(m: ModelConfig, plan: ParallelPlan, t: TrainConfig) -> None:
         if plan.ep > 1:
             raise ConfigError(f"parallel.ep: {plan.ep} expert-parallel ranks need a mixture-of-experts model "
                               "(model.experts > 0)")
+        stray = [key for key, default in MOE_DEFAULTS.items() if getattr(m, key) != default]
+        if stray:
+            raise ConfigError(f"model.{stray[0]}: {getattr(m, stray[0])!r} applies to a mixture-of-experts model; "
+                              "model.experts is 0 (dense)")
         return
     from planner.core import checks as check
 
