@@ -109,8 +109,10 @@ def _state(path: Path, records: int) -> dict:
 class Outbox:
     """An append-only journal of tracking records and the mark of how many were delivered."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
+    def __init__(self, folder: Path, root: Path):
+        """`root`: the run's out_dir; an artifact record names a file inside it (a tampered journal could
+        otherwise send any file this user can read to the store)."""
+        self.folder, self.root = folder, root.resolve()
         self.journal, self.state_file = folder / "outbox.jsonl", folder / "state.json"
         if self.journal.exists() and not self.journal.is_file():  # appended to: a FIFO would block
             raise PlannerError(f"{self.journal}: is not a regular file (the tracking outbox)")
@@ -121,7 +123,10 @@ class Outbox:
                     record = json.loads(line)
                 except ValueError:  # a line torn by a crash mid-append
                     continue
-                self.records.append(_record(record, f"{self.journal}: line {n}"))
+                record = _record(record, f"{self.journal}: line {n}")
+                if record["kind"] == "artifact":
+                    self.artifact_path(record, f"{self.journal}: line {n}")
+                self.records.append(record)
         self.state = _state(self.state_file, len(self.records)) if self.state_file.exists() else {"delivered": 0}
 
     def append(self, record: dict) -> None:
@@ -131,6 +136,13 @@ class Outbox:
             f.flush()
             os.fsync(f.fileno())
         self.records.append(record)
+
+    def artifact_path(self, record: dict, where: str = "outbox") -> Path:
+        """The file an artifact record names (relative to the run's folder, or absolute inside it)."""
+        path = (self.root / record["path"]).resolve()
+        if not path.is_relative_to(self.root):
+            raise PlannerError(f"{where}: artifact {record['path']!r} is outside the run's folder {self.root}")
+        return path
 
     def pending(self) -> list[dict]:
         return self.records[self.state["delivered"]:]
@@ -194,8 +206,9 @@ class Deliverer:
                 elif kind == "dict":
                     client.log_dict(run_id, rec["obj"], rec["name"])
                 elif kind == "artifact":
-                    if Path(rec["path"]).is_file():
-                        client.log_artifact(run_id, rec["path"])
+                    path = self.outbox.artifact_path(rec)
+                    if path.is_file():
+                        client.log_artifact(run_id, str(path))
                 elif kind == "inputs":
                     client.log_inputs(run_id, datasets=[_dataset_input(d) for d in rec["datasets"]])
                 elif kind == "status":
@@ -252,7 +265,7 @@ class Tracker:
         # a down server must cost seconds, not MLflow's default minutes of retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
-        self.outbox = Outbox(Path(cfg.out_dir) / cfg.tracking.fallback_dir)
+        self.outbox = Outbox(Path(cfg.out_dir) / cfg.tracking.fallback_dir, Path(cfg.out_dir))
         self.deliverer = Deliverer(self.outbox, cfg.tracking.tracking_uri)
         resumed = bool(self.outbox.records)
         if not resumed:  # a new job: the run's identity and what it is
@@ -332,7 +345,10 @@ class Tracker:
         self._record({"kind": "dict", "obj": obj, "name": name})
 
     def log_artifact(self, path: str | Path) -> None:
-        self._record({"kind": "artifact", "path": str(Path(path).resolve())})
+        if not self.active:
+            return
+        # relative to the run's folder: a moved run folder still syncs, and nothing outside it is ever sent
+        self._record({"kind": "artifact", "path": str(Path(path).resolve().relative_to(self.outbox.root))})
 
     def finish(self, status: str = "FINISHED") -> None:
         if not self.active:
@@ -359,7 +375,7 @@ def sync(out_dir: str | Path, tracking_uri: str | None = None) -> tuple[str, int
     folders = [p.parent for p in out.glob("*/outbox.jsonl")]
     if not folders:
         raise PlannerError(f"sync-mlflow: {out} holds no MLflow outbox (<out_dir>/mlflow-offline/outbox.jsonl)")
-    outbox = Outbox(folders[0])
+    outbox = Outbox(folders[0], out)
     before = len(outbox.pending())
     uri = tracking_uri or outbox.state.get("tracking_uri")
     if uri != outbox.state.get("tracking_uri") and outbox.state.get("run_id"):

@@ -383,6 +383,18 @@ def test_pack_refuses_a_domain_without_eval_documents_and_says_what_to_change(sa
     assert "eval" not in pack(load_pipeline_config(sample_config, ["mix.eval_fraction=0"]), progress=False)
 
 
+def test_a_refused_pack_leaves_the_last_packs_shards_whole_and_no_eval_split_removes_the_old_one(sample_config):
+    cfg = _curated_with_tokenizer(sample_config)
+    pack(cfg, progress=False)
+    shards = Path(cfg.out_dir) / "shards"
+    before = {str(p.relative_to(shards)): p.read_bytes() for p in shards.rglob("*") if p.is_file()}
+    with pytest.raises(PlannerError, match="no eval documents"):
+        pack(load_pipeline_config(sample_config, ["mix.eval_fraction=0.0001"]), progress=False)
+    assert {str(p.relative_to(shards)): p.read_bytes() for p in shards.rglob("*") if p.is_file()} == before
+    pack(load_pipeline_config(sample_config, ["mix.eval_fraction=0"]), progress=False)
+    assert sorted(p.name for p in shards.iterdir()) == ["train"]  # no stale eval beside a train split holding its docs
+
+
 def test_pack_refuses_an_eval_split_shorter_than_one_row(sample_config):
     cfg = _curated_with_tokenizer(sample_config, "mix.seq_len=8192")
     with pytest.raises(PlannerError, match=r"the eval split would hold [\d,]+ tokens, less than one row of "

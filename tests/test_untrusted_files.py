@@ -633,6 +633,8 @@ def test_a_damaged_deepspeed_json_is_refused_by_the_launch_in_one_line(tmp_path,
     ('[1]\n', '{"delivered": 0}', "not an outbox record"),
     ("", '{"delivered": 0, "run_id": 7}', "run_id 7"),
     ("", "[]", "not an object"),
+    ('{"kind": "artifact", "path": "/etc/hostname"}\n', '{"delivered": 0}', "outside the run's folder"),
+    ('{"kind": "artifact", "path": "../../secret"}\n', '{"delivered": 0}', "outside the run's folder"),
 ])
 def test_a_damaged_tracking_outbox_is_refused_naming_the_file_and_key(tmp_path, journal, state, expected):
     from planner.core.errors import PlannerError
@@ -641,7 +643,7 @@ def test_a_damaged_tracking_outbox_is_refused_naming_the_file_and_key(tmp_path, 
     (tmp_path / "outbox.jsonl").write_text(journal)
     (tmp_path / "state.json").write_text(state)
     with pytest.raises(PlannerError, match=expected) as exc:
-        Outbox(tmp_path)
+        Outbox(tmp_path, tmp_path)
     assert str(tmp_path) in str(exc.value)
 
 
@@ -650,4 +652,4 @@ def test_a_line_torn_by_a_crash_mid_append_is_skipped_not_refused(tmp_path):
 
     (tmp_path / "outbox.jsonl").write_text('{"kind": "reopen"}\n{"kind": "metr')
     (tmp_path / "state.json").write_text('{"delivered": 1}')
-    assert Outbox(tmp_path).records == [{"kind": "reopen"}]
+    assert Outbox(tmp_path, tmp_path).records == [{"kind": "reopen"}]

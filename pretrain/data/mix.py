@@ -4,8 +4,10 @@ hash of each document's id, and the documents interleaved into packed token shar
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from planner.core.errors import PlannerError
 from planner.core.io import atomic_write_json
@@ -92,6 +94,8 @@ def pack(cfg: DataPipelineConfig, progress: bool = True) -> dict:
     result = {"tokenizer": str(tok_path), "tokenizer_sha256": tokenizer_hash(tok_path)}
     encoded = {d: _encode_domain(tok, cfg, d) for d in tqdm(domains, desc="tokenize", unit="domain",
                                                             disable=not progress)}
+    # every split planned and checked before any is written: a refusal leaves the last pack's shards whole
+    planned = {}
     for split in ("train", "eval"):
         docs = {d: encoded[d][split] for d in domains}
         unique = {d: sum(len(ids) + 1 for ids in docs[d]) for d in domains}
@@ -103,24 +107,47 @@ def pack(cfg: DataPipelineConfig, progress: bool = True) -> dict:
         else:
             plans, warns = plan_mixture(weights, unique, cfg.mix.total_tokens, cfg.mix.max_epochs, cfg.mix.on_exceed)
         _check_one_row(cfg, split, plans)
+        planned[split] = (plans, docs, warns)
+    for split, (plans, docs, warns) in planned.items():
         for w in warns:
             print(f"pretrain-data: warning: {w}", file=sys.stderr)
         result[split] = _write_split(cfg, tok, split, plans, docs, result["tokenizer_sha256"], warns)
+    _replace_splits(wd, list(planned))
     atomic_write_json(wd.pack_report, result)
     return result
 
 
+def _staging(wd: WorkDir, split: str) -> Path:
+    return wd.shards(split).with_name(f".{split}.packing")
+
+
 def _write_split(cfg: DataPipelineConfig, tok, split: str, plans: list[DomainPlan], docs: dict[str, list],
                  tok_sha: str, warns: list[str]) -> dict:
-    """One split's shards, documents interleaved by the plan; returns its manifest."""
+    """One split's shards, documents interleaved by the plan, in a staging folder beside the split's (moved into
+    place by `_replace_splits` once every split is written); returns its manifest."""
     from pretrain.data.shards import ShardWriter
 
     wd = WorkDir.of(cfg)
-    writer = ShardWriter(wd.shards(split), cfg.mix.seq_len, tok.get_vocab_size(), tok.token_to_id(EOS),
-                         tokenizer_hash=tok_sha)
+    staging = _staging(wd, split)
+    shutil.rmtree(staging, ignore_errors=True)  # an interrupted pack's
+    writer = ShardWriter(staging, cfg.mix.seq_len, tok.get_vocab_size(), tok.token_to_id(EOS), tokenizer_hash=tok_sha)
     _interleave(writer, plans, docs, cfg.mix.seed)
     return writer.close({"mixture": [{**asdict(p), "epochs": p.epochs, "unused": p.unused} for p in plans],
                          "tokenizer": str(wd.tokenizer(cfg)), "warnings": warns})
+
+
+def _replace_splits(wd: WorkDir, written: list[str]) -> None:
+    """The new splits in place of the last pack's; a split this pack did not write (no eval split now) is removed,
+    so no stale eval shards sit beside a train split that may hold their documents."""
+    for split in ("train", "eval"):
+        final = wd.shards(split)
+        old = final.with_name(f".{split}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        if final.exists():
+            final.rename(old)
+        if split in written:
+            _staging(wd, split).rename(final)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_eval_split(cfg: DataPipelineConfig, weights: dict[str, float], unique: dict[str, int],
