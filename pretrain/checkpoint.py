@@ -14,7 +14,6 @@ history and evals increasing (step, finite loss) pairs) and the loader position 
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 import random
@@ -27,7 +26,7 @@ import torch
 
 from planner.core import checks
 from planner.core.errors import PlannerError
-from planner.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_input
+from planner.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_input, read_json
 from planner.core.schema import ConfigError
 from pretrain.distributed import DistInfo, barrier
 
@@ -241,11 +240,7 @@ class Checkpointer:
     def read_meta(self, path: Path, max_step: int) -> CheckpointMeta:
         """`path`/meta.json, typed (`CheckpointMeta.parse`); read through `read_input` (no FIFO, capped)."""
         where = str(path / META)
-        try:
-            data = json.loads(read_input(path / META, max_bytes=MAX_META_BYTES).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"{where}: not valid JSON text: {str(exc).splitlines()[0][:120]}") from None
-        return CheckpointMeta.parse(data, where, max_step)
+        return CheckpointMeta.parse(read_json(path / META, MAX_META_BYTES), where, max_step)
 
     def load(self, path: Path, engine, max_step: int) -> tuple[CheckpointMeta, dict]:
         """Restore engine states and this rank's RNG; returns (meta, loader state). `max_step` is train.steps:

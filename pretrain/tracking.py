@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from planner.core.errors import PlannerError
-from planner.core.io import SpecialFileError, atomic_write_json, read_input
+from planner.core.io import SpecialFileError, atomic_write_json, read_json
 from planner.core.schema import PARENT_RUN_TAG, RunConfig, flatten
 
 RETRY_EVERY = 20  # steps between delivery attempts while the store is failing
@@ -89,11 +89,9 @@ def _record(record, where: str) -> dict:
 def _state(path: Path, records: int) -> dict:
     """state.json, typed: how many records went out (0 to the journal's length), the run's identity."""
     try:
-        state = json.loads(read_input(path, max_bytes=1 << 20))  # regular file, bounded (io.read_input)
+        state = read_json(path, 1 << 20)  # regular file, bounded
     except SpecialFileError as exc:
         raise PlannerError(f"{path}: {exc.strerror} (the tracking outbox)") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise PlannerError(f"{path}: not valid JSON ({str(exc)[:80]})") from None
     if not isinstance(state, dict):
         raise PlannerError(f"{path}: holds a {type(state).__name__}, not an object")
     delivered = state.get("delivered", 0)
@@ -123,6 +121,8 @@ class Outbox:
                     record = json.loads(line)
                 except ValueError:  # a line torn by a crash mid-append
                     continue
+                except RecursionError:
+                    raise PlannerError(f"{self.journal}: line {n}: nested too deeply to be an outbox record") from None
                 record = _record(record, f"{self.journal}: line {n}")
                 if record["kind"] == "artifact":
                     self.artifact_path(record, f"{self.journal}: line {n}")

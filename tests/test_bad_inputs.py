@@ -38,6 +38,7 @@ FILES = {
     "pipe.yaml": b"out_dir: out\nsources: [{path: x.jsonl, domain: d}]\n",
     "runs.csv": b"n,d,loss\n1e6,2e7,4.0\n2e6,4e7,3.7\n4e6,8e7,3.5\n8e6,1.6e8,3.3\n1.6e7,3.2e8,3.2\n",
     "badshards/manifest.json": b"{not json",
+    "emptysrc.yaml": b"out_dir: out\nsources: [{path: '', domain: d}]\n",
     "mine/PLAN.md": b"somebody's own notes, in a folder given to emit\n",
     # achieved rates above the data sheet's peak; and a GPU without the link between its node's GPUs
     "fast.yaml": b"g: {memory_gib: 80, peak_tflops: {bf16: 100}, price_per_hour: 2, matmul_tflops: {bf16: 1000}}\n",
@@ -99,6 +100,7 @@ CASES = [
     (P, ["fit", "curve", "{w}/header.csv", "--x-col", "n", "--bootstrap", "-1"]),
     (P, ["fit", "isoflop", "{w}/notjson.json", "--n-col", "n", "--d-col", "d"]),
     (P, ["fit", "curve", "{w}/missing.csv", "--x-col", "n"]),
+    (P, ["fit", "curve", "{w}/runs.csv", "--x-col", "d", "--run-col", "nope"]),
     # planner emit: values that would reach a script, and nonsense
     (P, ["emit", "--out", "{w}/e", "--params", "1e9", "--name", "a\nrm -rf ~"]),
     (P, ["emit", "--out", "{w}/e", "--params", "1e9", "--name", "$(id)"]),
@@ -150,7 +152,8 @@ CASES = [
     (D, ["{w}/list.yaml"]), (D, ["{w}/bad.yaml"]), (D, ["{w}/binary.yaml"]), (D, ["{w}/tagged.yaml"]),
     (D, ["{w}/missing.yaml"]), (D, ["{w}"]), (D, ["{w}/pipe.yaml", "all", "tokenizer.vocab_size=-5"]),
     (D, ["{w}/pipe.yaml", "all", "curate.minhash_ngram=0"]), (D, ["{w}/pipe.yaml", "all", "mix.max_epochs=nan"]),
-    (D, ["{w}/pipe.yaml", "all", "mix.eval_fraction=1.5"]),
+    (D, ["{w}/pipe.yaml", "all", "mix.eval_fraction=1.5"]), (D, ["{w}/pipe.yaml", "all", "mix.weights.d=nan"]),
+    (D, ["{w}/emptysrc.yaml", "all"]),
     # the synthetic generator
     (S, ["{w}/syn", "--rows", "0"]), (S, ["{w}/syn", "--vocab", "-1"]), (S, ["{w}/syn", "--seq-len", "0"]),
     (S, ["{w}/afile"]), (S, ["{w}/syn", "--rows", "x"]), (D, ["{w}/pipe.yaml", "bogus-stage"]),

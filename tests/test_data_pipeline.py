@@ -59,6 +59,12 @@ def test_parquet_text_folder_and_saved_dataset_sources(tmp_path):
     assert skips == {"g: undecodable UTF-8": 1}
 
 
+def test_a_file_that_is_not_parquet_is_refused_naming_it(tmp_path):
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1garbage")
+    with pytest.raises(PlannerError, match=r"bad.parquet: not a readable parquet file \(Parquet magic bytes"):
+        list(read_source(Source(str(tmp_path / "bad.parquet"), "f"), Counter()))
+
+
 @pytest.mark.parametrize("text, reason", [
     ("Too short to be a document.", "too few words"),
     (PROSE.replace("the ", "").replace("The ", "").replace(" and", "").replace(" to", "").replace(" be", "")

@@ -653,3 +653,33 @@ def test_a_line_torn_by_a_crash_mid_append_is_skipped_not_refused(tmp_path):
     (tmp_path / "outbox.jsonl").write_text('{"kind": "reopen"}\n{"kind": "metr')
     (tmp_path / "state.json").write_text('{"delivered": 1}')
     assert Outbox(tmp_path, tmp_path).records == [{"kind": "reopen"}]
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # past json's recursion limit: a RecursionError, not a ValueError
+
+
+def test_json_nested_past_the_parsers_depth_is_one_error_in_every_loader(tmp_path):
+    from planner.core.errors import PlannerError
+    from planner.laws.scaling import load_law
+    from pretrain.checkpoint import Checkpointer
+    from pretrain.data.shards import TokenShards
+    from pretrain.distributed import DistInfo
+    from pretrain.tracking import Outbox
+
+    (tmp_path / "law.json").write_text(DEEP)
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards/manifest.json").write_text(DEEP)
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt/meta.json").write_text(DEEP)
+    (tmp_path / "outbox").mkdir()
+    (tmp_path / "outbox/outbox.jsonl").write_text(DEEP + "\n")
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state/state.json").write_text(DEEP)
+    import torch
+
+    checkpointer = Checkpointer(tmp_path / "ckpt", DistInfo(0, 0, 1, torch.device("cpu")))
+    for load in (lambda: load_law(tmp_path / "law.json"), lambda: TokenShards.open(tmp_path / "shards"),
+                 lambda: checkpointer.read_meta(tmp_path / "ckpt", 10),
+                 lambda: Outbox(tmp_path / "outbox", tmp_path), lambda: Outbox(tmp_path / "state", tmp_path)):
+        with pytest.raises(PlannerError, match="nested too deeply"):
+            load()

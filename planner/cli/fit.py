@@ -103,9 +103,9 @@ def fit_curve_cmd(data, n_col, d_col, flops_col, loss_col, bootstrap, seed, trac
         table = load_table(data)
         x = column(table, x_col, "--x-col")
         loss = column(table, loss_col, "--loss-col")
-        runs = table[run_col].to_numpy() if run_col else np.zeros(len(x))
         if run_col and run_col not in table.columns:
-            raise PlannerError(f"--run-col: no column {run_col!r} in the data")
+            raise PlannerError(f"--run-col: no column {run_col!r} in the data (columns: {', '.join(table.columns)})")
+        runs = table[run_col].to_numpy() if run_col else np.zeros(len(x))
     keep = x >= min_x
     x, loss, runs = x[keep], loss[keep], runs[keep]
     envelope = lower_envelope(x, loss) if np.unique(runs).size > 1 else None

@@ -134,6 +134,20 @@ def read_input(path: str | Path, max_bytes: int = 64 << 20) -> bytes:
     return data
 
 
+def read_json(path: str | Path, max_bytes: int):
+    """The JSON in a file we load (`read_input`: no FIFO or device, size-capped): text that is not UTF-8, not
+    JSON, or nested past the parser's depth is one PlannerError naming the file; OSError passes through."""
+    from planner.core.errors import PlannerError
+
+    data = read_input(path, max_bytes)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        raise PlannerError(f"{path}: not valid JSON text: nested too deeply") from None
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise PlannerError(f"{path}: not valid JSON text: {str(exc).splitlines()[0][:120]}") from None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     with atomic_open(path, "wb") as f:
         f.write(data)

@@ -31,7 +31,6 @@ whose band does not hold the measured loss; a re-plan carries the band as ranges
 
 from __future__ import annotations
 
-import json
 import math
 import shlex
 from dataclasses import asdict, dataclass
@@ -40,7 +39,7 @@ from pathlib import Path
 from planner.compute import flops as compute
 from planner.core import checks
 from planner.core.errors import PlannerError
-from planner.core.io import atomic_write_json, atomic_write_text, read_input
+from planner.core.io import atomic_write_json, atomic_write_text, read_json
 from planner.core.parallel import ENGINES, ParallelPlan, cli_flag
 from planner.core.schema import (
     DataConfig,
@@ -276,10 +275,7 @@ MAX_LADDER_BYTES = 16 << 20
 
 def _read_json(path: Path):
     """A ladder file's JSON, read through `read_input` (no FIFO or device, size-capped)."""
-    try:
-        return json.loads(read_input(path, max_bytes=MAX_LADDER_BYTES).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlannerError(f"{path}: not valid JSON text: {str(exc).splitlines()[0][:120]}") from None
+    return read_json(path, MAX_LADDER_BYTES)
 
 
 def _mapping(data, where: str, keys: tuple[str, ...]) -> dict:

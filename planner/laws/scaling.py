@@ -19,14 +19,13 @@ Sources
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from planner.core import checks
 from planner.core.errors import PlannerError
-from planner.core.io import read_input
+from planner.core.io import read_json
 from planner.core.units import PF_DAY_FLOPS
 
 #: Muennighoff et al. 2023, fitted R*_D: how many repetitions before repeated data is worth little.
@@ -189,11 +188,11 @@ def load_law(path: Path) -> ParametricLaw:
     """A law file from `planner fit nd`, read through `read_input` (no FIFO or device, at most 1 MiB) and typed
     by `parse_law`."""
     try:
-        data = json.loads(read_input(path, max_bytes=MAX_LAW_BYTES).decode("utf-8"))
+        data = read_json(path, MAX_LAW_BYTES)
     except OSError as exc:  # missing, a FIFO or device, too large
         raise PlannerError(f"--law: cannot read {path}: {exc.strerror or exc}".splitlines()[0]) from None
-    except ValueError as exc:  # not UTF-8; not JSON
-        raise PlannerError(f"--law: cannot read {path}: {exc}".splitlines()[0]) from None
+    except PlannerError as exc:  # not UTF-8; not JSON
+        raise PlannerError(f"--law: {exc}") from None
     return parse_law(data, str(path), name=Path(path).stem)
 
 

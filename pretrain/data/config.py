@@ -143,6 +143,8 @@ def _validate(cfg: DataPipelineConfig) -> None:
         raise ConfigError("sources: give at least one {path, domain}")
     for i, source in enumerate(cfg.sources):
         checks.name(f"sources[{i}].domain", source.domain)  # a folder name under out_dir
+        if not str(source.path).strip():  # Path("") is the current folder: everything under it would be read
+            raise ConfigError(f"sources[{i}].path: empty; give a file or folder of documents")
         refuse_special_source(source.path)
     checks.relative_inside("tokenizer.path", cfg.tokenizer.path)
     _validate_languages(cfg.curate)
@@ -177,6 +179,8 @@ def _validate_weights(cfg: DataPipelineConfig) -> None:
     if not cfg.mix.weights:
         return
     domains = {s.domain for s in cfg.sources}
+    for domain, w in cfg.mix.weights.items():
+        checks.number(f"mix.weights.{domain}", w, 0.0, 1.0)  # NaN passes both tests below
     total = sum(cfg.mix.weights.values())
     if abs(total - 1) > 1e-6:
         raise ConfigError(f"mix.weights: {dict(cfg.mix.weights)} sum to {total:g}, not 1")

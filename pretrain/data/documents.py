@@ -113,12 +113,22 @@ def _jsonl(source: Source, skips: Counter):
                     yield record
 
 
+def _parquet_file(pq, file: Path):
+    """A parquet file opened, or one line: a truncated or foreign file is bad input, not a crash."""
+    import pyarrow as pa
+
+    try:
+        return pq.ParquetFile(file)
+    except (pa.ArrowException, OSError) as exc:
+        raise PlannerError(f"source {file}: not a readable parquet file ({' '.join(str(exc).split())[:200]})") from None
+
+
 def _parquet(source: Source, skips: Counter):
     import pyarrow.parquet as pq
 
     files = sorted(Path(source.path).glob("*.parquet")) if Path(source.path).is_dir() else [Path(source.path)]
     for file in files:
-        table = pq.ParquetFile(file)
+        table = _parquet_file(pq, file)
         if source.text_field not in table.schema_arrow.names:
             raise PlannerError(f"source {file}: no column {source.text_field!r} (columns: {', '.join(table.schema_arrow.names)})")
         for batch in table.iter_batches(batch_size=1024):

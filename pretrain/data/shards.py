@@ -19,7 +19,6 @@ that does not fit the requested dtype is refused, not silently wrapped (datatrov
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 
 from planner.core import checks
 from planner.core.errors import PlannerError
-from planner.core.io import atomic_write_bytes, atomic_write_json, read_input
+from planner.core.io import atomic_write_bytes, atomic_write_json, read_json
 
 MANIFEST = "manifest.json"
 UINT16_LIMIT = 2**16
@@ -201,10 +200,7 @@ def read_manifest(path: str | Path) -> ShardManifest:
 
 
 def _json(path: Path):
-    try:
-        return json.loads(read_input(path, max_bytes=MAX_MANIFEST_BYTES).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PlannerError(f"{path}: not valid JSON text: {str(exc).splitlines()[0][:120]}") from None
+    return read_json(path, MAX_MANIFEST_BYTES)
 
 
 @dataclass
