@@ -26,6 +26,7 @@ from pathlib import Path
 from planner.core.errors import PlannerError
 from planner.core.io import SpecialFileError, atomic_write_json, read_json
 from planner.core.schema import PARENT_RUN_TAG, RunConfig, flatten
+from planner.core.tracking_store import open_store, quiet_mlflow
 
 RETRY_EVERY = 20  # steps between delivery attempts while the store is failing
 METRICS_PER_CALL = 1000  # MLflow's log_batch limit
@@ -263,8 +264,8 @@ class Tracker:
         if not self.active:
             return
         # a down server must cost seconds, not MLflow's default minutes of retries
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        quiet_mlflow()
         self.outbox = Outbox(Path(cfg.out_dir) / cfg.tracking.fallback_dir, Path(cfg.out_dir))
         self.deliverer = Deliverer(self.outbox, cfg.tracking.tracking_uri)
         resumed = bool(self.outbox.records)
@@ -381,5 +382,8 @@ def sync(out_dir: str | Path, tracking_uri: str | None = None) -> tuple[str, int
     if uri != outbox.state.get("tracking_uri") and outbox.state.get("run_id"):
         outbox.save_state(run_id=None, delivered=0, tracking_uri=uri)  # another store: a new run there, all of it
         before = len(outbox.pending())
-    Deliverer(outbox, uri).deliver()
+    if not uri:
+        raise PlannerError(f"sync-mlflow: {out}'s outbox names no store; give --tracking-uri")
+    with open_store(uri, must_exist=False):  # a store to sync into may be new
+        Deliverer(outbox, uri).deliver()
     return outbox.state["run_id"], before

@@ -39,6 +39,8 @@ FILES = {
     "runs.csv": b"n,d,loss\n1e6,2e7,4.0\n2e6,4e7,3.7\n4e6,8e7,3.5\n8e6,1.6e8,3.3\n1.6e7,3.2e8,3.2\n",
     "badshards/manifest.json": b"{not json",
     "emptysrc.yaml": b"out_dir: out\nsources: [{path: '', domain: d}]\n",
+    "runx/mlflow-offline/outbox.jsonl": b'{"kind": "reopen"}\n',
+    "runx/mlflow-offline/state.json": b'{"delivered": 0, "experiment": "e", "run_name": "r"}',
     "mine/PLAN.md": b"somebody's own notes, in a folder given to emit\n",
     # achieved rates above the data sheet's peak; and a GPU without the link between its node's GPUs
     "fast.yaml": b"g: {memory_gib: 80, peak_tflops: {bf16: 100}, price_per_hour: 2, matmul_tflops: {bf16: 1000}}\n",
@@ -101,6 +103,11 @@ CASES = [
     (P, ["fit", "isoflop", "{w}/notjson.json", "--n-col", "n", "--d-col", "d"]),
     (P, ["fit", "curve", "{w}/missing.csv", "--x-col", "n"]),
     (P, ["fit", "curve", "{w}/runs.csv", "--x-col", "d", "--run-col", "nope"]),
+    # MLflow stores that are not there, not MLflow, or not answering: one line, no hang, no store created
+    (P, ["fit", "nd", "mlflow:x", "--n-col", "n", "--d-col", "d"]),
+    (P, ["fit", "nd", "mlflow:x", "--tracking-uri", "bogus://x", "--n-col", "n", "--d-col", "d"]),
+    (P, ["fit", "curve", "mlflow:x", "--tracking-uri", "http://127.0.0.1:1", "--x-col", "d"]),
+    (T, ["sync-mlflow", "{w}/runx", "--tracking-uri", "bogus://y"]),
     # planner emit: values that would reach a script, and nonsense
     (P, ["emit", "--out", "{w}/e", "--params", "1e9", "--name", "a\nrm -rf ~"]),
     (P, ["emit", "--out", "{w}/e", "--params", "1e9", "--name", "$(id)"]),

@@ -14,6 +14,7 @@ from pathlib import Path
 from planner.core.errors import PlannerError
 from planner.core.io import SpecialFileError, read_input
 from planner.core.schema import PARENT_RUN_TAG
+from planner.core.tracking_store import open_store
 
 MLFLOW_PREFIX = "mlflow:"
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -62,11 +63,10 @@ def column(table, name: str | None, flag: str):
     return values.to_numpy(dtype=float)
 
 
-def _client(tracking_uri: str | None):
+def _client(uri: str):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
     return mlflow, MlflowClient(uri)
 
@@ -80,9 +80,11 @@ def _experiment_id(client, name: str) -> str:
 
 
 def _mlflow_runs(experiment: str, tracking_uri: str | None):
-    mlflow, client = _client(tracking_uri)
-    frame = mlflow.search_runs(experiment_ids=[_experiment_id(client, experiment)], filter_string="",
-                               output_format="pandas")
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    with open_store(uri, must_exist=True):
+        mlflow, client = _client(uri)
+        frame = mlflow.search_runs(experiment_ids=[_experiment_id(client, experiment)], filter_string="",
+                                   output_format="pandas")
     tag = f"tags.{PARENT_RUN_TAG}"
     if tag in frame.columns:  # a ladder's parent run groups the runs and measured nothing itself
         frame = frame[frame[tag] != "true"]
@@ -91,26 +93,34 @@ def _mlflow_runs(experiment: str, tracking_uri: str | None):
     return frame.reset_index(drop=True)
 
 
+def _histories(uri: str, experiment: str, metric: str, x_metric: str | None) -> list[tuple[str, list, dict]]:
+    """Each run's (id, history of `metric`, {step: value of `x_metric`}) of those that logged `metric`."""
+    _, client = _client(uri)
+    out = []
+    for run in client.search_runs([_experiment_id(client, experiment)]):
+        hist = client.get_metric_history(run.info.run_id, metric)
+        if hist:
+            by_step = {m.step: m.value for m in client.get_metric_history(run.info.run_id, x_metric)} if x_metric \
+                else {}
+            out.append((run.info.run_id, hist, by_step))
+    return out
+
+
 def metric_history(source: str, metric: str, x_metric: str | None, tracking_uri: str | None):
     """(x, loss, run_id) arrays of every run's `metric` history; x is the step or `x_metric` at that step."""
     import numpy as np
 
-    _, client = _client(tracking_uri)
-    exp_id = _experiment_id(client, source[len(MLFLOW_PREFIX):])
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    with open_store(uri, must_exist=True):
+        histories = _histories(uri, source[len(MLFLOW_PREFIX):], metric, x_metric)
     xs, ls, ids = [], [], []
-    for run in client.search_runs([exp_id]):
-        hist = client.get_metric_history(run.info.run_id, metric)
-        if not hist:
-            continue
-        by_step = {}
-        if x_metric:
-            by_step = {m.step: m.value for m in client.get_metric_history(run.info.run_id, x_metric)}
+    for run_id, hist, by_step in histories:
         for m in hist:
             x = by_step.get(m.step) if x_metric else m.step
             if x is not None and x > 0:
                 xs.append(x)
                 ls.append(m.value)
-                ids.append(run.info.run_id)
+                ids.append(run_id)
     if not xs:
         raise PlannerError(f"--loss-col: no run in {source} logged the metric {metric!r}")
     return np.array(xs, float), np.array(ls, float), np.array(ids)
