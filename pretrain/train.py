@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from planner.core.errors import PlannerError, guarded, one_line_parser
-from planner.core.io import atomic_write_json
+from planner.core.io import atomic_write_json, read_input
 from planner.core.schema import RunConfig, load_config
 from pretrain.checkpoint import Checkpointer
 from pretrain.data.shards import PackedBatches, TokenShards
+from pretrain.data.tokenizer import MAX_TOKENIZER_BYTES, load_tokenizer
 from pretrain.distributed import DistInfo, all_reduce_max, all_reduce_mean, init_distributed
 from pretrain.engines import Engine, build_engine
 from pretrain.metrics import RunReport
@@ -183,12 +184,14 @@ def check_tokenizer(cfg: RunConfig, train_manifest: dict) -> None:
         got = TokenShards.open(cfg.data.eval).manifest.get("tokenizer_sha256")
         if want != got:
             raise PlannerError(f"data.eval: its shards were made with another tokenizer ({got}) than data.train's ({want})")
-    if cfg.data.tokenizer and want:
+    if cfg.data.tokenizer:
         path = Path(cfg.data.tokenizer)
         if not path.is_file():
-            raise PlannerError(f"data.tokenizer: {path} does not exist")
-        if hashlib.sha256(path.read_bytes()).hexdigest() != want:
+            raise PlannerError(f"data.tokenizer: {path} is not a file")
+        if want and hashlib.sha256(read_input(path, MAX_TOKENIZER_BYTES)).hexdigest() != want:
             raise PlannerError(f"data.tokenizer: {path} is not the tokenizer the training shards were made with")
+        if not want:  # shards without the hash (synthetic ones): the file must at least be a tokenizer
+            load_tokenizer(path)
 
 
 def resume(cfg: RunConfig, ckpt: Checkpointer, engine: Engine, data: PackedBatches) -> Progress:

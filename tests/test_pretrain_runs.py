@@ -181,8 +181,11 @@ def test_non_finite_losses_are_skipped_then_the_run_stops_with_a_message(shards,
     (["data.train=/nonexistent/shards"], "no manifest.json"),
     (["model.heads=5"], "model.heads"),
     (["model.seq_len=32"], "model.seq_len"),
+    (["data.tokenizer=/nonexistent/tokenizer.json"], "data.tokenizer: /nonexistent/tokenizer.json is not a file"),
+    (["data.tokenizer=run.yaml"], "run.yaml: not a readable tokenizer.json"),
 ])
 def test_bad_run_configs_fail_with_one_line_and_exit_2(shards, tmp_path, overrides, message):
+    (tmp_path / "run.yaml").write_text("name: not a tokenizer\n")
     r = run_train(tmp_path, [f"data.train={shards / 'train'}", "out_dir=run", "tracking.enabled=false", *overrides])
     assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from planner.core.errors import PlannerError
 from planner.core.io import atomic_write_json
 from pretrain.data.config import DataPipelineConfig, domains_of
-from pretrain.data.tokenizer import EOS, tokenizer_hash
+from pretrain.data.tokenizer import EOS, load_tokenizer, tokenizer_hash
 from pretrain.data.workdir import WorkDir, curated_documents
 
 
@@ -81,14 +81,13 @@ def _encode_domain(tok, cfg: DataPipelineConfig, domain: str, batch: int = 1024)
 
 def pack(cfg: DataPipelineConfig, progress: bool = True) -> dict:
     """Tokenize each domain, then write train/eval shards mixing domains by token weight."""
-    from tokenizers import Tokenizer
     from tqdm import tqdm
 
     wd = WorkDir.of(cfg)
     tok_path = wd.tokenizer(cfg)
     if not tok_path.is_file():
         raise PlannerError(f"tokenizer: {tok_path} does not exist; run the tokenizer stage first")
-    tok = Tokenizer.from_file(str(tok_path))
+    tok = load_tokenizer(tok_path)
     domains = domains_of(cfg)
     weights = dict(cfg.mix.weights) or {d: 1 / len(domains) for d in domains}
     result = {"tokenizer": str(tok_path), "tokenizer_sha256": tokenizer_hash(tok_path)}

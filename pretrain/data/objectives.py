@@ -23,7 +23,7 @@ import torch
 
 from planner.core.errors import PlannerError
 from planner.model.shapes import MEAN_SPAN, NOISE_DENSITY, span_corruption_counts
-from pretrain.data.tokenizer import EOS, MASK, PAD, sentinel
+from pretrain.data.tokenizer import EOS, MASK, PAD, load_tokenizer, sentinel
 
 #: The label that cross_entropy ignores: every position not chosen for prediction.
 IGNORE = -100
@@ -47,12 +47,7 @@ class SpecialIds:
 def special_ids(tokenizer_path: str | Path) -> SpecialIds:
     """The special ids of a tokenizer.json; refuses one trained before the mask and sentinel tokens (it still
     serves the causal LM, which needs only EOS)."""
-    from tokenizers import Tokenizer
-
-    try:
-        vocab = Tokenizer.from_file(str(tokenizer_path)).get_vocab(with_added_tokens=True)
-    except Exception as e:  # tokenizers raises its own untyped errors for a missing or malformed file
-        raise PlannerError(f"{tokenizer_path}: not a readable tokenizer.json ({str(e).splitlines()[0]})") from None
+    vocab = load_tokenizer(tokenizer_path).get_vocab(with_added_tokens=True)
     missing = [t for t in (EOS, PAD, MASK, sentinel(0)) if t not in vocab]
     if missing:
         raise PlannerError(f"{tokenizer_path}: the tokenizer has no {', '.join(missing)}: train it again "

@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from planner.core.io import atomic_write_text
+from planner.core.errors import PlannerError
+from planner.core.io import atomic_write_text, read_input
 from pretrain.data.config import DataPipelineConfig, domains_of, sentinel_count
 from pretrain.data.workdir import WorkDir, curated_documents
 
@@ -14,6 +15,8 @@ EOS, PAD, UNK = "<|endoftext|>", "<|pad|>", "<|unk|>"
 #: The objectives' tokens, appended after EOS, PAD (and UNK) so their ids never move: BERT's mask token
 #: (Devlin et al. 2019, §3.1) and T5's sentinels, <extra_id_0> first (Raffel et al. 2020, §3.1.4).
 MASK = "<mask>"
+#: A tokenizer.json of a 256k vocabulary is ~20 MB.
+MAX_TOKENIZER_BYTES = 256 << 20
 
 
 def sentinel(i: int) -> str:
@@ -57,3 +60,15 @@ def tokenizer_hash(path: Path) -> str:
     """The tokenizer file's SHA-256, recorded in every shard manifest: training refuses eval shards made
     with another tokenizer than its train shards."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_tokenizer(path: str | Path):
+    """A tokenizer.json read as every input file is (`read_input`: no FIFO or device, size-capped), or one
+    PlannerError naming it: tokenizers raises its own untyped errors for a malformed file."""
+    from tokenizers import Tokenizer
+
+    text = read_input(path, MAX_TOKENIZER_BYTES)
+    try:
+        return Tokenizer.from_str(text.decode("utf-8"))
+    except Exception as exc:  # noqa: BLE001 (untyped: see the docstring)
+        raise PlannerError(f"{path}: not a readable tokenizer.json ({' '.join(str(exc).split())[:120]})") from None
