@@ -1,6 +1,9 @@
 """Every numeric input of `planner optimal`, `planner fit` and `planner ladder design` is held to what is
 physically meaningful: beyond it, one line on stderr naming the flag and exit status 2, never a plan."""
 
+import json
+import re
+
 import pytest
 
 from planner.cli import main
@@ -145,6 +148,26 @@ def test_ladder_design_refuses_nonsense_numbers(capsys, tmp_path, args, flag):
     assert not (tmp_path / "lad" / "ladder.json").exists()
 
 
+def shard_folders(root, seq_len: int = 64, vocab: int = 64) -> list[str]:
+    """--data and --eval-data: folders with the manifest a packed split has (what design reads of it)."""
+    for split in ("train", "eval"):
+        (root / split).mkdir()
+        (root / split / "manifest.json").write_text(json.dumps({"seq_len": seq_len, "vocab_size": vocab}))
+    return ["--data", str(root / "train"), "--eval-data", str(root / "eval")]
+
+
 def test_a_sensible_ladder_design_still_writes(capsys, tmp_path):
-    assert main([*LADDER, "--out", str(tmp_path / "lad"), "--widths", "16.0,24,32"]) == 0, capsys.readouterr().err
+    assert main([*LADDER, *shard_folders(tmp_path), "--out", str(tmp_path / "lad"), "--widths", "16.0,24,32"]) == 0, \
+        capsys.readouterr().err
     assert (tmp_path / "lad" / "ladder.json").is_file()
+
+
+@pytest.mark.parametrize("shards, message", [
+    ({}, "--data: .* is not a shard folder"),
+    ({"seq_len": 32}, "--data: .* holds rows of 32 tokens, the ladder trains on --seq-len 64"),
+    ({"vocab": 256}, "--data: .* vocabulary of 256, more than the ladder's --vocab 64"),
+])
+def test_ladder_design_reads_the_shards_its_runs_will_train_on(capsys, tmp_path, shards, message):
+    data = shard_folders(tmp_path, **shards) if shards else ["--data", str(tmp_path / "none"), "--eval-data", "x"]
+    assert main([*LADDER, *data, "--out", str(tmp_path / "lad")]) == 2
+    assert re.search(message, capsys.readouterr().err) and not (tmp_path / "lad").exists()

@@ -238,6 +238,8 @@ def write(ladder: Ladder, out: str, *, train: str, eval_data: str, micro_batch: 
     """
 
     single, held_plan = layout(ladder, micro_batch), layout(ladder, micro_batch, holdout_engine, holdout_gpus)
+    for flag, folder in (("--data", train), ("--eval-data", eval_data)):
+        check_shards(flag, Path(folder), ladder)
     root = Path(out).resolve()
     uri = f"sqlite:///{root / 'mlflow.db'}"
     q = shlex.quote
@@ -501,6 +503,22 @@ def report(root) -> dict:
         out["replan"] = {**plan_optimal(law, meta["target_flops"]).to_dict(), "band": pred["replan_band"]}
     atomic_write_json(root / REPORT_FILE, out)
     return out
+
+
+def check_shards(flag: str, folder: Path, ladder: Ladder) -> None:
+    """The shard folder every point will train (or evaluate) on, read now rather than by each run: it exists,
+    its rows are the ladder's sequence length and its token ids fit the ladder's vocabulary (the trainer's own
+    checks, `pretrain.data.shards`, which would otherwise fail every run after the design was written)."""
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        raise PlannerError(f"{flag}: {folder} is not a shard folder (no manifest.json); pack it first")
+    data = _mapping(_read_json(manifest), str(manifest), ("seq_len", "vocab_size"))
+    if data["seq_len"] != ladder.seq_len:
+        raise PlannerError(f"{flag}: {folder} holds rows of {data['seq_len']} tokens, the ladder trains on "
+                           f"--seq-len {ladder.seq_len}")
+    if not isinstance(data["vocab_size"], int) or data["vocab_size"] > ladder.vocab:
+        raise PlannerError(f"{flag}: {folder} was tokenized with a vocabulary of {data['vocab_size']}, more than "
+                           f"the ladder's --vocab {ladder.vocab}")
 
 
 def _entropy_rate(manifest: Path) -> float | None:
