@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from launch.commands import (
+    MAX_PROCS_PER_NODE,
     deepspeed_local,
     engine_launcher,
     parse_hostfile,
@@ -31,8 +32,12 @@ from planner.emit.command import render
 
 
 def _load(config: str, overrides: tuple[str, ...]):
+    """The run config with its overrides; each override reaches a command line or a batch script as typed, so
+    none may hold a control character (OmegaConf would read a newline as a space; the script would not)."""
     from planner.core.schema import load_config
 
+    for override in overrides:
+        checks.no_control("OVERRIDES", override)
     return load_config(config, list(overrides))
 
 
@@ -70,7 +75,7 @@ def _common(f):
 
 @cli.command()
 @_common
-@click.option("--nproc", type=click.IntRange(1), default=1, show_default=True, help="Processes (GPUs) on this machine.")
+@click.option("--nproc", type=click.IntRange(1, MAX_PROCS_PER_NODE), default=1, show_default=True, help="Processes (GPUs) on this machine.")
 @click.option("--master-port", type=int, help="For the deepspeed launcher (default: a port free right now).")
 def local(config, overrides, force, verify, dry_run, nproc, master_port):
     """Run on this machine with torchrun, or the deepspeed launcher when the engine is DeepSpeed."""

@@ -12,6 +12,8 @@ from planner.emit.command import deepspeed_command, torchrun_command
 
 #: torchrun of this interpreter's environment.
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+#: Processes a node runs: one per GPU (8-16 a node today); CPU tests run a few.
+MAX_PROCS_PER_NODE = 1024
 
 
 def parse_hostfile(path: str | Path) -> list[tuple[str, int]]:
@@ -27,8 +29,9 @@ def parse_hostfile(path: str | Path) -> list[tuple[str, int]]:
             continue
         parts = line.split()
         slots = parts[1][len("slots="):] if len(parts) == 2 and parts[1].startswith("slots=") else ""
-        if not slots.isdigit() or int(slots) < 1:
-            raise LaunchError(f"--hostfile: line {number} {raw.strip()!r} is not `hostname slots=N` with N >= 1")
+        if not slots.isdigit() or not 1 <= int(slots) <= MAX_PROCS_PER_NODE:
+            raise LaunchError(f"--hostfile: line {number} {raw.strip()!r} is not `hostname slots=N` with N from 1 "
+                              f"to {MAX_PROCS_PER_NODE}")
         hosts.append((parts[0], int(slots)))
     if not hosts:
         raise LaunchError(f"--hostfile: {path} lists no hosts")

@@ -83,6 +83,7 @@ CASES = [
     (P, ["compare", "--model", "llama2-7b", "--gpus", "16", "--gpu-catalog", "{w}/nolink.yaml", "--gpu", "g",
          "--search"]),
     (P, ["compare", "--model", "llama2-7b", "--mfu", "0.5"]), (P, ["compare", "--model", "llama2-7b", "--plot", ""]),
+    (P, ["verify", "--config", "{w}/run.yaml", "--gpus", "1000"]),  # was silently ignored
     (P, ["probe", "--out", "/dev/null"]), (P, ["probe", "--out", "{w}/missing/this-cpu.yaml"]),
     # planner optimal
     (P, ["optimal"]), (P, ["optimal", "--flops", "1e22", "--days", "3"]), (P, ["optimal", "--flops", "1"]),
@@ -148,6 +149,8 @@ CASES = [
     (L, ["slurm", "{w}/run.yaml", "--nodes", "2", "--time", "forever"]),
     (L, ["slurm", "{w}/run.yaml", "--nodes", "2", "--partition", "a\nb"]),
     (L, ["slurm", "{w}/run.yaml", "--nodes", "0"]),
+    (L, ["slurm", "{w}/run.yaml", "--nodes", "2", "--dry-run", "out_dir=x\n#SBATCH --x"]),
+    (L, ["local", "{w}/run.yaml", "--nproc", "100000000"]),
     # pretrain.train
     (T, ["--config", "{w}/list.yaml"]), (T, ["--config", "{w}/bad.yaml"]), (T, ["--config", "{w}/binary.yaml"]),
     (T, ["--config", "{w}/tagged.yaml"]), (T, ["--config", "{w}"]), (T, ["--config", "{w}/missing.yaml"]),

@@ -163,6 +163,17 @@ def estimate_options(f):
     return model_options(f)
 
 
+def _given_flags(kw: dict) -> list[str]:
+    """The flags among `kw` the user typed (not their defaults), as typed: what a run config would override."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return []
+    flags = {p.name: p.opts[0] for p in ctx.command.params}
+    return [flags.get(name, name) for name in kw if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+
+
 def build_request(kw: dict):
     """An EstimateRequest from the shared estimate/emit options (consumes them from `kw`)."""
     from planner.model.hardware import load_catalog
@@ -178,6 +189,10 @@ def build_request(kw: dict):
         if kw["arch"] not in (None, "decoder") or kw["objective"] not in (None, "clm") or kw["target_len"]:
             raise PlannerError("--config: a run config describes a decoder trained with clm; drop --arch/--objective/"
                                "--target-len")
+        ignored = _given_flags(kw)
+        if ignored:
+            raise PlannerError(f"--config: the run config sets the layout, batch and GPU; drop {', '.join(ignored)} "
+                               "(or change them in the run config)")
         from planner.core.schema import load_config
         from planner.plan.request import request_from_run
 
