@@ -90,7 +90,10 @@ class CheckpointMeta:
         missing = [k for k in ("step", "world", "tokens_seen", "skipped_total", "history", "evals") if k not in data]
         if missing:
             raise ConfigError(f"{where}: missing key(s) {', '.join(missing)} (not a complete checkpoint of ours)")
-        step = _typed(f"{where}: step", checks.integer, data["step"], 0, max_step)
+        step = _typed(f"{where}: step", checks.integer, data["step"], 0, None)
+        if step > max_step:  # a sound checkpoint of a longer run: the config is what to change, not the file
+            raise ConfigError(f"{where}: step {step} is past train.steps {max_step}: raise train.steps to go on, or "
+                              "give a new out_dir (or train.resume=false) to start over")
         world = _typed(f"{where}: world", checks.integer, data["world"], 1, 1 << 24)
         tokens = _typed(f"{where}: tokens_seen", checks.integer, data["tokens_seen"], 0, MAX_COUNT)
         skipped = _typed(f"{where}: skipped_total", checks.integer, data["skipped_total"], 0, step)
