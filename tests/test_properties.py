@@ -3,6 +3,7 @@ or one line on stderr and exit 2; never a traceback, and nothing written on erro
 
 import contextlib
 import io
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -219,7 +220,11 @@ LADDER_FLAGS = ["--widths", "--holdout-width", "--layers", "--vocab", "--seq-len
 def test_ladder_design_answers_any_flags_and_writes_nothing_on_error(extra):
     root = Path(tempfile.mkdtemp())
     try:
-        argv = ["ladder", "design", "--out", str(root / "ladder"), "--data", "d/train", "--eval-data", "d/eval",
+        for split in ("train", "eval"):  # what design reads of a packed split
+            (root / split).mkdir()
+            (root / split / "manifest.json").write_text(json.dumps({"seq_len": 64, "vocab_size": 256}))
+        argv = ["ladder", "design", "--out", str(root / "ladder"), "--data", str(root / "train"),
+                "--eval-data", str(root / "eval"),
                 "--vocab", "256", "--seq-len", "64", "--ladder-flops", "1e12", "--target-flops", "4e12", *extra]
         code, err = run(argv)
         assert_answered(code, err)

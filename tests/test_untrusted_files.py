@@ -458,6 +458,9 @@ def test_a_fit_that_does_not_converge_leaves_an_existing_law_file_as_it_was(caps
 def ladder_dir(tmp_path, monkeypatch, capsys) -> Path:
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "lad"
+    for split in ("train", "eval"):  # what design reads of a packed split
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "manifest.json").write_text(json.dumps({"seq_len": 64, "vocab_size": 64}))
     assert planner_main(["ladder", "design", "--out", str(out), "--data", str(tmp_path / "train"),
                          "--eval-data", str(tmp_path / "eval"), "--widths", "16,24,32", "--holdout-width", "48",
                          "--vocab", "64", "--seq-len", "64", "--batch-tokens", "1024", "--ladder-flops", "3e11",
