@@ -158,6 +158,9 @@ CASES = [
     (T, ["--config", "{w}/run.yaml", "optim.lr=nan"]), (T, ["--config", "{w}/run.yaml", "name=a/b"]),
     (T, ["--config", "{w}/run.yaml", "train.keep_last_checkpoints=0"]),
     (T, ["--config", "{w}/run.yaml", "model.heads=3"]),
+    (T, ["--config", "{w}/run.yaml", "name=x #y"]),  # YAML's comment: was silently name=x
+    (T, ["--config", "{w}/run.yaml", "out_dir=a\nb"]),  # was read as 'a b'
+    (D, ["{w}/pipe.yaml", "all", "out_dir=o #x"]),
     # the data pipeline
     (D, ["{w}/list.yaml"]), (D, ["{w}/bad.yaml"]), (D, ["{w}/binary.yaml"]), (D, ["{w}/tagged.yaml"]),
     (D, ["{w}/missing.yaml"]), (D, ["{w}"]), (D, ["{w}/pipe.yaml", "all", "tokenizer.vocab_size=-5"]),

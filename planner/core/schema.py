@@ -14,6 +14,7 @@ are checked in `validate`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -347,6 +348,8 @@ def load_structured(schema: type, path: str | Path | None = None, overrides: lis
             _check_sections(schema, OmegaConf.to_container(loaded), "")
             merged = OmegaConf.merge(merged, loaded)
         if overrides:
+            for override in overrides:
+                _check_override(override)
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         missing = sorted(OmegaConf.missing_keys(merged))
         if missing:
@@ -354,6 +357,15 @@ def load_structured(schema: type, path: str | Path | None = None, overrides: lis
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"config: {_omegaconf_message(exc)}") from None
+
+
+def _check_override(override: str) -> None:
+    """key=value as typed: OmegaConf parses the value as YAML, where ` #` starts a comment (name=x #y would
+    silently become name=x) and a control character ends a line."""
+    value = override.partition("=")[2]
+    if re.search(r"\s#", value) or value.startswith("#") or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(f"override {override!r}: a value with ' #' or a control character is not read as typed "
+                          "(YAML would cut a comment or a line); leave them out")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
