@@ -149,17 +149,28 @@ def slurm(config, overrides, force, verify, dry_run, num_nodes, gpus_per_node, p
                                          env_setup=env_setup or slurm_scripts.default_env_setup())
     path = Path(script_path or job_dir / "slurm-launch.sbatch")
     chain = path.with_name(f"submit-{path.stem}.sh")
+    _refuse_foreign(path, "#!/usr/bin/env bash\n#SBATCH", job_dir / "slurm.sbatch")
+    _refuse_foreign(chain, "#!/usr/bin/env bash\n# Emitted by", job_dir / "submit.sh")
     if dry_run:
         click.echo(f"would write {path} (--time {time}, {jobs} chained job(s)) and {chain}; nothing written")
         click.echo(script, nl=False)
         return
     atomic_write_text(path, script).chmod(0o755)
-    atomic_write_text(chain, slurm_scripts.submit_script(job_dir, jobs, path.name)).chmod(0o755)
+    atomic_write_text(chain, slurm_scripts.submit_script(path.parent, jobs, path.name)).chmod(0o755)
     click.echo(f"wrote {path} (--time {time}) and {chain} ({jobs} chained job(s))")
     if submit:
         if shutil.which("sbatch") is None:
             raise LaunchError("--submit: sbatch is not on PATH (not a SLURM login node?); the script is written")
         raise click.exceptions.Exit(_run(["bash", str(chain)], False))
+
+
+def _refuse_foreign(path: Path, ours: str, emitted: Path) -> None:
+    """--out may replace a script an earlier `launch slurm` wrote (it starts with `ours`), never another file:
+    the run config, a user's notes, or the scripts `planner emit` wrote beside run.yaml (`emitted`)."""
+    if path.resolve() == emitted.resolve():
+        raise LaunchError(f"--out: {path} is the script `planner emit` wrote; choose another name")
+    if path.exists() and (not path.is_file() or not path.read_text(errors="replace").startswith(ours)):
+        raise LaunchError(f"--out: {path} exists and is not a script `launch slurm` wrote; choose another name")
 
 
 @cli.command()

@@ -517,3 +517,10 @@ def test_gopher_quality_gives_datatroves_reason_on_japanese_pages():
         verdict = theirs_filter.filter(DTDocument(text=text, id=path))
         theirs = None if verdict is True else DATATROVE_REASONS[verdict[1]]
         assert gopher_quality_reason(text, ours) == theirs, path
+
+
+def test_a_slurm_time_is_read_as_written_not_as_yamls_base_60_integer(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("out_dir: o\nsources: [{path: x.jsonl, domain: d}]\ncurate: {slurm: {time: 48:00:00}}\n")
+    assert load_pipeline_config(path).curate.slurm.time == "48:00:00"  # YAML 1.1 alone: 172800 (minutes)
+    assert load_pipeline_config(path, ["curate.slurm.time=12:00:00"]).curate.slurm.time == "12:00:00"

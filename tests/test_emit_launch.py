@@ -237,6 +237,19 @@ def test_slurm_writes_a_script_and_submit_needs_sbatch(tmp_path, data):
     assert out.returncode == 2 and "sbatch is not on PATH" in out.stderr
 
 
+def test_slurm_out_elsewhere_submits_that_script_and_never_replaces_a_file_it_did_not_write(tmp_path, data):
+    config = tiny_emit(tmp_path, data, "--fsdp", "full")
+    (tmp_path / "other").mkdir()
+    out = launch("slurm", str(config), "--nodes", "2", "--gpus-per-node", "1", "--out",
+                 str(tmp_path / "other/job.sbatch"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert str(tmp_path / "other/job.sbatch") in (tmp_path / "other/submit-job.sh").read_text()
+    for target in (config, tmp_path / "emit/plan.json", tmp_path / "emit/slurm.sbatch"):
+        before = target.read_bytes()
+        out = launch("slurm", str(config), "--nodes", "2", "--gpus-per-node", "1", "--out", str(target), cwd=tmp_path)
+        assert out.returncode == 2 and "--out" in out.stderr and target.read_bytes() == before
+
+
 def test_slurm_dry_run_writes_nothing(tmp_path, data):
     config = tiny_emit(tmp_path, data, "--fsdp", "full")
     before = sorted(p.name for p in (tmp_path / "emit").iterdir())

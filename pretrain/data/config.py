@@ -123,9 +123,30 @@ class DataPipelineConfig:
 
 def load_pipeline_config(path: str | Path | None, overrides: list[str] | None = None) -> DataPipelineConfig:
     cfg: DataPipelineConfig = load_structured(DataPipelineConfig, path, overrides)
+    typed = _slurm_time_as_typed(path, overrides or [])
+    if typed is not None:
+        cfg.curate.slurm.time = typed
     _validate(cfg)
     check_overrides(cfg.curate.overrides, domains_of(cfg))
     return cfg
+
+
+def _slurm_time_as_typed(path: str | Path | None, overrides: list[str]) -> str | None:
+    """curate.slurm.time as the user wrote it. YAML 1.1 reads 48:00:00 as a base-60 integer (172800), which
+    sbatch would take as minutes (120 days); PyYAML's BaseLoader keeps every scalar as its text."""
+    key = "curate.slurm.time="
+    given = [o[len(key):] for o in overrides if o.startswith(key)]
+    if given:
+        return given[-1]
+    if path is None:
+        return None
+    import yaml
+
+    from planner.core.io import read_input
+
+    doc = yaml.load(read_input(path, 1 << 20).decode("utf-8"), Loader=yaml.BaseLoader)  # the load above passed
+    value = ((doc.get("curate") or {}).get("slurm") or {}).get("time") if isinstance(doc, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def sources_of(cfg: DataPipelineConfig) -> list[Source]:
