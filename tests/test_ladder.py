@@ -121,3 +121,23 @@ def test_a_reduced_ladder_runs_end_to_end_and_reports_its_held_out_error(tmp_pat
     run = client.search_runs([client.get_experiment_by_name("ladder").experiment_id],
                              filter_string="tags.mlflow.runName = 'h48-l1-t" + report["held_out"].split("-t")[1] + "'")
     assert run and run[0].data.metrics["loss_predicted"] == pytest.approx(report["loss_predicted"])
+
+
+@pytest.mark.parametrize("n_params, eval_loss, message", [
+    ("abc", 3.0, "params.n_params 'abc' is not a number"),
+    ("45384", 0.0, "metrics.eval_loss"),  # was a ZeroDivisionError in the report's relative error
+])
+def test_a_finished_run_whose_logged_values_are_not_sound_is_refused_naming_it(tmp_path, n_params, eval_loss,
+                                                                               message):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("lad", artifact_location=(tmp_path / "artifacts").as_uri())
+    run = client.create_run(exp, run_name="w16-x1").info.run_id
+    client.log_param(run, "n_params", n_params)
+    client.log_param(run, "train_tokens", "1e6")
+    client.log_metric(run, "eval_loss", eval_loss)
+    client.set_terminated(run, "FINISHED")
+    with pytest.raises(PlannerError, match=re.escape(f"MLflow run 'w16-x1': {message}")):
+        ladder.finished_runs({"experiment": "lad", "tracking_uri": uri})

@@ -431,9 +431,23 @@ def finished_runs(meta: dict) -> dict[str, dict]:
     if missing:
         raise PlannerError(f"LADDER_DIR: the MLflow runs lack {', '.join(missing)} (no run has finished yet?)")
     table = table[table["status"] == "FINISHED"].dropna(subset=list(need))
-    return {row["tags.mlflow.runName"]: {"n_params": float(row["params.n_params"]),
-                                         "train_tokens": float(row["params.train_tokens"]),
-                                         "eval_loss": float(row["metrics.eval_loss"])} for _, row in table.iterrows()}
+    runs = {}
+    for _, row in table.iterrows():
+        name = row["tags.mlflow.runName"]
+        where = f"LADDER_DIR: MLflow run {name!r}"
+        runs[name] = {"n_params": _logged(where, "params.n_params", row, 1.0, 1e15),
+                      "train_tokens": _logged(where, "params.train_tokens", row, 1.0, 1e16),
+                      "eval_loss": _logged(where, "metrics.eval_loss", row, 0.0, 1e3)}
+    return runs
+
+
+def _logged(where: str, column: str, row, lo: float, hi: float) -> float:
+    """A value a run logged, as a number in (lo, hi]: the store is a file anyone may have written to."""
+    try:
+        value = float(row[column])
+    except (TypeError, ValueError):
+        raise PlannerError(f"{where}: {column} {row[column]!r} is not a number") from None
+    return checks.number(f"{where}: {column}", value, lo, hi, lo_open=True)
 
 
 def predict(root, bootstrap: int = 30) -> dict:
