@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -215,3 +216,31 @@ def test_the_default_task_count_is_one_per_input_chunk_at_most_64(tmp_path):
     assert default_tasks(sources, 4096) == 6 + 1  # ceil(22,290 / 4,096) chunks, and the small file's one
     assert default_tasks(sources, 64) == MAX_DEFAULT_TASKS
     assert default_tasks(sources, 1 << 30) == 2
+
+
+@pytest.mark.parametrize("squeue, message", [
+    ("echo 'squeue: error: Unable to contact slurm controller' >&2; exit 1", "squeue failed (squeue: error: Unable"),
+])
+def test_when_squeue_cannot_say_what_is_queued_nothing_is_submitted(tmp_path, monkeypatch, squeue, message):
+    from planner.core.errors import PlannerError
+    from pretrain.data.config import load_pipeline_config
+    from pretrain.data.executors import refuse_if_queued
+
+    bin_dir = tmp_path / "bin"  # Slurm's own command, failing as it does when the controller is down
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\n{squeue}\n")
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    cfg = load_pipeline_config(REPO / "configs/data-sample.yaml", [f"out_dir={tmp_path / 'out'}"])
+    with pytest.raises(PlannerError, match=re.escape(message)):
+        refuse_if_queued(cfg, ["signatures"])  # before: an empty answer, so every pass was submitted again
+
+
+def test_a_bad_ray_address_is_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from planner.core.errors import PlannerError
+    from pretrain.data.executors import _ray_executor
+
+    monkeypatch.setenv("RAY_ADDRESS", "not-an-address")
+    with pytest.raises(PlannerError, match="cannot join the Ray cluster at RAY_ADDRESS='not-an-address'"):
+        _ray_executor([], 1, 1, tmp_path / "logs", None)

@@ -63,7 +63,12 @@ def curate(cfg: DataPipelineConfig, executor: str = "local", tasks: int | None =
         _run(previous, cfg, "all", quiet)
     elif executor == "slurm" and previous.get_incomplete_ranks():
         refuse_if_queued(cfg, [name for name, _, _ in chain])
-        previous.run()  # submitting the last pass submits the unfinished ones before it, chained
+        try:
+            previous.run()  # submitting the last pass submits the unfinished ones before it, chained
+        except (subprocess.CalledProcessError, IndexError, ValueError) as exc:  # sbatch refused, or said nothing
+            detail = getattr(exc, "stderr", None) or exc
+            raise PlannerError(f"--executor slurm: sbatch did not submit the curation "
+                               f"({' '.join(str(detail).split())[:200]}); passes already submitted stay queued") from None
         return {"submitted": True, "logs": str(wd.logs()), "report": str(wd.report_json)}
     return json.loads(wd.report_json.read_text())
 
@@ -99,7 +104,12 @@ def _ray_executor(pipeline: list, tasks: int, workers: int, logging_dir: Path, d
     from datatrove.executor import RayPipelineExecutor
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)  # RAY_ADDRESS names a running cluster
+        address = os.environ.get("RAY_ADDRESS")
+        try:  # RAY_ADDRESS names a running cluster
+            ray.init(include_dashboard=False, log_to_driver=False)
+        except (ValueError, ConnectionError, TimeoutError) as exc:
+            raise PlannerError(f"--executor ray: cannot join the Ray cluster at RAY_ADDRESS={address!r} "
+                               f"({' '.join(str(exc).split())[:160]})") from None
     return RayPipelineExecutor(pipeline, tasks=tasks, workers=workers, logging_dir=str(logging_dir),
                                skip_completed=True, depends=depends)
 
@@ -114,10 +124,15 @@ def refuse_if_queued(cfg: DataPipelineConfig, pass_names: list[str]) -> None:
     """A rerun while this curation's jobs are queued or running would submit their tasks a second time."""
     names = ",".join(slurm_job_name(cfg, n) for n in pass_names)
     try:
-        queued = subprocess.run(["squeue", "-h", "-o", "%i", "-n", names], capture_output=True, text=True,
-                                timeout=60).stdout.split()
+        done = subprocess.run(["squeue", "-h", "-o", "%i", "-n", names], capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
         raise PlannerError("--executor slurm: squeue is not on PATH; run this where Slurm's commands are") from None
+    except subprocess.TimeoutExpired:
+        raise PlannerError("--executor slurm: squeue did not answer in 60 s; nothing submitted, try again") from None
+    if done.returncode:  # not knowing what is queued, submitting could run every task twice
+        raise PlannerError(f"--executor slurm: squeue failed ({' '.join(done.stderr.split())[:200]}); nothing "
+                           "submitted")
+    queued = done.stdout.split()
     if queued:
         raise PlannerError(f"--executor slurm: jobs {', '.join(queued)} of this curation are still queued or "
                            "running; wait for them (squeue), or scancel them to submit again")
