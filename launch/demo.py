@@ -401,7 +401,10 @@ def _log_report(out: Path, reports: Path, r: dict) -> None:
 
 def run_demo(out: str | Path, engine: str = "deepspeed", quick: bool = False, progress: bool = True,
              sample: bool = False) -> Path:
-    out = Path(out).resolve()
+    try:
+        out = Path(out).resolve()
+    except RuntimeError as exc:  # pathlib's "Symlink loop from ..."
+        raise PlannerError(f"--out: {exc}") from None
     if engine not in ("deepspeed", "fsdp"):
         raise PlannerError(f"--engine: {engine!r} is not one of deepspeed, fsdp")
     setup = SAMPLE if sample else INSTALLED

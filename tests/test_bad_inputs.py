@@ -150,7 +150,7 @@ CASES = [
     (L, ["slurm", "{w}/run.yaml", "--nodes", "2", "--partition", "a\nb"]),
     (L, ["slurm", "{w}/run.yaml", "--nodes", "0"]),
     (L, ["slurm", "{w}/run.yaml", "--nodes", "2", "--dry-run", "out_dir=x\n#SBATCH --x"]),
-    (L, ["local", "{w}/run.yaml", "--nproc", "100000000"]),
+    (L, ["local", "{w}/run.yaml", "--nproc", "100000000"]), (L, ["demo", "--out", "{w}/loop"]),
     # pretrain.train
     (T, ["--config", "{w}/list.yaml"]), (T, ["--config", "{w}/bad.yaml"]), (T, ["--config", "{w}/binary.yaml"]),
     (T, ["--config", "{w}/tagged.yaml"]), (T, ["--config", "{w}"]), (T, ["--config", "{w}/missing.yaml"]),
@@ -182,7 +182,7 @@ CASES = [
 
 def _tree(root: Path) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if not p.is_symlink() and p.is_file()}
 
 
 @pytest.fixture
@@ -190,6 +190,8 @@ def work(tmp_path, monkeypatch) -> Path:
     for name, data in FILES.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop2")  # a symlink loop where a folder is expected
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop")
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

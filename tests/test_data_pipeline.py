@@ -59,6 +59,12 @@ def test_parquet_text_folder_and_saved_dataset_sources(tmp_path):
     assert skips == {"g: undecodable UTF-8": 1}
 
 
+def test_a_text_source_that_names_one_file_reads_that_file(tmp_path):
+    (tmp_path / "a.txt").write_text("one plain document")
+    assert [d.text for d in read_source(Source(str(tmp_path / "a.txt"), "g", "text"), Counter())] == \
+        ["one plain document"]  # was nothing: rglob on a file
+
+
 def test_a_file_that_is_not_parquet_is_refused_naming_it(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"PAR1garbage")
     with pytest.raises(PlannerError, match=r"bad.parquet: not a readable parquet file \(Parquet magic bytes"):

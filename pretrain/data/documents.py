@@ -139,9 +139,12 @@ def _parquet(source: Source, skips: Counter):
 
 
 def _text(source: Source, skips: Counter):
-    for file in sorted(p for p in Path(source.path).rglob("*") if p.is_file()):
+    """Each file one document: a folder's files (their paths the ids), or the one file the source names."""
+    root = Path(source.path)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    for file in files:
         try:
-            yield str(file.relative_to(source.path)), file.read_bytes().decode("utf-8")
+            yield (file.name if file == root else str(file.relative_to(root))), file.read_bytes().decode("utf-8")
         except UnicodeDecodeError:
             skips[f"{source.domain}: undecodable UTF-8"] += 1
 
