@@ -244,3 +244,19 @@ def test_a_bad_ray_address_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "not-an-address")
     with pytest.raises(PlannerError, match="cannot join the Ray cluster at RAY_ADDRESS='not-an-address'"):
         _ray_executor([], 1, 1, tmp_path / "logs", None)
+
+
+def test_a_damaged_work_array_is_one_line_saying_how_to_redo_its_pass(tmp_path):
+    import numpy as np
+
+    from planner.core.errors import PlannerError
+    from pretrain.data.workdir import load_array
+
+    np.save(tmp_path / "good.npy", np.arange(64))
+    (tmp_path / "short.npy").write_bytes((tmp_path / "good.npy").read_bytes()[:100])
+    (tmp_path / "text.npy").write_text("garbage\n")
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    assert load_array(tmp_path / "good.npy").tolist() == list(range(64))
+    for name in ("short", "text", "pickled"):
+        with pytest.raises(PlannerError, match=f"{name}.npy: a damaged curation work file .* run curate again"):
+            load_array(tmp_path / f"{name}.npy")

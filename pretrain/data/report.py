@@ -18,7 +18,7 @@ from pretrain.data.chunks import plan_chunks, source_of_file
 from pretrain.data.config import DataPipelineConfig, domains_of, sources_of
 from pretrain.data.steps.base import StepStats
 from pretrain.data.steps.registry import DOCUMENT_STEPS, enabled_document_steps
-from pretrain.data.workdir import WorkDir
+from pretrain.data.workdir import WorkDir, load_array
 
 
 class MergeReport(PipelineStep):
@@ -93,11 +93,10 @@ def merge_report(cfg: DataPipelineConfig, tasks: int) -> dict:
 
 def _dedup_stats(cfg: DataPipelineConfig, wd: WorkDir, tasks: int, domains: list[str]) -> dict:
     """exact_dedup and minhash_dedup rows per domain, in the funnel beside the per-document steps."""
-    import numpy as np
 
     into = {d: {"docs": 0, "chars": 0} for d in domains}
     for r in range(tasks):
-        index = np.load(wd.index(r))
+        index = load_array(wd.index(r))
         for i, d in enumerate(domains):
             mine = index["domain"] == i
             into[d]["docs"] += int(mine.sum())

@@ -40,6 +40,18 @@ def band_name(band: int) -> str:
     return f"{band:03d}"
 
 
+def load_array(path: Path, mmap: bool = False):
+    """A pass's .npy state, written by an earlier pass (numpy refuses pickled arrays by default); a truncated or
+    foreign file is one line saying how to recover, not numpy's ValueError."""
+    import numpy as np
+
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None)
+    except (ValueError, EOFError) as exc:
+        raise PlannerError(f"{path}: a damaged curation work file ({' '.join(str(exc).split())[:120]}); remove "
+                           "the curation's work folder (out_dir/work) and run curate again: it redoes every pass") from None
+
+
 @dataclass(frozen=True)
 class WorkDir:
     """The paths under one `out_dir`: the stages' outputs, and the curation passes' state in `work/`."""

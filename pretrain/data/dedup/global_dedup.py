@@ -28,14 +28,14 @@ from planner.core.io import atomic_open, atomic_write_json, atomic_write_text
 from pretrain.data.chunks import file_of_key
 from pretrain.data.dedup.arrays import PAIRS_DTYPE, save_array
 from pretrain.data.dedup.signatures import jaccard
-from pretrain.data.workdir import EXACT, WorkDir
+from pretrain.data.workdir import EXACT, WorkDir, load_array
 
 ALL_PAIRS_UP_TO = 50  # a bucket this small gives every pair; a larger one, each member with the first and the previous
 BLOCK = 1 << 16
 
 
 def _stream(path: Path):
-    arr = np.load(path, mmap_mode="r")
+    arr = load_array(path, mmap=True)
     for start in range(0, len(arr), BLOCK):
         block = np.asarray(arr[start: start + BLOCK])
         yield from zip(block["hash"].tolist(), block["key"].tolist(), strict=True)
@@ -88,8 +88,8 @@ class VerifyDuplicates(PipelineStep):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         wd = self.wd
-        exact = np.load(wd.pairs(EXACT)) if self.exact else np.zeros(0, PAIRS_DTYPE)
-        near = [np.load(p) for p in wd.near_pair_files() if self.near]
+        exact = load_array(wd.pairs(EXACT)) if self.exact else np.zeros(0, PAIRS_DTYPE)
+        near = [load_array(p) for p in wd.near_pair_files() if self.near]
         near = np.unique(np.concatenate(near)) if near else np.zeros(0, PAIRS_DTYPE)
         docs = _lookup(wd, np.union1d(np.union1d(exact["a"], exact["b"]), np.union1d(near["a"], near["b"])))
         dropped = self._duplicates(exact, near, docs)
@@ -130,12 +130,12 @@ def _lookup(wd: WorkDir, keys: np.ndarray) -> dict[int, dict]:
     """Task, id, domain, size and (lazily) shingles of the documents with these keys, one task's files at a time."""
     found: dict[int, dict] = {}
     for task in wd.tasks():
-        index = np.load(wd.index(task))
+        index = load_array(wd.index(task))
         rows = np.nonzero(np.isin(index["key"], keys))[0]
         if not rows.size:
             continue
         ids = json.loads(wd.ids(task).read_text())
-        shingles = np.load(wd.shingles(task), mmap_mode="r")
+        shingles = load_array(wd.shingles(task), mmap=True)
         for r in rows.tolist():
             row = index[r]
             lo, n = int(row["offset"]), int(row["count"])
