@@ -133,3 +133,16 @@ def test_a_cpu_run_reports_no_mfu_even_when_its_plan_names_a_gpu_peak():
     cfg.plan = {"peak_flops_per_gpu": 312e12, "tokens_per_s": 3.25e6}  # what `planner emit` writes for an A100
     predicted = predict(cfg, gpu_name(torch.device("cpu")))
     assert predicted.peak_flops is None and predicted.mfu is None and predicted.peak_bytes is None
+
+
+def test_a_checkpoint_is_refused_for_another_shape_but_not_for_a_default_spelled_out(tmp_path):
+    from dataclasses import replace
+
+    from pretrain.engines.checks import check_model_state, resolved_shape
+
+    saved = vars(ModelConfig(layers=2, hidden=32, heads=4))  # ffn_hidden and kv_heads left to their defaults
+    spelled = replace(ModelConfig(layers=2, hidden=32, heads=4), ffn_hidden=resolved_shape(saved)["ffn_hidden"],
+                      kv_heads=4)
+    check_model_state(saved, spelled, tmp_path)  # the same weights: was refused (checkpoint None vs config 256)
+    with pytest.raises(ConfigError, match=r"model.ffn_hidden: checkpoint None vs config 128"):
+        check_model_state(saved, replace(spelled, ffn_hidden=128), tmp_path)
