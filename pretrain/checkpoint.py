@@ -113,9 +113,11 @@ def loader_state(state, where: str) -> dict:
     if not isinstance(state, dict):
         raise ConfigError(f"{where}: loader state is a {type(state).__name__}, not a mapping")
     out = dict(state)
-    for key, lo in (("epoch", 0), ("position", 0), ("world", 1)):
+    for key, lo in (("epoch", 0), ("position", 0), ("world", 1), ("micro_batch", 1), ("rows", 1), ("seed", 0)):
         if key in state:
             out[key] = _typed(f"{where}: loader.{key}", checks.integer, state[key], lo, MAX_COUNT)
+    if state.get("tokenizer_sha256") is not None:
+        _typed(f"{where}: loader.tokenizer_sha256", checks.sha256, state["tokenizer_sha256"])
     for key in ("epoch", "position"):
         if key not in state:
             raise ConfigError(f"{where}: loader state lacks {key!r}")

@@ -124,6 +124,34 @@ def test_loader_resumes_with_exactly_the_next_batch(tmp_path):
     assert all(torch.equal(a.next()[0], b.next()[0]) for _ in range(20))
 
 
+def test_loader_resumes_under_another_micro_batch_with_the_same_rows_next(tmp_path):
+    write_markov_shards(tmp_path, seq_len=8, rows=64)
+    shards = TokenShards.open(tmp_path)
+    a = PackedBatches(shards, 4, seed=5)
+    for _ in range(4):  # 16 rows of the epoch consumed
+        a.next()
+    b = PackedBatches(shards, 8, seed=5)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(b.next()[0], torch.cat([a.next()[0], a.next()[0]]))  # rows 16-23, not 32-39
+    with pytest.raises(PlannerError, match="consumed 28 rows of epoch 0, not a whole number of micro-batches of 8"):
+        a.next()
+        PackedBatches(shards, 8, seed=5).load_state_dict(a.state_dict())
+
+
+@pytest.mark.parametrize("other, message", [
+    ({"seed": 6}, "data.seed: 6, but the checkpoint's data order was drawn with seed 5"),
+    ({"rows": 32}, r"holds \d+ rows, the checkpoint was trained on \d+: another corpus"),
+])
+def test_loader_refuses_a_checkpoint_of_another_data_order(tmp_path, other, message):
+    write_markov_shards(tmp_path / "a", seq_len=8, rows=64)
+    write_markov_shards(tmp_path / "b", seq_len=8, rows=other.get("rows", 64))
+    a = PackedBatches(TokenShards.open(tmp_path / "a"), 4, seed=5)
+    a.next()
+    b = PackedBatches(TokenShards.open(tmp_path / ("b" if "rows" in other else "a")), 4, seed=other.get("seed", 5))
+    with pytest.raises(PlannerError, match=message):
+        b.load_state_dict(a.state_dict())
+
+
 def test_a_cpu_run_reports_no_mfu_even_when_its_plan_names_a_gpu_peak():
     from planner.core.schema import RunConfig
     from pretrain.metrics import gpu_name, predict

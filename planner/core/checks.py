@@ -23,6 +23,7 @@ _SLURM_TIME = re.compile(r"(\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|UNLIMI
 #: A word a shell reads as itself, unquoted: what datatrove pastes into its Slurm scripts must be one.
 _SHELL_WORD = re.compile(r"[A-Za-z0-9_./:@%+=,~-]+")
 _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?|\[?[0-9A-Fa-f:.]+\]?")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def no_control(flag: str, value: str) -> str:
@@ -46,6 +47,11 @@ def name(flag: str, value: str) -> str:
     """Run and job names: letters, digits, '.', '_' and '-', starting with a letter or digit, <= 128."""
     return _matching(flag, value, _NAME, "a valid name (letters, digits, '.', '_', '-'; start with a letter or "
                                          "digit; at most 128 characters)")
+
+
+def sha256(flag: str, value: str) -> str:
+    """A SHA-256 digest as hex text (64 lowercase hex digits)."""
+    return _matching(flag, value, _SHA256, "a SHA-256 hex digest")
 
 
 def partition(flag: str, value: str) -> str:

@@ -301,12 +301,34 @@ class PackedBatches:
         return rows[:, :-1], rows[:, 1:]
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "world": self.world}
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "world": self.world,
+                "micro_batch": self.micro_batch, "rows": len(self.shards),
+                "tokenizer_sha256": self.shards.typed.tokenizer_sha256}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("world", self.world) != self.world:
-            # another world size: keep the global position (micro-batches x ranks consumed)
-            consumed = state["position"] * state["world"]
-            state = {**state, "position": consumed // self.world}
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        """Continue where `state` left off: the same order (seed, corpus), the rows of this epoch consumed so far
+        kept whole under another world size or micro-batch; what would skip or repeat data is refused."""
+        self._check_same_order(state)
+        # rows of this epoch consumed: a whole number of the new global micro-batches, or data would skip
+        consumed = int(state["position"]) * int(state.get("micro_batch", self.micro_batch)) * \
+            int(state.get("world", self.world))
+        per_step = self.micro_batch * self.world
+        if consumed % per_step:
+            raise PlannerError(f"data: the checkpoint consumed {consumed:,} rows of epoch {state['epoch']}, not a "
+                               f"whole number of micro-batches of {self.micro_batch} x {self.world} ranks; resume "
+                               "with the checkpoint's parallel.micro_batch and world size")
+        self.epoch, self.position = int(state["epoch"]), consumed // per_step
         self._order = self._permutation()
+
+    def _check_same_order(self, state: dict) -> None:
+        """The checkpoint's data order is this one's: its seed, and (where recorded) its corpus's rows and tokenizer."""
+        if "seed" in state and int(state["seed"]) != self.seed:
+            raise PlannerError(f"data.seed: {self.seed}, but the checkpoint's data order was drawn with seed "
+                               f"{state['seed']}; resume with data.seed={state['seed']} or start a new out_dir")
+        if "rows" in state and int(state["rows"]) != len(self.shards):
+            raise PlannerError(f"data.train: {self.shards.path} holds {len(self.shards):,} rows, the checkpoint "
+                               f"was trained on {int(state['rows']):,}: another corpus; start a new out_dir")
+        saved, now = state.get("tokenizer_sha256"), self.shards.typed.tokenizer_sha256
+        if saved and now and saved != now:
+            raise PlannerError(f"data.train: {self.shards.path} was tokenized with another tokenizer than the "
+                               "checkpoint's data; start a new out_dir")
