@@ -166,7 +166,9 @@ CASES = [
     (D, ["{w}/missing.yaml"]), (D, ["{w}"]), (D, ["{w}/pipe.yaml", "all", "tokenizer.vocab_size=-5"]),
     (D, ["{w}/pipe.yaml", "all", "curate.minhash_ngram=0"]), (D, ["{w}/pipe.yaml", "all", "mix.max_epochs=nan"]),
     (D, ["{w}/pipe.yaml", "all", "mix.eval_fraction=1.5"]), (D, ["{w}/pipe.yaml", "all", "mix.weights.d=nan"]),
-    (D, ["{w}/emptysrc.yaml", "all"]),
+    (D, ["{w}/emptysrc.yaml", "all"]), (D, ["{w}/pipe.yaml", "all", "sources.0.text_field=x"]),
+    (D, ["{w}/pipe.yaml", "all", "curate.slurm.sbatch_args.requeue=false"]),
+    (D, ["{w}/pipe.yaml", "all", "curate.slurm.venv_activate=-x"]),
     # the synthetic generator
     (S, ["{w}/syn", "--rows", "0"]), (S, ["{w}/syn", "--vocab", "-1"]), (S, ["{w}/syn", "--seq-len", "0"]),
     (S, ["{w}/afile"]), (S, ["{w}/syn", "--rows", "x"]), (D, ["{w}/pipe.yaml", "bogus-stage"]),

@@ -21,7 +21,7 @@ _PARTITION = re.compile(r"[A-Za-z0-9._-]+(,[A-Za-z0-9._-]+)*")
 # Slurm's --time formats (sbatch(1)): M, M:S, H:M:S, D-H, D-H:M, D-H:M:S, or UNLIMITED / INFINITE.
 _SLURM_TIME = re.compile(r"(\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|UNLIMITED|INFINITE)")
 #: A word a shell reads as itself, unquoted: what datatrove pastes into its Slurm scripts must be one.
-_SHELL_WORD = re.compile(r"[A-Za-z0-9_./:@%+=,~-]+")
+_SHELL_WORD = re.compile(r"[A-Za-z0-9_./:@%+=,~][A-Za-z0-9_./:@%+=,~-]*")
 _HOST = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?|\[?[0-9A-Fa-f:.]+\]?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -68,7 +68,7 @@ def shell_word(flag: str, value: str) -> str:
     """A path or value pasted unquoted into a script by a library we do not control (datatrove's
     sbatch scripts): letters, digits and `_ . / : @ % + = , ~ -` only, so no space, `;`, `$` or quote."""
     return _matching(flag, value, _SHELL_WORD, "safe to paste into a job script unquoted (letters, digits and "
-                                               "_ . / : @ % + = , ~ - only)")
+                                               "_ . / : @ % + = , ~ - only, not starting with -: an option)")
 
 
 def relative_inside(flag: str, value: str) -> str:

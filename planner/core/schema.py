@@ -350,7 +350,11 @@ def load_structured(schema: type, path: str | Path | None = None, overrides: lis
         if overrides:
             for override in overrides:
                 _check_override(override)
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+            try:
+                merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+            except TypeError:  # OmegaConf: "Cannot merge incompatible container types" (an item of a list)
+                raise ConfigError(f"overrides {list(overrides)}: an item of a list (sources.0.path) cannot be set "
+                                  "from the command line; edit the YAML") from None
         missing = sorted(OmegaConf.missing_keys(merged))
         if missing:
             raise ConfigError(f"config: missing value for {', '.join(missing)}")

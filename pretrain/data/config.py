@@ -166,6 +166,8 @@ def _validate(cfg: DataPipelineConfig) -> None:
         checks.name(f"sources[{i}].domain", source.domain)  # a folder name under out_dir
         if not str(source.path).strip():  # Path("") is the current folder: everything under it would be read
             raise ConfigError(f"sources[{i}].path: empty; give a file or folder of documents")
+        if not source.text_field:  # every record would be skipped as lacking it
+            raise ConfigError(f"sources[{i}].text_field: empty; name the field that holds the text (e.g. text)")
         refuse_special_source(source.path)
     checks.relative_inside("tokenizer.path", cfg.tokenizer.path)
     _validate_languages(cfg.curate)
@@ -234,4 +236,7 @@ def _validate_slurm(sl: SlurmCurateConfig) -> None:
         checks.shell_word("curate.slurm.venv_activate", sl.venv_activate)
     for key, value in (sl.sbatch_args or {}).items():  # `#SBATCH --key=value`: a space would add a directive
         checks.name("curate.slurm.sbatch_args", str(key))
+        if value is None or isinstance(value, bool):  # datatrove writes `--key` alone for both: false would enable it
+            raise ConfigError(f"curate.slurm.sbatch_args.{key}: {value!r}; give the option's value as text "
+                              "(a flag without a value is not supported here)")
         checks.shell_word(f"curate.slurm.sbatch_args.{key}", str(value))
