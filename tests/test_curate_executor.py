@@ -260,3 +260,31 @@ def test_a_damaged_work_array_is_one_line_saying_how_to_redo_its_pass(tmp_path):
     for name in ("short", "text", "pickled"):
         with pytest.raises(PlannerError, match=f"{name}.npy: a damaged curation work file .* run curate again"):
             load_array(tmp_path / f"{name}.npy")
+
+
+def test_a_missing_band_file_of_one_task_is_refused_not_bucketed_without_it(tmp_path):
+    import numpy as np
+
+    from planner.core.errors import PlannerError
+    from pretrain.data.config import load_pipeline_config
+    from pretrain.data.workdir import WorkDir
+
+    wd = WorkDir.of(load_pipeline_config(CONFIG, [f"out_dir={tmp_path}"]))
+    wd.layout_file.parent.mkdir(parents=True)
+    wd.layout_file.write_text(json.dumps({"tasks": 2}))
+    wd.band("exact", 0).parent.mkdir(parents=True)
+    np.save(wd.band("exact", 0), np.zeros(0))  # task 1's file lost: its duplicates would silently vanish
+    with pytest.raises(PlannerError, match=r"bands/exact: no band file of task\(s\) \[1\]"):
+        wd.check_bands("exact")
+
+
+def test_a_source_folder_that_gains_a_file_is_another_input_on_the_rerun(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jsonl").write_bytes((REPO / "data/sample/finance.jsonl").read_bytes())
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(f"out_dir: {tmp_path / 'out'}\nsources: [{{path: {src}, domain: finance}}]\n")
+    assert curate(tmp_path / "out", 1, 1, config=cfg).returncode == 0
+    (src / "b.jsonl").write_bytes((REPO / "data/sample/general.jsonl").read_bytes())
+    r = curate(tmp_path / "out", 1, 1, config=cfg)  # was exit 0 with the first run's output
+    assert r.returncode == 2 and "made with other settings (source_bytes" in r.stderr

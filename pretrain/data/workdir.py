@@ -143,6 +143,15 @@ class WorkDir:
     def task_exclusions(self, rank: int) -> Path:
         return self.work / "exclusions" / f"{task_name(rank)}.jsonl"
 
+    def check_bands(self, band: str) -> None:
+        """Every first-pass task wrote this band's file (each writes all, empty or not): a missing one would
+        silently drop its documents' duplicates."""
+        tasks = json.loads(self.layout_file.read_text())["tasks"]
+        missing = [r for r in range(tasks) if not self.band(band, r).is_file()]
+        if missing:
+            raise PlannerError(f"{self.work / 'bands' / band}: no band file of task(s) {missing[:5]}; remove "
+                               f"{self.work} and run curate again: it redoes every pass")
+
     def tasks(self) -> list[int]:
         """The ranks of the first pass's tasks, from the index files they wrote."""
         return sorted(int(p.stem) for p in (self.work / "index").glob("*.npy"))
@@ -175,9 +184,14 @@ def _differences(before: dict, now: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _size(path: str) -> int | None:
+def _size(path: str) -> int | list | None:
+    """What a source is, cheaply: a file's size; a folder's files and their sizes (a file added, removed or grown
+    is another input; a folder's own size says nothing)."""
+    root = Path(path)
     try:
-        return Path(path).stat().st_size
+        if root.is_dir():
+            return sorted([str(p.relative_to(root)), p.stat().st_size] for p in root.rglob("*") if p.is_file())
+        return root.stat().st_size
     except OSError:
         return None  # reading it will say what is wrong
 

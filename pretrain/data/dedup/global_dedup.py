@@ -72,6 +72,7 @@ class BucketBands(PipelineStep):
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         for band in self.wd.band_names()[rank::world_size]:
+            self.wd.check_bands(band)
             pairs = bucket_pairs(self.wd.band_files(band))
             save_array(self.wd.pairs(band), pairs)
             self.stat_update("candidate pairs", value=len(pairs))
