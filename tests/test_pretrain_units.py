@@ -166,7 +166,8 @@ def test_a_cpu_run_reports_no_mfu_even_when_its_plan_names_a_gpu_peak():
 def test_a_checkpoint_is_refused_for_another_shape_but_not_for_a_default_spelled_out(tmp_path):
     from dataclasses import replace
 
-    from pretrain.engines.checks import check_model_state, resolved_shape
+    from pretrain.engines.checks import check_model_state
+    from pretrain.model import resolved_shape
 
     saved = vars(ModelConfig(layers=2, hidden=32, heads=4))  # ffn_hidden and kv_heads left to their defaults
     spelled = replace(ModelConfig(layers=2, hidden=32, heads=4), ffn_hidden=resolved_shape(saved)["ffn_hidden"],
